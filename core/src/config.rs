@@ -1,0 +1,359 @@
+//! Configuration of a [`crate::worker::Worker`], with the defaults of
+//! SPEC.md section 2 (Bento's `aws_kinesis` names where Bento has the field).
+//!
+//! Models: every knob of the consumer, and its validation. AWS rules
+//! encoded: GetRecords takes at most 10,000 records; SubscribeToShard
+//! subscriptions last at most 5 minutes, so the backpressure timeout must be
+//! below the service's read timeout; leases need a failover time longer than
+//! the heartbeat interval plus the self-fence margin.
+//!
+//! Invariants: a [`Config`] that passed [`Config::validate`] has non-zero
+//! budgets and periods and a consistent lease timing; bad values are a
+//! [`ConfigError`] naming the field, never a panic.
+
+use std::time::Duration;
+
+use crate::ids::{Owner, StreamId};
+
+/// Where to start a shard that has no checkpoint (`start_from_oldest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// TRIM_HORIZON (Bento `start_from_oldest: true`, the default).
+    Oldest,
+    /// LATEST, anchored once as AT_TIMESTAMP(lease creation time).
+    Latest,
+    /// AT_TIMESTAMP of this wall-clock time (unix ms).
+    Timestamp {
+        /// Unix milliseconds.
+        unix_ms: u64,
+    },
+}
+
+/// Which EFO consumer to read through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EfoConsumer {
+    /// `enhanced_fan_out.consumer_name`: registered if missing, waited for
+    /// until ACTIVE, never deregistered.
+    Name(String),
+    /// `enhanced_fan_out.consumer_arn`: an existing consumer (waited for
+    /// until ACTIVE). Exclusive with a name.
+    Arn(String),
+}
+
+/// Polling (GetRecords) or Enhanced Fan-Out (SubscribeToShard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retrieval {
+    /// GetRecords.
+    Polling {
+        /// Wait after an empty GetRecords before the next one (default 1 s).
+        idle_interval: Duration,
+        /// Minimum time between two GetRecords of one shard (AWS: 5 calls/s
+        /// per shard; default 200 ms).
+        min_interval: Duration,
+        /// GetRecords Limit upper bound (AWS max 10,000).
+        max_records: u32,
+    },
+    /// Enhanced Fan-Out.
+    Efo {
+        /// The consumer.
+        consumer: EfoConsumer,
+    },
+}
+
+impl Retrieval {
+    /// Polling with the default intervals.
+    pub fn polling() -> Self {
+        Retrieval::Polling {
+            idle_interval: Duration::from_secs(1),
+            min_interval: Duration::from_millis(200),
+            max_records: 10_000,
+        }
+    }
+}
+
+/// Batching policy: a batch closes at `count` records or `byte_size` bytes,
+/// or when `period` passed since its first record (on an idle shard too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Max records per batch (default 1, as Bento).
+    pub count: u32,
+    /// Max bytes per batch (0 = no byte limit).
+    pub byte_size: u64,
+    /// Flush a partial batch after this long (None = deliver what is there
+    /// as soon as the chunk arrives).
+    pub period: Option<Duration>,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            count: 1,
+            byte_size: 0,
+            period: None,
+        }
+    }
+}
+
+/// Everything a worker needs to know. Build with [`Config::new`], change
+/// fields, then [`Config::validate`] (the worker validates too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `streams`: stream ARNs (or names) to consume.
+    pub streams: Vec<StreamId>,
+    /// This process as a lease owner (worker id + incarnation).
+    pub owner: Owner,
+    /// Seed of every random choice (backoff jitter).
+    pub seed: u64,
+    /// Polling or EFO.
+    pub retrieval: Retrieval,
+    /// `start_from_oldest` and friends.
+    pub start_from: StartFrom,
+    /// `checkpoint_limit`: max unacknowledged records per shard.
+    pub checkpoint_limit: u32,
+    /// `commit_period`: how often progressed checkpoints are written.
+    pub commit_period: Duration,
+    /// Failover time F: a lease whose owner's heartbeat did not change for F
+    /// (on the observer's clock) is expired.
+    pub failover_time: Duration,
+    /// Heartbeat renew interval (default F/3).
+    pub heartbeat_interval: Duration,
+    /// Heartbeat rows read interval (default 1 s).
+    pub heartbeat_read_interval: Duration,
+    /// A worker stops delivering and checkpointing once it could not renew
+    /// its heartbeat for F minus this margin (clock-rate drift cover).
+    pub self_fence_margin: Duration,
+    /// `rebalance_period`: balancing pass interval (lease rows read).
+    pub rebalance_period: Duration,
+    /// ListShards interval (new shards, closed shards).
+    pub shard_sync_period: Duration,
+    /// How long an owner waits for in-flight acks before a graceful
+    /// hand-off; the taker forces the take after twice this.
+    pub handoff_timeout: Duration,
+    /// EFO: past this long without credit, a subscription is cancelled and
+    /// resumed later from the last delivered record.
+    pub backpressure_timeout: Duration,
+    /// `max_pending_records`: global budget of received records not yet
+    /// acknowledged.
+    pub pool_records: u64,
+    /// Global byte budget of the same.
+    pub pool_bytes: u64,
+    /// Batching policy.
+    pub batching: Batching,
+    /// Shutdown: how long to wait for in-flight acks.
+    pub shutdown_timeout: Duration,
+    /// EFO registration: give up waiting for ACTIVE after this long.
+    pub consumer_active_timeout: Duration,
+    /// EFO registration: DescribeStreamConsumer interval while CREATING.
+    pub consumer_describe_interval: Duration,
+}
+
+impl Config {
+    /// Defaults of SPEC.md for these streams and this worker.
+    pub fn new(streams: Vec<StreamId>, owner: Owner, retrieval: Retrieval) -> Self {
+        let failover_time = Duration::from_secs(10);
+        Config {
+            streams,
+            owner,
+            seed: 0,
+            retrieval,
+            start_from: StartFrom::Oldest,
+            checkpoint_limit: 1024,
+            commit_period: Duration::from_secs(5),
+            failover_time,
+            heartbeat_interval: failover_time / 3,
+            heartbeat_read_interval: Duration::from_secs(1),
+            self_fence_margin: failover_time / 10,
+            rebalance_period: Duration::from_secs(30),
+            shard_sync_period: Duration::from_secs(60),
+            handoff_timeout: Duration::from_secs(10),
+            backpressure_timeout: Duration::from_secs(30),
+            pool_records: 50_000,
+            pool_bytes: 64 * 1024 * 1024,
+            batching: Batching::default(),
+            shutdown_timeout: Duration::from_secs(10),
+            consumer_active_timeout: Duration::from_secs(120),
+            consumer_describe_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// Set the failover time and the values derived from it (heartbeat
+    /// interval F/3, self-fence margin F/10).
+    pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
+        self.failover_time = failover_time;
+        self.heartbeat_interval = failover_time / 3;
+        self.self_fence_margin = failover_time / 10;
+        self
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, reason: String| Err(ConfigError { field, reason });
+        if self.streams.is_empty() {
+            return bad("streams", "at least one stream is required".into());
+        }
+        if let Some(s) = self.streams.iter().find(|s| s.as_str().trim().is_empty()) {
+            return bad("streams", format!("empty stream name {:?}", s.as_str()));
+        }
+        if self.owner.worker.is_empty() {
+            return bad("worker_id", "must not be empty".into());
+        }
+        if self.checkpoint_limit == 0 {
+            return bad("checkpoint_limit", "must be at least 1".into());
+        }
+        let nonzero = [
+            ("commit_period", self.commit_period),
+            ("failover_time", self.failover_time),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_read_interval", self.heartbeat_read_interval),
+            ("rebalance_period", self.rebalance_period),
+            ("shard_sync_period", self.shard_sync_period),
+            ("handoff_timeout", self.handoff_timeout),
+            ("backpressure_timeout", self.backpressure_timeout),
+            ("consumer_describe_interval", self.consumer_describe_interval),
+        ];
+        for (field, d) in nonzero {
+            if d.is_zero() {
+                return bad(field, "must be greater than zero".into());
+            }
+        }
+        if self.heartbeat_interval + self.self_fence_margin >= self.failover_time {
+            return bad(
+                "heartbeat_interval",
+                format!(
+                    "heartbeat_interval ({:?}) plus self_fence_margin ({:?}) must be below failover_time ({:?})",
+                    self.heartbeat_interval, self.self_fence_margin, self.failover_time
+                ),
+            );
+        }
+        if self.heartbeat_read_interval >= self.failover_time {
+            return bad(
+                "heartbeat_read_interval",
+                "must be below failover_time".into(),
+            );
+        }
+        if self.pool_records == 0 {
+            return bad(
+                "enhanced_fan_out.max_pending_records",
+                "must be at least 1".into(),
+            );
+        }
+        if self.pool_bytes == 0 {
+            return bad("pool_bytes", "must be at least 1".into());
+        }
+        if self.batching.count == 0 {
+            return bad("batching.count", "must be at least 1".into());
+        }
+        if self.batching.period.is_some_and(|p| p.is_zero()) {
+            return bad("batching.period", "must be greater than zero".into());
+        }
+        match &self.retrieval {
+            Retrieval::Polling {
+                max_records,
+                idle_interval,
+                ..
+            } => {
+                if !(1..=10_000).contains(max_records) {
+                    return bad(
+                        "max_records",
+                        format!("{max_records} is outside 1..=10000 (the GetRecords limit)"),
+                    );
+                }
+                if idle_interval.is_zero() {
+                    return bad("idle_interval", "must be greater than zero".into());
+                }
+            }
+            Retrieval::Efo { consumer } => {
+                let (field, v) = match consumer {
+                    EfoConsumer::Name(n) => ("enhanced_fan_out.consumer_name", n),
+                    EfoConsumer::Arn(a) => ("enhanced_fan_out.consumer_arn", a),
+                };
+                if v.trim().is_empty() {
+                    return bad(field, "must not be empty".into());
+                }
+                if let EfoConsumer::Name(n) = consumer {
+                    let ok = n.len() <= 128
+                        && n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                    if !ok {
+                        return bad(
+                            field,
+                            format!("{n:?}: use 1-128 characters of [a-zA-Z0-9_.-]"),
+                        );
+                    }
+                }
+                if self.backpressure_timeout >= Duration::from_secs(300) {
+                    return bad(
+                        "backpressure_timeout",
+                        "must be below the 5-minute subscription lifetime".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field, with its Bento name where Bento has it.
+    pub field: &'static str,
+    /// What is wrong and what would be accepted.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::new(
+            vec![StreamId::new("orders")],
+            Owner::new("w", 1),
+            Retrieval::polling(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        cfg().validate().unwrap();
+        let mut c = cfg();
+        c.retrieval = Retrieval::Efo {
+            consumer: EfoConsumer::Name("app".into()),
+        };
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_config_error_names_the_field() {
+        let mut c = cfg();
+        c.checkpoint_limit = 0;
+        assert_eq!(c.validate().unwrap_err().field, "checkpoint_limit");
+        let mut c = cfg();
+        c.streams.clear();
+        assert_eq!(c.validate().unwrap_err().field, "streams");
+        let mut c = cfg();
+        c.retrieval = Retrieval::Efo {
+            consumer: EfoConsumer::Name("bad name!".into()),
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "enhanced_fan_out.consumer_name");
+        assert!(e.to_string().contains("enhanced_fan_out.consumer_name"));
+    }
+
+    #[test]
+    fn heartbeat_must_fit_inside_failover_time() {
+        let mut c = cfg();
+        c.heartbeat_interval = Duration::from_secs(10);
+        assert_eq!(c.validate().unwrap_err().field, "heartbeat_interval");
+    }
+
+    #[test]
+    fn failover_time_derives_heartbeat_and_margin() {
+        let c = cfg().with_failover_time(Duration::from_secs(30));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.self_fence_margin, Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,803 @@
+//! The messages between the core and the outside world.
+//!
+//! Models: every request the core asks a runtime to perform ([`Action`]),
+//! every answer and stream event a runtime feeds back ([`Input`]), and every
+//! notification for the application ([`Event`]). Also the lease-table rows
+//! and the conditional writes on them ([`LeaseRow`], [`HeartbeatRow`],
+//! [`LeaseWrite`]), whose reference semantics live in [`LeaseWrite::apply`]
+//! so the DynamoDB store, the local store and the simulator agree.
+//!
+//! AWS rules encoded: SDK errors reach the core only as an [`ErrorClass`];
+//! no SDK type crosses this boundary. Payload bytes never cross it either:
+//! the runtime keeps them under a [`ChunkId`] and the core speaks of record
+//! indices and metadata only.
+//!
+//! Invariants: each request carries an id minted by the core and echoed in
+//! its answer; a runtime answers each [`OpId`] exactly once (an answer that
+//! never comes is a bug in the runtime, except for a lost DynamoDB response,
+//! which it must report as [`ErrorClass::Ambiguous`]).
+
+use std::ops::Range;
+
+use crate::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardId, ShardRef, StreamId, SubId};
+use crate::kpl::HashRange;
+use crate::sequence::{Checkpoint, ExtSeq, SeqNum, StartPosition};
+
+/// How a failed AWS call failed, as far as the core's decisions go. The
+/// runtime maps every SDK error to one of these in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorClass {
+    /// ProvisionedThroughputExceeded, ThrottlingException, KMSThrottling.
+    Throttled,
+    /// ResourceInUseException (e.g. a SubscribeToShard within 5 s of another).
+    ResourceInUse,
+    /// ResourceNotFoundException (stream, shard, consumer or table missing).
+    ResourceNotFound,
+    /// InvalidArgumentException (e.g. a position past retention).
+    InvalidArgument,
+    /// LimitExceededException.
+    LimitExceeded,
+    /// ExpiredIteratorException.
+    ExpiredIterator,
+    /// ConditionalCheckFailedException: the row was not as expected.
+    ConditionalFailed,
+    /// The request may or may not have been applied (timeout after send,
+    /// connection lost before the response).
+    Ambiguous,
+    /// AccessDenied, bad credentials: retried, and reported.
+    AccessDenied,
+    /// Anything else that may succeed when retried (5xx, network error).
+    Transient,
+}
+
+/// A shard as ListShards describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard id.
+    pub shard: ShardId,
+    /// ParentShardId and AdjacentParentShardId (merge), if any.
+    pub parents: Vec<ShardId>,
+    /// HashKeyRange.
+    pub hash_range: HashRange,
+    /// SequenceNumberRange.EndingSequenceNumber: present once the shard is closed.
+    pub ending_seq: Option<SeqNum>,
+}
+
+/// A child shard announced at shard end (SubscribeToShard event or
+/// GetRecords response).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildShard {
+    /// The child's id.
+    pub shard: ShardId,
+    /// All of its parents.
+    pub parents: Vec<ShardId>,
+    /// Its hash key range.
+    pub hash_range: HashRange,
+}
+
+/// Metadata of one user record (after KPL de-aggregation and hash-range
+/// filtering, which the runtime does with [`crate::kpl`]). The payload stays
+/// in the runtime, at the same index of the same chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Sequence number and KPL sub-sequence number (0 when not aggregated).
+    pub ext: ExtSeq,
+    /// True when this is the last user record kept from its Kinesis record.
+    pub last_sub: bool,
+    /// Payload size in bytes (data plus partition key).
+    pub bytes: u32,
+    /// ApproximateArrivalTimestamp in unix ms.
+    pub arrival_ms: u64,
+}
+
+/// What one read returned: an EFO event or a GetRecords response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// The user records, in shard order. Records the read position does not
+    /// admit (see [`StartPosition::admits`]) are already left out.
+    pub records: Vec<RecordMeta>,
+    /// MillisBehindLatest.
+    pub millis_behind: u64,
+    /// ContinuationSequenceNumber of an EFO event (`None` with EFO means the
+    /// shard ended). Unused for polling.
+    pub continuation: Option<SeqNum>,
+    /// ChildShards, present at shard end.
+    pub child_shards: Vec<ChildShard>,
+}
+
+impl Chunk {
+    /// Total payload bytes.
+    pub fn bytes(&self) -> u64 {
+        self.records.iter().map(|r| u64::from(r.bytes)).sum()
+    }
+}
+
+/// An opaque GetShardIterator result, handed back in GetRecords.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardIterator(pub String);
+
+/// Status of an EFO consumer (DescribeStreamConsumer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerStatus {
+    /// Being registered; wait.
+    Creating,
+    /// Ready for SubscribeToShard.
+    Active,
+    /// Being deleted: fatal.
+    Deleting,
+}
+
+/// A registered EFO consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// ConsumerARN.
+    pub arn: String,
+    /// ConsumerStatus.
+    pub status: ConsumerStatus,
+}
+
+/// One shard lease row of the lease table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// Which shard.
+    pub shard: ShardRef,
+    /// Who holds it; `None` = free.
+    pub owner: Option<Owner>,
+    /// Fencing counter, incremented on every change of owner.
+    pub token: FencingToken,
+    /// Progress; `None` = never checkpointed.
+    pub checkpoint: Option<Checkpoint>,
+    /// A worker that asked for a graceful hand-off.
+    pub pending_owner: Option<Owner>,
+    /// Parent shards that must reach SHARD_END before this one is read.
+    pub parents: Vec<ShardId>,
+    /// Wall-clock creation time (unix ms): LATEST is anchored once as
+    /// AT_TIMESTAMP(created_ms), so a retry never skips records.
+    pub created_ms: u64,
+}
+
+impl LeaseRow {
+    /// A new free row.
+    pub fn new(shard: ShardRef, parents: Vec<ShardId>, created_ms: u64) -> Self {
+        LeaseRow {
+            shard,
+            owner: None,
+            token: FencingToken(0),
+            checkpoint: None,
+            pending_owner: None,
+            parents,
+            created_ms,
+        }
+    }
+}
+
+/// One worker's heartbeat row (liveness costs O(workers), not O(shards)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatRow {
+    /// The worker incarnation that writes it.
+    pub owner: Owner,
+    /// Bumped on every renew; observers judge liveness by seeing it change
+    /// on their own monotonic clock.
+    pub beat: u64,
+    /// Leases it holds (balancing).
+    pub held: u32,
+    /// Shards for which it is the pending owner of a graceful hand-off: the
+    /// owner reads heartbeats every second, so the request reaches it fast.
+    pub wants: Vec<ShardRef>,
+    /// False once the worker shut down gracefully (its leases are released).
+    pub alive: bool,
+}
+
+/// A conditional write on a lease row. Every variant states its condition;
+/// [`LeaseWrite::apply`] is the reference semantics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseWrite {
+    /// Create the row if no row exists for this shard.
+    Create(LeaseRow),
+    /// Take the lease: condition `token == expect_token` and
+    /// `owner == expect_owner`. Sets `owner = to`, `token + 1`, clears
+    /// `pending_owner`.
+    Take {
+        /// Which lease.
+        shard: ShardRef,
+        /// Owner observed (None = free).
+        expect_owner: Option<Owner>,
+        /// Token observed.
+        expect_token: FencingToken,
+        /// The new owner.
+        to: Owner,
+    },
+    /// Ask for a graceful hand-off: condition `owner == owner`, `token ==
+    /// token`, no other pending owner. Sets `pending_owner = pending`.
+    RequestHandoff {
+        /// Which lease.
+        shard: ShardRef,
+        /// Current owner.
+        owner: Owner,
+        /// Current token.
+        token: FencingToken,
+        /// The taker.
+        pending: Owner,
+    },
+    /// Owner hands over after its final checkpoint: condition `owner`,
+    /// `token`, `pending_owner == to`. Sets `owner = to`, `token + 1`,
+    /// `checkpoint` (if Some), clears `pending_owner`.
+    Transfer {
+        /// Which lease.
+        shard: ShardRef,
+        /// Current owner (the writer).
+        owner: Owner,
+        /// Current token.
+        token: FencingToken,
+        /// The pending owner.
+        to: Owner,
+        /// Final checkpoint.
+        checkpoint: Option<Checkpoint>,
+    },
+    /// Checkpoint: condition `owner`, `token`. Sets `checkpoint`.
+    Checkpoint {
+        /// Which lease.
+        shard: ShardRef,
+        /// Owner (the writer).
+        owner: Owner,
+        /// Its token.
+        token: FencingToken,
+        /// New checkpoint.
+        checkpoint: Checkpoint,
+    },
+    /// Release: condition `owner`, `token`. Sets `owner = None`, `token + 1`,
+    /// `checkpoint` (if Some), clears `pending_owner`.
+    Release {
+        /// Which lease.
+        shard: ShardRef,
+        /// Owner (the writer).
+        owner: Owner,
+        /// Its token.
+        token: FencingToken,
+        /// Final checkpoint.
+        checkpoint: Option<Checkpoint>,
+    },
+}
+
+/// Why a [`LeaseWrite`] did not apply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("lease write refused: {0}")]
+pub struct ConditionFailed(pub &'static str);
+
+impl LeaseWrite {
+    /// The lease this write is about.
+    pub fn shard(&self) -> &ShardRef {
+        match self {
+            LeaseWrite::Create(row) => &row.shard,
+            LeaseWrite::Take { shard, .. }
+            | LeaseWrite::RequestHandoff { shard, .. }
+            | LeaseWrite::Transfer { shard, .. }
+            | LeaseWrite::Checkpoint { shard, .. }
+            | LeaseWrite::Release { shard, .. } => shard,
+        }
+    }
+
+    /// Reference semantics: the row after this write, given the row before
+    /// (None = no row), or why the condition failed. Stores (DynamoDB,
+    /// local, simulated) must behave exactly like this.
+    pub fn apply(&self, current: Option<&LeaseRow>) -> Result<LeaseRow, ConditionFailed> {
+        let held_by = |row: &LeaseRow, owner: &Owner, token: FencingToken| {
+            row.owner.as_ref() == Some(owner) && row.token == token
+        };
+        match self {
+            LeaseWrite::Create(row) => match current {
+                None => Ok(row.clone()),
+                Some(_) => Err(ConditionFailed("row exists")),
+            },
+            LeaseWrite::Take {
+                expect_owner,
+                expect_token,
+                to,
+                ..
+            } => {
+                let row = current.ok_or(ConditionFailed("no row"))?;
+                if row.owner != *expect_owner || row.token != *expect_token {
+                    return Err(ConditionFailed("owner or token changed"));
+                }
+                let mut next = row.clone();
+                next.owner = Some(to.clone());
+                next.token = row.token.next();
+                next.pending_owner = None;
+                Ok(next)
+            }
+            LeaseWrite::RequestHandoff {
+                owner,
+                token,
+                pending,
+                ..
+            } => {
+                let row = current.ok_or(ConditionFailed("no row"))?;
+                if !held_by(row, owner, *token) {
+                    return Err(ConditionFailed("owner or token changed"));
+                }
+                if row.pending_owner.as_ref().is_some_and(|p| p != pending) {
+                    return Err(ConditionFailed("another hand-off is pending"));
+                }
+                let mut next = row.clone();
+                next.pending_owner = Some(pending.clone());
+                Ok(next)
+            }
+            LeaseWrite::Transfer {
+                owner,
+                token,
+                to,
+                checkpoint,
+                ..
+            } => {
+                let row = current.ok_or(ConditionFailed("no row"))?;
+                if !held_by(row, owner, *token) {
+                    return Err(ConditionFailed("owner or token changed"));
+                }
+                if row.pending_owner.as_ref() != Some(to) {
+                    return Err(ConditionFailed("pending owner changed"));
+                }
+                let mut next = row.clone();
+                next.owner = Some(to.clone());
+                next.token = row.token.next();
+                next.pending_owner = None;
+                if let Some(cp) = checkpoint {
+                    next.checkpoint = Some(cp.clone());
+                }
+                Ok(next)
+            }
+            LeaseWrite::Checkpoint {
+                owner,
+                token,
+                checkpoint,
+                ..
+            } => {
+                let row = current.ok_or(ConditionFailed("no row"))?;
+                if !held_by(row, owner, *token) {
+                    return Err(ConditionFailed("owner or token changed"));
+                }
+                let mut next = row.clone();
+                next.checkpoint = Some(checkpoint.clone());
+                Ok(next)
+            }
+            LeaseWrite::Release {
+                owner,
+                token,
+                checkpoint,
+                ..
+            } => {
+                let row = current.ok_or(ConditionFailed("no row"))?;
+                if !held_by(row, owner, *token) {
+                    return Err(ConditionFailed("owner or token changed"));
+                }
+                let mut next = row.clone();
+                next.owner = None;
+                next.token = row.token.next();
+                next.pending_owner = None;
+                if let Some(cp) = checkpoint {
+                    next.checkpoint = Some(cp.clone());
+                }
+                Ok(next)
+            }
+        }
+    }
+}
+
+/// I/O the core asks the runtime to perform. Each answer comes back as the
+/// [`Input`] named in the variant's doc.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// ListShards (all pages) -> [`Input::Shards`].
+    ListShards {
+        /// Echo in the answer.
+        op: OpId,
+        /// Which stream.
+        stream: StreamId,
+    },
+    /// RegisterStreamConsumer -> [`Input::Consumer`] (ResourceInUse when it
+    /// exists already).
+    RegisterConsumer {
+        /// Echo in the answer.
+        op: OpId,
+        /// Stream ARN.
+        stream: StreamId,
+        /// Consumer name.
+        name: String,
+    },
+    /// DescribeStreamConsumer -> [`Input::Consumer`].
+    DescribeConsumer {
+        /// Echo in the answer.
+        op: OpId,
+        /// Stream ARN.
+        stream: StreamId,
+        /// Consumer name (used when `arn` is None).
+        name: String,
+        /// Consumer ARN, when known.
+        arn: Option<String>,
+    },
+    /// SubscribeToShard. Failures arrive as [`Input::SubscriptionError`]
+    /// (on the call or on the first read); events only in answer to
+    /// [`Action::Pull`].
+    Subscribe {
+        /// The subscription; echoed by every input about it.
+        sub: SubId,
+        /// Which shard.
+        shard: ShardRef,
+        /// ConsumerARN.
+        consumer_arn: String,
+        /// StartingPosition. For [`StartPosition::AtSubSequence`] the runtime
+        /// leaves out user records the position does not admit.
+        position: StartPosition,
+    },
+    /// Credit: read exactly one event from the subscription's stream ->
+    /// [`Input::SubscriptionEvent`], [`Input::SubscriptionEnded`] or
+    /// [`Input::SubscriptionError`]. At most one Pull per subscription is
+    /// outstanding.
+    Pull {
+        /// The subscription.
+        sub: SubId,
+        /// Id under which to keep the event's payload.
+        chunk: ChunkId,
+    },
+    /// Drop the subscription (no answer). Pulls still outstanding are
+    /// answered with nothing.
+    Cancel {
+        /// The subscription.
+        sub: SubId,
+    },
+    /// GetShardIterator -> [`Input::Iterator`].
+    GetShardIterator {
+        /// Echo in the answer.
+        op: OpId,
+        /// Which shard.
+        shard: ShardRef,
+        /// Where.
+        position: StartPosition,
+    },
+    /// GetRecords -> [`Input::Records`].
+    GetRecords {
+        /// Echo in the answer.
+        op: OpId,
+        /// Which shard.
+        shard: ShardRef,
+        /// The iterator.
+        iterator: ShardIterator,
+        /// Limit (records), from the free pool budget; 1..=10,000.
+        limit: u32,
+        /// Id under which to keep the payload.
+        chunk: ChunkId,
+        /// For a restart inside a KPL aggregate: leave out user records at
+        /// or before this position.
+        skip_through: Option<ExtSeq>,
+    },
+    /// Query every lease row of a stream (all pages, consistent read) ->
+    /// [`Input::Leases`].
+    ReadLeases {
+        /// Echo in the answer.
+        op: OpId,
+        /// Which stream.
+        stream: StreamId,
+    },
+    /// Conditional write of a lease row -> [`Input::LeaseWritten`].
+    WriteLease {
+        /// Echo in the answer.
+        op: OpId,
+        /// The write and its condition.
+        write: LeaseWrite,
+    },
+    /// Query all heartbeat rows, consistent read -> [`Input::Heartbeats`].
+    ReadHeartbeats {
+        /// Echo in the answer.
+        op: OpId,
+    },
+    /// Put this worker's heartbeat row -> [`Input::HeartbeatWritten`].
+    WriteHeartbeat {
+        /// Echo in the answer.
+        op: OpId,
+        /// The row.
+        row: HeartbeatRow,
+    },
+}
+
+/// Results and stream events the runtime feeds back with
+/// [`crate::worker::Worker::handle_input`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Answer to [`Action::ListShards`].
+    Shards {
+        /// From the action.
+        op: OpId,
+        /// The shards.
+        result: Result<Vec<ShardInfo>, ErrorClass>,
+    },
+    /// Answer to Register/DescribeConsumer.
+    Consumer {
+        /// From the action.
+        op: OpId,
+        /// The consumer.
+        result: Result<ConsumerInfo, ErrorClass>,
+    },
+    /// One event read in answer to [`Action::Pull`].
+    SubscriptionEvent {
+        /// From the action.
+        sub: SubId,
+        /// From the Pull.
+        chunk: ChunkId,
+        /// Its contents.
+        data: Chunk,
+    },
+    /// The subscription's stream ended normally (the 5-minute end).
+    SubscriptionEnded {
+        /// From the action.
+        sub: SubId,
+    },
+    /// SubscribeToShard failed, on the call or while reading.
+    SubscriptionError {
+        /// From the action.
+        sub: SubId,
+        /// How.
+        class: ErrorClass,
+    },
+    /// Answer to [`Action::GetShardIterator`].
+    Iterator {
+        /// From the action.
+        op: OpId,
+        /// The iterator.
+        result: Result<ShardIterator, ErrorClass>,
+    },
+    /// Answer to [`Action::GetRecords`].
+    Records {
+        /// From the action.
+        op: OpId,
+        /// Chunk and NextShardIterator (None = shard end).
+        result: Result<(Chunk, Option<ShardIterator>), ErrorClass>,
+    },
+    /// Answer to [`Action::ReadLeases`].
+    Leases {
+        /// From the action.
+        op: OpId,
+        /// Rows of the stream.
+        result: Result<Vec<LeaseRow>, ErrorClass>,
+    },
+    /// Answer to [`Action::WriteLease`].
+    LeaseWritten {
+        /// From the action.
+        op: OpId,
+        /// Ok, ConditionalFailed, Ambiguous, ...
+        result: Result<(), ErrorClass>,
+    },
+    /// Answer to [`Action::ReadHeartbeats`].
+    Heartbeats {
+        /// From the action.
+        op: OpId,
+        /// All heartbeat rows.
+        result: Result<Vec<HeartbeatRow>, ErrorClass>,
+    },
+    /// Answer to [`Action::WriteHeartbeat`].
+    HeartbeatWritten {
+        /// From the action.
+        op: OpId,
+        /// Ok or how it failed.
+        result: Result<(), ErrorClass>,
+    },
+}
+
+/// A batch of user records handed to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Ack or nack by this id.
+    pub id: BatchId,
+    /// Where the records come from.
+    pub shard: ShardRef,
+    /// The lease's fencing token at delivery.
+    pub token: FencingToken,
+    /// The payloads: records `range` of chunk `chunk`.
+    pub chunk: ChunkId,
+    /// Record indices within the chunk.
+    pub range: Range<u32>,
+    /// First user record.
+    pub first: ExtSeq,
+    /// Last user record.
+    pub last: ExtSeq,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// MillisBehindLatest of the chunk.
+    pub millis_behind: u64,
+    /// True when this batch was delivered before and nacked.
+    pub redelivery: bool,
+}
+
+impl Batch {
+    /// Number of user records.
+    pub fn len(&self) -> u32 {
+        self.range.end.saturating_sub(self.range.start)
+    }
+    /// Whether the batch has no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a lease was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    /// A conditional write found another owner or token.
+    Taken,
+    /// The worker could not renew its heartbeat in time and fenced itself.
+    SelfFenced,
+    /// Handed to another worker gracefully.
+    HandedOff,
+    /// Released at shutdown or after a fatal shard error.
+    Released,
+    /// The shard ended and SHARD_END was written.
+    ShardEnded,
+}
+
+/// Notifications for the application (and for the runtime's bookkeeping).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Records to process; ack or nack by id.
+    Batch(Batch),
+    /// The runtime may free the payload of this chunk: no batch will be cut
+    /// from it any more (records not yet delivered are dropped and will be
+    /// read again by whoever reads the shard next).
+    ChunkDone {
+        /// The chunk.
+        chunk: ChunkId,
+    },
+    /// A lease was taken.
+    LeaseAcquired {
+        /// Which shard.
+        shard: ShardRef,
+        /// Its new fencing token.
+        token: FencingToken,
+    },
+    /// A lease was lost or given up.
+    LeaseLost {
+        /// Which shard.
+        shard: ShardRef,
+        /// Token it was held with.
+        token: FencingToken,
+        /// Why.
+        reason: LostReason,
+    },
+    /// A shard was read to its end and SHARD_END written.
+    ShardEnded {
+        /// Which shard.
+        shard: ShardRef,
+    },
+    /// A shard cannot be read (ResourceNotFound, InvalidArgument): its lease
+    /// was released.
+    ShardFailed {
+        /// Which shard.
+        shard: ShardRef,
+        /// Why.
+        class: ErrorClass,
+    },
+    /// Something the operator should know (e.g. a checkpoint past
+    /// retention fell back to TRIM_HORIZON).
+    Warning {
+        /// The shard concerned, if any.
+        shard: Option<ShardRef>,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// The worker cannot go on (e.g. the EFO consumer is DELETING); it
+    /// stops as after shutdown.
+    Fatal {
+        /// What happened and what to do.
+        message: String,
+    },
+    /// Shutdown finished: final checkpoints written, leases released, pool
+    /// empty. Nothing else will be emitted.
+    ShutdownComplete,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sref() -> ShardRef {
+        ShardRef::new(StreamId::new("s"), ShardId::new("shardId-0"))
+    }
+
+    #[test]
+    fn take_bumps_token_and_requires_observed_token() {
+        let row = LeaseRow::new(sref(), vec![], 0);
+        let a = Owner::new("a", 1);
+        let w = LeaseWrite::Take {
+            shard: sref(),
+            expect_owner: None,
+            expect_token: FencingToken(0),
+            to: a.clone(),
+        };
+        let next = w.apply(Some(&row)).unwrap();
+        assert_eq!(next.owner, Some(a));
+        assert_eq!(next.token, FencingToken(1));
+        assert!(w.apply(Some(&next)).is_err(), "stale take must fail");
+    }
+
+    #[test]
+    fn checkpoint_write_fails_for_deposed_owner() {
+        let a = Owner::new("a", 1);
+        let b = Owner::new("b", 1);
+        let mut row = LeaseRow::new(sref(), vec![], 0);
+        row.owner = Some(b);
+        row.token = FencingToken(3);
+        let w = LeaseWrite::Checkpoint {
+            shard: sref(),
+            owner: a,
+            token: FencingToken(2),
+            checkpoint: Checkpoint::ShardEnd,
+        };
+        assert!(w.apply(Some(&row)).is_err());
+    }
+
+    #[test]
+    fn transfer_needs_matching_pending_owner() {
+        let a = Owner::new("a", 1);
+        let b = Owner::new("b", 1);
+        let c = Owner::new("c", 1);
+        let mut row = LeaseRow::new(sref(), vec![], 0);
+        row.owner = Some(a.clone());
+        row.token = FencingToken(1);
+        let req = LeaseWrite::RequestHandoff {
+            shard: sref(),
+            owner: a.clone(),
+            token: FencingToken(1),
+            pending: b.clone(),
+        };
+        let row = req.apply(Some(&row)).unwrap();
+        let other = LeaseWrite::RequestHandoff {
+            shard: sref(),
+            owner: a.clone(),
+            token: FencingToken(1),
+            pending: c.clone(),
+        };
+        assert!(other.apply(Some(&row)).is_err(), "second taker refused");
+        let bad = LeaseWrite::Transfer {
+            shard: sref(),
+            owner: a.clone(),
+            token: FencingToken(1),
+            to: c,
+            checkpoint: None,
+        };
+        assert!(bad.apply(Some(&row)).is_err());
+        let good = LeaseWrite::Transfer {
+            shard: sref(),
+            owner: a,
+            token: FencingToken(1),
+            to: b.clone(),
+            checkpoint: Some(Checkpoint::ShardEnd),
+        };
+        let row = good.apply(Some(&row)).unwrap();
+        assert_eq!(row.owner, Some(b));
+        assert_eq!(row.token, FencingToken(2));
+        assert_eq!(row.pending_owner, None);
+        assert_eq!(row.checkpoint, Some(Checkpoint::ShardEnd));
+    }
+
+    #[test]
+    fn create_refused_when_row_exists() {
+        let row = LeaseRow::new(sref(), vec![], 0);
+        let w = LeaseWrite::Create(row.clone());
+        assert!(w.apply(None).is_ok());
+        assert!(w.apply(Some(&row)).is_err());
+    }
+
+    #[test]
+    fn release_frees_and_bumps_token() {
+        let a = Owner::new("a", 1);
+        let mut row = LeaseRow::new(sref(), vec![], 0);
+        row.owner = Some(a.clone());
+        row.token = FencingToken(4);
+        let w = LeaseWrite::Release {
+            shard: sref(),
+            owner: a,
+            token: FencingToken(4),
+            checkpoint: None,
+        };
+        let next = w.apply(Some(&row)).unwrap();
+        assert_eq!(next.owner, None);
+        assert_eq!(next.token, FencingToken(5));
+    }
+}

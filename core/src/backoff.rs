@@ -170,14 +170,20 @@ mod tests {
         }
         // The jitter actually spreads both ways (not a constant factor).
         // Capped attempts push mass to the cap, so only bound it loosely.
-        assert!(low_half > draws / 4 && low_half < draws * 3 / 4, "{low_half}/{draws}");
+        assert!(
+            low_half > draws / 4 && low_half < draws * 3 / 4,
+            "{low_half}/{draws}"
+        );
     }
 
     #[test]
     fn jitter_bounds_are_half_and_one_and_a_half_nominal() {
         assert_eq!(jitter_bounds(ms(300)), (ms(150), ms(450)));
         assert_eq!(jitter_bounds(ms(5000)), (ms(2500), ms(7500)));
-        assert_eq!(jitter_bounds(Duration::ZERO), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            jitter_bounds(Duration::ZERO),
+            (Duration::ZERO, Duration::ZERO)
+        );
         assert_eq!(jitter_bounds(Duration::MAX).1, Duration::MAX);
     }
 

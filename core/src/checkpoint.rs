@@ -134,7 +134,11 @@ impl CheckpointTracker {
         complete: bool,
         records: u32,
     ) -> Result<Slot, TrackerError> {
-        let previous = self.batches.back().map(|b| &b.end).or(self.watermark.as_ref());
+        let previous = self
+            .batches
+            .back()
+            .map(|b| &b.end)
+            .or(self.watermark.as_ref());
         if self.shard_end || previous == Some(&Checkpoint::ShardEnd) {
             return Err(TrackerError::ShardEnded);
         }
@@ -256,7 +260,10 @@ impl CheckpointTracker {
         let Some(offset) = slot.0.checked_sub(self.base) else {
             return Err(TrackerError::AlreadyAcked(slot));
         };
-        match usize::try_from(offset).ok().and_then(|i| self.batches.get(i).map(|b| (i, b))) {
+        match usize::try_from(offset)
+            .ok()
+            .and_then(|i| self.batches.get(i).map(|b| (i, b)))
+        {
             Some((_, batch)) if batch.acked => Err(TrackerError::AlreadyAcked(slot)),
             Some((index, _)) => Ok(index),
             None => Err(TrackerError::UnknownSlot(slot)),
@@ -304,7 +311,11 @@ mod tests {
         let s2 = t.deliver(ext(2, 0), true, 1).unwrap();
         let s3 = t.deliver(ext(3, 0), true, 1).unwrap();
         assert_eq!(t.ack(s3), Ok(1));
-        assert_eq!(t.watermark(), None, "3 acked alone must not move the watermark");
+        assert_eq!(
+            t.watermark(),
+            None,
+            "3 acked alone must not move the watermark"
+        );
         assert_eq!(t.ack(s1), Ok(1));
         assert_eq!(t.watermark(), Some(&after(1)));
         assert!(!t.watermark().unwrap().covers(&ext(2, 0)));
@@ -393,10 +404,18 @@ mod tests {
         let mut t = CheckpointTracker::new(Some(after(0)), 100);
         assert_eq!(t.to_write(), None, "start checkpoint is already durable");
         let s1 = t.deliver(ext(1, 0), true, 1).unwrap();
-        assert_eq!(t.to_write(), None, "delivered but unacked: nothing to write");
+        assert_eq!(
+            t.to_write(),
+            None,
+            "delivered but unacked: nothing to write"
+        );
         t.ack(s1).unwrap();
         assert_eq!(t.to_write(), Some(after(1)));
-        assert_eq!(t.to_write(), Some(after(1)), "to_write does not mark durable");
+        assert_eq!(
+            t.to_write(),
+            Some(after(1)),
+            "to_write does not mark durable"
+        );
         t.written(&after(1));
         assert_eq!(t.durable(), Some(&after(1)));
         assert_eq!(t.to_write(), None);
@@ -491,9 +510,17 @@ mod tests {
         assert_eq!(t.ack(forged), Err(TrackerError::UnknownSlot(forged)));
         assert_eq!(t.nack(forged), Err(TrackerError::UnknownSlot(forged)));
         t.ack(s2).unwrap();
-        assert_eq!(t.ack(s2), Err(TrackerError::AlreadyAcked(s2)), "acked, not popped");
+        assert_eq!(
+            t.ack(s2),
+            Err(TrackerError::AlreadyAcked(s2)),
+            "acked, not popped"
+        );
         t.ack(s1).unwrap();
-        assert_eq!(t.ack(s1), Err(TrackerError::AlreadyAcked(s1)), "acked and popped");
+        assert_eq!(
+            t.ack(s1),
+            Err(TrackerError::AlreadyAcked(s1)),
+            "acked and popped"
+        );
         assert_eq!(t.nack(s1), Err(TrackerError::AlreadyAcked(s1)));
         assert_eq!((t.pending_records(), t.pending_batches()), (0, 0));
         assert_eq!(t.watermark(), Some(&after(2)));

@@ -40,4 +40,4 @@ pub mod rng;
 pub mod sequence;
 pub mod shard;
 pub mod timer;
-pub mod worker;
+// pub mod worker; (enabled once lease, shard and efo land)

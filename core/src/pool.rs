@@ -28,7 +28,7 @@
 //! A woken reader may bring in one event before it is admitted; the worker
 //! bounds how many readers hold such credit at once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// Capacity taken by admitted-but-not-yet-finished records.
 ///
@@ -292,7 +292,10 @@ mod tests {
             }
         );
         // Refusal changed nothing.
-        assert_eq!((p.used_records(), p.used_bytes(), p.live_permits()), (6, 100, 1));
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (6, 100, 1)
+        );
         let b = p.try_admit(4, 100).unwrap();
         assert_eq!(p.used_records(), 10);
         assert!(!p.has_room());
@@ -301,7 +304,10 @@ mod tests {
         assert_eq!(p.used_records(), 9);
         p.release(b);
         p.release(c);
-        assert_eq!((p.used_records(), p.used_bytes(), p.live_permits()), (0, 0, 0));
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -309,7 +315,10 @@ mod tests {
         let mut p = pool(1000, 100);
         let a = p.try_admit(1, 80).unwrap();
         assert!(p.has_room());
-        assert!(p.try_admit(1, 21).is_err(), "bytes over budget with records to spare");
+        assert!(
+            p.try_admit(1, 21).is_err(),
+            "bytes over budget with records to spare"
+        );
         let b = p.try_admit(1, 20).unwrap();
         assert!(!p.has_room(), "byte budget exhausted stops reading");
         assert!(p.try_admit(0, 1).is_err());
@@ -330,7 +339,10 @@ mod tests {
         assert!(z.is_empty());
         assert_eq!(p.live_permits(), 0);
         p.release(z);
-        assert_eq!((p.used_records(), p.used_bytes(), p.live_permits()), (0, 0, 0));
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -352,17 +364,27 @@ mod tests {
         let part = p.split(&mut chunk, 3, 100);
         assert_eq!((part.records(), part.bytes()), (3, 100));
         assert_eq!((chunk.records(), chunk.bytes()), (7, 400));
-        assert_eq!((p.used_records(), p.used_bytes(), p.live_permits()), (10, 500, 2));
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (10, 500, 2)
+        );
         // Asking for more than it holds takes what it holds.
         let rest = p.split(&mut chunk, 99, 9999);
         assert_eq!((rest.records(), rest.bytes()), (7, 400));
         assert!(chunk.is_empty());
-        assert_eq!(p.live_permits(), 2, "emptied parent hands its place to the part");
+        assert_eq!(
+            p.live_permits(),
+            2,
+            "emptied parent hands its place to the part"
+        );
         p.release(chunk);
         p.release(part);
         assert_eq!(p.live_permits(), 1);
         p.release(rest);
-        assert_eq!((p.used_records(), p.used_bytes(), p.live_permits()), (0, 0, 0));
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -406,7 +428,10 @@ mod tests {
             while let Some((_, permit)) = live.pop() {
                 p.release(permit);
             }
-            assert_eq!((p.used_records(), p.used_bytes(), p.live_permits()), (0, 0, 0));
+            assert_eq!(
+                (p.used_records(), p.used_bytes(), p.live_permits()),
+                (0, 0, 0)
+            );
         }
     }
 

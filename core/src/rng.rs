@@ -15,8 +15,10 @@
 //! - the state is never all zero (splitmix64 is a bijection on its counter,
 //!   so four consecutive outputs cannot all be zero), so the stream never
 //!   degenerates;
-//! - every method consumes a fixed or bounded number of `next_u64` draws, so
-//!   a sequence of calls is a pure function of the seed.
+//! - the values and the number of `next_u64` draws of every call depend only
+//!   on the state and the arguments, so a sequence of calls is a pure
+//!   function of the seed (`below` may redraw, with probability below
+//!   `n / 2^64`, to stay unbiased).
 
 /// Deterministic PRNG: xoshiro256** seeded through splitmix64.
 ///

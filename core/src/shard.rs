@@ -1,1 +1,1985 @@
-//! placeholder: being written
+//! One shard reader: the lifecycle of reading one held shard, by Enhanced
+//! Fan-Out (SubscribeToShard) or by polling (GetShardIterator + GetRecords).
+//!
+//! Models: where reading resumes (the position after the last chunk the
+//! worker admitted into the pool), the subscription or the iterator, retries,
+//! shard end, and fatal errors. The reader does not own the pending pool: it
+//! says when it could use one unit of credit ([`ShardReader::wants_credit`])
+//! and reads exactly one chunk per grant ([`ShardReader::grant`]).
+//!
+//! AWS rules encoded (SPEC sections 1, 5, 6, 7):
+//! - SubscribeToShard is never called sooner than 1 s after the previous
+//!   call for this shard ([`SUBSCRIBE_MIN_SPACING`]), nor sooner than 5 s
+//!   after a ResourceInUse ([`RESOURCE_IN_USE_HOLD_OFF`]).
+//! - A subscription ends normally after at most 5 minutes; the reader then
+//!   resubscribes at once (subject to the 1 s rule) with
+//!   AFTER_SEQUENCE_NUMBER of the last admitted event's
+//!   ContinuationSequenceNumber.
+//! - A null ContinuationSequenceNumber, ChildShards, an absent
+//!   NextShardIterator, or (for a shard ListShards reports closed,
+//!   [`ShardReader::mark_closed`]) an EFO event without records mean shard
+//!   end: the chunk is reported, then [`ReaderEvent::End`].
+//! - ResourceNotFound and InvalidArgument are fatal for the shard, except
+//!   that an InvalidArgument on the stored start position (a checkpoint past
+//!   retention) falls back to TRIM_HORIZON once, with a warning; a second
+//!   one is fatal (never a release/reclaim loop).
+//! - Every other error is retried with the [`Backoff`] schedule (jitter from
+//!   the reader's seeded [`Rng`]), without giving up; a chunk resets it.
+//! - A shard iterator expires after 5 minutes: ExpiredIterator asks for a
+//!   new one at the resume position. GetRecords calls are at least
+//!   `min_interval` apart (AWS: 5 calls/s per shard), `idle_interval` after
+//!   an empty response from a caught-up shard.
+//! - Backpressure: an open subscription that went without credit for
+//!   `backpressure_timeout` (below the service's read timeout) is cancelled
+//!   and resumed later, from the resume position, when credit is granted.
+//!
+//! Invariants:
+//! - At most one read is outstanding (one Pull, or one GetRecords), and a
+//!   new read is only wanted once the previous chunk was admitted: at most
+//!   one chunk per reader awaits admission.
+//! - The resume position only moves when a chunk is admitted
+//!   ([`ShardReader::admitted`]), so a resubscription or a new iterator never
+//!   skips a record that was not handed to the pool; and it only happens
+//!   when no chunk awaits admission, so it never re-reads one either.
+//! - Inputs for a subscription or an operation that is no longer current
+//!   (after a resubscription, shard end, failure or [`ShardReader::stop`])
+//!   are not the reader's: `handle_input` returns false and changes nothing.
+//! - No input panics the reader; after end, failure or stop it emits nothing
+//!   but the Cancel that closes its subscription.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::config::{Config, Retrieval};
+use crate::ids::{ChunkId, IdMint, OpId, ShardRef, SubId};
+use crate::io::{Action, ChildShard, Chunk, ErrorClass, Input, ShardIterator};
+use crate::rng::Rng;
+use crate::sequence::StartPosition;
+
+/// SubscribeToShard for one shard at most once per second (AWS limit).
+pub const SUBSCRIBE_MIN_SPACING: Duration = Duration::from_secs(1);
+
+/// After a ResourceInUse, wait at least this long before subscribing again
+/// (AWS: a second call within 5 s of a successful one fails).
+pub const RESOURCE_IN_USE_HOLD_OFF: Duration = Duration::from_secs(5);
+
+/// Default for [`ReaderMode::Efo`]'s `backpressure_timeout` (SPEC 7).
+pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The GetRecords `Limit` ceiling (AWS).
+const MAX_GET_RECORDS_LIMIT: u32 = 10_000;
+
+/// How a reader reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReaderMode {
+    /// Enhanced Fan-Out (SubscribeToShard).
+    Efo {
+        /// ConsumerARN; `None` until the registration is ACTIVE (nothing is
+        /// subscribed before [`ShardReader::set_consumer_arn`]).
+        consumer_arn: Option<String>,
+        /// Cancel an open subscription that had no credit for this long.
+        backpressure_timeout: Duration,
+    },
+    /// Polling (GetShardIterator + GetRecords).
+    Polling {
+        /// Wait after an empty response from a caught-up shard.
+        idle_interval: Duration,
+        /// Minimum time between two GetRecords calls.
+        min_interval: Duration,
+        /// Upper bound of the GetRecords `Limit`.
+        max_records: u32,
+    },
+}
+
+impl ReaderMode {
+    /// The mode a [`Config`] asks for; `consumer_arn` is the registration's
+    /// ARN once known (ignored for polling).
+    pub fn from_config(config: &Config, consumer_arn: Option<String>) -> Self {
+        match &config.retrieval {
+            Retrieval::Polling {
+                idle_interval,
+                min_interval,
+                max_records,
+            } => ReaderMode::Polling {
+                idle_interval: *idle_interval,
+                min_interval: *min_interval,
+                max_records: *max_records,
+            },
+            Retrieval::Efo { .. } => ReaderMode::Efo {
+                consumer_arn,
+                backpressure_timeout: config.backpressure_timeout,
+            },
+        }
+    }
+}
+
+/// What a reader tells the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReaderEvent {
+    /// Records arrived (answer to our Pull / GetRecords). The worker admits
+    /// them into the pool (maybe later) and then calls
+    /// [`ShardReader::admitted`]. Chunks without records are reported too,
+    /// so the worker can free them (and admitting them moves the position).
+    Chunk {
+        /// The runtime keeps the payload under this id.
+        chunk: ChunkId,
+        /// The records' metadata.
+        data: Chunk,
+    },
+    /// Everything of the shard was read. No more chunks will come.
+    End {
+        /// The child shards, when the service named them.
+        children: Vec<ChildShard>,
+    },
+    /// Fatal for this shard: the worker releases the lease and reports.
+    Failed {
+        /// The error that ended reading.
+        class: ErrorClass,
+    },
+    /// Something an operator should see (e.g. the fallback to TRIM_HORIZON).
+    Warning(String),
+}
+
+/// Overall life of a reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Reading,
+    Ended,
+    Failed,
+    Stopped,
+}
+
+/// EFO read state.
+#[derive(Clone, Debug)]
+enum EfoState {
+    /// No subscription. Subscribe from the resume position once `due` (which
+    /// includes the 1 s and 5 s rules), the ARN is known and no chunk awaits
+    /// admission. `on_credit`: only when granted credit (parked after a
+    /// backpressure cancel).
+    Idle { due: Instant, on_credit: bool },
+    /// A subscription is open; `pull` is the chunk of the outstanding Pull.
+    Open { sub: SubId, pull: Option<ChunkId> },
+}
+
+/// Polling read state.
+#[derive(Clone, Debug)]
+enum PollState {
+    /// Ask for an iterator at the resume position once `due`.
+    NeedIterator { due: Instant },
+    /// GetShardIterator in flight.
+    IteratorInFlight { op: OpId },
+    /// Holding an iterator; GetRecords allowed from `due`, with credit.
+    Ready {
+        iterator: ShardIterator,
+        due: Instant,
+    },
+    /// GetRecords in flight; `iterator` is kept to retry with.
+    RecordsInFlight {
+        op: OpId,
+        chunk: ChunkId,
+        iterator: ShardIterator,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Efo {
+        consumer_arn: Option<String>,
+        backpressure_timeout: Duration,
+        state: EfoState,
+    },
+    Polling {
+        idle_interval: Duration,
+        min_interval: Duration,
+        max_records: u32,
+        last_get_at: Option<Instant>,
+        state: PollState,
+    },
+}
+
+/// A chunk reported to the worker and not yet admitted.
+#[derive(Clone, Debug)]
+struct Awaiting {
+    chunk: ChunkId,
+    /// The resume position once it is admitted (`None`: unchanged).
+    next: Option<StartPosition>,
+}
+
+/// The reader of one held shard. See the module doc for its rules.
+///
+/// Methods by kind:
+/// - getters: [`shard`](Self::shard), [`resume_position`](Self::resume_position),
+///   [`is_ended`](Self::is_ended), [`is_reading`](Self::is_reading),
+///   [`holds_credit`](Self::holds_credit), [`subscribe_calls`](Self::subscribe_calls),
+///   [`last_subscribe_at`](Self::last_subscribe_at), [`subscription`](Self::subscription),
+///   [`consumer_arn`](Self::consumer_arn), [`state_name`](Self::state_name),
+///   [`wants_credit`](Self::wants_credit);
+/// - inputs: `handle_input`, `handle_timeout`, and the worker's notes
+///   [`set_consumer_arn`](Self::set_consumer_arn), [`mark_closed`](Self::mark_closed),
+///   [`admitted`](Self::admitted);
+/// - commands: `grant` (one unit of credit), `stop`;
+/// - outputs: `poll_action`, [`poll_event`](Self::poll_event),
+///   [`poll_timeout`](Self::poll_timeout).
+///
+/// After every input or command, drain `poll_action` and `poll_event`, then
+/// check `wants_credit` (it can also turn true at a `poll_timeout` deadline).
+#[derive(Clone, Debug)]
+pub struct ShardReader {
+    shard: ShardRef,
+    state: State,
+    phase: Phase,
+    /// Where reading resumes: after the last admitted chunk.
+    position: StartPosition,
+    /// `position` is still the stored start position (a checkpoint): an
+    /// InvalidArgument on it may fall back to TRIM_HORIZON.
+    position_is_stored: bool,
+    fell_back: bool,
+    closed: bool,
+    awaiting: Option<Awaiting>,
+    rng: Rng,
+    backoff: Backoff,
+    subscribe_calls: u64,
+    last_subscribe_at: Option<Instant>,
+    resource_in_use_at: Option<Instant>,
+    /// Wake-up for a deadline that makes an action due or credit wanted;
+    /// cleared once reached.
+    wake: Option<(Instant, &'static str)>,
+    /// When the open subscription's lack of credit becomes a cancel.
+    backpressure_at: Option<Instant>,
+    out: VecDeque<Action>,
+    events: VecDeque<ReaderEvent>,
+}
+
+impl ShardReader {
+    /// A reader of `shard` starting at `start` (the worker derives it from
+    /// the checkpoint, or TRIM_HORIZON / AT_TIMESTAMP). A sequence-number
+    /// start counts as a stored position (eligible for the one fallback).
+    pub fn new(
+        shard: ShardRef,
+        start: StartPosition,
+        mode: ReaderMode,
+        rng_seed: u64,
+        now: Instant,
+    ) -> Self {
+        let state = match mode {
+            ReaderMode::Efo {
+                consumer_arn,
+                backpressure_timeout,
+            } => State::Efo {
+                consumer_arn,
+                backpressure_timeout,
+                state: EfoState::Idle {
+                    due: now,
+                    on_credit: false,
+                },
+            },
+            ReaderMode::Polling {
+                idle_interval,
+                min_interval,
+                max_records,
+            } => State::Polling {
+                idle_interval,
+                min_interval,
+                max_records,
+                last_get_at: None,
+                state: PollState::NeedIterator { due: now },
+            },
+        };
+        ShardReader {
+            shard,
+            state,
+            phase: Phase::Reading,
+            position_is_stored: start.sequence_number().is_some(),
+            position: start,
+            fell_back: false,
+            closed: false,
+            awaiting: None,
+            rng: Rng::new(rng_seed),
+            backoff: Backoff::new(),
+            subscribe_calls: 0,
+            last_subscribe_at: None,
+            resource_in_use_at: None,
+            wake: None,
+            backpressure_at: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    // ----- getters ---------------------------------------------------------
+
+    /// The shard read.
+    pub fn shard(&self) -> &ShardRef {
+        &self.shard
+    }
+
+    /// Where reading would resume (after the last admitted chunk); `None`
+    /// once the shard ended.
+    pub fn resume_position(&self) -> Option<&StartPosition> {
+        (self.phase != Phase::Ended).then_some(&self.position)
+    }
+
+    /// True once [`ReaderEvent::End`] was emitted.
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    /// True until the shard ended, failed or the reader was stopped.
+    pub fn is_reading(&self) -> bool {
+        self.phase == Phase::Reading
+    }
+
+    /// True while a granted read (Pull or GetRecords) awaits its answer.
+    pub fn holds_credit(&self) -> bool {
+        self.phase == Phase::Reading
+            && matches!(
+                &self.state,
+                State::Efo {
+                    state: EfoState::Open { pull: Some(_), .. },
+                    ..
+                } | State::Polling {
+                    state: PollState::RecordsInFlight { .. },
+                    ..
+                }
+            )
+    }
+
+    /// SubscribeToShard calls made so far.
+    pub fn subscribe_calls(&self) -> u64 {
+        self.subscribe_calls
+    }
+
+    /// When the last SubscribeToShard was emitted.
+    pub fn last_subscribe_at(&self) -> Option<Instant> {
+        self.last_subscribe_at
+    }
+
+    /// The open subscription, if any.
+    pub fn subscription(&self) -> Option<SubId> {
+        match (&self.state, self.phase) {
+            (
+                State::Efo {
+                    state: EfoState::Open { sub, .. },
+                    ..
+                },
+                Phase::Reading,
+            ) => Some(*sub),
+            _ => None,
+        }
+    }
+
+    /// The consumer ARN (EFO, once known).
+    pub fn consumer_arn(&self) -> Option<&str> {
+        match &self.state {
+            State::Efo { consumer_arn, .. } => consumer_arn.as_deref(),
+            State::Polling { .. } => None,
+        }
+    }
+
+    /// A short name of the state, for traces.
+    pub fn state_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Ended => return "ended",
+            Phase::Failed => return "failed",
+            Phase::Stopped => return "stopped",
+            Phase::Reading => {}
+        }
+        match &self.state {
+            State::Efo {
+                consumer_arn: None, ..
+            } => "awaiting-consumer",
+            State::Efo { state, .. } => match state {
+                EfoState::Idle {
+                    on_credit: false, ..
+                } => "subscribe-wait",
+                EfoState::Idle {
+                    on_credit: true, ..
+                } => "parked",
+                EfoState::Open { pull: None, .. } => "subscribed",
+                EfoState::Open { pull: Some(_), .. } => "pulling",
+            },
+            State::Polling { state, .. } => match state {
+                PollState::NeedIterator { .. } => "iterator-wait",
+                PollState::IteratorInFlight { .. } => "getting-iterator",
+                PollState::Ready { .. } => "ready",
+                PollState::RecordsInFlight { .. } => "getting-records",
+            },
+        }
+    }
+
+    /// True when the reader could use one unit of credit now: EFO with an
+    /// open subscription and no Pull outstanding, or parked after a
+    /// backpressure cancel and allowed to resubscribe; polling with an
+    /// iterator, nothing in flight and the next GetRecords due. Never while
+    /// a chunk awaits admission.
+    pub fn wants_credit(&self, now: Instant) -> bool {
+        if self.phase != Phase::Reading || self.awaiting.is_some() {
+            return false;
+        }
+        match &self.state {
+            State::Efo {
+                consumer_arn,
+                state,
+                ..
+            } => match state {
+                EfoState::Open { pull, .. } => pull.is_none(),
+                EfoState::Idle { due, on_credit } => {
+                    *on_credit && consumer_arn.is_some() && *due <= now
+                }
+            },
+            State::Polling { state, .. } => {
+                matches!(state, PollState::Ready { due, .. } if *due <= now)
+            }
+        }
+    }
+
+    // ----- notes from the worker --------------------------------------------
+
+    /// The EFO registration is ACTIVE: subscriptions may start. Ignored for
+    /// polling.
+    pub fn set_consumer_arn(&mut self, arn: String) {
+        if let State::Efo { consumer_arn, .. } = &mut self.state {
+            *consumer_arn = Some(arn);
+        }
+    }
+
+    /// ListShards reports this shard closed (EndingSequenceNumber present).
+    /// For EFO, an event without records then means shard end (the mock
+    /// never ends subscriptions on a closed shard, nor sends ChildShards).
+    pub fn mark_closed(&mut self) {
+        self.closed = true;
+    }
+
+    /// The worker admitted `chunk` into the pool and handed it on: reading
+    /// resumes after it (EFO: AFTER_SEQUENCE_NUMBER of its continuation;
+    /// polling: after its last record, AT_SEQUENCE_NUMBER plus sub-sequence
+    /// filtering when that record is inside a KPL aggregate). Unknown chunks
+    /// are ignored.
+    pub fn admitted(&mut self, chunk: ChunkId) {
+        if self.awaiting.as_ref().is_none_or(|a| a.chunk != chunk) {
+            return;
+        }
+        if let Some(next) = self.awaiting.take().and_then(|a| a.next) {
+            self.position = next;
+            self.position_is_stored = false;
+        }
+    }
+
+    // ----- outputs ---------------------------------------------------------
+
+    /// The next action that needs no credit (SubscribeToShard,
+    /// GetShardIterator, a Pull that follows a Subscribe made with credit,
+    /// Cancel), when due.
+    pub(crate) fn poll_action(&mut self, now: Instant, mint: &mut IdMint) -> Option<Action> {
+        if let Some(action) = self.out.pop_front() {
+            return Some(action);
+        }
+        if self.phase != Phase::Reading || self.awaiting.is_some() {
+            return None;
+        }
+        match &mut self.state {
+            State::Efo {
+                consumer_arn: Some(_),
+                state:
+                    EfoState::Idle {
+                        due,
+                        on_credit: false,
+                    },
+                ..
+            } if *due <= now => self.subscribe(now, mint),
+            State::Polling {
+                state: PollState::NeedIterator { due },
+                ..
+            } if *due <= now => {
+                let op = mint.op();
+                if let State::Polling { state, .. } = &mut self.state {
+                    *state = PollState::IteratorInFlight { op };
+                }
+                self.wake = None;
+                Some(Action::GetShardIterator {
+                    op,
+                    shard: self.shard.clone(),
+                    position: self.position.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Credit granted: read one chunk. EFO: `Action::Pull` (or, when parked
+    /// after a backpressure cancel, `Action::Subscribe` with the Pull queued
+    /// right behind it in `poll_action`); polling: `Action::GetRecords` with
+    /// `limit = min(max_records, max(limit_records, 1))`. `None` (and no
+    /// change) when [`wants_credit`](Self::wants_credit) is false.
+    pub(crate) fn grant(
+        &mut self,
+        now: Instant,
+        limit_records: u32,
+        mint: &mut IdMint,
+    ) -> Option<Action> {
+        if !self.wants_credit(now) {
+            return None;
+        }
+        match &mut self.state {
+            State::Efo {
+                state: EfoState::Open { sub, pull },
+                ..
+            } => {
+                let chunk = mint.chunk();
+                *pull = Some(chunk);
+                let sub = *sub;
+                self.backpressure_at = None;
+                Some(Action::Pull { sub, chunk })
+            }
+            State::Efo {
+                state: EfoState::Idle { .. },
+                ..
+            } => {
+                let subscribe = self.subscribe(now, mint)?;
+                if let State::Efo {
+                    state: EfoState::Open { sub, pull },
+                    ..
+                } = &mut self.state
+                {
+                    let chunk = mint.chunk();
+                    *pull = Some(chunk);
+                    self.out.push_back(Action::Pull { sub: *sub, chunk });
+                }
+                self.backpressure_at = None;
+                Some(subscribe)
+            }
+            State::Polling {
+                max_records,
+                last_get_at,
+                state,
+                ..
+            } => {
+                let PollState::Ready { iterator, .. } = state else {
+                    return None;
+                };
+                let iterator = iterator.clone();
+                let limit = (*max_records)
+                    .clamp(1, MAX_GET_RECORDS_LIMIT)
+                    .min(limit_records.max(1));
+                let op = mint.op();
+                let chunk = mint.chunk();
+                *state = PollState::RecordsInFlight {
+                    op,
+                    chunk,
+                    iterator: iterator.clone(),
+                };
+                *last_get_at = Some(now);
+                self.wake = None;
+                let skip_through = match &self.position {
+                    StartPosition::AtSubSequence(ext) => Some(ext.clone()),
+                    _ => None,
+                };
+                Some(Action::GetRecords {
+                    op,
+                    shard: self.shard.clone(),
+                    iterator,
+                    limit,
+                    chunk,
+                    skip_through,
+                })
+            }
+        }
+    }
+
+    /// The next event for the worker.
+    pub fn poll_event(&mut self) -> Option<ReaderEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline and why: a retry or resubscription becoming due,
+    /// credit becoming wanted, or a backpressure cancel.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        if self.phase != Phase::Reading {
+            return None;
+        }
+        let backpressure = self.backpressure_at.map(|t| (t, "backpressure timeout"));
+        match (self.wake, backpressure) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// Fire the deadlines due at `now`. A spurious call is a no-op.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.phase != Phase::Reading {
+            return;
+        }
+        if self.wake.is_some_and(|(t, _)| t <= now) {
+            self.wake = None;
+        }
+        if self.backpressure_at.is_some_and(|t| t <= now) {
+            self.backpressure_at = None;
+            if let State::Efo {
+                state: EfoState::Open { sub, pull: None },
+                ..
+            } = &self.state
+            {
+                self.out.push_back(Action::Cancel { sub: *sub });
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.efo_idle(now, at(now, delay), true);
+            }
+        }
+    }
+
+    /// Inputs about this reader: SubscriptionEvent / Ended / Error of its
+    /// open subscription (an event only for its outstanding Pull), Iterator
+    /// and Records of its operation in flight. Returns false for any other
+    /// input (nothing changes; the worker frees a stale chunk).
+    pub(crate) fn handle_input(&mut self, now: Instant, input: &Input) -> bool {
+        if self.phase != Phase::Reading {
+            return false;
+        }
+        match (&self.state, input) {
+            (
+                State::Efo {
+                    state: EfoState::Open { sub, pull },
+                    ..
+                },
+                Input::SubscriptionEvent {
+                    sub: s,
+                    chunk,
+                    data,
+                },
+            ) if s == sub && *pull == Some(*chunk) => {
+                let sub = *sub;
+                self.on_efo_event(now, sub, *chunk, data);
+                true
+            }
+            (
+                State::Efo {
+                    state: EfoState::Open { sub, .. },
+                    ..
+                },
+                Input::SubscriptionEnded { sub: s },
+            ) if s == sub => {
+                self.efo_idle(now, now, false);
+                true
+            }
+            (
+                State::Efo {
+                    state: EfoState::Open { sub, .. },
+                    ..
+                },
+                Input::SubscriptionError { sub: s, class },
+            ) if s == sub => {
+                self.backpressure_at = None;
+                if let Some(due) = self.retry_after(now, *class, true) {
+                    self.efo_idle(now, due, false);
+                }
+                true
+            }
+            (
+                State::Polling {
+                    state: PollState::IteratorInFlight { op },
+                    ..
+                },
+                Input::Iterator { op: o, result },
+            ) if o == op => {
+                match result {
+                    Ok(iterator) => {
+                        let due = self.next_get_due(now, false);
+                        self.poll_ready(now, iterator.clone(), due);
+                    }
+                    Err(class) => {
+                        if let Some(due) = self.retry_after(now, *class, true) {
+                            self.poll_need_iterator(now, due);
+                        }
+                    }
+                }
+                true
+            }
+            (
+                State::Polling {
+                    state:
+                        PollState::RecordsInFlight {
+                            op,
+                            chunk,
+                            iterator,
+                        },
+                    ..
+                },
+                Input::Records { op: o, result },
+            ) if o == op => {
+                let (chunk, iterator) = (*chunk, iterator.clone());
+                match result {
+                    Ok((data, next)) => self.on_records(now, chunk, data, next.as_ref()),
+                    Err(ErrorClass::ExpiredIterator) => self.poll_need_iterator(now, now),
+                    Err(class) => {
+                        if let Some(retry) = self.retry_after(now, *class, false) {
+                            let due = self.next_get_due(now, false).max(retry);
+                            self.poll_ready(now, iterator, due);
+                        }
+                    }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stop reading (lease lost, hand-off, shutdown, shard failed). Returns
+    /// the Cancel of a subscription that may still be open. Afterwards every
+    /// input is not the reader's and nothing is emitted. Credit held by an
+    /// outstanding read is returned with the stop.
+    pub(crate) fn stop(&mut self) -> Option<Action> {
+        if self.phase == Phase::Stopped {
+            return None;
+        }
+        let queued_cancel = self
+            .out
+            .drain(..)
+            .find(|a| matches!(a, Action::Cancel { .. }));
+        let open = match (&self.state, self.phase) {
+            (
+                State::Efo {
+                    state: EfoState::Open { sub, .. },
+                    ..
+                },
+                Phase::Reading,
+            ) => Some(Action::Cancel { sub: *sub }),
+            _ => None,
+        };
+        self.phase = Phase::Stopped;
+        self.wake = None;
+        self.backpressure_at = None;
+        open.or(queued_cancel)
+    }
+
+    // ----- internals -------------------------------------------------------
+
+    /// Emit SubscribeToShard from the resume position; the subscription is
+    /// open from now on (failures arrive as SubscriptionError).
+    fn subscribe(&mut self, now: Instant, mint: &mut IdMint) -> Option<Action> {
+        let State::Efo {
+            consumer_arn: Some(consumer_arn),
+            backpressure_timeout,
+            state,
+        } = &mut self.state
+        else {
+            return None;
+        };
+        let sub = mint.sub();
+        *state = EfoState::Open { sub, pull: None };
+        let consumer_arn = consumer_arn.clone();
+        self.backpressure_at = Some(at(now, *backpressure_timeout));
+        self.subscribe_calls += 1;
+        self.last_subscribe_at = Some(now);
+        self.wake = None;
+        Some(Action::Subscribe {
+            sub,
+            shard: self.shard.clone(),
+            consumer_arn,
+            position: self.position.clone(),
+        })
+    }
+
+    /// No subscription: subscribe again at `due`, but never sooner than 1 s
+    /// after the previous SubscribeToShard or 5 s after a ResourceInUse.
+    fn efo_idle(&mut self, now: Instant, due: Instant, on_credit: bool) {
+        let mut due = due;
+        if let Some(t) = self.last_subscribe_at {
+            due = due.max(at(t, SUBSCRIBE_MIN_SPACING));
+        }
+        if let Some(t) = self.resource_in_use_at {
+            due = due.max(at(t, RESOURCE_IN_USE_HOLD_OFF));
+        }
+        if let State::Efo { state, .. } = &mut self.state {
+            *state = EfoState::Idle { due, on_credit };
+        }
+        self.backpressure_at = None;
+        let reason = if on_credit {
+            "resubscribe after backpressure"
+        } else {
+            "subscribe"
+        };
+        self.set_wake(now, due, reason);
+    }
+
+    fn on_efo_event(&mut self, now: Instant, sub: SubId, chunk: ChunkId, data: &Chunk) {
+        self.backoff.reset();
+        let end = data.continuation.is_none()
+            || !data.child_shards.is_empty()
+            || (self.closed && data.records.is_empty());
+        self.awaiting = Some(Awaiting {
+            chunk,
+            next: data.continuation.clone().map(StartPosition::AfterSequence),
+        });
+        self.events.push_back(ReaderEvent::Chunk {
+            chunk,
+            data: data.clone(),
+        });
+        if end {
+            self.out.push_back(Action::Cancel { sub });
+            self.end(data.child_shards.clone());
+            return;
+        }
+        if let State::Efo {
+            backpressure_timeout,
+            state,
+            ..
+        } = &mut self.state
+        {
+            *state = EfoState::Open { sub, pull: None };
+            self.backpressure_at = Some(at(now, *backpressure_timeout));
+        }
+    }
+
+    fn on_records(
+        &mut self,
+        now: Instant,
+        chunk: ChunkId,
+        data: &Chunk,
+        next: Option<&ShardIterator>,
+    ) {
+        self.backoff.reset();
+        let after = data.records.last().map(|r| {
+            if r.last_sub {
+                StartPosition::AfterSequence(r.ext.seq.clone())
+            } else {
+                StartPosition::AtSubSequence(r.ext.clone())
+            }
+        });
+        self.awaiting = Some(Awaiting { chunk, next: after });
+        self.events.push_back(ReaderEvent::Chunk {
+            chunk,
+            data: data.clone(),
+        });
+        match next {
+            Some(iterator) if data.child_shards.is_empty() => {
+                let idle = data.records.is_empty() && data.millis_behind == 0;
+                let due = self.next_get_due(now, idle);
+                self.poll_ready(now, iterator.clone(), due);
+            }
+            _ => self.end(data.child_shards.clone()),
+        }
+    }
+
+    /// When the next GetRecords may go: `min_interval` after the previous
+    /// one, or `idle_interval` from now after an empty caught-up response.
+    fn next_get_due(&self, now: Instant, idle: bool) -> Instant {
+        let State::Polling {
+            idle_interval,
+            min_interval,
+            last_get_at,
+            ..
+        } = &self.state
+        else {
+            return now;
+        };
+        let spaced = last_get_at.map_or(now, |t| at(t, *min_interval)).max(now);
+        if idle {
+            spaced.max(at(now, *idle_interval))
+        } else {
+            spaced
+        }
+    }
+
+    fn poll_ready(&mut self, now: Instant, iterator: ShardIterator, due: Instant) {
+        if let State::Polling { state, .. } = &mut self.state {
+            *state = PollState::Ready { iterator, due };
+        }
+        self.set_wake(now, due, "get records");
+    }
+
+    fn poll_need_iterator(&mut self, now: Instant, due: Instant) {
+        if let State::Polling { state, .. } = &mut self.state {
+            *state = PollState::NeedIterator { due };
+        }
+        self.set_wake(now, due, "get shard iterator");
+    }
+
+    /// Classify a failed read. Returns when to retry, or `None` when the
+    /// shard failed. `positioned`: the call started at the resume position
+    /// (SubscribeToShard, GetShardIterator), so an InvalidArgument may mean
+    /// a stored position past retention.
+    fn retry_after(
+        &mut self,
+        now: Instant,
+        class: ErrorClass,
+        positioned: bool,
+    ) -> Option<Instant> {
+        match class {
+            ErrorClass::ResourceNotFound => {
+                self.fail(class);
+                None
+            }
+            ErrorClass::InvalidArgument
+                if positioned && self.position_is_stored && !self.fell_back =>
+            {
+                self.events.push_back(ReaderEvent::Warning(format!(
+                    "{}: checkpoint {} is past retention (InvalidArgument), falling back to \
+                     TRIM_HORIZON; records between it and the oldest retained record are lost",
+                    self.shard,
+                    self.position.sequence_number().map_or("?", |s| s.as_str()),
+                )));
+                self.position = StartPosition::TrimHorizon;
+                self.position_is_stored = false;
+                self.fell_back = true;
+                Some(now)
+            }
+            ErrorClass::InvalidArgument => {
+                self.fail(class);
+                None
+            }
+            _ => {
+                if class == ErrorClass::ResourceInUse {
+                    self.resource_in_use_at = Some(now);
+                }
+                if class == ErrorClass::AccessDenied && self.backoff.attempt() == 0 {
+                    self.events.push_back(ReaderEvent::Warning(format!(
+                        "{}: access denied reading the shard; retrying. Grant the consumer's \
+                         role kinesis:SubscribeToShard / kinesis:GetShardIterator / \
+                         kinesis:GetRecords on the stream",
+                        self.shard
+                    )));
+                }
+                Some(at(now, self.backoff.next_delay(&mut self.rng)))
+            }
+        }
+    }
+
+    fn end(&mut self, children: Vec<ChildShard>) {
+        self.phase = Phase::Ended;
+        self.wake = None;
+        self.backpressure_at = None;
+        self.events.push_back(ReaderEvent::End { children });
+    }
+
+    fn fail(&mut self, class: ErrorClass) {
+        self.phase = Phase::Failed;
+        self.wake = None;
+        self.backpressure_at = None;
+        self.events.push_back(ReaderEvent::Failed { class });
+    }
+
+    fn set_wake(&mut self, now: Instant, due: Instant, reason: &'static str) {
+        self.wake = (due > now).then_some((due, reason));
+    }
+}
+
+/// `t + d`, saturating far in the future instead of overflowing (a huge
+/// configured duration must not panic).
+pub(crate) fn at(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ShardId, StreamId};
+    use crate::io::RecordMeta;
+    use crate::kpl::HashRange;
+    use crate::sequence::{ExtSeq, SeqNum};
+
+    const SEED: u64 = 7;
+    const ARN: &str = "arn:aws:kinesis:us-east-1:1:stream/s/consumer/app:1";
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+    fn secs(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+    fn sref() -> ShardRef {
+        ShardRef::new(StreamId::new("s"), ShardId::new("shardId-000000000001"))
+    }
+    fn seq(s: &str) -> SeqNum {
+        SeqNum::parse(s).unwrap()
+    }
+    fn rec(s: &str, sub: u32, last_sub: bool) -> RecordMeta {
+        RecordMeta {
+            ext: ExtSeq::new(seq(s), sub),
+            last_sub,
+            bytes: 10,
+            arrival_ms: 0,
+        }
+    }
+    fn chunk(records: Vec<RecordMeta>, continuation: Option<&str>) -> Chunk {
+        Chunk {
+            records,
+            millis_behind: 0,
+            continuation: continuation.map(seq),
+            child_shards: vec![],
+        }
+    }
+    fn child(id: &str) -> ChildShard {
+        ChildShard {
+            shard: ShardId::new(id),
+            parents: vec![ShardId::new("shardId-000000000001")],
+            hash_range: HashRange::FULL,
+        }
+    }
+    /// The delays a fresh reader's backoff hands out, in order.
+    fn delays(n: usize) -> Vec<Duration> {
+        let mut rng = Rng::new(SEED);
+        let mut b = Backoff::new();
+        (0..n).map(|_| b.next_delay(&mut rng)).collect()
+    }
+
+    struct H {
+        r: ShardReader,
+        mint: IdMint,
+    }
+
+    impl H {
+        fn efo(start: StartPosition, now: Instant) -> H {
+            let mode = ReaderMode::Efo {
+                consumer_arn: Some(ARN.into()),
+                backpressure_timeout: secs(30),
+            };
+            H {
+                r: ShardReader::new(sref(), start, mode, SEED, now),
+                mint: IdMint::default(),
+            }
+        }
+        fn polling(start: StartPosition, now: Instant) -> H {
+            let mode = ReaderMode::Polling {
+                idle_interval: secs(1),
+                min_interval: ms(200),
+                max_records: 100,
+            };
+            H {
+                r: ShardReader::new(sref(), start, mode, SEED, now),
+                mint: IdMint::default(),
+            }
+        }
+        fn actions(&mut self, now: Instant) -> Vec<Action> {
+            std::iter::from_fn(|| self.r.poll_action(now, &mut self.mint)).collect()
+        }
+        fn events(&mut self) -> Vec<ReaderEvent> {
+            std::iter::from_fn(|| self.r.poll_event()).collect()
+        }
+        fn grant(&mut self, now: Instant, limit: u32) -> Option<Action> {
+            self.r.grant(now, limit, &mut self.mint)
+        }
+        /// Expect exactly one Subscribe at `now` from `position`.
+        fn subscribed(&mut self, now: Instant, position: StartPosition) -> SubId {
+            let acts = self.actions(now);
+            let [Action::Subscribe { sub, .. }] = acts.as_slice() else {
+                panic!("expected one Subscribe, got {acts:?}");
+            };
+            let sub = *sub;
+            assert_eq!(
+                acts,
+                vec![Action::Subscribe {
+                    sub,
+                    shard: sref(),
+                    consumer_arn: ARN.into(),
+                    position,
+                }]
+            );
+            sub
+        }
+        /// Grant credit to an open subscription: the Pull's chunk.
+        fn pull(&mut self, now: Instant, sub: SubId) -> ChunkId {
+            let Some(Action::Pull { sub: s, chunk }) = self.grant(now, 1000) else {
+                panic!("expected a Pull");
+            };
+            assert_eq!(s, sub);
+            chunk
+        }
+        /// Deliver an event for the outstanding Pull; returns the events.
+        fn event(
+            &mut self,
+            now: Instant,
+            sub: SubId,
+            chunk: ChunkId,
+            data: Chunk,
+        ) -> Vec<ReaderEvent> {
+            assert!(self
+                .r
+                .handle_input(now, &Input::SubscriptionEvent { sub, chunk, data }));
+            self.events()
+        }
+        fn sub_error(&mut self, now: Instant, sub: SubId, class: ErrorClass) {
+            assert!(self
+                .r
+                .handle_input(now, &Input::SubscriptionError { sub, class }));
+        }
+        /// Polling: expect one GetShardIterator from `position` and answer it.
+        fn iterator(&mut self, now: Instant, position: StartPosition, it: &str) {
+            let acts = self.actions(now);
+            let [Action::GetShardIterator { op, .. }] = acts.as_slice() else {
+                panic!("expected one GetShardIterator, got {acts:?}");
+            };
+            let op = *op;
+            assert_eq!(
+                acts,
+                vec![Action::GetShardIterator {
+                    op,
+                    shard: sref(),
+                    position
+                }]
+            );
+            let result = Ok(ShardIterator(it.into()));
+            assert!(self.r.handle_input(now, &Input::Iterator { op, result }));
+        }
+        /// Polling: grant and return (op, chunk, action).
+        fn get_records(&mut self, now: Instant, limit: u32) -> (OpId, ChunkId, Action) {
+            let a = self.grant(now, limit).expect("GetRecords");
+            let Action::GetRecords { op, chunk, .. } = &a else {
+                panic!("expected GetRecords, got {a:?}");
+            };
+            (*op, *chunk, a.clone())
+        }
+        fn records(
+            &mut self,
+            now: Instant,
+            op: OpId,
+            data: Chunk,
+            next: Option<&str>,
+        ) -> Vec<ReaderEvent> {
+            let result = Ok((data, next.map(|n| ShardIterator(n.into()))));
+            assert!(self.r.handle_input(now, &Input::Records { op, result }));
+            self.events()
+        }
+    }
+
+    // ----- EFO ---------------------------------------------------------------
+
+    #[test]
+    fn subscribes_only_once_consumer_arn_is_known() {
+        let t0 = Instant::now();
+        let mode = ReaderMode::Efo {
+            consumer_arn: None,
+            backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
+        };
+        let mut h = H {
+            r: ShardReader::new(sref(), StartPosition::TrimHorizon, mode, SEED, t0),
+            mint: IdMint::default(),
+        };
+        assert_eq!(h.actions(t0 + secs(10)), vec![]);
+        assert!(!h.r.wants_credit(t0 + secs(10)));
+        assert_eq!(h.r.poll_timeout(), None);
+        assert_eq!(h.r.state_name(), "awaiting-consumer");
+        h.r.set_consumer_arn(ARN.into());
+        let sub = h.subscribed(t0 + secs(10), StartPosition::TrimHorizon);
+        assert!(h.r.wants_credit(t0 + secs(10)));
+        assert_eq!(
+            h.grant(t0 + secs(10), 0),
+            Some(Action::Pull {
+                sub,
+                chunk: ChunkId::from_raw(2)
+            })
+        );
+        assert!(h.r.holds_credit());
+        assert!(!h.r.wants_credit(t0 + secs(10)));
+        assert_eq!(h.grant(t0 + secs(10), 0), None);
+        assert_eq!(h.r.subscribe_calls(), 1);
+        assert_eq!(h.r.last_subscribe_at(), Some(t0 + secs(10)));
+    }
+
+    #[test]
+    fn subscribe_never_sooner_than_one_second_after_previous() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        // A transient error 200 ms later: the backoff (at most 450 ms) would
+        // allow t0+650ms at the latest, the 1 s rule says t0+1s.
+        h.sub_error(t0 + ms(200), sub, ErrorClass::Transient);
+        assert!(ms(200) + delays(1)[0] < secs(1));
+        assert_eq!(h.r.poll_timeout(), Some((t0 + secs(1), "subscribe")));
+        assert_eq!(h.actions(t0 + ms(999)), vec![]);
+        h.r.handle_timeout(t0 + secs(1));
+        assert_eq!(h.r.poll_timeout(), None);
+        h.subscribed(t0 + secs(1), StartPosition::TrimHorizon);
+        assert_eq!(h.r.subscribe_calls(), 2);
+    }
+
+    #[test]
+    fn resubscribe_waits_five_seconds_after_resource_in_use() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let _ = h.pull(t0, sub);
+        h.sub_error(t0 + ms(100), sub, ErrorClass::ResourceInUse);
+        let due = t0 + ms(100) + secs(5);
+        assert_eq!(h.r.poll_timeout(), Some((due, "subscribe")));
+        assert!(!h.r.holds_credit());
+        assert_eq!(h.actions(due - ms(1)), vec![]);
+        h.subscribed(due, StartPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn resubscribes_immediately_after_normal_end_from_continuation() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let data = chunk(vec![rec("10", 0, true), rec("20", 0, true)], Some("25"));
+        let ev = h.event(t0 + secs(1), sub, c, data.clone());
+        assert_eq!(ev, vec![ReaderEvent::Chunk { chunk: c, data }]);
+        h.r.admitted(c);
+        assert_eq!(
+            h.r.resume_position(),
+            Some(&StartPosition::AfterSequence(seq("25")))
+        );
+        let c2 = h.pull(t0 + secs(1), sub);
+        let end = t0 + secs(300);
+        assert!(h.r.handle_input(end, &Input::SubscriptionEnded { sub }));
+        assert!(!h.r.holds_credit());
+        let sub2 = h.subscribed(end, StartPosition::AfterSequence(seq("25")));
+        assert_ne!(sub, sub2);
+        assert_eq!(h.r.subscribe_calls(), 2);
+        // The old subscription's Pull is answered with nothing: not ours.
+        let stale = Input::SubscriptionEvent {
+            sub,
+            chunk: c2,
+            data: Chunk::default(),
+        };
+        assert!(!h.r.handle_input(end, &stale));
+    }
+
+    #[test]
+    fn resubscription_waits_until_last_chunk_is_admitted() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        h.event(
+            t0 + secs(1),
+            sub,
+            c,
+            chunk(vec![rec("10", 0, true)], Some("11")),
+        );
+        assert!(!h.r.wants_credit(t0 + secs(1)), "a chunk awaits admission");
+        assert!(h
+            .r
+            .handle_input(t0 + secs(2), &Input::SubscriptionEnded { sub }));
+        assert_eq!(h.actions(t0 + secs(3)), vec![]);
+        assert_eq!(h.r.poll_timeout(), None);
+        h.r.admitted(ChunkId::from_raw(999)); // not ours: ignored
+        assert_eq!(h.actions(t0 + secs(3)), vec![]);
+        h.r.admitted(c);
+        h.subscribed(t0 + secs(3), StartPosition::AfterSequence(seq("11")));
+    }
+
+    #[test]
+    fn resource_not_found_is_fatal_for_shard() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        h.sub_error(t0 + ms(50), sub, ErrorClass::ResourceNotFound);
+        assert_eq!(
+            h.events(),
+            vec![ReaderEvent::Failed {
+                class: ErrorClass::ResourceNotFound
+            }]
+        );
+        assert_eq!(h.actions(t0 + secs(60)), vec![]);
+        assert_eq!(h.r.poll_timeout(), None);
+        assert!(!h.r.wants_credit(t0 + secs(60)));
+        assert!(!h.r.is_reading());
+        assert_eq!(h.r.state_name(), "failed");
+        assert!(!h
+            .r
+            .handle_input(t0 + secs(1), &Input::SubscriptionEnded { sub }));
+        assert_eq!(h.r.stop(), None);
+    }
+
+    #[test]
+    fn invalid_argument_without_stored_position_is_fatal() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::AtTimestamp { unix_ms: 5 }, t0);
+        let sub = h.subscribed(t0, StartPosition::AtTimestamp { unix_ms: 5 });
+        h.sub_error(t0, sub, ErrorClass::InvalidArgument);
+        assert_eq!(
+            h.events(),
+            vec![ReaderEvent::Failed {
+                class: ErrorClass::InvalidArgument
+            }]
+        );
+    }
+
+    #[test]
+    fn position_past_retention_falls_back_to_trim_horizon_once() {
+        let t0 = Instant::now();
+        let stored = StartPosition::AfterSequence(seq("4242"));
+        let mut h = H::efo(stored.clone(), t0);
+        let sub = h.subscribed(t0, stored);
+        h.sub_error(t0 + ms(100), sub, ErrorClass::InvalidArgument);
+        let ev = h.events();
+        let [ReaderEvent::Warning(w)] = ev.as_slice() else {
+            panic!("expected a warning, got {ev:?}");
+        };
+        assert!(
+            w.contains("4242") && w.contains("past retention") && w.contains("TRIM_HORIZON"),
+            "{w}"
+        );
+        assert_eq!(h.r.resume_position(), Some(&StartPosition::TrimHorizon));
+        // Still subject to the 1 s rule.
+        assert_eq!(h.actions(t0 + ms(999)), vec![]);
+        let sub = h.subscribed(t0 + secs(1), StartPosition::TrimHorizon);
+        h.sub_error(t0 + secs(1), sub, ErrorClass::InvalidArgument);
+        assert_eq!(
+            h.events(),
+            vec![ReaderEvent::Failed {
+                class: ErrorClass::InvalidArgument
+            }]
+        );
+        assert_eq!(h.actions(t0 + secs(10)), vec![]);
+    }
+
+    #[test]
+    fn invalid_argument_after_progress_is_fatal() {
+        let t0 = Instant::now();
+        let stored = StartPosition::AtSubSequence(ExtSeq::new(seq("7"), 2));
+        let mut h = H::efo(stored.clone(), t0);
+        let sub = h.subscribed(t0, stored);
+        let c = h.pull(t0, sub);
+        h.event(
+            t0 + secs(1),
+            sub,
+            c,
+            chunk(vec![rec("7", 3, true)], Some("8")),
+        );
+        h.r.admitted(c);
+        h.sub_error(t0 + secs(2), sub, ErrorClass::InvalidArgument);
+        assert_eq!(
+            h.events(),
+            vec![ReaderEvent::Failed {
+                class: ErrorClass::InvalidArgument
+            }]
+        );
+    }
+
+    #[test]
+    fn backpressure_timeout_cancels_and_resumes_from_last_delivered() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        assert_eq!(
+            h.r.poll_timeout(),
+            Some((t0 + secs(30), "backpressure timeout"))
+        );
+        let c = h.pull(t0, sub);
+        assert_eq!(h.r.poll_timeout(), None, "a Pull is outstanding");
+        h.event(
+            t0 + secs(1),
+            sub,
+            c,
+            chunk(vec![rec("10", 0, true)], Some("200")),
+        );
+        h.r.admitted(c);
+        // No credit from here on.
+        let stall = t0 + secs(31);
+        assert_eq!(h.r.poll_timeout(), Some((stall, "backpressure timeout")));
+        h.r.handle_timeout(stall - ms(1));
+        assert_eq!(h.actions(stall - ms(1)), vec![]);
+        h.r.handle_timeout(stall);
+        assert_eq!(h.actions(stall), vec![Action::Cancel { sub }]);
+        assert_eq!(h.r.state_name(), "parked");
+        // Parked: no subscription without credit, whatever the time.
+        let resume = stall + delays(1)[0];
+        assert_eq!(
+            h.r.poll_timeout(),
+            Some((resume, "resubscribe after backpressure"))
+        );
+        assert!(!h.r.wants_credit(resume - ms(1)));
+        assert_eq!(h.actions(resume + secs(100)), vec![]);
+        h.r.handle_timeout(resume);
+        assert_eq!(h.r.poll_timeout(), None);
+        // Credit again (much later): subscribe from the last delivered record, then pull.
+        let later = resume + secs(100);
+        assert!(h.r.wants_credit(later));
+        let Some(Action::Subscribe {
+            sub: sub2,
+            position,
+            ..
+        }) = h.grant(later, 10)
+        else {
+            panic!("expected a Subscribe");
+        };
+        assert_eq!(position, StartPosition::AfterSequence(seq("200")));
+        let acts = h.actions(later);
+        let [Action::Pull { sub: s, chunk: c2 }] = acts.as_slice() else {
+            panic!("expected the Pull behind the Subscribe, got {acts:?}");
+        };
+        assert_eq!(*s, sub2);
+        assert!(h.r.holds_credit());
+        assert_eq!(h.r.poll_timeout(), None);
+        assert_eq!(h.r.subscribe_calls(), 2);
+        // The cancelled subscription's inputs are not ours.
+        assert!(!h.r.handle_input(later, &Input::SubscriptionEnded { sub }));
+        let ev = h.event(
+            later + secs(1),
+            sub2,
+            *c2,
+            chunk(vec![rec("300", 0, true)], Some("301")),
+        );
+        assert_eq!(ev.len(), 1);
+    }
+
+    #[test]
+    fn backpressure_resubscribe_respects_one_second_rule_after_error() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        h.r.handle_timeout(t0 + secs(30));
+        assert_eq!(h.actions(t0 + secs(30)), vec![Action::Cancel { sub }]);
+        let Some(Action::Subscribe { sub: sub2, .. }) = h.grant(t0 + secs(40), 10) else {
+            panic!("expected a Subscribe");
+        };
+        let _ = h.actions(t0 + secs(40));
+        h.sub_error(t0 + secs(40), sub2, ErrorClass::Transient);
+        assert!(!h.r.wants_credit(t0 + secs(41)), "not parked any more");
+        h.subscribed(t0 + secs(41), StartPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn null_continuation_means_shard_end() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let mut data = chunk(vec![rec("10", 0, true)], None);
+        data.child_shards = vec![child("shardId-000000000002"), child("shardId-000000000003")];
+        let ev = h.event(t0 + secs(1), sub, c, data.clone());
+        assert_eq!(
+            ev,
+            vec![
+                ReaderEvent::Chunk { chunk: c, data },
+                ReaderEvent::End {
+                    children: vec![child("shardId-000000000002"), child("shardId-000000000003")]
+                },
+            ]
+        );
+        assert!(h.r.is_ended());
+        assert_eq!(h.r.resume_position(), None);
+        assert_eq!(h.actions(t0 + secs(1)), vec![Action::Cancel { sub }]);
+        assert!(!h.r.wants_credit(t0 + secs(2)));
+        assert_eq!(h.r.poll_timeout(), None);
+        assert!(!h
+            .r
+            .handle_input(t0 + secs(2), &Input::SubscriptionEnded { sub }));
+        h.r.admitted(c);
+        assert_eq!(h.r.stop(), None);
+    }
+
+    #[test]
+    fn child_shards_mean_shard_end_even_with_continuation() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let mut data = chunk(vec![], Some("99"));
+        data.child_shards = vec![child("shardId-000000000002")];
+        let ev = h.event(t0 + secs(1), sub, c, data);
+        assert_eq!(
+            ev.last(),
+            Some(&ReaderEvent::End {
+                children: vec![child("shardId-000000000002")]
+            })
+        );
+    }
+
+    #[test]
+    fn closed_shard_learned_from_list_shards_ends_on_empty_event() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        // Not known closed: an empty event is just an empty event.
+        let c = h.pull(t0, sub);
+        let empty = chunk(vec![], Some("5"));
+        let ev = h.event(t0 + secs(1), sub, c, empty.clone());
+        assert_eq!(
+            ev,
+            vec![ReaderEvent::Chunk {
+                chunk: c,
+                data: empty.clone()
+            }]
+        );
+        h.r.admitted(c);
+        h.r.mark_closed();
+        let c = h.pull(t0 + secs(1), sub);
+        let data = chunk(vec![rec("6", 0, true)], Some("6"));
+        assert_eq!(
+            h.event(t0 + secs(2), sub, c, data).len(),
+            1,
+            "records: not the end"
+        );
+        h.r.admitted(c);
+        let c = h.pull(t0 + secs(2), sub);
+        let ev = h.event(t0 + secs(3), sub, c, chunk(vec![], Some("6")));
+        assert_eq!(
+            ev,
+            vec![
+                ReaderEvent::Chunk {
+                    chunk: c,
+                    data: chunk(vec![], Some("6"))
+                },
+                ReaderEvent::End { children: vec![] },
+            ]
+        );
+        assert_eq!(h.actions(t0 + secs(3)), vec![Action::Cancel { sub }]);
+    }
+
+    #[test]
+    fn transient_errors_back_off_and_a_chunk_resets_the_backoff() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let d = {
+            // Replay: 6 errors, then a chunk resets, then one more error.
+            let mut rng = Rng::new(SEED);
+            let mut b = Backoff::new();
+            let mut v: Vec<Duration> = (0..6).map(|_| b.next_delay(&mut rng)).collect();
+            b.reset();
+            v.push(b.next_delay(&mut rng));
+            v
+        };
+        let mut now = t0;
+        let mut sub = h.subscribed(now, StartPosition::TrimHorizon);
+        for delay in &d[..6] {
+            h.sub_error(now, sub, ErrorClass::Throttled);
+            let due = (now + *delay).max(h.r.last_subscribe_at().unwrap() + secs(1));
+            assert_eq!(h.r.poll_timeout(), Some((due, "subscribe")));
+            assert_eq!(h.actions(due - Duration::from_nanos(1)), vec![]);
+            now = due;
+            sub = h.subscribed(now, StartPosition::TrimHorizon);
+        }
+        assert!(
+            d[5] > secs(1),
+            "late attempts exceed the 1 s rule: {:?}",
+            d[5]
+        );
+        let c = h.pull(now, sub);
+        h.event(now + secs(1), sub, c, chunk(vec![], Some("3")));
+        h.r.admitted(c);
+        now += secs(3);
+        h.sub_error(now, sub, ErrorClass::Transient);
+        assert_eq!(h.r.poll_timeout(), Some((now + d[6], "subscribe")));
+        assert!(d[6] <= ms(450));
+    }
+
+    #[test]
+    fn access_denied_is_retried_and_reported() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        h.sub_error(t0, sub, ErrorClass::AccessDenied);
+        let ev = h.events();
+        assert!(
+            matches!(ev.as_slice(), [ReaderEvent::Warning(w)] if w.contains("SubscribeToShard"))
+        );
+        let sub = h.subscribed(t0 + secs(1), StartPosition::TrimHorizon);
+        h.sub_error(t0 + secs(1), sub, ErrorClass::AccessDenied);
+        assert_eq!(h.events(), vec![], "reported once per error streak");
+        assert!(h.r.is_reading());
+    }
+
+    #[test]
+    fn stop_cancels_open_subscription_and_later_inputs_are_not_ours() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        assert_eq!(h.r.stop(), Some(Action::Cancel { sub }));
+        assert_eq!(h.r.stop(), None);
+        assert!(!h.r.holds_credit());
+        let ev = Input::SubscriptionEvent {
+            sub,
+            chunk: c,
+            data: chunk(vec![], Some("1")),
+        };
+        assert!(!h.r.handle_input(t0, &ev));
+        assert_eq!(h.events(), vec![]);
+        assert_eq!(h.actions(t0 + secs(10)), vec![]);
+        assert_eq!(h.r.poll_timeout(), None);
+        assert_eq!(h.r.state_name(), "stopped");
+    }
+
+    #[test]
+    fn inputs_for_other_subscriptions_and_chunks_are_not_ours() {
+        let t0 = Instant::now();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let other = SubId::from_raw(999);
+        let data = chunk(vec![], Some("1"));
+        // No Pull outstanding: an event is unsolicited.
+        let unsolicited = Input::SubscriptionEvent {
+            sub,
+            chunk: ChunkId::from_raw(5),
+            data: data.clone(),
+        };
+        assert!(!h.r.handle_input(t0, &unsolicited));
+        let c = h.pull(t0, sub);
+        let wrong_chunk = Input::SubscriptionEvent {
+            sub,
+            chunk: ChunkId::from_raw(998),
+            data: data.clone(),
+        };
+        assert!(!h.r.handle_input(t0, &wrong_chunk));
+        let foreign = [
+            Input::SubscriptionEvent {
+                sub: other,
+                chunk: c,
+                data,
+            },
+            Input::SubscriptionEnded { sub: other },
+            Input::SubscriptionError {
+                sub: other,
+                class: ErrorClass::ResourceNotFound,
+            },
+            Input::Iterator {
+                op: OpId::from_raw(c.raw()),
+                result: Err(ErrorClass::Transient),
+            },
+            Input::Records {
+                op: OpId::from_raw(c.raw()),
+                result: Err(ErrorClass::Transient),
+            },
+        ];
+        for input in &foreign {
+            assert!(!h.r.handle_input(t0, input), "{input:?}");
+        }
+        assert_eq!(h.events(), vec![]);
+        assert!(h.r.holds_credit());
+    }
+
+    // ----- polling -------------------------------------------------------------
+
+    #[test]
+    fn polling_reads_only_with_credit_and_limit_follows_credit() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        assert!(!h.r.wants_credit(t0));
+        assert_eq!(h.grant(t0, 10), None);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        assert!(h.r.wants_credit(t0));
+        let (op, c, a) = h.get_records(t0, 5000);
+        assert_eq!(
+            a,
+            Action::GetRecords {
+                op,
+                shard: sref(),
+                iterator: ShardIterator("it-1".into()),
+                limit: 100,
+                chunk: c,
+                skip_through: None,
+            }
+        );
+        assert!(h.r.holds_credit());
+        assert!(
+            !h.r.wants_credit(t0 + secs(5)),
+            "one GetRecords in flight at most"
+        );
+        let data = chunk(vec![rec("1", 0, true)], None);
+        h.records(t0 + ms(10), op, data, Some("it-2"));
+        h.r.admitted(c);
+        let (_, _, a) = h.get_records(t0 + secs(1), 0);
+        assert!(matches!(a, Action::GetRecords { limit: 1, .. }), "{a:?}");
+    }
+
+    #[test]
+    fn get_records_at_least_min_interval_apart() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, _) = h.get_records(t0, 50);
+        h.records(
+            t0 + ms(50),
+            op,
+            chunk(vec![rec("1", 0, true)], None),
+            Some("it-2"),
+        );
+        h.r.admitted(c);
+        assert_eq!(h.r.poll_timeout(), Some((t0 + ms(200), "get records")));
+        assert!(!h.r.wants_credit(t0 + ms(199)));
+        h.r.handle_timeout(t0 + ms(200));
+        assert_eq!(h.r.poll_timeout(), None, "a fired wake-up is not repeated");
+        assert!(h.r.wants_credit(t0 + ms(200)));
+        let (_, _, a) = h.get_records(t0 + ms(200), 50);
+        assert!(
+            matches!(a, Action::GetRecords { iterator: ShardIterator(ref i), .. } if i == "it-2")
+        );
+    }
+
+    #[test]
+    fn idle_interval_after_empty_response() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, _) = h.get_records(t0, 50);
+        let ev = h.records(t0 + ms(30), op, chunk(vec![], None), Some("it-2"));
+        assert_eq!(
+            ev.len(),
+            1,
+            "empty chunks are reported so the worker frees them"
+        );
+        h.r.admitted(c);
+        assert_eq!(h.r.resume_position(), Some(&StartPosition::TrimHorizon));
+        let due = t0 + ms(30) + secs(1);
+        assert_eq!(h.r.poll_timeout(), Some((due, "get records")));
+        assert!(!h.r.wants_credit(due - ms(1)));
+        assert!(h.r.wants_credit(due));
+    }
+
+    #[test]
+    fn empty_response_while_behind_polls_at_min_interval() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, _) = h.get_records(t0, 50);
+        let mut data = chunk(vec![], None);
+        data.millis_behind = 60_000;
+        h.records(t0 + ms(30), op, data, Some("it-2"));
+        h.r.admitted(c);
+        assert!(h.r.wants_credit(t0 + ms(200)));
+    }
+
+    #[test]
+    fn expired_iterator_refreshes_after_last_delivered_record() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, _) = h.get_records(t0, 50);
+        let data = chunk(vec![rec("10", 0, true), rec("11", 0, true)], None);
+        h.records(t0 + ms(10), op, data, Some("it-2"));
+        h.r.admitted(c);
+        let later = t0 + secs(400);
+        let (op, _, _) = h.get_records(later, 50);
+        let result = Err(ErrorClass::ExpiredIterator);
+        assert!(h.r.handle_input(later, &Input::Records { op, result }));
+        assert_eq!(h.events(), vec![]);
+        h.iterator(later, StartPosition::AfterSequence(seq("11")), "it-3");
+        let (_, _, a) = h.get_records(later + ms(200), 50);
+        assert!(
+            matches!(a, Action::GetRecords { iterator: ShardIterator(ref i), .. } if i == "it-3")
+        );
+    }
+
+    #[test]
+    fn absent_next_iterator_means_shard_end() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, _) = h.get_records(t0, 50);
+        let mut data = chunk(vec![rec("10", 0, true)], None);
+        data.child_shards = vec![child("shardId-000000000002")];
+        let ev = h.records(t0 + ms(10), op, data.clone(), None);
+        assert_eq!(
+            ev,
+            vec![
+                ReaderEvent::Chunk { chunk: c, data },
+                ReaderEvent::End {
+                    children: vec![child("shardId-000000000002")]
+                },
+            ]
+        );
+        assert!(h.r.is_ended());
+        assert_eq!(h.actions(t0 + secs(1)), vec![]);
+        assert_eq!(h.r.stop(), None);
+    }
+
+    #[test]
+    fn at_sub_sequence_start_skips_through_in_get_records() {
+        let t0 = Instant::now();
+        let start = StartPosition::AtSubSequence(ExtSeq::new(seq("50"), 3));
+        let mut h = H::polling(start.clone(), t0);
+        h.iterator(t0, start, "it-1");
+        let (op, c, a) = h.get_records(t0, 50);
+        let want = Some(ExtSeq::new(seq("50"), 3));
+        assert!(matches!(a, Action::GetRecords { ref skip_through, .. } if *skip_through == want));
+        // An empty response leaves the position inside the aggregate.
+        h.records(t0 + ms(10), op, chunk(vec![], None), Some("it-2"));
+        h.r.admitted(c);
+        let (op, c, a) = h.get_records(t0 + secs(2), 50);
+        assert!(matches!(a, Action::GetRecords { ref skip_through, .. } if *skip_through == want));
+        let data = chunk(vec![rec("50", 4, true), rec("60", 0, true)], None);
+        h.records(t0 + secs(2), op, data, Some("it-3"));
+        h.r.admitted(c);
+        let (_, _, a) = h.get_records(t0 + secs(3), 50);
+        assert!(
+            matches!(
+                a,
+                Action::GetRecords {
+                    skip_through: None,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn resume_inside_an_aggregate_when_its_last_sub_record_was_filtered() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, _) = h.get_records(t0, 50);
+        let data = chunk(vec![rec("50", 0, true), rec("60", 1, false)], None);
+        h.records(t0 + ms(10), op, data, Some("it-2"));
+        assert_eq!(
+            h.r.resume_position(),
+            Some(&StartPosition::TrimHorizon),
+            "not admitted yet"
+        );
+        h.r.admitted(c);
+        assert_eq!(
+            h.r.resume_position(),
+            Some(&StartPosition::AtSubSequence(ExtSeq::new(seq("60"), 1)))
+        );
+    }
+
+    #[test]
+    fn throttled_get_records_retries_same_iterator_with_backoff() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let d = delays(2);
+        let mut now = t0;
+        for delay in &d {
+            let (op, _, a) = h.get_records(now, 50);
+            assert!(
+                matches!(a, Action::GetRecords { iterator: ShardIterator(ref i), .. } if i == "it-1")
+            );
+            let result = Err(ErrorClass::Throttled);
+            assert!(h.r.handle_input(now, &Input::Records { op, result }));
+            let due = (now + *delay).max(now + ms(200));
+            assert_eq!(h.r.poll_timeout(), Some((due, "get records")));
+            assert!(!h.r.wants_credit(due - Duration::from_nanos(1)));
+            now = due;
+        }
+        assert!(h.r.wants_credit(now));
+    }
+
+    #[test]
+    fn get_shard_iterator_errors_back_off() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        let acts = h.actions(t0);
+        let [Action::GetShardIterator { op, .. }] = acts.as_slice() else {
+            panic!("{acts:?}");
+        };
+        let result = Err(ErrorClass::Transient);
+        assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+        let due = t0 + delays(1)[0];
+        assert_eq!(h.r.poll_timeout(), Some((due, "get shard iterator")));
+        assert_eq!(h.actions(due - ms(1)), vec![]);
+        h.iterator(due, StartPosition::TrimHorizon, "it-1");
+    }
+
+    #[test]
+    fn polling_position_past_retention_falls_back_to_trim_horizon_once() {
+        let t0 = Instant::now();
+        let stored = StartPosition::AfterSequence(seq("77"));
+        let mut h = H::polling(stored, t0);
+        for expect_fail in [false, true] {
+            let acts = h.actions(t0);
+            let [Action::GetShardIterator { op, .. }] = acts.as_slice() else {
+                panic!("{acts:?}");
+            };
+            let result = Err(ErrorClass::InvalidArgument);
+            assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+            let ev = h.events();
+            if expect_fail {
+                assert_eq!(
+                    ev,
+                    vec![ReaderEvent::Failed {
+                        class: ErrorClass::InvalidArgument
+                    }]
+                );
+            } else {
+                assert!(matches!(ev.as_slice(), [ReaderEvent::Warning(w)] if w.contains("77")));
+                assert_eq!(h.r.resume_position(), Some(&StartPosition::TrimHorizon));
+            }
+        }
+        assert_eq!(h.actions(t0 + secs(5)), vec![]);
+    }
+
+    #[test]
+    fn polling_resource_not_found_is_fatal() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, _, _) = h.get_records(t0, 50);
+        let result = Err(ErrorClass::ResourceNotFound);
+        assert!(h.r.handle_input(t0, &Input::Records { op, result }));
+        assert_eq!(
+            h.events(),
+            vec![ReaderEvent::Failed {
+                class: ErrorClass::ResourceNotFound
+            }]
+        );
+        let result = Ok((Chunk::default(), None));
+        assert!(
+            !h.r.handle_input(t0, &Input::Records { op, result }),
+            "after failure"
+        );
+    }
+
+    #[test]
+    fn stale_get_records_answer_after_stop_is_not_ours() {
+        let t0 = Instant::now();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, _, _) = h.get_records(t0, 50);
+        assert_eq!(h.r.stop(), None);
+        let result = Ok((
+            chunk(vec![rec("1", 0, true)], None),
+            Some(ShardIterator("x".into())),
+        ));
+        assert!(!h.r.handle_input(t0, &Input::Records { op, result }));
+        assert_eq!(h.events(), vec![]);
+    }
+
+    #[test]
+    fn huge_configured_intervals_do_not_panic() {
+        let t0 = Instant::now();
+        let mode = ReaderMode::Polling {
+            idle_interval: Duration::MAX,
+            min_interval: Duration::MAX,
+            max_records: 0,
+        };
+        let mut h = H {
+            r: ShardReader::new(sref(), StartPosition::TrimHorizon, mode, SEED, t0),
+            mint: IdMint::default(),
+        };
+        h.iterator(t0, StartPosition::TrimHorizon, "it-1");
+        let (op, c, a) = h.get_records(t0, 50);
+        assert!(matches!(a, Action::GetRecords { limit: 1, .. }), "{a:?}");
+        h.records(t0, op, chunk(vec![], None), Some("it-2"));
+        h.r.admitted(c);
+        assert!(!h.r.wants_credit(t0 + secs(3600)));
+        assert!(h.r.poll_timeout().is_some());
+    }
+
+    #[test]
+    fn mode_from_config_carries_backpressure_timeout() {
+        use crate::config::{EfoConsumer, Retrieval};
+        use crate::ids::Owner;
+        let mut config = Config::new(
+            vec![StreamId::new("s")],
+            Owner::new("w", 1),
+            Retrieval::polling(),
+        );
+        assert_eq!(
+            ReaderMode::from_config(&config, None),
+            ReaderMode::Polling {
+                idle_interval: secs(1),
+                min_interval: ms(200),
+                max_records: 10_000
+            }
+        );
+        config.retrieval = Retrieval::Efo {
+            consumer: EfoConsumer::Name("app".into()),
+        };
+        assert_eq!(
+            ReaderMode::from_config(&config, Some(ARN.into())),
+            ReaderMode::Efo {
+                consumer_arn: Some(ARN.into()),
+                backpressure_timeout: secs(30)
+            }
+        );
+    }
+}

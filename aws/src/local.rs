@@ -1,0 +1,622 @@
+//! The local lease store: one process, one directory, no AWS.
+//!
+//! Models: the lease table of a single worker (an embedded default, e.g. a
+//! CLI consuming a stream alone), kept in a directory:
+//!
+//! - `leases.json`: the whole table, rewritten on every change by atomic
+//!   replace (write `leases.json.tmp`, fsync it, rename it over
+//!   `leases.json`, fsync the directory). A crash leaves either the old or
+//!   the new table, never a mix.
+//! - `lock`: holds an exclusive advisory lock (`flock` on Unix,
+//!   `LockFileEx` on Windows) for as long as the store is open, and the
+//!   holder's pid for the error message. A second [`LocalLeaseStore::open`]
+//!   of the same directory, from another process or this one, fails with
+//!   [`LocalStoreError::Locked`]. The OS releases the lock when the process
+//!   dies, so a crash never leaves a stale lock; the file itself stays.
+//!
+//! The file format (JSON, `format` and `version` checked on open):
+//!
+//! ```json
+//! {
+//!   "format": "kinesin-local-lease-store",
+//!   "version": 1,
+//!   "leases": [
+//!     { "stream": "orders", "shard": "shardId-000000000000",
+//!       "owner": "host-1#17", "token": 3,
+//!       "checkpoint": "49590338271490256608559692538361571095921575989136588898",
+//!       "sub_sequence": 2, "pending_owner": null,
+//!       "parents": [], "created_ms": 1767225600000 }
+//!   ],
+//!   "heartbeats": [
+//!     { "owner": "host-1#17", "beat": 42, "held": 1,
+//!       "wants": ["orders|shardId-000000000001"], "alive": true }
+//!   ]
+//! }
+//! ```
+//!
+//! Field forms are those of the DynamoDB schema ([`crate::dynamo`]):
+//! owners as `<worker id>#<incarnation>`, checkpoints as
+//! [`kinesin_core::sequence::Checkpoint::to_parts`]; `null` or a missing
+//! field means absent.
+//!
+//! Invariants: writes apply [`LeaseWrite::apply`] to the row in memory and
+//! change memory only once the new file is in place, so memory and file
+//! agree; a failure before the rename is [`ErrorClass::Transient`] (nothing
+//! changed), a failed directory fsync after it is [`ErrorClass::Ambiguous`]
+//! (the change is visible but may not survive a power loss). A file that
+//! does not decode fails [`LocalLeaseStore::open`] with the row and field.
+//!
+//! The I/O is blocking and runs inside the returned futures: a few small
+//! file operations per call. A runtime that must never block its executor
+//! can run the calls on its blocking pool.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use kinesin_core::ids::{FencingToken, ShardId, ShardRef, StreamId};
+use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::codec::{decode_checkpoint, decode_owner, decode_shard_ref, encode_shard_ref};
+use crate::lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
+
+/// The `format` field of the file.
+const FORMAT: &str = "kinesin-local-lease-store";
+/// The `version` field of the file.
+const VERSION: u64 = 1;
+const DATA_FILE: &str = "leases.json";
+const TEMP_FILE: &str = "leases.json.tmp";
+const LOCK_FILE: &str = "lock";
+
+/// Why [`LocalLeaseStore::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStoreError {
+    /// Another store (another process, or another open in this one) holds
+    /// the directory.
+    #[error(
+        "local lease store {dir} is in use by another process ({holder}); a local store serves \
+         one process: stop that process, choose another directory, or use the DynamoDB store \
+         for several workers"
+    )]
+    Locked {
+        /// The store directory.
+        dir: PathBuf,
+        /// Who holds it, from the lock file (e.g. "pid 1234").
+        holder: String,
+    },
+    /// A file operation failed.
+    #[error("local lease store: cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done ("create", "lock", "read", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The table file exists but is not a valid table.
+    #[error("local lease store file {path} is not a valid lease table: {detail}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the row and field when it is one row.
+        detail: String,
+    },
+}
+
+/// The whole table in memory, in the order it is written.
+#[derive(Clone, Debug, Default)]
+struct Tables {
+    leases: BTreeMap<ShardRef, LeaseRow>,
+    /// Keyed by worker id: one row per worker, like DynamoDB.
+    heartbeats: BTreeMap<String, HeartbeatRow>,
+}
+
+/// A single-process lease store in a directory (format in the module doc).
+#[derive(Debug)]
+pub struct LocalLeaseStore {
+    dir: PathBuf,
+    tables: Mutex<Tables>,
+    /// Held (locked) for the life of the store.
+    _lock: File,
+}
+
+impl LocalLeaseStore {
+    /// Open the store in `dir` (created if missing), taking its lock and
+    /// loading `leases.json` if it exists.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, LocalStoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let io_err = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LocalStoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                // Best effort: the pid is only for the message.
+                let _ = File::open(&lock_path).and_then(|mut f| f.read_to_string(&mut holder));
+                let holder = match holder.trim() {
+                    "" => "pid unknown".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(LocalStoreError::Locked { dir, holder });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+        }
+        lock.set_len(0)
+            .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(io_err("write", &lock_path))?;
+
+        let temp_path = dir.join(TEMP_FILE);
+        if temp_path.exists() {
+            // Left by a crash before its rename: never part of the table.
+            fs::remove_file(&temp_path).map_err(io_err("remove", &temp_path))?;
+        }
+        let data_path = dir.join(DATA_FILE);
+        let tables = match fs::read(&data_path) {
+            Ok(bytes) => decode_file(&bytes).map_err(|detail| LocalStoreError::Corrupt {
+                path: data_path.clone(),
+                detail,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Tables::default(),
+            Err(e) => return Err(io_err("read", &data_path)(e)),
+        };
+        Ok(LocalLeaseStore {
+            dir,
+            tables: Mutex::new(tables),
+            _lock: lock,
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        // Memory changes only after a successful persist, so the tables are
+        // consistent even if a holder panicked.
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_lease_sync(&self, write: &LeaseWrite) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        let next = write.apply(tables.leases.get(write.shard())).map_err(|e| {
+            StoreError::new(ErrorClass::ConditionalFailed, "write_lease", e.to_string())
+        })?;
+        let previous = tables.leases.insert(write.shard().clone(), next);
+        self.commit(&mut tables, |t| match previous {
+            Some(row) => {
+                t.leases.insert(write.shard().clone(), row);
+            }
+            None => {
+                t.leases.remove(write.shard());
+            }
+        })
+    }
+
+    fn write_heartbeat_sync(&self, row: &HeartbeatRow) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        let worker = row.owner.worker.to_string();
+        let previous = tables.heartbeats.insert(worker.clone(), row.clone());
+        self.commit(&mut tables, |t| match previous {
+            Some(row) => {
+                t.heartbeats.insert(worker, row);
+            }
+            None => {
+                t.heartbeats.remove(&worker);
+            }
+        })
+    }
+
+    /// Persist the already-updated tables; when nothing reached the disk,
+    /// `undo` restores memory so it matches the file again.
+    fn commit(
+        &self,
+        tables: &mut Tables,
+        undo: impl FnOnce(&mut Tables),
+    ) -> Result<(), StoreError> {
+        let temp_path = self.dir.join(TEMP_FILE);
+        let data_path = self.dir.join(DATA_FILE);
+        let bytes = match encode_file(tables) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                undo(tables);
+                return Err(
+                    StoreError::new(ErrorClass::Transient, "encode", e.to_string()).with_source(e),
+                );
+            }
+        };
+        let written = File::create(&temp_path)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .map_err(|e| (e, "write"))
+            .and_then(|()| fs::rename(&temp_path, &data_path).map_err(|e| (e, "rename")));
+        if let Err((e, action)) = written {
+            undo(tables);
+            let _ = fs::remove_file(&temp_path);
+            return Err(StoreError::new(
+                ErrorClass::Transient,
+                action,
+                format!("{}: {e}", temp_path.display()),
+            )
+            .with_source(e));
+        }
+        sync_dir(&self.dir).map_err(|e| {
+            StoreError::new(
+                ErrorClass::Ambiguous,
+                "fsync",
+                format!(
+                    "{} replaced, but the directory could not be synced: {e}",
+                    data_path.display()
+                ),
+            )
+            .with_source(e)
+        })
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    // Windows has no directory fsync; the rename is as durable as it gets.
+    Ok(())
+}
+
+impl LeaseStore for LocalLeaseStore {
+    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Vec<LeaseRow>> {
+        Box::pin(async move {
+            Ok(self
+                .tables()
+                .leases
+                .values()
+                .filter(|row| &row.shard.stream == stream)
+                .cloned()
+                .collect())
+        })
+    }
+
+    fn write_lease<'a>(&'a self, write: &'a LeaseWrite) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.write_lease_sync(write) })
+    }
+
+    fn read_heartbeats(&self) -> StoreFuture<'_, Vec<HeartbeatRow>> {
+        Box::pin(async move { Ok(self.tables().heartbeats.values().cloned().collect()) })
+    }
+
+    fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.write_heartbeat_sync(row) })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File format
+
+#[derive(Serialize)]
+struct FileOut<'a> {
+    format: &'static str,
+    version: u64,
+    leases: Vec<LeaseOut<'a>>,
+    heartbeats: Vec<HeartbeatOut>,
+}
+
+#[derive(Serialize)]
+struct LeaseOut<'a> {
+    stream: &'a str,
+    shard: &'a str,
+    owner: Option<String>,
+    token: u64,
+    checkpoint: Option<String>,
+    sub_sequence: Option<u32>,
+    pending_owner: Option<String>,
+    parents: Vec<&'a str>,
+    created_ms: u64,
+}
+
+#[derive(Serialize)]
+struct HeartbeatOut {
+    owner: String,
+    beat: u64,
+    held: u32,
+    wants: Vec<String>,
+    alive: bool,
+}
+
+fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
+    let leases = tables
+        .leases
+        .values()
+        .map(|row| {
+            let (checkpoint, sub_sequence) = match row.checkpoint.as_ref().map(|cp| cp.to_parts()) {
+                Some((value, sub)) => (Some(value), sub),
+                None => (None, None),
+            };
+            LeaseOut {
+                stream: row.shard.stream.as_str(),
+                shard: row.shard.shard.as_str(),
+                owner: row.owner.as_ref().map(|o| o.encode()),
+                token: row.token.0,
+                checkpoint,
+                sub_sequence,
+                pending_owner: row.pending_owner.as_ref().map(|o| o.encode()),
+                parents: row.parents.iter().map(|p| p.as_str()).collect(),
+                created_ms: row.created_ms,
+            }
+        })
+        .collect();
+    let heartbeats = tables
+        .heartbeats
+        .values()
+        .map(|row| HeartbeatOut {
+            owner: row.owner.encode(),
+            beat: row.beat,
+            held: row.held,
+            wants: row.wants.iter().map(encode_shard_ref).collect(),
+            alive: row.alive,
+        })
+        .collect();
+    let file = FileOut {
+        format: FORMAT,
+        version: VERSION,
+        leases,
+        heartbeats,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+fn decode_file(bytes: &[u8]) -> Result<Tables, String> {
+    let file: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let top = Fields {
+        row: "(top level)".to_owned(),
+        obj: file.as_object().ok_or("not a JSON object")?,
+    };
+    let format = top.str("format").map_err(|e| e.to_string())?;
+    let version = top.num("version").map_err(|e| e.to_string())?;
+    if format != FORMAT || version != VERSION {
+        return Err(format!(
+            "format {format:?} version {version}; this kinesin reads {FORMAT:?} version \
+             {VERSION} (a newer kinesin wrote it, or it is another file)"
+        ));
+    }
+    let mut tables = Tables::default();
+    for (i, value) in top
+        .array("leases")
+        .map_err(|e| e.to_string())?
+        .iter()
+        .enumerate()
+    {
+        let row = decode_lease(i, value).map_err(|e| e.to_string())?;
+        if let Some(dup) = tables.leases.insert(row.shard.clone(), row) {
+            return Err(format!("leases[{i}]: a second row for {}", dup.shard));
+        }
+    }
+    for (i, value) in top
+        .array("heartbeats")
+        .map_err(|e| e.to_string())?
+        .iter()
+        .enumerate()
+    {
+        let row = decode_heartbeat(i, value).map_err(|e| e.to_string())?;
+        let worker = row.owner.worker.to_string();
+        if tables.heartbeats.insert(worker.clone(), row).is_some() {
+            return Err(format!(
+                "heartbeats[{i}]: a second row for worker {worker:?}"
+            ));
+        }
+    }
+    Ok(tables)
+}
+
+/// Typed access to one JSON object; every failure names the row and field.
+struct Fields<'a> {
+    row: String,
+    obj: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, field: &'static str, problem: impl Into<String>) -> RowError {
+        RowError::new(self.row.clone(), field, problem)
+    }
+
+    /// Missing and `null` both mean absent.
+    fn get(&self, field: &'static str) -> Option<&'a Value> {
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    fn opt_str(&self, field: &'static str) -> Result<Option<&'a str>, RowError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.err(field, format!("is {other}, not a string"))),
+        }
+    }
+
+    fn str(&self, field: &'static str) -> Result<&'a str, RowError> {
+        self.opt_str(field)?
+            .ok_or_else(|| self.err(field, "is missing"))
+    }
+
+    fn opt_num(&self, field: &'static str) -> Result<Option<u64>, RowError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("is {v}, not an unsigned integer"))),
+        }
+    }
+
+    fn num(&self, field: &'static str) -> Result<u64, RowError> {
+        self.opt_num(field)?
+            .ok_or_else(|| self.err(field, "is missing"))
+    }
+
+    fn u32(&self, field: &'static str, v: u64) -> Result<u32, RowError> {
+        u32::try_from(v).map_err(|_| self.err(field, format!("is {v}, more than a u32")))
+    }
+
+    fn array(&self, field: &'static str) -> Result<&'a [Value], RowError> {
+        match self.get(field) {
+            None => Ok(&[]),
+            Some(Value::Array(items)) => Ok(items),
+            Some(other) => Err(self.err(field, format!("is {other}, not an array"))),
+        }
+    }
+
+    fn strings(&self, field: &'static str) -> Result<Vec<&'a str>, RowError> {
+        self.array(field)?
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.err(field, format!("has {v}, not a string")))
+            })
+            .collect()
+    }
+}
+
+fn object<'a>(row: String, value: &'a Value) -> Result<Fields<'a>, RowError> {
+    match value.as_object() {
+        Some(obj) => Ok(Fields { row, obj }),
+        None => Err(RowError::new(
+            row,
+            "(row)",
+            format!("is {value}, not an object"),
+        )),
+    }
+}
+
+fn decode_lease(i: usize, value: &Value) -> Result<LeaseRow, RowError> {
+    let mut f = object(format!("leases[{i}]"), value)?;
+    let stream = f.str("stream")?;
+    let shard = f.str("shard")?;
+    f.row = format!("leases[{i}] ({stream}/{shard})");
+    let sub = f
+        .opt_num("sub_sequence")?
+        .map(|v| f.u32("sub_sequence", v))
+        .transpose()?;
+    Ok(LeaseRow {
+        shard: ShardRef::new(StreamId::new(stream), ShardId::new(shard)),
+        owner: f
+            .opt_str("owner")?
+            .map(|v| decode_owner(&f.row, "owner", v))
+            .transpose()?,
+        token: FencingToken(f.num("token")?),
+        checkpoint: decode_checkpoint(&f.row, f.opt_str("checkpoint")?, sub)?,
+        pending_owner: f
+            .opt_str("pending_owner")?
+            .map(|v| decode_owner(&f.row, "pending_owner", v))
+            .transpose()?,
+        parents: f
+            .strings("parents")?
+            .into_iter()
+            .map(ShardId::new)
+            .collect(),
+        created_ms: f.num("created_ms")?,
+    })
+}
+
+fn decode_heartbeat(i: usize, value: &Value) -> Result<HeartbeatRow, RowError> {
+    let mut f = object(format!("heartbeats[{i}]"), value)?;
+    let owner = decode_owner(&f.row, "owner", f.str("owner")?)?;
+    f.row = format!("heartbeats[{i}] ({owner})");
+    let alive = match f.get("alive") {
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(f.err("alive", format!("is {other}, not true/false"))),
+        None => return Err(f.err("alive", "is missing")),
+    };
+    let held = f.num("held")?;
+    Ok(HeartbeatRow {
+        beat: f.num("beat")?,
+        held: f.u32("held", held)?,
+        wants: f
+            .strings("wants")?
+            .into_iter()
+            .map(|w| decode_shard_ref(&f.row, "wants", w))
+            .collect::<Result<_, _>>()?,
+        alive,
+        owner,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinesin_core::ids::Owner;
+    use kinesin_core::sequence::{Checkpoint, ExtSeq, SeqNum};
+
+    fn tables() -> Tables {
+        let sref = ShardRef::new(StreamId::new("s"), ShardId::new("shardId-1"));
+        let mut row = LeaseRow::new(sref.clone(), vec![ShardId::new("shardId-0")], 5);
+        row.owner = Some(Owner::new("w#x", 2));
+        row.token = FencingToken(u64::MAX);
+        row.checkpoint = Some(Checkpoint::Within(ExtSeq::new(
+            SeqNum::parse("12345").unwrap(),
+            7,
+        )));
+        let beat = HeartbeatRow {
+            owner: Owner::new("w#x", 2),
+            beat: 9,
+            held: 1,
+            wants: vec![sref.clone()],
+            alive: false,
+        };
+        Tables {
+            leases: BTreeMap::from([(sref, row)]),
+            heartbeats: BTreeMap::from([("w#x".to_owned(), beat)]),
+        }
+    }
+
+    #[test]
+    fn file_round_trips() {
+        let t = tables();
+        let back = decode_file(&encode_file(&t).unwrap()).unwrap();
+        assert_eq!(back.leases, t.leases);
+        assert_eq!(back.heartbeats, t.heartbeats);
+    }
+
+    #[test]
+    fn bad_field_names_row_and_field() {
+        let text = String::from_utf8(encode_file(&tables()).unwrap()).unwrap();
+        // The lease row comes first in the file.
+        let bad = text.replacen("\"w#x#2\"", "\"nobody\"", 1);
+        let err = decode_file(bad.as_bytes()).unwrap_err();
+        assert!(err.contains("leases[0] (s/shardId-1)"), "{err}");
+        assert!(err.contains("`owner`"), "{err}");
+    }
+
+    #[test]
+    fn other_version_is_refused() {
+        let text = String::from_utf8(encode_file(&Tables::default()).unwrap()).unwrap();
+        let err =
+            decode_file(text.replace("\"version\": 1", "\"version\": 2").as_bytes()).unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+    }
+}

@@ -1,0 +1,389 @@
+//! Checks every `LeaseStore` must pass, shared by the DynamoDB and local
+//! store tests.
+
+use anyhow::{bail, ensure, Context, Result};
+use kinesin_aws::LeaseStore;
+use kinesin_core::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
+use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::sequence::{Checkpoint, ExtSeq, SeqNum};
+
+/// A realistic 56-digit sequence number.
+const SEQ: &str = "49590338271490256608559692538361571095921575989136588898";
+
+fn seq() -> SeqNum {
+    SeqNum::parse(SEQ).expect("valid test sequence number")
+}
+
+fn after() -> Checkpoint {
+    Checkpoint::After(seq())
+}
+
+fn within() -> Checkpoint {
+    Checkpoint::Within(ExtSeq::new(seq(), 2))
+}
+
+/// A worker id with a `#` in it, to exercise the owner encoding.
+fn a() -> Owner {
+    Owner::new("host-a#blue", 1)
+}
+
+fn b() -> Owner {
+    Owner::new("b", 7)
+}
+
+fn c() -> Owner {
+    Owner::new("c", 3)
+}
+
+pub fn shard(stream: &str, shard: &str) -> ShardRef {
+    ShardRef::new(StreamId::new(stream), ShardId::new(shard))
+}
+
+fn row(
+    sref: &ShardRef,
+    owner: Option<Owner>,
+    token: u64,
+    checkpoint: Option<Checkpoint>,
+    pending_owner: Option<Owner>,
+) -> LeaseRow {
+    LeaseRow {
+        owner,
+        token: FencingToken(token),
+        checkpoint,
+        pending_owner,
+        ..LeaseRow::new(
+            sref.clone(),
+            vec![ShardId::new("shardId-p1"), ShardId::new("shardId-p0")],
+            1_767_225_600_000,
+        )
+    }
+}
+
+/// Rows a write may find (`None` = no row).
+fn befores(s: &ShardRef) -> Vec<(&'static str, Option<LeaseRow>)> {
+    vec![
+        ("no row", None),
+        ("free t0", Some(row(s, None, 0, None, None))),
+        (
+            "free t5 within",
+            Some(row(s, None, 5, Some(within()), None)),
+        ),
+        (
+            "a t3 after",
+            Some(row(s, Some(a()), 3, Some(after()), None)),
+        ),
+        (
+            "a t3 within",
+            Some(row(s, Some(a()), 3, Some(within()), None)),
+        ),
+        (
+            "a t3 pending b",
+            Some(row(s, Some(a()), 3, None, Some(b()))),
+        ),
+        (
+            "a t3 pending c",
+            Some(row(s, Some(a()), 3, Some(after()), Some(c()))),
+        ),
+        ("b t3", Some(row(s, Some(b()), 3, None, None))),
+        (
+            "a t4 shard end",
+            Some(row(s, Some(a()), 4, Some(Checkpoint::ShardEnd), None)),
+        ),
+    ]
+}
+
+/// Writes to try on each of them.
+fn writes(s: &ShardRef) -> Vec<LeaseWrite> {
+    let take = |expect_owner: Option<Owner>, expect_token: u64, to: Owner| LeaseWrite::Take {
+        shard: s.clone(),
+        expect_owner,
+        expect_token: FencingToken(expect_token),
+        to,
+    };
+    let request = |owner: Owner, token: u64, pending: Owner| LeaseWrite::RequestHandoff {
+        shard: s.clone(),
+        owner,
+        token: FencingToken(token),
+        pending,
+    };
+    let transfer = |owner: Owner, token: u64, to: Owner, checkpoint| LeaseWrite::Transfer {
+        shard: s.clone(),
+        owner,
+        token: FencingToken(token),
+        to,
+        checkpoint,
+    };
+    let checkpoint = |owner: Owner, token: u64, checkpoint| LeaseWrite::Checkpoint {
+        shard: s.clone(),
+        owner,
+        token: FencingToken(token),
+        checkpoint,
+    };
+    let release = |owner: Owner, token: u64, checkpoint| LeaseWrite::Release {
+        shard: s.clone(),
+        owner,
+        token: FencingToken(token),
+        checkpoint,
+    };
+    vec![
+        LeaseWrite::Create(LeaseRow::new(s.clone(), vec![], 2_000)),
+        LeaseWrite::Create(row(s, Some(a()), 7, Some(within()), Some(c()))),
+        take(None, 0, b()),
+        take(None, 5, b()),
+        take(Some(a()), 3, b()),
+        take(Some(a()), 3, a()),
+        take(Some(a()), 4, c()),
+        take(Some(b()), 3, a()),
+        take(Some(c()), 3, b()),
+        request(a(), 3, b()),
+        request(a(), 3, c()),
+        request(a(), 4, b()),
+        request(b(), 3, a()),
+        transfer(a(), 3, b(), None),
+        transfer(a(), 3, b(), Some(Checkpoint::ShardEnd)),
+        transfer(a(), 3, c(), Some(after())),
+        transfer(a(), 4, b(), None),
+        transfer(b(), 3, a(), None),
+        checkpoint(a(), 3, after()),
+        checkpoint(a(), 3, within()),
+        checkpoint(a(), 3, Checkpoint::ShardEnd),
+        checkpoint(a(), 4, after()),
+        checkpoint(b(), 3, after()),
+        release(a(), 3, None),
+        release(a(), 3, Some(within())),
+        release(a(), 4, Some(after())),
+        release(b(), 3, None),
+    ]
+}
+
+/// For every (row before, write) pair, on a stream of its own: the store
+/// accepts exactly when `LeaseWrite::apply` does, the stored row is then
+/// `apply`'s result, and a refused write is ConditionalFailed and changes
+/// nothing. Returns (accepted, refused) counts.
+pub async fn check_store_matches_apply(
+    store: &dyn LeaseStore,
+    prefix: &str,
+) -> Result<(usize, usize)> {
+    let mut failures = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
+    let probe = shard("probe", "shardId-000000000000");
+    let n_writes = writes(&probe).len();
+    for (bi, (before_name, _)) in befores(&probe).into_iter().enumerate() {
+        for wi in 0..n_writes {
+            let stream = format!("{prefix}-{bi}-{wi}");
+            let s = shard(&stream, "shardId-000000000000");
+            let before = befores(&s).swap_remove(bi).1;
+            let write = writes(&s).swap_remove(wi);
+            if let Some(row) = &before {
+                store
+                    .write_lease(&LeaseWrite::Create(row.clone()))
+                    .await
+                    .with_context(|| format!("setting up {before_name}"))?;
+            }
+            let expected = write.apply(before.as_ref());
+            let got = store.write_lease(&write).await;
+            let stored = store.read_leases(&s.stream).await?;
+            let case = format!("before [{before_name}], write {write:?}");
+            match (&expected, &got) {
+                (Ok(next), Ok(())) => {
+                    accepted += 1;
+                    if stored != [next.clone()] {
+                        failures.push(format!("{case}: stored {stored:?}, apply gives {next:?}"));
+                    }
+                }
+                (Err(_), Err(e)) if e.class() == ErrorClass::ConditionalFailed => {
+                    refused += 1;
+                    let unchanged: Vec<LeaseRow> = before.into_iter().collect();
+                    if stored != unchanged {
+                        failures.push(format!("{case}: refused but changed the row to {stored:?}"));
+                    }
+                }
+                (expected, got) => failures.push(format!(
+                    "{case}: apply says {expected:?}, store says {got:?}"
+                )),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} cases differ from LeaseWrite::apply:\n{}",
+            failures.len(),
+            accepted + refused + failures.len(),
+            failures.join("\n")
+        );
+    }
+    ensure!(
+        accepted > 20 && refused > 20,
+        "the case table lost its spread: {accepted} accepted, {refused} refused"
+    );
+    Ok((accepted, refused))
+}
+
+async fn write_ok(store: &dyn LeaseStore, write: LeaseWrite) -> Result<()> {
+    store
+        .write_lease(&write)
+        .await
+        .with_context(|| format!("{write:?} should apply"))
+}
+
+async fn write_refused(store: &dyn LeaseStore, write: LeaseWrite) -> Result<()> {
+    match store.write_lease(&write).await {
+        Err(e) if e.class() == ErrorClass::ConditionalFailed => Ok(()),
+        other => bail!("{write:?} should be refused as ConditionalFailed, got {other:?}"),
+    }
+}
+
+async fn only_row(store: &dyn LeaseStore, s: &ShardRef) -> Result<LeaseRow> {
+    let rows = store.read_leases(&s.stream).await?;
+    match <[LeaseRow; 1]>::try_from(rows) {
+        Ok([row]) => Ok(row),
+        Err(rows) => bail!("expected one row for {s}, got {rows:?}"),
+    }
+}
+
+/// The life of one lease: create, take, checkpoint, hand-off request,
+/// transfer with a final checkpoint, release; stale writers refused.
+pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
+    let s = shard(stream, "shardId-000000000001");
+    let created = LeaseRow::new(s.clone(), vec![ShardId::new("shardId-000000000000")], 1234);
+    write_ok(store, LeaseWrite::Create(created.clone())).await?;
+    write_refused(store, LeaseWrite::Create(created.clone())).await?;
+    ensure!(only_row(store, &s).await? == created);
+
+    write_ok(
+        store,
+        LeaseWrite::Take {
+            shard: s.clone(),
+            expect_owner: None,
+            expect_token: FencingToken(0),
+            to: a(),
+        },
+    )
+    .await?;
+    let row = only_row(store, &s).await?;
+    ensure!(
+        row.owner == Some(a()) && row.token == FencingToken(1),
+        "{row:?}"
+    );
+
+    write_ok(
+        store,
+        LeaseWrite::Checkpoint {
+            shard: s.clone(),
+            owner: a(),
+            token: FencingToken(1),
+            checkpoint: within(),
+        },
+    )
+    .await?;
+    ensure!(only_row(store, &s).await?.checkpoint == Some(within()));
+
+    write_ok(
+        store,
+        LeaseWrite::RequestHandoff {
+            shard: s.clone(),
+            owner: a(),
+            token: FencingToken(1),
+            pending: b(),
+        },
+    )
+    .await?;
+    ensure!(only_row(store, &s).await?.pending_owner == Some(b()));
+
+    write_ok(
+        store,
+        LeaseWrite::Transfer {
+            shard: s.clone(),
+            owner: a(),
+            token: FencingToken(1),
+            to: b(),
+            checkpoint: Some(after()),
+        },
+    )
+    .await?;
+    let row = only_row(store, &s).await?;
+    ensure!(
+        row.owner == Some(b())
+            && row.token == FencingToken(2)
+            && row.pending_owner.is_none()
+            && row.checkpoint == Some(after()),
+        "{row:?}"
+    );
+
+    // The deposed owner can no longer checkpoint.
+    write_refused(
+        store,
+        LeaseWrite::Checkpoint {
+            shard: s.clone(),
+            owner: a(),
+            token: FencingToken(1),
+            checkpoint: Checkpoint::ShardEnd,
+        },
+    )
+    .await?;
+
+    write_ok(
+        store,
+        LeaseWrite::Release {
+            shard: s.clone(),
+            owner: b(),
+            token: FencingToken(2),
+            checkpoint: Some(Checkpoint::ShardEnd),
+        },
+    )
+    .await?;
+    let row = only_row(store, &s).await?;
+    let expected = LeaseRow {
+        owner: None,
+        token: FencingToken(3),
+        checkpoint: Some(Checkpoint::ShardEnd),
+        pending_owner: None,
+        ..created
+    };
+    ensure!(row == expected, "{row:?} != {expected:?}");
+    Ok(())
+}
+
+/// Heartbeat rows: one per worker id, replaced by the next write of that
+/// worker (any incarnation), read back in worker-id order, separate from
+/// lease rows.
+pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
+    let beat_a = HeartbeatRow {
+        owner: a(),
+        beat: 1,
+        held: 2,
+        wants: vec![
+            shard(stream, "shardId-000000000004"),
+            shard("other", "shardId-9"),
+        ],
+        alive: true,
+    };
+    let beat_b = HeartbeatRow {
+        owner: b(),
+        beat: 40,
+        held: 0,
+        wants: vec![],
+        alive: true,
+    };
+    store.write_heartbeat(&beat_b).await?;
+    store.write_heartbeat(&beat_a).await?;
+    let rows = store.read_heartbeats().await?;
+    ensure!(rows == [beat_b.clone(), beat_a.clone()], "{rows:?}");
+
+    // A restarted b (new incarnation) replaces the old row.
+    let beat_b2 = HeartbeatRow {
+        owner: Owner::new("b", 8),
+        beat: 0,
+        held: 0,
+        wants: vec![shard(stream, "shardId-000000000001")],
+        alive: false,
+    };
+    store.write_heartbeat(&beat_b2).await?;
+    let rows = store.read_heartbeats().await?;
+    ensure!(rows == [beat_b2, beat_a], "{rows:?}");
+    ensure!(
+        store.read_leases(&StreamId::new(stream)).await?.is_empty(),
+        "heartbeats must not show up as lease rows"
+    );
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! LocalLeaseStore: the same checks as the DynamoDB store, plus the lock
+//! and durability of the directory.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Result};
+use kinesin_aws::{LeaseStore, LocalLeaseStore, LocalStoreError};
+use kinesin_core::ids::{FencingToken, Owner, StreamId};
+use kinesin_core::io::{HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::sequence::Checkpoint;
+
+/// Set in the child process of `local_store_refuses_a_second_process`.
+const CHILD_DIR_ENV: &str = "KINESIN_TEST_LOCAL_STORE_CHILD_DIR";
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kinesin-local-store-{test}-{}-{nanos}",
+            std::process::id()
+        ));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn local_lease_life_round_trip() -> Result<()> {
+    let dir = TempDir::new("life");
+    let store = LocalLeaseStore::open(&dir.0)?;
+    common::lease_life_round_trip(&store, "orders").await
+}
+
+#[tokio::test]
+async fn local_store_decides_like_lease_write_apply() -> Result<()> {
+    let dir = TempDir::new("conformance");
+    let store = LocalLeaseStore::open(&dir.0)?;
+    let (accepted, refused) = common::check_store_matches_apply(&store, "conf").await?;
+    eprintln!("conformance: {accepted} accepted, {refused} refused, all as LeaseWrite::apply");
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_heartbeats_round_trip() -> Result<()> {
+    let dir = TempDir::new("heartbeats");
+    let store = LocalLeaseStore::open(&dir.0)?;
+    common::heartbeats_round_trip(&store, "orders").await
+}
+
+#[tokio::test]
+async fn local_store_survives_reopen() -> Result<()> {
+    let dir = TempDir::new("reopen");
+    let s = common::shard("orders", "shardId-000000000000");
+    let owner = Owner::new("w", 1);
+    let beat = HeartbeatRow {
+        owner: owner.clone(),
+        beat: 3,
+        held: 1,
+        wants: vec![],
+        alive: true,
+    };
+    let (leases, beats) = {
+        let store = LocalLeaseStore::open(&dir.0)?;
+        store
+            .write_lease(&LeaseWrite::Create(LeaseRow::new(s.clone(), vec![], 5)))
+            .await?;
+        store
+            .write_lease(&LeaseWrite::Take {
+                shard: s.clone(),
+                expect_owner: None,
+                expect_token: FencingToken(0),
+                to: owner.clone(),
+            })
+            .await?;
+        store
+            .write_lease(&LeaseWrite::Checkpoint {
+                shard: s.clone(),
+                owner,
+                token: FencingToken(1),
+                checkpoint: Checkpoint::ShardEnd,
+            })
+            .await?;
+        store.write_heartbeat(&beat).await?;
+        (
+            store.read_leases(&s.stream).await?,
+            store.read_heartbeats().await?,
+        )
+    };
+    ensure!(leases.len() == 1 && leases[0].checkpoint == Some(Checkpoint::ShardEnd));
+
+    let store = LocalLeaseStore::open(&dir.0)?;
+    ensure!(store.read_leases(&s.stream).await? == leases);
+    ensure!(store.read_heartbeats().await? == beats && beats == [beat]);
+    ensure!(
+        !dir.0.join("leases.json.tmp").exists(),
+        "no temp file is left behind"
+    );
+    Ok(())
+}
+
+#[test]
+fn local_store_refuses_a_second_open_in_this_process() -> Result<()> {
+    let dir = TempDir::new("second-open");
+    let first = LocalLeaseStore::open(&dir.0)?;
+    match LocalLeaseStore::open(&dir.0) {
+        Err(LocalStoreError::Locked { .. }) => {}
+        other => bail!("expected Locked, got {other:?}"),
+    }
+    drop(first);
+    LocalLeaseStore::open(&dir.0)?;
+    Ok(())
+}
+
+#[test]
+fn local_store_refuses_a_second_process() -> Result<()> {
+    let dir = TempDir::new("second-process");
+    let _held = LocalLeaseStore::open(&dir.0)?;
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "local_store_lock_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, &dir.0)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && stdout.contains("CHILD LOCKED:"),
+        "child did not see the lock:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    ensure!(
+        stdout.contains(&format!("pid {}", std::process::id())),
+        "the error names the holder's pid: {stdout}"
+    );
+    Ok(())
+}
+
+/// Runs only as the child process of `local_store_refuses_a_second_process`.
+#[test]
+#[ignore = "child process of local_store_refuses_a_second_process"]
+fn local_store_lock_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    match LocalLeaseStore::open(PathBuf::from(dir)) {
+        Err(err @ LocalStoreError::Locked { .. }) => println!("CHILD LOCKED: {err}"),
+        other => panic!("the child must be refused with Locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn local_store_reports_a_corrupt_file_by_name() -> Result<()> {
+    let dir = TempDir::new("corrupt");
+    std::fs::create_dir_all(&dir.0)?;
+    std::fs::write(dir.0.join("leases.json"), b"{\"format\": \"kinesin-local-lease-store\", \"version\": 1, \"leases\": [{\"stream\": \"s\", \"shard\": \"x\", \"token\": -1, \"created_ms\": 0}]}")?;
+    match LocalLeaseStore::open(&dir.0) {
+        Err(err @ LocalStoreError::Corrupt { .. }) => {
+            let msg = err.to_string();
+            ensure!(msg.contains("leases.json"), "{msg}");
+            ensure!(
+                msg.contains("leases[0] (s/x)") && msg.contains("`token`"),
+                "{msg}"
+            );
+        }
+        other => bail!("expected Corrupt, got {other:?}"),
+    }
+    std::fs::write(dir.0.join("leases.json"), b"not json")?;
+    ensure!(matches!(
+        LocalLeaseStore::open(&dir.0),
+        Err(LocalStoreError::Corrupt { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_store_keeps_streams_apart() -> Result<()> {
+    let dir = TempDir::new("streams");
+    let store = LocalLeaseStore::open(&dir.0)?;
+    for stream in ["a", "b"] {
+        for shard in ["shardId-1", "shardId-0"] {
+            let s = common::shard(stream, shard);
+            store
+                .write_lease(&LeaseWrite::Create(LeaseRow::new(s, vec![], 0)))
+                .await?;
+        }
+    }
+    let rows = store.read_leases(&StreamId::new("b")).await?;
+    let names: Vec<String> = rows.iter().map(|r| r.shard.to_string()).collect();
+    ensure!(names == ["b:shardId-0", "b:shardId-1"], "{names:?}");
+    Ok(())
+}

@@ -209,14 +209,18 @@ impl Config {
             ("shard_sync_period", self.shard_sync_period),
             ("handoff_timeout", self.handoff_timeout),
             ("backpressure_timeout", self.backpressure_timeout),
-            ("consumer_describe_interval", self.consumer_describe_interval),
+            (
+                "consumer_describe_interval",
+                self.consumer_describe_interval,
+            ),
         ];
         for (field, d) in nonzero {
             if d.is_zero() {
                 return bad(field, "must be greater than zero".into());
             }
         }
-        if self.heartbeat_interval + self.self_fence_margin >= self.failover_time {
+        let heartbeat_and_margin = self.heartbeat_interval.checked_add(self.self_fence_margin);
+        if heartbeat_and_margin.is_none_or(|sum| sum >= self.failover_time) {
             return bad(
                 "heartbeat_interval",
                 format!(
@@ -272,8 +276,7 @@ impl Config {
                 }
                 if let EfoConsumer::Name(n) = consumer {
                     let ok = n.len() <= 128
-                        && n
-                            .chars()
+                        && n.chars()
                             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
                     if !ok {
                         return bad(
@@ -347,6 +350,17 @@ mod tests {
     fn heartbeat_must_fit_inside_failover_time() {
         let mut c = cfg();
         c.heartbeat_interval = Duration::from_secs(10);
+        assert_eq!(c.validate().unwrap_err().field, "heartbeat_interval");
+    }
+
+    #[test]
+    fn huge_heartbeat_plus_margin_is_an_error_not_a_panic() {
+        // Found by fuzz target `config` (fuzz/regressions/config/
+        // validate-duration-add-overflow): the sum overflowed Duration.
+        let mut c = cfg();
+        c.heartbeat_interval = Duration::MAX;
+        c.self_fence_margin = Duration::from_secs(1);
+        c.failover_time = Duration::MAX;
         assert_eq!(c.validate().unwrap_err().field, "heartbeat_interval");
     }
 

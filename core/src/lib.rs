@@ -40,4 +40,8 @@ pub mod rng;
 pub mod sequence;
 pub mod shard;
 pub mod timer;
-// pub mod worker; (enabled once lease, shard and efo land)
+pub mod worker;
+
+pub use config::Config;
+pub use io::{Action, Event, Input};
+pub use worker::Worker;

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{CheckpointTracker, Slot};
 use crate::config::{Config, ConfigError, Retrieval, StartFrom};
 use crate::efo::Registration;
-use crate::ids::{BatchId, ChunkId, FencingToken, IdMint, OpId, Owner, ShardId, ShardRef, StreamId, SubId};
+use crate::ids::{BatchId, ChunkId, FencingToken, IdMint, OpId, Owner, ShardRef, StreamId, SubId};
 use crate::io::{Action, Batch, Chunk, Event, Input, LostReason, RecordMeta};
 use crate::lease::{LeaseEvent, LeaseManager};
 use crate::pool::{Permit, Pool};
@@ -279,7 +279,10 @@ impl Worker {
             durable: st.tracker.durable().cloned(),
             pending_records: st.tracker.pending_records(),
             queued_records: st.queued_records(),
-            resume: st.reader.as_ref().and_then(|r| r.resume_position().cloned()),
+            resume: st
+                .reader
+                .as_ref()
+                .and_then(|r| r.resume_position().cloned()),
             millis_behind: st.millis_behind,
         })
     }
@@ -330,7 +333,10 @@ impl Worker {
         }
         for (shard, inf) in self.batches.values() {
             if !self.shards.contains_key(shard) {
-                return Err(format!("{:?} in flight for {shard:?}, which is not read", inf.batch.id));
+                return Err(format!(
+                    "{:?} in flight for {shard:?}, which is not read",
+                    inf.batch.id
+                ));
             }
         }
         for (shard, st) in &self.shards {
@@ -451,7 +457,8 @@ impl Worker {
             match timer {
                 Timer::Commit => {
                     self.commit(now);
-                    self.timers.set(Timer::Commit, now + self.config.commit_period);
+                    self.timers
+                        .set(Timer::Commit, now + self.config.commit_period);
                 }
                 Timer::ShardSync => {
                     if !self.shutting_down {
@@ -620,6 +627,16 @@ impl Worker {
         if now > self.now {
             self.now = now;
         }
+        // Self-fence before anything else: an input that reaches a process
+        // resuming from a stall past its fence deadline must not be
+        // delivered before the timer fires (kinesin-sim seed 2: a zombie
+        // delivered with a taken-over token). Leases lost here stop their
+        // readers before the input is routed, so its chunk is stale and
+        // freed.
+        if !self.done {
+            self.lease.handle_timeout(now, &mut self.mint);
+            self.drain_lease_events(now);
+        }
     }
 
     /// Free the payload of an input nobody will use.
@@ -712,7 +729,11 @@ impl Worker {
         }
         if let Some(old) = self.shards.get(&shard) {
             // A re-acquisition while we still read it would be two readers.
-            debug_assert!(false, "{shard:?} acquired while read (token {:?})", old.token);
+            debug_assert!(
+                false,
+                "{shard:?} acquired while read (token {:?})",
+                old.token
+            );
             return;
         }
         let start = match checkpoint.as_ref().and_then(|c| c.resume_position()) {
@@ -864,13 +885,7 @@ impl Worker {
         let mut progress = false;
         let shards: Vec<ShardRef> = self.shards.keys().cloned().collect();
         for shard in shards {
-            loop {
-                let Some(st) = self.shards.get_mut(&shard) else {
-                    break;
-                };
-                let Some(reader) = st.reader.as_mut() else {
-                    break;
-                };
+            while let Some(reader) = self.shards.get_mut(&shard).and_then(|s| s.reader.as_mut()) {
                 if let Some(action) = reader.poll_action(now, &mut self.mint) {
                     progress = true;
                     self.route(&shard, &action);
@@ -1009,7 +1024,10 @@ impl Worker {
             Some(c) => {
                 order.extend(
                     self.shards
-                        .range::<ShardRef, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                        .range::<ShardRef, _>((
+                            std::ops::Bound::Excluded(c),
+                            std::ops::Bound::Unbounded,
+                        ))
                         .map(|(k, _)| k.clone()),
                 );
                 order.extend(self.shards.range(..=c.clone()).map(|(k, _)| k.clone()));
@@ -1083,10 +1101,8 @@ impl Worker {
                     }
                     n = k.max(1);
                 }
-                let full = n == batching.count
-                    || n < available
-                    || st.queue.len() > 1
-                    || st.end_seen;
+                let full =
+                    n == batching.count || n < available || st.queue.len() > 1 || st.end_seen;
                 if let (false, Some(period)) = (full, batching.period) {
                     if st.open_since.is_some_and(|since| now < since + period) {
                         break;
@@ -1129,11 +1145,14 @@ impl Worker {
                 };
                 let permit = self.pool.split(&mut q.permit, u64::from(n), bytes);
                 q.next += n;
+                // ChunkDone goes out after this batch: a runtime frees the
+                // payload on ChunkDone, and this batch still needs it.
+                let mut chunk_done = None;
                 if q.next as usize >= q.records.len() {
                     let q = st.queue.pop_front().expect("checked");
                     // Rounding leftovers of the chunk's permit.
                     self.pool.release(q.permit);
-                    self.events.push_back(Event::ChunkDone { chunk: q.chunk });
+                    chunk_done = Some(q.chunk);
                 }
                 st.open_since = if st.queue.is_empty() { None } else { Some(now) };
                 st.inflight.insert(id);
@@ -1152,6 +1171,9 @@ impl Worker {
                     ),
                 );
                 self.events.push_back(Event::Batch(batch));
+                if let Some(chunk) = chunk_done {
+                    self.events.push_back(Event::ChunkDone { chunk });
+                }
                 progress = true;
             }
         }
@@ -1242,6 +1264,3 @@ impl Worker {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_types(_: ShardId) {}

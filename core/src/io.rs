@@ -281,6 +281,15 @@ impl LeaseWrite {
     /// (None = no row), or why the condition failed. Stores (DynamoDB,
     /// local, simulated) must behave exactly like this.
     pub fn apply(&self, current: Option<&LeaseRow>) -> Result<LeaseRow, ConditionFailed> {
+        // An owner change must produce a new token: at u64::MAX there is
+        // none, so refuse rather than hand two owners one token.
+        let changeable = |row: &LeaseRow| {
+            if row.token.0 == u64::MAX {
+                Err(ConditionFailed("fencing token exhausted"))
+            } else {
+                Ok(())
+            }
+        };
         let held_by = |row: &LeaseRow, owner: &Owner, token: FencingToken| {
             row.owner.as_ref() == Some(owner) && row.token == token
         };
@@ -296,6 +305,7 @@ impl LeaseWrite {
                 ..
             } => {
                 let row = current.ok_or(ConditionFailed("no row"))?;
+                changeable(row)?;
                 if row.owner != *expect_owner || row.token != *expect_token {
                     return Err(ConditionFailed("owner or token changed"));
                 }
@@ -330,6 +340,7 @@ impl LeaseWrite {
                 ..
             } => {
                 let row = current.ok_or(ConditionFailed("no row"))?;
+                changeable(row)?;
                 if !held_by(row, owner, *token) {
                     return Err(ConditionFailed("owner or token changed"));
                 }
@@ -366,6 +377,7 @@ impl LeaseWrite {
                 ..
             } => {
                 let row = current.ok_or(ConditionFailed("no row"))?;
+                changeable(row)?;
                 if !held_by(row, owner, *token) {
                     return Err(ConditionFailed("owner or token changed"));
                 }
@@ -782,6 +794,28 @@ mod tests {
         let w = LeaseWrite::Create(row.clone());
         assert!(w.apply(None).is_ok());
         assert!(w.apply(Some(&row)).is_err());
+    }
+
+    #[test]
+    fn owner_change_at_max_token_is_refused() {
+        let a = Owner::new("a", 1);
+        let mut row = LeaseRow::new(sref(), vec![], 0);
+        row.owner = Some(a.clone());
+        row.token = FencingToken(u64::MAX);
+        let take = LeaseWrite::Take {
+            shard: sref(),
+            expect_owner: Some(a.clone()),
+            expect_token: FencingToken(u64::MAX),
+            to: Owner::new("b", 1),
+        };
+        assert!(take.apply(Some(&row)).is_err());
+        let release = LeaseWrite::Release {
+            shard: sref(),
+            owner: a,
+            token: FencingToken(u64::MAX),
+            checkpoint: None,
+        };
+        assert!(release.apply(Some(&row)).is_err());
     }
 
     #[test]

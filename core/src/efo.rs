@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn registration_describes_when_consumer_exists() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         assert_eq!(h.actions(t0), vec![], "one request in flight");
@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn new_consumer_is_described_every_two_seconds_until_active() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.answer(
@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn configured_arn_skips_registration_and_is_described_now() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::new(EfoConsumer::Arn(ARN.into()), t0);
         let op = h.describe(t0, Some(ARN));
         h.answer(t0, op, info(ConsumerStatus::Active));
@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn configured_arn_not_found_is_fatal_with_advice() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::new(EfoConsumer::Arn(ARN.into()), t0);
         let op = h.describe(t0, Some(ARN));
         h.answer(t0, op, Err(ErrorClass::ResourceNotFound));
@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn consumer_deleting_is_fatal() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.answer(t0, op, Err(ErrorClass::ResourceInUse));
@@ -590,7 +590,7 @@ mod tests {
 
     #[test]
     fn consumer_wait_times_out_after_two_minutes() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.answer(t0, op, info(ConsumerStatus::Creating));
@@ -624,7 +624,7 @@ mod tests {
 
     #[test]
     fn answer_after_timeout_is_not_ours() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.reg.handle_timeout(t0 + secs(120));
@@ -642,7 +642,7 @@ mod tests {
 
     #[test]
     fn cancel_is_distinct_from_timeout() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.reg.cancel();
@@ -675,7 +675,7 @@ mod tests {
 
     #[test]
     fn throttled_and_limit_exceeded_retry_with_backoff() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let mut rng = Rng::new(SEED);
         let mut b = Backoff::new();
@@ -697,7 +697,7 @@ mod tests {
 
     #[test]
     fn missing_stream_is_fatal_with_advice() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.answer(t0, op, Err(ErrorClass::ResourceNotFound));
@@ -714,7 +714,7 @@ mod tests {
 
     #[test]
     fn access_denied_is_fatal_with_advice() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.answer(t0, op, Err(ErrorClass::AccessDenied));
@@ -728,7 +728,7 @@ mod tests {
 
     #[test]
     fn consumer_deregistered_while_waiting_is_registered_again() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         h.answer(t0, op, Err(ErrorClass::ResourceInUse));
@@ -742,7 +742,7 @@ mod tests {
 
     #[test]
     fn other_inputs_are_not_ours() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::name(t0);
         let op = h.register(t0);
         let other = OpId::from_raw(op.raw() + 100);

@@ -2095,7 +2095,7 @@ mod tests {
         fn new() -> World {
             World {
                 // The only clock read in this module: one fixed epoch.
-                epoch: Instant::now(),
+                epoch: crate::test_epoch(),
                 t: Duration::ZERO,
                 rows: BTreeMap::new(),
                 beats: BTreeMap::new(),

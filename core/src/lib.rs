@@ -45,3 +45,11 @@ pub mod worker;
 pub use config::Config;
 pub use io::{Action, Event, Input};
 pub use worker::Worker;
+
+/// Logical time for unit tests: the one place the crate reads the OS clock,
+/// to get an arbitrary epoch that tests then advance by hand. Never compiled
+/// outside `cfg(test)`.
+#[cfg(test)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}

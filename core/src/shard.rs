@@ -444,6 +444,35 @@ impl ShardReader {
         }
     }
 
+    /// SubscribeToShard spacing to hand to the next reader of this shard:
+    /// (last SubscribeToShard, last ResourceInUse). The AWS rules are per
+    /// consumer and shard, not per reader (kinesin-sim: a worker that
+    /// self-fenced and took the lease again subscribed 3.4 s after a
+    /// ResourceInUse).
+    pub fn subscribe_spacing(&self) -> (Option<Instant>, Option<Instant>) {
+        (self.last_subscribe_at, self.resource_in_use_at)
+    }
+
+    /// Start from a previous reader's [`Self::subscribe_spacing`]: the
+    /// first SubscribeToShard waits 1 s after its last call and 5 s after
+    /// its last ResourceInUse.
+    pub fn carry_subscribe_spacing(
+        &mut self,
+        now: Instant,
+        last_subscribe: Option<Instant>,
+        resource_in_use: Option<Instant>,
+    ) {
+        self.last_subscribe_at = self.last_subscribe_at.max(last_subscribe);
+        self.resource_in_use_at = self.resource_in_use_at.max(resource_in_use);
+        if let State::Efo {
+            state: EfoState::Idle { due, on_credit },
+            ..
+        } = self.state
+        {
+            self.efo_idle(now, due, on_credit);
+        }
+    }
+
     /// ListShards reports this shard closed (EndingSequenceNumber present).
     /// For EFO, an event without records then means shard end (the mock
     /// never ends subscriptions on a closed shard, nor sends ChildShards).
@@ -1149,7 +1178,7 @@ mod tests {
 
     #[test]
     fn subscribes_only_once_consumer_arn_is_known() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mode = ReaderMode::Efo {
             consumer_arn: None,
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
@@ -1181,7 +1210,7 @@ mod tests {
 
     #[test]
     fn subscribe_never_sooner_than_one_second_after_previous() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         // A transient error 200 ms later: the backoff (at most 450 ms) would
@@ -1198,7 +1227,7 @@ mod tests {
 
     #[test]
     fn resubscribe_waits_five_seconds_after_resource_in_use() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let _ = h.pull(t0, sub);
@@ -1212,7 +1241,7 @@ mod tests {
 
     #[test]
     fn resubscribes_immediately_after_normal_end_from_continuation() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let c = h.pull(t0, sub);
@@ -1242,7 +1271,7 @@ mod tests {
 
     #[test]
     fn resubscription_waits_until_last_chunk_is_admitted() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let c = h.pull(t0, sub);
@@ -1266,7 +1295,7 @@ mod tests {
 
     #[test]
     fn resource_not_found_is_fatal_for_shard() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         h.sub_error(t0 + ms(50), sub, ErrorClass::ResourceNotFound);
@@ -1289,7 +1318,7 @@ mod tests {
 
     #[test]
     fn invalid_argument_without_stored_position_is_fatal() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::AtTimestamp { unix_ms: 5 }, t0);
         let sub = h.subscribed(t0, StartPosition::AtTimestamp { unix_ms: 5 });
         h.sub_error(t0, sub, ErrorClass::InvalidArgument);
@@ -1303,7 +1332,7 @@ mod tests {
 
     #[test]
     fn position_past_retention_falls_back_to_trim_horizon_once() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let stored = StartPosition::AfterSequence(seq("4242"));
         let mut h = H::efo(stored.clone(), t0);
         let sub = h.subscribed(t0, stored);
@@ -1332,7 +1361,7 @@ mod tests {
 
     #[test]
     fn invalid_argument_after_progress_is_fatal() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let stored = StartPosition::AtSubSequence(ExtSeq::new(seq("7"), 2));
         let mut h = H::efo(stored.clone(), t0);
         let sub = h.subscribed(t0, stored);
@@ -1355,7 +1384,7 @@ mod tests {
 
     #[test]
     fn backpressure_timeout_cancels_and_resumes_from_last_delivered() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         assert_eq!(
@@ -1422,7 +1451,7 @@ mod tests {
 
     #[test]
     fn backpressure_resubscribe_respects_one_second_rule_after_error() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         h.r.handle_timeout(t0 + secs(30));
@@ -1438,7 +1467,7 @@ mod tests {
 
     #[test]
     fn null_continuation_means_shard_end() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let c = h.pull(t0, sub);
@@ -1468,7 +1497,7 @@ mod tests {
 
     #[test]
     fn child_shards_mean_shard_end_even_with_continuation() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let c = h.pull(t0, sub);
@@ -1485,7 +1514,7 @@ mod tests {
 
     #[test]
     fn closed_shard_learned_from_list_shards_ends_on_empty_event() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         // Not known closed: an empty event is just an empty event.
@@ -1526,7 +1555,7 @@ mod tests {
 
     #[test]
     fn transient_errors_back_off_and_a_chunk_resets_the_backoff() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let d = {
             // Replay: 6 errors, then a chunk resets, then one more error.
@@ -1563,7 +1592,7 @@ mod tests {
 
     #[test]
     fn access_denied_is_retried_and_reported() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         h.sub_error(t0, sub, ErrorClass::AccessDenied);
@@ -1579,7 +1608,7 @@ mod tests {
 
     #[test]
     fn stop_cancels_open_subscription_and_later_inputs_are_not_ours() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let c = h.pull(t0, sub);
@@ -1600,7 +1629,7 @@ mod tests {
 
     #[test]
     fn inputs_for_other_subscriptions_and_chunks_are_not_ours() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let other = SubId::from_raw(999);
@@ -1650,7 +1679,7 @@ mod tests {
 
     #[test]
     fn polling_reads_only_with_credit_and_limit_follows_credit() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         assert!(!h.r.wants_credit(t0));
         assert_eq!(h.grant(t0, 10), None);
@@ -1682,7 +1711,7 @@ mod tests {
 
     #[test]
     fn get_records_at_least_min_interval_apart() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, c, _) = h.get_records(t0, 50);
@@ -1706,7 +1735,7 @@ mod tests {
 
     #[test]
     fn idle_interval_after_empty_response() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, c, _) = h.get_records(t0, 50);
@@ -1726,7 +1755,7 @@ mod tests {
 
     #[test]
     fn empty_response_while_behind_polls_at_min_interval() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, c, _) = h.get_records(t0, 50);
@@ -1739,7 +1768,7 @@ mod tests {
 
     #[test]
     fn expired_iterator_refreshes_after_last_delivered_record() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, c, _) = h.get_records(t0, 50);
@@ -1760,7 +1789,7 @@ mod tests {
 
     #[test]
     fn absent_next_iterator_means_shard_end() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, c, _) = h.get_records(t0, 50);
@@ -1783,7 +1812,7 @@ mod tests {
 
     #[test]
     fn at_sub_sequence_start_skips_through_in_get_records() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let start = StartPosition::AtSubSequence(ExtSeq::new(seq("50"), 3));
         let mut h = H::polling(start.clone(), t0);
         h.iterator(t0, start, "it-1");
@@ -1813,7 +1842,7 @@ mod tests {
 
     #[test]
     fn resume_inside_an_aggregate_when_its_last_sub_record_was_filtered() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, c, _) = h.get_records(t0, 50);
@@ -1833,7 +1862,7 @@ mod tests {
 
     #[test]
     fn throttled_get_records_retries_same_iterator_with_backoff() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let d = delays(2);
@@ -1855,7 +1884,7 @@ mod tests {
 
     #[test]
     fn get_shard_iterator_errors_back_off() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         let acts = h.actions(t0);
         let [Action::GetShardIterator { op, .. }] = acts.as_slice() else {
@@ -1871,7 +1900,7 @@ mod tests {
 
     #[test]
     fn polling_position_past_retention_falls_back_to_trim_horizon_once() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let stored = StartPosition::AfterSequence(seq("77"));
         let mut h = H::polling(stored, t0);
         for expect_fail in [false, true] {
@@ -1899,7 +1928,7 @@ mod tests {
 
     #[test]
     fn polling_resource_not_found_is_fatal() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, _, _) = h.get_records(t0, 50);
@@ -1920,7 +1949,7 @@ mod tests {
 
     #[test]
     fn stale_get_records_answer_after_stop_is_not_ours() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut h = H::polling(StartPosition::TrimHorizon, t0);
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, _, _) = h.get_records(t0, 50);
@@ -1935,7 +1964,7 @@ mod tests {
 
     #[test]
     fn huge_configured_intervals_do_not_panic() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mode = ReaderMode::Polling {
             idle_interval: Duration::MAX,
             min_interval: Duration::MAX,

@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn timer_fires_once_per_arming() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut tt = TimerTable::default();
         tt.set(Timer::Commit, t0 + Duration::from_secs(5));
         assert_eq!(tt.expire(t0).count(), 0);
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn next_reports_earliest_with_reason() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut tt = TimerTable::default();
         assert_eq!(tt.next(), None);
         tt.set(Timer::ShardSync, t0 + Duration::from_secs(60));

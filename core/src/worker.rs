@@ -186,6 +186,9 @@ pub struct Worker {
     reader_subs: BTreeMap<SubId, ShardRef>,
     /// Shards ListShards reported closed.
     closed: BTreeSet<ShardRef>,
+    /// SubscribeToShard spacing of stopped readers, for the next reader of
+    /// the same shard (AWS: 1 s between calls, 5 s after ResourceInUse).
+    spacing: BTreeMap<ShardRef, (Option<Instant>, Option<Instant>)>,
     timers: TimerTable,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -233,6 +236,7 @@ impl Worker {
             reader_ops: BTreeMap::new(),
             reader_subs: BTreeMap::new(),
             closed: BTreeSet::new(),
+            spacing: BTreeMap::new(),
             timers,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -766,6 +770,9 @@ impl Worker {
         };
         let seed = self.rng.next_u64();
         let mut reader = ShardReader::new(shard.clone(), start, mode, seed, now);
+        if let Some((last, riu)) = self.spacing.remove(&shard) {
+            reader.carry_subscribe_spacing(now, last, riu);
+        }
         if self.closed.contains(&shard) {
             reader.mark_closed();
         }
@@ -806,6 +813,16 @@ impl Worker {
         if let Some(mut reader) = st.reader.take() {
             if let Some(a) = reader.stop() {
                 self.actions.push_back(a);
+            }
+            let (last, riu) = reader.subscribe_spacing();
+            if last.is_some() || riu.is_some() {
+                // Only spacing that can still matter is kept (bounded map).
+                let now = self.now;
+                self.spacing.retain(|_, (l, r)| {
+                    l.is_some_and(|t| now < t + Duration::from_secs(1))
+                        || r.is_some_and(|t| now < t + Duration::from_secs(5))
+                });
+                self.spacing.insert(shard.clone(), (last, riu));
             }
         }
         for q in st.queue.drain(..) {

@@ -50,7 +50,7 @@ struct World {
 
 impl World {
     fn new(shards: &[(&str, &[&str], usize, bool)]) -> Self {
-        let epoch = Instant::now();
+        let epoch = crate::test_epoch();
         let mut n = 0u64;
         let mut map = BTreeMap::new();
         for (id, parents, count, closed) in shards {
@@ -674,6 +674,6 @@ fn same_seed_same_outputs() {
 fn invalid_config_is_an_error_naming_the_field() {
     let mut c = polling_config("a");
     c.pool_records = 0;
-    let err = Worker::new(c, Instant::now(), 0).err().unwrap();
+    let err = Worker::new(c, crate::test_epoch(), 0).err().unwrap();
     assert_eq!(err.field, "enhanced_fan_out.max_pending_records");
 }

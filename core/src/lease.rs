@@ -10,7 +10,7 @@
 //! shard end, on a fatal shard error and at shutdown. It only emits
 //! [`Action::ReadLeases`], [`Action::WriteLease`], [`Action::ReadHeartbeats`]
 //! and [`Action::WriteHeartbeat`]; their answers come back through
-//! [`LeaseManager::handle_input`]. What it decides reaches the worker as
+//! `LeaseManager::handle_input`. What it decides reaches the worker as
 //! [`LeaseEvent`]s.
 //!
 //! Rules encoded (SPEC 4 and 5):
@@ -50,7 +50,7 @@
 //!   a take whose row names us is adopted, a final write whose row moved on
 //!   is done; failed writes that were surely not applied are retried.
 //!
-//! Invariants (checked by [`LeaseManager::check_invariants`] and the tests):
+//! Invariants (checked by `LeaseManager::check_invariants` and the tests):
 //! at most one held entry per shard; a fenced manager holds nothing; the
 //! manager never emits a take of a row it owns; at most one lease write per
 //! shard is in flight (so the answers of one lease apply in order); the

@@ -5,7 +5,7 @@
 //! worker admitted into the pool), the subscription or the iterator, retries,
 //! shard end, and fatal errors. The reader does not own the pending pool: it
 //! says when it could use one unit of credit ([`ShardReader::wants_credit`])
-//! and reads exactly one chunk per grant ([`ShardReader::grant`]).
+//! and reads exactly one chunk per grant (`ShardReader::grant`).
 //!
 //! AWS rules encoded (SPEC sections 1, 5, 6, 7):
 //! - SubscribeToShard is never called sooner than 1 s after the previous
@@ -42,7 +42,7 @@
 //!   skips a record that was not handed to the pool; and it only happens
 //!   when no chunk awaits admission, so it never re-reads one either.
 //! - Inputs for a subscription or an operation that is no longer current
-//!   (after a resubscription, shard end, failure or [`ShardReader::stop`])
+//!   (after a resubscription, shard end, failure or `ShardReader::stop`)
 //!   are not the reader's: `handle_input` returns false and changes nothing.
 //! - No input panics the reader; after end, failure or stop it emits nothing
 //!   but the Cancel that closes its subscription.

@@ -195,6 +195,10 @@ pub struct Worker {
     shutting_down: bool,
     done: bool,
     credit_cursor: Option<ShardRef>,
+    /// Running estimate of a non-empty chunk's size (records, bytes): each
+    /// outstanding read reserves this much of the pool, so reads in flight
+    /// plus what is admitted stay within the budget whatever the shard count.
+    chunk_estimate: (u64, u64),
     stats: WorkerStats,
 }
 
@@ -243,6 +247,7 @@ impl Worker {
             shutting_down: false,
             done: false,
             credit_cursor: None,
+            chunk_estimate: (1, 1024),
             stats: WorkerStats::default(),
         };
         worker.handle_timeout(now);
@@ -978,6 +983,10 @@ impl Worker {
         };
         st.millis_behind = data.millis_behind;
         let (records, bytes) = (data.records.len() as u64, data.bytes());
+        if records > 0 {
+            let (r, b) = self.chunk_estimate;
+            self.chunk_estimate = ((r * 7 + records).div_ceil(8), (b * 7 + bytes).div_ceil(8));
+        }
         match self.pool.try_admit(records, bytes) {
             Ok(permit) => {
                 if let Some(r) = st.reader.as_mut() {
@@ -1036,6 +1045,11 @@ impl Worker {
         if !self.pool.has_room() {
             return false;
         }
+        let mut outstanding = self
+            .shards
+            .values()
+            .filter(|s| s.reader.as_ref().is_some_and(|r| r.holds_credit()))
+            .count() as u64;
         let mut order: Vec<ShardRef> = Vec::with_capacity(self.shards.len());
         match &self.credit_cursor {
             Some(c) => {
@@ -1053,7 +1067,7 @@ impl Worker {
         }
         let mut progress = false;
         for shard in order {
-            if !self.pool.has_room() {
+            if !self.pool.has_room() || !self.credit_fits(outstanding + 1) {
                 break;
             }
             let free = self
@@ -1074,6 +1088,7 @@ impl Worker {
                 continue;
             }
             if let Some(action) = reader.grant(now, limit, &mut self.mint) {
+                outstanding += 1;
                 self.route(&shard, &action);
                 self.actions.push_back(action);
                 self.credit_cursor = Some(shard);
@@ -1081,6 +1096,19 @@ impl Worker {
             }
         }
         progress
+    }
+
+    /// Whether `reads` outstanding reads, each reserving one estimated chunk,
+    /// fit in the pool next to what is admitted. The first read into an
+    /// empty pool always fits (an oversized chunk is admitted alone).
+    fn credit_fits(&self, reads: u64) -> bool {
+        let (used_r, used_b) = self.pool_used();
+        if reads <= 1 && used_r == 0 && used_b == 0 {
+            return true;
+        }
+        let (est_r, est_b) = self.chunk_estimate;
+        used_r.saturating_add(reads.saturating_mul(est_r)) <= self.config.pool_records
+            && used_b.saturating_add(reads.saturating_mul(est_b)) <= self.config.pool_bytes
     }
 
     /// Cut batches out of admitted chunks and redeliver nacked ones.

@@ -43,6 +43,9 @@ struct World {
     subs: BTreeMap<SubId, (String, usize)>,
     subscribe_calls: Vec<(Instant, ShardRef)>,
     get_records_limits: Vec<u32>,
+    pulled_records: usize,
+    /// Pulls waiting for records (a quiet subscription).
+    held_pulls: Vec<(SubId, ChunkId)>,
     lease_writes: Vec<LeaseWrite>,
     /// Heartbeat writes fail while set (a partition from DynamoDB).
     ddb_down: bool,
@@ -77,8 +80,26 @@ impl World {
             subs: BTreeMap::new(),
             subscribe_calls: Vec::new(),
             get_records_limits: Vec::new(),
+            pulled_records: 0,
+            held_pulls: Vec::new(),
             lease_writes: Vec::new(),
             ddb_down: false,
+        }
+    }
+
+    /// Append `n` records to a shard (a producer).
+    fn produce(&mut self, shard: &str, n: usize) {
+        let last = self
+            .shards
+            .values()
+            .flat_map(|s| s.records.iter())
+            .max()
+            .cloned();
+        let mut next: u64 = last.map_or(0, |s| s.as_str()[4..].parse().unwrap());
+        let recs = &mut self.shards.get_mut(shard).unwrap().records;
+        for _ in 0..n {
+            next += 1;
+            recs.push(seq(next));
         }
     }
 
@@ -235,10 +256,12 @@ impl World {
                 if idx >= self.shards[&shard].records.len() {
                     // Nothing new: the event stream stays quiet (the Pull
                     // stays outstanding, as on a caught-up subscription).
+                    self.held_pulls.push((sub, chunk));
                     return None;
                 }
                 let data = self.chunk(&shard, idx, 3);
                 let n = data.records.len();
+                self.pulled_records += n;
                 self.subs.insert(sub, (shard, idx + n));
                 Some(Input::SubscriptionEvent { sub, chunk, data })
             }
@@ -275,6 +298,12 @@ impl Node {
     fn settle(&mut self, world: &mut World) {
         for _ in 0..10_000 {
             let mut progress = false;
+            for (sub, chunk) in std::mem::take(&mut world.held_pulls) {
+                if let Some(input) = world.answer(Action::Pull { sub, chunk }) {
+                    progress = true;
+                    self.w.handle_input(world.now, input);
+                }
+            }
             while let Some(a) = self.w.poll_action() {
                 progress = true;
                 self.trace.push(format!(
@@ -676,4 +705,40 @@ fn invalid_config_is_an_error_naming_the_field() {
     c.pool_records = 0;
     let err = Worker::new(c, crate::test_epoch(), 0).err().unwrap();
     assert_eq!(err.field, "enhanced_fan_out.max_pending_records");
+}
+
+#[test]
+fn reads_in_flight_reserve_pool_room_whatever_the_shard_count() {
+    let shards: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
+    let spec: Vec<(&str, &[&str], usize, bool)> = shards
+        .iter()
+        .map(|s| (s.as_str(), &[][..], 30, false))
+        .collect();
+    let mut world = World::new(&spec);
+    let mut c = polling_config("a");
+    c.retrieval = Retrieval::Efo {
+        consumer: EfoConsumer::Name("app".into()),
+    };
+    c.pool_records = 12;
+    let mut node = Node::new(c, &world);
+    // Warm up with a fast sink: the worker learns that events hold 3 records.
+    run(&mut world, &mut [&mut node], Duration::from_secs(20));
+    assert_eq!(node.w.held_shards().len(), 20);
+    assert_eq!(node.w.pool_used(), (0, 0));
+    // Then the sink stalls while every shard gets 30 more records.
+    node.auto_ack = false;
+    for s in &shards {
+        world.produce(s, 30);
+    }
+    let before = world.pulled_records;
+    run(&mut world, &mut [&mut node], Duration::from_secs(20));
+    let read = world.pulled_records - before;
+    assert!(read > 0, "the stalled phase read something");
+    // Without reservations, 20 shards would each read one event (60
+    // records) into a 12-record budget.
+    assert!(
+        read <= 12 + 3,
+        "{read} records read from the network for a 12-record budget"
+    );
+    assert!(node.w.pool_used().0 <= 12);
 }

@@ -66,8 +66,9 @@ impl ShardRef {
 pub struct Owner {
     /// Worker id from the configuration (e.g. hostname-pid).
     pub worker: Arc<str>,
-    /// Distinct per process start (the runtime draws it at random or from
-    /// the start time; the simulator counts restarts).
+    /// Grows with every process start of the same worker id (the runtime
+    /// uses the start time in ms; the simulator counts restarts). A later
+    /// incarnation's heartbeat tells observers the earlier one is dead.
     pub incarnation: u64,
 }
 

@@ -1,0 +1,143 @@
+//! `kinesin-sim`: sweep seeds of a scenario and print the summary line.
+//!
+//! `cargo run -p kinesin-sim --release -- --seeds N [--seed S] [--scenario NAME] [--threads T]`
+//!
+//! Runs seeds S..S+N (S defaults to 0) of the scenario (default `swarm`;
+//! `cost` runs `cost100` and `cost1000`), on T threads (default: available
+//! cores). Exits 1 on a violation, printing `SIM_SEED=<n>`, the command that
+//! replays it and the shortened event trace.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use kinesin_sim::summary::Summary;
+use kinesin_sim::{replay_command, run, Params, RunReport};
+
+struct Args {
+    seeds: u64,
+    seed: u64,
+    scenario: String,
+    threads: usize,
+    keep_going: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        seeds: 1,
+        seed: 0,
+        scenario: "swarm".into(),
+        keep_going: false,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seeds" => a.seeds = val()?.parse().map_err(|e| format!("--seeds: {e}"))?,
+            "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--scenario" => a.scenario = val()?,
+            "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--keep-going" => a.keep_going = true,
+            "-h" | "--help" => {
+                return Err("usage: kinesin-sim [--seeds N] [--seed S] [--scenario swarm|quiet|perf64|cost|cost100|cost1000] [--threads T] [--keep-going]".into())
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
+    if Params::named(scenario, 0).is_none() {
+        return Err(format!("unknown scenario {scenario}"));
+    }
+    let next = AtomicU64::new(a.seed);
+    let end = a.seed + a.seeds;
+    let summary = Mutex::new(Summary::default());
+    let failures: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..a.threads.max(1) {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end || (!a.keep_going && !failures.lock().expect("lock").is_empty()) {
+                    break;
+                }
+                let mut params = Params::named(scenario, seed).expect("checked");
+                if let Some(n) = std::env::var("SIM_TRACE_TAIL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                {
+                    params.trace_tail = n;
+                }
+                let report = run(params);
+                summary.lock().expect("lock").add(&report);
+                if report.violation.is_some() {
+                    failures.lock().expect("lock").push(report);
+                }
+            });
+        }
+    });
+    let mut summary = summary.into_inner().expect("lock");
+    summary.wall = started.elapsed();
+    println!("[{scenario}] {summary}");
+    let mut failures = failures.into_inner().expect("lock");
+    failures.sort_by_key(|r| r.seed);
+    if failures.is_empty() {
+        return Ok(true);
+    }
+    let mut by_oracle: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in &failures {
+        if let Some(v) = &r.violation {
+            by_oracle.entry(v.oracle).or_default().push(r.seed);
+        }
+    }
+    for (oracle, seeds) in &by_oracle {
+        println!(
+            "  {oracle}: {} seeds, first {:?}",
+            seeds.len(),
+            &seeds[..seeds.len().min(10)]
+        );
+    }
+    let r = &failures[0];
+    for line in &r.trace_tail {
+        println!("  {line}");
+    }
+    if let Some(v) = &r.violation {
+        println!("VIOLATION {v}");
+    }
+    println!("SIM_SEED={}", r.seed);
+    println!("replay: {}", replay_command(r));
+    Ok(false)
+}
+
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let scenarios: Vec<&str> = if a.scenario == "cost" {
+        vec!["cost100", "cost1000"]
+    } else {
+        vec![a.scenario.as_str()]
+    };
+    for s in scenarios {
+        match sweep(s, &a) {
+            Ok(true) => {}
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,351 @@
+//! Scenarios: the parameters of one run, the fault ops, swarm drawing of
+//! fault rates from a seed, and the per-run report.
+//!
+//! Models: what a run looks like (stream size, fleet size, retrieval mode,
+//! producer, phases) and which faults happen how often. Following swarm
+//! testing (TigerBeetle's VOPR), each fault kind is switched off for about
+//! half the seeds and its rate drawn for the others, so every combination
+//! of faults shows up across seeds. Scripted ops (fixed-seed tests, the
+//! proptest suite) use the same [`Op`]s as random faults: one code path.
+//!
+//! Invariants: a [`Params`] is a pure function of (scenario name, seed).
+
+use kinesin_core::rng::Rng;
+
+use crate::dynamo::WriteCounts;
+use crate::oracle::Violation;
+use crate::sched::{Micros, MS, SEC};
+
+/// One fault or fleet change. Process indices wrap around the fleet size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// The process dies: memory lost, table kept.
+    Crash(usize),
+    /// A crashed or departed process starts again (new incarnation).
+    Restart(usize),
+    /// The process does not run for this long, then resumes (a zombie if
+    /// longer than the failover time).
+    Stall(usize, Micros),
+    /// The process cannot reach DynamoDB for this long.
+    CutDynamo(usize, Micros),
+    /// The process cannot reach Kinesis for this long.
+    CutKinesis(usize, Micros),
+    /// The process's sink stops acknowledging for this long.
+    SinkStall(usize, Micros),
+    /// Graceful shutdown of the process.
+    Shutdown(usize),
+    /// A new process joins the fleet.
+    Join,
+    /// Split the open shard with this index among open shards.
+    Split(usize),
+    /// Merge the pair of adjacent open shards with this index among pairs.
+    Merge(usize),
+}
+
+/// Fault rates (per simulated hour for ops, probabilities per request).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    /// Process crashes per hour.
+    pub crash: f64,
+    /// Probability a crashed process restarts (after 5-60 s).
+    pub restart_prob: f64,
+    /// Stalls per hour.
+    pub stall: f64,
+    /// Partitions from DynamoDB per hour.
+    pub cut_dynamo: f64,
+    /// Partitions from Kinesis per hour.
+    pub cut_kinesis: f64,
+    /// Sink stalls per hour.
+    pub sink_stall: f64,
+    /// Graceful shutdowns per hour (the process rejoins later with
+    /// probability `restart_prob`).
+    pub shutdown: f64,
+    /// Joins per hour.
+    pub join: f64,
+    /// Splits per hour.
+    pub split: f64,
+    /// Merges per hour.
+    pub merge: f64,
+    /// DynamoDB: throttled (not applied).
+    pub dynamo_throttle: f64,
+    /// DynamoDB: transient error (not applied).
+    pub dynamo_error: f64,
+    /// DynamoDB: applied, response lost (Ambiguous after the timeout).
+    pub dynamo_ambiguous: f64,
+    /// DynamoDB: a latency spike (300 ms - 1.5 s).
+    pub dynamo_spike: f64,
+    /// Kinesis calls: transient error or throttling.
+    pub kinesis_error: f64,
+    /// EFO: an event read fails mid-stream.
+    pub efo_stream_error: f64,
+    /// Sink: a batch is nacked.
+    pub sink_nack: f64,
+    /// Sink: mean ack delay.
+    pub sink_ack_mean: Micros,
+    /// Max clock rate drift (ppm).
+    pub drift_ppm_max: i64,
+}
+
+impl Faults {
+    /// No faults at all (clocks still drift a little).
+    pub fn none() -> Self {
+        Faults {
+            crash: 0.0,
+            restart_prob: 1.0,
+            stall: 0.0,
+            cut_dynamo: 0.0,
+            cut_kinesis: 0.0,
+            sink_stall: 0.0,
+            shutdown: 0.0,
+            join: 0.0,
+            split: 0.0,
+            merge: 0.0,
+            dynamo_throttle: 0.0,
+            dynamo_error: 0.0,
+            dynamo_ambiguous: 0.0,
+            dynamo_spike: 0.0,
+            kinesis_error: 0.0,
+            efo_stream_error: 0.0,
+            sink_nack: 0.0,
+            sink_ack_mean: 5 * MS,
+            drift_ppm_max: 10_000,
+        }
+    }
+
+    /// Rates drawn from the seed: each kind off for about half the seeds.
+    pub fn swarm(rng: &mut Rng) -> Self {
+        let mut pick = |hi: f64| {
+            if rng.chance(0.5) {
+                0.0
+            } else {
+                rng.unit_f64() * hi
+            }
+        };
+        Faults {
+            crash: pick(20.0),
+            restart_prob: 0.7,
+            stall: pick(20.0),
+            cut_dynamo: pick(20.0),
+            cut_kinesis: pick(20.0),
+            sink_stall: pick(20.0),
+            shutdown: pick(8.0),
+            join: pick(8.0),
+            split: pick(8.0),
+            merge: pick(6.0),
+            dynamo_throttle: pick(0.05),
+            dynamo_error: pick(0.05),
+            dynamo_ambiguous: pick(0.05),
+            dynamo_spike: pick(0.02),
+            kinesis_error: pick(0.05),
+            efo_stream_error: pick(0.02),
+            sink_nack: pick(0.1),
+            // Slow enough to hold checkpoints back, fast enough for the fleet
+            // to keep up with the producer (the heal phase must catch up).
+            sink_ack_mean: if rng.chance(0.5) {
+                2 * MS
+            } else {
+                MS + rng.below(100) * MS
+            },
+            drift_ppm_max: 10_000,
+        }
+    }
+
+    /// Ops per hour, by kind (for the fault clock).
+    pub(crate) fn op_rates(&self) -> [f64; 9] {
+        [
+            self.crash,
+            self.stall,
+            self.cut_dynamo,
+            self.cut_kinesis,
+            self.sink_stall,
+            self.shutdown,
+            self.join,
+            self.split,
+            self.merge,
+        ]
+    }
+}
+
+/// Everything that defines one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Scenario name (for the replay command).
+    pub scenario: String,
+    /// The seed every sub-seed derives from.
+    pub seed: u64,
+    /// Initial open shards.
+    pub shards: usize,
+    /// Initial workers.
+    pub workers: usize,
+    /// Enhanced Fan-Out (else polling).
+    pub efo: bool,
+    /// Split some shards before the fleet starts (closed parents with data).
+    pub pre_split: bool,
+    /// Fault phase length.
+    pub fault_us: Micros,
+    /// Heal phase bound: all shards held and caught up within it.
+    pub heal_us: Micros,
+    /// Producer tick.
+    pub produce_every: Micros,
+    /// User records per producer tick.
+    pub records_per_tick: u32,
+    /// Distinct partition keys.
+    pub keys: u32,
+    /// Probability that a group of records is written as one KPL aggregate.
+    pub agg_prob: f64,
+    /// Retention period.
+    pub retention: Micros,
+    /// EFO events on an idle subscription.
+    pub efo_idle_event: Micros,
+    /// Batching count.
+    pub batch_count: u32,
+    /// `checkpoint_limit`.
+    pub checkpoint_limit: u32,
+    /// Pool budget (records).
+    pub pool_records: u64,
+    /// Fault rates.
+    pub faults: Faults,
+    /// Scripted ops at true times (in addition to random faults).
+    pub script: Vec<(Micros, Op)>,
+    /// At most this many open shards (splits stop there).
+    pub max_open_shards: usize,
+    /// Whether the heal phase must catch up (off for cost runs).
+    pub check_liveness: bool,
+    /// Trace lines kept for a failure report.
+    pub trace_tail: usize,
+}
+
+impl Params {
+    /// A quiet run: `shards` x `workers`, polling, light producer, no faults.
+    pub fn quiet(scenario: &str, seed: u64, shards: usize, workers: usize) -> Self {
+        Params {
+            scenario: scenario.to_owned(),
+            seed,
+            shards,
+            workers,
+            efo: false,
+            pre_split: false,
+            fault_us: 120 * SEC,
+            heal_us: 300 * SEC,
+            produce_every: 500 * MS,
+            records_per_tick: 4,
+            keys: 64,
+            agg_prob: 0.2,
+            retention: 24 * 3600 * SEC,
+            efo_idle_event: SEC,
+            batch_count: 10,
+            checkpoint_limit: 1024,
+            pool_records: 50_000,
+            faults: Faults::none(),
+            script: Vec::new(),
+            max_open_shards: shards * 2,
+            check_liveness: true,
+            trace_tail: crate::sched::TRACE_TAIL,
+        }
+    }
+
+    /// The swarm scenario: sizes, mode, knobs and fault rates from the seed.
+    pub fn swarm(seed: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0x5157_4152_4d00_0000);
+        let shards = 1 + rng.below(12) as usize;
+        let workers = 1 + rng.below(5) as usize;
+        let mut p = Params::quiet("swarm", seed, shards, workers);
+        p.efo = rng.chance(0.5);
+        p.pre_split = rng.chance(0.2);
+        p.fault_us = (3 + rng.below(10)) * 60 * SEC;
+        p.records_per_tick = 1 + rng.below(12) as u32;
+        p.agg_prob = if rng.chance(0.3) {
+            0.0
+        } else {
+            rng.unit_f64() * 0.6
+        };
+        p.batch_count = [1, 5, 50, 500][rng.below(4) as usize];
+        p.checkpoint_limit = [16, 64, 1024][rng.below(3) as usize];
+        p.pool_records = [20, 300, 50_000][rng.below(3) as usize];
+        p.faults = Faults::swarm(&mut rng);
+        p.max_open_shards = shards * 2 + 2;
+        p
+    }
+
+    /// A named scenario.
+    pub fn named(name: &str, seed: u64) -> Option<Self> {
+        let p = match name {
+            "swarm" => Params::swarm(seed),
+            "quiet" => Params::quiet("quiet", seed, 4, 2),
+            "perf64" => {
+                let mut p = Params::swarm(seed);
+                p.scenario = "perf64".into();
+                p.shards = 64;
+                p.workers = 8;
+                p.fault_us = 3600 * SEC;
+                p.heal_us = 600 * SEC;
+                p.max_open_shards = 80;
+                p.records_per_tick = 16;
+                p.produce_every = SEC;
+                p
+            }
+            "cost100" | "cost1000" => {
+                let shards = if name == "cost100" { 100 } else { 1000 };
+                let mut p = Params::quiet(name, seed, shards, 10);
+                p.efo = true;
+                p.efo_idle_event = 5 * SEC;
+                p.fault_us = 3600 * SEC;
+                p.records_per_tick = 0;
+                p.check_liveness = false;
+                p.heal_us = 30 * SEC;
+                p
+            }
+            _ => return None,
+        };
+        Some(p)
+    }
+}
+
+/// Names accepted by `--scenario` (besides `cost`, which runs both cost ones).
+pub const SCENARIOS: [&str; 5] = ["swarm", "quiet", "perf64", "cost100", "cost1000"];
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Scenario.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Simulated time.
+    pub sim_us: Micros,
+    /// Integral of open shards over time (shard-microseconds).
+    pub shard_us: u128,
+    /// DynamoDB accounting.
+    pub counts: WriteCounts,
+    /// SubscribeToShard calls that reached Kinesis.
+    pub subscribe_calls: u64,
+    /// User records written.
+    pub records: u64,
+    /// Duplicate deliveries.
+    pub duplicates: u64,
+    /// Checkpoint writes that did not move the checkpoint.
+    pub idle_checkpoints: u64,
+    /// Failover times (crash -> shard read elsewhere).
+    pub failovers: Vec<Micros>,
+    /// Join -> fair share times.
+    pub convergence: Vec<Micros>,
+    /// Heal start -> caught up.
+    pub heal: Option<Micros>,
+    /// Leases lost, by reason (`Taken`, `SelfFenced`, `HandedOff`, ...).
+    pub lost: std::collections::BTreeMap<String, u64>,
+    /// Trace hash.
+    pub trace_hash: u64,
+    /// Trace lines.
+    pub trace_lines: u64,
+    /// The first violation, if any.
+    pub violation: Option<Violation>,
+    /// The last trace lines (on a violation).
+    pub trace_tail: Vec<String>,
+}
+
+impl RunReport {
+    /// Simulated shard-hours.
+    pub fn shard_hours(&self) -> f64 {
+        self.shard_us as f64 / (3600.0 * SEC as f64)
+    }
+}

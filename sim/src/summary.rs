@@ -1,0 +1,137 @@
+//! The summary of a sweep: what the `kinesin-sim` binary prints per run.
+//!
+//! Models: aggregation of [`RunReport`]s into the figures SPEC.md and issue
+//! 3 ask for: throughput of the simulator (seeds/s, simulated hours per wall
+//! second), DynamoDB cost per shard-hour (liveness apart from checkpoints
+//! and other lease writes, against KCL's ~1,090 renewals per shard-hour),
+//! failover and rebalance times, SubscribeToShard calls per shard-hour and
+//! duplicates per million records.
+//!
+//! Invariants: pure arithmetic over the reports; percentiles are
+//! nearest-rank over every sample of every run.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::dynamo::WriteCounts;
+use crate::scenario::RunReport;
+use crate::sched::{Micros, SEC};
+
+/// KCL's lease renewals per shard-hour (one per lease every 3.3 s).
+pub const KCL_RENEWALS_PER_SHARD_HOUR: f64 = 3600.0 / 3.3;
+
+/// Aggregated figures over runs.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Runs.
+    pub seeds: u64,
+    /// Runs with a violation.
+    pub violations: u64,
+    /// Wall time.
+    pub wall: Duration,
+    /// Simulated time, all runs.
+    pub sim_us: u128,
+    /// Shard-microseconds, all runs.
+    pub shard_us: u128,
+    /// DynamoDB accounting, all runs.
+    pub counts: WriteCounts,
+    /// SubscribeToShard calls, all runs.
+    pub subscribe_calls: u64,
+    /// Records written.
+    pub records: u64,
+    /// Duplicate deliveries.
+    pub duplicates: u64,
+    /// Failover samples.
+    pub failovers: Vec<Micros>,
+    /// Convergence samples.
+    pub convergence: Vec<Micros>,
+    /// Heal samples.
+    pub heals: Vec<Micros>,
+}
+
+fn pct(v: &mut [Micros], p: f64) -> Option<Micros> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+fn secs(v: Option<Micros>) -> String {
+    v.map(|us| format!("{:.1}s", us as f64 / SEC as f64))
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Summary {
+    /// Add one run.
+    pub fn add(&mut self, r: &RunReport) {
+        self.seeds += 1;
+        self.violations += u64::from(r.violation.is_some());
+        self.sim_us += u128::from(r.sim_us);
+        self.shard_us += r.shard_us;
+        self.counts.add(&r.counts);
+        self.subscribe_calls += r.subscribe_calls;
+        self.records += r.records;
+        self.duplicates += r.duplicates;
+        self.failovers.extend(&r.failovers);
+        self.convergence.extend(&r.convergence);
+        self.heals.extend(r.heal);
+    }
+
+    /// Shard-hours simulated.
+    pub fn shard_hours(&self) -> f64 {
+        self.shard_us as f64 / (3600.0 * SEC as f64)
+    }
+
+    /// Liveness (heartbeat) writes per shard-hour.
+    pub fn liveness_per_shard_hour(&self) -> f64 {
+        self.counts.heartbeat as f64 / self.shard_hours().max(1e-9)
+    }
+
+    /// Failover p50, p99, max.
+    pub fn failover(&self) -> (Option<Micros>, Option<Micros>, Option<Micros>) {
+        let mut v = self.failovers.clone();
+        (pct(&mut v, 0.5), pct(&mut v, 0.99), pct(&mut v, 1.0))
+    }
+
+    /// Convergence p50, max.
+    pub fn convergence(&self) -> (Option<Micros>, Option<Micros>) {
+        let mut v = self.convergence.clone();
+        (pct(&mut v, 0.5), pct(&mut v, 1.0))
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        let sh = self.shard_hours().max(1e-9);
+        let live = self.liveness_per_shard_hour();
+        let (f50, f99, fmax) = self.failover();
+        let (c50, cmax) = self.convergence();
+        let mut heals = self.heals.clone();
+        write!(
+            f,
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover p50={} p99={} max={} (n={}) | rebalance p50={} max={} (n={}) | heal max={} | subscribe/shard-h={:.2} | dup/M={:.0}",
+            self.seeds,
+            self.violations,
+            self.seeds as f64 / wall,
+            self.sim_us as f64 / (3600.0 * SEC as f64) / wall,
+            live,
+            KCL_RENEWALS_PER_SHARD_HOUR / live.max(1e-9),
+            self.counts.checkpoint as f64 / sh,
+            (self.counts.lease_writes() - self.counts.checkpoint) as f64 / sh,
+            self.counts.conditional_failed as f64 / sh,
+            secs(f50),
+            secs(f99),
+            secs(fmax),
+            self.failovers.len(),
+            secs(c50),
+            secs(cmax),
+            self.convergence.len(),
+            secs(pct(&mut heals, 1.0)),
+            self.subscribe_calls as f64 / sh,
+            self.duplicates as f64 * 1e6 / (self.records.max(1)) as f64,
+        )
+    }
+}

@@ -1,0 +1,2090 @@
+//! The world: real `kinesin_core::Worker`s driven against the simulated
+//! Kinesis and DynamoDB on one logical timeline, with faults.
+//!
+//! Models: each worker process (its clock with offset and drift, its
+//! runtime that executes actions and keeps payloads per chunk, its sink
+//! that acks out of order, nacks and stalls), the network between it and
+//! the services (latency, errors, partitions, lost responses), the
+//! producer, resharding, and the run's phases: a fault phase, a heal phase
+//! that must reach full progress within a bound, and a final graceful
+//! shutdown of the fleet.
+//!
+//! The driver does what a runtime does (DESIGN "Runtimes"): after every
+//! call into a worker it drains `poll_action` and `poll_event` until both are
+//! empty, executes the actions, de-aggregates KPL records with
+//! `kpl::deaggregate` and `kpl::filter_by_range`, keeps payload ids per
+//! `ChunkId` until `ChunkDone`, hands batches to the sink, and sleeps until
+//! `poll_timeout` (converted from the worker's clock to true time).
+//!
+//! Invariants: every random draw comes from the run's seed; events are
+//! processed in (time, scheduling order); every oracle runs after every
+//! step and the first violation stops the run.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval};
+use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, StreamId, SubId};
+use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, LeaseWrite, RecordMeta};
+use kinesin_core::kpl;
+use kinesin_core::rng::Rng;
+use kinesin_core::sequence::{Checkpoint, ExtSeq, StartPosition};
+use kinesin_core::worker::Worker;
+
+use crate::dynamo::Dynamo;
+use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
+use crate::oracle::{Check, Oracles, Violation};
+use crate::scenario::{Op, Params, RunReport};
+use crate::sched::{Clock, Micros, Queue, Trace, MS, SEC};
+
+/// The stream every run consumes.
+pub const STREAM: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/sim";
+/// The EFO consumer name (stable, shared by the fleet).
+pub const CONSUMER: &str = "kinesin-sim";
+/// Wall clock at true time 0.
+const UNIX_BASE_MS: u64 = 1_700_000_000_000;
+/// SDK timeout: how long a request to an unreachable service or a lost
+/// response takes to fail.
+const REQUEST_TIMEOUT: Micros = 2 * SEC;
+/// How long after its last shutdown the final phase may take.
+const SHUTDOWN_BOUND: Micros = 30 * SEC;
+/// Timer firings at one instant that mean a busy loop.
+const SPIN_LIMIT: u32 = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProcState {
+    Running,
+    Crashed,
+    Left,
+}
+
+/// Something that reached a paused process and waits for it.
+enum Pending {
+    Input(Input, Option<(ChunkId, usize, Vec<u64>)>),
+    Sink(BatchId, bool),
+}
+
+struct Proc {
+    name: String,
+    inc: u64,
+    clock: Clock,
+    wall_skew_ms: i64,
+    state: ProcState,
+    worker: Option<Worker>,
+    paused_until: Option<Micros>,
+    backlog: Vec<Pending>,
+    cut_dynamo_until: Micros,
+    cut_kinesis_until: Micros,
+    sink_stall_until: Micros,
+    /// Payload (user record ids) per chunk, with the shard index.
+    chunks: BTreeMap<ChunkId, (usize, Vec<u64>)>,
+    /// Delivered batches not yet acked: shard index, token, ids.
+    batches: BTreeMap<BatchId, (usize, FencingToken, Vec<u64>)>,
+    timer: Option<(Micros, u64)>,
+    timer_gen: u64,
+    last_local: Micros,
+    spin: (Micros, u32),
+    timer_why: &'static str,
+    /// Open subscriptions per shard (one-reader oracle).
+    subs: BTreeMap<ShardRef, SubId>,
+    /// Outstanding GetRecords per shard.
+    polls: BTreeMap<ShardRef, OpId>,
+    sub_shard: BTreeMap<SubId, ShardRef>,
+    shutting_down: bool,
+}
+
+impl Proc {
+    fn owner(&self) -> Owner {
+        Owner::new(&self.name, self.inc)
+    }
+}
+
+enum Ev {
+    Timer {
+        p: usize,
+        inc: u64,
+        gen: u64,
+    },
+    Arrive {
+        p: usize,
+        inc: u64,
+        action: Action,
+    },
+    Respond {
+        p: usize,
+        inc: u64,
+        input: Input,
+        payload: Option<(ChunkId, usize, Vec<u64>)>,
+    },
+    Wake {
+        key: SubKey,
+        gen: u64,
+    },
+    Sink {
+        p: usize,
+        inc: u64,
+        batch: BatchId,
+        ack: bool,
+    },
+    Resume {
+        p: usize,
+        inc: u64,
+    },
+    Produce,
+    FaultTick,
+    Op(Op),
+    HealStart,
+    HealCheck,
+    FinalCheck,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Heal,
+    Closing,
+    Done,
+}
+
+/// One simulated run.
+pub struct World {
+    p: Params,
+    rng: Rng,
+    now: Micros,
+    q: Queue<Ev>,
+    epoch: Instant,
+    kinesis: Kinesis,
+    dynamo: Dynamo,
+    procs: Vec<Proc>,
+    oracles: Oracles,
+    trace: Trace,
+    sub_ids: BTreeMap<SubKey, SubId>,
+    early_pulls: BTreeMap<SubKey, ChunkId>,
+    phase: Phase,
+    stream: StreamId,
+    faults_on: bool,
+    keys: Vec<(String, u128)>,
+    heal_start: Micros,
+    shutdown_start: Micros,
+    open_shards: usize,
+    shard_us: u128,
+    last_shard_tick: Micros,
+    failover_pending: BTreeMap<ShardRef, (Micros, Owner)>,
+    joins: Vec<(usize, Micros)>,
+    report: RunReport,
+    violation: Option<Violation>,
+}
+
+fn dur(us: Micros) -> Duration {
+    Duration::from_micros(us)
+}
+
+/// `x` in `[lo, hi)` microseconds.
+fn between(rng: &mut Rng, lo: Micros, hi: Micros) -> Micros {
+    lo + rng.below((hi - lo).max(1))
+}
+
+fn exp(rng: &mut Rng, mean: Micros) -> Micros {
+    let u = rng.unit_f64().max(1e-12);
+    (-(u.ln()) * mean as f64) as Micros
+}
+
+impl World {
+    /// Build the world for these parameters (nothing runs yet).
+    pub fn new(p: Params) -> Self {
+        let mut rng = Rng::new(p.seed);
+        let stream = StreamId::new(STREAM);
+        let mut kinesis = Kinesis::new(stream.clone(), p.shards, p.retention, UNIX_BASE_MS);
+        kinesis.idle_event_interval = p.efo_idle_event;
+        let mut oracles = Oracles::default();
+        for _ in 0..kinesis.shards.len() {
+            oracles.add_shard(Vec::new());
+        }
+        let keys = (0..p.keys.max(1))
+            .map(|i| {
+                let k = format!("pk-{i}");
+                let h = kpl::hash_key(k.as_bytes(), None).expect("md5 key");
+                (k, h)
+            })
+            .collect();
+        let _ = rng.next_u64();
+        let open = kinesis.shards.len();
+        let trace = Trace::keeping(p.trace_tail);
+        World {
+            report: RunReport {
+                scenario: p.scenario.clone(),
+                seed: p.seed,
+                ..RunReport::default()
+            },
+            p,
+            rng,
+            now: 0,
+            q: Queue::default(),
+            epoch: Instant::now(),
+            kinesis,
+            dynamo: Dynamo::default(),
+            procs: Vec::new(),
+            oracles,
+            trace,
+            sub_ids: BTreeMap::new(),
+            early_pulls: BTreeMap::new(),
+            phase: Phase::Faults,
+            stream,
+            faults_on: true,
+            keys,
+            heal_start: 0,
+            shutdown_start: 0,
+            open_shards: open,
+            shard_us: 0,
+            last_shard_tick: 0,
+            failover_pending: BTreeMap::new(),
+            joins: Vec::new(),
+            violation: None,
+        }
+    }
+
+    /// Run to the end (or the first violation) and report.
+    pub fn run(mut self) -> RunReport {
+        let start = if self.p.pre_split { 10 * SEC } else { 0 };
+        if self.p.pre_split {
+            self.q.push(0, Ev::Produce);
+            self.q.push(2 * SEC, Ev::Op(Op::Split(0)));
+            let pre_script = if self.p.shards > 1 {
+                Some(Op::Merge(0))
+            } else {
+                None
+            };
+            if let Some(op) = pre_script {
+                self.q.push(4 * SEC, Ev::Op(op));
+            }
+        } else {
+            self.q.push(0, Ev::Produce);
+        }
+        for _ in 0..self.p.workers {
+            self.q.push(start, Ev::Op(Op::Join));
+        }
+        let script = std::mem::take(&mut self.p.script);
+        for (at, op) in script {
+            self.q.push(start + at, Ev::Op(op));
+        }
+        self.q.push(start + SEC, Ev::FaultTick);
+        self.heal_start = start + self.p.fault_us;
+        self.q.push(self.heal_start, Ev::HealStart);
+        while let Some((at, ev)) = self.q.pop() {
+            debug_assert!(at >= self.now);
+            self.account_shards(at);
+            self.now = at;
+            if let Err(v) = self.handle(ev) {
+                self.violation = Some(v);
+                break;
+            }
+            if self.phase == Phase::Done {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> RunReport {
+        self.account_shards(self.now);
+        let r = &mut self.report;
+        r.sim_us = self.now;
+        r.shard_us = self.shard_us;
+        r.counts = self.dynamo.counts.clone();
+        r.subscribe_calls = self.kinesis.subscribe_calls;
+        r.records = self.oracles.stats.records;
+        r.duplicates = self.oracles.stats.duplicates;
+        r.idle_checkpoints = self.oracles.stats.idle_checkpoints;
+        r.trace_hash = self.trace.hash();
+        r.trace_lines = self.trace.lines();
+        if self.violation.is_some() || self.p.trace_tail > crate::sched::TRACE_TAIL {
+            r.trace_tail = self.trace.tail().map(str::to_owned).collect();
+        }
+        r.violation = self.violation.take();
+        self.report
+    }
+
+    fn account_shards(&mut self, at: Micros) {
+        self.shard_us += self.open_shards as u128 * u128::from(at - self.last_shard_tick);
+        self.last_shard_tick = at;
+    }
+
+    fn violation(&self, oracle: &'static str, message: String) -> Violation {
+        Violation {
+            at: self.now,
+            oracle,
+            message,
+        }
+    }
+
+    // ----- the event loop ----------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) -> Check {
+        match ev {
+            Ev::Timer { p, inc, gen } => {
+                let pr = &mut self.procs[p];
+                if pr.inc != inc || pr.timer.map(|t| t.1) != Some(gen) || pr.paused_until.is_some()
+                {
+                    return Ok(());
+                }
+                pr.timer = None;
+                if pr.spin.0 == self.now {
+                    pr.spin.1 += 1;
+                    if pr.spin.1 > SPIN_LIMIT {
+                        let msg = format!(
+                            "{} asked for a timeout at the same instant {SPIN_LIMIT} times ({})",
+                            pr.owner(),
+                            pr.timer_why
+                        );
+                        return Err(self.violation("no-busy-loop", msg));
+                    }
+                } else {
+                    pr.spin = (self.now, 0);
+                }
+                self.step(p, |w, now| w.handle_timeout(now))
+            }
+            Ev::Arrive { p, inc, action } => self.arrive(p, inc, action),
+            Ev::Respond {
+                p,
+                inc,
+                input,
+                payload,
+            } => self.respond(p, inc, input, payload),
+            Ev::Wake { key, gen } => self.wake(key, gen),
+            Ev::Sink { p, inc, batch, ack } => {
+                let pr = &mut self.procs[p];
+                if pr.inc != inc || pr.state != ProcState::Running {
+                    return Ok(());
+                }
+                if pr.paused_until.is_some() {
+                    pr.backlog.push(Pending::Sink(batch, ack));
+                    return Ok(());
+                }
+                self.sink_done(p, batch, ack)
+            }
+            Ev::Resume { p, inc } => self.resume(p, inc),
+            Ev::Produce => {
+                if self.phase == Phase::Faults {
+                    self.produce()?;
+                    self.q.push(self.now + self.p.produce_every, Ev::Produce);
+                }
+                Ok(())
+            }
+            Ev::FaultTick => self.fault_tick(),
+            Ev::Op(op) => self.apply(op),
+            Ev::HealStart => self.heal(),
+            Ev::HealCheck => self.heal_check(),
+            Ev::FinalCheck => self.final_check(),
+        }
+    }
+
+    // ----- workers -----------------------------------------------------------
+
+    fn config(&mut self, name: &str, inc: u64) -> Config {
+        let retrieval = if self.p.efo {
+            Retrieval::Efo {
+                consumer: EfoConsumer::Name(CONSUMER.into()),
+            }
+        } else {
+            Retrieval::polling()
+        };
+        let mut c = Config::new(vec![self.stream.clone()], Owner::new(name, inc), retrieval);
+        c.seed = self.rng.next_u64();
+        c.batching = Batching {
+            count: self.p.batch_count,
+            ..Batching::default()
+        };
+        c.checkpoint_limit = self.p.checkpoint_limit;
+        c.pool_records = self.p.pool_records;
+        c
+    }
+
+    fn start(&mut self, p: usize) -> Check {
+        let inc = self.procs[p].inc;
+        let name = self.procs[p].name.clone();
+        let config = self.config(&name, inc);
+        let pr = &mut self.procs[p];
+        let local = pr.clock.local(self.now).max(pr.last_local);
+        pr.last_local = local;
+        let unix = (UNIX_BASE_MS + self.now / MS).saturating_add_signed(pr.wall_skew_ms);
+        let w = Worker::new(config, self.epoch + dur(local), unix).map_err(|e| Violation {
+            at: self.now,
+            oracle: "config",
+            message: e.to_string(),
+        })?;
+        pr.worker = Some(w);
+        pr.state = ProcState::Running;
+        pr.shutting_down = false;
+        self.trace
+            .line(self.now, format_args!("{} start", Owner::new(&name, inc)));
+        self.after_step(p)
+    }
+
+    /// Call into a worker, then drain its outputs, check, and re-arm its timer.
+    fn step(&mut self, p: usize, f: impl FnOnce(&mut Worker, Instant)) -> Check {
+        let pr = &mut self.procs[p];
+        let Some(w) = pr.worker.as_mut() else {
+            return Ok(());
+        };
+        let local = pr.clock.local(self.now).max(pr.last_local);
+        pr.last_local = local;
+        f(w, self.epoch + dur(local));
+        self.after_step(p)
+    }
+
+    fn after_step(&mut self, p: usize) -> Check {
+        loop {
+            let Some(w) = self.procs[p].worker.as_mut() else {
+                return Ok(());
+            };
+            if let Some(a) = w.poll_action() {
+                self.send(p, a)?;
+                continue;
+            }
+            let Some(e) = w.poll_event() else {
+                break;
+            };
+            self.event(p, e)?;
+        }
+        let pr = &mut self.procs[p];
+        let Some(w) = pr.worker.as_ref() else {
+            return Ok(());
+        };
+        if let Err(e) = w.check_invariants() {
+            let owner = pr.owner();
+            return Err(self.violation("worker-invariants", format!("{owner}: {e}")));
+        }
+        match w.poll_timeout() {
+            Some((at, why)) => {
+                pr.timer_why = why;
+                // Round up: deadlines carry nanoseconds (F/3), the clock micros.
+                let local = at
+                    .saturating_duration_since(self.epoch)
+                    .as_nanos()
+                    .div_ceil(1000) as Micros;
+                let t = pr.clock.true_at(local).max(self.now);
+                if pr.timer.map(|x| x.0) != Some(t) {
+                    pr.timer_gen += 1;
+                    pr.timer = Some((t, pr.timer_gen));
+                    let (inc, gen) = (pr.inc, pr.timer_gen);
+                    self.q.push(t, Ev::Timer { p, inc, gen });
+                }
+            }
+            None => pr.timer = None,
+        }
+        Ok(())
+    }
+
+    fn local_now(&self, p: usize) -> Micros {
+        self.procs[p].last_local
+    }
+
+    /// An event from worker `p` for the application.
+    fn event(&mut self, p: usize, e: Event) -> Check {
+        let owner = self.procs[p].owner();
+        match e {
+            Event::Batch(b) => {
+                self.trace.line(
+                    self.now,
+                    format_args!(
+                        "{owner} batch {:?} {} tok{} {}..{} n{}{}",
+                        b.id,
+                        b.shard,
+                        b.token.0,
+                        b.first,
+                        b.last,
+                        b.len(),
+                        if b.redelivery { " redelivery" } else { "" }
+                    ),
+                );
+                let shard = shard_index(&b.shard.shard).ok_or_else(|| {
+                    self.violation("batch-metadata", format!("unknown shard {}", b.shard))
+                })?;
+                let pr = &mut self.procs[p];
+                let ids = if b.redelivery {
+                    match pr.batches.get(&b.id) {
+                        Some((_, _, ids)) => ids.clone(),
+                        None => {
+                            return Err(self.violation(
+                                "batch-metadata",
+                                format!("{owner} redelivered unknown {:?}", b.id),
+                            ))
+                        }
+                    }
+                } else {
+                    match pr.chunks.get(&b.chunk) {
+                        Some((s, ids)) if *s == shard && (b.range.end as usize) <= ids.len() => ids[b.range.start as usize..b.range.end as usize].to_vec(),
+                        _ => {
+                            return Err(self.violation(
+                                "batch-metadata",
+                                format!("{owner} cut {:?} from {:?} {:?}, which it does not hold (freed or other shard)", b.id, b.chunk, b.range),
+                            ))
+                        }
+                    }
+                };
+                pr.batches.insert(b.id, (shard, b.token, ids.clone()));
+                let row = self.dynamo.leases.get(&b.shard);
+                self.oracles
+                    .delivered(self.now, &owner, shard, &b, &ids, row)?;
+                let nack = self.faults_on && self.rng.chance(self.p.faults.sink_nack);
+                let delay = exp(&mut self.rng, self.p.faults.sink_ack_mean);
+                let at = self.now.max(self.procs[p].sink_stall_until) + delay;
+                let inc = self.procs[p].inc;
+                self.q.push(
+                    at,
+                    Ev::Sink {
+                        p,
+                        inc,
+                        batch: b.id,
+                        ack: !nack,
+                    },
+                );
+            }
+            Event::ChunkDone { chunk } => {
+                self.procs[p].chunks.remove(&chunk);
+            }
+            Event::LeaseAcquired { shard, token } => {
+                self.trace.line(
+                    self.now,
+                    format_args!("{owner} acquired {shard} tok{}", token.0),
+                );
+                self.oracles.acquired(self.now, &owner, &shard, token)?;
+                if let Some((at, from)) = self.failover_pending.remove(&shard) {
+                    if from != owner {
+                        self.report.failovers.push(self.now - at);
+                        self.trace.line(
+                            self.now,
+                            format_args!(
+                                "failover {shard} from {from} in {}ms",
+                                (self.now - at) / MS
+                            ),
+                        );
+                    }
+                }
+                self.check_joins();
+            }
+            Event::LeaseLost {
+                shard,
+                token,
+                reason,
+            } => {
+                self.trace.line(
+                    self.now,
+                    format_args!("{owner} lost {shard} tok{} {reason:?}", token.0),
+                );
+                self.oracles.lost(&owner, &shard);
+                *self.report.lost.entry(format!("{reason:?}")).or_default() += 1;
+                let pr = &mut self.procs[p];
+                pr.subs.remove(&shard);
+                pr.polls.remove(&shard);
+            }
+            Event::ShardEnded { shard } => {
+                self.trace
+                    .line(self.now, format_args!("{owner} shard-ended {shard}"));
+            }
+            Event::ShardFailed { shard, class } => {
+                return Err(self.violation(
+                    "shard-failed",
+                    format!("{owner}: {shard} failed with {class:?}"),
+                ));
+            }
+            Event::Warning { shard, message } => {
+                self.trace.line(
+                    self.now,
+                    format_args!("{owner} warning {shard:?} {message}"),
+                );
+            }
+            Event::Fatal { message } => {
+                return Err(self.violation("fatal", format!("{owner}: {message}")));
+            }
+            Event::ShutdownComplete => {
+                self.trace
+                    .line(self.now, format_args!("{owner} shutdown-complete"));
+                let pr = &mut self.procs[p];
+                let used = pr
+                    .worker
+                    .as_ref()
+                    .map(|w| w.pool_used())
+                    .unwrap_or_default();
+                if used != (0, 0) {
+                    return Err(self.violation(
+                        "pool-accounting",
+                        format!("{owner}: pool used {used:?} after shutdown"),
+                    ));
+                }
+                if !pr.chunks.is_empty() {
+                    let n = pr.chunks.len();
+                    let first = pr.chunks.keys().next().copied();
+                    return Err(self.violation(
+                        "payload-leak",
+                        format!("{owner}: {n} chunks never freed after shutdown (first {first:?})"),
+                    ));
+                }
+                self.procs[p].state = ProcState::Left;
+                self.leave(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// The process is gone (shut down or crashed): forget its state.
+    fn leave(&mut self, p: usize) {
+        let pr = &mut self.procs[p];
+        let owner = pr.owner();
+        let inc = pr.inc;
+        pr.worker = None;
+        pr.timer = None;
+        pr.paused_until = None;
+        pr.backlog.clear();
+        pr.chunks.clear();
+        pr.batches.clear();
+        pr.subs.clear();
+        pr.polls.clear();
+        pr.sub_shard.clear();
+        self.oracles.died(&owner);
+        self.kinesis.close_subs(|k| k.0 == p && k.1 == inc);
+        self.sub_ids.retain(|k, _| !(k.0 == p && k.1 == inc));
+        self.early_pulls.retain(|k, _| !(k.0 == p && k.1 == inc));
+    }
+
+    fn sink_done(&mut self, p: usize, batch: BatchId, ack: bool) -> Check {
+        let mut result = Ok(());
+        self.step(p, |w, now| {
+            result = if ack {
+                w.ack(now, batch)
+            } else {
+                w.nack(now, batch)
+            };
+        })?;
+        let owner = self.procs[p].owner();
+        self.trace.line(
+            self.now,
+            format_args!(
+                "{owner} {} {batch:?} {}",
+                if ack { "ack" } else { "nack" },
+                if result.is_ok() { "ok" } else { "unknown" }
+            ),
+        );
+        let pr = &mut self.procs[p];
+        if ack || result.is_err() {
+            if let Some((shard, _, ids)) = pr.batches.remove(&batch) {
+                if ack && result.is_ok() {
+                    self.oracles.acked(shard, &ids);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- network -----------------------------------------------------------
+
+    fn dynamo_latency(&mut self) -> Micros {
+        let spike = self.faults_on && self.rng.chance(self.p.faults.dynamo_spike);
+        between(&mut self.rng, 2 * MS, 12 * MS)
+            + if spike {
+                between(&mut self.rng, 300 * MS, 1500 * MS)
+            } else {
+                0
+            }
+    }
+
+    /// Worker `p` performs an action.
+    fn send(&mut self, p: usize, a: Action) -> Check {
+        let owner = self.procs[p].owner();
+        self.trace
+            .line(self.now, format_args!("{owner} > {}", brief_action(&a)));
+        let inc = self.procs[p].inc;
+        let is_dynamo = matches!(
+            a,
+            Action::ReadLeases { .. }
+                | Action::WriteLease { .. }
+                | Action::ReadHeartbeats { .. }
+                | Action::WriteHeartbeat { .. }
+        );
+        match &a {
+            Action::Subscribe { sub, shard, .. } => {
+                let local = self.local_now(p);
+                self.oracles
+                    .subscribe_sent(self.now, &owner, shard, local)?;
+                if let Some(old) = self.procs[p].subs.get(shard) {
+                    let msg = format!("{owner} subscribes {shard} ({sub:?}) while {old:?} is open");
+                    return Err(self.violation("one-reader", msg));
+                }
+                let pr = &mut self.procs[p];
+                pr.subs.insert(shard.clone(), *sub);
+                pr.sub_shard.insert(*sub, shard.clone());
+            }
+            Action::Cancel { sub } => {
+                let pr = &mut self.procs[p];
+                if let Some(shard) = pr.sub_shard.remove(sub) {
+                    if pr.subs.get(&shard) == Some(sub) {
+                        pr.subs.remove(&shard);
+                    }
+                }
+                let key = (p, inc, sub.raw());
+                self.kinesis.close_subs(|k| *k == key);
+                self.sub_ids.remove(&key);
+                self.early_pulls.remove(&key);
+                return Ok(());
+            }
+            Action::GetRecords { op, shard, .. } => {
+                if let Some(old) = self.procs[p].polls.get(shard) {
+                    let msg =
+                        format!("{owner} GetRecords {shard} ({op:?}) while {old:?} is outstanding");
+                    return Err(self.violation("one-reader", msg));
+                }
+                self.procs[p].polls.insert(shard.clone(), *op);
+            }
+            _ => {}
+        }
+        let cut = if is_dynamo {
+            self.procs[p].cut_dynamo_until
+        } else {
+            self.procs[p].cut_kinesis_until
+        };
+        if self.now < cut {
+            if let Action::Pull { sub, .. } = &a {
+                // The connection breaks: an established subscription fails
+                // once; a Subscribe still failing reports for both.
+                let key = (p, inc, sub.raw());
+                self.early_pulls.remove(&key);
+                match self.kinesis.subs.get_mut(&key) {
+                    Some(s) if !s.done => s.done = true,
+                    _ => return Ok(()),
+                }
+            }
+            let input = failed(&a, ErrorClass::Transient);
+            if let Some(input) = input {
+                self.q.push(
+                    self.now + REQUEST_TIMEOUT,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input,
+                        payload: None,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        if is_dynamo {
+            if self.faults_on && self.rng.chance(self.p.faults.dynamo_throttle) {
+                let lat = self.dynamo_latency();
+                if let Some(input) = failed(&a, ErrorClass::Throttled) {
+                    self.q.push(
+                        self.now + lat,
+                        Ev::Respond {
+                            p,
+                            inc,
+                            input,
+                            payload: None,
+                        },
+                    );
+                }
+                return Ok(());
+            }
+            if self.faults_on && self.rng.chance(self.p.faults.dynamo_error) {
+                let lat = self.dynamo_latency();
+                if let Some(input) = failed(&a, ErrorClass::Transient) {
+                    self.q.push(
+                        self.now + lat,
+                        Ev::Respond {
+                            p,
+                            inc,
+                            input,
+                            payload: None,
+                        },
+                    );
+                }
+                return Ok(());
+            }
+            let lat = self.dynamo_latency() / 2;
+            self.q
+                .push(self.now + lat, Ev::Arrive { p, inc, action: a });
+            return Ok(());
+        }
+        let control = matches!(
+            a,
+            Action::ListShards { .. }
+                | Action::RegisterConsumer { .. }
+                | Action::DescribeConsumer { .. }
+                | Action::GetShardIterator { .. }
+                | Action::Subscribe { .. }
+        );
+        if control && self.faults_on && self.rng.chance(self.p.faults.kinesis_error) {
+            let class = if self.rng.chance(0.5) {
+                ErrorClass::Throttled
+            } else {
+                ErrorClass::Transient
+            };
+            if let Some(input) = failed(&a, class) {
+                let lat = between(&mut self.rng, 10 * MS, 60 * MS);
+                self.q.push(
+                    self.now + lat,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input,
+                        payload: None,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        let lat = match a {
+            Action::Pull { .. } => between(&mut self.rng, MS, 5 * MS),
+            Action::GetRecords { .. } => between(&mut self.rng, 20 * MS, 120 * MS),
+            _ => between(&mut self.rng, 10 * MS, 40 * MS),
+        };
+        self.q
+            .push(self.now + lat, Ev::Arrive { p, inc, action: a });
+        Ok(())
+    }
+
+    /// A request reaches its service.
+    fn arrive(&mut self, p: usize, inc: u64, a: Action) -> Check {
+        let now = self.now;
+        let back = |w: &mut World,
+                    input: Input,
+                    payload: Option<(ChunkId, usize, Vec<u64>)>,
+                    lat: Micros| {
+            w.q.push(
+                now + lat,
+                Ev::Respond {
+                    p,
+                    inc,
+                    input,
+                    payload,
+                },
+            );
+        };
+        match a {
+            Action::ReadLeases { op, stream } => {
+                let rows = self.dynamo.read_leases(&stream);
+                let lat = self.dynamo_latency() / 2;
+                back(
+                    self,
+                    Input::Leases {
+                        op,
+                        result: Ok(rows),
+                    },
+                    None,
+                    lat,
+                );
+            }
+            Action::ReadHeartbeats { op } => {
+                let rows = self.dynamo.read_beats();
+                let lat = self.dynamo_latency() / 2;
+                back(
+                    self,
+                    Input::Heartbeats {
+                        op,
+                        result: Ok(rows),
+                    },
+                    None,
+                    lat,
+                );
+            }
+            Action::WriteHeartbeat { op, row } => {
+                self.dynamo.put_beat(row);
+                let result = if self.faults_on && self.rng.chance(self.p.faults.dynamo_ambiguous) {
+                    Err(ErrorClass::Ambiguous)
+                } else {
+                    Ok(())
+                };
+                let lat = if result.is_err() {
+                    REQUEST_TIMEOUT
+                } else {
+                    self.dynamo_latency() / 2
+                };
+                back(self, Input::HeartbeatWritten { op, result }, None, lat);
+            }
+            Action::WriteLease { op, write } => {
+                let result = match self.dynamo.write_lease(&write) {
+                    Ok((before, after)) => {
+                        let shard = shard_index(&write.shard().shard).unwrap_or(usize::MAX);
+                        let graceful = match &write {
+                            LeaseWrite::Transfer { owner, token, .. } => {
+                                self.acks_complete(owner, write.shard(), *token)
+                            }
+                            _ => false,
+                        };
+                        self.trace.line(
+                            self.now,
+                            format_args!(
+                                "table {} owner={:?} tok{} cp={:?}",
+                                after.shard,
+                                after.owner,
+                                after.token.0,
+                                after.checkpoint.as_ref().map(brief_cp)
+                            ),
+                        );
+                        if shard < self.oracles.shards.len() {
+                            self.oracles.lease_written(
+                                self.now,
+                                shard,
+                                &write,
+                                before.as_ref(),
+                                &after,
+                                graceful,
+                            )?;
+                        }
+                        Ok(())
+                    }
+                    Err(_) => Err(ErrorClass::ConditionalFailed),
+                };
+                let ambiguous = self.faults_on && self.rng.chance(self.p.faults.dynamo_ambiguous);
+                let (result, lat) = if ambiguous {
+                    (Err(ErrorClass::Ambiguous), REQUEST_TIMEOUT)
+                } else {
+                    (result, self.dynamo_latency() / 2)
+                };
+                back(self, Input::LeaseWritten { op, result }, None, lat);
+            }
+            Action::ListShards { op, stream } => {
+                let result = if stream == self.stream {
+                    Ok(self.kinesis.list_shards(now))
+                } else {
+                    Err(ErrorClass::ResourceNotFound)
+                };
+                let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                back(self, Input::Shards { op, result }, None, lat);
+            }
+            Action::RegisterConsumer { op, name, .. } => {
+                let delay = between(&mut self.rng, 2 * SEC, 20 * SEC);
+                let result = self.kinesis.register_consumer(&name, now, delay);
+                let lat = between(&mut self.rng, 20 * MS, 80 * MS);
+                back(self, Input::Consumer { op, result }, None, lat);
+            }
+            Action::DescribeConsumer { op, name, arn, .. } => {
+                let result = self.kinesis.describe_consumer(&name, arn.as_deref(), now);
+                let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                back(self, Input::Consumer { op, result }, None, lat);
+            }
+            Action::Subscribe {
+                sub,
+                shard,
+                consumer_arn,
+                position,
+            } => {
+                let key = (p, inc, sub.raw());
+                if self.procs[p].inc != inc || self.procs[p].state != ProcState::Running {
+                    return Ok(());
+                }
+                match self
+                    .kinesis
+                    .subscribe(key, &shard, &consumer_arn, &position, now)
+                {
+                    Ok(()) => {
+                        self.sub_ids.insert(key, sub);
+                        self.trace.line(
+                            now,
+                            format_args!(
+                                "kinesis subscribed {key:?} {shard} {}",
+                                brief_pos(&position)
+                            ),
+                        );
+                        if let Some(chunk) = self.early_pulls.remove(&key) {
+                            if let Some(s) = self.kinesis.subs.get_mut(&key) {
+                                s.pending = Some(chunk);
+                            }
+                            self.wake(key, u64::MAX)?;
+                        }
+                    }
+                    Err(class) => {
+                        self.early_pulls.remove(&key);
+                        let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                        back(self, Input::SubscriptionError { sub, class }, None, lat);
+                    }
+                }
+            }
+            Action::Pull { sub, chunk } => {
+                let key = (p, inc, sub.raw());
+                match self.kinesis.subs.get_mut(&key) {
+                    Some(s) => {
+                        if !s.done {
+                            s.pending = Some(chunk);
+                            self.wake(key, u64::MAX)?;
+                        }
+                    }
+                    // Read before the subscription is established: the
+                    // runtime's read waits for it.
+                    None => {
+                        self.early_pulls.insert(key, chunk);
+                    }
+                }
+            }
+            Action::GetShardIterator {
+                op,
+                shard,
+                position,
+            } => {
+                let result = self.kinesis.get_shard_iterator(&shard, &position, now);
+                let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                back(self, Input::Iterator { op, result }, None, lat);
+            }
+            Action::GetRecords {
+                op,
+                shard: _,
+                iterator,
+                limit,
+                chunk,
+                skip_through,
+            } => {
+                let throttle = self.faults_on && self.rng.chance(self.p.faults.kinesis_error);
+                let result = if throttle {
+                    Err(ErrorClass::Throttled)
+                } else {
+                    self.kinesis.get_records(&iterator, limit, now)
+                };
+                let lat = between(&mut self.rng, 30 * MS, 150 * MS);
+                match result {
+                    Ok(ans) => {
+                        let admit = skip_through.map(StartPosition::AtSubSequence);
+                        let (records, ids) =
+                            self.chunk_records(ans.shard, ans.from, ans.to, admit.as_ref())?;
+                        let data = Chunk {
+                            records,
+                            millis_behind: ans.millis_behind,
+                            continuation: None,
+                            child_shards: ans.children,
+                        };
+                        back(
+                            self,
+                            Input::Records {
+                                op,
+                                result: Ok((data, ans.next)),
+                            },
+                            Some((chunk, ans.shard, ids)),
+                            lat,
+                        );
+                    }
+                    Err(class) => back(
+                        self,
+                        Input::Records {
+                            op,
+                            result: Err(class),
+                        },
+                        None,
+                        lat,
+                    ),
+                }
+            }
+            Action::Cancel { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Whether every batch `owner` delivered for `shard` under `token` was acked.
+    fn acks_complete(&self, owner: &Owner, shard: &ShardRef, token: FencingToken) -> bool {
+        let Some(idx) = shard_index(&shard.shard) else {
+            return false;
+        };
+        self.procs
+            .iter()
+            .find(|pr| pr.owner() == *owner && pr.state == ProcState::Running)
+            .is_some_and(|pr| {
+                !pr.batches
+                    .values()
+                    .any(|(s, t, _)| *s == idx && *t == token)
+            })
+    }
+
+    /// De-aggregate Kinesis records `from..to` of a shard as a runtime does.
+    fn chunk_records(
+        &self,
+        shard: usize,
+        from: usize,
+        to: usize,
+        admit: Option<&StartPosition>,
+    ) -> Result<(Vec<RecordMeta>, Vec<u64>), Violation> {
+        let s = &self.kinesis.shards[shard];
+        let mut metas = Vec::new();
+        let mut ids = Vec::new();
+        for rec in &s.records[from..to] {
+            let start = metas.len();
+            let users: Vec<(u32, &[u8], usize)> = match kpl::deaggregate(&rec.data) {
+                Some(subs) => kpl::filter_by_range(subs, s.range)
+                    .into_iter()
+                    .map(|r| (r.sub, r.data, r.data.len() + r.partition_key.len()))
+                    .collect(),
+                None => vec![(
+                    0,
+                    rec.data.as_slice(),
+                    rec.data.len() + rec.partition_key.len(),
+                )],
+            };
+            for (sub, data, bytes) in users {
+                let ext = ExtSeq::new(rec.seq.clone(), sub);
+                if admit.is_some_and(|a| !a.admits(&ext)) {
+                    continue;
+                }
+                let id = data
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_le_bytes);
+                let Some(id) = id.filter(|&id| {
+                    self.oracles
+                        .records
+                        .get(id as usize)
+                        .is_some_and(|r| r.ext == ext)
+                }) else {
+                    return Err(self.violation(
+                        "payload",
+                        format!("record {ext} of shard {shard} does not decode to its id"),
+                    ));
+                };
+                metas.push(RecordMeta {
+                    ext,
+                    last_sub: false,
+                    bytes: bytes as u32,
+                    arrival_ms: rec.arrival_ms,
+                });
+                ids.push(id);
+            }
+            if metas.len() > start {
+                if let Some(m) = metas.last_mut() {
+                    m.last_sub = true;
+                }
+            }
+        }
+        Ok((metas, ids))
+    }
+
+    /// Answer a subscription's pending Pull if an event is due.
+    fn wake(&mut self, key: SubKey, gen: u64) -> Check {
+        let Some(s) = self.kinesis.subs.get(&key) else {
+            return Ok(());
+        };
+        if gen != u64::MAX && gen != s.wake_gen {
+            return Ok(());
+        }
+        if s.pending.is_none() || s.done {
+            return Ok(());
+        }
+        let Some(&sub) = self.sub_ids.get(&key) else {
+            return Ok(());
+        };
+        let (p, inc) = (key.0, key.1);
+        let lat = between(&mut self.rng, 40 * MS, 100 * MS);
+        if self.faults_on && self.rng.chance(self.p.faults.efo_stream_error) {
+            if let Some(s) = self.kinesis.subs.get_mut(&key) {
+                s.done = true;
+            }
+            let class = if self.rng.chance(0.5) {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Throttled
+            };
+            self.q.push(
+                self.now + lat,
+                Ev::Respond {
+                    p,
+                    inc,
+                    input: Input::SubscriptionError { sub, class },
+                    payload: None,
+                },
+            );
+            return Ok(());
+        }
+        let position = self.kinesis.subs[&key].position.clone();
+        match self.kinesis.answer_pull(&key, self.now) {
+            None => {}
+            Some(PullAnswer::Later(at)) => {
+                let s = self.kinesis.subs.get_mut(&key).expect("present");
+                s.wake_gen += 1;
+                let gen = s.wake_gen;
+                self.q.push(at, Ev::Wake { key, gen });
+            }
+            Some(PullAnswer::Ended) => {
+                self.q.push(
+                    self.now + lat,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input: Input::SubscriptionEnded { sub },
+                        payload: None,
+                    },
+                );
+            }
+            Some(PullAnswer::TakenOver) => {
+                self.q.push(
+                    self.now + lat,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input: Input::SubscriptionError {
+                            sub,
+                            class: ErrorClass::ResourceInUse,
+                        },
+                        payload: None,
+                    },
+                );
+            }
+            Some(PullAnswer::Event {
+                chunk,
+                from,
+                to,
+                continuation,
+                children,
+                millis_behind,
+            }) => {
+                let shard = self.kinesis.subs[&key].shard;
+                let (records, ids) = self.chunk_records(shard, from, to, Some(&position))?;
+                let data = Chunk {
+                    records,
+                    millis_behind,
+                    continuation,
+                    child_shards: children,
+                };
+                self.q.push(
+                    self.now + lat,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input: Input::SubscriptionEvent { sub, chunk, data },
+                        payload: Some((chunk, shard, ids)),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A response reaches worker `p`.
+    fn respond(
+        &mut self,
+        p: usize,
+        inc: u64,
+        input: Input,
+        payload: Option<(ChunkId, usize, Vec<u64>)>,
+    ) -> Check {
+        let pr = &mut self.procs[p];
+        if pr.inc != inc || pr.state != ProcState::Running || pr.worker.is_none() {
+            return Ok(());
+        }
+        let is_dynamo = matches!(
+            input,
+            Input::Leases { .. }
+                | Input::LeaseWritten { .. }
+                | Input::Heartbeats { .. }
+                | Input::HeartbeatWritten { .. }
+        );
+        let cut = if is_dynamo {
+            pr.cut_dynamo_until
+        } else {
+            pr.cut_kinesis_until
+        };
+        let (input, payload) = if self.now < cut {
+            (degrade(input), None)
+        } else {
+            (input, payload)
+        };
+        if pr.paused_until.is_some() {
+            pr.backlog.push(Pending::Input(input, payload));
+            return Ok(());
+        }
+        self.feed(p, input, payload)
+    }
+
+    fn feed(
+        &mut self,
+        p: usize,
+        input: Input,
+        payload: Option<(ChunkId, usize, Vec<u64>)>,
+    ) -> Check {
+        let owner = self.procs[p].owner();
+        self.trace
+            .line(self.now, format_args!("{owner} < {}", brief_input(&input)));
+        let pr = &mut self.procs[p];
+        if let Some((chunk, shard, ids)) = payload {
+            pr.chunks.insert(chunk, (shard, ids));
+        }
+        match &input {
+            Input::SubscriptionError { sub, class } => {
+                if let Some(shard) = pr.sub_shard.remove(sub) {
+                    if pr.subs.get(&shard) == Some(sub) {
+                        pr.subs.remove(&shard);
+                        let local = pr.clock.local(self.now).max(pr.last_local);
+                        self.oracles.subscribe_failed(
+                            &owner,
+                            &shard,
+                            local,
+                            *class == ErrorClass::ResourceInUse,
+                        );
+                    }
+                }
+                self.sub_ids.remove(&(p, pr.inc, sub.raw()));
+            }
+            Input::SubscriptionEnded { sub } => {
+                if let Some(shard) = pr.sub_shard.remove(sub) {
+                    if pr.subs.get(&shard) == Some(sub) {
+                        pr.subs.remove(&shard);
+                    }
+                }
+            }
+            Input::SubscriptionEvent { sub, data, .. } if data.continuation.is_none() => {
+                if let Some(shard) = pr.sub_shard.remove(sub) {
+                    if pr.subs.get(&shard) == Some(sub) {
+                        pr.subs.remove(&shard);
+                    }
+                }
+            }
+            Input::Records { op, .. } => {
+                pr.polls.retain(|_, o| o != op);
+            }
+            _ => {}
+        }
+        self.step(p, |w, now| w.handle_input(now, input))
+    }
+
+    // ----- processes: faults and fleet changes ------------------------------
+
+    fn resume(&mut self, p: usize, inc: u64) -> Check {
+        let pr = &mut self.procs[p];
+        if pr.inc != inc || pr.paused_until.is_none() {
+            return Ok(());
+        }
+        pr.paused_until = None;
+        let backlog = std::mem::take(&mut pr.backlog);
+        let owner = pr.owner();
+        self.trace.line(
+            self.now,
+            format_args!("{owner} resumes with {} pending", backlog.len()),
+        );
+        // Adversarial order: a runtime may see queued inputs before its timer.
+        let timer_first = self.rng.chance(0.5);
+        if timer_first {
+            self.step(p, |w, now| w.handle_timeout(now))?;
+        }
+        for item in backlog {
+            if self.procs[p].worker.is_none() {
+                break;
+            }
+            match item {
+                Pending::Input(input, payload) => self.feed(p, input, payload)?,
+                Pending::Sink(batch, ack) => self.sink_done(p, batch, ack)?,
+            }
+        }
+        self.step(p, |w, now| w.handle_timeout(now))
+    }
+
+    fn fault_tick(&mut self) -> Check {
+        if self.phase != Phase::Faults {
+            return Ok(());
+        }
+        let rates = self.p.faults.op_rates();
+        let total: f64 = rates.iter().sum();
+        if total <= 0.0 {
+            return Ok(());
+        }
+        let mut pick = self.rng.unit_f64() * total;
+        let mut kind = 0;
+        for (i, r) in rates.iter().enumerate() {
+            if pick < *r {
+                kind = i;
+                break;
+            }
+            pick -= r;
+        }
+        let n = self.procs.len().max(1);
+        let w = self.rng.below(n as u64) as usize;
+        let f = 10 * SEC;
+        let op = match kind {
+            0 => Op::Crash(w),
+            1 => Op::Stall(w, between(&mut self.rng, SEC, 2 * f + 5 * SEC)),
+            2 => Op::CutDynamo(w, between(&mut self.rng, SEC, 2 * f)),
+            3 => Op::CutKinesis(w, between(&mut self.rng, SEC, 2 * f)),
+            4 => Op::SinkStall(w, between(&mut self.rng, SEC, 60 * SEC)),
+            5 => Op::Shutdown(w),
+            6 => Op::Join,
+            7 => Op::Split(self.rng.below(64) as usize),
+            _ => Op::Merge(self.rng.below(64) as usize),
+        };
+        self.apply(op)?;
+        let mean = (3600.0 * SEC as f64 / total) as Micros;
+        let next = self.now + exp(&mut self.rng, mean).max(MS);
+        if next < self.heal_start {
+            self.q.push(next, Ev::FaultTick);
+        }
+        Ok(())
+    }
+
+    fn running(&self, p: usize) -> bool {
+        self.procs
+            .get(p)
+            .is_some_and(|pr| pr.state == ProcState::Running && pr.worker.is_some())
+    }
+
+    /// Apply one fault or fleet change.
+    pub(crate) fn apply(&mut self, op: Op) -> Check {
+        let n = self.procs.len().max(1);
+        self.trace.line(self.now, format_args!("op {op:?}"));
+        match op {
+            Op::Crash(w) => {
+                let p = w % n;
+                if !self.running(p) {
+                    return Ok(());
+                }
+                let owner = self.procs[p].owner();
+                for (shard, row) in &self.dynamo.leases {
+                    if row.owner.as_ref() == Some(&owner)
+                        && row.checkpoint != Some(Checkpoint::ShardEnd)
+                    {
+                        self.failover_pending
+                            .insert(shard.clone(), (self.now, owner.clone()));
+                    }
+                }
+                self.procs[p].state = ProcState::Crashed;
+                self.leave(p);
+                if self.faults_on && self.rng.chance(self.p.faults.restart_prob) {
+                    let at = self.now + between(&mut self.rng, 5 * SEC, 60 * SEC);
+                    self.q.push(at, Ev::Op(Op::Restart(p)));
+                }
+            }
+            Op::Restart(w) => {
+                let p = w % n;
+                if self.phase == Phase::Closing {
+                    return Ok(());
+                }
+                if self
+                    .procs
+                    .get(p)
+                    .is_none_or(|pr| pr.state == ProcState::Running)
+                {
+                    return Ok(());
+                }
+                self.procs[p].inc += 1;
+                self.start(p)?;
+            }
+            Op::Stall(w, d) => {
+                let p = w % n;
+                if !self.running(p) || self.procs[p].paused_until.is_some() {
+                    return Ok(());
+                }
+                self.procs[p].paused_until = Some(self.now + d);
+                let inc = self.procs[p].inc;
+                self.q.push(self.now + d, Ev::Resume { p, inc });
+            }
+            Op::CutDynamo(w, d) => {
+                if let Some(pr) = self.procs.get_mut(w % n) {
+                    pr.cut_dynamo_until = pr.cut_dynamo_until.max(self.now + d);
+                }
+            }
+            Op::CutKinesis(w, d) => {
+                if let Some(pr) = self.procs.get_mut(w % n) {
+                    pr.cut_kinesis_until = pr.cut_kinesis_until.max(self.now + d);
+                }
+            }
+            Op::SinkStall(w, d) => {
+                if let Some(pr) = self.procs.get_mut(w % n) {
+                    pr.sink_stall_until = pr.sink_stall_until.max(self.now + d);
+                }
+            }
+            Op::Shutdown(w) => {
+                let p = w % n;
+                if !self.running(p)
+                    || self.procs[p].shutting_down
+                    || self.procs[p].paused_until.is_some()
+                {
+                    return Ok(());
+                }
+                self.procs[p].shutting_down = true;
+                self.step(p, |w, now| w.shutdown(now))?;
+                if self.faults_on && self.rng.chance(self.p.faults.restart_prob) {
+                    let at = self.now + between(&mut self.rng, 20 * SEC, 120 * SEC);
+                    self.q.push(at, Ev::Op(Op::Restart(p)));
+                }
+            }
+            Op::Join if self.phase == Phase::Closing => {}
+            Op::Join => {
+                let p = self.procs.len();
+                let offset = self.rng.below(3600 * SEC);
+                let dmax = self.p.faults.drift_ppm_max.max(0) as u64;
+                let drift = self.rng.below(2 * dmax + 1) as i64 - dmax as i64;
+                let skew = self.rng.below(4001) as i64 - 2000;
+                self.procs.push(Proc {
+                    name: format!("w{p}"),
+                    inc: 1,
+                    clock: Clock {
+                        offset_us: offset,
+                        drift_ppm: drift,
+                    },
+                    wall_skew_ms: skew,
+                    state: ProcState::Crashed,
+                    worker: None,
+                    paused_until: None,
+                    backlog: Vec::new(),
+                    cut_dynamo_until: 0,
+                    cut_kinesis_until: 0,
+                    sink_stall_until: 0,
+                    chunks: BTreeMap::new(),
+                    batches: BTreeMap::new(),
+                    timer: None,
+                    timer_gen: 0,
+                    last_local: 0,
+                    spin: (0, 0),
+                    timer_why: "",
+                    subs: BTreeMap::new(),
+                    polls: BTreeMap::new(),
+                    sub_shard: BTreeMap::new(),
+                    shutting_down: false,
+                });
+                self.start(p)?;
+                if self.now > 0 && self.procs.len() > self.p.workers {
+                    self.joins.push((p, self.now));
+                }
+            }
+            Op::Split(i) => {
+                if self.open_shards >= self.p.max_open_shards {
+                    return Ok(());
+                }
+                let open: Vec<usize> = (0..self.kinesis.shards.len())
+                    .filter(|&s| self.kinesis.shards[s].is_open())
+                    .collect();
+                let shard = open[i % open.len()];
+                if let Some(children) = self.kinesis.split(shard, self.now) {
+                    self.oracles.shards[shard].closed = true;
+                    for _ in children {
+                        self.oracles.add_shard(vec![shard]);
+                    }
+                    self.open_shards += 1;
+                    self.wake_shard(shard)?;
+                }
+            }
+            Op::Merge(i) => {
+                let pairs = self.kinesis.adjacent_open();
+                if pairs.is_empty() {
+                    return Ok(());
+                }
+                let (l, r) = pairs[i % pairs.len()];
+                if self.kinesis.merge(l, r, self.now).is_some() {
+                    self.oracles.shards[l].closed = true;
+                    self.oracles.shards[r].closed = true;
+                    self.oracles.add_shard(vec![l, r]);
+                    self.open_shards -= 1;
+                    self.wake_shard(l)?;
+                    self.wake_shard(r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wake_shard(&mut self, shard: usize) -> Check {
+        for key in self.kinesis.waiting_on(shard) {
+            self.wake(key, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// Joined workers that reached fair share: record the time it took.
+    fn check_joins(&mut self) {
+        if self.joins.is_empty() {
+            return;
+        }
+        let active = self
+            .dynamo
+            .leases
+            .values()
+            .filter(|r| r.checkpoint != Some(Checkpoint::ShardEnd))
+            .count();
+        let live = (0..self.procs.len())
+            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+            .count()
+            .max(1);
+        let fair = active / live;
+        let now = self.now;
+        let mut done = Vec::new();
+        for (i, (p, at)) in self.joins.iter().enumerate() {
+            if !self.running(*p) {
+                done.push(i);
+                continue;
+            }
+            if self.oracles.held_by(&self.procs[*p].owner()) >= fair {
+                self.report.convergence.push(now - at);
+                done.push(i);
+            }
+        }
+        for i in done.into_iter().rev() {
+            self.joins.remove(i);
+        }
+    }
+
+    // ----- producer ----------------------------------------------------------
+
+    fn produce(&mut self) -> Check {
+        let n = self.p.records_per_tick as usize;
+        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for _ in 0..n {
+            let k = self.rng.below(self.keys.len() as u64) as usize;
+            let shard = self.kinesis.route(self.keys[k].1);
+            by_shard.entry(shard).or_default().push(k);
+        }
+        for (shard, keys) in by_shard {
+            let mut i = 0;
+            while i < keys.len() {
+                let take = if self.rng.chance(self.p.agg_prob) {
+                    (2 + self.rng.below(7) as usize).min(keys.len() - i)
+                } else {
+                    1
+                };
+                let group = &keys[i..i + take];
+                i += take;
+                let first_id = self.oracles.records.len() as u64;
+                let ids: Vec<u64> = (first_id..first_id + group.len() as u64).collect();
+                let payloads: Vec<[u8; 8]> = ids.iter().map(|id| id.to_le_bytes()).collect();
+                let pk = self.keys[group[0]].0.clone();
+                let data = if take == 1 {
+                    payloads[0].to_vec()
+                } else {
+                    let recs: Vec<kpl::AggRecord<'_>> = group
+                        .iter()
+                        .zip(&payloads)
+                        .map(|(&k, d)| kpl::AggRecord {
+                            partition_key: self.keys[k].0.as_bytes(),
+                            explicit_hash_key: None,
+                            data: d,
+                        })
+                        .collect();
+                    kpl::aggregate(&recs)
+                };
+                let gap = self.rng.below(1000);
+                let kidx = self.kinesis.put(shard, pk, data, self.now, gap);
+                let seq = self.kinesis.shards[shard].records[kidx].seq.clone();
+                let got = self
+                    .oracles
+                    .written(shard, (0..take as u32).map(|s| ExtSeq::new(seq.clone(), s)));
+                debug_assert_eq!(got, ids);
+            }
+            self.wake_shard(shard)?;
+        }
+        if self.p.retention < 24 * 3600 * SEC {
+            for (shard, range) in self.kinesis.trim(self.now) {
+                self.oracles.trimmed(self.now, shard, range)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- phases ------------------------------------------------------------
+
+    fn heal(&mut self) -> Check {
+        self.phase = Phase::Heal;
+        self.faults_on = false;
+        self.trace.line(self.now, format_args!("heal"));
+        for p in 0..self.procs.len() {
+            let pr = &mut self.procs[p];
+            pr.cut_dynamo_until = 0;
+            pr.cut_kinesis_until = 0;
+            pr.sink_stall_until = 0;
+            if pr.paused_until.is_some() {
+                let inc = pr.inc;
+                self.q.push(self.now, Ev::Resume { p, inc });
+            }
+        }
+        let live = (0..self.procs.len())
+            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+            .count();
+        if live == 0 {
+            if let Some(p) = (0..self.procs.len()).find(|&p| !self.running(p)) {
+                self.apply(Op::Restart(p))?;
+            } else {
+                self.apply(Op::Join)?;
+            }
+        }
+        self.q.push(self.now + SEC, Ev::HealCheck);
+        Ok(())
+    }
+
+    /// Shards that are not yet held by a live worker or not caught up.
+    fn lagging(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let live: Vec<Owner> = (0..self.procs.len())
+            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+            .map(|p| self.procs[p].owner())
+            .collect();
+        for i in 0..self.kinesis.shards.len() {
+            let sref = self.kinesis.shard_ref(i);
+            let row = self.dynamo.leases.get(&sref);
+            let ended = row.is_some_and(|r| r.checkpoint == Some(Checkpoint::ShardEnd));
+            let s = &self.kinesis.shards[i];
+            if ended {
+                continue;
+            }
+            // Converged includes no hand-off in flight (a hand-off racing the
+            // final shutdown hits a known core bug, see the ignored test
+            // `shutdown_right_after_requesting_handoff_releases_transferred_lease`).
+            if let Some(pending) = row.and_then(|r| r.pending_owner.as_ref()) {
+                out.push(format!("{sref}: hand-off to {pending} pending"));
+                continue;
+            }
+            if !s.is_open() {
+                out.push(format!(
+                    "{sref}: closed, not at SHARD_END (row {:?})",
+                    row.map(|r| (&r.owner, r.token, &r.checkpoint))
+                ));
+                continue;
+            }
+            if !row
+                .and_then(|r| r.owner.as_ref())
+                .is_some_and(|o| live.contains(o) && self.oracles.holds(o, &sref))
+            {
+                out.push(format!(
+                    "{sref}: not held by a live worker (row {:?})",
+                    row.map(|r| (&r.owner, r.token))
+                ));
+            }
+        }
+        for (shard, n) in self.oracles.unsettled() {
+            out.push(format!("shard {shard}: {n} records not acknowledged"));
+        }
+        out
+    }
+
+    fn heal_check(&mut self) -> Check {
+        if self.phase != Phase::Heal {
+            return Ok(());
+        }
+        let lagging = if self.p.check_liveness {
+            self.lagging()
+        } else {
+            Vec::new()
+        };
+        if lagging.is_empty()
+            && self.now
+                >= self.heal_start
+                    + if self.p.check_liveness {
+                        0
+                    } else {
+                        self.p.heal_us
+                    }
+        {
+            self.report.heal = Some(self.now - self.heal_start);
+            self.trace.line(self.now, format_args!("caught up"));
+            self.phase = Phase::Closing;
+            self.shutdown_start = self.now;
+            for p in 0..self.procs.len() {
+                if self.running(p) && !self.procs[p].shutting_down {
+                    self.apply(Op::Shutdown(p))?;
+                }
+            }
+            self.q.push(self.now + SEC, Ev::FinalCheck);
+            return Ok(());
+        }
+        if self.now >= self.heal_start + self.p.heal_us {
+            let shown: Vec<&str> = lagging.iter().take(8).map(String::as_str).collect();
+            return Err(self.violation(
+                "liveness",
+                format!(
+                    "not caught up {}s after the heal began: {}",
+                    self.p.heal_us / SEC,
+                    shown.join("; ")
+                ),
+            ));
+        }
+        self.q.push(self.now + SEC, Ev::HealCheck);
+        Ok(())
+    }
+
+    fn final_check(&mut self) -> Check {
+        let pending: Vec<Owner> = (0..self.procs.len())
+            .filter(|&p| self.running(p))
+            .map(|p| self.procs[p].owner())
+            .collect();
+        if pending.is_empty() {
+            for row in self.dynamo.leases.values() {
+                if let Some(o) = &row.owner {
+                    return Err(self.violation(
+                        "shutdown",
+                        format!(
+                            "{} still owned by {o} after every worker shut down",
+                            row.shard
+                        ),
+                    ));
+                }
+            }
+            self.phase = Phase::Done;
+            return Ok(());
+        }
+        if self.now >= self.shutdown_start + SHUTDOWN_BOUND {
+            return Err(self.violation(
+                "shutdown",
+                format!(
+                    "{pending:?} did not complete shutdown within {}s",
+                    SHUTDOWN_BOUND / SEC
+                ),
+            ));
+        }
+        self.q.push(self.now + SEC, Ev::FinalCheck);
+        Ok(())
+    }
+}
+
+/// The answer a failed request gets.
+fn failed(a: &Action, class: ErrorClass) -> Option<Input> {
+    Some(match a {
+        Action::ListShards { op, .. } => Input::Shards {
+            op: *op,
+            result: Err(class),
+        },
+        Action::RegisterConsumer { op, .. } | Action::DescribeConsumer { op, .. } => {
+            Input::Consumer {
+                op: *op,
+                result: Err(class),
+            }
+        }
+        Action::Subscribe { sub, .. } | Action::Pull { sub, .. } => {
+            Input::SubscriptionError { sub: *sub, class }
+        }
+        Action::Cancel { .. } => return None,
+        Action::GetShardIterator { op, .. } => Input::Iterator {
+            op: *op,
+            result: Err(class),
+        },
+        Action::GetRecords { op, .. } => Input::Records {
+            op: *op,
+            result: Err(class),
+        },
+        Action::ReadLeases { op, .. } => Input::Leases {
+            op: *op,
+            result: Err(class),
+        },
+        Action::WriteLease { op, .. } => Input::LeaseWritten {
+            op: *op,
+            result: Err(class),
+        },
+        Action::ReadHeartbeats { op } => Input::Heartbeats {
+            op: *op,
+            result: Err(class),
+        },
+        Action::WriteHeartbeat { op, .. } => Input::HeartbeatWritten {
+            op: *op,
+            result: Err(class),
+        },
+    })
+}
+
+/// A response that met a broken connection: writes may have applied.
+fn degrade(input: Input) -> Input {
+    match input {
+        Input::LeaseWritten { op, .. } => Input::LeaseWritten {
+            op,
+            result: Err(ErrorClass::Ambiguous),
+        },
+        Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
+            op,
+            result: Err(ErrorClass::Ambiguous),
+        },
+        Input::Leases { op, .. } => Input::Leases {
+            op,
+            result: Err(ErrorClass::Transient),
+        },
+        Input::Heartbeats { op, .. } => Input::Heartbeats {
+            op,
+            result: Err(ErrorClass::Transient),
+        },
+        Input::Shards { op, .. } => Input::Shards {
+            op,
+            result: Err(ErrorClass::Transient),
+        },
+        Input::Consumer { op, .. } => Input::Consumer {
+            op,
+            result: Err(ErrorClass::Transient),
+        },
+        Input::SubscriptionEvent { sub, .. }
+        | Input::SubscriptionEnded { sub }
+        | Input::SubscriptionError { sub, .. } => Input::SubscriptionError {
+            sub,
+            class: ErrorClass::Transient,
+        },
+        Input::Iterator { op, .. } => Input::Iterator {
+            op,
+            result: Err(ErrorClass::Transient),
+        },
+        Input::Records { op, .. } => Input::Records {
+            op,
+            result: Err(ErrorClass::Transient),
+        },
+    }
+}
+
+fn brief_cp(cp: &Checkpoint) -> String {
+    match cp {
+        Checkpoint::After(s) => format!("after:{}", short_seq(s.as_str())),
+        Checkpoint::Within(e) => format!("within:{}/{}", short_seq(e.seq.as_str()), e.sub),
+        Checkpoint::ShardEnd => "SHARD_END".into(),
+    }
+}
+
+fn short_seq(s: &str) -> &str {
+    // The ord digits identify a record; the shard suffix is in the ShardRef.
+    s.get(20..32).unwrap_or(s)
+}
+
+fn brief_pos(p: &StartPosition) -> String {
+    match p {
+        StartPosition::TrimHorizon => "TRIM_HORIZON".into(),
+        StartPosition::Latest => "LATEST".into(),
+        StartPosition::AtTimestamp { unix_ms } => format!("AT_TIMESTAMP:{unix_ms}"),
+        StartPosition::AtSequence(s) => format!("AT:{}", short_seq(s.as_str())),
+        StartPosition::AfterSequence(s) => format!("AFTER:{}", short_seq(s.as_str())),
+        StartPosition::AtSubSequence(e) => format!("AT:{}/{}", short_seq(e.seq.as_str()), e.sub),
+    }
+}
+
+fn brief_action(a: &Action) -> String {
+    match a {
+        Action::ListShards { op, .. } => format!("ListShards {op:?}"),
+        Action::RegisterConsumer { op, name, .. } => format!("RegisterConsumer {op:?} {name}"),
+        Action::DescribeConsumer { op, .. } => format!("DescribeConsumer {op:?}"),
+        Action::Subscribe {
+            sub,
+            shard,
+            position,
+            ..
+        } => format!("Subscribe {sub:?} {shard} {}", brief_pos(position)),
+        Action::Pull { sub, chunk } => format!("Pull {sub:?} {chunk:?}"),
+        Action::Cancel { sub } => format!("Cancel {sub:?}"),
+        Action::GetShardIterator {
+            op,
+            shard,
+            position,
+        } => format!("GetShardIterator {op:?} {shard} {}", brief_pos(position)),
+        Action::GetRecords {
+            op,
+            shard,
+            limit,
+            chunk,
+            ..
+        } => format!("GetRecords {op:?} {shard} limit={limit} {chunk:?}"),
+        Action::ReadLeases { op, .. } => format!("ReadLeases {op:?}"),
+        Action::WriteLease { op, write } => format!("WriteLease {op:?} {}", brief_write(write)),
+        Action::ReadHeartbeats { op } => format!("ReadHeartbeats {op:?}"),
+        Action::WriteHeartbeat { op, row } => format!(
+            "WriteHeartbeat {op:?} beat={} held={} wants={}",
+            row.beat,
+            row.held,
+            row.wants.len()
+        ),
+    }
+}
+
+fn brief_write(w: &LeaseWrite) -> String {
+    match w {
+        LeaseWrite::Create(r) => format!("Create {}", r.shard),
+        LeaseWrite::Take {
+            shard,
+            expect_owner,
+            expect_token,
+            to,
+        } => format!(
+            "Take {shard} from {expect_owner:?}/tok{} to {to}",
+            expect_token.0
+        ),
+        LeaseWrite::RequestHandoff {
+            shard,
+            owner,
+            token,
+            pending,
+        } => format!(
+            "RequestHandoff {shard} {owner}/tok{} for {pending}",
+            token.0
+        ),
+        LeaseWrite::Transfer {
+            shard,
+            owner,
+            token,
+            to,
+            checkpoint,
+        } => format!(
+            "Transfer {shard} {owner}/tok{} to {to} cp={:?}",
+            token.0,
+            checkpoint.as_ref().map(brief_cp)
+        ),
+        LeaseWrite::Checkpoint {
+            shard,
+            owner,
+            token,
+            checkpoint,
+        } => format!(
+            "Checkpoint {shard} {owner}/tok{} {}",
+            token.0,
+            brief_cp(checkpoint)
+        ),
+        LeaseWrite::Release {
+            shard,
+            owner,
+            token,
+            checkpoint,
+        } => format!(
+            "Release {shard} {owner}/tok{} cp={:?}",
+            token.0,
+            checkpoint.as_ref().map(brief_cp)
+        ),
+    }
+}
+
+fn brief_input(i: &Input) -> String {
+    fn res<T>(r: &Result<T, ErrorClass>) -> String {
+        match r {
+            Ok(_) => "ok".into(),
+            Err(c) => format!("{c:?}"),
+        }
+    }
+    match i {
+        Input::Shards { op, result } => format!(
+            "Shards {op:?} {}",
+            result
+                .as_ref()
+                .map(|l| l.len().to_string())
+                .unwrap_or_else(|c| format!("{c:?}"))
+        ),
+        Input::Consumer { op, result } => format!(
+            "Consumer {op:?} {}",
+            result
+                .as_ref()
+                .map(|c| format!("{:?}", c.status))
+                .unwrap_or_else(|c| format!("{c:?}"))
+        ),
+        Input::SubscriptionEvent { sub, chunk, data } => format!(
+            "Event {sub:?} {chunk:?} n{} cont={} children={}",
+            data.records.len(),
+            data.continuation
+                .as_ref()
+                .map(|s| short_seq(s.as_str()).to_owned())
+                .unwrap_or_else(|| "null".into()),
+            data.child_shards.len()
+        ),
+        Input::SubscriptionEnded { sub } => format!("Ended {sub:?}"),
+        Input::SubscriptionError { sub, class } => format!("SubError {sub:?} {class:?}"),
+        Input::Iterator { op, result } => format!("Iterator {op:?} {}", res(result)),
+        Input::Records { op, result } => match result {
+            Ok((c, next)) => format!(
+                "Records {op:?} n{} next={} children={}",
+                c.records.len(),
+                next.is_some(),
+                c.child_shards.len()
+            ),
+            Err(c) => format!("Records {op:?} {c:?}"),
+        },
+        Input::Leases { op, result } => format!(
+            "Leases {op:?} {}",
+            result
+                .as_ref()
+                .map(|l| l.len().to_string())
+                .unwrap_or_else(|c| format!("{c:?}"))
+        ),
+        Input::LeaseWritten { op, result } => format!("LeaseWritten {op:?} {}", res(result)),
+        Input::Heartbeats { op, result } => format!(
+            "Heartbeats {op:?} {}",
+            result
+                .as_ref()
+                .map(|l| l.len().to_string())
+                .unwrap_or_else(|c| format!("{c:?}"))
+        ),
+        Input::HeartbeatWritten { op, result } => {
+            format!("HeartbeatWritten {op:?} {}", res(result))
+        }
+    }
+}

@@ -422,53 +422,7 @@ pub fn classify<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let unknown_outcome = if write {
-        ErrorClass::Ambiguous
-    } else {
-        ErrorClass::Transient
-    };
-    let (class, message) = match &err {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("");
-            let status = service.raw().status().as_u16();
-            let class = match code {
-                "ConditionalCheckFailedException" => ErrorClass::ConditionalFailed,
-                "ProvisionedThroughputExceededException"
-                | "ThrottlingException"
-                | "RequestLimitExceeded" => ErrorClass::Throttled,
-                "LimitExceededException" => ErrorClass::LimitExceeded,
-                "ResourceNotFoundException" => ErrorClass::ResourceNotFound,
-                "ResourceInUseException" => ErrorClass::ResourceInUse,
-                "AccessDeniedException"
-                | "UnrecognizedClientException"
-                | "InvalidSignatureException"
-                | "IncompleteSignatureException"
-                | "MissingAuthenticationTokenException"
-                | "ExpiredTokenException" => ErrorClass::AccessDenied,
-                "ValidationException" | "SerializationException" => ErrorClass::InvalidArgument,
-                _ if status >= 500 => unknown_outcome,
-                _ => ErrorClass::Transient,
-            };
-            let message = service.err().message().unwrap_or("(no message)");
-            (class, format!("{code} (HTTP {status}): {message}"))
-        }
-        SdkError::TimeoutError(_) => (unknown_outcome, "timed out".to_owned()),
-        SdkError::DispatchFailure(failure) => {
-            // A user error is raised before anything is sent.
-            let class = if failure.is_user() {
-                ErrorClass::Transient
-            } else {
-                unknown_outcome
-            };
-            (class, "request could not be completed".to_owned())
-        }
-        SdkError::ResponseError(_) => (unknown_outcome, "unreadable response".to_owned()),
-        SdkError::ConstructionFailure(_) => (
-            ErrorClass::Transient,
-            "request could not be built (client configuration)".to_owned(),
-        ),
-        _ => (unknown_outcome, "unexpected SDK error".to_owned()),
-    };
+    let (class, message) = crate::error::classify_sdk(&err, write);
     StoreError::new(class, operation, message).with_source(err)
 }
 

@@ -2,29 +2,44 @@
 //!
 //! [`kinesin_core`] decides; this crate performs the I/O it asks for,
 //! without depending on any async executor: its futures are plain `async`
-//! code, and the AWS SDK clients it is given carry the HTTP client and the
-//! sleep that a runtime crate (`kinesin-tokio`, `kinesin-async-std`)
-//! plugged in. No tokio type appears in its API.
+//! code, the few executor services it needs come through the [`Runtime`]
+//! trait (spawn, a reusable timer, the clock), and the AWS SDK clients it is
+//! given carry the HTTP client and the sleep that a runtime crate
+//! (`kinesin-tokio`, later `kinesin-async-std`) plugged in. No tokio type
+//! appears in its API.
 //!
-//! What is here now: the lease stores, behind one seam.
+//! Types to read first:
+//! - [`Driver`]: the one loop that runs a core `Worker`: actions become
+//!   spawned SDK calls reporting back as inputs, events become
+//!   application [`Batch`]es, one timer serves `poll_timeout`.
+//! - [`Consumer`] / [`ConsumerBuilder`]: the public API, generic over the
+//!   runtime (`kinesin_tokio::Consumer` = `Consumer<TokioRuntime>`).
+//! - [`Kinesis`]: the Kinesis calls (ListShards, GetRecords,
+//!   SubscribeToShard, ...) and KPL de-aggregation into [`Record`]s.
 //! - [`LeaseStore`]: read and conditionally write lease rows and heartbeat
-//!   rows, with the semantics of [`kinesin_core::io::LeaseWrite::apply`],
-//!   failures classified as [`kinesin_core::io::ErrorClass`].
-//! - [`DynamoLeaseStore`]: the lease table on DynamoDB, for a fleet of
-//!   workers (schema and conditions in [`dynamo`]).
-//! - [`LocalLeaseStore`]: the table in one file in a directory, for a single
-//!   process (format in [`local`]).
-//!
-//! The driver that runs the core's `Worker` against Kinesis
-//! and a lease store comes next.
+//!   rows, with the semantics of [`kinesin_core::io::LeaseWrite::apply`];
+//!   [`DynamoLeaseStore`] (a fleet; schema in [`dynamo`]) and
+//!   [`LocalLeaseStore`] (one process; format in [`local`]).
+//! - [`error`]: every SDK error mapped to the core's
+//!   [`kinesin_core::io::ErrorClass`] in one place.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod codec;
+pub mod consumer;
+pub mod driver;
 pub mod dynamo;
+pub mod error;
+pub mod kinesis;
 pub mod lease_store;
 pub mod local;
+pub mod runtime;
 
+pub use consumer::{Batches, Consumer, ConsumerBuilder, Error};
+pub use driver::{Batch, Driver, DriverError, DriverHandle, DriverOptions};
 pub use dynamo::DynamoLeaseStore;
+pub use error::KinesisError;
+pub use kinesis::{Kinesis, Record, Subscription};
 pub use lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
 pub use local::{LocalLeaseStore, LocalStoreError};
+pub use runtime::{AsyncTimer, Runtime, Task};

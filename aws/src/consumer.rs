@@ -1,0 +1,516 @@
+//! The public consumer API, written once for every runtime.
+//!
+//! Models: what an application configures ([`ConsumerBuilder`]) and what it
+//! holds while consuming ([`Consumer`]: a stream of [`Batch`]es and a
+//! graceful [`Consumer::shutdown`]). A runtime crate names the runtime:
+//! `kinesin_tokio::Consumer` is `Consumer<TokioRuntime>`.
+//!
+//! Rules encoded: invalid configuration is an [`Error::Config`] naming the
+//! field (checked before any network call); every stream is resolved to its
+//! ARN first, and a missing one is [`Error::StreamNotFound`]; a lease table
+//! that does not exist is an error unless `.create_lease_table(true)`;
+//! dropping a [`Consumer`] without `shutdown` stops it like a crash (leases
+//! expire after the failover time and are taken by other workers).
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_types::SdkConfig;
+use futures_core::Stream;
+use kinesin_core::config::{Batching, ConfigError, EfoConsumer, Retrieval, StartFrom};
+use kinesin_core::ids::{Owner, StreamId};
+use kinesin_core::io::ErrorClass;
+use kinesin_core::{Config, Worker};
+
+use crate::driver::{Batch, Delivery, Driver, DriverError, DriverHandle, DriverOptions};
+use crate::error::KinesisError;
+use crate::kinesis::Kinesis;
+use crate::lease_store::{LeaseStore, StoreError};
+use crate::local::{LocalLeaseStore, LocalStoreError};
+use crate::runtime::Runtime;
+use crate::DynamoLeaseStore;
+
+/// Why a consumer could not be built or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value that cannot work; names the field.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A configured stream does not exist (in this account and region).
+    #[error(
+        "stream {stream:?} does not exist ({message}): create it, or fix `streams` (and the \
+         region / endpoint the AWS config points at)"
+    )]
+    StreamNotFound {
+        /// The stream as configured.
+        stream: String,
+        /// What Kinesis said.
+        message: String,
+    },
+    /// The lease table does not exist and was not to be created.
+    #[error(
+        "lease table {table:?} does not exist: create it, or call `.create_lease_table(true)` \
+         (dynamodb.create)"
+    )]
+    LeaseTableMissing {
+        /// The table name.
+        table: String,
+    },
+    /// A Kinesis call failed while building.
+    #[error(transparent)]
+    Kinesis(#[from] KinesisError),
+    /// The DynamoDB lease store failed while building.
+    #[error(transparent)]
+    LeaseStore(#[from] StoreError),
+    /// The local lease store could not be opened.
+    #[error(transparent)]
+    LocalStore(#[from] LocalStoreError),
+    /// The consumer stopped (reported through the batch stream).
+    #[error(transparent)]
+    Stopped(#[from] DriverError),
+}
+
+/// A change to the core configuration, applied at build.
+type Tweak = Box<dyn FnOnce(&mut Config) + Send>;
+
+enum LeaseChoice {
+    Dynamo { table: String },
+    Local(PathBuf),
+}
+
+/// Configures a [`Consumer`]. Start with `Consumer::builder()`.
+pub struct ConsumerBuilder<R> {
+    streams: Vec<String>,
+    retrieval: Vec<(&'static str, Retrieval)>,
+    lease: Vec<LeaseChoice>,
+    create_table: bool,
+    start_from: Option<StartFrom>,
+    worker_id: Option<String>,
+    tweaks: Vec<Tweak>,
+    options: DriverOptions,
+    kinesis_client: Option<aws_sdk_kinesis::Client>,
+    dynamodb_client: Option<aws_sdk_dynamodb::Client>,
+    list_page_limit: Option<i32>,
+    _runtime: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for ConsumerBuilder<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("streams", &self.streams)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime + Default> Default for ConsumerBuilder<R> {
+    fn default() -> Self {
+        ConsumerBuilder {
+            streams: Vec::new(),
+            retrieval: Vec::new(),
+            lease: Vec::new(),
+            create_table: false,
+            start_from: None,
+            worker_id: None,
+            tweaks: Vec::new(),
+            options: DriverOptions::default(),
+            kinesis_client: None,
+            dynamodb_client: None,
+            list_page_limit: None,
+            _runtime: PhantomData,
+        }
+    }
+}
+
+impl<R: Runtime + Default> ConsumerBuilder<R> {
+    /// Consume this stream (name or ARN). Call again for more streams.
+    pub fn stream(mut self, name_or_arn: impl Into<String>) -> Self {
+        self.streams.push(name_or_arn.into());
+        self
+    }
+
+    /// Read with GetRecords (the default).
+    pub fn polling(mut self) -> Self {
+        self.retrieval.push(("polling", Retrieval::polling()));
+        self
+    }
+
+    /// Read with Enhanced Fan-Out through the consumer of this name
+    /// (registered if missing, never deregistered).
+    pub fn enhanced_fan_out(mut self, consumer_name: impl Into<String>) -> Self {
+        self.retrieval.push((
+            "enhanced_fan_out.consumer_name",
+            Retrieval::Efo {
+                consumer: EfoConsumer::Name(consumer_name.into()),
+            },
+        ));
+        self
+    }
+
+    /// Read with Enhanced Fan-Out through an existing consumer.
+    pub fn enhanced_fan_out_arn(mut self, consumer_arn: impl Into<String>) -> Self {
+        self.retrieval.push((
+            "enhanced_fan_out.consumer_arn",
+            Retrieval::Efo {
+                consumer: EfoConsumer::Arn(consumer_arn.into()),
+            },
+        ));
+        self
+    }
+
+    /// Leases and checkpoints in this DynamoDB table (a fleet of workers).
+    pub fn lease_table(mut self, table: impl Into<String>) -> Self {
+        self.lease.push(LeaseChoice::Dynamo {
+            table: table.into(),
+        });
+        self
+    }
+
+    /// Create the lease table if it is missing, and wait for it to be
+    /// ACTIVE (`dynamodb.create`; default false).
+    pub fn create_lease_table(mut self, create: bool) -> Self {
+        self.create_table = create;
+        self
+    }
+
+    /// Leases and checkpoints in a local directory (one process only).
+    pub fn local_store(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.lease.push(LeaseChoice::Local(dir.into()));
+        self
+    }
+
+    /// Shards without a checkpoint start at the oldest record (default).
+    pub fn start_from_oldest(mut self) -> Self {
+        self.start_from = Some(StartFrom::Oldest);
+        self
+    }
+
+    /// Shards without a checkpoint start at the lease's creation time.
+    pub fn start_from_latest(mut self) -> Self {
+        self.start_from = Some(StartFrom::Latest);
+        self
+    }
+
+    /// Shards without a checkpoint start at this time.
+    pub fn start_at(mut self, time: SystemTime) -> Self {
+        let unix_ms = time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        self.start_from = Some(StartFrom::Timestamp { unix_ms });
+        self
+    }
+
+    /// This worker's id (default: `$HOSTNAME-<pid>`). Restarts get a new
+    /// incarnation, so reusing an id is safe.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Max unacknowledged records per shard (`checkpoint_limit`, 1024).
+    pub fn checkpoint_limit(self, limit: u32) -> Self {
+        self.configure(move |c| c.checkpoint_limit = limit)
+    }
+
+    /// How often progressed checkpoints are written (`commit_period`, 5 s).
+    pub fn commit_period(self, period: Duration) -> Self {
+        self.configure(move |c| c.commit_period = period)
+    }
+
+    /// Global budget of received, unacknowledged records
+    /// (`max_pending_records`, 50,000).
+    pub fn max_pending_records(self, records: u64) -> Self {
+        self.configure(move |c| c.pool_records = records)
+    }
+
+    /// Global budget of received, unacknowledged bytes (64 MiB).
+    pub fn max_pending_bytes(self, bytes: u64) -> Self {
+        self.configure(move |c| c.pool_bytes = bytes)
+    }
+
+    /// Batching policy (default: one record per batch).
+    pub fn batching(self, batching: Batching) -> Self {
+        self.configure(move |c| c.batching = batching)
+    }
+
+    /// Failover time: a worker whose heartbeat stopped for this long loses
+    /// its leases (10 s; heartbeat every third of it).
+    pub fn failover_time(self, failover: Duration) -> Self {
+        self.configure(move |c| {
+            let mut next = c.clone().with_failover_time(failover);
+            next.heartbeat_read_interval = next.heartbeat_read_interval.min(failover / 4);
+            *c = next;
+        })
+    }
+
+    /// Balancing pass interval (`rebalance_period`, 30 s).
+    pub fn rebalance_period(self, period: Duration) -> Self {
+        self.configure(move |c| c.rebalance_period = period)
+    }
+
+    /// ListShards interval (60 s).
+    pub fn shard_sync_period(self, period: Duration) -> Self {
+        self.configure(move |c| c.shard_sync_period = period)
+    }
+
+    /// How long shutdown waits for in-flight acks (10 s).
+    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.configure(move |c| c.shutdown_timeout = timeout)
+    }
+
+    /// Seed of every random choice (backoff jitter).
+    pub fn seed(self, seed: u64) -> Self {
+        self.configure(move |c| c.seed = seed)
+    }
+
+    /// Change any other core setting (see [`kinesin_core::Config`]);
+    /// applied after the settings above.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.tweaks.push(Box::new(f));
+        self
+    }
+
+    /// Deadline of one AWS call (15 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.options.call_timeout = timeout;
+        self
+    }
+
+    /// Use this Kinesis client instead of one built from the `SdkConfig`
+    /// (e.g. with another endpoint or HTTP client).
+    pub fn kinesis_client(mut self, client: aws_sdk_kinesis::Client) -> Self {
+        self.kinesis_client = Some(client);
+        self
+    }
+
+    /// Use this DynamoDB client instead of one built from the `SdkConfig`.
+    pub fn dynamodb_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
+        self.dynamodb_client = Some(client);
+        self
+    }
+
+    /// ListShards page size (tests exercise pagination with it).
+    pub fn list_shards_page_limit(mut self, limit: i32) -> Self {
+        self.list_page_limit = Some(limit);
+        self
+    }
+
+    /// Check the configuration, resolve the streams, open the lease store
+    /// and start consuming.
+    pub async fn build(self, sdk: &SdkConfig) -> Result<Consumer<R>, Error> {
+        let bad = |field: &'static str, reason: &str| {
+            Error::Config(ConfigError {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        let retrieval = match self.retrieval.as_slice() {
+            [] => Retrieval::polling(),
+            [(_, r)] => r.clone(),
+            [(a, _), (b, _), ..] => {
+                let field =
+                    if a.starts_with("enhanced_fan_out") && b.starts_with("enhanced_fan_out") {
+                        "enhanced_fan_out.consumer_arn"
+                    } else {
+                        "enhanced_fan_out.enabled"
+                    };
+                return Err(bad(
+                    field,
+                    &format!("{a} and {b} were both set; choose one way to read"),
+                ));
+            }
+        };
+        let lease = match self.lease.len() {
+            0 => {
+                return Err(bad(
+                    "dynamodb.table",
+                    "no lease store: call `.lease_table(name)` (DynamoDB, for a fleet) or \
+                     `.local_store(dir)` (one process)",
+                ))
+            }
+            1 => self.lease.into_iter().next().expect("one"),
+            _ => {
+                return Err(bad(
+                    "dynamodb.table",
+                    "more than one lease store given (lease_table / local_store); choose one",
+                ))
+            }
+        };
+        if let LeaseChoice::Dynamo { table } = &lease {
+            if table.trim().is_empty() {
+                return Err(bad("dynamodb.table", "must not be empty"));
+            }
+        }
+        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        let owner = Owner::new(&worker_id, incarnation());
+        let streams: Vec<StreamId> = self.streams.iter().map(StreamId::new).collect();
+        let mut config = Config::new(streams, owner, retrieval);
+        config.seed = incarnation();
+        if let Some(start) = self.start_from {
+            config.start_from = start;
+        }
+        for tweak in self.tweaks {
+            tweak(&mut config);
+        }
+        // Every field checked before any network call.
+        config.validate()?;
+
+        let kinesis_client = self
+            .kinesis_client
+            .unwrap_or_else(|| aws_sdk_kinesis::Client::new(sdk));
+        let mut kinesis = Kinesis::new(kinesis_client);
+        if let Some(limit) = self.list_page_limit {
+            kinesis = kinesis.with_list_page_limit(limit);
+        }
+        let mut arns = Vec::with_capacity(self.streams.len());
+        for stream in &self.streams {
+            match kinesis.resolve_stream(stream).await {
+                Ok(arn) => arns.push(StreamId::new(arn)),
+                Err(e) if e.class == ErrorClass::ResourceNotFound => {
+                    return Err(Error::StreamNotFound {
+                        stream: stream.clone(),
+                        message: e.message,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        config.streams = arns;
+
+        let store: Arc<dyn LeaseStore> = match lease {
+            LeaseChoice::Dynamo { table } => {
+                let client = self
+                    .dynamodb_client
+                    .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(sdk));
+                let store = DynamoLeaseStore::new(client, table.clone());
+                if self.create_table {
+                    store.create_table_if_missing().await?;
+                } else {
+                    match store.read_heartbeats().await {
+                        Ok(_) => {}
+                        Err(e) if e.class() == ErrorClass::ResourceNotFound => {
+                            return Err(Error::LeaseTableMissing { table })
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Arc::new(store)
+            }
+            LeaseChoice::Local(dir) => Arc::new(LocalLeaseStore::open(dir)?),
+        };
+
+        let runtime = Arc::new(R::default());
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let worker = Worker::new(config, runtime.now(), unix_ms)?;
+        let (driver, handle) = Driver::new(runtime, worker, kinesis, store, self.options);
+        driver.spawn();
+        Ok(Consumer {
+            handle,
+            stopped: false,
+            _runtime: PhantomData,
+        })
+    }
+}
+
+/// A running consumer: take batches with [`Consumer::batches`], stop with
+/// [`Consumer::shutdown`]. Dropping it without `shutdown` stops it at once,
+/// like a crash.
+#[derive(Debug)]
+pub struct Consumer<R> {
+    handle: DriverHandle,
+    stopped: bool,
+    _runtime: PhantomData<fn() -> R>,
+}
+
+impl<R: Runtime + Default> Consumer<R> {
+    /// A builder; see [`ConsumerBuilder`].
+    pub fn builder() -> ConsumerBuilder<R> {
+        ConsumerBuilder::default()
+    }
+
+    /// The delivered batches, as a `futures::Stream`. Several streams may be
+    /// taken (each batch goes to one of them). Ends after shutdown.
+    pub fn batches(&self) -> Batches {
+        Batches {
+            rx: Box::pin(self.handle.deliveries()),
+        }
+    }
+
+    /// Stop gracefully: read nothing new, wait for in-flight acks (up to the
+    /// shutdown timeout), write final checkpoints, release every lease.
+    /// Batches not yet taken from the stream are given back.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.stopped = true;
+        let done = self.handle.shutdown();
+        // `()` when complete; a closed channel means the driver already
+        // stopped (after a fatal error, which shut it down too).
+        let _ = done.recv().await;
+        Ok(())
+    }
+
+    /// Stop at once without releasing leases (what a crash does; other
+    /// workers take the shards after the failover time).
+    pub fn abort(mut self) {
+        self.stopped = true;
+        self.handle.abort();
+    }
+}
+
+impl<R> Drop for Consumer<R> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.handle.abort();
+        }
+    }
+}
+
+/// The stream of [`Batch`]es (see [`Consumer::batches`]).
+#[derive(Debug)]
+pub struct Batches {
+    rx: Pin<Box<async_channel::Receiver<Delivery>>>,
+}
+
+impl Stream for Batches {
+    type Item = Result<Batch, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx
+            .as_mut()
+            .poll_next(cx)
+            .map(|d| d.map(|d| d.map_err(Error::from)))
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "kinesin".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Distinct per consumer started: wall-clock nanoseconds plus a process
+/// counter.
+fn incarnation() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,866 @@
+//! The driver: one loop that runs a core [`Worker`] against Kinesis and a
+//! lease store, on any executor (through [`Runtime`]).
+//!
+//! Models: the runtime half of the Sans-IO contract (DESIGN.md "Runtimes").
+//! One task owns the `Worker` and repeats:
+//!
+//! 1. drain `poll_action`: each request becomes a spawned task that performs
+//!    the SDK call (with a deadline) and reports the answering [`Input`] on
+//!    a channel; a `Subscribe` becomes a per-subscription task that owns the
+//!    event stream and reads exactly one event per `Pull` credit;
+//! 2. drain `poll_event`: batches become application [`Batch`]es whose
+//!    payload is the stored chunk's records; `ChunkDone` frees a chunk;
+//! 3. wait on {reports, application commands (ack, nack, shutdown), one
+//!    reusable timer at `poll_timeout`}, feed what arrived, call
+//!    `handle_timeout` when the deadline passed on the runtime's clock.
+//!
+//! Rules encoded: a delivered batch's payload is kept until it is acked (a
+//! nack redelivers the same [`BatchId`], possibly after its chunk was freed)
+//! or its lease is lost; every action is answered exactly once (calls that
+//! hang are cut off at the call timeout: `Ambiguous` for lease writes,
+//! `Transient` otherwise); a cancelled subscription's task ends and closes
+//! its connection.
+//!
+//! Invariants: the `Worker` is touched by this task only; the channels to
+//! the application are unbounded but hold at most what the core's pool
+//! admitted (batches) or one message per outstanding action (reports).
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, ShardRef, StreamId, SubId};
+use kinesin_core::io::{Action, Event, Input, LostReason};
+use kinesin_core::kpl::HashRange;
+use kinesin_core::Worker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::error::KinesisError;
+use crate::kinesis::{Kinesis, Payloads, Record};
+use crate::lease_store::LeaseStore;
+use crate::runtime::{with_deadline, Runtime};
+
+/// What the driver hands to the application: a batch, or why the consumer
+/// stopped.
+pub type Delivery = Result<Batch, DriverError>;
+
+/// A failure reported to the application through the batch stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// The worker cannot go on (e.g. the EFO consumer is being deleted); it
+    /// shut down.
+    #[error("consumer stopped: {0}")]
+    Fatal(String),
+}
+
+/// A command from the application (or a batch handle) to the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Ack(BatchId),
+    Nack(BatchId),
+    Shutdown(async_channel::Sender<()>),
+    /// Stop at once, like a crash: no final checkpoints, no release.
+    Abort,
+}
+
+/// Records delivered to the application, to `ack` when processed.
+///
+/// Dropping a batch without [`Batch::ack`] is a nack: the same records are
+/// delivered again (while this worker holds the shard), and the checkpoint
+/// stays before them.
+#[derive(Debug)]
+pub struct Batch {
+    id: BatchId,
+    shard: ShardRef,
+    token: FencingToken,
+    records: Arc<[Record]>,
+    millis_behind: u64,
+    redelivery: bool,
+    commands: async_channel::Sender<Command>,
+    done: bool,
+}
+
+impl Batch {
+    /// The user records, in shard order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+    /// Which shard (stream ARN and shard id) they come from.
+    pub fn shard(&self) -> &ShardRef {
+        &self.shard
+    }
+    /// The lease's fencing token at delivery: a sink can reject writes
+    /// carrying a token lower than one it has seen for this shard.
+    pub fn fencing_token(&self) -> u64 {
+        self.token.0
+    }
+    /// The batch id (acks and logs).
+    pub fn id(&self) -> BatchId {
+        self.id
+    }
+    /// MillisBehindLatest of the read that brought these records.
+    pub fn millis_behind_latest(&self) -> u64 {
+        self.millis_behind
+    }
+    /// True when these records were delivered before and nacked.
+    pub fn is_redelivery(&self) -> bool {
+        self.redelivery
+    }
+    /// The records were processed: they may be checkpointed.
+    pub fn ack(mut self) {
+        self.done = true;
+        let _ = self.commands.try_send(Command::Ack(self.id));
+    }
+    /// The records could not be processed: deliver them again.
+    pub fn nack(self) {
+        // Drop does it.
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.commands.try_send(Command::Nack(self.id));
+        }
+    }
+}
+
+/// What a spawned call task reports.
+enum Report {
+    Input(Input),
+    /// An input that carries records: store them under `chunk` first.
+    WithPayload {
+        chunk: ChunkId,
+        payloads: Payloads,
+        input: Input,
+    },
+}
+
+/// Driver settings that the core does not know about.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Deadline of one SDK call (SubscribeToShard: until its first event).
+    pub call_timeout: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            call_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The application's side of a running driver.
+#[derive(Debug)]
+pub struct DriverHandle {
+    commands: async_channel::Sender<Command>,
+    deliveries: async_channel::Receiver<Delivery>,
+}
+
+impl DriverHandle {
+    /// A receiver of batches (cloneable; each batch goes to one receiver).
+    pub fn deliveries(&self) -> async_channel::Receiver<Delivery> {
+        self.deliveries.clone()
+    }
+
+    /// Ask for a graceful shutdown; the returned receiver yields `()` (or is
+    /// closed) once it completed.
+    pub fn shutdown(&self) -> async_channel::Receiver<()> {
+        let (tx, rx) = async_channel::bounded(1);
+        let _ = self.commands.try_send(Command::Shutdown(tx));
+        rx
+    }
+
+    /// Stop at once, like a crash (no final checkpoints, leases not
+    /// released: others take them after the failover time).
+    pub fn abort(&self) {
+        let _ = self.commands.try_send(Command::Abort);
+    }
+}
+
+/// The loop that runs one [`Worker`]. See the module doc.
+pub struct Driver<R: Runtime> {
+    runtime: Arc<R>,
+    worker: Worker,
+    kinesis: Kinesis,
+    store: Arc<dyn LeaseStore>,
+    options: DriverOptions,
+    reports_tx: async_channel::Sender<Report>,
+    reports_rx: async_channel::Receiver<Report>,
+    commands_tx: async_channel::Sender<Command>,
+    commands_rx: async_channel::Receiver<Command>,
+    deliveries_tx: async_channel::Sender<Delivery>,
+    /// Our own receiver of the deliveries, to take back undelivered batches
+    /// at shutdown.
+    deliveries_rx: async_channel::Receiver<Delivery>,
+    chunks: HashMap<ChunkId, Payloads>,
+    delivered: HashMap<BatchId, (ShardRef, Arc<[Record]>)>,
+    subs: HashMap<SubId, async_channel::Sender<ChunkId>>,
+    ranges: HashMap<ShardRef, HashRange>,
+    /// ListShards in flight, to know whose shards an answer lists.
+    list_ops: HashMap<OpId, StreamId>,
+    /// GetRecords in flight and live subscriptions, by stream (child
+    /// shards' ranges).
+    record_ops: HashMap<OpId, StreamId>,
+    sub_streams: HashMap<SubId, StreamId>,
+    shutdown_waiters: Vec<async_channel::Sender<()>>,
+    leases_held: usize,
+}
+
+impl<R: Runtime> std::fmt::Debug for Driver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("owner", self.worker.owner())
+            .field("chunks", &self.chunks.len())
+            .field("delivered", &self.delivered.len())
+            .field("subs", &self.subs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Driver<R> {
+    /// A driver for `worker`, and the application's handle to it. Run it
+    /// with [`Driver::run`] (or [`Driver::spawn`]).
+    pub fn new(
+        runtime: Arc<R>,
+        worker: Worker,
+        kinesis: Kinesis,
+        store: Arc<dyn LeaseStore>,
+        options: DriverOptions,
+    ) -> (Self, DriverHandle) {
+        let (reports_tx, reports_rx) = async_channel::unbounded();
+        let (commands_tx, commands_rx) = async_channel::unbounded();
+        let (deliveries_tx, deliveries_rx) = async_channel::unbounded();
+        let handle = DriverHandle {
+            commands: commands_tx.clone(),
+            deliveries: deliveries_rx.clone(),
+        };
+        let driver = Driver {
+            runtime,
+            worker,
+            kinesis,
+            store,
+            options,
+            reports_tx,
+            reports_rx,
+            commands_tx,
+            commands_rx,
+            deliveries_tx,
+            deliveries_rx,
+            chunks: HashMap::new(),
+            delivered: HashMap::new(),
+            subs: HashMap::new(),
+            ranges: HashMap::new(),
+            list_ops: HashMap::new(),
+            record_ops: HashMap::new(),
+            sub_streams: HashMap::new(),
+            shutdown_waiters: Vec::new(),
+            leases_held: 0,
+        };
+        (driver, handle)
+    }
+
+    /// Run the loop as a task on the runtime.
+    pub fn spawn(self) {
+        let runtime = self.runtime.clone();
+        let span = tracing::info_span!("kinesin", worker = %self.worker.owner());
+        runtime.spawn(Box::pin(self.run().instrument(span)));
+    }
+
+    /// Run until shutdown completes, the application aborts, or every
+    /// handle is gone.
+    pub async fn run(mut self) {
+        let far = Duration::from_secs(3600);
+        let mut timer = self.runtime.new_timer(self.runtime.now() + far);
+        let mut reports = pin!(self.reports_rx.clone());
+        let mut commands = pin!(self.commands_rx.clone());
+        loop {
+            self.drain();
+            if self.worker.is_done() {
+                break;
+            }
+            let deadline = self.worker.poll_timeout().map(|(at, _)| at);
+            timer
+                .as_mut()
+                .reset(deadline.unwrap_or_else(|| self.runtime.now() + far));
+            enum Wake {
+                Report(Report),
+                Command(Command),
+                Timer,
+                Closed,
+            }
+            let wake = poll_fn(|cx| {
+                match commands.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(c)) => return Poll::Ready(Wake::Command(c)),
+                    // Every handle and batch is gone: nobody can ack or
+                    // shut down any more.
+                    Poll::Ready(None) => return Poll::Ready(Wake::Closed),
+                    Poll::Pending => {}
+                }
+                if let Poll::Ready(Some(r)) = reports.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Report(r));
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::Timer)
+            })
+            .await;
+            match wake {
+                Wake::Report(r) => self.handle_report(r),
+                Wake::Command(Command::Abort) | Wake::Closed => {
+                    info!("stopped without shutdown: leases are left to expire");
+                    break;
+                }
+                Wake::Command(c) => self.handle_command(c),
+                Wake::Timer => {}
+            }
+            // Take whatever else is ready without waiting (bounded).
+            for _ in 0..256 {
+                match self.reports_rx.try_recv() {
+                    Ok(r) => self.handle_report(r),
+                    Err(_) => break,
+                }
+            }
+            let now = self.runtime.now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.worker.handle_timeout(now);
+            }
+        }
+        for w in self.shutdown_waiters.drain(..) {
+            let _ = w.try_send(());
+        }
+        // Subscription tasks end when their credit senders drop here.
+        self.subs.clear();
+        self.deliveries_tx.close();
+    }
+
+    fn handle_report(&mut self, report: Report) {
+        let now = self.runtime.now();
+        let input = match report {
+            Report::Input(input) => input,
+            Report::WithPayload {
+                chunk,
+                payloads,
+                input,
+            } => {
+                self.chunks.insert(chunk, payloads);
+                input
+            }
+        };
+        self.learn_ranges(&input);
+        self.worker.handle_input(now, input);
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = self.runtime.now();
+        match command {
+            Command::Ack(id) => {
+                if let Err(e) = self.worker.ack(now, id) {
+                    debug!("{e}");
+                }
+                self.delivered.remove(&id);
+            }
+            Command::Nack(id) => {
+                if let Err(e) = self.worker.nack(now, id) {
+                    debug!("{e}");
+                    self.delivered.remove(&id);
+                }
+            }
+            Command::Shutdown(done) => {
+                info!("shutting down: final checkpoints, then leases released");
+                self.shutdown_waiters.push(done);
+                self.worker.shutdown(now);
+                // Batches the application has not taken yet will not be
+                // processed: nack them (dropping them does) so the shutdown
+                // does not wait for them.
+                while let Ok(delivery) = self.deliveries_rx.try_recv() {
+                    drop(delivery);
+                }
+                while let Ok(c) = self.commands_rx.try_recv() {
+                    self.handle_command(c);
+                }
+            }
+            Command::Abort => {}
+        }
+    }
+
+    /// Remember each shard's hash range (KPL filtering needs it).
+    fn learn_ranges(&mut self, input: &Input) {
+        match input {
+            Input::Shards { op, result } => {
+                let Some(stream) = self.list_ops.remove(op) else {
+                    return;
+                };
+                for info in result.iter().flatten() {
+                    let key = ShardRef::new(stream.clone(), info.shard.clone());
+                    self.ranges.insert(key, info.hash_range);
+                }
+            }
+            Input::SubscriptionEvent { data, sub, .. } => {
+                let Some(stream) = self.sub_streams.get(sub).cloned() else {
+                    return;
+                };
+                self.learn_children(&stream, data);
+            }
+            Input::Records {
+                op,
+                result: Ok((data, _)),
+            } => {
+                if let Some(stream) = self.record_ops.remove(op) {
+                    self.learn_children(&stream, data);
+                }
+            }
+            Input::Records { op, .. } => {
+                self.record_ops.remove(op);
+            }
+            Input::SubscriptionEnded { sub } | Input::SubscriptionError { sub, .. } => {
+                // The task has ended; the core resubscribes with a new id.
+                self.sub_streams.remove(sub);
+                self.subs.remove(sub);
+            }
+            _ => {}
+        }
+    }
+
+    fn learn_children(&mut self, stream: &StreamId, data: &kinesin_core::io::Chunk) {
+        for child in &data.child_shards {
+            let key = ShardRef::new(stream.clone(), child.shard.clone());
+            self.ranges.entry(key).or_insert(child.hash_range);
+        }
+    }
+
+    fn range_of(&self, shard: &ShardRef) -> HashRange {
+        self.ranges.get(shard).copied().unwrap_or(HashRange::FULL)
+    }
+
+    /// Drain actions and events until both are empty.
+    fn drain(&mut self) {
+        loop {
+            let mut progress = false;
+            while let Some(action) = self.worker.poll_action() {
+                progress = true;
+                self.perform(action);
+            }
+            while let Some(event) = self.worker.poll_event() {
+                progress = true;
+                self.handle_event(event);
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Batch(b) => {
+                let records = if b.redelivery {
+                    match self.delivered.get(&b.id) {
+                        Some((_, records)) => records.clone(),
+                        None => {
+                            warn!(batch = %b.id, "redelivery of a batch whose payload is gone");
+                            return;
+                        }
+                    }
+                } else {
+                    let Some(payloads) = self.chunks.get(&b.chunk) else {
+                        warn!(chunk = %b.chunk, "batch of an unknown chunk");
+                        return;
+                    };
+                    let start = b.range.start as usize;
+                    let end = (b.range.end as usize).min(payloads.len());
+                    let records: Arc<[Record]> = payloads[start.min(end)..end].into();
+                    self.delivered
+                        .insert(b.id, (b.shard.clone(), records.clone()));
+                    records
+                };
+                metrics::counter!("kinesin_records_delivered_total")
+                    .increment(records.len() as u64);
+                metrics::counter!("kinesin_bytes_delivered_total").increment(b.bytes);
+                metrics::gauge!("kinesin_millis_behind_latest", "shard" => b.shard.shard.to_string())
+                    .set(b.millis_behind as f64);
+                let batch = Batch {
+                    id: b.id,
+                    shard: b.shard,
+                    token: b.token,
+                    records,
+                    millis_behind: b.millis_behind,
+                    redelivery: b.redelivery,
+                    commands: self.commands_tx.clone(),
+                    done: false,
+                };
+                if let Err(e) = self.deliveries_tx.try_send(Ok(batch)) {
+                    // Closed: the batch comes back as a nack through Drop.
+                    drop(e);
+                }
+            }
+            Event::ChunkDone { chunk } => {
+                self.chunks.remove(&chunk);
+            }
+            Event::LeaseAcquired { shard, token } => {
+                self.leases_held += 1;
+                metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                info!(%shard, token = token.0, "lease acquired");
+            }
+            Event::LeaseLost {
+                shard,
+                token,
+                reason,
+            } => {
+                self.leases_held = self.leases_held.saturating_sub(1);
+                metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                self.delivered.retain(|_, (s, _)| *s != shard);
+                if reason == LostReason::Taken || reason == LostReason::SelfFenced {
+                    warn!(%shard, token = token.0, ?reason, "lease lost");
+                } else {
+                    info!(%shard, token = token.0, ?reason, "lease given up");
+                }
+            }
+            Event::ShardEnded { shard } => info!(%shard, "shard read to its end"),
+            Event::ShardFailed { shard, class } => {
+                warn!(%shard, ?class, "shard cannot be read; lease released")
+            }
+            Event::Warning { shard, message } => match shard {
+                Some(shard) => warn!(%shard, "{message}"),
+                None => warn!("{message}"),
+            },
+            Event::Fatal { message } => {
+                warn!("fatal: {message}");
+                let _ = self
+                    .deliveries_tx
+                    .try_send(Err(DriverError::Fatal(message)));
+            }
+            Event::ShutdownComplete => {
+                info!("shutdown complete");
+                self.chunks.clear();
+                self.delivered.clear();
+            }
+        }
+    }
+
+    fn spawn_call<F>(&self, span: tracing::Span, call: F)
+    where
+        F: std::future::Future<Output = Report> + Send + 'static,
+    {
+        let tx = self.reports_tx.clone();
+        self.runtime.spawn(Box::pin(
+            async move {
+                let report = call.await;
+                let _ = tx.send(report).await;
+            }
+            .instrument(span),
+        ));
+    }
+
+    /// Perform one action: spawn the call that answers it.
+    fn perform(&mut self, action: Action) {
+        let rt = self.runtime.clone();
+        let timeout = self.options.call_timeout;
+        let deadline = move |rt: &Arc<R>| rt.now() + timeout;
+        let k = self.kinesis.clone();
+        let store = self.store.clone();
+        let log = |e: KinesisError| {
+            warn!("{e}");
+            e.class
+        };
+        let timed_out = move |op: &'static str| {
+            warn!("Kinesis {op} timed out after {timeout:?}");
+            kinesin_core::io::ErrorClass::Transient
+        };
+        match action {
+            Action::ListShards { op, stream } => {
+                self.list_ops.insert(op, stream.clone());
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = k.list_shards(&stream);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(log),
+                        None => Err(timed_out("ListShards")),
+                    };
+                    Report::Input(Input::Shards { op, result })
+                });
+            }
+            Action::RegisterConsumer { op, stream, name } => {
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = k.register_consumer(&stream, &name);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(Err(e)) if e.class == kinesin_core::io::ErrorClass::ResourceInUse => {
+                            debug!("{e}");
+                            Err(e.class)
+                        }
+                        Some(r) => r.map_err(log),
+                        None => Err(timed_out("RegisterStreamConsumer")),
+                    };
+                    Report::Input(Input::Consumer { op, result })
+                });
+            }
+            Action::DescribeConsumer {
+                op,
+                stream,
+                name,
+                arn,
+            } => {
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = k.describe_consumer(&stream, &name, arn.as_deref());
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(log),
+                        None => Err(timed_out("DescribeStreamConsumer")),
+                    };
+                    Report::Input(Input::Consumer { op, result })
+                });
+            }
+            Action::Subscribe {
+                sub,
+                shard,
+                consumer_arn,
+                position,
+            } => {
+                let (credit_tx, credit_rx) = async_channel::unbounded();
+                self.subs.insert(sub, credit_tx);
+                self.sub_streams.insert(sub, shard.stream.clone());
+                let range = self.range_of(&shard);
+                let tx = self.reports_tx.clone();
+                let span = shard_span(&shard);
+                metrics::counter!("kinesin_subscribe_total").increment(1);
+                debug!(parent: &span, %sub, ?position, "SubscribeToShard");
+                self.runtime.spawn(Box::pin(
+                    subscription_task(
+                        rt,
+                        k,
+                        timeout,
+                        sub,
+                        shard,
+                        consumer_arn,
+                        position,
+                        range,
+                        credit_rx,
+                        tx,
+                    )
+                    .instrument(span),
+                ));
+            }
+            Action::Pull { sub, chunk } => match self.subs.get(&sub) {
+                Some(credits) => {
+                    let _ = credits.try_send(chunk);
+                }
+                None => warn!(%sub, "pull for an unknown subscription"),
+            },
+            Action::Cancel { sub } => {
+                // Dropping the sender ends the task, which drops the stream.
+                self.subs.remove(&sub);
+                self.sub_streams.remove(&sub);
+            }
+            Action::GetShardIterator {
+                op,
+                shard,
+                position,
+            } => {
+                self.spawn_call(shard_span(&shard), async move {
+                    let call = k.get_shard_iterator(&shard, &position);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(log),
+                        None => Err(timed_out("GetShardIterator")),
+                    };
+                    Report::Input(Input::Iterator { op, result })
+                });
+            }
+            Action::GetRecords {
+                op,
+                shard,
+                iterator,
+                limit,
+                chunk,
+                skip_through,
+            } => {
+                let range = self.range_of(&shard);
+                self.record_ops.insert(op, shard.stream.clone());
+                self.spawn_call(shard_span(&shard), async move {
+                    let call =
+                        k.get_records(&shard, &iterator, limit, range, skip_through.as_ref());
+                    match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(Ok((data, payloads, next))) => {
+                            metrics::counter!("kinesin_records_read_total")
+                                .increment(payloads.len() as u64);
+                            Report::WithPayload {
+                                chunk,
+                                payloads,
+                                input: Input::Records {
+                                    op,
+                                    result: Ok((data, next)),
+                                },
+                            }
+                        }
+                        Some(Err(e)) => Report::Input(Input::Records {
+                            op,
+                            result: Err(log(e)),
+                        }),
+                        None => Report::Input(Input::Records {
+                            op,
+                            result: Err(timed_out("GetRecords")),
+                        }),
+                    }
+                });
+            }
+            Action::ReadLeases { op, stream } => {
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = store.read_leases(&stream);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(store_class),
+                        None => Err(kinesin_core::io::ErrorClass::Transient),
+                    };
+                    Report::Input(Input::Leases { op, result })
+                });
+            }
+            Action::WriteLease { op, write } => {
+                metrics::counter!("kinesin_lease_writes_total").increment(1);
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = store.write_lease(&write);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(store_class),
+                        // Sent, no answer: it may have applied.
+                        None => Err(kinesin_core::io::ErrorClass::Ambiguous),
+                    };
+                    Report::Input(Input::LeaseWritten { op, result })
+                });
+            }
+            Action::ReadHeartbeats { op } => {
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = store.read_heartbeats();
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(store_class),
+                        None => Err(kinesin_core::io::ErrorClass::Transient),
+                    };
+                    Report::Input(Input::Heartbeats { op, result })
+                });
+            }
+            Action::WriteHeartbeat { op, row } => {
+                metrics::counter!("kinesin_lease_writes_total").increment(1);
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = store.write_heartbeat(&row);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(store_class),
+                        None => Err(kinesin_core::io::ErrorClass::Ambiguous),
+                    };
+                    Report::Input(Input::HeartbeatWritten { op, result })
+                });
+            }
+        }
+    }
+}
+
+fn store_class(e: crate::StoreError) -> kinesin_core::io::ErrorClass {
+    match e.class() {
+        kinesin_core::io::ErrorClass::ConditionalFailed => debug!("{e}"),
+        _ => warn!("{e}"),
+    }
+    e.class()
+}
+
+fn shard_span(shard: &ShardRef) -> tracing::Span {
+    tracing::info_span!(
+        "shard",
+        stream = kinesin_core::ids::stream_short(&shard.stream),
+        shard = shard.shard.as_str()
+    )
+}
+
+/// One SubscribeToShard: subscribe, then read exactly one event per credit.
+/// Ends when the driver drops the credit sender (Cancel), on an error, or
+/// at the end of the stream.
+#[allow(clippy::too_many_arguments)]
+async fn subscription_task<R: Runtime>(
+    rt: Arc<R>,
+    kinesis: Kinesis,
+    timeout: Duration,
+    sub: SubId,
+    shard: ShardRef,
+    consumer_arn: String,
+    position: kinesin_core::sequence::StartPosition,
+    range: HashRange,
+    credits: async_channel::Receiver<ChunkId>,
+    reports: async_channel::Sender<Report>,
+) {
+    let error = |e: KinesisError| {
+        match e.class {
+            kinesin_core::io::ErrorClass::ResourceInUse => debug!("{e}"),
+            _ => warn!("{e}"),
+        }
+        Report::Input(Input::SubscriptionError {
+            sub,
+            class: e.class,
+        })
+    };
+    let call = kinesis.subscribe(&shard, &consumer_arn, &position, range);
+    let deadline: Instant = rt.now() + timeout;
+    let mut subscription = match with_deadline(&*rt, deadline, call).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            let _ = reports.send(error(e)).await;
+            return;
+        }
+        None => {
+            warn!("SubscribeToShard timed out after {timeout:?}");
+            let _ = reports
+                .send(Report::Input(Input::SubscriptionError {
+                    sub,
+                    class: kinesin_core::io::ErrorClass::Transient,
+                }))
+                .await;
+            return;
+        }
+    };
+    let mut queued: std::collections::VecDeque<ChunkId> = Default::default();
+    let mut credits = pin!(credits);
+    loop {
+        let chunk = match queued.pop_front() {
+            Some(c) => c,
+            None => match poll_fn(|cx| credits.as_mut().poll_next(cx)).await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        // Read one event; stop early if cancelled meanwhile.
+        let event = {
+            let mut next = pin!(subscription.next_event());
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = next.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                loop {
+                    match credits.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(extra)) => queued.push_back(extra),
+                        Poll::Ready(None) => return Poll::Ready(None),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            })
+            .await
+        };
+        let report = match event {
+            None => return,
+            Some(Ok(Some((data, payloads)))) => {
+                metrics::counter!("kinesin_records_read_total").increment(payloads.len() as u64);
+                Report::WithPayload {
+                    chunk,
+                    payloads,
+                    input: Input::SubscriptionEvent { sub, chunk, data },
+                }
+            }
+            Some(Ok(None)) => {
+                let _ = reports
+                    .send(Report::Input(Input::SubscriptionEnded { sub }))
+                    .await;
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = reports.send(error(e)).await;
+                return;
+            }
+        };
+        if reports.send(report).await.is_err() {
+            return;
+        }
+    }
+}

@@ -797,6 +797,43 @@ mod tests {
     }
 
     #[test]
+    fn chunk_bytes_sums_record_sizes_for_the_byte_budget() {
+        let rec = |n: u64, bytes: u32| RecordMeta {
+            ext: ExtSeq::new(SeqNum::parse(&n.to_string()).unwrap(), 0),
+            last_sub: true,
+            bytes,
+            arrival_ms: 0,
+        };
+        let chunk = Chunk {
+            records: vec![rec(1, 100), rec(2, 250), rec(3, 7)],
+            ..Chunk::default()
+        };
+        assert_eq!(chunk.bytes(), 357);
+        assert_eq!(Chunk::default().bytes(), 0);
+    }
+
+    #[test]
+    fn batch_length_counts_its_record_range() {
+        let ext = ExtSeq::new(SeqNum::parse("1").unwrap(), 0);
+        let mut b = Batch {
+            id: BatchId::from_raw(1),
+            shard: sref(),
+            token: FencingToken(1),
+            chunk: ChunkId::from_raw(2),
+            range: 3..7,
+            first: ext.clone(),
+            last: ext,
+            bytes: 0,
+            millis_behind: 0,
+            redelivery: false,
+        };
+        assert_eq!(b.len(), 4);
+        assert!(!b.is_empty());
+        b.range = 5..5;
+        assert!(b.is_empty());
+    }
+
+    #[test]
     fn owner_change_at_max_token_is_refused() {
         let a = Owner::new("a", 1);
         let mut row = LeaseRow::new(sref(), vec![], 0);

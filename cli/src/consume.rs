@@ -1,0 +1,450 @@
+//! `kinesin consume`: JSON Lines on stdout, one object per user record.
+//!
+//! Delivery rule: a batch is acknowledged only after its lines were flushed
+//! to stdout, so a checkpoint never covers a record that was not written
+//! (a `kill -9` repeats records, it never loses one). Batches are written
+//! into one buffer while more are ready at once, then flushed and acked
+//! together.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use futures_lite::StreamExt;
+use kinesin_tokio::{Batch, Batching, Consumer};
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+use crate::config::{self, Settings, Start, UsageError};
+use crate::ConsumeArgs;
+
+/// Batches written before a flush and their acks, at most.
+const MAX_UNFLUSHED_BATCHES: usize = 256;
+/// Default batch size of the CLI (the library's default is 1, as Bento).
+const CLI_BATCH_COUNT: u32 = 500;
+
+#[derive(Serialize)]
+struct Line<'a> {
+    stream: &'a str,
+    shard: &'a str,
+    sequence: &'a str,
+    sub_sequence: u32,
+    partition_key: &'a str,
+    data: &'a str,
+    arrival_ms: u64,
+    fencing_token: u64,
+}
+
+#[derive(Debug)]
+enum Stop {
+    MaxRecords,
+    Idle,
+    Signal(&'static str),
+    StdoutClosed,
+}
+
+pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
+    let settings = match &args.config {
+        Some(path) => config::load(path)?,
+        None => Settings::default(),
+    };
+    let streams = if args.streams.is_empty() {
+        settings.streams.clone()
+    } else {
+        args.streams.clone()
+    };
+    if streams.is_empty() {
+        return Err(UsageError(
+            "no stream to consume: give --stream NAME (repeatable) or `streams` in --config".into(),
+        )
+        .into());
+    }
+    let idle = match args.exit_when_idle {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(UsageError(format!(
+                "invalid value '{s}' for '--exit-when-idle <SECS>': must be a positive number of seconds"
+            ))
+            .into())
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let lease_table = args.lease_table.clone().or_else(|| {
+        if args.local_store.is_some() {
+            None
+        } else {
+            settings.table.clone()
+        }
+    });
+    if args.create_table && lease_table.is_none() {
+        return Err(UsageError(
+            "--create-table needs a DynamoDB lease table (--lease-table TABLE or dynamodb.table)"
+                .into(),
+        )
+        .into());
+    }
+
+    let stats = crate::stats::install();
+    let sdk = crate::aws_config(settings.region.clone()).await?;
+
+    let mut b = Consumer::builder();
+    for s in &streams {
+        b = b.stream(s);
+    }
+    b = match (&args.efo, &settings.efo_name, &settings.efo_arn) {
+        (Some(name), _, _) => b.enhanced_fan_out(name),
+        (None, Some(name), _) => b.enhanced_fan_out(name),
+        (None, None, Some(arn)) => b.enhanced_fan_out_arn(arn),
+        (None, None, None) => b.polling(),
+    };
+    let store_desc;
+    b = match &lease_table {
+        Some(table) => {
+            store_desc = format!("DynamoDB table {table}");
+            b.lease_table(table)
+                .create_lease_table(args.create_table || settings.create_table)
+        }
+        None => {
+            let dir = args
+                .local_store
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./.kinesin-state"));
+            store_desc = format!("local store {}", dir.display());
+            b.local_store(dir)
+        }
+    };
+    if let Some(id) = &args.worker_id {
+        b = b.worker_id(id);
+    }
+    b = match args.start.clone().or(settings.start.clone()) {
+        Some(Start::Oldest) | None => b.start_from_oldest(),
+        Some(Start::Latest) => b.start_from_latest(),
+        Some(Start::At(t)) => b.start_at(t),
+    };
+    if let Some(v) = settings.checkpoint_limit {
+        b = b.checkpoint_limit(v);
+    }
+    if let Some(v) = settings.commit_period {
+        b = b.commit_period(v);
+    }
+    if let Some(v) = settings.rebalance_period {
+        b = b.rebalance_period(v);
+    }
+    if let Some(v) = settings.lease_period {
+        b = b.failover_time(v);
+    }
+    if let Some(v) = settings.max_pending_records {
+        b = b.max_pending_records(v);
+    }
+    if let Some(v) = settings.max_pending_bytes {
+        b = b.max_pending_bytes(v);
+    }
+    if let Some(v) = settings.shard_sync_period {
+        b = b.shard_sync_period(v);
+    }
+    if let Some(v) = settings.shutdown_timeout {
+        b = b.shutdown_timeout(v);
+    }
+    b = b.batching(settings.batching.unwrap_or(Batching {
+        count: CLI_BATCH_COUNT,
+        ..Batching::default()
+    }));
+
+    let consumer = b.build(&sdk).await?;
+    let mode = match (&args.efo, &settings.efo_name, &settings.efo_arn) {
+        (None, None, None) => "polling".to_owned(),
+        (Some(n), _, _) | (None, Some(n), _) => format!("Enhanced Fan-Out consumer {n}"),
+        (None, None, Some(a)) => format!("Enhanced Fan-Out consumer {a}"),
+    };
+    info!(
+        "consuming {} with {mode}, leases in {store_desc}",
+        streams.join(", ")
+    );
+
+    let mut names = StreamNames::new(&streams);
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let progress_on = std::io::stderr().is_terminal();
+    let mut progress = Progress::new();
+    // On a terminal a progress line every second; otherwise a log line
+    // every 10 s.
+    let mut tick = tokio::time::interval(Duration::from_secs(if progress_on { 1 } else { 10 }));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    let started = Instant::now();
+    let mut delivered: u64 = 0;
+    let mut shards_seen: HashMap<String, ()> = HashMap::new();
+    let mut last_record = Instant::now();
+    let mut b64 = String::new();
+    let mut unflushed: Vec<Batch> = Vec::new();
+    let mut batches = consumer.batches();
+
+    let outcome: Result<Stop> = loop {
+        let idle_at = idle.map(|d| last_record + d);
+        let first = tokio::select! {
+            b = batches.next() => b,
+            _ = sigterm.recv() => break Ok(Stop::Signal("SIGTERM")),
+            _ = sigint.recv() => break Ok(Stop::Signal("SIGINT")),
+            _ = sleep_until(idle_at) => break Ok(Stop::Idle),
+            _ = tick.tick() => {
+                if progress_on {
+                    progress.show(delivered, stats.leases_held());
+                } else if delivered > 0 || started.elapsed() > Duration::from_secs(5) {
+                    info!(
+                        "progress: {delivered} records, {} leases held, {} lease-table writes",
+                        stats.leases_held(),
+                        stats.lease_writes()
+                    );
+                }
+                continue;
+            }
+        };
+        let mut next = first;
+        let mut stop = None;
+        let mut ended = false;
+        // Write every batch that is ready now, then flush once and ack.
+        loop {
+            let batch = match next {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    let _ = out.flush();
+                    return finish_err(consumer, batches, e.into()).await;
+                }
+                Some(Ok(batch)) => batch,
+            };
+            let n = batch.records().len() as u64;
+            if n > 0 {
+                last_record = Instant::now();
+            }
+            let take = match args.max_records {
+                Some(max) => n.min(max.saturating_sub(delivered)),
+                None => n,
+            };
+            let shard = batch.shard();
+            let stream = names.display(shard.stream.as_str()).to_owned();
+            if !shards_seen.contains_key(shard.shard.as_str()) {
+                shards_seen.insert(shard.shard.as_str().to_owned(), ());
+            }
+            progress.lag(shard.shard.as_str(), batch.millis_behind_latest());
+            let token = batch.fencing_token();
+            let mut write_err = None;
+            for r in &batch.records()[..take as usize] {
+                b64.clear();
+                base64::engine::general_purpose::STANDARD.encode_string(r.data(), &mut b64);
+                let line = Line {
+                    stream: &stream,
+                    shard: shard.shard.as_str(),
+                    sequence: r.sequence_number().as_str(),
+                    sub_sequence: r.sub_sequence_number(),
+                    partition_key: r.partition_key(),
+                    data: &b64,
+                    arrival_ms: r.arrival_unix_ms(),
+                    fencing_token: token,
+                };
+                if let Err(e) = serde_json::to_writer(&mut out, &line)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"))
+                {
+                    write_err = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = write_err {
+                drop(batch); // nack: not written
+                stop = Some(stdout_error(e));
+                break;
+            }
+            delivered += take;
+            if take < n {
+                // Partly written: nack, so the rest is delivered again later.
+                drop(batch);
+                stop = Some(Ok(Stop::MaxRecords));
+                break;
+            }
+            unflushed.push(batch);
+            if args.max_records.is_some_and(|max| delivered >= max) {
+                stop = Some(Ok(Stop::MaxRecords));
+                break;
+            }
+            if unflushed.len() >= MAX_UNFLUSHED_BATCHES {
+                break;
+            }
+            next = match futures_lite::future::poll_once(batches.next()).await {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        match out.flush() {
+            Ok(()) => {
+                for b in unflushed.drain(..) {
+                    b.ack();
+                }
+            }
+            Err(e) => {
+                unflushed.clear(); // nack
+                break stdout_error(e);
+            }
+        }
+        if let Some(stop) = stop {
+            break stop;
+        }
+        if ended {
+            return finish_err(
+                consumer,
+                batches,
+                anyhow::anyhow!("the consumer stopped unexpectedly"),
+            )
+            .await;
+        }
+    };
+    if progress_on {
+        progress.show(delivered, stats.leases_held());
+        eprintln!();
+    }
+    let stop = match outcome {
+        Ok(stop) => stop,
+        Err(e) => return finish_err(consumer, batches, e).await,
+    };
+    drop(out);
+    info!(
+        "stopping ({}): final checkpoints, then leases released",
+        stop_text(&stop)
+    );
+    drop(batches);
+    // A second signal during shutdown stops at once.
+    tokio::select! {
+        r = consumer.shutdown() => r?,
+        _ = sigterm.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
+        _ = sigint.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        "consumed {delivered} records from {} shards in {secs:.1} s; {} lease-table writes",
+        shards_seen.len(),
+        stats.lease_writes()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop_text(stop: &Stop) -> &'static str {
+    match stop {
+        Stop::MaxRecords => "--max-records reached",
+        Stop::Idle => "--exit-when-idle: no new record",
+        Stop::Signal(s) => s,
+        Stop::StdoutClosed => "stdout closed",
+    }
+}
+
+fn stdout_error(e: std::io::Error) -> Result<Stop> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(Stop::StdoutClosed)
+    } else {
+        Err(anyhow::Error::new(e).context("writing to stdout"))
+    }
+}
+
+async fn finish_err(
+    consumer: Consumer,
+    batches: kinesin_tokio::Batches,
+    e: anyhow::Error,
+) -> Result<ExitCode> {
+    drop(batches);
+    let _ = tokio::time::timeout(Duration::from_secs(15), consumer.shutdown()).await;
+    Err(e)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Prints streams as configured (a name stays a name) although the
+/// consumer works on ARNs.
+struct StreamNames {
+    configured: Vec<String>,
+    cache: HashMap<String, String>,
+}
+
+impl StreamNames {
+    fn new(configured: &[String]) -> Self {
+        StreamNames {
+            configured: configured.to_vec(),
+            cache: HashMap::new(),
+        }
+    }
+
+    fn display(&mut self, arn: &str) -> &str {
+        if !self.cache.contains_key(arn) {
+            let name = arn.rsplit_once(":stream/").map(|(_, n)| n).unwrap_or(arn);
+            let shown = self
+                .configured
+                .iter()
+                .find(|c| c.as_str() == arn || c.as_str() == name)
+                .cloned()
+                .unwrap_or_else(|| arn.to_owned());
+            self.cache.insert(arn.to_owned(), shown);
+        }
+        &self.cache[arn]
+    }
+}
+
+/// The progress line on a terminal.
+struct Progress {
+    last_at: Instant,
+    last_count: u64,
+    lags: HashMap<String, (u64, Instant)>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            last_at: Instant::now(),
+            last_count: 0,
+            lags: HashMap::new(),
+        }
+    }
+
+    fn lag(&mut self, shard: &str, ms: u64) {
+        match self.lags.get_mut(shard) {
+            Some(v) => *v = (ms, Instant::now()),
+            None => {
+                self.lags.insert(shard.to_owned(), (ms, Instant::now()));
+            }
+        }
+    }
+
+    fn show(&mut self, count: u64, held: u64) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
+        let rate = (count - self.last_count) as f64 / dt;
+        self.last_at = now;
+        self.last_count = count;
+        self.lags
+            .retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(30));
+        let lag = self.lags.values().map(|(ms, _)| *ms).max().unwrap_or(0);
+        eprint!(
+            "\r\x1b[2K{count} records  {rate:.0} rec/s  {held} shards held  lag {}",
+            fmt_ms(lag)
+        );
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}

@@ -1,0 +1,185 @@
+//! `kinesin leases`: the lease table as a text table on stdout.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use aws_sdk_dynamodb::types::AttributeValue;
+use kinesin_aws::dynamo::{ATTR_STREAM, WORKERS_PARTITION};
+use kinesin_aws::{DynamoLeaseStore, LeaseStore};
+use kinesin_core::ids::StreamId;
+use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow};
+use kinesin_core::sequence::Checkpoint;
+
+use crate::LeasesArgs;
+
+pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
+    let sdk = crate::aws_config(None).await?;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let store = DynamoLeaseStore::new(client.clone(), &args.lease_table);
+    let heartbeats = match store.read_heartbeats().await {
+        Ok(h) => h,
+        Err(e) if e.class() == ErrorClass::ResourceNotFound => {
+            anyhow::bail!("lease table {:?} does not exist", args.lease_table)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("reading heartbeats")),
+    };
+    let mut streams = list_streams(&client, &args.lease_table).await?;
+    if let Some(want) = &args.stream {
+        streams.retain(|s| s == want || s.rsplit_once(":stream/").is_some_and(|(_, n)| n == want));
+        if streams.is_empty() {
+            anyhow::bail!(
+                "no lease of stream {want:?} in table {:?}",
+                args.lease_table
+            );
+        }
+    }
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for s in &streams {
+        let leases = store
+            .read_leases(&StreamId::new(s.as_str()))
+            .await
+            .with_context(|| format!("reading the leases of {s}"))?;
+        let ended: BTreeSet<&str> = leases
+            .iter()
+            .filter(|l| l.checkpoint == Some(Checkpoint::ShardEnd))
+            .map(|l| l.shard.shard.as_str())
+            .collect();
+        for l in &leases {
+            rows.push(row(s, l, &ended, &heartbeats));
+        }
+    }
+    print_table(
+        [
+            "STREAM",
+            "SHARD",
+            "OWNER",
+            "TOKEN",
+            "CHECKPOINT",
+            "PARENTS",
+            "STATE",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(
+    stream: &str,
+    l: &LeaseRow,
+    ended: &BTreeSet<&str>,
+    heartbeats: &[HeartbeatRow],
+) -> [String; 7] {
+    let name = stream
+        .rsplit_once(":stream/")
+        .map(|(_, n)| n)
+        .unwrap_or(stream);
+    let owner = l
+        .owner
+        .as_ref()
+        .map(|o| o.worker.to_string())
+        .unwrap_or_else(|| "-".into());
+    let checkpoint = match &l.checkpoint {
+        None => "-".to_owned(),
+        Some(c) => match c.to_parts() {
+            (v, None) => v,
+            (v, Some(sub)) => format!("{v}/{sub}"),
+        },
+    };
+    let parents = if l.parents.is_empty() {
+        "-".to_owned()
+    } else {
+        l.parents
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let state = if l.checkpoint == Some(Checkpoint::ShardEnd) {
+        "ended".to_owned()
+    } else if let Some(o) = &l.owner {
+        let hb = heartbeats.iter().find(|h| h.owner.worker == o.worker);
+        let base = match hb {
+            Some(h) if h.owner.incarnation != o.incarnation => {
+                "held by an earlier incarnation".to_owned()
+            }
+            Some(h) if !h.alive => "held (owner stopped)".to_owned(),
+            None => "held (no heartbeat)".to_owned(),
+            Some(_) => "held".to_owned(),
+        };
+        match &l.pending_owner {
+            Some(p) => format!("{base}, hand-off to {}", p.worker),
+            None => base,
+        }
+    } else if l.parents.iter().any(|p| !ended.contains(p.as_str())) {
+        "free (waits for parents)".to_owned()
+    } else {
+        "free".to_owned()
+    };
+    [
+        name.to_owned(),
+        l.shard.shard.as_str().to_owned(),
+        owner,
+        l.token.0.to_string(),
+        checkpoint,
+        parents,
+        state,
+    ]
+}
+
+/// Every stream partition of the table (a Scan projecting the key only;
+/// this is an operator's command, the workers never scan).
+async fn list_streams(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Vec<String>> {
+    let mut out = BTreeSet::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let resp = client
+            .scan()
+            .table_name(table)
+            .projection_expression("#s")
+            .expression_attribute_names("#s", ATTR_STREAM)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| {
+                let e = aws_sdk_dynamodb::Error::from(e);
+                anyhow::anyhow!("Scan {table}: {e}")
+            })?;
+        for item in resp.items() {
+            if let Some(AttributeValue::S(s)) = item.get(ATTR_STREAM) {
+                if s != WORKERS_PARTITION {
+                    out.insert(s.clone());
+                }
+            }
+        }
+        match resp.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => break,
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,215 @@
+//! `kinesin`: consume Kinesis streams as JSON Lines, produce test records,
+//! inspect a lease table.
+//!
+//! Exit codes: 0 on success (also after SIGINT / SIGTERM, once the final
+//! checkpoints are written and the leases released), 2 on a usage error
+//! (clap), 1 on any other error, printed as one line on stderr.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod consume;
+mod leases;
+mod produce;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Consume Amazon Kinesis Data Streams across a fleet of workers (polling or
+/// Enhanced Fan-Out, leases and checkpoints in DynamoDB or a local store).
+///
+/// Endpoints, region and credentials come from the standard AWS environment
+/// (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_KINESIS, ...). Logs go to
+/// stderr, filtered by RUST_LOG (default: info for kinesin, warn otherwise).
+#[derive(Parser, Debug)]
+#[command(name = "kinesin", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Consume streams; one JSON object per user record on stdout.
+    Consume(ConsumeArgs),
+    /// Put test records into a stream (summary on stderr).
+    Produce(ProduceArgs),
+    /// Print a lease table: stream, shard, owner, fencing token, checkpoint,
+    /// parent shards, state.
+    Leases(LeasesArgs),
+    /// Small operations for demos and tests (split a shard, tally outputs).
+    #[command(hide = true, subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+/// `kinesin consume`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+stdout: JSON Lines, one object per user record (KPL sub-records de-aggregated):
+  {\"stream\":\"...\",\"shard\":\"shardId-000000000001\",\"sequence\":\"4959...\",\"sub_sequence\":0,
+   \"partition_key\":\"...\",\"data\":\"<base64>\",\"arrival_ms\":1764090000000,\"fencing_token\":7}
+stderr: logs and, on a terminal, a progress line (records/s, shards held, lag).
+SIGINT / SIGTERM: stop reading, flush output, write final checkpoints, release leases, exit 0.")]
+pub struct ConsumeArgs {
+    /// Stream name or ARN; repeatable.
+    #[arg(long = "stream", value_name = "NAME")]
+    pub streams: Vec<String>,
+    /// Enhanced Fan-Out with this consumer name (registered if missing, waited
+    /// for until ACTIVE; never deregistered); without it: polling.
+    #[arg(long, value_name = "NAME")]
+    pub efo: Option<String>,
+    /// DynamoDB lease/checkpoint table (fleet mode).
+    #[arg(long, value_name = "TABLE", conflicts_with = "local_store")]
+    pub lease_table: Option<String>,
+    /// Create the lease table if it is missing.
+    #[arg(long)]
+    pub create_table: bool,
+    /// Single-process lease/checkpoint store (default when no lease table:
+    /// ./.kinesin-state).
+    #[arg(long, value_name = "PATH")]
+    pub local_store: Option<PathBuf>,
+    /// Worker id (default: hostname-pid).
+    #[arg(long, value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// Position when a shard has no checkpoint: oldest, latest or an RFC 3339
+    /// timestamp (default oldest).
+    #[arg(long, value_name = "oldest|latest|RFC3339-TIMESTAMP", value_parser = config::parse_start)]
+    pub start: Option<config::Start>,
+    /// Stop gracefully after SECS with no new record on any held shard.
+    #[arg(long, value_name = "SECS")]
+    pub exit_when_idle: Option<f64>,
+    /// Stop gracefully after N records delivered.
+    #[arg(long, value_name = "N")]
+    pub max_records: Option<u64>,
+    /// YAML with the Bento aws_kinesis field names (streams, dynamodb.table,
+    /// checkpoint_limit, commit_period, enhanced_fan_out.*, start_from_oldest, ...).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `kinesin produce`.
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    /// Stream name or ARN.
+    #[arg(long, value_name = "NAME")]
+    pub stream: String,
+    /// Number of user records to put.
+    #[arg(long, value_name = "N")]
+    pub count: u64,
+    /// Create the stream if it does not exist (and wait until ACTIVE).
+    #[arg(long)]
+    pub create: bool,
+    /// Shard count of a created stream.
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "create")]
+    pub shards: u32,
+    /// Bytes of data per user record (at least the record's id).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub size: usize,
+    /// Partition keys key-0..key-(K-1), round robin.
+    #[arg(long, value_name = "K", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Pack M user records per Kinesis record in the KPL aggregated format
+    /// (the M records of one aggregate share a partition key).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    pub aggregate: Option<u64>,
+}
+
+/// `kinesin leases`.
+#[derive(Args, Debug)]
+pub struct LeasesArgs {
+    /// DynamoDB lease/checkpoint table.
+    #[arg(long, value_name = "TABLE")]
+    pub lease_table: String,
+    /// Only this stream (name or ARN); default: every stream in the table.
+    #[arg(long, value_name = "NAME")]
+    pub stream: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the tokio runtime")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Consume(args) => consume::run(args).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Leases(args) => leases::run(args).await,
+            Command::Admin(cmd) => admin::run(cmd).await,
+        }
+    });
+    // Do not wait for stray SDK tasks.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One line on stderr: the error and its causes.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    if let Some(u) = e.downcast_ref::<config::UsageError>() {
+        eprintln!("error: {u}\n\nFor more information, try '--help'.");
+        return ExitCode::from(2);
+    }
+    let mut line = format!("kinesin: error: {e}");
+    let mut last = e.to_string();
+    for cause in e.chain().skip(1) {
+        let s = cause.to_string();
+        // SDK errors often repeat their source's text; print each once.
+        if !s.is_empty() && !last.contains(&s) {
+            line.push_str(": ");
+            line.push_str(&s);
+        }
+        last = s;
+    }
+    eprintln!("{}", line.replace('\n', " "));
+    ExitCode::from(1)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,aws_config=error,kinesin=info,kinesin_aws=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The AWS configuration from the standard environment, with credentials
+/// and region checked up front so that their absence is one clear line.
+pub async fn aws_config(region: Option<String>) -> anyhow::Result<aws_types::SdkConfig> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_types::region::Region::new(region));
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        anyhow::bail!(
+            "no AWS region: set AWS_REGION (or a region in the AWS profile, or `region` in --config)"
+        );
+    }
+    match sdk.credentials_provider() {
+        None => anyhow::bail!("no AWS credentials provider configured"),
+        Some(p) => {
+            if let Err(e) = p.provide_credentials().await {
+                anyhow::bail!(
+                    "no AWS credentials ({e}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
+                     AWS_PROFILE, or run where an instance or container role is available"
+                );
+            }
+        }
+    }
+    Ok(sdk)
+}

@@ -1,0 +1,61 @@
+//! The driver's metrics (the `metrics` facade) read back in-process: leases
+//! held and lease-table writes, for the progress line and the exit summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+/// Values read from the driver's metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    leases_held: Arc<AtomicU64>,
+    lease_writes: Arc<AtomicU64>,
+}
+
+impl Stats {
+    /// Leases this process holds now.
+    pub fn leases_held(&self) -> u64 {
+        f64::from_bits(self.leases_held.load(Ordering::Relaxed)) as u64
+    }
+    /// Lease and heartbeat writes sent (DynamoDB or local store).
+    pub fn lease_writes(&self) -> u64 {
+        self.lease_writes.load(Ordering::Relaxed)
+    }
+}
+
+struct StatsRecorder(&'static Stats);
+
+impl Recorder for StatsRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        match key.name() {
+            "kinesin_lease_writes_total" => Counter::from_arc(self.0.lease_writes.clone()),
+            _ => Counter::noop(),
+        }
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        match key.name() {
+            "kinesin_leases_held" => Gauge::from_arc(self.0.leases_held.clone()),
+            _ => Gauge::noop(),
+        }
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+/// Install the recorder once; returns the shared values.
+pub fn install() -> &'static Stats {
+    static STATS: OnceLock<&'static Stats> = OnceLock::new();
+    STATS.get_or_init(|| {
+        let stats: &'static Stats = Box::leak(Box::default());
+        let _ = metrics::set_global_recorder(StatsRecorder(stats));
+        stats
+    })
+}

@@ -1,0 +1,509 @@
+//! The conformance suite: every end-to-end scenario, written once against
+//! [`Env`] and run on each runtime by [`conformance_suite!`] (one test
+//! binary per runtime: `conformance_tokio`, `conformance_async_std`).
+//! Real consumers, real SDK calls to the emulators (kinesis-mock and
+//! dynalite from `scripts/emulators.sh`), real leases; every scenario uses
+//! fresh stream and table names (deleted at the end) and asserts on the
+//! delivered records.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use futures_lite::StreamExt;
+use kinesin_aws::Error;
+use kinesin_core::kpl::{aggregate, AggRecord};
+
+use crate::common::*;
+
+/// One `#[test]` per scenario, on the runtime `$rt` (a [`TestRuntime`]).
+/// Adding a scenario here adds it to every runtime.
+macro_rules! conformance_suite {
+    ($rt:ty) => {
+        $crate::conformance::conformance_suite!(@tests $rt;
+            polling_delivers_every_record_in_order,
+            efo_over_plain_http_delivers_every_record_in_order,
+            efo_over_http2_with_tls_delivers_every_record_in_order,
+            kpl_aggregated_records_are_deaggregated,
+            shutdown_releases_every_lease_and_restart_resumes_from_checkpoints,
+            two_workers_share_an_eight_shard_stream_fairly,
+            dropped_worker_shards_resume_elsewhere_without_loss,
+            split_shard_is_read_parent_first,
+            split_shard_is_read_parent_first_over_efo,
+            stalled_sink_with_a_small_pool_stays_bounded_and_keeps_leases,
+            missing_stream_is_a_clear_error,
+            bad_configuration_names_the_field,
+            list_shards_follows_next_token_to_the_last_page,
+            local_store_consumer_resumes_after_restart,
+        );
+    };
+    (@tests $rt:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() -> anyhow::Result<()> {
+                $crate::common::run::<$rt>($crate::conformance::$name::<$rt>)
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
+
+const T: Duration = Duration::from_secs(60);
+
+async fn end_to_end<R: TestRuntime>(
+    env: &Env<R>,
+    efo: Option<aws_sdk_kinesis::Client>,
+    shards: i32,
+    n: u64,
+) -> Result<()> {
+    let (stream, _arn) = env.create_stream("e2e", shards).await?;
+    env.put(&stream, &numbered(0..n, 16)).await?;
+    let mut b = env.builder(&stream, &env.table(), "w1");
+    if let Some(client) = efo {
+        b = b.enhanced_fan_out(unique("app")).kinesis_client(client);
+    }
+    let consumer = b.build(&env.sdk).await?;
+    let mut batches = consumer.batches();
+    let got = env.take(&mut batches, n as usize, T).await?;
+    assert_eq!(ids(&got), (0..n).collect::<Vec<_>>());
+    assert_ordered_per_key(&got);
+    let shards_seen: BTreeSet<&str> = got.iter().map(|g| g.shard.as_str()).collect();
+    assert_eq!(shards_seen.len(), shards as usize, "every shard read");
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+pub async fn polling_delivers_every_record_in_order<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    end_to_end(env, None, 2, 300).await
+}
+
+pub async fn efo_over_plain_http_delivers_every_record_in_order<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    end_to_end(env, Some(env.k.clone()), 2, 300).await
+}
+
+/// Every Kinesis call of the consumer (SubscribeToShard included) over
+/// TLS with ALPN h2, on the runtime's own HTTPS client.
+pub async fn efo_over_http2_with_tls_delivers_every_record_in_order<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    end_to_end(env, Some(env.tls_kinesis()?), 2, 200).await
+}
+
+pub async fn kpl_aggregated_records_are_deaggregated<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    let (stream, _arn) = env.create_stream("kpl", 1).await?;
+    // 6 aggregates of 10 user records each, plus one plain record.
+    let mut items = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..6 {
+        let keys: Vec<String> = (next..next + 10).map(|i| format!("user{i}")).collect();
+        let datas: Vec<Vec<u8>> = (next..next + 10)
+            .map(|i| format!("id={i}").into_bytes())
+            .collect();
+        let recs: Vec<AggRecord<'_>> = keys
+            .iter()
+            .zip(&datas)
+            .map(|(pk, data)| AggRecord {
+                partition_key: pk.as_bytes(),
+                explicit_hash_key: None,
+                data,
+            })
+            .collect();
+        items.push(("agg".to_owned(), aggregate(&recs)));
+        next += 10;
+    }
+    items.push(("plain".to_owned(), format!("id={next}").into_bytes()));
+    env.put(&stream, &items).await?;
+    let consumer = env
+        .builder(&stream, &env.table(), "w1")
+        .build(&env.sdk)
+        .await?;
+    let mut batches = consumer.batches();
+    let got = env.take(&mut batches, 61, T).await?;
+    assert_eq!(ids(&got), (0..61).collect::<Vec<_>>());
+    for g in &got {
+        if g.id < 60 {
+            assert_eq!(
+                g.partition_key,
+                format!("user{}", g.id),
+                "sub-record keeps its key"
+            );
+            assert_eq!(u64::from(g.sub), g.id % 10, "sub-sequence numbers 0..n");
+        } else {
+            assert_eq!((g.partition_key.as_str(), g.sub), ("plain", 0));
+        }
+    }
+    let order: Vec<u64> = got.iter().map(|g| g.id).collect();
+    assert_eq!(
+        order,
+        (0..61).collect::<Vec<_>>(),
+        "delivered once, in order"
+    );
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+pub async fn shutdown_releases_every_lease_and_restart_resumes_from_checkpoints<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let (stream, arn) = env.create_stream("restart", 3).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..120, 12)).await?;
+
+    let consumer = env.builder(&stream, &table, "w1").build(&env.sdk).await?;
+    let mut batches = consumer.batches();
+    let first = env.take(&mut batches, 120, T).await?;
+    assert_eq!(ids(&first), (0..120).collect::<Vec<_>>());
+    drop(batches);
+    consumer.shutdown().await?;
+
+    let rows = env.leases(&table, &arn).await?;
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row.owner, None, "{:?} released at shutdown", row.shard);
+        assert!(row.checkpoint.is_some(), "{:?} checkpointed", row.shard);
+    }
+
+    env.put(&stream, &numbered(120..180, 12)).await?;
+    let consumer = env.builder(&stream, &table, "w1").build(&env.sdk).await?;
+    let mut batches = consumer.batches();
+    let second = env.take(&mut batches, 60, T).await?;
+    // Nothing before the checkpoints comes again.
+    let more = env.take_for(&mut batches, Duration::from_secs(2)).await?;
+    let all: Vec<Got> = second.into_iter().chain(more).collect();
+    assert_eq!(ids(&all), (120..180).collect::<Vec<_>>());
+    assert_eq!(all.len(), 60, "no duplicates after a graceful restart");
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+pub async fn two_workers_share_an_eight_shard_stream_fairly<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let (stream, arn) = env.create_stream("fair", 8).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..400, 64)).await?;
+
+    let a = env.builder(&stream, &table, "a").build(&env.sdk).await?;
+    let b = env.builder(&stream, &table, "b").build(&env.sdk).await?;
+    let (mut ba, mut bb) = (a.batches(), b.batches());
+    let deadline = Instant::now() + T;
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    loop {
+        got_a.extend(env.take_for(&mut ba, Duration::from_millis(500)).await?);
+        got_b.extend(env.take_for(&mut bb, Duration::from_millis(500)).await?);
+        let held = held_by_worker(&env.leases(&table, &arn).await?);
+        let all: BTreeSet<u64> = got_a.iter().chain(&got_b).map(|g| g.id).collect();
+        if held.get("a") == Some(&4) && held.get("b") == Some(&4) && all.len() == 400 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not fair within {T:?}: held {held:?}, {} of 400 delivered",
+            all.len()
+        );
+    }
+    // Balanced: new records are read by both, each shard by one worker.
+    env.put(&stream, &numbered(400..600, 64)).await?;
+    while ids(&got_a.iter().chain(&got_b).cloned().collect::<Vec<_>>()).len() < 600 {
+        got_a.extend(env.take_for(&mut ba, Duration::from_millis(300)).await?);
+        got_b.extend(env.take_for(&mut bb, Duration::from_millis(300)).await?);
+        ensure!(
+            Instant::now() < deadline + T,
+            "new records not all delivered"
+        );
+    }
+    let all: Vec<Got> = got_a.iter().chain(&got_b).cloned().collect();
+    assert_eq!(ids(&all), (0..600).collect::<Vec<_>>());
+    let new_shards = |got: &[Got]| -> BTreeSet<String> {
+        got.iter()
+            .filter(|g| g.id >= 400)
+            .map(|g| g.shard.clone())
+            .collect()
+    };
+    let (sa, sb) = (new_shards(&got_a), new_shards(&got_b));
+    assert_eq!((sa.len(), sb.len()), (4, 4), "a read {sa:?}, b read {sb:?}");
+    assert!(sa.is_disjoint(&sb), "a shard read by both: {sa:?} {sb:?}");
+    drop((ba, bb));
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+pub async fn dropped_worker_shards_resume_elsewhere_without_loss<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let (stream, arn) = env.create_stream("failover", 4).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..100, 32)).await?;
+
+    let a = env.builder(&stream, &table, "a").build(&env.sdk).await?;
+    let b = env.builder(&stream, &table, "b").build(&env.sdk).await?;
+    let (mut ba, mut bb) = (a.batches(), b.batches());
+    let deadline = Instant::now() + T;
+    let mut got_b = Vec::new();
+    loop {
+        env.take_for(&mut ba, Duration::from_millis(300)).await?;
+        got_b.extend(env.take_for(&mut bb, Duration::from_millis(300)).await?);
+        let held = held_by_worker(&env.leases(&table, &arn).await?);
+        if held.get("a").is_some_and(|n| *n >= 1) && held.get("b").is_some_and(|n| *n >= 1) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "both workers never held leases: {held:?}"
+        );
+    }
+    // Crash a: no shutdown, no release.
+    drop(ba);
+    drop(a);
+    let crashed = Instant::now();
+    env.put(&stream, &numbered(100..200, 32)).await?;
+    // b takes every shard within the failover bound and reads everything
+    // a had not checkpointed, plus the new records.
+    let mut took_all = None;
+    while took_all.is_none() || ids(&got_b).iter().filter(|i| **i >= 100).count() < 100 {
+        got_b.extend(env.take_for(&mut bb, Duration::from_millis(500)).await?);
+        if took_all.is_none() {
+            let held = held_by_worker(&env.leases(&table, &arn).await?);
+            if held.get("b") == Some(&4) {
+                took_all = Some(crashed.elapsed());
+            }
+        }
+        ensure!(
+            crashed.elapsed() < T,
+            "b did not finish within {T:?} (took all: {took_all:?})"
+        );
+    }
+    let took = took_all.expect("loop ends with it");
+    assert!(
+        took < Duration::from_secs(12),
+        "failover took {took:?} (failover time 3 s + rebalance 2 s + reads)"
+    );
+    // Everything a might have left unacknowledged is read again by b: b
+    // alone holds ids 100..200, and a's shards' older records came again
+    // or were checkpointed by a.
+    let b_ids: BTreeSet<u64> = got_b.iter().map(|g| g.id).collect();
+    assert!(
+        (100..200).all(|i| b_ids.contains(&i)),
+        "nothing written after the crash lost"
+    );
+    drop(bb);
+    b.shutdown().await?;
+    Ok(())
+}
+
+pub async fn split_shard_is_read_parent_first<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    split_parent_first(env, false).await
+}
+
+/// The mock never ends a closed parent's subscription nor sends
+/// ChildShards over EFO: shard end comes from ListShards.
+pub async fn split_shard_is_read_parent_first_over_efo<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    split_parent_first(env, true).await
+}
+
+async fn split_parent_first<R: TestRuntime>(env: &Env<R>, efo: bool) -> Result<()> {
+    let k = &env.k;
+    let (stream, _arn) = env.create_stream("split", 1).await?;
+    env.put(&stream, &numbered(0..60, 8)).await?;
+    let parent = k
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await?
+        .shards
+        .unwrap_or_default()
+        .remove(0)
+        .shard_id;
+    k.split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&parent)
+        .new_starting_hash_key((u128::MAX / 2).to_string())
+        .send()
+        .await?;
+    env.wait_active(&stream).await?;
+    env.put(&stream, &numbered(60..120, 8)).await?;
+
+    let mut b = env.builder(&stream, &env.table(), "w1");
+    if efo {
+        b = b.enhanced_fan_out(unique("app"));
+    }
+    let consumer = b.build(&env.sdk).await?;
+    let mut batches = consumer.batches();
+    let got = env.take(&mut batches, 120, T).await?;
+    assert_eq!(ids(&got), (0..120).collect::<Vec<_>>());
+    let first_child = got.iter().position(|g| g.id >= 60).expect("children read");
+    let last_parent = got.iter().rposition(|g| g.id < 60).expect("parent read");
+    assert!(
+        last_parent < first_child,
+        "a child record (at {first_child}) came before the parent's last (at {last_parent})"
+    );
+    assert!(got[..first_child].iter().all(|g| g.shard == parent));
+    assert!(got[first_child..].iter().all(|g| g.shard != parent));
+    assert_ordered_per_key(&got);
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+pub async fn stalled_sink_with_a_small_pool_stays_bounded_and_keeps_leases<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let (stream, arn) = env.create_stream("stall", 2).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..200, 16)).await?;
+    let consumer = env
+        .builder(&stream, &table, "w1")
+        .max_pending_records(20)
+        .build(&env.sdk)
+        .await?;
+    let mut batches = consumer.batches();
+    // Take batches and hold them without acking: the sink is stalled.
+    let mut held = Vec::new();
+    let stall = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < stall {
+        if let Some(Some(b)) = env
+            .timeout(Duration::from_millis(200), batches.next())
+            .await
+        {
+            held.push(b?);
+        }
+    }
+    let records: usize = held.iter().map(|b| b.records().len()).sum();
+    assert!(records > 0, "something was delivered");
+    assert!(records <= 20, "{records} records pending with a pool of 20");
+    // 8 s is more than twice the failover time: leases renewed meanwhile.
+    let rows = env.leases(&table, &arn).await?;
+    assert_eq!(
+        held_by_worker(&rows).get("w1"),
+        Some(&2),
+        "leases held while stalled"
+    );
+    // Unstall: ack what is held, then everything flows.
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    for b in held.drain(..) {
+        seen.extend(b.records().iter().map(|r| id_of(r.data())));
+        b.ack();
+    }
+    let rest = env.take(&mut batches, 200 - seen.len(), T).await?;
+    seen.extend(rest.iter().map(|g| g.id));
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+pub async fn missing_stream_is_a_clear_error<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    let name = unique("nosuch");
+    let err = env
+        .builder(&name, &env.table(), "w1")
+        .build(&env.sdk)
+        .await
+        .expect_err("a missing stream must fail the build");
+    assert!(matches!(err, Error::StreamNotFound { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&name) && text.contains("does not exist"),
+        "{text}"
+    );
+    Ok(())
+}
+
+pub async fn bad_configuration_names_the_field<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    let sdk = &env.sdk;
+    let field_of = |e: Error| match e {
+        Error::Config(c) => c.field,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    let e = env
+        .builder("s", "t", "w")
+        .checkpoint_limit(0)
+        .build(sdk)
+        .await
+        .expect_err("checkpoint_limit 0");
+    assert!(e.to_string().contains("checkpoint_limit"), "{e}");
+    assert_eq!(field_of(e), "checkpoint_limit");
+    let e = env
+        .consumer_builder()
+        .stream("s")
+        .build(sdk)
+        .await
+        .expect_err("no lease store");
+    assert_eq!(field_of(e), "dynamodb.table");
+    let e = env
+        .builder("s", "t", "w")
+        .enhanced_fan_out("bad name!")
+        .build(sdk)
+        .await
+        .expect_err("bad consumer name");
+    assert_eq!(field_of(e), "enhanced_fan_out.consumer_name");
+    let e = env
+        .builder("s", "t", "w")
+        .enhanced_fan_out("a")
+        .enhanced_fan_out_arn("arn:aws:kinesis:us-east-1:0:stream/s/consumer/a:1")
+        .build(sdk)
+        .await
+        .expect_err("name and arn");
+    assert_eq!(field_of(e), "enhanced_fan_out.consumer_arn");
+    let e = env
+        .consumer_builder()
+        .lease_table("t")
+        .build(sdk)
+        .await
+        .expect_err("no stream");
+    assert_eq!(field_of(e), "streams");
+    Ok(())
+}
+
+pub async fn list_shards_follows_next_token_to_the_last_page<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let (_stream, arn) = env.create_stream("pages", 7).await?;
+    let calls = kinesin_aws::Kinesis::new(env.k.clone()).with_list_page_limit(3);
+    let shards = calls
+        .list_shards(&kinesin_core::ids::StreamId::new(&arn))
+        .await?;
+    let ids: BTreeSet<String> = shards.iter().map(|s| s.shard.to_string()).collect();
+    assert_eq!(ids.len(), 7, "{ids:?}");
+    Ok(())
+}
+
+pub async fn local_store_consumer_resumes_after_restart<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let (stream, _arn) = env.create_stream("local", 1).await?;
+    env.put(&stream, &numbered(0..40, 4)).await?;
+    let dir = env.temp_dir();
+    let build = || {
+        env.consumer_builder()
+            .stream(stream.clone())
+            .local_store(dir.clone())
+            .failover_time(Duration::from_secs(3))
+            .build(&env.sdk)
+    };
+    let consumer = build().await?;
+    let mut batches = consumer.batches();
+    assert_eq!(
+        ids(&env.take(&mut batches, 40, T).await?),
+        (0..40).collect::<Vec<_>>()
+    );
+    drop(batches);
+    consumer.shutdown().await?;
+    env.put(&stream, &numbered(40..50, 4)).await?;
+    let consumer = build().await?;
+    let mut batches = consumer.batches();
+    let got = env.take(&mut batches, 10, T).await?;
+    assert_eq!(ids(&got), (40..50).collect::<Vec<_>>());
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}

@@ -126,15 +126,23 @@ fn local_store_refuses_a_second_open_in_this_process() -> Result<()> {
     Ok(())
 }
 
+/// Runs twice: as the test, and (with `CHILD_DIR_ENV` set) as the second
+/// process that the test starts on the same directory.
 #[test]
 fn local_store_refuses_a_second_process() -> Result<()> {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        match LocalLeaseStore::open(PathBuf::from(dir)) {
+            Err(err @ LocalStoreError::Locked { .. }) => println!("CHILD LOCKED: {err}"),
+            other => bail!("the child must be refused with Locked, got {other:?}"),
+        }
+        return Ok(());
+    }
     let dir = TempDir::new("second-process");
     let _held = LocalLeaseStore::open(&dir.0)?;
     let out = Command::new(std::env::current_exe()?)
         .args([
             "--exact",
-            "local_store_lock_child",
-            "--ignored",
+            "local_store_refuses_a_second_process",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -151,19 +159,6 @@ fn local_store_refuses_a_second_process() -> Result<()> {
         "the error names the holder's pid: {stdout}"
     );
     Ok(())
-}
-
-/// Runs only as the child process of `local_store_refuses_a_second_process`.
-#[test]
-#[ignore = "child process of local_store_refuses_a_second_process"]
-fn local_store_lock_child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
-        return;
-    };
-    match LocalLeaseStore::open(PathBuf::from(dir)) {
-        Err(err @ LocalStoreError::Locked { .. }) => println!("CHILD LOCKED: {err}"),
-        other => panic!("the child must be refused with Locked, got {other:?}"),
-    }
 }
 
 #[test]

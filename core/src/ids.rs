@@ -9,37 +9,131 @@
 //! can copy and echo them, never forge them. Every id is ordered, so maps
 //! keyed by them iterate deterministically.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// A stream the worker consumes: the stream ARN (or the name when the
 /// runtime works with names). Cheap to clone.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId(Arc<str>);
+///
+/// Equality and order are those of the string (so maps iterate in string
+/// order, deterministically); two clones of one id compare by pointer
+/// first, which is what keeps `BTreeMap<ShardRef, _>` lookups from
+/// comparing the long ARN byte by byte (the lease manager interns the
+/// stream of every row it reads).
+#[derive(Clone)]
+pub struct StreamId {
+    id: Arc<str>,
+    /// Where the stream name starts (after the last `:stream/` of an ARN),
+    /// found once: traces and logs print the name all the time.
+    name_at: usize,
+}
 
 impl StreamId {
     /// Wrap a stream ARN or name.
     pub fn new(s: impl AsRef<str>) -> Self {
-        StreamId(Arc::from(s.as_ref()))
+        let s = s.as_ref();
+        let name_at = s.rfind(":stream/").map_or(0, |i| i + ":stream/".len());
+        StreamId {
+            id: Arc::from(s),
+            name_at,
+        }
     }
     /// The ARN or name as given.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 }
 
-/// A shard id such as `shardId-000000000001`. Cheap to clone.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShardId(Arc<str>);
+/// A shard id such as `shardId-000000000001`. Cheap to clone; ordered and
+/// compared as the string, with the same pointer fast path as [`StreamId`]
+/// and, for Kinesis's canonical form (`shardId-` and 12 digits), the
+/// number in it: two canonical ids have one length and one prefix, so their
+/// string order is the order of their numbers, and no bytes are compared.
+#[derive(Clone)]
+pub struct ShardId {
+    id: Arc<str>,
+    /// The number of a canonical id, else [`ShardId::NOT_CANONICAL`].
+    number: u64,
+}
+
+impl PartialEq for StreamId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.id, &other.id) || *self.id == *other.id
+    }
+}
+impl Eq for StreamId {}
+impl PartialOrd for StreamId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for StreamId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if Arc::ptr_eq(&self.id, &other.id) {
+            Ordering::Equal
+        } else {
+            self.id.cmp(&other.id)
+        }
+    }
+}
+impl Hash for StreamId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
+
+impl PartialEq for ShardId {
+    fn eq(&self, other: &Self) -> bool {
+        if self.number != Self::NOT_CANONICAL || other.number != Self::NOT_CANONICAL {
+            return self.number == other.number;
+        }
+        Arc::ptr_eq(&self.id, &other.id) || *self.id == *other.id
+    }
+}
+impl Eq for ShardId {}
+impl PartialOrd for ShardId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ShardId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if self.number != Self::NOT_CANONICAL && other.number != Self::NOT_CANONICAL {
+            self.number.cmp(&other.number)
+        } else if Arc::ptr_eq(&self.id, &other.id) {
+            Ordering::Equal
+        } else {
+            self.id.cmp(&other.id)
+        }
+    }
+}
+impl Hash for ShardId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
 
 impl ShardId {
+    const NOT_CANONICAL: u64 = u64::MAX;
+
     /// Wrap a shard id.
     pub fn new(s: impl AsRef<str>) -> Self {
-        ShardId(Arc::from(s.as_ref()))
+        let s = s.as_ref();
+        let number = s
+            .strip_prefix("shardId-")
+            .filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(Self::NOT_CANONICAL);
+        ShardId {
+            id: Arc::from(s),
+            number,
+        }
     }
     /// The shard id as AWS spells it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 }
 
@@ -61,8 +155,9 @@ impl ShardRef {
 
 /// A lease owner: the configured worker id plus the incarnation of this
 /// process. A restarted worker is a new incarnation, so it never silently
-/// resumes leases its previous process held (SPEC section 4).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// resumes leases its previous process held (SPEC section 4). Ordered by
+/// (worker string, incarnation), with a pointer fast path on the worker id.
+#[derive(Clone)]
 pub struct Owner {
     /// Worker id from the configuration (e.g. hostname-pid).
     pub worker: Arc<str>,
@@ -70,6 +165,35 @@ pub struct Owner {
     /// uses the start time in ms; the simulator counts restarts). A later
     /// incarnation's heartbeat tells observers the earlier one is dead.
     pub incarnation: u64,
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Self) -> bool {
+        self.incarnation == other.incarnation
+            && (Arc::ptr_eq(&self.worker, &other.worker) || *self.worker == *other.worker)
+    }
+}
+impl Eq for Owner {}
+impl PartialOrd for Owner {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Owner {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let worker = if Arc::ptr_eq(&self.worker, &other.worker) {
+            Ordering::Equal
+        } else {
+            self.worker.cmp(&other.worker)
+        };
+        worker.then(self.incarnation.cmp(&other.incarnation))
+    }
+}
+impl Hash for Owner {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.worker.hash(state);
+        self.incarnation.hash(state);
+    }
 }
 
 impl Owner {
@@ -126,7 +250,8 @@ macro_rules! minted_id {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!($prefix, "{}"), self.0)
+                f.write_str($prefix)?;
+                write_decimal(f, self.0)
             }
         }
 
@@ -189,27 +314,29 @@ impl IdMint {
 
 impl fmt::Debug for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 impl fmt::Debug for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 impl fmt::Debug for ShardRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", stream_short(&self.stream), self.shard)
+        f.write_str(stream_short(&self.stream))?;
+        f.write_str(":")?;
+        f.write_str(self.shard.as_str())
     }
 }
 impl fmt::Display for ShardRef {
@@ -219,8 +346,26 @@ impl fmt::Display for ShardRef {
 }
 impl fmt::Debug for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.worker, self.incarnation)
+        f.write_str(&self.worker)?;
+        f.write_str("#")?;
+        write_decimal(f, self.incarnation)
     }
+}
+
+/// `n` in decimal, as `{}` prints it, without the padding machinery (ids
+/// are printed on every trace line of the simulator).
+fn write_decimal(f: &mut fmt::Formatter<'_>, mut n: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    f.write_str(std::str::from_utf8(&digits[at..]).map_err(|_| fmt::Error)?)
 }
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -231,8 +376,7 @@ impl fmt::Display for Owner {
 /// The stream name out of an ARN (`arn:aws:kinesis:r:a:stream/NAME`), or
 /// the string itself.
 pub fn stream_short(stream: &StreamId) -> &str {
-    let s = stream.as_str();
-    s.rsplit_once(":stream/").map(|(_, n)| n).unwrap_or(s)
+    stream.id.get(stream.name_at..).unwrap_or(&stream.id)
 }
 
 #[cfg(test)]
@@ -263,6 +407,71 @@ mod tests {
         let s = StreamId::new("arn:aws:kinesis:us-east-1:000000000000:stream/orders");
         assert_eq!(stream_short(&s), "orders");
         assert_eq!(stream_short(&StreamId::new("plain")), "plain");
+    }
+
+    #[test]
+    fn ids_order_as_their_strings_whether_shared_or_not() {
+        let a = StreamId::new("arn:aws:kinesis:us-east-1:000000000000:stream/a");
+        let b = StreamId::new("arn:aws:kinesis:us-east-1:000000000000:stream/b");
+        let a2 = StreamId::new(a.as_str());
+        assert_eq!(a, a.clone());
+        assert_eq!(a, a2);
+        assert!(a < b);
+        assert!(a2 < b);
+        assert_eq!(b.cmp(&a), Ordering::Greater);
+        assert_eq!(a.cmp(&a2), Ordering::Equal);
+        let s1 = ShardRef::new(a.clone(), ShardId::new("shardId-000000000002"));
+        let s2 = ShardRef::new(a2, ShardId::new("shardId-000000000010"));
+        assert!(s1 < s2);
+        let hash = |x: &StreamId| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&a), hash(&StreamId::new(a.as_str())));
+    }
+
+    #[test]
+    fn shard_ids_order_as_their_strings_canonical_or_not() {
+        let ids = [
+            "shardId-000000000000",
+            "shardId-000000000001",
+            "shardId-000000000010",
+            "shardId-999999999999",
+            "shardId-00000000001",
+            "shardId-0000000000010",
+            "shardId-00000000000a",
+            "shardId-",
+            "shardid-000000000001",
+            "",
+            "a",
+            "shardId-000000000002-x",
+        ];
+        for a in ids {
+            for b in ids {
+                let (x, y) = (ShardId::new(a), ShardId::new(b));
+                assert_eq!(x.cmp(&y), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(x == y, a == b, "{a:?} == {b:?}");
+                assert_eq!(x.cmp(&x.clone()), Ordering::Equal);
+            }
+        }
+    }
+
+    #[test]
+    fn ids_print_as_before() {
+        let o = Owner::new("w3", 1_234_567_890_123);
+        assert_eq!(format!("{o}"), format!("{}#{}", o.worker, o.incarnation));
+        assert_eq!(format!("{:?}", Owner::new("w", 0)), "w#0");
+        assert_eq!(format!("{:?}", OpId(0)), "op0");
+        assert_eq!(
+            format!("{:?}", BatchId(u64::MAX)),
+            format!("batch{}", u64::MAX)
+        );
+        let s = ShardRef::new(
+            StreamId::new("arn:aws:kinesis:r:1:stream/x:stream/orders"),
+            ShardId::new("shardId-000000000007"),
+        );
+        assert_eq!(format!("{s}"), "orders:shardId-000000000007");
     }
 
     #[test]

@@ -60,7 +60,7 @@
 //! answer taught (stale reads are ignored per shard); iteration is in
 //! `BTreeMap` order, so the same inputs give the same actions.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -268,6 +268,10 @@ struct Observed {
 #[derive(Clone, Debug)]
 struct StreamView {
     rows: BTreeMap<ShardId, LeaseRow>,
+    /// How many of `rows` each owner holds (kept with `rows` by
+    /// [`StreamView::set_rows`] and [`StreamView::set_row`]): every
+    /// heartbeat read judges these owners, without walking the rows.
+    owners: BTreeMap<Owner, u32>,
     /// A read succeeded at least once.
     have_view: bool,
     /// A ReadLeases is in flight.
@@ -285,6 +289,45 @@ struct StreamView {
     /// Shards known to exist (last ListShards plus children learned since),
     /// with their parents.
     known: BTreeMap<ShardId, Vec<ShardId>>,
+    /// Known shards the view lacked, left to their designated creator,
+    /// with when: created by us if a view two heartbeat-read intervals
+    /// later still lacks them (the designated creator may be dead).
+    deferred: BTreeMap<ShardId, Instant>,
+}
+
+impl StreamView {
+    /// Some shard known to exist has no row in this view.
+    fn lacks_rows(&self) -> bool {
+        self.known.keys().any(|id| !self.rows.contains_key(id))
+    }
+
+    fn set_rows(&mut self, rows: BTreeMap<ShardId, LeaseRow>) {
+        self.owners.clear();
+        for o in rows.values().filter_map(|r| r.owner.as_ref()) {
+            match self.owners.get_mut(o) {
+                Some(n) => *n += 1,
+                None => {
+                    self.owners.insert(o.clone(), 1);
+                }
+            }
+        }
+        self.rows = rows;
+    }
+
+    fn set_row(&mut self, id: ShardId, row: LeaseRow) {
+        if let Some(o) = row.owner.as_ref() {
+            *self.owners.entry(o.clone()).or_default() += 1;
+        }
+        let old = self.rows.insert(id, row);
+        if let Some(o) = old.and_then(|r| r.owner) {
+            if let Some(n) = self.owners.get_mut(&o) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(&o);
+                }
+            }
+        }
+    }
 }
 
 /// The final heartbeat (alive = false) at shutdown.
@@ -326,6 +369,8 @@ pub struct LeaseManager {
     fenced: bool,
 
     hb_read_inflight: bool,
+    /// Successful heartbeat reads so far (saturating).
+    hb_reads_ok: u32,
     next_hb_read: Instant,
     last_hb_read_sent: Option<Instant>,
     /// `seq` when the last successful heartbeat read was sent.
@@ -337,6 +382,9 @@ pub struct LeaseManager {
     requests: BTreeMap<ShardRef, Request>,
     /// Takes answered `Ambiguous`: the token the row has if it applied.
     adoptable: BTreeMap<ShardRef, FencingToken>,
+    /// The earliest `FinalState::RetryAt` among `held` (kept exact, so the
+    /// drive and `poll_timeout` need not walk every held lease).
+    retry_at: Option<Instant>,
     quarantined: BTreeMap<ShardRef, Instant>,
 
     ops: BTreeMap<OpId, Op>,
@@ -345,8 +393,24 @@ pub struct LeaseManager {
     /// Shards with a write answered after the oldest pending table read was
     /// sent (value: `seq` of the answer): such a read is stale for them.
     changed: BTreeMap<ShardRef, u64>,
+    /// Shards whose last write was refused by its condition (value: `seq`
+    /// of the answer): the row is not what our view says, and a read sent
+    /// before the refusal may still show the old row. Nothing is written
+    /// on them again before a read sent after the refusal (a refused write
+    /// costs a write unit all the same).
+    refused: BTreeMap<ShardRef, u64>,
 
     shutting_down: bool,
+    /// At shutdown: streams whose lease rows must be read once more (a read
+    /// sent after `seq` = the value, answered or failed) before the final
+    /// heartbeat, because a hand-off we asked for may have completed: a
+    /// row transferred to us is then released instead of being left to our
+    /// dead incarnation.
+    final_reads: BTreeMap<StreamId, u64>,
+    /// Fenced while shutting down: final writes of the leases we held,
+    /// sent (once each, when no other write of the lease is in flight)
+    /// before the final heartbeat.
+    departing: BTreeMap<ShardRef, LeaseWrite>,
     final_beat: FinalBeat,
 
     actions: VecDeque<Action>,
@@ -378,6 +442,7 @@ impl LeaseManager {
                     s.clone(),
                     StreamView {
                         rows: BTreeMap::new(),
+                        owners: BTreeMap::new(),
                         have_view: false,
                         reading: false,
                         read_again: false,
@@ -386,6 +451,7 @@ impl LeaseManager {
                         confirm: false,
                         listed: false,
                         known: BTreeMap::new(),
+                        deferred: BTreeMap::new(),
                     },
                 )
             })
@@ -403,6 +469,7 @@ impl LeaseManager {
             last_renew_sent: None,
             fenced: false,
             hb_read_inflight: false,
+            hb_reads_ok: 0,
             next_hb_read: now,
             last_hb_read_sent: None,
             last_hb_read_seq: 0,
@@ -411,11 +478,15 @@ impl LeaseManager {
             held: BTreeMap::new(),
             requests: BTreeMap::new(),
             adoptable: BTreeMap::new(),
+            retry_at: None,
             quarantined: BTreeMap::new(),
             ops: BTreeMap::new(),
             busy: BTreeMap::new(),
             changed: BTreeMap::new(),
+            refused: BTreeMap::new(),
             shutting_down: false,
+            final_reads: BTreeMap::new(),
+            departing: BTreeMap::new(),
             final_beat: FinalBeat::NotYet,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -484,7 +555,7 @@ impl LeaseManager {
             ));
         }
         for (shard, h) in &self.held {
-            if self.requests.contains_key(shard) {
+            if !self.requests.is_empty() && self.requests.contains_key(shard) {
                 return Err(format!("{shard:?} held and requested at once"));
             }
             if h.token == FencingToken(0) {
@@ -515,6 +586,34 @@ impl LeaseManager {
         }
         if self.is_shut_down() && !self.held.is_empty() {
             return Err("shut down while holding leases".into());
+        }
+        if cfg!(debug_assertions) {
+            let earliest = self
+                .held
+                .values()
+                .filter_map(|h| match h.leaving {
+                    Some((_, FinalState::RetryAt(at))) => Some(at),
+                    _ => None,
+                })
+                .min();
+            if earliest != self.retry_at {
+                return Err(format!(
+                    "retry_at {:?} but the earliest retry is {earliest:?}",
+                    self.retry_at
+                ));
+            }
+            for (stream, v) in &self.views {
+                let mut owners: BTreeMap<Owner, u32> = BTreeMap::new();
+                for o in v.rows.values().filter_map(|r| r.owner.as_ref()) {
+                    *owners.entry(o.clone()).or_default() += 1;
+                }
+                if owners != v.owners {
+                    return Err(format!(
+                        "{stream}: owner counts {:?} != rows' {owners:?}",
+                        v.owners
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -559,10 +658,8 @@ impl LeaseManager {
         if !self.fenced {
             consider(self.fence_deadline(), "self-fence deadline");
         }
-        for h in self.held.values() {
-            if let Some((_, FinalState::RetryAt(at))) = h.leaving {
-                consider(at, "lease write retry");
-            }
+        if let Some(at) = self.retry_at {
+            consider(at, "lease write retry");
         }
         next
     }
@@ -626,8 +723,8 @@ impl LeaseManager {
         true
     }
 
-    /// ListShards result of a stream: remember which shards exist, and
-    /// create (conditionally) rows for those the last table view lacks.
+    /// ListShards result of a stream: remember which shards exist; rows the
+    /// table lacks are created after a fresh read (`create_missing`).
     pub(crate) fn handle_shards(
         &mut self,
         now: Instant,
@@ -644,7 +741,12 @@ impl LeaseManager {
             .iter()
             .map(|s| (s.shard.clone(), s.parents.clone()))
             .collect();
-        self.create_missing(now, stream, mint);
+        // Rows are created from a table view read after this answer (every
+        // worker lists the shards: creating from an older view would race
+        // them all on the same rows).
+        if view.lacks_rows() {
+            self.read_now(stream, now);
+        }
         self.drive(now, mint);
     }
 
@@ -793,6 +895,22 @@ impl LeaseManager {
         self.tick(now);
         if !self.shutting_down {
             self.shutting_down = true;
+            // A hand-off we asked for may complete now: read those streams
+            // once more before the final heartbeat, and release what was
+            // transferred to us (kinesin-sim swarm seed 99).
+            let mut streams: Vec<StreamId> = self
+                .requests
+                .keys()
+                .chain(self.adoptable.keys())
+                .map(|s| s.stream.clone())
+                .collect();
+            if self.fenced {
+                // Fenced before: rows may still name us; release them.
+                streams.extend(self.views.keys().cloned());
+            }
+            for stream in streams {
+                self.read_once_more(&stream, now);
+            }
             self.drop_requests();
             self.adoptable.clear();
         }
@@ -815,13 +933,35 @@ impl LeaseManager {
     fn tick(&mut self, now: Instant) {
         if !self.fenced && now >= self.fence_deadline() {
             self.fenced = true;
-            for (shard, h) in std::mem::take(&mut self.held) {
+            for (shard, mut h) in std::mem::take(&mut self.held) {
+                if self.shutting_down {
+                    // Fenced on the way out: nothing is read or delivered
+                    // any more, but the rows are still ours in the table.
+                    // Their final writes (conditional on our token, so
+                    // harmless if someone took them meanwhile) go out
+                    // before the final heartbeat instead of leaving them to
+                    // expire.
+                    let write = match h.leaving {
+                        Some((_, FinalState::Sent)) => None,
+                        Some(_) => Self::final_write(&self.me, &shard, &mut h),
+                        None => Some(LeaseWrite::Release {
+                            shard: shard.clone(),
+                            owner: self.me.clone(),
+                            token: h.token,
+                            checkpoint: None,
+                        }),
+                    };
+                    if let Some(write) = write {
+                        self.departing.insert(shard.clone(), write);
+                    }
+                }
                 self.events.push_back(LeaseEvent::Lost {
                     shard,
                     token: h.token,
                     reason: LostReason::SelfFenced,
                 });
             }
+            self.retry_at = None;
             self.drop_requests();
             self.adoptable.clear();
         }
@@ -834,23 +974,49 @@ impl LeaseManager {
             return;
         }
         // Final writes that failed without being applied.
-        let retries: Vec<ShardRef> = self
-            .held
-            .iter()
-            .filter(|(_, h)| matches!(h.leaving, Some((_, FinalState::RetryAt(at))) if at <= now))
-            .map(|(s, _)| s.clone())
-            .collect();
-        for shard in retries {
-            if let Some(h) = self.held.get_mut(&shard) {
-                if let Some((_, st)) = h.leaving.as_mut() {
-                    *st = FinalState::Queued;
+        if self.retry_at.is_some_and(|at| at <= now) {
+            let retries: Vec<ShardRef> = self
+                .held
+                .iter()
+                .filter(
+                    |(_, h)| matches!(h.leaving, Some((_, FinalState::RetryAt(at))) if at <= now),
+                )
+                .map(|(s, _)| s.clone())
+                .collect();
+            for shard in &retries {
+                if let Some(h) = self.held.get_mut(shard) {
+                    if let Some((_, st)) = h.leaving.as_mut() {
+                        *st = FinalState::Queued;
+                    }
                 }
             }
-            self.pump_shard(&shard, mint);
+            self.recompute_retry_at();
+            for shard in retries {
+                self.pump_shard(&shard, mint);
+            }
+        }
+        // Final writes of leases lost to a fence on the way out.
+        if !self.departing.is_empty() {
+            let ready: Vec<ShardRef> = self
+                .departing
+                .keys()
+                .filter(|s| !self.busy.contains_key(*s))
+                .cloned()
+                .collect();
+            for shard in ready {
+                if let Some(write) = self.departing.remove(&shard) {
+                    self.send_write(mint, write, WriteKind::Orphan, None);
+                }
+            }
         }
         // Heartbeat write.
         if self.final_beat == FinalBeat::NotYet && !self.hb_inflight {
-            if self.shutting_down && self.held.is_empty() && self.busy.is_empty() {
+            if self.shutting_down
+                && self.held.is_empty()
+                && self.busy.is_empty()
+                && self.final_reads.is_empty()
+                && self.departing.is_empty()
+            {
                 self.send_heartbeat(now, mint, false);
                 self.final_beat = FinalBeat::Sent;
             } else if self.hb_asap || now >= self.next_hb_write {
@@ -970,17 +1136,27 @@ impl LeaseManager {
         let Ok(rows) = result else {
             return;
         };
+        self.hb_reads_ok = self.hb_reads_ok.saturating_add(1);
+        if self.hb_reads_ok == 2 {
+            // Creators can be designated from now on (see `creator_ring`):
+            // views that lack rows are read again to create them.
+            let lacking: Vec<StreamId> = self
+                .views
+                .iter()
+                .filter(|(_, v)| v.lacks_rows())
+                .map(|(s, _)| s.clone())
+                .collect();
+            for stream in lacking {
+                self.read_now(&stream, now);
+            }
+        }
         let first_read = self.last_hb_read_sent.is_none();
-        let expired_before: BTreeSet<Owner> = self
-            .observed
-            .keys()
-            .filter(|o| self.is_expired(o))
-            .cloned()
-            .collect();
+        let judged_before = self.last_hb_read_sent;
+        let failover = self.timing.failover;
         // The store keys rows by worker id: one row (one incarnation) each.
-        let mut by_owner: BTreeMap<Owner, &HeartbeatRow> = BTreeMap::new();
+        let mut by_owner: BTreeMap<&Owner, &HeartbeatRow> = BTreeMap::new();
         for row in rows {
-            by_owner.insert(row.owner.clone(), row);
+            by_owner.insert(&row.owner, row);
         }
         // A row of a *later* incarnation of the same worker id means that
         // process restarted: the earlier incarnation is dead (its memory is
@@ -989,52 +1165,81 @@ impl LeaseManager {
             rows.iter()
                 .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
         };
-        let mut owners: BTreeSet<Owner> = by_owner.keys().cloned().collect();
-        owners.extend(self.observed.keys().cloned());
-        for v in self.views.values() {
-            owners.extend(v.rows.values().filter_map(|r| r.owner.clone()));
-        }
-        owners.remove(&self.me);
-        let mut observed = BTreeMap::new();
-        for owner in owners {
-            let prev = self.observed.remove(&owner);
-            let next = match (by_owner.get(&owner), prev) {
-                (Some(row), Some(p)) if p.beat == Some(row.beat) => Observed {
+        // Owners judged expired by this read and not by the previous one.
+        let mut turned: Vec<Owner> = Vec::new();
+        // Owners known already: update in place.
+        for (owner, ob) in self.observed.iter_mut() {
+            let was = Self::expired_at(ob, judged_before, failover);
+            *ob = match (by_owner.get(owner), &*ob) {
+                (Some(row), p) if p.beat == Some(row.beat) => Observed {
                     dead: p.dead || !row.alive,
-                    ..p
+                    ..p.clone()
                 },
                 (Some(row), _) => Observed {
                     beat: Some(row.beat),
                     since: now,
                     dead: !row.alive,
                 },
-                (None, Some(p)) if p.beat.is_none() => Observed {
-                    dead: p.dead || restarted(&owner),
-                    ..p
+                (None, p) if p.beat.is_none() => Observed {
+                    dead: p.dead || restarted(owner),
+                    ..p.clone()
                 },
                 (None, _) => Observed {
                     beat: None,
                     since: now,
-                    dead: restarted(&owner),
+                    dead: restarted(owner),
                 },
             };
-            observed.insert(owner, next);
+            if !was && Self::expired_at(ob, Some(sent), failover) {
+                turned.push(owner.clone());
+            }
+        }
+        // Owners seen for the first time: in a heartbeat row, or only in a
+        // lease row (no heartbeat row: counts from now).
+        let mut fresh: Vec<(Owner, Observed)> = Vec::new();
+        for (owner, row) in &by_owner {
+            if **owner != self.me && !self.observed.contains_key(*owner) {
+                let ob = Observed {
+                    beat: Some(row.beat),
+                    since: now,
+                    dead: !row.alive,
+                };
+                fresh.push(((*owner).clone(), ob));
+            }
+        }
+        for v in self.views.values() {
+            for owner in v.owners.keys() {
+                if *owner != self.me
+                    && !self.observed.contains_key(owner)
+                    && !by_owner.contains_key(owner)
+                    && !fresh.iter().any(|(o, _)| o == owner)
+                {
+                    let ob = Observed {
+                        beat: None,
+                        since: now,
+                        dead: restarted(owner),
+                    };
+                    fresh.push((owner.clone(), ob));
+                }
+            }
+        }
+        for (owner, ob) in fresh {
+            if Self::expired_at(&ob, Some(sent), failover) {
+                turned.push(owner.clone());
+            }
+            self.observed.insert(owner, ob);
         }
         // Forget owners nobody mentions any more.
-        let in_views: BTreeSet<&Owner> = self
-            .views
-            .values()
-            .flat_map(|v| v.rows.values().filter_map(|r| r.owner.as_ref()))
-            .collect();
-        observed.retain(|o, ob| ob.beat.is_some() || in_views.contains(o));
-        self.observed = observed;
+        let views = &self.views;
+        self.observed
+            .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
         self.last_hb_read_sent = Some(sent);
         self.last_hb_read_seq = sent_seq;
 
         // Owner side of hand-offs: a live taker lists one of our leases.
         if !self.fenced && !self.shutting_down {
             for (owner, row) in &by_owner {
-                if *owner == self.me || !row.alive || !self.is_live(owner) {
+                if **owner == self.me || !row.alive || !self.is_live(owner) {
                     continue;
                 }
                 for shard in &row.wants {
@@ -1042,10 +1247,7 @@ impl LeaseManager {
                 }
             }
         }
-        let newly_expired = self
-            .observed
-            .keys()
-            .any(|o| self.is_expired(o) && !expired_before.contains(o));
+        let newly_expired = turned.iter().any(|o| self.observed.contains_key(o));
         if first_read || newly_expired {
             // Balance now (first read), or take the dead owner's leases
             // within about one read of its expiry.
@@ -1086,13 +1288,19 @@ impl LeaseManager {
         if *owner == self.me {
             return false;
         }
-        let Some(r) = self.last_hb_read_sent else {
-            return false;
-        };
-        self.observed.get(owner).is_some_and(|ob| {
+        self.observed
+            .get(owner)
+            .is_some_and(|ob| Self::expired_at(ob, self.last_hb_read_sent, self.timing.failover))
+    }
+
+    /// An observation judged at heartbeat read `judged` (sent then): dead,
+    /// or its beat unchanged for `failover`. Nobody is expired before a
+    /// heartbeat read.
+    fn expired_at(ob: &Observed, judged: Option<Instant>, failover: Duration) -> bool {
+        judged.is_some_and(|r| {
             ob.dead
                 || r.checked_duration_since(ob.since)
-                    .is_some_and(|d| d >= self.timing.failover)
+                    .is_some_and(|d| d >= failover)
         })
     }
 
@@ -1132,6 +1340,13 @@ impl LeaseManager {
         }
     }
 
+    /// Shutting down: hold the final heartbeat until a read of `stream`
+    /// sent from now on is answered (or fails).
+    fn read_once_more(&mut self, stream: &StreamId, now: Instant) {
+        self.final_reads.insert(stream.clone(), self.seq);
+        self.read_now(stream, now);
+    }
+
     fn needs_fast_reads(&self, stream: &StreamId) -> bool {
         self.requests.keys().any(|s| s.stream == *stream)
             || self.adoptable.keys().any(|s| s.stream == *stream)
@@ -1154,6 +1369,13 @@ impl LeaseManager {
         result: &Result<Vec<LeaseRow>, ErrorClass>,
         mint: &mut IdMint,
     ) {
+        if self
+            .final_reads
+            .get(stream)
+            .is_some_and(|after| sent_seq > *after)
+        {
+            self.final_reads.remove(stream);
+        }
         let Some(view) = self.views.get_mut(stream) else {
             return;
         };
@@ -1172,17 +1394,23 @@ impl LeaseManager {
         };
         let mut fresh: BTreeMap<ShardId, LeaseRow> = BTreeMap::new();
         for row in rows.iter().filter(|r| r.shard.stream == *stream) {
-            fresh.insert(row.shard.shard.clone(), row.clone());
+            let mut row = row.clone();
+            // Intern: every ShardRef of this worker shares the configured
+            // stream id, so map lookups compare it by pointer.
+            row.shard.stream = stream.clone();
+            fresh.insert(row.shard.shard.clone(), row);
         }
         // Answers that arrived after this read was sent are newer than it.
         self.changed
+            .retain(|s, seq| s.stream != *stream || *seq > sent_seq);
+        self.refused
             .retain(|s, seq| s.stream != *stream || *seq > sent_seq);
         for shard in self.changed.keys().filter(|s| s.stream == *stream) {
             if let Some(local) = view.rows.get(&shard.shard) {
                 fresh.insert(shard.shard.clone(), local.clone());
             }
         }
-        view.rows = fresh;
+        view.set_rows(fresh);
         view.have_view = true;
         self.seq += 1;
         view.reply_seq = self.seq;
@@ -1197,12 +1425,16 @@ impl LeaseManager {
         } else {
             self.timing.rebalance
         };
+        let grace = self.timing.heartbeat_read * 2;
         if let Some(view) = self.views.get_mut(stream) {
+            // Rows left to their designated creator are checked again once
+            // they are overdue.
+            let recheck = view.deferred.values().min().map(|since| *since + grace);
             view.next_read = if view.read_again {
                 view.read_again = false;
                 now
             } else {
-                now + period
+                recheck.map_or(now + period, |at| at.min(now + period))
             };
         }
     }
@@ -1343,7 +1575,11 @@ impl LeaseManager {
         }
     }
 
-    /// Create rows for known shards the view lacks.
+    /// Create rows for known shards a fresh view lacks, without every
+    /// worker racing on every row: each missing row has one designated
+    /// creator (`creator_ring`, `shard_spread`); the others defer it and
+    /// create it only if a view two heartbeat-read intervals later still
+    /// lacks it (the designated creator may be dead or slow to read).
     fn create_missing(&mut self, now: Instant, stream: &StreamId, mint: &mut IdMint) {
         if self.shutting_down || self.final_beat != FinalBeat::NotYet {
             return;
@@ -1354,17 +1590,74 @@ impl LeaseManager {
         if !view.have_view {
             return;
         }
-        let missing: Vec<(ShardId, Vec<ShardId>)> = view
-            .known
-            .iter()
-            .filter(|(id, _)| !view.rows.contains_key(*id))
-            .map(|(id, p)| (id.clone(), p.clone()))
-            .collect();
+        let Some((me, ring)) = self.creator_ring() else {
+            // Too early to agree on creators: the second heartbeat read
+            // reads this stream again.
+            return;
+        };
+        let grace = self.timing.heartbeat_read * 2;
+        let mut create: Vec<(ShardId, Vec<ShardId>)> = Vec::new();
+        let mut deferred = BTreeMap::new();
+        for (id, parents) in &view.known {
+            if view.rows.contains_key(id) {
+                continue;
+            }
+            let shard = ShardRef::new(stream.clone(), id.clone());
+            if self.refused.contains_key(&shard) {
+                // A create of ours was refused: the row exists.
+                continue;
+            }
+            let since = view.deferred.get(id).copied();
+            let overdue = since.is_some_and(|t| now >= t + grace);
+            if Self::shard_spread(&shard) % ring == me || overdue {
+                create.push((id.clone(), parents.clone()));
+            } else {
+                deferred.insert(id.clone(), since.unwrap_or(now));
+            }
+        }
+        if let Some(view) = self.views.get_mut(stream) {
+            view.deferred = deferred;
+        }
         let created_ms = self.unix_ms(now);
-        for (id, parents) in missing {
+        for (id, parents) in create {
             let row = LeaseRow::new(ShardRef::new(stream.clone(), id), parents, created_ms);
             self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
         }
+    }
+
+    /// This worker's place among the live workers (itself included) in
+    /// owner order, and their number: the ring that spreads row creation
+    /// and free takes. `None` before the second successful heartbeat read:
+    /// workers that start together have all written their first heartbeat
+    /// by then, so they agree on the ring.
+    fn creator_ring(&self) -> Option<(u64, u64)> {
+        if self.hb_reads_ok < 2 {
+            return None;
+        }
+        let before = self
+            .observed
+            .keys()
+            .filter(|o| **o < self.me && self.is_live(o))
+            .count();
+        let ring = self.live_workers();
+        Some((before as u64, ring.max(1) as u64))
+    }
+
+    /// A stable spread of shards (FNV-1a of the stream and shard ids): the
+    /// same on every worker, every platform and every version.
+    fn shard_spread(shard: &ShardRef) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = shard
+            .stream
+            .as_str()
+            .bytes()
+            .chain(std::iter::once(0xff))
+            .chain(shard.shard.as_str().bytes());
+        for b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash
     }
 
     /// A row counts for balancing when it is not ended and every parent is
@@ -1390,20 +1683,34 @@ impl LeaseManager {
         self.quarantined.retain(|_, until| *until > now);
         let live = self.live_workers();
         let mut total = 0usize;
-        let mut loads: BTreeMap<Owner, usize> = BTreeMap::new();
+        // Per owner of a row: (owner, live, active rows not requested by
+        // us). A handful of owners: a list, each judged once.
+        let mut owners: Vec<(&Owner, bool, usize)> = Vec::new();
         for view in self.views.values() {
             for row in view.rows.values() {
                 if !Self::is_active(view, row) {
                     continue;
                 }
                 total += 1;
-                if let Some(o) = &row.owner {
-                    if *o != self.me && self.is_live(o) && !self.requests.contains_key(&row.shard) {
-                        *loads.entry(o.clone()).or_default() += 1;
-                    }
+                let Some(o) = &row.owner else {
+                    continue;
+                };
+                if *o == self.me
+                    || (!self.requests.is_empty() && self.requests.contains_key(&row.shard))
+                {
+                    continue;
+                }
+                match owners.iter_mut().find(|(x, _, _)| *x == o) {
+                    Some((_, _, n)) => *n += 1,
+                    None => owners.push((o, self.is_live(o), 1)),
                 }
             }
         }
+        let mut loads: BTreeMap<Owner, usize> = owners
+            .into_iter()
+            .filter(|(_, live, _)| *live)
+            .map(|(o, _, n)| (o.clone(), n))
+            .collect();
         let target = total.div_ceil(live.max(1));
         let plain_takes = self
             .ops
@@ -1438,8 +1745,17 @@ impl LeaseManager {
             // conditional anyway. Rows with a write in flight are not.
             .filter(|r| !self.held.contains_key(&r.shard) && !self.busy.contains_key(&r.shard))
             .filter(|r| !self.adoptable.contains_key(&r.shard))
+            .filter(|r| !self.refused.contains_key(&r.shard))
             .cloned()
             .collect();
+        // Workers that balance on the same fresh rows (a fleet starting
+        // together) would all take the same first free rows: each takes
+        // the rows the ring designates to it first, then its neighbours'.
+        let mut candidates = candidates;
+        if let Some((me, ring)) = self.creator_ring() {
+            candidates
+                .sort_by_cached_key(|r| (Self::shard_spread(&r.shard) % ring + ring - me) % ring);
+        }
 
         // 1. Free and expired leases. An expiry judged at heartbeat read r
         // holds only for (owner, token) pairs that existed before r: the
@@ -1658,44 +1974,14 @@ impl LeaseManager {
             return;
         };
         let token = h.token;
-        if let Some((leaving, state)) = h.leaving.as_mut() {
+        if let Some((_, state)) = h.leaving.as_mut() {
             if *state != FinalState::Queued {
                 return;
             }
-            // Fold a queued checkpoint into the final write, never moving
-            // the stored one backwards.
-            let queued = h.cp_queued.take();
-            let confirmed = h.confirmed.clone();
-            let ahead = |cp: Option<Checkpoint>| cp.filter(|c| Some(c) > confirmed.as_ref());
-            let write = match leaving {
-                Leaving::Transfer { to, checkpoint } => {
-                    *checkpoint = ahead(checkpoint.take().max(queued));
-                    LeaseWrite::Transfer {
-                        shard: shard.clone(),
-                        owner: me,
-                        token,
-                        to: to.clone(),
-                        checkpoint: checkpoint.clone(),
-                    }
-                }
-                Leaving::Release { checkpoint } => {
-                    *checkpoint = ahead(checkpoint.take().max(queued));
-                    LeaseWrite::Release {
-                        shard: shard.clone(),
-                        owner: me,
-                        token,
-                        checkpoint: checkpoint.clone(),
-                    }
-                }
-                Leaving::Finish => LeaseWrite::Release {
-                    shard: shard.clone(),
-                    owner: me,
-                    token,
-                    checkpoint: Some(Checkpoint::ShardEnd),
-                },
-            };
             *state = FinalState::Sent;
-            self.send_write(mint, write, WriteKind::Final, base);
+            if let Some(write) = Self::final_write(&me, shard, h) {
+                self.send_write(mint, write, WriteKind::Final, base);
+            }
             return;
         }
         let Some(cp) = h.cp_queued.take() else {
@@ -1712,6 +1998,44 @@ impl LeaseManager {
             checkpoint: cp,
         };
         self.send_write(mint, write, WriteKind::Checkpoint, base);
+    }
+
+    /// The final write of a leaving lease: its transfer or release, with a
+    /// queued checkpoint folded in (never moving the stored one backwards).
+    /// `None` when the lease is not leaving.
+    fn final_write(me: &Owner, shard: &ShardRef, h: &mut Held) -> Option<LeaseWrite> {
+        let token = h.token;
+        let queued = h.cp_queued.take();
+        let confirmed = h.confirmed.clone();
+        let ahead = |cp: Option<Checkpoint>| cp.filter(|c| Some(c) > confirmed.as_ref());
+        let (leaving, _) = h.leaving.as_mut()?;
+        Some(match leaving {
+            Leaving::Transfer { to, checkpoint } => {
+                *checkpoint = ahead(checkpoint.take().max(queued));
+                LeaseWrite::Transfer {
+                    shard: shard.clone(),
+                    owner: me.clone(),
+                    token,
+                    to: to.clone(),
+                    checkpoint: checkpoint.clone(),
+                }
+            }
+            Leaving::Release { checkpoint } => {
+                *checkpoint = ahead(checkpoint.take().max(queued));
+                LeaseWrite::Release {
+                    shard: shard.clone(),
+                    owner: me.clone(),
+                    token,
+                    checkpoint: checkpoint.clone(),
+                }
+            }
+            Leaving::Finish => LeaseWrite::Release {
+                shard: shard.clone(),
+                owner: me.clone(),
+                token,
+                checkpoint: Some(Checkpoint::ShardEnd),
+            },
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1745,13 +2069,15 @@ impl LeaseManager {
                     let keep_existing = matches!(write, LeaseWrite::Create(_))
                         && view.rows.contains_key(&shard.shard);
                     if !keep_existing {
-                        view.rows.insert(shard.shard.clone(), next.clone());
+                        view.set_row(shard.shard.clone(), next.clone());
                     }
                 }
                 next
             }
             Err(ErrorClass::ConditionalFailed) => {
                 self.stats.conditional_failures += 1;
+                self.seq += 1;
+                self.refused.insert(shard.clone(), self.seq);
                 None
             }
             Err(_) => None,
@@ -1768,6 +2094,11 @@ impl LeaseManager {
                 self.on_take_answer(now, &write, forced, row, result, mint)
             }
             WriteKind::Request => match result {
+                Ok(()) | Err(ErrorClass::Ambiguous) if self.shutting_down => {
+                    // Asked (maybe) while shutting down: the owner may
+                    // still hand the lease over to us.
+                    self.read_once_more(&shard.stream, now);
+                }
                 Ok(()) => {
                     if let Some(r) = self.requests.get_mut(&shard) {
                         r.state = RequestState::Waiting { since: now };
@@ -1848,7 +2179,11 @@ impl LeaseManager {
                         *state = FinalState::Resolving;
                         self.read_now(&shard.stream, now);
                     }
-                    Err(_) => *state = FinalState::RetryAt(now + self.timing.retry()),
+                    Err(_) => {
+                        let at = now + self.timing.retry();
+                        *state = FinalState::RetryAt(at);
+                        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+                    }
                 }
             }
         }
@@ -1894,7 +2229,10 @@ impl LeaseManager {
                 if self.requests.remove(shard).is_some_and(|r| r.confirmed) {
                     self.hb_asap = true;
                 }
-                if !self.fenced && !self.shutting_down {
+                if self.shutting_down {
+                    // The row may name us: release it before leaving.
+                    self.read_once_more(&shard.stream, now);
+                } else if !self.fenced {
                     self.adoptable.insert(shard.clone(), expect_token.next());
                 }
                 self.read_now(&shard.stream, now);
@@ -1906,7 +2244,10 @@ impl LeaseManager {
                             r.state = RequestState::Waiting { since };
                         }
                     }
-                    if class == ErrorClass::ConditionalFailed {
+                    if class == ErrorClass::ConditionalFailed && self.shutting_down {
+                        // The owner may have transferred to us meanwhile.
+                        self.read_once_more(&shard.stream, now);
+                    } else if class == ErrorClass::ConditionalFailed {
                         // The owner may have transferred to us meanwhile.
                         self.read_now(&shard.stream, now);
                     } else {
@@ -1945,12 +2286,27 @@ impl LeaseManager {
 
     fn lose(&mut self, shard: &ShardRef, reason: LostReason) {
         if let Some(h) = self.held.remove(shard) {
+            if matches!(h.leaving, Some((_, FinalState::RetryAt(_)))) {
+                self.recompute_retry_at();
+            }
             self.events.push_back(LeaseEvent::Lost {
                 shard: shard.clone(),
                 token: h.token,
                 reason,
             });
         }
+    }
+
+    /// `retry_at` from a walk of the held leases.
+    fn recompute_retry_at(&mut self) {
+        self.retry_at = self
+            .held
+            .values()
+            .filter_map(|h| match h.leaving {
+                Some((_, FinalState::RetryAt(at))) => Some(at),
+                _ => None,
+            })
+            .min();
     }
 
     fn drop_request(&mut self, shard: &ShardRef) {
@@ -1977,6 +2333,7 @@ mod tests {
     use crate::config::Retrieval;
     use crate::kpl::HashRange;
     use crate::sequence::SeqNum;
+    use std::collections::BTreeSet;
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -3284,6 +3641,39 @@ mod tests {
         assert_eq!(w.acquired(a)[0].2, FencingToken(1));
     }
 
+    /// Kinesin-sim (swarm seeds 78, 116, 138, 245; perf64 seed 0): a take
+    /// or create refused by its condition was sent again at once, because
+    /// a table read sent before the refusal still showed the old row; the
+    /// second write was refused too, and a refused write costs a write unit.
+    #[test]
+    fn refused_write_is_not_repeated_on_a_read_sent_before_the_refusal() {
+        let mut w = World::with_free_shards(1);
+        // The first take waits in the network; a read sent meanwhile sees
+        // the row free but is answered only after the take.
+        w.rule(0, is_take, Fault::HoldRequest, 1);
+        let a = w.add_node("a", 1);
+        assert_eq!(w.actions(a, is_take).len(), 1);
+        w.rule(a, is_read, Fault::HoldAnswer, 1);
+        w.with(a, |m, now, _| m.read_now(&stream(), now));
+        w.fire(a);
+        // Someone else takes the lease before our take lands.
+        {
+            let row = w.rows.get_mut(&sref(0)).unwrap();
+            row.owner = Some(Owner::new("z", 1));
+            row.token = FencingToken(1);
+        }
+        w.deliver(a);
+        assert_eq!(w.nodes[a].mgr.stats().conditional_failures, 1);
+        assert_eq!(
+            w.actions(a, is_take).len(),
+            1,
+            "no second take on the stale read"
+        );
+        // A read sent after the refusal shows the new owner: nothing to do.
+        w.run_for(secs(40.0));
+        assert_eq!(w.nodes[a].mgr.stats().conditional_failures, 1);
+    }
+
     #[test]
     fn take_refused_means_someone_else_won() {
         let mut w = World::with_free_shards(1);
@@ -3338,6 +3728,81 @@ mod tests {
             m.handle_shards(now, &stream(), &shards, mint)
         });
         assert_eq!(w.nodes[a].mgr.stats().other_lease_writes, 3);
+    }
+
+    fn creates(w: &World, i: usize) -> Vec<ShardRef> {
+        w.actions(i, |x| matches!(write_of(x), Some(LeaseWrite::Create(_))))
+            .iter()
+            .filter_map(|(_, x)| write_of(x).map(|w| w.shard().clone()))
+            .collect()
+    }
+
+    /// A fleet that starts together on an empty table creates each row
+    /// once: one designated creator per row, not every worker racing on
+    /// every row (about nine refused creates per shard before, in the
+    /// simulator's cost scenarios).
+    #[test]
+    fn fleet_starting_together_creates_each_row_once() {
+        let mut w = World::new();
+        let infos: Vec<ShardInfo> = (0..24).map(|i| info(i, &[], false)).collect();
+        let nodes: Vec<usize> = (0..4).map(|i| w.add_node(&format!("w{i}"), 1)).collect();
+        for &i in &nodes {
+            w.with(i, |m, now, mint| {
+                m.handle_shards(now, &stream(), &infos, mint)
+            });
+        }
+        w.run_until(secs(10.0));
+        let mut all: Vec<ShardRef> = nodes.iter().flat_map(|&i| creates(&w, i)).collect();
+        all.sort();
+        let expected: Vec<ShardRef> = (0..24).map(sref).collect();
+        assert_eq!(all, expected, "every row created, each once");
+        assert!(
+            nodes.iter().all(|&i| !creates(&w, i).is_empty()),
+            "spread over the fleet"
+        );
+        let refused: u64 = nodes
+            .iter()
+            .map(|&i| w.nodes[i].mgr.stats().conditional_failures)
+            .sum();
+        assert!(refused <= 4, "{refused} refused writes");
+        let held: usize = nodes.iter().map(|&i| w.holds(i)).sum();
+        assert_eq!(held, 24);
+        assert!(
+            nodes.iter().all(|&i| w.holds(i) == 6),
+            "balanced from the start"
+        );
+    }
+
+    /// The designated creator of a row may be dead (its heartbeat still
+    /// looks fresh): the others create the row once it is overdue.
+    #[test]
+    fn missing_row_is_created_when_its_designated_creator_never_does() {
+        let mut w = World::new();
+        // A worker that looks alive but never acts.
+        w.beats.insert(
+            "d".into(),
+            HeartbeatRow {
+                owner: Owner::new("d", 1),
+                beat: 1,
+                held: 0,
+                wants: Vec::new(),
+                alive: true,
+            },
+        );
+        let infos: Vec<ShardInfo> = (0..8).map(|i| info(i, &[], false)).collect();
+        let a = w.add_node("a", 1);
+        w.with(a, |m, now, mint| {
+            m.handle_shards(now, &stream(), &infos, mint)
+        });
+        w.run_until(secs(1.5));
+        let first = creates(&w, a).len();
+        assert!(
+            0 < first && first < 8,
+            "only a's own rows at first: {first}"
+        );
+        w.run_until(secs(5.0));
+        assert_eq!(creates(&w, a).len(), 8, "the rest once overdue");
+        assert_eq!(w.rows.len(), 8);
     }
 
     #[test]
@@ -3748,6 +4213,100 @@ mod tests {
             .iter()
             .filter(|(t2, ..)| *t2 > t)
             .all(|(.., c)| *c == Some(cp(50))));
+    }
+
+    /// Kinesin-sim swarm seed 99: a worker that shuts down while a
+    /// hand-off it asked for completes must not leave the row owned by its
+    /// dead incarnation.
+    #[test]
+    fn shutdown_releases_lease_transferred_during_shutdown() {
+        let mut w = World::with_free_shards(2);
+        let a = w.add_node("a", 1);
+        w.run_until(secs(10.0));
+        assert_eq!(w.holds(a), 2);
+        w.nodes[a].auto_transfer = false;
+        let b = w.add_node("b", 1);
+        w.run_for(secs(2.0));
+        let asked: Vec<ShardRef> = w
+            .events(a)
+            .filter_map(|(_, e)| match e {
+                LeaseEvent::HandoffRequested { shard, to } if to.worker.as_ref() == "b" => {
+                    Some(shard.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked.len(), 1, "b asked for one lease");
+        let shard = asked[0].clone();
+        let token = w.rows[&shard].token;
+        // The owner transfers; at the same instant b starts shutting down,
+        // before any read of b has shown it the transfer.
+        w.with(a, |m, now, mint| m.transfer(now, &shard, Some(cp(7)), mint));
+        assert_eq!(w.rows[&shard].owner, Some(Owner::new("b", 1)));
+        assert_eq!(w.holds(b), 0);
+        w.rule(b, is_read, Fault::HoldAnswer, 1);
+        w.with(b, |m, now, mint| m.shutdown(now, mint));
+        // The final heartbeat waits for that read.
+        assert!(!w.nodes[b].mgr.is_shut_down());
+        assert!(w.beats["b"].alive);
+        w.deliver(b);
+        assert!(w.nodes[b].mgr.is_shut_down());
+        assert!(!w.beats["b"].alive);
+        let row = &w.rows[&shard];
+        assert_eq!(row.owner, None, "released, not left to a dead incarnation");
+        assert_eq!(row.token, token.next().next(), "transfer then release");
+        assert_eq!(row.checkpoint, Some(cp(7)), "the final checkpoint stays");
+        let releases = w.actions(b, is_release);
+        assert_eq!(releases.len(), 1);
+        assert_eq!(
+            write_of(&releases[0].1).map(LeaseWrite::shard),
+            Some(&shard)
+        );
+        // Nothing else names b afterwards.
+        assert!(w
+            .rows
+            .values()
+            .all(|r| r.owner.as_ref().is_none_or(|o| o.worker.as_ref() != "b")));
+    }
+
+    #[test]
+    fn shutdown_completes_when_the_final_read_fails() {
+        let mut w = World::with_free_shards(2);
+        let a = w.add_node("a", 1);
+        w.run_until(secs(10.0));
+        w.nodes[a].auto_transfer = false;
+        let b = w.add_node("b", 1);
+        w.run_for(secs(2.0));
+        assert!(!w.nodes[b].mgr.requests.is_empty());
+        w.rule(b, is_read, Fault::Transient, 1);
+        w.with(b, |m, now, mint| m.shutdown(now, mint));
+        assert!(w.nodes[b].mgr.is_shut_down());
+        assert!(!w.beats["b"].alive);
+    }
+
+    /// Kinesin-sim swarm seed 2600: a worker cut off from DynamoDB while
+    /// shutting down self-fenced with its final releases still queued, and
+    /// finished with the rows owned by its dead incarnation.
+    #[test]
+    fn fenced_on_the_way_out_still_releases_its_rows() {
+        let mut w = World::with_free_shards(2);
+        let a = w.add_node("a", 1);
+        w.run_until(secs(10.0));
+        assert_eq!(w.holds(a), 2);
+        // Heartbeats stop renewing; the worker is still waiting for its
+        // in-flight acks (no release asked yet) when the fence comes.
+        w.rule(a, is_hb_write, Fault::Transient, usize::MAX);
+        w.with(a, |m, now, mint| m.shutdown(now, mint));
+        w.run_for(secs(15.0));
+        assert!(w.nodes[a].mgr.is_fenced());
+        assert!(w.nodes[a].mgr.is_shut_down());
+        assert!(w
+            .lost(a)
+            .iter()
+            .all(|(_, _, r)| *r == LostReason::SelfFenced));
+        for i in 0..2 {
+            assert_eq!(w.row(i).owner, None, "shard {i} released on the way out");
+        }
     }
 
     #[test]

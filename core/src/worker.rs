@@ -154,14 +154,140 @@ struct ShardState {
     millis_behind: u64,
     /// When the oldest undelivered record became deliverable (period batching).
     open_since: Option<Instant>,
+    /// Cached at the last visit (see [`Worker::settle`]): the shard's next
+    /// deadline and why, as indexed in `Worker::deadlines`.
+    deadline: Option<(Instant, &'static str)>,
+    /// Cached at the last visit: the reader holds credit (an outstanding
+    /// Pull or GetRecords), counted in `Worker::credit_outstanding`.
+    holds_credit: bool,
+    /// Listed in `Worker::dirty`.
+    touched: bool,
+    /// Listed in `Worker::wanting` (the reader wanted credit at the last
+    /// visit).
+    listed: bool,
 }
 
 impl ShardState {
+    /// The earliest instant at which something of this shard becomes due
+    /// without an input (reader wake-up, hand-off deadline, batch period),
+    /// and why. Ties keep the first in that order.
+    fn next_deadline(&self, period: Option<Duration>) -> Option<(Instant, &'static str)> {
+        let mut best = self.reader.as_ref().and_then(|r| r.poll_timeout());
+        let mut consider = |c: (Instant, &'static str)| {
+            if best.is_none_or(|(b, _)| c.0 < b) {
+                best = Some(c);
+            }
+        };
+        if let Phase::HandingOff { deadline } = self.phase {
+            consider((deadline, "hand-off deadline"));
+        }
+        if let (Some(since), Some(period)) = (self.open_since, period) {
+            consider((since + period, "batch period"));
+        }
+        best
+    }
+
+    /// Whether the credit round may grant this shard's reader one unit now.
+    fn wants_credit(&self, now: Instant) -> bool {
+        self.parked.is_none()
+            && self.phase == Phase::Reading
+            && self.reader.as_ref().is_some_and(|r| r.wants_credit(now))
+    }
+
     fn queued_records(&self) -> u64 {
         self.queue
             .iter()
             .map(|q| (q.records.len() as u64).saturating_sub(u64::from(q.next)))
             .sum()
+    }
+}
+
+/// Where a shard's state lives in the [`ShardTable`]; stable while the
+/// shard is read.
+type StateSlot = usize;
+
+/// The shards a worker reads: each state stays in one slot while the shard
+/// is read, so the pump's indexes (`dirty`, `wanting`, `deadlines`) reach it
+/// without a search; `index` keeps lookups by shard and key order.
+#[derive(Default)]
+struct ShardTable {
+    index: BTreeMap<ShardRef, StateSlot>,
+    /// The slots in key order (walks need no tree: shards come and go
+    /// rarely, walks happen after every step).
+    ordered: Vec<StateSlot>,
+    slots: Vec<Option<(ShardRef, ShardState)>>,
+    free: Vec<StateSlot>,
+}
+
+impl ShardTable {
+    fn slot_of(&self, shard: &ShardRef) -> Option<StateSlot> {
+        self.index.get(shard).copied()
+    }
+
+    fn get(&self, shard: &ShardRef) -> Option<&ShardState> {
+        self.at(self.slot_of(shard)?).map(|(_, st)| st)
+    }
+
+    fn get_mut(&mut self, shard: &ShardRef) -> Option<&mut ShardState> {
+        let slot = self.slot_of(shard)?;
+        self.at_mut(slot).map(|(_, st)| st)
+    }
+
+    fn contains_key(&self, shard: &ShardRef) -> bool {
+        self.index.contains_key(shard)
+    }
+
+    fn at(&self, slot: StateSlot) -> Option<(&ShardRef, &ShardState)> {
+        self.slots.get(slot)?.as_ref().map(|(k, st)| (k, st))
+    }
+
+    fn at_mut(&mut self, slot: StateSlot) -> Option<(&ShardRef, &mut ShardState)> {
+        self.slots.get_mut(slot)?.as_mut().map(|(k, st)| (&*k, st))
+    }
+
+    /// Add a shard not read yet (the caller checked); its slot.
+    fn insert(&mut self, shard: ShardRef, st: ShardState) -> StateSlot {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some((shard.clone(), st));
+                slot
+            }
+            None => {
+                self.slots.push(Some((shard.clone(), st)));
+                self.slots.len() - 1
+            }
+        };
+        let at = self
+            .ordered
+            .partition_point(|&s| self.slots[s].as_ref().is_some_and(|(k, _)| *k < shard));
+        self.ordered.insert(at, slot);
+        self.index.insert(shard, slot);
+        slot
+    }
+
+    fn remove(&mut self, shard: &ShardRef) -> Option<ShardState> {
+        let slot = self.index.remove(shard)?;
+        self.ordered.retain(|&s| s != slot);
+        let (_, st) = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(st)
+    }
+
+    /// In key order.
+    fn iter(&self) -> impl Iterator<Item = (&ShardRef, &ShardState)> {
+        self.ordered.iter().filter_map(|&slot| self.at(slot))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &ShardRef> {
+        self.index.keys()
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 }
 
@@ -176,7 +302,7 @@ pub struct Worker {
     rng: Rng,
     lease: LeaseManager,
     registrations: BTreeMap<StreamId, Registration>,
-    shards: BTreeMap<ShardRef, ShardState>,
+    shards: ShardTable,
     pool: Pool<ShardRef>,
     batches: BTreeMap<BatchId, (ShardRef, Inflight)>,
     /// ListShards in flight.
@@ -195,6 +321,32 @@ pub struct Worker {
     shutting_down: bool,
     done: bool,
     credit_cursor: Option<ShardRef>,
+    /// Shards touched since the last [`Worker::settle`]: inputs routed to
+    /// them, commands, lease events, deadlines reached. `pump` visits only
+    /// these (in key order, so outputs are in the same order as a walk of
+    /// every shard), plus `wanting` in the credit round.
+    /// Unordered; each pass sorts its copy by shard.
+    dirty: Vec<StateSlot>,
+    /// Shards whose reader wanted credit at their last visit: the credit
+    /// round serves them when pool room appears, touched or not. Unordered.
+    wanting: Vec<StateSlot>,
+    /// Readers holding credit (sum of `ShardState::holds_credit`).
+    credit_outstanding: u64,
+    /// Every shard's cached `ShardState::deadline`, ordered by instant (then
+    /// by shard, as a walk of every shard breaks ties).
+    deadlines: BTreeSet<(Instant, ShardRef, StateSlot)>,
+    /// EFO readers started before their stream's consumer ARN was known.
+    awaiting_arn: BTreeSet<ShardRef>,
+    /// Bumped whenever `dirty` loses entries (between bumps it only
+    /// grows), so `(dirty_epoch, dirty.len())` names its contents.
+    dirty_epoch: u64,
+    /// `dirty` sorted by shard, for the passes of `pump`, and the
+    /// `(dirty_epoch, len)` it was sorted at: passes reuse it while no
+    /// other shard was touched.
+    sorted: Vec<StateSlot>,
+    sorted_at: (u64, usize),
+    /// Scratch list for the credit round (kept to reuse its allocation).
+    scratch: Vec<StateSlot>,
     /// Running estimate of a non-empty chunk's size (records, bytes): each
     /// outstanding read reserves this much of the pool, so reads in flight
     /// plus what is admitted stay within the budget whatever the shard count.
@@ -233,7 +385,7 @@ impl Worker {
             rng,
             lease,
             registrations,
-            shards: BTreeMap::new(),
+            shards: ShardTable::default(),
             pool,
             batches: BTreeMap::new(),
             list_ops: BTreeMap::new(),
@@ -247,6 +399,15 @@ impl Worker {
             shutting_down: false,
             done: false,
             credit_cursor: None,
+            dirty: Vec::new(),
+            wanting: Vec::new(),
+            credit_outstanding: 0,
+            deadlines: BTreeSet::new(),
+            awaiting_arn: BTreeSet::new(),
+            dirty_epoch: 1,
+            sorted: Vec::new(),
+            sorted_at: (0, 0),
+            scratch: Vec::new(),
             chunk_estimate: (1, 1024),
             stats: WorkerStats::default(),
         };
@@ -324,11 +485,39 @@ impl Worker {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut records = 0u64;
         let mut bytes = 0u64;
-        for st in self.shards.values() {
+        let mut inflight = 0usize;
+        // Both maps are ordered by shard: walk them side by side.
+        let mut held = self.lease.held();
+        let mut next_held = held.next();
+        for (shard, st) in self.shards.iter() {
             for q in &st.queue {
                 records += q.permit.records();
                 bytes += q.permit.bytes();
             }
+            for id in &st.inflight {
+                match self.batches.get(id) {
+                    Some((s, _)) if s == shard => inflight += 1,
+                    _ => return Err(format!("{id:?} of {shard:?} is not in flight for it")),
+                }
+            }
+            while next_held.is_some_and(|(h, _)| h < shard) {
+                next_held = held.next();
+            }
+            let token = next_held.filter(|(h, _)| *h == shard).map(|(_, t)| t);
+            if st.phase != Phase::Leaving && !st.finishing && token != Some(st.token) {
+                return Err(format!(
+                    "{shard:?} is read with token {:?} but the lease manager holds {token:?}",
+                    st.token,
+                ));
+            }
+        }
+        // Every batch in flight belongs to a shard read (each shard listed
+        // its own above).
+        if inflight != self.batches.len() {
+            return Err(format!(
+                "{} batches in flight, {inflight} of them for shards read",
+                self.batches.len()
+            ));
         }
         for (_, inf) in self.batches.values() {
             records += inf.permit.records();
@@ -340,31 +529,88 @@ impl Worker {
                 self.pool_used()
             ));
         }
-        for (shard, inf) in self.batches.values() {
-            if !self.shards.contains_key(shard) {
-                return Err(format!(
-                    "{:?} in flight for {shard:?}, which is not read",
-                    inf.batch.id
-                ));
-            }
-        }
-        for (shard, st) in &self.shards {
-            if st.phase != Phase::Leaving
-                && !st.finishing
-                && self.lease.token(shard) != Some(st.token)
-            {
-                return Err(format!(
-                    "{shard:?} is read with token {:?} but the lease manager holds {:?}",
-                    st.token,
-                    self.lease.token(shard)
-                ));
-            }
-        }
         if self.shards.is_empty() && (self.pool.used_records() != 0 || self.pool.used_bytes() != 0)
         {
             return Err("pool not empty with no shard read".into());
         }
+        if cfg!(debug_assertions) {
+            self.check_indexes()?;
+        }
         self.lease.check_invariants()
+    }
+
+    /// The incremental indexes `pump` relies on agree with a walk of every
+    /// shard (debug builds: the simulator's tests run this after every
+    /// step).
+    fn check_indexes(&self) -> Result<(), String> {
+        if !self.dirty.is_empty() || self.done {
+            return Ok(());
+        }
+        let period = self.config.batching.period;
+        let mut holding = 0u64;
+        let mut indexed = 0usize;
+        for (shard, &slot) in &self.shards.index {
+            let Some((key, st)) = self.shards.at(slot) else {
+                return Err(format!("{shard:?}: empty slot {slot}"));
+            };
+            if key != shard {
+                return Err(format!("{shard:?}: slot {slot} holds {key:?}"));
+            }
+            let holds = st.reader.as_ref().is_some_and(|r| r.holds_credit());
+            if holds != st.holds_credit {
+                return Err(format!(
+                    "{shard:?}: cached holds_credit {} != {holds}",
+                    st.holds_credit
+                ));
+            }
+            holding += u64::from(holds);
+            let next = st.next_deadline(period);
+            if next != st.deadline {
+                return Err(format!(
+                    "{shard:?}: cached deadline {:?} != {next:?}",
+                    st.deadline
+                ));
+            }
+            if let Some((at, _)) = next {
+                indexed += 1;
+                if !self.deadlines.contains(&(at, shard.clone(), slot)) {
+                    return Err(format!("{shard:?}: deadline {at:?} not indexed"));
+                }
+            }
+            let listed = self.wanting.iter().filter(|&&s| s == slot).count();
+            if st.wants_credit(self.now) != st.listed || listed != usize::from(st.listed) {
+                return Err(format!(
+                    "{shard:?}: wants credit but not listed, or the reverse"
+                ));
+            }
+            if st.touched {
+                return Err(format!("{shard:?}: still marked touched"));
+            }
+        }
+        if holding != self.credit_outstanding {
+            return Err(format!(
+                "{holding} readers hold credit, {} counted",
+                self.credit_outstanding
+            ));
+        }
+        if indexed != self.deadlines.len() {
+            return Err(format!(
+                "{} deadlines indexed for {indexed} shards with one",
+                self.deadlines.len()
+            ));
+        }
+        if self.wanting.iter().any(|&s| self.shards.at(s).is_none()) {
+            return Err("a shard not read is listed as wanting credit".into());
+        }
+        let ordered: Vec<StateSlot> = self.shards.index.values().copied().collect();
+        if ordered != self.shards.ordered {
+            return Err("shard slots out of key order".into());
+        }
+        let used = self.shards.slots.iter().filter(|s| s.is_some()).count();
+        if used != self.shards.len() || used + self.shards.free.len() != self.shards.slots.len() {
+            return Err("shard slots and index disagree".into());
+        }
+        Ok(())
     }
 
     // ----- inputs --------------------------------------------------------
@@ -390,6 +636,7 @@ impl Worker {
                                         self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
                                     {
                                         reader.mark_closed();
+                                        self.touch(&r);
                                     }
                                     self.closed.insert(r);
                                 }
@@ -419,11 +666,9 @@ impl Worker {
             | Input::SubscriptionEnded { sub }
             | Input::SubscriptionError { sub, .. } => {
                 let consumed = match self.reader_subs.get(sub) {
-                    Some(shard) => self
-                        .shards
-                        .get_mut(shard)
-                        .and_then(|s| s.reader.as_mut())
-                        .is_some_and(|r| r.handle_input(now, &input)),
+                    Some(shard) => {
+                        Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &input)
+                    }
                     None => false,
                 };
                 if !consumed {
@@ -433,11 +678,9 @@ impl Worker {
             Input::Iterator { op, .. } | Input::Records { op, .. } => {
                 let routed = self.reader_ops.remove(op);
                 let consumed = match &routed {
-                    Some((shard, _)) => self
-                        .shards
-                        .get_mut(shard)
-                        .and_then(|s| s.reader.as_mut())
-                        .is_some_and(|r| r.handle_input(now, &input)),
+                    Some((shard, _)) => {
+                        Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &input)
+                    }
                     None => false,
                 };
                 if !consumed {
@@ -489,12 +732,22 @@ impl Worker {
                 }
             }
         }
-        self.lease.handle_timeout(now, &mut self.mint);
+        // The lease manager's deadlines were fired by `set_now`; every lease
+        // call made since fires what it makes due itself.
         for reg in self.registrations.values_mut() {
             reg.handle_timeout(now);
         }
-        for st in self.shards.values_mut() {
-            if let Some(r) = st.reader.as_mut() {
+        // Only readers whose deadline is reached can have anything to fire
+        // (`handle_timeout` is a no-op for the others).
+        for (at, _, slot) in &self.deadlines {
+            if *at > now {
+                break;
+            }
+            if let Some(r) = self
+                .shards
+                .at_mut(*slot)
+                .and_then(|(_, s)| s.reader.as_mut())
+            {
                 r.handle_timeout(now);
             }
         }
@@ -518,6 +771,7 @@ impl Worker {
         st.redeliver.retain(|b| *b != batch);
         let _ = st.tracker.ack(inf.slot);
         self.pool.release(inf.permit);
+        self.touch(&shard);
         self.stats.acks += 1;
         self.pump(now);
         Ok(())
@@ -540,6 +794,14 @@ impl Worker {
             .get_mut(shard)
             .ok_or(AckError::UnknownBatch(batch))?;
         let _ = st.tracker.nack(inf.slot);
+        if let Some(slot) = self.shards.slot_of(shard) {
+            if let Some((_, st)) = self.shards.at_mut(slot) {
+                Self::mark_touched(&mut self.dirty, slot, st);
+            }
+        }
+        let Some(st) = self.shards.get_mut(shard) else {
+            return Err(AckError::UnknownBatch(batch));
+        };
         if st.phase == Phase::Reading {
             inf.nacked = true;
             st.redeliver.push_back(batch);
@@ -615,16 +877,9 @@ impl Worker {
         for reg in self.registrations.values() {
             consider(reg.poll_timeout());
         }
-        for st in self.shards.values() {
-            if let Some(r) = &st.reader {
-                consider(r.poll_timeout());
-            }
-            if let Phase::HandingOff { deadline } = st.phase {
-                consider(Some((deadline, "hand-off deadline")));
-            }
-            if let (Some(since), Some(period)) = (st.open_since, self.config.batching.period) {
-                consider(Some((since + period, "batch period")));
-            }
+        // The earliest shard deadline (ties: the first shard in key order).
+        if let Some((_, _, slot)) = self.deadlines.first() {
+            consider(self.shards.at(*slot).and_then(|(_, st)| st.deadline));
         }
         best
     }
@@ -663,8 +918,20 @@ impl Worker {
         }
     }
 
-    /// Run every machine until nothing changes.
+    /// Run every machine until nothing changes. Shards are visited only
+    /// when touched since the last pump or when a deadline of theirs is
+    /// reached (plus the credit round over `wanting`): a shard nobody
+    /// touched has nothing to do, so this is the same as walking them all.
     fn pump(&mut self, now: Instant) {
+        for (at, _, slot) in &self.deadlines {
+            if *at > now {
+                break;
+            }
+            if let Some((_, st)) = self.shards.at_mut(*slot) {
+                Self::mark_touched(&mut self.dirty, *slot, st);
+            }
+        }
+        let mut settled = true;
         for _ in 0..64 {
             let mut progress = false;
             progress |= self.drain_lease_events(now);
@@ -677,11 +944,169 @@ impl Worker {
             while let Some(a) = self.lease.poll_action() {
                 self.actions.push_back(a);
             }
-            if !progress {
+            settled = !progress;
+            if settled {
                 break;
             }
         }
+        self.settle(now, settled);
         self.maybe_complete_shutdown();
+    }
+
+    /// Mark a shard touched: the next passes of `pump` visit it.
+    fn touch(&mut self, shard: &ShardRef) {
+        if let Some(slot) = self.shards.slot_of(shard) {
+            self.touch_slot(slot);
+        }
+    }
+
+    fn touch_slot(&mut self, slot: StateSlot) {
+        if let Some((_, st)) = self.shards.at_mut(slot) {
+            Self::mark_touched(&mut self.dirty, slot, st);
+        }
+    }
+
+    /// [`Self::touch`] for a caller holding the shard's state.
+    fn mark_touched(dirty: &mut Vec<StateSlot>, slot: StateSlot, st: &mut ShardState) {
+        if !st.touched {
+            st.touched = true;
+            dirty.push(slot);
+        }
+    }
+
+    /// Route a reader input to its shard; touched when the reader took it.
+    fn route_input(
+        shards: &mut ShardTable,
+        dirty: &mut Vec<StateSlot>,
+        now: Instant,
+        shard: &ShardRef,
+        input: &Input,
+    ) -> bool {
+        let Some(slot) = shards.slot_of(shard) else {
+            return false;
+        };
+        let Some((_, st)) = shards.at_mut(slot) else {
+            return false;
+        };
+        let consumed = st
+            .reader
+            .as_mut()
+            .is_some_and(|r| r.handle_input(now, input));
+        if consumed {
+            Self::mark_touched(dirty, slot, st);
+        }
+        consumed
+    }
+
+    /// `slots` sorted by their shards (key order: the order a walk of every
+    /// shard visits them).
+    fn sort_by_shard(shards: &ShardTable, slots: &mut [StateSlot]) {
+        if slots.len() > 1 {
+            slots.sort_unstable_by(|a, b| {
+                let key = |s: &StateSlot| shards.at(*s).map(|(k, _)| k);
+                key(a).cmp(&key(b))
+            });
+        }
+    }
+
+    /// The slots of the touched shards, in key order (give the list back
+    /// with `self.sorted = list`). Within one pass of `pump` a visit only
+    /// touches the shard visited, so the list taken at the start of a pass
+    /// is what the pass must visit.
+    fn dirty_slots(&mut self) -> Vec<StateSlot> {
+        let mut slots = std::mem::take(&mut self.sorted);
+        let at = (self.dirty_epoch, self.dirty.len());
+        if self.sorted_at != at {
+            slots.clear();
+            slots.extend_from_slice(&self.dirty);
+            Self::sort_by_shard(&self.shards, &mut slots);
+            self.sorted_at = at;
+        }
+        slots
+    }
+
+    /// Refresh the cached credit state of a touched shard: whether its
+    /// reader holds credit (`credit_outstanding`) and wants some
+    /// (`wanting`).
+    fn recount_credit(
+        outstanding: &mut u64,
+        wanting: &mut Vec<StateSlot>,
+        now: Instant,
+        slot: StateSlot,
+        st: &mut ShardState,
+    ) {
+        let holds = st.reader.as_ref().is_some_and(|r| r.holds_credit());
+        if holds != st.holds_credit {
+            st.holds_credit = holds;
+            if holds {
+                *outstanding += 1;
+            } else {
+                *outstanding -= 1;
+            }
+        }
+        let wants = st.wants_credit(now);
+        if wants != st.listed {
+            st.listed = wants;
+            if wants {
+                wanting.push(slot);
+            } else {
+                wanting.retain(|&s| s != slot);
+            }
+        }
+    }
+
+    /// After a pump: re-index the deadlines and credit state of every
+    /// touched shard, then forget the touches (kept when the pump stopped
+    /// at its iteration bound with work left, so the next one resumes).
+    fn settle(&mut self, now: Instant, settled: bool) {
+        let period = self.config.batching.period;
+        for &slot in &self.dirty {
+            let Some((shard, st)) = self.shards.at_mut(slot) else {
+                continue;
+            };
+            Self::recount_credit(
+                &mut self.credit_outstanding,
+                &mut self.wanting,
+                now,
+                slot,
+                st,
+            );
+            let next = st.next_deadline(period);
+            if next != st.deadline {
+                if let Some((at, _)) = st.deadline {
+                    self.deadlines.remove(&(at, shard.clone(), slot));
+                }
+                if let Some((at, _)) = next {
+                    self.deadlines.insert((at, shard.clone(), slot));
+                }
+                st.deadline = next;
+            }
+            if settled {
+                st.touched = false;
+            }
+        }
+        if settled {
+            self.dirty.clear();
+            self.dirty_epoch += 1;
+        }
+    }
+
+    /// A shard is no longer read: drop it from every index.
+    fn forget(&mut self, shard: &ShardRef, slot: StateSlot, st: &ShardState) {
+        if let Some((at, _)) = st.deadline {
+            self.deadlines.remove(&(at, shard.clone(), slot));
+        }
+        if st.holds_credit {
+            self.credit_outstanding -= 1;
+        }
+        if st.listed {
+            self.wanting.retain(|&s| s != slot);
+        }
+        self.awaiting_arn.remove(shard);
+        if st.touched {
+            self.dirty.retain(|&s| s != slot);
+            self.dirty_epoch += 1;
+        }
     }
 
     fn drain_lease_events(&mut self, now: Instant) -> bool {
@@ -716,6 +1141,7 @@ impl Worker {
                 LeaseEvent::CheckpointWritten { shard, checkpoint } => {
                     if let Some(st) = self.shards.get_mut(&shard) {
                         st.tracker.written(&checkpoint);
+                        self.touch(&shard);
                     }
                 }
             }
@@ -787,7 +1213,7 @@ impl Worker {
             shard: shard.clone(),
             token,
         });
-        self.shards.insert(
+        let slot = self.shards.insert(
             shard.clone(),
             ShardState {
                 token,
@@ -802,8 +1228,22 @@ impl Worker {
                 finishing: false,
                 millis_behind: 0,
                 open_since: None,
+                deadline: None,
+                holds_credit: false,
+                touched: false,
+                listed: false,
             },
         );
+        if matches!(self.config.retrieval, Retrieval::Efo { .. })
+            && self
+                .shards
+                .get(&shard)
+                .and_then(|s| s.reader.as_ref())
+                .is_some_and(|r| r.consumer_arn().is_none())
+        {
+            self.awaiting_arn.insert(shard.clone());
+        }
+        self.touch_slot(slot);
         if ended {
             self.stop_reading(&shard);
         }
@@ -812,9 +1252,13 @@ impl Worker {
     /// Stop the reader of a shard and drop what was received but not
     /// delivered (the next reader reads it again from the checkpoint).
     fn stop_reading(&mut self, shard: &ShardRef) {
-        let Some(st) = self.shards.get_mut(shard) else {
+        let Some(slot) = self.shards.slot_of(shard) else {
             return;
         };
+        let Some((_, st)) = self.shards.at_mut(slot) else {
+            return;
+        };
+        Self::mark_touched(&mut self.dirty, slot, st);
         if let Some(mut reader) = st.reader.take() {
             if let Some(a) = reader.stop() {
                 self.actions.push_back(a);
@@ -849,9 +1293,13 @@ impl Worker {
             return;
         }
         self.stop_reading(shard);
+        let Some(slot) = self.shards.slot_of(shard) else {
+            return;
+        };
         let Some(st) = self.shards.remove(shard) else {
             return;
         };
+        self.forget(shard, slot, &st);
         for id in st.inflight.iter().chain(st.redeliver.iter()) {
             if let Some((_, inf)) = self.batches.remove(id) {
                 self.pool.release(inf.permit);
@@ -878,16 +1326,24 @@ impl Worker {
                 progress = true;
             }
             if let Some(arn) = reg.arn() {
-                for (shard, st) in self.shards.iter_mut() {
-                    if &shard.stream == stream {
-                        if let Some(r) = st.reader.as_mut() {
-                            if r.consumer_arn().is_none() {
-                                r.set_consumer_arn(arn.to_owned());
-                                progress = true;
-                            }
+                // Readers started before the ARN was known (the only ones
+                // without it), in key order.
+                for shard in self.awaiting_arn.iter().filter(|s| &s.stream == stream) {
+                    let Some(slot) = self.shards.slot_of(shard) else {
+                        continue;
+                    };
+                    let Some((_, st)) = self.shards.at_mut(slot) else {
+                        continue;
+                    };
+                    if let Some(r) = st.reader.as_mut() {
+                        if r.consumer_arn().is_none() {
+                            r.set_consumer_arn(arn.to_owned());
+                            Self::mark_touched(&mut self.dirty, slot, st);
+                            progress = true;
                         }
                     }
                 }
+                self.awaiting_arn.retain(|s| &s.stream != stream);
             }
             if let Some(err) = reg.error() {
                 if fatal.is_none() && !self.shutting_down {
@@ -905,18 +1361,21 @@ impl Worker {
 
     fn drain_readers(&mut self, now: Instant) -> bool {
         let mut progress = false;
-        let shards: Vec<ShardRef> = self.shards.keys().cloned().collect();
-        for shard in shards {
-            while let Some(reader) = self.shards.get_mut(&shard).and_then(|s| s.reader.as_mut()) {
-                if let Some(action) = reader.poll_action(now, &mut self.mint) {
+        let slots = self.dirty_slots();
+        for &slot in &slots {
+            while let Some((shard, st)) = self.shards.at_mut(slot) {
+                let Some(reader) = st.reader.as_mut() else {
+                    break;
+                };
+                while let Some(action) = reader.poll_action(now, &mut self.mint) {
                     progress = true;
-                    self.route(&shard, &action);
+                    Self::route_into(&mut self.reader_ops, &mut self.reader_subs, shard, &action);
                     self.actions.push_back(action);
-                    continue;
                 }
                 let Some(ev) = reader.poll_event() else {
                     break;
                 };
+                let shard = shard.clone();
                 progress = true;
                 match ev {
                     ReaderEvent::Chunk { chunk, data } => self.arrived(now, &shard, chunk, data),
@@ -950,26 +1409,32 @@ impl Worker {
                         self.lease.release(now, &shard, cp, &mut self.mint);
                     }
                     ReaderEvent::Warning(message) => self.events.push_back(Event::Warning {
-                        shard: Some(shard.clone()),
+                        shard: Some(shard),
                         message,
                     }),
                 }
             }
         }
+        self.sorted = slots;
         progress
     }
 
     /// Remember which shard an action's answer belongs to.
-    fn route(&mut self, shard: &ShardRef, action: &Action) {
+    fn route_into(
+        reader_ops: &mut BTreeMap<OpId, (ShardRef, Option<ChunkId>)>,
+        reader_subs: &mut BTreeMap<SubId, ShardRef>,
+        shard: &ShardRef,
+        action: &Action,
+    ) {
         match action {
             Action::Subscribe { sub, .. } => {
-                self.reader_subs.insert(*sub, shard.clone());
+                reader_subs.insert(*sub, shard.clone());
             }
             Action::GetShardIterator { op, .. } => {
-                self.reader_ops.insert(*op, (shard.clone(), None));
+                reader_ops.insert(*op, (shard.clone(), None));
             }
             Action::GetRecords { op, chunk, .. } => {
-                self.reader_ops.insert(*op, (shard.clone(), Some(*chunk)));
+                reader_ops.insert(*op, (shard.clone(), Some(*chunk)));
             }
             _ => {}
         }
@@ -977,10 +1442,15 @@ impl Worker {
 
     /// A chunk arrived for a shard: admit it into the pool or park it.
     fn arrived(&mut self, now: Instant, shard: &ShardRef, chunk: ChunkId, data: Chunk) {
-        let Some(st) = self.shards.get_mut(shard) else {
+        let Some(slot) = self.shards.slot_of(shard) else {
             self.events.push_back(Event::ChunkDone { chunk });
             return;
         };
+        let Some((_, st)) = self.shards.at_mut(slot) else {
+            self.events.push_back(Event::ChunkDone { chunk });
+            return;
+        };
+        Self::mark_touched(&mut self.dirty, slot, st);
         st.millis_behind = data.millis_behind;
         let (records, bytes) = (data.records.len() as u64, data.bytes());
         if records > 0 {
@@ -1040,33 +1510,35 @@ impl Worker {
     }
 
     /// Give one unit of credit to each reader that wants one, while the pool
-    /// has room, starting after the last served shard (round robin).
+    /// has room, starting after the last served shard (round robin). Only
+    /// `wanting` shards can take credit; touched shards are re-judged first.
     fn grant_credit(&mut self, now: Instant) -> bool {
-        if !self.pool.has_room() {
+        for &slot in &self.dirty {
+            if let Some((_, st)) = self.shards.at_mut(slot) {
+                Self::recount_credit(
+                    &mut self.credit_outstanding,
+                    &mut self.wanting,
+                    now,
+                    slot,
+                    st,
+                );
+            }
+        }
+        if !self.pool.has_room() || self.wanting.is_empty() {
             return false;
         }
-        let mut outstanding = self
-            .shards
-            .values()
-            .filter(|s| s.reader.as_ref().is_some_and(|r| r.holds_credit()))
-            .count() as u64;
-        let mut order: Vec<ShardRef> = Vec::with_capacity(self.shards.len());
-        match &self.credit_cursor {
-            Some(c) => {
-                order.extend(
-                    self.shards
-                        .range::<ShardRef, _>((
-                            std::ops::Bound::Excluded(c),
-                            std::ops::Bound::Unbounded,
-                        ))
-                        .map(|(k, _)| k.clone()),
-                );
-                order.extend(self.shards.range(..=c.clone()).map(|(k, _)| k.clone()));
-            }
-            None => order.extend(self.shards.keys().cloned()),
+        let mut outstanding = self.credit_outstanding;
+        let mut order = std::mem::take(&mut self.scratch);
+        order.clear();
+        order.extend_from_slice(&self.wanting);
+        Self::sort_by_shard(&self.shards, &mut order);
+        if let Some(c) = &self.credit_cursor {
+            // Round robin: the shards after the last one served first.
+            let after = order.partition_point(|&s| self.shards.at(s).is_some_and(|(k, _)| k <= c));
+            order.rotate_left(after);
         }
         let mut progress = false;
-        for shard in order {
+        for &slot in &order {
             if !self.pool.has_room() || !self.credit_fits(outstanding + 1) {
                 break;
             }
@@ -1075,26 +1547,32 @@ impl Worker {
                 .pool_records
                 .saturating_sub(self.pool.used_records());
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
-            let Some(st) = self.shards.get_mut(&shard) else {
+            let Some((shard, st)) = self.shards.at_mut(slot) else {
                 continue;
             };
-            if st.parked.is_some() || st.phase != Phase::Reading {
+            if !st.wants_credit(now) {
                 continue;
             }
             let Some(reader) = st.reader.as_mut() else {
                 continue;
             };
-            if !reader.wants_credit(now) {
-                continue;
-            }
             if let Some(action) = reader.grant(now, limit, &mut self.mint) {
                 outstanding += 1;
-                self.route(&shard, &action);
+                Self::recount_credit(
+                    &mut self.credit_outstanding,
+                    &mut self.wanting,
+                    now,
+                    slot,
+                    st,
+                );
+                Self::mark_touched(&mut self.dirty, slot, st);
+                Self::route_into(&mut self.reader_ops, &mut self.reader_subs, shard, &action);
                 self.actions.push_back(action);
-                self.credit_cursor = Some(shard);
+                self.credit_cursor = Some(shard.clone());
                 progress = true;
             }
         }
+        self.scratch = order;
         progress
     }
 
@@ -1115,7 +1593,11 @@ impl Worker {
     fn deliver(&mut self, now: Instant) -> bool {
         let mut progress = false;
         let batching = self.config.batching;
-        for (shard, st) in self.shards.iter_mut() {
+        let slots = self.dirty_slots();
+        for &slot in &slots {
+            let Some((shard, st)) = self.shards.at_mut(slot) else {
+                continue;
+            };
             if st.phase != Phase::Reading {
                 continue;
             }
@@ -1222,15 +1704,16 @@ impl Worker {
                 progress = true;
             }
         }
+        self.sorted = slots;
         progress
     }
 
     /// Shard end, hand-off and shutdown completion.
     fn advance_phases(&mut self, now: Instant) -> bool {
         let mut progress = false;
-        let shards: Vec<ShardRef> = self.shards.keys().cloned().collect();
-        for shard in shards {
-            let Some(st) = self.shards.get_mut(&shard) else {
+        let slots = self.dirty_slots();
+        for &slot in &slots {
+            let Some((shard, st)) = self.shards.at_mut(slot) else {
                 continue;
             };
             match st.phase {
@@ -1243,19 +1726,21 @@ impl Worker {
                             if let Some(a) = st.reader.take().and_then(|mut r| r.stop()) {
                                 self.actions.push_back(a);
                             }
-                            self.lease.finish_shard(now, &shard, &mut self.mint);
+                            self.lease.finish_shard(now, shard, &mut self.mint);
                             progress = true;
                         }
                     }
                 }
                 Phase::HandingOff { deadline } => {
                     if st.inflight.is_empty() || now >= deadline {
+                        let shard = shard.clone();
                         self.leave(now, &shard);
                         progress = true;
                     }
                 }
                 Phase::Closing => {
                     if st.inflight.is_empty() {
+                        let shard = shard.clone();
                         self.leave(now, &shard);
                         progress = true;
                     }
@@ -1263,6 +1748,7 @@ impl Worker {
                 Phase::Leaving => {}
             }
         }
+        self.sorted = slots;
         progress
     }
 
@@ -1297,7 +1783,7 @@ impl Worker {
     }
 
     fn commit(&mut self, now: Instant) {
-        for (shard, st) in &self.shards {
+        for (shard, st) in self.shards.iter() {
             if st.phase == Phase::Leaving || st.finishing {
                 continue;
             }

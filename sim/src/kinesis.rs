@@ -219,9 +219,26 @@ pub fn shard_index(id: &ShardId) -> Option<usize> {
     id.as_str().strip_prefix("shardId-")?.parse().ok()
 }
 
+/// `49{ord:030}{shard:024}` (built by hand: one per record produced).
 fn seq_of(ord: u64, shard: usize) -> SeqNum {
-    let s = format!("49{ord:030}{shard:024}");
-    SeqNum::parse(&s).expect("56 decimal digits")
+    let mut digits = [b'0'; 56];
+    digits[0] = b'4';
+    digits[1] = b'9';
+    fill_decimal(&mut digits[2..32], ord);
+    fill_decimal(&mut digits[32..], shard as u64);
+    let s = std::str::from_utf8(&digits).expect("ASCII digits");
+    SeqNum::parse(s).expect("56 decimal digits")
+}
+
+/// Right-align `n` in `out` (already zero-filled).
+fn fill_decimal(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// (ord, shard index) of a sequence number minted here.
@@ -711,8 +728,45 @@ impl Kinesis {
         Ok(Self::iterator(index, cursor, now))
     }
 
+    /// `it/{shard}/{cursor}/{now}` (built by hand: one per GetRecords).
     fn iterator(shard: usize, cursor: usize, now: Micros) -> ShardIterator {
-        ShardIterator(format!("it/{shard}/{cursor}/{now}"))
+        let mut it = String::with_capacity(48);
+        it.push_str("it");
+        for n in [shard as u64, cursor as u64, now] {
+            it.push('/');
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut n = n;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for &d in &digits[at..] {
+                it.push(char::from(d));
+            }
+        }
+        ShardIterator(it)
+    }
+
+    /// (shard, cursor, issued) of an iterator minted by [`Self::iterator`].
+    fn parse_iterator(it: &str) -> Option<(u64, u64, u64)> {
+        let mut parts = it.strip_prefix("it/")?.split('/');
+        let mut next = || -> Option<u64> {
+            let p = parts.next()?;
+            if p.is_empty() || p.len() > 20 {
+                return None;
+            }
+            p.bytes().try_fold(0u64, |n, b| {
+                b.is_ascii_digit()
+                    .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
+            })
+        };
+        let parsed = (next()?, next()?, next()?);
+        parts.next().is_none().then_some(parsed)
     }
 
     /// GetRecords with a record limit.
@@ -723,10 +777,7 @@ impl Kinesis {
         now: Micros,
     ) -> Result<RecordsAnswer, ErrorClass> {
         self.get_records_calls += 1;
-        let mut parts = iterator.0.split('/').skip(1).map(str::parse::<u64>);
-        let (Some(Ok(shard)), Some(Ok(cursor)), Some(Ok(issued))) =
-            (parts.next(), parts.next(), parts.next())
-        else {
+        let Some((shard, cursor, issued)) = Self::parse_iterator(&iterator.0) else {
             return Err(ErrorClass::InvalidArgument);
         };
         let (shard, cursor) = (shard as usize, cursor as usize);
@@ -768,6 +819,36 @@ mod tests {
 
     fn k() -> Kinesis {
         Kinesis::new(StreamId::new("s"), 2, 24 * 3600 * SEC, 1_700_000_000_000)
+    }
+
+    #[test]
+    fn hand_built_strings_match_their_format() {
+        for (ord, shard) in [(0, 0), (1, 7), (123_456_789, 63), (u64::MAX / 2, 1_000_000)] {
+            assert_eq!(
+                seq_of(ord, shard).as_str(),
+                format!("49{ord:030}{shard:024}")
+            );
+        }
+        for (shard, cursor, now) in [(0, 0, 0), (3, 17, 123_456_789), (63, usize::MAX, u64::MAX)] {
+            let it = Kinesis::iterator(shard, cursor, now).0;
+            assert_eq!(it, format!("it/{shard}/{cursor}/{now}"));
+            assert_eq!(
+                Kinesis::parse_iterator(&it),
+                Some((shard as u64, cursor as u64, now))
+            );
+        }
+        for bad in [
+            "",
+            "it/",
+            "it/1/2",
+            "it/1/2/3/4",
+            "it/1//3",
+            "x/1/2/3",
+            "it/1/2/x",
+            "it/1/2/99999999999999999999",
+        ] {
+            assert_eq!(Kinesis::parse_iterator(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -333,6 +333,9 @@ pub struct RunReport {
     pub heal: Option<Micros>,
     /// Leases lost, by reason (`Taken`, `SelfFenced`, `HandedOff`, ...).
     pub lost: std::collections::BTreeMap<String, u64>,
+    /// Lease rows still owned by a worker incarnation when it completed a
+    /// graceful shutdown (summed over shutdowns).
+    pub owned_after_shutdown: u64,
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

@@ -49,7 +49,21 @@
 //!   conditional write, so a drained shard is never left ended but owned.
 //! - Ambiguous answers (applied or not) are resolved by reading the row:
 //!   a take whose row names us is adopted, a final write whose row moved on
-//!   is done; failed writes that were surely not applied are retried.
+//!   is done; failed writes that were surely not applied are retried. A
+//!   write refused by its condition is not sent again on a read sent before
+//!   the refusal (that read still shows the old row; a refused write costs
+//!   a write unit all the same).
+//! - Cost of creating rows: a row is created only when a table view read
+//!   after ListShards lacks it, by one designated creator (the live workers
+//!   in owner order, a stable hash of the shard picks one); the others
+//!   create it only if a view two heartbeat-read intervals later still
+//!   lacks it. Free rows are taken in the same spread, so a fleet starting
+//!   together neither races on creates nor on takes.
+//! - Shutdown: after the last release, one more read of every stream with
+//!   a hand-off request of ours outstanding, so a lease transferred to us
+//!   meanwhile is released rather than left to our dead incarnation; a
+//!   worker fenced on the way out still sends its final writes (they are
+//!   conditional on its token) before its final heartbeat.
 //!
 //! Invariants (checked by `LeaseManager::check_invariants` and the tests):
 //! at most one held entry per shard; a fenced manager holds nothing; the
@@ -156,8 +170,12 @@ enum Leaving {
         to: Owner,
         checkpoint: Option<Checkpoint>,
     },
-    /// Release (fatal shard error, shutdown).
-    Release { checkpoint: Option<Checkpoint> },
+    /// Release (fatal shard error, shutdown, or a hand-off whose taker is
+    /// gone: then `reread`, so the free row is balanced again at once).
+    Release {
+        checkpoint: Option<Checkpoint>,
+        reread: bool,
+    },
     /// Shard drained: release with `SHARD_END` in one conditional write.
     Finish,
 }
@@ -819,7 +837,9 @@ impl LeaseManager {
 
     /// Graceful hand-off after [`LeaseEvent::HandoffRequested`]: Transfer
     /// with the final checkpoint -> `Lost{HandedOff}` (`Lost{Taken}` if
-    /// refused). Ignored when no hand-off was requested for the lease.
+    /// refused); a Release instead (-> `Lost{Released}`) when the taker is
+    /// gone by now (shut down or expired), so no row is handed to a dead
+    /// worker. Ignored when no hand-off was requested for the lease.
     pub(crate) fn transfer(
         &mut self,
         now: Instant,
@@ -835,13 +855,21 @@ impl LeaseManager {
             return;
         };
         if h.leaving.is_none() {
-            h.leaving = Some((
+            let taker_gone = self.is_expired(&to);
+            let leaving = if taker_gone {
+                Leaving::Release {
+                    checkpoint: final_cp,
+                    reread: true,
+                }
+            } else {
                 Leaving::Transfer {
                     to,
                     checkpoint: final_cp,
-                },
-                FinalState::Queued,
-            ));
+                }
+            };
+            if let Some(h) = self.held.get_mut(shard) {
+                h.leaving = Some((leaving, FinalState::Queued));
+            }
         }
         self.pump_shard(shard, mint);
         self.drive(now, mint);
@@ -876,7 +904,13 @@ impl LeaseManager {
             return;
         };
         if h.leaving.is_none() {
-            h.leaving = Some((Leaving::Release { checkpoint: cp }, FinalState::Queued));
+            h.leaving = Some((
+                Leaving::Release {
+                    checkpoint: cp,
+                    reread: false,
+                },
+                FinalState::Queued,
+            ));
         }
         self.pump_shard(shard, mint);
         self.drive(now, mint);
@@ -1499,9 +1533,17 @@ impl LeaseManager {
                 _ if !ours => self.lose(&shard, LostReason::Taken),
                 _ => {
                     // Backup path for hand-off requests: the row itself
-                    // names a live pending owner.
+                    // names a live pending owner. A pending owner that is
+                    // gone (it shut down or died right after asking) would
+                    // block every later hand-off of the lease: the lease is
+                    // given up the same graceful way (`transfer` releases
+                    // it instead), which clears the mark.
                     if let Some(p) = row.and_then(|r| r.pending_owner.clone()) {
-                        if p != self.me && !self.fenced && !self.shutting_down && self.is_live(&p) {
+                        if p != self.me
+                            && !self.fenced
+                            && !self.shutting_down
+                            && (self.is_live(&p) || self.is_expired(&p))
+                        {
                             self.request_seen(&shard, &p);
                         }
                     }
@@ -2020,7 +2062,7 @@ impl LeaseManager {
                     checkpoint: checkpoint.clone(),
                 }
             }
-            Leaving::Release { checkpoint } => {
+            Leaving::Release { checkpoint, .. } => {
                 *checkpoint = ahead(checkpoint.take().max(queued));
                 LeaseWrite::Release {
                     shard: shard.clone(),
@@ -2160,7 +2202,14 @@ impl LeaseManager {
                     Ok(()) => {
                         let reason = match leaving {
                             Leaving::Transfer { .. } => LostReason::HandedOff,
-                            Leaving::Release { .. } => LostReason::Released,
+                            Leaving::Release { reread, .. } => {
+                                if *reread && !self.shutting_down {
+                                    // The hand-off's taker was gone: the
+                                    // row is free, balance it again now.
+                                    self.read_now(&shard.stream, now);
+                                }
+                                LostReason::Released
+                            }
                             Leaving::Finish => {
                                 self.events.push_back(LeaseEvent::CheckpointWritten {
                                     shard: shard.clone(),
@@ -4267,6 +4316,55 @@ mod tests {
             .rows
             .values()
             .all(|r| r.owner.as_ref().is_none_or(|o| o.worker.as_ref() != "b")));
+    }
+
+    /// Kinesin-sim (a joiner shut down within half a second of asking for
+    /// hand-offs): the rows kept `pending_owner` = the departed taker, which
+    /// blocks every later request for them. The owner gives such a lease
+    /// up gracefully (a release: no row is handed to a dead worker) and
+    /// takes it back, which clears the mark.
+    #[test]
+    fn request_of_a_departed_taker_is_cleared_by_the_owner() {
+        let mut w = World::with_free_shards(2);
+        let a = w.add_node("a", 1);
+        w.run_until(secs(10.0));
+        assert_eq!(w.holds(a), 2);
+        let b = w.add_node("b", 1);
+        let asked: Vec<ShardRef> = w
+            .rows
+            .values()
+            .filter(|r| r.pending_owner == Some(Owner::new("b", 1)))
+            .map(|r| r.shard.clone())
+            .collect();
+        assert_eq!(asked.len(), 1, "b asked at once");
+        let shard = asked[0].clone();
+        let token = w.rows[&shard].token;
+        // b leaves before a has seen the request.
+        w.with(b, |m, now, mint| m.shutdown(now, mint));
+        assert!(w.nodes[b].mgr.is_shut_down());
+        assert_eq!(w.rows[&shard].pending_owner, Some(Owner::new("b", 1)));
+        w.run_for(secs(40.0));
+        let row = &w.rows[&shard];
+        assert_eq!(row.pending_owner, None, "the stale request is cleared");
+        assert_eq!(
+            row.owner,
+            Some(Owner::new("a", 1)),
+            "and the lease taken back"
+        );
+        assert_eq!(row.token, token.next().next());
+        assert!(w
+            .lost(a)
+            .iter()
+            .any(|(_, s, r)| *s == shard && *r == LostReason::Released));
+        assert!(
+            w.actions(a, |x| matches!(
+                write_of(x),
+                Some(LeaseWrite::Transfer { .. })
+            ))
+            .is_empty(),
+            "nothing handed to the departed worker"
+        );
+        assert_eq!(w.holds(a), 2);
     }
 
     #[test]

@@ -33,6 +33,11 @@
 //!   [`Worker::poll_event`] (for the application),
 //!   [`Worker::poll_timeout`] (when to call `handle_timeout`, and why).
 //!
+//! Cost: an input or timeout visits only the shards it touched (and the
+//! ones whose deadline it reached, and, when pool room appears, the ones
+//! waiting for credit), in key order: the same outputs, in the same order,
+//! as a walk of every shard, without the walk (`Worker::pump`).
+//!
 //! Drain order: after every input or command, drain `poll_action` until
 //! `None` and `poll_event` until `None` (either order; neither depends on
 //! the other being drained first), then wait for the next input or for

@@ -166,10 +166,10 @@ fn shutdown_right_after_requesting_handoff_releases_transferred_lease() -> Resul
 }
 
 /// The same bug, caught in the act: the joiner shuts down after the owner
-/// transferred a lease to it but before any of its reads showed the
-/// transfer (0.55-0.95 s after it joined). Before the fix its
-/// shutdown completed at once and left those rows owned by its dead
-/// incarnation; now its last read of the table releases them.
+/// transferred leases to it but before any of its reads showed the
+/// transfers (0.55-0.95 s after it joined). Before the fix its shutdown
+/// completed at once and left those rows owned by its dead incarnation;
+/// now its last read of the table releases them.
 #[test]
 fn shutdown_just_after_a_transfer_leaves_no_row_to_the_dead_incarnation() -> Result<()> {
     for delta_ms in [550, 600, 650, 700, 950] {
@@ -183,6 +183,22 @@ fn shutdown_just_after_a_transfer_leaves_no_row_to_the_dead_incarnation() -> Res
             r.owned_after_shutdown, 0,
             "shutdown {delta_ms} ms after the join left rows to w1#1"
         );
+    }
+    Ok(())
+}
+
+/// A joiner that shuts down within half a second of asking for hand-offs
+/// (before the owner saw the requests) left `pending_owner` on those rows
+/// for good, blocking their hand-offs: the heal phase never converged.
+#[test]
+fn taker_that_leaves_right_after_asking_does_not_block_hand_offs() -> Result<()> {
+    for delta_ms in [50, 250, 500] {
+        let mut p = quiet("handoff-shutdown", 8, 1);
+        p.script = vec![
+            (60 * SEC, Op::Join),
+            (60 * SEC + delta_ms * MS, Op::Shutdown(1)),
+        ];
+        ok(p)?;
     }
     Ok(())
 }

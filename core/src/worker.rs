@@ -1186,24 +1186,11 @@ impl Worker {
                 StartFrom::Timestamp { unix_ms } => StartPosition::AtTimestamp { unix_ms },
             },
         };
-        let mode = match &self.config.retrieval {
-            Retrieval::Polling {
-                idle_interval,
-                min_interval,
-                max_records,
-            } => ReaderMode::Polling {
-                idle_interval: *idle_interval,
-                min_interval: *min_interval,
-                max_records: *max_records,
-            },
-            Retrieval::Efo { .. } => ReaderMode::Efo {
-                consumer_arn: self
-                    .registrations
-                    .get(&shard.stream)
-                    .and_then(|r| r.arn().map(str::to_owned)),
-                backpressure_timeout: self.config.backpressure_timeout,
-            },
-        };
+        let consumer_arn = self
+            .registrations
+            .get(&shard.stream)
+            .and_then(|r| r.arn().map(str::to_owned));
+        let mode = ReaderMode::from_config(&self.config, consumer_arn);
         let seed = self.rng.next_u64();
         let mut reader = ShardReader::new(shard.clone(), start, mode, seed, now);
         if let Some((last, riu)) = self.spacing.remove(&shard) {

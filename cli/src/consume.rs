@@ -25,6 +25,8 @@ use crate::ConsumeArgs;
 
 /// Batches written before a flush and their acks, at most.
 const MAX_UNFLUSHED_BATCHES: usize = 256;
+/// How often `--exit-when-idle` looks whether reading has started.
+const IDLE_START_CHECK: Duration = Duration::from_millis(250);
 /// Default batch size of the CLI (the library's default is 1, as Bento).
 const CLI_BATCH_COUNT: u32 = 500;
 
@@ -181,18 +183,34 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let mut delivered: u64 = 0;
     let mut shards_seen: HashMap<String, ()> = HashMap::new();
-    let mut last_record = Instant::now();
+    // --exit-when-idle counts from the first held shard (or first batch),
+    // not from launch: registering an EFO consumer and taking leases can
+    // take longer than a small idle value.
+    let mut last_record: Option<Instant> = None;
     let mut b64 = String::new();
     let mut unflushed: Vec<Batch> = Vec::new();
     let mut batches = consumer.batches();
 
     let outcome: Result<Stop> = loop {
-        let idle_at = idle.map(|d| last_record + d);
+        if last_record.is_none() && stats.leases_held() > 0 {
+            last_record = Some(Instant::now());
+        }
+        let idle_at = match (idle, last_record) {
+            (Some(d), Some(from)) => Some(from + d),
+            // Not reading yet: look again shortly.
+            (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
+            (None, _) => None,
+        };
         let first = tokio::select! {
             b = batches.next() => b,
             _ = sigterm.recv() => break Ok(Stop::Signal("SIGTERM")),
             _ = sigint.recv() => break Ok(Stop::Signal("SIGINT")),
-            _ = sleep_until(idle_at) => break Ok(Stop::Idle),
+            _ = sleep_until(idle_at) => {
+                if last_record.is_some() {
+                    break Ok(Stop::Idle);
+                }
+                continue;
+            }
             _ = tick.tick() => {
                 if progress_on {
                     progress.show(delivered, stats.leases_held());
@@ -223,8 +241,8 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
                 Some(Ok(batch)) => batch,
             };
             let n = batch.records().len() as u64;
-            if n > 0 {
-                last_record = Instant::now();
+            if n > 0 || last_record.is_none() {
+                last_record = Some(Instant::now());
             }
             let take = match args.max_records {
                 Some(max) => n.min(max.saturating_sub(delivered)),

@@ -78,7 +78,8 @@ pub struct ConsumeArgs {
     /// timestamp (default oldest).
     #[arg(long, value_name = "oldest|latest|RFC3339-TIMESTAMP", value_parser = config::parse_start)]
     pub start: Option<config::Start>,
-    /// Stop gracefully after SECS with no new record on any held shard.
+    /// Stop gracefully after SECS with no new record on any held shard
+    /// (counted from the first held shard, not from launch).
     #[arg(long, value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
     /// Stop gracefully after N records delivered.

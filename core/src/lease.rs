@@ -1463,7 +1463,13 @@ impl LeaseManager {
         if let Some(view) = self.views.get_mut(stream) {
             // Rows left to their designated creator are checked again once
             // they are overdue.
-            let recheck = view.deferred.values().min().map(|since| *since + grace);
+            // Never in the past: an overdue row was created by this very
+            // pass, so a past recheck would only spin reads.
+            let recheck = view
+                .deferred
+                .values()
+                .min()
+                .map(|since| (*since + grace).max(now + self.timing.heartbeat_read));
             view.next_read = if view.read_again {
                 view.read_again = false;
                 now
@@ -1624,6 +1630,13 @@ impl LeaseManager {
     /// lacks it (the designated creator may be dead or slow to read).
     fn create_missing(&mut self, now: Instant, stream: &StreamId, mint: &mut IdMint) {
         if self.shutting_down || self.final_beat != FinalBeat::NotYet {
+            // Nothing is created any more, so nothing is deferred either: a
+            // deferral left here would schedule a recheck in the past and
+            // the stream would be read again at once, forever (fuzz worker,
+            // CI run of stop 8).
+            if let Some(view) = self.views.get_mut(stream) {
+                view.deferred.clear();
+            }
             return;
         }
         let Some(view) = self.views.get(stream) else {
@@ -3852,6 +3865,48 @@ mod tests {
         w.run_until(secs(5.0));
         assert_eq!(creates(&w, a).len(), 8, "the rest once overdue");
         assert_eq!(w.rows.len(), 8);
+    }
+
+    /// Fuzz worker (CI, stop 8): a worker shutting down while rows are
+    /// deferred to a silent designated creator read the lease table again
+    /// the moment each read was answered, and never finished shutting down.
+    #[test]
+    fn shutdown_with_rows_deferred_to_another_creator_does_not_spin_reads() {
+        let mut w = World::new();
+        w.beats.insert(
+            "d".into(),
+            HeartbeatRow {
+                owner: Owner::new("d", 1),
+                beat: 1,
+                held: 0,
+                wants: Vec::new(),
+                alive: true,
+            },
+        );
+        let infos: Vec<ShardInfo> = (0..8).map(|i| info(i, &[], false)).collect();
+        let a = w.add_node("a", 1);
+        w.with(a, |m, now, mint| {
+            m.handle_shards(now, &stream(), &infos, mint)
+        });
+        w.run_until(secs(1.5));
+        let created = creates(&w, a).len();
+        assert!(created < 8, "some rows deferred to d: {created}");
+        w.with(a, |m, now, mint| m.shutdown(now, mint));
+        let reads_before = w.actions(a, is_read).len();
+        w.run_until(secs(20.0));
+        let reads = w.actions(a, is_read).len() - reads_before;
+        assert!(reads <= 20, "{reads} lease reads in 18.5 s of shutdown");
+        let held: Vec<ShardRef> = w.reading(a).into_iter().collect();
+        for s in &held {
+            w.with(a, |m, now, mint| m.release(now, s, None, mint));
+        }
+        w.run_until(secs(25.0));
+        assert!(w.nodes[a].mgr.is_shut_down());
+        assert_eq!(
+            creates(&w, a).len(),
+            created,
+            "nothing created after shutdown"
+        );
     }
 
     #[test]

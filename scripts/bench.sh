@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Benchmarks on the local emulators (figures, not pass/fail tests):
+#
+#   scripts/bench.sh                 throughput, then memory
+#   scripts/bench.sh throughput      (a) bare aws-sdk-kinesis loop vs (b) kinesin consume
+#   scripts/bench.sh memory          200 shards, stalled sink, 64 MiB pool budget
+#
+# throughput: preloads one stream (KINESIN_BENCH_SHARDS=8 shards,
+#   KINESIN_BENCH_RECORDS=40000 records of KINESIN_BENCH_SIZE=200 bytes), then
+#   reads all of it from TRIM_HORIZON, for polling and for EFO, with
+#   (a) cli/examples/bare_sdk.rs: the same SDK calls, no leases, no
+#       checkpoints, no flow control;
+#   (b) kinesin consume: local lease store, checkpoints, pool, batching;
+#   both writing the same JSON Lines to a file. Prints CPU seconds per
+#   million records, wall time and peak RSS of each, and the ratio b/a
+#   (target: CPU per record b/a <= 1.25). Output line counts are checked.
+#
+# memory: a KINESIN_MEM_SHARDS=200-shard stream preloaded with
+#   KINESIN_MEM_RECORDS=24000 records of KINESIN_MEM_SIZE=5000 bytes (~115 MiB,
+#   more than the budget), read by kinesin consume over EFO with
+#   max_pending_bytes 64 MiB into a sink that never reads (a pipe nobody
+#   drains) for KINESIN_MEM_SECONDS=40 s. Prints peak RSS against budget +
+#   64 MiB, and the same run with a 512 MiB budget to show the budget is what
+#   bounds it.
+#
+# Builds release binaries once (cargo build --release), starts the emulators
+# unless they run (and stops them at the end if it started them). The
+# emulators run on this machine too, so CPU figures are the consumer
+# process's own (rusage), not the machine's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHAT=${1:-all}
+case $WHAT in throughput | memory | all) ;; *)
+  echo "usage: scripts/bench.sh [throughput|memory|all]" >&2
+  exit 2
+  ;;
+esac
+
+SHARDS=${KINESIN_BENCH_SHARDS:-8}
+RECORDS=${KINESIN_BENCH_RECORDS:-40000}
+SIZE=${KINESIN_BENCH_SIZE:-200}
+MEM_SHARDS=${KINESIN_MEM_SHARDS:-200}
+MEM_RECORDS=${KINESIN_MEM_RECORDS:-24000}
+MEM_SIZE=${KINESIN_MEM_SIZE:-5000}
+MEM_SECONDS=${KINESIN_MEM_SECONDS:-40}
+
+say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+
+say "building release binaries (kinesin, example bare_sdk)"
+cargo build -q --release -p kinesin-cli --bin kinesin --example bare_sdk
+K=$PWD/target/release/kinesin
+BARE=$PWD/target/release/examples/bare_sdk
+MEASURE=$PWD/scripts/measure.py
+
+STARTED_EMULATORS=0
+if scripts/emulators.sh status >/dev/null 2>&1; then
+  say "emulators already running: using them"
+else
+  say "starting the emulators (scripts/emulators.sh start)"
+  scripts/emulators.sh start
+  STARTED_EMULATORS=1
+fi
+eval "$(scripts/emulators.sh env)"
+WORK=$(mktemp -d /tmp/kinesin-bench.XXXXXX)
+cleanup() {
+  local rc=$?
+  if [ "$STARTED_EMULATORS" = 1 ]; then scripts/emulators.sh stop || true; fi
+  exit $rc
+}
+trap cleanup EXIT
+RUN=bench-$(date +%s)-$$
+say "work dir: $WORK"
+
+field() { # json key
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+per_m() { # cpu_s records
+  awk -v c="$1" -v n="$2" 'BEGIN { printf "%.2f", c * 1e6 / n }'
+}
+
+ROWS=()
+row() { # label json records
+  local cpu wall rss
+  cpu=$(field "$2" cpu_s)
+  wall=$(field "$2" wall_s)
+  rss=$(field "$2" peak_rss_mb)
+  ROWS+=("$(printf '%-34s %10s %9s %9s %11s' "$1" "$(per_m "$cpu" "$3")" "$cpu" "$wall" "$rss")")
+  echo "${ROWS[-1]}" >&2
+}
+
+check_lines() { # file expected label
+  local n distinct
+  n=$(wc -l <"$1" | tr -d ' ')
+  distinct=$(python3 -c '
+import json, sys
+seen = set()
+for line in open(sys.argv[1]):
+    seen.add(json.loads(line)["data"])
+print(len(seen))' "$1")
+  if [ "$distinct" -lt "$2" ]; then
+    echo "bench: $3 wrote $n lines, $distinct distinct records, expected $2" >&2
+    exit 1
+  fi
+}
+
+throughput() {
+  local stream=$RUN-t
+  say "preloading $stream: $SHARDS shards, $RECORDS records of $SIZE bytes"
+  $K produce --stream "$stream" --create --shards "$SHARDS" --count "$RECORDS" \
+    --size "$SIZE" --keys 256 2>&1 | grep -v INFO >&2
+  local mode a b ratio
+  RATIOS=()
+  for mode in polling efo; do
+    local efo_bare=() efo_k=()
+    if [ $mode = efo ]; then
+      efo_bare=(--consumer "$RUN-bare")
+      efo_k=(--efo "$RUN-kinesin")
+    fi
+    say "$mode: (a) bare aws-sdk-kinesis loop"
+    a=$(python3 "$MEASURE" --out "$WORK/bare-$mode.jsonl" -- \
+      "$BARE" --stream "$stream" --mode $mode "${efo_bare[@]}" --expect "$RECORDS")
+    check_lines "$WORK/bare-$mode.jsonl" "$RECORDS" "bare $mode"
+    [ "$(field "$a" exit)" = 0 ] || { echo "bench: bare $mode failed: $a" >&2; exit 1; }
+    row "$mode (a) bare SDK loop" "$a" "$RECORDS"
+    say "$mode: (b) kinesin consume"
+    b=$(python3 "$MEASURE" --out "$WORK/kinesin-$mode.jsonl" -- \
+      "$K" consume --stream "$stream" "${efo_k[@]}" --local-store "$WORK/state-$mode" \
+      --worker-id bench --max-records "$RECORDS")
+    check_lines "$WORK/kinesin-$mode.jsonl" "$RECORDS" "kinesin $mode"
+    [ "$(field "$b" exit)" = 0 ] || { echo "bench: kinesin $mode failed: $b" >&2; exit 1; }
+    row "$mode (b) kinesin consume" "$b" "$RECORDS"
+    ratio=$(awk -v a="$(field "$a" cpu_s)" -v b="$(field "$b" cpu_s)" 'BEGIN { printf "%.2f", b / a }')
+    RATIOS+=("$(printf '%-8s CPU per record b/a = %s (target <= 1.25)' $mode "$ratio")")
+  done
+}
+
+MEM=()
+memory() {
+  local stream=$RUN-m budget_mb out
+  say "preloading $stream: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes"
+  $K produce --stream "$stream" --create --shards "$MEM_SHARDS" --count "$MEM_RECORDS" \
+    --size "$MEM_SIZE" --keys 4000 2>&1 | grep -v INFO >&2
+  for budget_mb in 64 512; do
+    cat >"$WORK/mem-$budget_mb.yaml" <<EOF
+max_pending_bytes: $((budget_mb * 1024 * 1024))
+max_pending_records: 1000000
+EOF
+    say "EFO, stalled sink, pool budget $budget_mb MiB, $MEM_SECONDS s"
+    out=$(python3 "$MEASURE" --stall "$MEM_SECONDS" -- \
+      "$K" consume --stream "$stream" --efo "$RUN-mem-$budget_mb" \
+      --config "$WORK/mem-$budget_mb.yaml" --local-store "$WORK/state-mem-$budget_mb" \
+      --worker-id bench 2>"$WORK/mem-$budget_mb.log")
+    local rss held
+    rss=$(field "$out" peak_rss_mb)
+    # The store as the killed process left it: leases it held, and how
+    # many heartbeats it wrote (they go on while the sink is stalled).
+    held=$(python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1] + "/leases.json"))
+owned = sum(1 for r in t["leases"] if r.get("owner"))
+beats = max((h["beat"] for h in t["heartbeats"]), default=0)
+rows = len(t["leases"])
+print(f"{owned} of {rows} leases held at the kill, heartbeat {beats}")' "$WORK/state-mem-$budget_mb")
+    MEM+=("$(printf 'budget %4s MiB: peak RSS %7s MiB (bound: budget + 64 = %s MiB); %s' \
+      "$budget_mb" "$rss" $((budget_mb + 64)) "$held")")
+    echo "${MEM[-1]}" >&2
+  done
+}
+
+case $WHAT in
+throughput) throughput ;;
+memory) memory ;;
+all)
+  throughput
+  memory
+  ;;
+esac
+
+echo
+echo "================ kinesin benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores) ================"
+if [ ${#ROWS[@]} -gt 0 ]; then
+  echo "stream: $SHARDS shards, $RECORDS records of $SIZE bytes, read from TRIM_HORIZON into a JSON Lines file"
+  printf '%-34s %10s %9s %9s %11s\n' "run" "CPU s/M" "CPU s" "wall s" "peak RSS MB"
+  printf '%s\n' "${ROWS[@]}"
+  printf '%s\n' "${RATIOS[@]}"
+fi
+if [ ${#MEM[@]} -gt 0 ]; then
+  echo "memory: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes, EFO, stalled sink, $MEM_SECONDS s"
+  printf '%s\n' "${MEM[@]}"
+fi

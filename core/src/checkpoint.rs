@@ -455,6 +455,18 @@ mod tests {
         assert_eq!(t.deliver(ext(3, 0), true, 1), Err(TrackerError::ShardEnded));
     }
 
+    /// cargo-mutants survivor (`||` -> `&&` in `deliver`): the shard end
+    /// refuses deliveries at once, not only after the pending batches
+    /// were acknowledged.
+    #[test]
+    fn deliver_refused_after_shard_end_while_batches_pending() {
+        let mut t = CheckpointTracker::new(None, 100);
+        t.deliver(ext(1, 0), true, 1).unwrap();
+        t.mark_shard_end();
+        assert_eq!(t.deliver(ext(2, 0), true, 1), Err(TrackerError::ShardEnded));
+        assert_eq!(t.pending_records(), 1, "nothing changed");
+    }
+
     #[test]
     fn empty_shard_end_is_drained_immediately() {
         let mut t = CheckpointTracker::new(Some(after(5)), 100);

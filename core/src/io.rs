@@ -437,7 +437,9 @@ pub enum Action {
         /// ConsumerARN.
         consumer_arn: String,
         /// StartingPosition. For [`StartPosition::AtSubSequence`] the runtime
-        /// leaves out user records the position does not admit.
+        /// leaves out user records the position does not admit, in every
+        /// event of the subscription (the aggregate holding the position
+        /// may arrive after an empty first event).
         position: StartPosition,
     },
     /// Credit: read exactly one event from the subscription's stream ->

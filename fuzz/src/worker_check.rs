@@ -329,8 +329,11 @@ impl WorkerHarness {
                 } else {
                     Vec::new()
                 };
+                // The filter stays for the whole subscription, as in the
+                // runtime (kinesin-aws `Subscription::next_event`): the first
+                // event may be empty and the aggregate holding the position
+                // arrive in a later one.
                 cursor.next = next;
-                cursor.filter = None;
                 let millis_behind = self.behind(&cursor);
                 self.subs.insert(sub, (!at_end).then_some(cursor));
                 self.chunks.insert(chunk, records.clone());

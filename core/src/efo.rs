@@ -763,6 +763,51 @@ mod tests {
         assert_eq!(h.reg.state_name(), "registering");
     }
 
+    /// cargo-mutants survivor: the op check while describing, too.
+    #[test]
+    fn describe_answer_with_another_op_is_not_ours() {
+        let t0 = crate::test_epoch();
+        let mut h = H::name(t0);
+        let op = h.register(t0);
+        h.answer(t0, op, Err(ErrorClass::ResourceInUse));
+        let op = h.describe(t0, None);
+        let other = OpId::from_raw(op.raw() + 100);
+        assert!(!h.reg.handle_input(
+            t0,
+            &Input::Consumer {
+                op: other,
+                result: info(ConsumerStatus::Active)
+            }
+        ));
+        assert_eq!(h.reg.arn(), None);
+        assert_eq!(h.reg.state_name(), "describing");
+        h.answer(t0, op, info(ConsumerStatus::Active));
+        assert_eq!(h.reg.arn(), Some(ARN));
+    }
+
+    /// cargo-mutants survivor: ACTIVE with no ARN cannot be subscribed
+    /// with; the consumer is described again instead of used.
+    #[test]
+    fn active_without_arn_is_described_again() {
+        let t0 = crate::test_epoch();
+        let mut h = H::name(t0);
+        let op = h.register(t0);
+        h.answer(
+            t0,
+            op,
+            Ok(ConsumerInfo {
+                arn: String::new(),
+                status: ConsumerStatus::Active,
+            }),
+        );
+        assert_eq!(h.reg.arn(), None);
+        assert_ne!(h.reg.state_name(), "active");
+        let op = h.describe(t0 + secs(2), None);
+        h.answer(t0 + secs(2), op, info(ConsumerStatus::Active));
+        assert_eq!(h.reg.state_name(), "active");
+        assert_eq!(h.reg.arn(), Some(ARN));
+    }
+
     #[test]
     fn consumer_name_is_read_from_an_arn() {
         assert_eq!(consumer_name_of(ARN), "app");

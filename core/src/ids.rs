@@ -429,6 +429,27 @@ mod tests {
             h.finish()
         };
         assert_eq!(hash(&a), hash(&StreamId::new(a.as_str())));
+        assert_ne!(a, b);
+        assert_ne!(hash(&a), hash(&b));
+    }
+
+    /// cargo-mutants survivors: the ids go into users' HashMaps, so equal
+    /// ids (shared or not) hash alike and different ones apart.
+    #[test]
+    fn ids_hash_agrees_with_eq() {
+        fn hash<T: Hash>(x: &T) -> u64 {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x.hash(&mut h);
+            h.finish()
+        }
+        for (x, y) in [("shardId-000000000001", "shardId-000000000002"), ("a", "b")] {
+            assert_eq!(hash(&ShardId::new(x)), hash(&ShardId::new(x)));
+            assert_ne!(hash(&ShardId::new(x)), hash(&ShardId::new(y)));
+        }
+        let (o1, o2) = (Owner::new("w", 1), Owner::new("w", 2));
+        assert_eq!(hash(&o1), hash(&Owner::new("w", 1)));
+        assert_ne!(hash(&o1), hash(&o2));
+        assert_ne!(hash(&o1), hash(&Owner::new("v", 1)));
     }
 
     #[test]

@@ -728,6 +728,16 @@ mod tests {
         assert_eq!(next.owner, Some(a));
         assert_eq!(next.token, FencingToken(1));
         assert!(w.apply(Some(&next)).is_err(), "stale take must fail");
+        // Owner as expected but the token moved on (released and taken
+        // again meanwhile), or the reverse: refused either way
+        // (cargo-mutants survivor: `||` -> `&&`).
+        let mut released = next.clone();
+        released.owner = None;
+        released.token = FencingToken(2);
+        assert!(w.apply(Some(&released)).is_err(), "same owner, newer token");
+        let mut other = row.clone();
+        other.owner = Some(Owner::new("b", 1));
+        assert!(w.apply(Some(&other)).is_err(), "same token, other owner");
     }
 
     #[test]

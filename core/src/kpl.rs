@@ -525,6 +525,33 @@ mod tests {
         }
     }
 
+    /// Past 127 partition keys the key index takes two varint bytes: the
+    /// record length must still count the explicit hash key index right
+    /// (cargo-mutants survivor in `aggregate`).
+    #[test]
+    fn kpl_round_trip_with_many_keys_and_explicit_hash_keys() {
+        let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+        let ehks: Vec<String> = (0..300).map(|i| (i * 7).to_string()).collect();
+        let input: Vec<AggRecord<'_>> = keys
+            .iter()
+            .zip(&ehks)
+            .enumerate()
+            .map(|(i, (k, e))| AggRecord {
+                partition_key: k.as_bytes(),
+                explicit_hash_key: (i % 3 != 0).then_some(e.as_bytes()),
+                data: k.as_bytes(),
+            })
+            .collect();
+        let bytes = aggregate(&input);
+        let subs = deaggregate(&bytes).expect("aggregate round trips");
+        assert_eq!(subs.len(), input.len());
+        for (sub, original) in subs.iter().zip(&input) {
+            assert_eq!(sub.partition_key, original.partition_key);
+            assert_eq!(sub.explicit_hash_key, original.explicit_hash_key);
+            assert_eq!(sub.data, original.data);
+        }
+    }
+
     #[test]
     fn kpl_sub_records_borrow_from_input() {
         let bytes = aggregate(&sample());

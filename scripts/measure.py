@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Run one command and report its CPU time, wall time and peak RSS.
 
-    scripts/measure.py [--out FILE] [--stall SECS] -- COMMAND...
+    scripts/measure.py [--out FILE] [--err FILE] [--stall SECS] -- COMMAND...
 
 Prints one JSON object on stdout: {"cpu_s", "user_s", "sys_s", "wall_s",
 "peak_rss_mb", "exit"} for the command (and any child it waits for), taken
 from wait4()'s rusage, so nothing samples and nothing is missed.
 
 --out FILE    the command's stdout goes to FILE (default /dev/null).
+--err FILE    the command's stderr goes to FILE (default: inherited).
 --stall SECS  a stalled sink: the command's stdout is a pipe nobody reads,
               so its writes block once the pipe buffer is full; after SECS
               the command gets SIGKILL (it cannot finish a graceful stop with
@@ -27,11 +28,14 @@ import time
 def main() -> int:
     args = sys.argv[1:]
     out = "/dev/null"
+    err = None
     stall = None
     while args and args[0] != "--":
         flag = args.pop(0)
         if flag == "--out":
             out = args.pop(0)
+        elif flag == "--err":
+            err = args.pop(0)
         elif flag == "--stall":
             stall = float(args.pop(0))
         else:
@@ -42,12 +46,13 @@ def main() -> int:
         return 2
     cmd = args[1:]
 
+    errf = open(err, "ab") if err else None
     start = time.monotonic()
     if stall is None:
         with open(out, "wb") as f:
-            proc = subprocess.Popen(cmd, stdout=f)
+            proc = subprocess.Popen(cmd, stdout=f, stderr=errf)
     else:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf)
 
         def kill(_signum, _frame):
             try:

@@ -3909,6 +3909,103 @@ mod tests {
         );
     }
 
+    /// The checker the worker and the simulator rely on does fail: each
+    /// corruption of a healthy manager is reported (cargo-mutants showed
+    /// `check_invariants -> Ok(())` surviving every test before).
+    #[test]
+    fn check_invariants_reports_each_corruption() {
+        let healthy = || {
+            let mut w = World::with_free_shards(2);
+            let a = w.add_node("a", 1);
+            w.run_until(secs(5.0));
+            assert_eq!(w.holds(a), 2);
+            assert_eq!(w.nodes[a].mgr.check_invariants(), Ok(()));
+            (w, a)
+        };
+        let held: ShardRef = {
+            let (w, a) = healthy();
+            w.nodes[a].mgr.held.keys().next().unwrap().clone()
+        };
+        let request = Request {
+            owner: Owner::new("b", 1),
+            token: FencingToken(1),
+            state: RequestState::Sending,
+            confirmed: false,
+        };
+        let corruptions: Vec<(&str, Box<dyn Fn(&mut LeaseManager)>)> = vec![
+            ("fenced", Box::new(|m| m.fenced = true)),
+            (
+                "held and requested",
+                Box::new({
+                    let (held, request) = (held.clone(), request.clone());
+                    move |m| {
+                        m.requests.insert(held.clone(), request.clone());
+                    }
+                }),
+            ),
+            (
+                "token 0",
+                Box::new({
+                    let held = held.clone();
+                    move |m| m.held.get_mut(&held).unwrap().token = FencingToken(0)
+                }),
+            ),
+            (
+                "from ourselves",
+                Box::new({
+                    let request = request.clone();
+                    move |m| {
+                        let mut r = request.clone();
+                        r.owner = m.me.clone();
+                        m.requests.insert(sref(9), r);
+                    }
+                }),
+            ),
+            (
+                "unknown op",
+                Box::new(|m| {
+                    m.busy.insert(sref(9), OpId::from_raw(999_999));
+                }),
+            ),
+            (
+                "write of another shard",
+                Box::new(|m| {
+                    let op = OpId::from_raw(999_998);
+                    m.ops.insert(
+                        op,
+                        Op::WriteLease {
+                            write: LeaseWrite::Create(LeaseRow::new(sref(8), vec![], 0)),
+                            kind: WriteKind::Create,
+                            base: Box::new(None),
+                        },
+                    );
+                    m.busy.insert(sref(9), op);
+                }),
+            ),
+            (
+                "write without busy shard",
+                Box::new(|m| {
+                    m.ops.insert(
+                        OpId::from_raw(999_997),
+                        Op::WriteLease {
+                            write: LeaseWrite::Create(LeaseRow::new(sref(8), vec![], 0)),
+                            kind: WriteKind::Create,
+                            base: Box::new(None),
+                        },
+                    );
+                }),
+            ),
+        ];
+        for (what, corrupt) in corruptions {
+            let (mut w, a) = healthy();
+            corrupt(&mut w.nodes[a].mgr);
+            assert!(
+                w.nodes[a].mgr.check_invariants().is_err(),
+                "{what}: not reported"
+            );
+        }
+    }
+
     #[test]
     fn no_create_before_the_first_table_view() {
         let mut w = World::new();

@@ -25,9 +25,12 @@
 #   KINESIN_MEM_RECORDS=24000 records of KINESIN_MEM_SIZE=5000 bytes (~115 MiB,
 #   more than the budget), read by kinesin consume over EFO with
 #   max_pending_bytes 64 MiB into a sink that never reads (a pipe nobody
-#   drains) for KINESIN_MEM_SECONDS=40 s. Prints peak RSS against budget +
+#   drains) for KINESIN_MEM_SECONDS=60 s. Prints peak RSS against budget +
 #   64 MiB, and the same run with a 512 MiB budget to show the budget is what
 #   bounds it.
+#
+# KINESIN_BENCH_STREAM / KINESIN_MEM_STREAM name a stream preloaded by an
+# earlier run (printed) to skip the preload while the emulators keep running.
 #
 # Builds release binaries once (cargo build --release), starts the emulators
 # unless they run (and stops them at the end if it started them). The
@@ -50,7 +53,7 @@ SIZE=${KINESIN_BENCH_SIZE:-200}
 MEM_SHARDS=${KINESIN_MEM_SHARDS:-200}
 MEM_RECORDS=${KINESIN_MEM_RECORDS:-24000}
 MEM_SIZE=${KINESIN_MEM_SIZE:-5000}
-MEM_SECONDS=${KINESIN_MEM_SECONDS:-40}
+MEM_SECONDS=${KINESIN_MEM_SECONDS:-60}
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
@@ -120,10 +123,15 @@ print(json.dumps(runs[len(runs) // 2]))' "$@"
 }
 
 throughput() {
-  local stream=$RUN-t
-  say "preloading $stream: $SHARDS shards, $RECORDS records of $SIZE bytes"
-  $K produce --stream "$stream" --create --shards "$SHARDS" --count "$RECORDS" \
-    --size "$SIZE" --keys 4096 2>&1 | grep -v INFO >&2
+  local stream=${KINESIN_BENCH_STREAM:-}
+  if [ -z "$stream" ]; then
+    stream=$RUN-t
+    say "preloading $stream: $SHARDS shards, $RECORDS records of $SIZE bytes"
+    $K produce --stream "$stream" --create --shards "$SHARDS" --count "$RECORDS" \
+      --size "$SIZE" --keys 4096 2>&1 | grep -v INFO >&2
+  else
+    say "reusing the preloaded stream $stream (KINESIN_BENCH_STREAM; it must hold exactly $RECORDS records)"
+  fi
   local mode a b ratio rep runs_a runs_b
   RATIOS=()
   for mode in polling efo; do
@@ -163,14 +171,20 @@ throughput() {
 
 MEM=()
 memory() {
-  local stream=$RUN-m budget_mb out
-  say "preloading $stream: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes"
-  $K produce --stream "$stream" --create --shards "$MEM_SHARDS" --count "$MEM_RECORDS" \
-    --size "$MEM_SIZE" --keys 4000 2>&1 | grep -v INFO >&2
+  local stream=${KINESIN_MEM_STREAM:-} budget_mb out
+  if [ -z "$stream" ]; then
+    stream=$RUN-m
+    say "preloading $stream: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes"
+    $K produce --stream "$stream" --create --shards "$MEM_SHARDS" --count "$MEM_RECORDS" \
+      --size "$MEM_SIZE" --keys 4000 2>&1 | grep -v INFO >&2
+  else
+    say "reusing the preloaded stream $stream (KINESIN_MEM_STREAM)"
+  fi
   for budget_mb in 64 512; do
     cat >"$WORK/mem-$budget_mb.yaml" <<EOF
 max_pending_bytes: $((budget_mb * 1024 * 1024))
-max_pending_records: 1000000
+enhanced_fan_out:
+  max_pending_records: 1000000
 EOF
     say "EFO, stalled sink, pool budget $budget_mb MiB, $MEM_SECONDS s"
     out=$(python3 "$MEASURE" --stall "$MEM_SECONDS" -- \
@@ -188,8 +202,13 @@ owned = sum(1 for r in t["leases"] if r.get("owner"))
 beats = max((h["beat"] for h in t["heartbeats"]), default=0)
 rows = len(t["leases"])
 print(f"{owned} of {rows} leases held at the kill, heartbeat {beats}")' "$WORK/state-mem-$budget_mb")
-    MEM+=("$(printf 'budget %4s MiB: peak RSS %7s MiB (bound: budget + 64 = %s MiB); %s' \
-      "$budget_mb" "$rss" $((budget_mb + 64)) "$held")")
+    # The pool's use as the consumer logged it every 10 s (its log goes on
+    # while stdout blocks): the largest figure seen.
+    local pool
+    pool=$(grep -o 'pool [0-9]* records / [0-9.]* MiB' "$WORK/mem-$budget_mb.log" |
+      awk '{ print $5 }' | sort -n | tail -n 1)
+    MEM+=("$(printf 'budget %4s MiB: peak RSS %7s MiB (bound: budget + 64 = %s MiB); pool use up to %s MiB; %s' \
+      "$budget_mb" "$rss" $((budget_mb + 64)) "${pool:-?}" "$held")")
     echo "${MEM[-1]}" >&2
   done
 }

@@ -210,6 +210,8 @@ pub struct Driver<R: Runtime> {
     sub_streams: HashMap<SubId, StreamId>,
     shutdown_waiters: Vec<async_channel::Sender<()>>,
     leases_held: usize,
+    /// Pool usage last published as gauges (records, bytes).
+    pool_shown: (u64, u64),
 }
 
 impl<R: Runtime> std::fmt::Debug for Driver<R> {
@@ -261,6 +263,7 @@ impl<R: Runtime> Driver<R> {
             sub_streams: HashMap::new(),
             shutdown_waiters: Vec::new(),
             leases_held: 0,
+            pool_shown: (0, 0),
         };
         (driver, handle)
     }
@@ -451,6 +454,14 @@ impl<R: Runtime> Driver<R> {
             if !progress {
                 break;
             }
+        }
+        // Pool gauges: what is received and not yet acknowledged (also
+        // visible while the application's sink is stalled).
+        let (records, bytes) = self.worker.pool_used();
+        if (records, bytes) != self.pool_shown {
+            self.pool_shown = (records, bytes);
+            metrics::gauge!("kinesin_pool_records").set(records as f64);
+            metrics::gauge!("kinesin_pool_bytes").set(bytes as f64);
         }
     }
 

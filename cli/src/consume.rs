@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -182,6 +184,27 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let mut delivered: u64 = 0;
+    // Off a terminal, a log line every 10 s from its own task, so that it
+    // goes on while writing to stdout blocks (a stalled sink).
+    let shared_delivered = Arc::new(AtomicU64::new(0));
+    let progress_log = (!progress_on).then(|| {
+        let delivered = shared_delivered.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (pool_records, pool_bytes) = stats.pool();
+                info!(
+                    "progress: {} records, {} leases held, pool {pool_records} records / {:.1} MiB, {} lease-table writes",
+                    delivered.load(Ordering::Relaxed),
+                    stats.leases_held(),
+                    pool_bytes as f64 / (1024.0 * 1024.0),
+                    stats.lease_writes()
+                );
+            }
+        })
+    });
     let mut shards_seen: HashMap<String, ()> = HashMap::new();
     // --exit-when-idle counts from the first held shard (or first batch),
     // not from launch: registering an EFO consumer and taking leases can
@@ -214,12 +237,6 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
             _ = tick.tick() => {
                 if progress_on {
                     progress.show(delivered, stats.leases_held());
-                } else if delivered > 0 || started.elapsed() > Duration::from_secs(5) {
-                    info!(
-                        "progress: {delivered} records, {} leases held, {} lease-table writes",
-                        stats.leases_held(),
-                        stats.lease_writes()
-                    );
                 }
                 continue;
             }
@@ -283,6 +300,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
                 break;
             }
             delivered += take;
+            shared_delivered.store(delivered, Ordering::Relaxed);
             if take < n {
                 // Partly written: nack, so the rest is delivered again later.
                 drop(batch);
@@ -328,6 +346,9 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     if progress_on {
         progress.show(delivered, stats.leases_held());
         eprintln!();
+    }
+    if let Some(task) = progress_log {
+        task.abort();
     }
     let stop = match outcome {
         Ok(stop) => stop,

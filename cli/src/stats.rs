@@ -1,5 +1,6 @@
 //! The driver's metrics (the `metrics` facade) read back in-process: leases
-//! held and lease-table writes, for the progress line and the exit summary.
+//! held, lease-table writes and the pool's use, for the progress line, the
+//! progress log and the exit summary.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,6 +12,8 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 pub struct Stats {
     leases_held: Arc<AtomicU64>,
     lease_writes: Arc<AtomicU64>,
+    pool_records: Arc<AtomicU64>,
+    pool_bytes: Arc<AtomicU64>,
 }
 
 impl Stats {
@@ -21,6 +24,11 @@ impl Stats {
     /// Lease and heartbeat writes sent (DynamoDB or local store).
     pub fn lease_writes(&self) -> u64 {
         self.lease_writes.load(Ordering::Relaxed)
+    }
+    /// Received and not yet acknowledged: (records, bytes).
+    pub fn pool(&self) -> (u64, u64) {
+        let get = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed)) as u64;
+        (get(&self.pool_records), get(&self.pool_bytes))
     }
 }
 
@@ -41,6 +49,8 @@ impl Recorder for StatsRecorder {
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
         match key.name() {
             "kinesin_leases_held" => Gauge::from_arc(self.0.leases_held.clone()),
+            "kinesin_pool_records" => Gauge::from_arc(self.0.pool_records.clone()),
+            "kinesin_pool_bytes" => Gauge::from_arc(self.0.pool_bytes.clone()),
             _ => Gauge::noop(),
         }
     }

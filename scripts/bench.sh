@@ -23,11 +23,13 @@
 #
 # memory: a KINESIN_MEM_SHARDS=200-shard stream preloaded with
 #   KINESIN_MEM_RECORDS=24000 records of KINESIN_MEM_SIZE=5000 bytes (~115 MiB,
-#   more than the budget), read by kinesin consume over EFO with
-#   max_pending_bytes 64 MiB into a sink that never reads (a pipe nobody
-#   drains) for KINESIN_MEM_SECONDS=60 s. Prints peak RSS against budget +
-#   64 MiB, and the same run with a 512 MiB budget to show the budget is what
-#   bounds it.
+#   more than the budget), read over EFO for KINESIN_MEM_SECONDS=60 s by
+#   (1) cli/examples/stalled_sink.rs, a sink that takes every batch and never
+#       acknowledges one, with max_pending_bytes 64 MiB: peak RSS against
+#       budget + 64 MiB; then the same with 512 MiB, to show that the budget
+#       is what bounds it;
+#   (2) kinesin consume with stdout a pipe nobody reads (writes block):
+#       peak RSS, and the leases and heartbeats it kept while blocked.
 #
 # KINESIN_BENCH_STREAM / KINESIN_MEM_STREAM name a stream preloaded by an
 # earlier run (printed) to skip the preload while the emulators keep running.
@@ -57,10 +59,11 @@ MEM_SECONDS=${KINESIN_MEM_SECONDS:-60}
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
-say "building release binaries (kinesin, example bare_sdk)"
-cargo build -q --release -p kinesin-cli --bin kinesin --example bare_sdk
+say "building release binaries (kinesin, examples bare_sdk and stalled_sink)"
+cargo build -q --release -p kinesin-cli --bin kinesin --example bare_sdk --example stalled_sink
 K=$PWD/target/release/kinesin
 BARE=$PWD/target/release/examples/bare_sdk
+STALL=$PWD/target/release/examples/stalled_sink
 MEASURE=$PWD/scripts/measure.py
 
 STARTED_EMULATORS=0
@@ -180,37 +183,44 @@ memory() {
   else
     say "reusing the preloaded stream $stream (KINESIN_MEM_STREAM)"
   fi
+  local rss held
   for budget_mb in 64 512; do
-    cat >"$WORK/mem-$budget_mb.yaml" <<EOF
-max_pending_bytes: $((budget_mb * 1024 * 1024))
-enhanced_fan_out:
-  max_pending_records: 1000000
-EOF
-    say "EFO, stalled sink, pool budget $budget_mb MiB, $MEM_SECONDS s"
-    out=$(python3 "$MEASURE" --stall "$MEM_SECONDS" -- \
-      "$K" consume --stream "$stream" --efo "$RUN-mem-$budget_mb" \
-      --config "$WORK/mem-$budget_mb.yaml" --local-store "$WORK/state-mem-$budget_mb" \
-      --worker-id bench 2>"$WORK/mem-$budget_mb.log")
-    local rss held
+    say "EFO, a sink that never acknowledges, pool budget $budget_mb MiB, $MEM_SECONDS s (example stalled_sink)"
+    out=$(python3 "$MEASURE" --out "$WORK/mem-$budget_mb.json" --err "$WORK/mem-$budget_mb.log" -- \
+      "$STALL" --stream "$stream" --efo "$RUN-mem-$budget_mb" --budget-mib "$budget_mb" \
+      --seconds "$MEM_SECONDS" --local-store "$WORK/state-mem-$budget_mb")
+    [ "$(field "$out" exit)" = 0 ] || { echo "bench: stalled_sink failed: $out (log $WORK/mem-$budget_mb.log)" >&2; exit 1; }
     rss=$(field "$out" peak_rss_mb)
-    # The store as the killed process left it: leases it held, and how
-    # many heartbeats it wrote (they go on while the sink is stalled).
-    held=$(python3 -c '
+    local sink
+    sink=$(cat "$WORK/mem-$budget_mb.json")
+    MEM+=("$(printf 'never-acking sink, budget %4s MiB: peak RSS %6s MiB (bound: budget + 64 = %s MiB); held unacknowledged: up to %s MiB, %s records from %s shards' \
+      "$budget_mb" "$rss" $((budget_mb + 64)) "$(field "$sink" max_held_mib)" "$(field "$sink" held_records)" "$(field "$sink" shards)")")
+    echo "${MEM[-1]}" >&2
+  done
+
+  # The CLI with stdout a pipe nobody reads: writes block, so the consumer
+  # stops taking batches; leases and heartbeats must go on.
+  echo "max_pending_bytes: $((64 * 1024 * 1024))" >"$WORK/mem-cli.yaml"
+  say "EFO, kinesin consume with a blocked stdout, pool budget 64 MiB, $MEM_SECONDS s"
+  out=$(python3 "$MEASURE" --stall "$MEM_SECONDS" --err "$WORK/mem-cli.log" -- \
+    "$K" consume --stream "$stream" --efo "$RUN-mem-cli" \
+    --config "$WORK/mem-cli.yaml" --local-store "$WORK/state-mem-cli" --worker-id bench)
+  rss=$(field "$out" peak_rss_mb)
+  # The store as the killed process left it: leases it held, and how
+  # many heartbeats it wrote (they go on while stdout blocks).
+  held=$(python3 -c '
 import json, sys
 t = json.load(open(sys.argv[1] + "/leases.json"))
 owned = sum(1 for r in t["leases"] if r.get("owner"))
 beats = max((h["beat"] for h in t["heartbeats"]), default=0)
 rows = len(t["leases"])
-print(f"{owned} of {rows} leases held at the kill, heartbeat {beats}")' "$WORK/state-mem-$budget_mb")
-    # The pool's use as the consumer logged it every 10 s (its log goes on
-    # while stdout blocks): the largest figure seen.
-    local pool
-    pool=$(grep -o 'pool [0-9]* records / [0-9.]* MiB' "$WORK/mem-$budget_mb.log" |
-      awk '{ print $5 }' | sort -n | tail -n 1)
-    MEM+=("$(printf 'budget %4s MiB: peak RSS %7s MiB (bound: budget + 64 = %s MiB); pool use up to %s MiB; %s' \
-      "$budget_mb" "$rss" $((budget_mb + 64)) "${pool:-?}" "$held")")
-    echo "${MEM[-1]}" >&2
-  done
+print(f"{owned} of {rows} leases held at the kill, heartbeat {beats}")' "$WORK/state-mem-cli")
+  local pool
+  pool=$(grep -o 'pool [0-9]* records / [0-9.]* MiB' "$WORK/mem-cli.log" |
+    awk '{ print $5 }' | sort -n | tail -n 1)
+  MEM+=("$(printf 'kinesin consume, blocked stdout, budget 64 MiB: peak RSS %6s MiB; pool use up to %s MiB; %s' \
+    "$rss" "${pool:-?}" "$held")")
+  echo "${MEM[-1]}" >&2
 }
 
 case $WHAT in

@@ -56,6 +56,15 @@ fn parse_args() -> Result<Args> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
+    // kinesin's own logs on stderr (RUST_LOG; default: the driver at info).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,aws_config=error,kinesin_aws=info")
+            }),
+        )
+        .try_init();
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;

@@ -1962,6 +1962,35 @@ mod tests {
         assert_eq!(h.events(), vec![]);
     }
 
+    /// An answer to an op that is not the one in flight (a late answer to
+    /// an earlier call) is not ours, while reading too (cargo-mutants
+    /// survivors: the `o == op` guards).
+    #[test]
+    fn polling_answers_to_other_ops_are_not_ours() {
+        let t0 = crate::test_epoch();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        let acts = h.actions(t0);
+        let [Action::GetShardIterator { op, .. }] = acts.as_slice() else {
+            panic!("expected one GetShardIterator, got {acts:?}");
+        };
+        let other = OpId::from_raw(op.raw() + 1000);
+        let result = Ok(ShardIterator("stale".into()));
+        assert!(!h.r.handle_input(t0, &Input::Iterator { op: other, result }));
+        assert_eq!(h.grant(t0, 50), None, "no iterator yet");
+        let result = Ok(ShardIterator("it-1".into()));
+        assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+        let (op, _, _) = h.get_records(t0, 50);
+        let other = OpId::from_raw(op.raw() + 1000);
+        let result = Ok((
+            chunk(vec![rec("1", 0, true)], None),
+            Some(ShardIterator("x".into())),
+        ));
+        assert!(!h.r.handle_input(t0, &Input::Records { op: other, result }));
+        assert_eq!(h.events(), vec![]);
+        let events = h.records(t0, op, chunk(vec![rec("1", 0, true)], None), Some("it-2"));
+        assert!(!events.is_empty());
+    }
+
     #[test]
     fn huge_configured_intervals_do_not_panic() {
         let t0 = crate::test_epoch();

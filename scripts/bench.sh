@@ -37,6 +37,7 @@
 #   (2) kinesin consume with stdout a pipe nobody reads (writes block):
 #       peak RSS, and the leases and heartbeats it kept while blocked.
 #
+# KINESIN_BENCH_MODES="polling efo" chooses the throughput modes.
 # KINESIN_BENCH_STREAM / KINESIN_MEM_STREAM name a stream preloaded by an
 # earlier run (printed) to skip the preload while the emulators keep running.
 #
@@ -132,9 +133,29 @@ runs = sorted((json.loads(r) for r in sys.argv[1:]), key=lambda r: r["cpu_s"])
 print(json.dumps(runs[len(runs) // 2]))' "$@"
 }
 
+# kinesis-mock keeps serving the subscriptions of a consumer that exited
+# (until their 5-minute end), busy enough to time out new SubscribeToShard
+# calls: before each EFO run, wait until it is idle (below 10 % of a core
+# over 2 s), at most 5 minutes.
+wait_kinesis_idle() {
+  local pid_file="${KINESIN_EMU_DIR:-$HOME/.cache/kinesin-emulators}/run/kinesis.pid" pid t0 t1 i
+  pid=$(cat "$pid_file" 2>/dev/null) || return 0
+  for i in $(seq 150); do
+    t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || return 0
+    sleep 2
+    t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || return 0
+    # clock ticks (100/s): under 10 % of a core over 2 s is < 20 ticks
+    if [ $((t1 - t0)) -lt 20 ]; then
+      return 0
+    fi
+    [ "$i" = 1 ] && say "waiting for kinesis-mock to finish serving closed subscriptions"
+  done
+}
+
 # one_run KIND MODE N: one measured run reading N records; prints its JSON.
 one_run() {
   local kind=$1 mode=$2 n=$3 out
+  [ "$mode" = efo ] && wait_kinesis_idle
   local efo=()
   if [ "$kind" = bare ]; then
     [ "$mode" = efo ] && efo=(--consumer "$RUN-bare")
@@ -164,7 +185,7 @@ throughput() {
   fi
   local quarter=$((RECORDS / 4)) mode kind n rep r
   RATIOS=()
-  for mode in polling efo; do
+  for mode in ${KINESIN_BENCH_MODES:-polling efo}; do
     declare -A med=()
     for kind in bare kinesin; do
       for n in "$quarter" "$RECORDS"; do

@@ -3932,7 +3932,8 @@ mod tests {
             state: RequestState::Sending,
             confirmed: false,
         };
-        let corruptions: Vec<(&str, Box<dyn Fn(&mut LeaseManager)>)> = vec![
+        type Corrupt = Box<dyn Fn(&mut LeaseManager)>;
+        let corruptions: Vec<(&str, Corrupt)> = vec![
             ("fenced", Box::new(|m| m.fenced = true)),
             (
                 "held and requested",

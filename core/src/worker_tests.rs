@@ -742,3 +742,35 @@ fn reads_in_flight_reserve_pool_room_whatever_the_shard_count() {
     );
     assert!(node.w.pool_used().0 <= 12);
 }
+
+/// The worker's own checker does fail: each corruption of a healthy,
+/// reading worker is reported (cargo-mutants showed
+/// `Worker::check_invariants -> Ok(())` surviving the core tests).
+#[test]
+fn check_invariants_reports_each_corruption() {
+    let healthy = || {
+        let mut world = World::new(&[("s0", &[], 5, false)]);
+        let mut node = Node::new(polling_config("a"), &world);
+        node.auto_ack = false;
+        run(&mut world, &mut [&mut node], Duration::from_secs(2));
+        assert_eq!(node.batches.len(), 5);
+        assert_eq!(node.w.check_invariants(), Ok(()));
+        node
+    };
+    let corruptions: Vec<(&str, fn(&mut Worker))> = vec![
+        ("token differs from the lease's", |w| {
+            let slot = w.shards.slot_of(&sref("s0")).unwrap();
+            w.shards.at_mut(slot).unwrap().1.token = FencingToken(99);
+        }),
+        ("batches in flight forgotten", |w| w.batches.clear()),
+        ("pool used by no live permit", |w| {
+            let permit = w.pool.try_admit(1, 10).ok().unwrap();
+            std::mem::forget(permit);
+        }),
+    ];
+    for (what, corrupt) in corruptions {
+        let mut node = healthy();
+        corrupt(&mut node.w);
+        assert!(node.w.check_invariants().is_err(), "{what}: not reported");
+    }
+}

@@ -775,3 +775,22 @@ fn check_invariants_reports_each_corruption() {
         assert!(node.w.check_invariants().is_err(), "{what}: not reported");
     }
 }
+
+/// What an application sees of a shard it reads: token, progress, clock
+/// (cargo-mutants survivors: `shard_status -> None`, `unix_ms -> 0`).
+#[test]
+fn shard_status_and_wall_clock_report_the_shard_read() {
+    let mut world = World::new(&[("s0", &[], 5, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    let status = node.w.shard_status(&sref("s0")).expect("s0 is read");
+    assert_eq!(status.token, world.rows[&sref("s0")].token);
+    assert_eq!(status.pending_records, 5, "five batches unacknowledged");
+    assert_eq!(node.w.shard_status(&sref("nope")), None);
+    assert_eq!(
+        node.w.unix_ms(world.now + Duration::from_secs(3)) - node.w.unix_ms(world.now),
+        3_000
+    );
+    assert!(node.w.unix_ms(world.now) >= 1_764_000_000_000);
+}

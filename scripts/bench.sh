@@ -152,6 +152,28 @@ wait_kinesis_idle() {
   done
 }
 
+# stream_for ENV_VAR NAME SHARDS RECORDS SIZE KEYS: the stream named by
+# ENV_VAR (preloaded by an earlier run), else NAME created and preloaded now.
+stream_for() {
+  local reuse=${!1:-}
+  if [ -n "$reuse" ]; then
+    say "reusing the preloaded stream $reuse ($1; it must hold exactly $4 records)"
+    echo "$reuse"
+    return
+  fi
+  say "preloading $2: $3 shards, $4 records of $5 bytes"
+  $K produce --stream "$2" --create --shards "$3" --count "$4" --size "$5" --keys "$6" 2>&1 |
+    grep -v INFO >&2 || return 1
+  echo "$2"
+}
+
+# slope SMALL_RUN LARGE_RUN EXTRA_RECORDS: CPU s per million records between
+# two runs (JSON), i.e. without what does not grow with the records.
+slope() {
+  awk -v small="$(field "$1" cpu_s)" -v large="$(field "$2" cpu_s)" -v n="$3" \
+    'BEGIN { printf "%.2f", (large - small) * 1e6 / n }'
+}
+
 # one_run KIND MODE N: one measured run reading N records; prints its JSON.
 one_run() {
   local kind=$1 mode=$2 n=$3 out
@@ -174,15 +196,7 @@ one_run() {
 }
 
 throughput() {
-  STREAM_T=${KINESIN_BENCH_STREAM:-}
-  if [ -z "$STREAM_T" ]; then
-    STREAM_T=$RUN-t
-    say "preloading $STREAM_T: $SHARDS shards, $RECORDS records of $SIZE bytes"
-    $K produce --stream "$STREAM_T" --create --shards "$SHARDS" --count "$RECORDS" \
-      --size "$SIZE" --keys 4096 2>&1 | grep -v INFO >&2
-  else
-    say "reusing the preloaded stream $STREAM_T (KINESIN_BENCH_STREAM; it must hold exactly $RECORDS records)"
-  fi
+  STREAM_T=$(stream_for KINESIN_BENCH_STREAM "$RUN-t" "$SHARDS" "$RECORDS" "$SIZE" 4096) || exit 1
   local quarter=$((RECORDS / 4)) mode kind n rep r
   RATIOS=()
   for mode in ${KINESIN_BENCH_MODES:-polling efo}; do
@@ -205,10 +219,8 @@ throughput() {
     # leaves out what does not grow with records (start-up, registering,
     # one create/take/release per shard in the lease store, shutdown).
     local ma mb
-    ma=$(awk -v a="$(field "${med[bare-$RECORDS]}" cpu_s)" -v b="$(field "${med[bare-$quarter]}" cpu_s)" \
-      -v n=$((RECORDS - quarter)) 'BEGIN { printf "%.2f", (a - b) * 1e6 / n }')
-    mb=$(awk -v a="$(field "${med[kinesin-$RECORDS]}" cpu_s)" -v b="$(field "${med[kinesin-$quarter]}" cpu_s)" \
-      -v n=$((RECORDS - quarter)) 'BEGIN { printf "%.2f", (a - b) * 1e6 / n }')
+    ma=$(slope "${med[bare-$quarter]}" "${med[bare-$RECORDS]}" $((RECORDS - quarter)))
+    mb=$(slope "${med[kinesin-$quarter]}" "${med[kinesin-$RECORDS]}" $((RECORDS - quarter)))
     RATIOS+=("$(printf '%-8s whole run: CPU b/a = %s;  per record (slope %s -> %s records): a %s, b %s CPU s/M, b/a = %s (target <= 1.25)' \
       $mode \
       "$(awk -v a="$(field "${med[bare-$RECORDS]}" cpu_s)" -v b="$(field "${med[kinesin-$RECORDS]}" cpu_s)" 'BEGIN { printf "%.2f", b / a }')" \
@@ -221,15 +233,8 @@ throughput() {
 
 MEM=()
 memory() {
-  local stream=${KINESIN_MEM_STREAM:-} budget_mb out
-  if [ -z "$stream" ]; then
-    stream=$RUN-m
-    say "preloading $stream: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes"
-    $K produce --stream "$stream" --create --shards "$MEM_SHARDS" --count "$MEM_RECORDS" \
-      --size "$MEM_SIZE" --keys 4000 2>&1 | grep -v INFO >&2
-  else
-    say "reusing the preloaded stream $stream (KINESIN_MEM_STREAM)"
-  fi
+  local stream budget_mb out
+  stream=$(stream_for KINESIN_MEM_STREAM "$RUN-m" "$MEM_SHARDS" "$MEM_RECORDS" "$MEM_SIZE" 4000) || exit 1
   local rss held
   for budget_mb in 64 512; do
     say "$MEM_MODE, a sink that never acknowledges, pool budget $budget_mb MiB, $MEM_SECONDS s (example stalled_sink)"

@@ -198,7 +198,23 @@ http_answers() { # url [ca.pem]
 # Ready = our process is alive AND its ports answer HTTP. The TLS port is
 # checked with the generated CA, which also proves the certificate works.
 is_ready() { # service
-  our_pid "$1" >/dev/null || return 1
+  our_pid "$1" >/dev/null && ports_answer "$1"
+}
+
+# Alive and not a zombie. Unlike our_pid, this does not look at the command
+# line: right after `start_*`, the child may still be the forked shell that
+# has not yet exec'd node (CI once failed on exactly that window).
+started_alive() { # service
+  local pid state
+  pid=$(cat "$(pid_file "$1")" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  if [ -r "/proc/$pid/stat" ]; then
+    state=$(sed 's/^.*) //' "/proc/$pid/stat" | cut -c1)
+    [ "$state" != Z ] || return 1
+  fi
+}
+
+ports_answer() { # service
   case $1 in
     kinesis)
       http_answers "http://127.0.0.1:$KINESIS_PORT/" &&
@@ -210,27 +226,33 @@ is_ready() { # service
   esac
 }
 
+# Waits for a service this call started: alive (by pid) until its ports
+# answer, and by then it must be the emulator itself (our_pid).
 wait_ready() { # service
   local deadline=$((SECONDS + READY_TIMEOUT_S))
-  until is_ready "$1"; do
-    if ! our_pid "$1" >/dev/null; then
+  until started_alive "$1" && ports_answer "$1" && our_pid "$1" >/dev/null; do
+    if ! started_alive "$1"; then
       tail -n 30 "$RUN_DIR/$1.log" >&2 || true
       rm -f "$(pid_file "$1")"
       die "$1 exited during start-up (log above, also in $RUN_DIR/$1.log)"
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       tail -n 30 "$RUN_DIR/$1.log" >&2 || true
-      die "$1 not ready after ${READY_TIMEOUT_S}s (log in $RUN_DIR/$1.log); run scripts/emulators.sh stop"
+      die "$1 not ready after ${READY_TIMEOUT_S}s (log above, also in $RUN_DIR/$1.log); raise KINESIN_EMU_TIMEOUT_S on a slow machine"
     fi
     sleep 0.1
   done
 }
 
-stop_service() { # service
+# With `started` as second argument, the pid file is trusted without the
+# command-line check: the failure path of a start that this very call made,
+# possibly before the child exec'd node.
+stop_service() { # service [started]
   local f pid
   f=$(pid_file "$1")
   [ -f "$f" ] || return 0
-  if pid=$(our_pid "$1"); then
+  if pid=$(our_pid "$1") ||
+     { [ "${2:-}" = started ] && started_alive "$1" && pid=$(cat "$f"); }; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do
       kill -0 "$pid" 2>/dev/null || break
@@ -275,7 +297,7 @@ cmd_start() {
   done
   # A start that fails stops what this call started.
   STARTED=()
-  trap 'for svc in ${STARTED[@]+"${STARTED[@]}"}; do stop_service "$svc"; done' EXIT
+  trap 'for svc in ${STARTED[@]+"${STARTED[@]}"}; do stop_service "$svc" started; done' EXIT
   for svc in ${todo[@]+"${todo[@]}"}; do
     "start_$svc"
     STARTED+=("$svc")

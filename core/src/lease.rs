@@ -1141,8 +1141,16 @@ impl LeaseManager {
         }
         match result {
             Ok(()) => {
+                let first_renewal = self.last_renew_sent.is_none();
                 let renewed = self.last_renew_sent.map_or(sent, |l| l.max(sent));
                 self.last_renew_sent = Some(renewed);
+                if first_renewal && self.last_hb_read_sent.is_some() {
+                    // The first heartbeat read (and its balancing reads)
+                    // came back before this first renewal, so that pass
+                    // was skipped: balance now, not a rebalance period
+                    // later.
+                    self.read_all_now(now);
+                }
                 if self.fenced && now < self.fence_deadline() {
                     // Renewed again: take leases afresh (token + 1).
                     self.fenced = false;
@@ -2995,6 +3003,23 @@ mod tests {
         assert_eq!(beats, expect);
         assert_eq!(w.beats["a"].beat, 7);
         assert_eq!(w.nodes[0].mgr.stats().heartbeat_writes, 7);
+    }
+
+    #[test]
+    fn first_heartbeat_answered_after_first_reads_still_takes_free_leases_at_once() {
+        // A slow first heartbeat write (the local store fsyncs every write)
+        // answered after the first heartbeat read and the table view: the
+        // balancing pass of that view was skipped (not yet renewed), so the
+        // renewal itself must start one, not the next rebalance period.
+        let mut w = World::with_free_shards(2);
+        w.rule(0, is_hb_write, Fault::HoldAnswer, 1);
+        let a = w.add_node("a", 1);
+        w.run_for(secs(0.5));
+        assert_eq!(w.holds(a), 0, "not renewed yet: takes nothing");
+        assert!(!w.actions(a, is_read).is_empty(), "the view was read");
+        w.deliver(a);
+        w.run_for(secs(1.0));
+        assert_eq!(w.holds(a), 2, "both free leases taken once renewed");
     }
 
     #[test]

@@ -55,7 +55,7 @@ use crate::config::{Config, Retrieval};
 use crate::ids::{ChunkId, IdMint, OpId, ShardRef, SubId};
 use crate::io::{Action, ChildShard, Chunk, ErrorClass, Input, ShardIterator};
 use crate::rng::Rng;
-use crate::sequence::StartPosition;
+use crate::sequence::{SeqNum, StartPosition};
 
 /// SubscribeToShard for one shard at most once per second (AWS limit).
 pub const SUBSCRIBE_MIN_SPACING: Duration = Duration::from_secs(1);
@@ -839,7 +839,10 @@ impl ShardReader {
             || (self.closed && data.records.is_empty());
         self.awaiting = Some(Awaiting {
             chunk,
-            next: data.continuation.clone().map(StartPosition::AfterSequence),
+            next: data
+                .continuation
+                .as_ref()
+                .map(|c| Self::resume_after(&self.position, c)),
         });
         self.events.push_back(ReaderEvent::Chunk {
             chunk,
@@ -858,6 +861,27 @@ impl ShardReader {
         {
             *state = EfoState::Open { sub, pull: None };
             self.backpressure_at = Some(at(now, *backpressure_timeout));
+        }
+    }
+
+    /// Where reading resumes after an EFO event with continuation `c`:
+    /// after `c`, unless `position` is already past it. An event without
+    /// records may carry a continuation behind the subscription's start
+    /// (the record before it); resuming there would deliver checkpointed
+    /// records again, or drop the KPL sub-sequence filter of an
+    /// `AtSubSequence` start.
+    fn resume_after(position: &StartPosition, c: &SeqNum) -> StartPosition {
+        let behind = match position {
+            StartPosition::AtSequence(s) | StartPosition::AfterSequence(s) => c < s,
+            StartPosition::AtSubSequence(e) => *c < e.seq,
+            StartPosition::TrimHorizon
+            | StartPosition::Latest
+            | StartPosition::AtTimestamp { .. } => false,
+        };
+        if behind {
+            position.clone()
+        } else {
+            StartPosition::AfterSequence(c.clone())
         }
     }
 
@@ -1267,6 +1291,36 @@ mod tests {
             data: Chunk::default(),
         };
         assert!(!h.r.handle_input(end, &stale));
+    }
+
+    #[test]
+    fn empty_event_with_continuation_behind_the_start_keeps_the_position() {
+        // Resuming inside a KPL aggregate (24, sub 1 checkpointed): an empty
+        // first event whose continuation is the record before 24 must not
+        // move the resume point back to AFTER 23, which would deliver 24/0
+        // and 24/1 again. Same for a plain AFTER_SEQUENCE start.
+        let t0 = crate::test_epoch();
+        for start in [
+            StartPosition::AtSubSequence(ExtSeq::new(seq("24"), 1)),
+            StartPosition::AfterSequence(seq("24")),
+            StartPosition::AtSequence(seq("24")),
+        ] {
+            let mut h = H::efo(start.clone(), t0);
+            let sub = h.subscribed(t0, start.clone());
+            let c = h.pull(t0, sub);
+            h.event(t0 + secs(1), sub, c, chunk(vec![], Some("23")));
+            h.r.admitted(c);
+            assert_eq!(h.r.resume_position(), Some(&start), "{start:?}");
+            // A continuation at or past the start moves on as usual.
+            let c2 = h.pull(t0 + secs(1), sub);
+            h.event(t0 + secs(2), sub, c2, chunk(vec![], Some("24")));
+            h.r.admitted(c2);
+            assert_eq!(
+                h.r.resume_position(),
+                Some(&StartPosition::AfterSequence(seq("24"))),
+                "{start:?}"
+            );
+        }
     }
 
     #[test]

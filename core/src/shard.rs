@@ -17,8 +17,9 @@
 //!   ContinuationSequenceNumber.
 //! - A null ContinuationSequenceNumber, ChildShards, an absent
 //!   NextShardIterator, or (for a shard ListShards reports closed,
-//!   [`ShardReader::mark_closed`]) an EFO event without records mean shard
-//!   end: the chunk is reported, then [`ReaderEvent::End`].
+//!   [`ShardReader::mark_closed`]) an EFO event without records, other
+//!   than the first of its subscription, mean shard end: the chunk is
+//!   reported, then [`ReaderEvent::End`].
 //! - ResourceNotFound and InvalidArgument are fatal for the shard, except
 //!   that an InvalidArgument on the stored start position (a checkpoint past
 //!   retention) falls back to TRIM_HORIZON once, with a warning; a second
@@ -236,6 +237,10 @@ pub struct ShardReader {
     position_is_stored: bool,
     fell_back: bool,
     closed: bool,
+    /// Events received on the current subscription (an empty *first* event
+    /// never means shard end: a stream may open with one before the
+    /// records of a closed shard).
+    sub_events: u32,
     awaiting: Option<Awaiting>,
     rng: Rng,
     backoff: Backoff,
@@ -294,6 +299,7 @@ impl ShardReader {
             position: start,
             fell_back: false,
             closed: false,
+            sub_events: 0,
             awaiting: None,
             rng: Rng::new(rng_seed),
             backoff: Backoff::new(),
@@ -475,7 +481,9 @@ impl ShardReader {
 
     /// ListShards reports this shard closed (EndingSequenceNumber present).
     /// For EFO, an event without records then means shard end (the mock
-    /// never ends subscriptions on a closed shard, nor sends ChildShards).
+    /// never ends subscriptions on a closed shard, nor sends ChildShards),
+    /// unless it is the first event of its subscription: a stream may open
+    /// a subscription with an empty event before the records that remain.
     pub fn mark_closed(&mut self) {
         self.closed = true;
     }
@@ -797,6 +805,7 @@ impl ShardReader {
         };
         let sub = mint.sub();
         *state = EfoState::Open { sub, pull: None };
+        self.sub_events = 0;
         let consumer_arn = consumer_arn.clone();
         self.backpressure_at = Some(at(now, *backpressure_timeout));
         self.subscribe_calls += 1;
@@ -836,7 +845,8 @@ impl ShardReader {
         self.backoff.reset();
         let end = data.continuation.is_none()
             || !data.child_shards.is_empty()
-            || (self.closed && data.records.is_empty());
+            || (self.closed && data.records.is_empty() && self.sub_events > 0);
+        self.sub_events = self.sub_events.saturating_add(1);
         self.awaiting = Some(Awaiting {
             chunk,
             next: data
@@ -1563,6 +1573,32 @@ mod tests {
             Some(&ReaderEvent::End {
                 children: vec![child("shardId-000000000002")]
             })
+        );
+    }
+
+    #[test]
+    fn empty_first_event_on_a_closed_shard_is_not_its_end() {
+        // A subscription to a closed shard that opens with an empty event
+        // (the records follow): ending there would checkpoint SHARD_END
+        // over records never delivered.
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        h.r.mark_closed();
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let ev = h.event(t0 + secs(1), sub, c, chunk(vec![], Some("5")));
+        assert_eq!(ev.len(), 1, "the empty chunk only, no End: {ev:?}");
+        h.r.admitted(c);
+        let c = h.pull(t0 + secs(1), sub);
+        let data = chunk(vec![rec("6", 0, true)], Some("6"));
+        assert_eq!(h.event(t0 + secs(2), sub, c, data).len(), 1);
+        h.r.admitted(c);
+        let c = h.pull(t0 + secs(2), sub);
+        let ev = h.event(t0 + secs(3), sub, c, chunk(vec![], Some("6")));
+        assert_eq!(
+            ev.last(),
+            Some(&ReaderEvent::End { children: vec![] }),
+            "a later empty event is the end"
         );
     }
 

@@ -204,6 +204,10 @@ pub struct Kinesis {
     pub max_event_records: usize,
     /// Interval of events on an idle subscription.
     pub idle_event_interval: Micros,
+    /// The first event of every subscription carries no records, with the
+    /// continuation of the record before the starting point (as a real
+    /// stream may answer: the position then must not move back).
+    pub empty_first_event: bool,
     /// SubscribeToShard calls that reached the service.
     pub subscribe_calls: u64,
     /// GetRecords calls that reached the service.
@@ -265,6 +269,7 @@ impl Kinesis {
             unix_base_ms,
             max_event_records: 500,
             idle_event_interval: SEC,
+            empty_first_event: false,
             subscribe_calls: 0,
             get_records_calls: 0,
         };
@@ -666,7 +671,11 @@ impl Kinesis {
                     next.min(sub.started + SUBSCRIPTION_LIFETIME),
                 ));
             }
-            let to = cursor + available.min(self.max_event_records);
+            let to = if self.empty_first_event && sub.last_event.is_none() && !at_end {
+                cursor
+            } else {
+                cursor + available.min(self.max_event_records)
+            };
             let (continuation, children) = if at_end {
                 (None, self.children_of(index))
             } else {

@@ -197,6 +197,9 @@ pub struct Params {
     pub retention: Micros,
     /// EFO events on an idle subscription.
     pub efo_idle_event: Micros,
+    /// Every EFO subscription starts with an event without records whose
+    /// continuation is behind the starting point.
+    pub efo_empty_first_event: bool,
     /// Batching count.
     pub batch_count: u32,
     /// `checkpoint_limit`.
@@ -233,6 +236,7 @@ impl Params {
             agg_prob: 0.2,
             retention: 24 * 3600 * SEC,
             efo_idle_event: SEC,
+            efo_empty_first_event: false,
             batch_count: 10,
             checkpoint_limit: 1024,
             pool_records: 50_000,
@@ -263,6 +267,9 @@ impl Params {
         p.checkpoint_limit = [16, 64, 1024][rng.below(3) as usize];
         p.pool_records = [20, 300, 50_000][rng.below(3) as usize];
         p.faults = Faults::swarm(&mut rng);
+        // Drawn last: the draws above (and so every earlier seed's
+        // scenario) stay as they were.
+        p.efo_empty_first_event = rng.chance(0.3);
         p.max_open_shards = shards * 2 + 2;
         p
     }

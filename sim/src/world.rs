@@ -201,6 +201,7 @@ impl World {
         let stream = StreamId::new(STREAM);
         let mut kinesis = Kinesis::new(stream.clone(), p.shards, p.retention, UNIX_BASE_MS);
         kinesis.idle_event_interval = p.efo_idle_event;
+        kinesis.empty_first_event = p.efo_empty_first_event;
         let mut oracles = Oracles::default();
         for _ in 0..kinesis.shards.len() {
             oracles.add_shard(Vec::new());

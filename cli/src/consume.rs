@@ -177,9 +177,9 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let progress_on = std::io::stderr().is_terminal();
     let mut progress = Progress::new();
-    // On a terminal a progress line every second; otherwise a log line
-    // every 10 s.
-    let mut tick = tokio::time::interval(Duration::from_secs(if progress_on { 1 } else { 10 }));
+    // On a terminal a progress line every second (off a terminal, the
+    // progress log task below).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     let started = Instant::now();
@@ -234,10 +234,8 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
                 }
                 continue;
             }
-            _ = tick.tick() => {
-                if progress_on {
-                    progress.show(delivered, stats.leases_held());
-                }
+            _ = tick.tick(), if progress_on => {
+                progress.show(delivered, stats.leases_held());
                 continue;
             }
         };

@@ -18,7 +18,9 @@
 //!   ResourceInUse); a subscription ends normally after 5 minutes. Events
 //!   come when records arrive or about once a second, each carrying the
 //!   ContinuationSequenceNumber; the last one of a closed shard carries a
-//!   null continuation and the ChildShards.
+//!   null continuation and the ChildShards. With `empty_first_event`, every
+//!   subscription opens with an event without records whose continuation
+//!   is the record before its starting point (behind an AT_SEQUENCE start).
 //! - GetShardIterator / GetRecords: an iterator expires 5 minutes after it
 //!   was issued; at most 5 GetRecords/s per shard (Throttled); at the end of
 //!   a closed shard the response has no NextShardIterator and names the

@@ -24,7 +24,8 @@
 //! - GetShardIterator / GetRecords: an iterator expires 5 minutes after it
 //!   was issued; at most 5 GetRecords/s per shard (Throttled); at the end of
 //!   a closed shard the response has no NextShardIterator and names the
-//!   ChildShards.
+//!   ChildShards. With `empty_get_records`, some responses carry no records
+//!   although records follow (NextShardIterator at the same place).
 //!
 //! This module decides what the service answers; latency, errors injected
 //! at random, partitions and record de-aggregation are the world's.
@@ -210,6 +211,11 @@ pub struct Kinesis {
     /// continuation of the record before the starting point (as a real
     /// stream may answer: the position then must not move back).
     pub empty_first_event: bool,
+    /// Every third GetRecords call that could return records returns none
+    /// (with a NextShardIterator at the same place and MillisBehindLatest
+    /// above 0), as the service may when the iterator points at a stretch
+    /// of the shard without data.
+    pub empty_get_records: bool,
     /// SubscribeToShard calls that reached the service.
     pub subscribe_calls: u64,
     /// GetRecords calls that reached the service.
@@ -272,6 +278,7 @@ impl Kinesis {
             max_event_records: 500,
             idle_event_interval: SEC,
             empty_first_event: false,
+            empty_get_records: false,
             subscribe_calls: 0,
             get_records_calls: 0,
         };
@@ -807,7 +814,11 @@ impl Kinesis {
         }
         s.get_records_calls.push_back(now);
         let from = cursor.max(s.trimmed);
-        let to = from + (s.records.len() - from).min(limit.clamp(1, 10_000) as usize);
+        let to = if self.empty_get_records && self.get_records_calls % 3 == 0 {
+            from
+        } else {
+            from + (s.records.len() - from).min(limit.clamp(1, 10_000) as usize)
+        };
         let end = !s.is_open() && to == s.records.len();
         Ok(RecordsAnswer {
             shard,

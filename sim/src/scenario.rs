@@ -200,6 +200,8 @@ pub struct Params {
     /// Every EFO subscription starts with an event without records whose
     /// continuation is behind the starting point.
     pub efo_empty_first_event: bool,
+    /// Some GetRecords responses are empty although records follow.
+    pub empty_get_records: bool,
     /// Batching count.
     pub batch_count: u32,
     /// `checkpoint_limit`.
@@ -237,6 +239,7 @@ impl Params {
             retention: 24 * 3600 * SEC,
             efo_idle_event: SEC,
             efo_empty_first_event: false,
+            empty_get_records: false,
             batch_count: 10,
             checkpoint_limit: 1024,
             pool_records: 50_000,
@@ -270,6 +273,7 @@ impl Params {
         // Drawn last: the draws above (and so every earlier seed's
         // scenario) stay as they were.
         p.efo_empty_first_event = rng.chance(0.3);
+        p.empty_get_records = rng.chance(0.3);
         p.max_open_shards = shards * 2 + 2;
         p
     }

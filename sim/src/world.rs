@@ -202,6 +202,7 @@ impl World {
         let mut kinesis = Kinesis::new(stream.clone(), p.shards, p.retention, UNIX_BASE_MS);
         kinesis.idle_event_interval = p.efo_idle_event;
         kinesis.empty_first_event = p.efo_empty_first_event;
+        kinesis.empty_get_records = p.empty_get_records;
         let mut oracles = Oracles::default();
         for _ in 0..kinesis.shards.len() {
             oracles.add_shard(Vec::new());

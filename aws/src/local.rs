@@ -46,15 +46,21 @@
 //! (the change is visible but may not survive a power loss). A file that
 //! does not decode fails [`LocalLeaseStore::open`] with the row and field.
 //!
-//! The I/O is blocking and runs inside the returned futures: a few small
-//! file operations per call. A runtime that must never block its executor
-//! can run the calls on its blocking pool.
+//! The file I/O runs on one writer thread of the store, never in the
+//! returned futures: writes queue for it and are committed in groups (all
+//! writes queued during one commit share the next file replace and fsync,
+//! applied in arrival order, each answered with its own outcome). Reads
+//! answer from memory at once.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use async_channel::Sender;
 
 use kinesin_core::ids::{FencingToken, ShardId, ShardRef, StreamId};
 use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
@@ -118,12 +124,57 @@ struct Tables {
 }
 
 /// A single-process lease store in a directory (format in the module doc).
+///
+/// Writes go to one writer thread that commits them in groups: every write
+/// queued while a commit runs goes into the next one, applied in arrival
+/// order, with one file replace and one fsync for the whole group. So the
+/// async callers never block on disk I/O, and a burst of checkpoints (one
+/// per shard every commit period) costs one fsync instead of one each.
 #[derive(Debug)]
 pub struct LocalLeaseStore {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
     dir: PathBuf,
+    /// The committed table: what `leases.json` holds.
     tables: Mutex<Tables>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Group commits that replaced the file.
+    commits: AtomicU64,
     /// Held (locked) for the life of the store.
     _lock: File,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<(Change, Sender<Result<(), StoreError>>)>,
+    closed: bool,
+}
+
+/// One queued write.
+#[derive(Debug)]
+enum Change {
+    Lease(LeaseWrite),
+    Heartbeat(HeartbeatRow),
+}
+
+/// Why a group commit did not (surely) reach the disk.
+struct CommitFailure {
+    class: ErrorClass,
+    action: &'static str,
+    message: String,
+    source: io::ErrorKind,
+}
+
+impl CommitFailure {
+    fn to_error(&self) -> StoreError {
+        StoreError::new(self.class, self.action, self.message.clone())
+            .with_source(io::Error::new(self.source, self.message.clone()))
+    }
 }
 
 impl LocalLeaseStore {
@@ -181,72 +232,170 @@ impl LocalLeaseStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Tables::default(),
             Err(e) => return Err(io_err("read", &data_path)(e)),
         };
-        Ok(LocalLeaseStore {
-            dir,
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
             tables: Mutex::new(tables),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            commits: AtomicU64::new(0),
             _lock: lock,
+        });
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("kinesin-local-store".into())
+                .spawn(move || shared.run_writer())
+                .map_err(io_err("start the writer thread for", &dir))?
+        };
+        Ok(LocalLeaseStore {
+            shared,
+            writer: Some(writer),
         })
     }
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
+    /// How many times the file was replaced so far: one group commit
+    /// carries every write queued while the previous one ran.
+    pub fn file_commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// Queue `change` for the writer thread and wait for its commit.
+    async fn write(&self, change: Change) -> Result<(), StoreError> {
+        let (tx, rx) = async_channel::bounded(1);
+        {
+            let mut queue = self.shared.queue();
+            if queue.closed {
+                return Err(StoreError::new(
+                    ErrorClass::Transient,
+                    "write",
+                    "the local lease store is closing",
+                ));
+            }
+            queue.pending.push((change, tx));
+        }
+        self.shared.wake.notify_one();
+        rx.recv().await.unwrap_or_else(|_| {
+            // The writer thread died (a panic) with our write queued: it
+            // may or may not be in the file.
+            Err(StoreError::new(
+                ErrorClass::Ambiguous,
+                "write",
+                "the local lease store's writer thread stopped",
+            ))
+        })
+    }
+}
+
+impl Drop for LocalLeaseStore {
+    /// Commits what is queued, then stops the writer thread (the lock is
+    /// released when the last reference goes).
+    fn drop(&mut self) {
+        self.shared.queue().closed = true;
+        self.shared.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Shared {
     fn tables(&self) -> MutexGuard<'_, Tables> {
         // Memory changes only after a successful persist, so the tables are
         // consistent even if a holder panicked.
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_lease_sync(&self, write: &LeaseWrite) -> Result<(), StoreError> {
-        let mut tables = self.tables();
-        let next = write.apply(tables.leases.get(write.shard())).map_err(|e| {
-            StoreError::new(ErrorClass::ConditionalFailed, "write_lease", e.to_string())
-        })?;
-        let previous = tables.leases.insert(write.shard().clone(), next);
-        self.commit(&mut tables, |t| match previous {
-            Some(row) => {
-                t.leases.insert(write.shard().clone(), row);
-            }
-            None => {
-                t.leases.remove(write.shard());
-            }
-        })
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_heartbeat_sync(&self, row: &HeartbeatRow) -> Result<(), StoreError> {
-        let mut tables = self.tables();
-        let worker = row.owner.worker.to_string();
-        let previous = tables.heartbeats.insert(worker.clone(), row.clone());
-        self.commit(&mut tables, |t| match previous {
-            Some(row) => {
-                t.heartbeats.insert(worker, row);
-            }
-            None => {
-                t.heartbeats.remove(&worker);
-            }
-        })
+    /// The writer thread: one group commit per wake-up, until closed and
+    /// drained.
+    fn run_writer(&self) {
+        loop {
+            let group = {
+                let mut queue = self.queue();
+                while queue.pending.is_empty() && !queue.closed {
+                    queue = self
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if queue.pending.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            self.commit_group(group);
+        }
     }
 
-    /// Persist the already-updated tables; when nothing reached the disk,
-    /// `undo` restores memory so it matches the file again.
-    fn commit(
-        &self,
-        tables: &mut Tables,
-        undo: impl FnOnce(&mut Tables),
-    ) -> Result<(), StoreError> {
+    /// Apply `group` in order to a copy of the committed table (a lease
+    /// write refused by its condition is answered at once and changes
+    /// nothing), persist the copy once, then make it the committed table
+    /// and answer the rest with the outcome.
+    fn commit_group(&self, group: Vec<(Change, Sender<Result<(), StoreError>>)>) {
+        let mut next = self.tables().clone();
+        let mut applied = Vec::with_capacity(group.len());
+        for (change, reply) in group {
+            match change {
+                Change::Lease(write) => match write.apply(next.leases.get(write.shard())) {
+                    Ok(row) => {
+                        next.leases.insert(write.shard().clone(), row);
+                        applied.push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "write_lease",
+                            e.to_string(),
+                        )));
+                    }
+                },
+                Change::Heartbeat(row) => {
+                    next.heartbeats.insert(row.owner.worker.to_string(), row);
+                    applied.push(reply);
+                }
+            }
+        }
+        if applied.is_empty() {
+            return;
+        }
+        let outcome = self.persist(&next);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let visible = match &outcome {
+            Ok(()) => true,
+            Err(f) => f.class == ErrorClass::Ambiguous,
+        };
+        if visible {
+            *self.tables() = next;
+        }
+        for reply in applied {
+            let answer = match &outcome {
+                Ok(()) => Ok(()),
+                Err(f) => Err(f.to_error()),
+            };
+            let _ = reply.try_send(answer);
+        }
+    }
+
+    /// Replace `leases.json` with `tables`: Transient when nothing reached
+    /// the file, Ambiguous when it was replaced but the directory could not
+    /// be synced.
+    fn persist(&self, tables: &Tables) -> Result<(), CommitFailure> {
         let temp_path = self.dir.join(TEMP_FILE);
         let data_path = self.dir.join(DATA_FILE);
-        let bytes = match encode_file(tables) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                undo(tables);
-                return Err(
-                    StoreError::new(ErrorClass::Transient, "encode", e.to_string()).with_source(e),
-                );
-            }
-        };
+        let bytes = encode_file(tables).map_err(|e| CommitFailure {
+            class: ErrorClass::Transient,
+            action: "encode",
+            message: e.to_string(),
+            source: io::ErrorKind::InvalidData,
+        })?;
         let written = File::create(&temp_path)
             .and_then(|mut f| {
                 f.write_all(&bytes)?;
@@ -255,25 +404,22 @@ impl LocalLeaseStore {
             .map_err(|e| (e, "write"))
             .and_then(|()| fs::rename(&temp_path, &data_path).map_err(|e| (e, "rename")));
         if let Err((e, action)) = written {
-            undo(tables);
             let _ = fs::remove_file(&temp_path);
-            return Err(StoreError::new(
-                ErrorClass::Transient,
+            return Err(CommitFailure {
+                class: ErrorClass::Transient,
                 action,
-                format!("{}: {e}", temp_path.display()),
-            )
-            .with_source(e));
+                message: format!("{}: {e}", temp_path.display()),
+                source: e.kind(),
+            });
         }
-        sync_dir(&self.dir).map_err(|e| {
-            StoreError::new(
-                ErrorClass::Ambiguous,
-                "fsync",
-                format!(
-                    "{} replaced, but the directory could not be synced: {e}",
-                    data_path.display()
-                ),
-            )
-            .with_source(e)
+        sync_dir(&self.dir).map_err(|e| CommitFailure {
+            class: ErrorClass::Ambiguous,
+            action: "fsync",
+            message: format!(
+                "{} replaced, but the directory could not be synced: {e}",
+                data_path.display()
+            ),
+            source: e.kind(),
         })
     }
 }
@@ -293,6 +439,7 @@ impl LeaseStore for LocalLeaseStore {
     fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Vec<LeaseRow>> {
         Box::pin(async move {
             Ok(self
+                .shared
                 .tables()
                 .leases
                 .values()
@@ -303,15 +450,15 @@ impl LeaseStore for LocalLeaseStore {
     }
 
     fn write_lease<'a>(&'a self, write: &'a LeaseWrite) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.write_lease_sync(write) })
+        Box::pin(self.write(Change::Lease(write.clone())))
     }
 
     fn read_heartbeats(&self) -> StoreFuture<'_, Vec<HeartbeatRow>> {
-        Box::pin(async move { Ok(self.tables().heartbeats.values().cloned().collect()) })
+        Box::pin(async move { Ok(self.shared.tables().heartbeats.values().cloned().collect()) })
     }
 
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.write_heartbeat_sync(row) })
+        Box::pin(self.write(Change::Heartbeat(row.clone())))
     }
 }
 

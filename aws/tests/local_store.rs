@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Result};
 use kinesin_aws::{LeaseStore, LocalLeaseStore, LocalStoreError};
 use kinesin_core::ids::{FencingToken, Owner, StreamId};
-use kinesin_core::io::{HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
 use kinesin_core::sequence::Checkpoint;
 
 /// Set in the child process of `local_store_refuses_a_second_process`.
@@ -200,5 +200,57 @@ async fn local_store_keeps_streams_apart() -> Result<()> {
     let rows = store.read_leases(&StreamId::new("b")).await?;
     let names: Vec<String> = rows.iter().map(|r| r.shard.to_string()).collect();
     ensure!(names == ["b:shardId-0", "b:shardId-1"], "{names:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_store_group_commit_answers_each_write_on_its_own() -> Result<()> {
+    let dir = TempDir::new("group");
+    let store = std::sync::Arc::new(LocalLeaseStore::open(&dir.0)?);
+    // 64 creates of distinct rows and 2 of the same row, all at once: every
+    // distinct one succeeds, exactly one of the twins is refused by its
+    // condition, however the writer groups them.
+    let mut tasks = Vec::new();
+    for i in 0..66 {
+        let store = store.clone();
+        let shard = if i < 64 {
+            format!("shardId-{i:012}")
+        } else {
+            "shardId-twin".to_owned()
+        };
+        tasks.push(tokio::spawn(async move {
+            let s = common::shard("group", &shard);
+            (
+                i,
+                store
+                    .write_lease(&LeaseWrite::Create(LeaseRow::new(s, vec![], 0)))
+                    .await
+                    .map_err(|e| e.class()),
+            )
+        }));
+    }
+    let mut twins = Vec::new();
+    for task in tasks {
+        let (i, result) = task.await?;
+        if i < 64 {
+            ensure!(result.is_ok(), "create {i}: {result:?}");
+        } else {
+            twins.push(result);
+        }
+    }
+    twins.sort_by_key(|r| r.is_ok());
+    ensure!(
+        twins == [Err(ErrorClass::ConditionalFailed), Ok(())],
+        "one twin created, one refused: {twins:?}"
+    );
+    let commits = store.file_commits();
+    ensure!(
+        (1..=65).contains(&commits),
+        "{commits} file commits for 65 writes"
+    );
+    eprintln!("66 concurrent creates: {commits} file commits");
+    drop(store);
+    let store = LocalLeaseStore::open(&dir.0)?;
+    ensure!(store.read_leases(&StreamId::new("group")).await?.len() == 65);
     Ok(())
 }

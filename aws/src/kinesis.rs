@@ -435,7 +435,9 @@ pub fn expand(
                     );
                 }
             }
-            None => push(ExtSeq::new(seq, 0), true, data.clone(), pk),
+            // Moved, not cloned: a clone of a `Bytes` made from a Vec
+            // allocates its shared header, once per record.
+            None => push(ExtSeq::new(seq, 0), true, data, pk),
         }
     }
     Ok((metas, payloads))

@@ -142,5 +142,24 @@ fn delivery(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, delivery);
+/// `SeqNum::parse` of a 56-digit sequence number: the driver validates every
+/// record's sequence number once, as it arrives.
+fn seqnum_parse(c: &mut Criterion) {
+    let strings: Vec<String> = realistic_seqs(1024)
+        .into_iter()
+        .map(|e| e.seq.as_str().to_owned())
+        .collect();
+    let mut group = c.benchmark_group("seqnum_parse");
+    group.throughput(Throughput::Elements(strings.len() as u64));
+    group.bench_function("56_digits", |b| {
+        b.iter(|| {
+            for s in &strings {
+                black_box(SeqNum::parse(black_box(s)).ok());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, delivery, seqnum_parse);
 criterion_main!(benches);

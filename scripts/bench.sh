@@ -4,11 +4,13 @@
 #   scripts/bench.sh                 throughput, then memory
 #   scripts/bench.sh throughput      (a) bare aws-sdk-kinesis loop vs (b) kinesin consume
 #   scripts/bench.sh memory          200 shards, stalled sink, 64 MiB pool budget
+#   scripts/bench.sh instructions    the throughput runs counted in instructions
+#                                    (valgrind callgrind; not part of `all`)
 #
-# throughput: preloads one stream (KINESIN_BENCH_SHARDS=64 shards,
-#   KINESIN_BENCH_RECORDS=100000 records of KINESIN_BENCH_SIZE=200 bytes), then
-#   reads all of it from TRIM_HORIZON, for polling and for EFO,
-#   KINESIN_BENCH_RUNS=3 times each, reading N/4 and N records (the run with
+# throughput: preloads two streams of KINESIN_BENCH_SHARDS=64 shards, one
+#   with N=KINESIN_BENCH_RECORDS=100000 records of KINESIN_BENCH_SIZE=200
+#   bytes and one with N/4, then reads each whole stream from TRIM_HORIZON,
+#   for polling and for EFO, KINESIN_BENCH_RUNS=3 times each (the run with
 #   the median CPU is shown), with
 #   (a) cli/examples/bare_sdk.rs: the same SDK calls, no leases, no
 #       checkpoints, no flow control;
@@ -16,7 +18,7 @@
 #   both writing the same JSON Lines to a file. Prints CPU seconds per
 #   million records, wall time and peak RSS of each whole run, the whole-run
 #   ratio b/a, and the marginal CPU per record (the slope between the N/4 and
-#   N runs, without the fixed costs) of each and its ratio b/a (target: CPU
+#   N streams, without the fixed costs) of each and its ratio b/a (target: CPU
 #   per record b/a <= 1.25). Every run's output is checked to
 #   hold every record. Why 64 shards and 100,000 records: kinesis-mock's
 #   PutRecords slows down linearly with the size of the shard written to
@@ -37,9 +39,16 @@
 #   (2) kinesin consume with stdout a pipe nobody reads (writes block):
 #       peak RSS, and the leases and heartbeats it kept while blocked.
 #
+# instructions: the same (a)/(b) runs at N/4 and N records, once each, under
+#   valgrind --tool=callgrind, which counts executed instructions: unlike CPU
+#   seconds, the count does not move with what else the machine is doing
+#   (the emulators run on the same 2 cores), so the per-record ratio b/a is
+#   repeatable. Needs valgrind; about 50x slower than a native run.
+#
 # KINESIN_BENCH_MODES="polling efo" chooses the throughput modes.
-# KINESIN_BENCH_STREAM / KINESIN_MEM_STREAM name a stream preloaded by an
-# earlier run (printed) to skip the preload while the emulators keep running.
+# KINESIN_BENCH_STREAM, KINESIN_BENCH_STREAM_Q (the N/4 one) and
+# KINESIN_MEM_STREAM name streams preloaded by an earlier run (printed) to
+# skip the preload while the emulators keep running.
 #
 # Builds release binaries once (cargo build --release), starts the emulators
 # unless they run (and stops them at the end if it started them). The
@@ -49,8 +58,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHAT=${1:-all}
-case $WHAT in throughput | memory | all) ;; *)
-  echo "usage: scripts/bench.sh [throughput|memory|all]" >&2
+case $WHAT in throughput | memory | instructions | all) ;; *)
+  echo "usage: scripts/bench.sh [throughput|memory|instructions|all]" >&2
   exit 2
   ;;
 esac
@@ -167,6 +176,21 @@ stream_for() {
   echo "$2"
 }
 
+# The throughput streams: STREAM_T holds RECORDS records, STREAM_Q a
+# quarter of that, over the same number of shards. Every run reads a whole
+# stream, so both consumers decode exactly the records they write (kinesin
+# reads ahead into its pool: stopping it after N/4 records of the large
+# stream would charge it for records it decoded and never wrote).
+preload_throughput_streams() {
+  STREAM_T=$(stream_for KINESIN_BENCH_STREAM "$RUN-t" "$SHARDS" "$RECORDS" "$SIZE" 4096) || exit 1
+  STREAM_Q=$(stream_for KINESIN_BENCH_STREAM_Q "$RUN-q" "$SHARDS" $((RECORDS / 4)) "$SIZE" 4096) || exit 1
+}
+
+# stream_of N: the stream that holds exactly N records.
+stream_of() {
+  if [ "$1" = "$RECORDS" ]; then echo "$STREAM_T"; else echo "$STREAM_Q"; fi
+}
+
 # slope SMALL_RUN LARGE_RUN EXTRA_RECORDS: CPU s per million records between
 # two runs (JSON), i.e. without what does not grow with the records.
 slope() {
@@ -182,12 +206,12 @@ one_run() {
   if [ "$kind" = bare ]; then
     [ "$mode" = efo ] && efo=(--consumer "$RUN-bare")
     out=$(python3 "$MEASURE" --out "$WORK/$kind-$mode.jsonl" --err "$WORK/$kind-$mode.log" -- \
-      "$BARE" --stream "$STREAM_T" --mode "$mode" "${efo[@]}" --expect "$n")
+      "$BARE" --stream "$(stream_of "$n")" --mode "$mode" "${efo[@]}" --expect "$n")
   else
     [ "$mode" = efo ] && efo=(--efo "$RUN-kinesin")
     rm -rf "$WORK/state-$mode"
     out=$(python3 "$MEASURE" --out "$WORK/$kind-$mode.jsonl" --err "$WORK/$kind-$mode.log" -- \
-      "$K" consume --stream "$STREAM_T" "${efo[@]}" --local-store "$WORK/state-$mode" \
+      "$K" consume --stream "$(stream_of "$n")" "${efo[@]}" --local-store "$WORK/state-$mode" \
       --worker-id bench --max-records "$n")
   fi
   [ "$(field "$out" exit)" = 0 ] || { echo "bench: $kind $mode failed: $out (log $WORK/$kind-$mode.log)" >&2; exit 1; }
@@ -196,7 +220,7 @@ one_run() {
 }
 
 throughput() {
-  STREAM_T=$(stream_for KINESIN_BENCH_STREAM "$RUN-t" "$SHARDS" "$RECORDS" "$SIZE" 4096) || exit 1
+  preload_throughput_streams
   local quarter=$((RECORDS / 4)) mode kind n rep r
   RATIOS=()
   for mode in ${KINESIN_BENCH_MODES:-polling efo}; do
@@ -228,6 +252,61 @@ throughput() {
       "$(awk -v a="$ma" -v b="$mb" 'BEGIN { printf "%.2f", b / a }')")")
     echo "${RATIOS[-1]}" >&2
     unset med
+  done
+}
+
+# count_run KIND MODE N: one run reading N records under callgrind; prints
+# "<instructions> <lines written>".
+count_run() {
+  local kind=$1 mode=$2 n=$3 out=$WORK/$1-$2-count.jsonl log=$WORK/$1-$2-count.log cmd
+  [ "$mode" = efo ] && wait_kinesis_idle
+  if [ "$kind" = bare ]; then
+    cmd=("$BARE" --stream "$(stream_of "$n")" --mode "$mode")
+    [ "$mode" = efo ] && cmd+=(--consumer "$RUN-cbare-$n")
+    cmd+=(--expect "$n")
+  else
+    rm -rf "$WORK/state-count-$mode"
+    cmd=("$K" consume --stream "$(stream_of "$n")")
+    [ "$mode" = efo ] && cmd+=(--efo "$RUN-ckin-$n")
+    cmd+=(--local-store "$WORK/state-count-$mode" --worker-id bench --max-records "$n")
+  fi
+  if ! valgrind --tool=callgrind --callgrind-out-file=/dev/null "${cmd[@]}" >"$out" 2>"$log"; then
+    echo "bench: $kind $mode under callgrind failed (log $log)" >&2
+    exit 1
+  fi
+  check_lines "$out" "$n" "$kind $mode (callgrind)"
+  echo "$(sed -nE 's/.*Collected : ([0-9]+).*/\1/p' "$log" | tail -n 1) $(wc -l <"$out" | tr -d ' ')"
+}
+
+COUNTS=()
+instructions() {
+  command -v valgrind >/dev/null || { echo "bench: instructions needs valgrind" >&2; exit 1; }
+  preload_throughput_streams
+  local quarter=$((RECORDS / 4)) mode kind n
+  for mode in ${KINESIN_BENCH_MODES:-polling efo}; do
+    declare -A ins=() lines=()
+    for kind in bare kinesin; do
+      for n in "$quarter" "$RECORDS"; do
+        say "$mode, $kind, $n records, under callgrind"
+        read -r "ins[$kind-$n]" "lines[$kind-$n]" < <(count_run $kind $mode "$n") || exit 1
+        echo "   ${ins[$kind-$n]} instructions, ${lines[$kind-$n]} lines" >&2
+      done
+    done
+    COUNTS+=("$(python3 -c '
+import sys
+mode, q, n = sys.argv[1], sys.argv[2], sys.argv[3]
+a_q, a_ql, a_n, a_nl, b_q, b_ql, b_n, b_nl = map(int, sys.argv[4:])
+# Per record: the slope between the two sizes (lines actually written:
+# the bare loop writes whole events, so it may pass N a little).
+a = (a_n - a_q) / (a_nl - a_ql)
+b = (b_n - b_q) / (b_nl - b_ql)
+print(f"{mode:8s} instructions, whole run at {n}: a {a_n / 1e6:.0f} M, b {b_n / 1e6:.0f} M, b/a = {b_n / a_n:.2f}; "
+      f"per record ({q} -> {n}): a {a:.0f}, b {b:.0f}, b/a = {b / a:.2f} (target <= 1.25)")
+' "$mode" "$quarter" "$RECORDS" \
+      "${ins[bare-$quarter]}" "${lines[bare-$quarter]}" "${ins[bare-$RECORDS]}" "${lines[bare-$RECORDS]}" \
+      "${ins[kinesin-$quarter]}" "${lines[kinesin-$quarter]}" "${ins[kinesin-$RECORDS]}" "${lines[kinesin-$RECORDS]}")")
+    echo "${COUNTS[-1]}" >&2
+    unset ins lines
   done
 }
 
@@ -282,6 +361,7 @@ print(f"{owned} of {rows} leases held at the kill, heartbeat {beats}")' "$WORK/s
 case $WHAT in
 throughput) throughput ;;
 memory) memory ;;
+instructions) instructions ;;
 all)
   throughput
   memory
@@ -295,6 +375,10 @@ if [ ${#ROWS[@]} -gt 0 ]; then
   printf '%-34s %10s %9s %9s %11s\n' "run" "CPU s/M" "CPU s" "wall s" "peak RSS MB"
   printf '%s\n' "${ROWS[@]}"
   printf '%s\n' "${RATIOS[@]}"
+fi
+if [ ${#COUNTS[@]} -gt 0 ]; then
+  echo "stream: $SHARDS shards, $RECORDS records of $SIZE bytes; executed instructions (valgrind callgrind)"
+  printf '%s\n' "${COUNTS[@]}"
 fi
 if [ ${#MEM[@]} -gt 0 ]; then
   echo "memory: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes, $MEM_MODE, stalled sinks, $MEM_SECONDS s"

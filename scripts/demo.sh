@@ -32,8 +32,11 @@ cargo build -q -p kinesin-cli
 K=$PWD/target/debug/kinesin
 
 STARTED_EMULATORS=0
-if scripts/emulators.sh status >/dev/null 2>&1; then
+# `running`, not `status`: a kinesis-mock busy with old subscriptions may
+# not answer status's check in time, and must not be stopped at the end.
+if scripts/emulators.sh running; then
   say "emulators already running: using them (they are left running)"
+  scripts/emulators.sh start # waits until they answer
 else
   say "starting the emulators (scripts/emulators.sh start)"
   scripts/emulators.sh start

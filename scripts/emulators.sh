@@ -4,6 +4,8 @@
 #   scripts/emulators.sh start    install (once), start, wait until ready
 #   scripts/emulators.sh stop     stop what `start` started (by pid file only)
 #   scripts/emulators.sh status   print what runs; exit 0 only if both are up
+#   scripts/emulators.sh running  exit 0 if both processes that `start`
+#                                 started are alive (ready or busy)
 #   scripts/emulators.sh env      print `export` lines for the test clients:
 #                                 eval "$(scripts/emulators.sh env)"
 #
@@ -331,6 +333,13 @@ cmd_status() {
   return $ok
 }
 
+# For scripts that stop at the end only what they started: alive by pid
+# file, whether or not the ports answer right now (a busy kinesis-mock can
+# take longer than the status check's 2 s).
+cmd_running() {
+  our_pid kinesis >/dev/null && our_pid dynamodb >/dev/null
+}
+
 cmd_env() {
   emit() { printf 'export %s=%q\n' "$1" "$2"; }
   emit AWS_ACCESS_KEY_ID AKIDLOCAL
@@ -346,9 +355,10 @@ case ${1:-} in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  running) cmd_running ;;
   env) cmd_env ;;
   *)
-    echo "usage: $0 start|stop|status|env" >&2
+    echo "usage: $0 start|stop|status|running|env" >&2
     exit 2
     ;;
 esac

@@ -201,22 +201,29 @@ slope() {
     'BEGIN { printf "%.2f", (large - small) * 1e6 / n }'
 }
 
+# consumer_cmd KIND MODE N NAME STATE: sets CMD to the command of consumer
+# KIND (bare or kinesin) reading the whole N-record stream; NAME is its EFO
+# consumer name, STATE kinesin's local store (emptied first).
+consumer_cmd() {
+  local kind=$1 mode=$2 n=$3 name=$4 state=$5
+  if [ "$kind" = bare ]; then
+    CMD=("$BARE" --stream "$(stream_of "$n")" --mode "$mode")
+    if [ "$mode" = efo ]; then CMD+=(--consumer "$name"); fi
+    CMD+=(--expect "$n")
+  else
+    rm -rf "$state"
+    CMD=("$K" consume --stream "$(stream_of "$n")")
+    if [ "$mode" = efo ]; then CMD+=(--efo "$name"); fi
+    CMD+=(--local-store "$state" --worker-id bench --max-records "$n")
+  fi
+}
+
 # one_run KIND MODE N: one measured run reading N records; prints its JSON.
 one_run() {
   local kind=$1 mode=$2 n=$3 out
   [ "$mode" = efo ] && wait_kinesis_idle
-  local efo=()
-  if [ "$kind" = bare ]; then
-    [ "$mode" = efo ] && efo=(--consumer "$RUN-bare")
-    out=$(python3 "$MEASURE" --out "$WORK/$kind-$mode.jsonl" --err "$WORK/$kind-$mode.log" -- \
-      "$BARE" --stream "$(stream_of "$n")" --mode "$mode" "${efo[@]}" --expect "$n")
-  else
-    [ "$mode" = efo ] && efo=(--efo "$RUN-kinesin")
-    rm -rf "$WORK/state-$mode"
-    out=$(python3 "$MEASURE" --out "$WORK/$kind-$mode.jsonl" --err "$WORK/$kind-$mode.log" -- \
-      "$K" consume --stream "$(stream_of "$n")" "${efo[@]}" --local-store "$WORK/state-$mode" \
-      --worker-id bench --max-records "$n")
-  fi
+  consumer_cmd "$kind" "$mode" "$n" "$RUN-$kind" "$WORK/state-$mode"
+  out=$(python3 "$MEASURE" --out "$WORK/$kind-$mode.jsonl" --err "$WORK/$kind-$mode.log" -- "${CMD[@]}")
   [ "$(field "$out" exit)" = 0 ] || { echo "bench: $kind $mode failed: $out (log $WORK/$kind-$mode.log)" >&2; exit 1; }
   check_lines "$WORK/$kind-$mode.jsonl" "$n" "$kind $mode"
   echo "$out"
@@ -261,19 +268,10 @@ throughput() {
 # count_run KIND MODE N: one run reading N records under callgrind; prints
 # "<instructions> <lines written>".
 count_run() {
-  local kind=$1 mode=$2 n=$3 out=$WORK/$1-$2-count.jsonl log=$WORK/$1-$2-count.log cmd
+  local kind=$1 mode=$2 n=$3 out=$WORK/$1-$2-count.jsonl log=$WORK/$1-$2-count.log
   [ "$mode" = efo ] && wait_kinesis_idle
-  if [ "$kind" = bare ]; then
-    cmd=("$BARE" --stream "$(stream_of "$n")" --mode "$mode")
-    [ "$mode" = efo ] && cmd+=(--consumer "$RUN-cbare-$n")
-    cmd+=(--expect "$n")
-  else
-    rm -rf "$WORK/state-count-$mode"
-    cmd=("$K" consume --stream "$(stream_of "$n")")
-    [ "$mode" = efo ] && cmd+=(--efo "$RUN-ckin-$n")
-    cmd+=(--local-store "$WORK/state-count-$mode" --worker-id bench --max-records "$n")
-  fi
-  if ! valgrind --tool=callgrind --callgrind-out-file=/dev/null "${cmd[@]}" >"$out" 2>"$log"; then
+  consumer_cmd "$kind" "$mode" "$n" "$RUN-c$kind-$n" "$WORK/state-count-$mode"
+  if ! valgrind --tool=callgrind --callgrind-out-file=/dev/null "${CMD[@]}" >"$out" 2>"$log"; then
     echo "bench: $kind $mode under callgrind failed (log $log)" >&2
     exit 1
   fi

@@ -166,14 +166,14 @@ enum Change {
 struct CommitFailure {
     class: ErrorClass,
     action: &'static str,
+    /// Names the file and carries the OS error's text.
     message: String,
-    source: io::ErrorKind,
 }
 
 impl CommitFailure {
+    /// The answer for each write of the group (one failure, many callers).
     fn to_error(&self) -> StoreError {
         StoreError::new(self.class, self.action, self.message.clone())
-            .with_source(io::Error::new(self.source, self.message.clone()))
     }
 }
 
@@ -394,7 +394,6 @@ impl Shared {
             class: ErrorClass::Transient,
             action: "encode",
             message: e.to_string(),
-            source: io::ErrorKind::InvalidData,
         })?;
         let written = File::create(&temp_path)
             .and_then(|mut f| {
@@ -409,7 +408,6 @@ impl Shared {
                 class: ErrorClass::Transient,
                 action,
                 message: format!("{}: {e}", temp_path.display()),
-                source: e.kind(),
             });
         }
         sync_dir(&self.dir).map_err(|e| CommitFailure {
@@ -419,7 +417,6 @@ impl Shared {
                 "{} replaced, but the directory could not be synced: {e}",
                 data_path.display()
             ),
-            source: e.kind(),
         })
     }
 }

@@ -237,10 +237,10 @@ pub struct ShardReader {
     position_is_stored: bool,
     fell_back: bool,
     closed: bool,
-    /// Events received on the current subscription (an empty *first* event
-    /// never means shard end: a stream may open with one before the
+    /// The current subscription has delivered an event (an empty *first*
+    /// event never means shard end: a stream may open with one before the
     /// records of a closed shard).
-    sub_events: u32,
+    sub_had_event: bool,
     awaiting: Option<Awaiting>,
     rng: Rng,
     backoff: Backoff,
@@ -299,7 +299,7 @@ impl ShardReader {
             position: start,
             fell_back: false,
             closed: false,
-            sub_events: 0,
+            sub_had_event: false,
             awaiting: None,
             rng: Rng::new(rng_seed),
             backoff: Backoff::new(),
@@ -805,7 +805,7 @@ impl ShardReader {
         };
         let sub = mint.sub();
         *state = EfoState::Open { sub, pull: None };
-        self.sub_events = 0;
+        self.sub_had_event = false;
         let consumer_arn = consumer_arn.clone();
         self.backpressure_at = Some(at(now, *backpressure_timeout));
         self.subscribe_calls += 1;
@@ -845,8 +845,8 @@ impl ShardReader {
         self.backoff.reset();
         let end = data.continuation.is_none()
             || !data.child_shards.is_empty()
-            || (self.closed && data.records.is_empty() && self.sub_events > 0);
-        self.sub_events = self.sub_events.saturating_add(1);
+            || (self.closed && data.records.is_empty() && self.sub_had_event);
+        self.sub_had_event = true;
         self.awaiting = Some(Awaiting {
             chunk,
             next: data

@@ -211,10 +211,10 @@ pub struct Kinesis {
     /// continuation of the record before the starting point (as a real
     /// stream may answer: the position then must not move back).
     pub empty_first_event: bool,
-    /// Every third GetRecords call that could return records returns none
-    /// (with a NextShardIterator at the same place and MillisBehindLatest
-    /// above 0), as the service may when the iterator points at a stretch
-    /// of the shard without data.
+    /// Every third GetRecords call returns no records, with a
+    /// NextShardIterator at the same place (MillisBehindLatest as usual),
+    /// as the service may when the iterator points at a stretch of the
+    /// shard without data.
     pub empty_get_records: bool,
     /// SubscribeToShard calls that reached the service.
     pub subscribe_calls: u64,

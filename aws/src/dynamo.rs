@@ -75,8 +75,9 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use kinesin_core::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::ErrorClass;
 use kinesin_core::sequence::Checkpoint;
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 use crate::codec::{decode_checkpoint, decode_owner, decode_shard_ref, encode_shard_ref};
 use crate::lease_store::{LeaseStore, RowError, StoreError, StoreFuture};

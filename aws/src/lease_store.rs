@@ -33,7 +33,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use kinesin_core::ids::StreamId;
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::ErrorClass;
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// The future a [`LeaseStore`] method returns: boxed so the trait is
 /// object-safe, `Send` so it can run in a spawned task.

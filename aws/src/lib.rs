@@ -17,7 +17,7 @@
 //! - [`Kinesis`]: the Kinesis calls (ListShards, GetRecords,
 //!   SubscribeToShard, ...) and KPL de-aggregation into [`Record`]s.
 //! - [`LeaseStore`]: read and conditionally write lease rows and heartbeat
-//!   rows, with the semantics of [`kinesin_core::io::LeaseWrite::apply`];
+//!   rows, with the semantics of [`kinesin_core::table::LeaseWrite::apply`];
 //!   [`DynamoLeaseStore`] (a fleet; schema in [`dynamo`]) and
 //!   [`LocalLeaseStore`] (one process; format in [`local`]).
 //! - [`error`]: every SDK error mapped to the core's

@@ -63,7 +63,8 @@ use std::thread::JoinHandle;
 use async_channel::Sender;
 
 use kinesin_core::ids::{FencingToken, ShardId, ShardRef, StreamId};
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::ErrorClass;
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 use serde::Serialize;
 use serde_json::{Map, Value};
 

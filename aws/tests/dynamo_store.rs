@@ -18,7 +18,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use kinesin_aws::{DynamoLeaseStore, LeaseStore};
 use kinesin_core::ids::{ShardId, StreamId};
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::ErrorClass;
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// Counts operations sent through the client.
 #[derive(Debug, Default, Clone)]

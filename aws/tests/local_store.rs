@@ -10,8 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Result};
 use kinesin_aws::{LeaseStore, LocalLeaseStore, LocalStoreError};
 use kinesin_core::ids::{FencingToken, Owner, StreamId};
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::ErrorClass;
 use kinesin_core::sequence::Checkpoint;
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// Set in the child process of `local_store_refuses_a_second_process`.
 const CHILD_DIR_ENV: &str = "KINESIN_TEST_LOCAL_STORE_CHILD_DIR";

@@ -8,8 +8,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kinesin_aws::dynamo::{ATTR_STREAM, WORKERS_PARTITION};
 use kinesin_aws::{DynamoLeaseStore, LeaseStore};
 use kinesin_core::ids::StreamId;
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow};
+use kinesin_core::io::ErrorClass;
 use kinesin_core::sequence::Checkpoint;
+use kinesin_core::table::{HeartbeatRow, LeaseRow};
 
 use crate::LeasesArgs;
 

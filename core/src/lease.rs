@@ -79,11 +79,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::ids::{FencingToken, IdMint, OpId, Owner, ShardId, ShardRef, StreamId};
-use crate::io::{
-    Action, ChildShard, ErrorClass, HeartbeatRow, Input, LeaseRow, LeaseWrite, LostReason,
-    ShardInfo,
-};
+use crate::io::{Action, ChildShard, ErrorClass, Input, LostReason, ShardInfo};
 use crate::sequence::Checkpoint;
+use crate::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// What the lease manager tells the worker.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,6 +39,7 @@ pub mod pool;
 pub mod rng;
 pub mod sequence;
 pub mod shard;
+pub mod table;
 pub mod timer;
 pub mod worker;
 

@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{Batching, EfoConsumer};
-use crate::io::{
-    ConsumerInfo, ConsumerStatus, ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite, ShardInfo,
-    ShardIterator,
-};
+use crate::io::{ConsumerInfo, ConsumerStatus, ErrorClass, ShardInfo, ShardIterator};
 use crate::kpl::HashRange;
 use crate::sequence::{ExtSeq, SeqNum};
+use crate::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 fn seq(n: u64) -> SeqNum {
     SeqNum::parse(&format!("4959{n:020}")).unwrap()

@@ -21,10 +21,10 @@ use md5::{Digest, Md5};
 use kinesin_core::checkpoint::{CheckpointTracker, Slot, TrackerError};
 use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval, StartFrom};
 use kinesin_core::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
-use kinesin_core::io::{LeaseRow, LeaseWrite};
 use kinesin_core::kpl::{self, AggRecord, HashRange, SubRecord};
 use kinesin_core::pool::{Permit, Pool, PoolFull};
 use kinesin_core::sequence::{Checkpoint, CheckpointError, ExtSeq, SeqNum, SeqNumError};
+use kinesin_core::table::{LeaseRow, LeaseWrite};
 
 /// Most operations one input drives through a state machine.
 pub const MAX_STEPS: usize = 256;

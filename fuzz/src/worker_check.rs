@@ -12,11 +12,12 @@ use kinesin_core::ids::{
     BatchId, ChunkId, FencingToken, Owner, ShardId, ShardRef, StreamId, SubId,
 };
 use kinesin_core::io::{
-    Action, Batch, ChildShard, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, Event,
-    HeartbeatRow, Input, LeaseRow, LeaseWrite, RecordMeta, ShardInfo, ShardIterator,
+    Action, Batch, ChildShard, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, Event, Input,
+    RecordMeta, ShardInfo, ShardIterator,
 };
 use kinesin_core::kpl::HashRange;
 use kinesin_core::sequence::{Checkpoint, ExtSeq, StartPosition};
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 use kinesin_core::worker::Worker;
 
 use super::{any, chance, check_config_bounds, int, seq_of, MAX_STEPS};

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kinesin_core::ids::{ShardRef, StreamId};
-use kinesin_core::io::{ConditionFailed, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::table::{ConditionFailed, HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// DynamoDB requests that reached the table, by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 //!
 //! Runs seeds S..S+N (S defaults to 0) of the scenario (default `swarm`;
 //! `cost` runs `cost100` and `cost1000`), on T threads (default: available
-//! cores). Exits 1 on a violation, printing `SIM_SEED=<n>`, the command that
+//! cores). Prints the trace hash of the seed (or one hash folded over every
+//! seed of the sweep, in seed order), so a change meant to alter no
+//! behaviour can be checked by comparing it. Exits 1 on a violation, printing `SIM_SEED=<n>`, the command that
 //! replays it and the shortened event trace.
 
 use std::collections::BTreeMap;
@@ -60,6 +62,7 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
     let end = a.seed + a.seeds;
     let summary = Mutex::new(Summary::default());
     let failures: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let hashes: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..a.threads.max(1) {
@@ -77,6 +80,10 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
                 }
                 let report = run(params);
                 summary.lock().expect("lock").add(&report);
+                hashes
+                    .lock()
+                    .expect("lock")
+                    .insert(report.seed, report.trace_hash);
                 if report.violation.is_some() {
                     failures.lock().expect("lock").push(report);
                 }
@@ -86,6 +93,17 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
     let mut summary = summary.into_inner().expect("lock");
     summary.wall = started.elapsed();
     println!("[{scenario}] {summary}");
+    let hashes = hashes.into_inner().expect("lock");
+    if let [(_, h)] = hashes.iter().collect::<Vec<_>>()[..] {
+        println!("trace hash={h:016x}");
+    } else {
+        // One figure for the whole sweep, independent of thread scheduling:
+        // the per-seed hashes folded in seed order.
+        let all = hashes.values().fold(0xcbf2_9ce4_8422_2325_u64, |acc, h| {
+            (acc ^ h).wrapping_mul(0x0100_0000_01b3).rotate_left(17)
+        });
+        println!("trace hash={all:016x} (all {} seeds)", hashes.len());
+    }
     let mut failures = failures.into_inner().expect("lock");
     failures.sort_by_key(|r| r.seed);
     if failures.is_empty() {

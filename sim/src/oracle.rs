@@ -41,8 +41,9 @@ use std::time::Duration;
 
 use kinesin_core::backoff::{jitter_bounds, Backoff};
 use kinesin_core::ids::{FencingToken, Owner, ShardRef};
-use kinesin_core::io::{Batch, LeaseRow, LeaseWrite};
+use kinesin_core::io::Batch;
 use kinesin_core::sequence::{Checkpoint, ExtSeq};
+use kinesin_core::table::{LeaseRow, LeaseWrite};
 
 use crate::sched::{Micros, SEC};
 

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval};
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, StreamId, SubId};
-use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, LeaseWrite, RecordMeta};
+use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, RecordMeta};
 use kinesin_core::kpl;
 use kinesin_core::rng::Rng;
 use kinesin_core::sequence::{Checkpoint, ExtSeq, StartPosition};
+use kinesin_core::table::LeaseWrite;
 use kinesin_core::worker::Worker;
 
 use crate::dynamo::Dynamo;

@@ -4,8 +4,9 @@
 use anyhow::{bail, ensure, Context, Result};
 use kinesin_aws::LeaseStore;
 use kinesin_core::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
-use kinesin_core::io::{ErrorClass, HeartbeatRow, LeaseRow, LeaseWrite};
+use kinesin_core::io::ErrorClass;
 use kinesin_core::sequence::{Checkpoint, ExtSeq, SeqNum};
+use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// A realistic 56-digit sequence number.
 const SEQ: &str = "49590338271490256608559692538361571095921575989136588898";

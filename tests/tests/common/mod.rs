@@ -28,7 +28,7 @@ use futures_lite::{FutureExt, StreamExt};
 use kinesin_aws::runtime::{sleep_until, with_deadline};
 use kinesin_aws::{Batches, ConsumerBuilder, Runtime};
 use kinesin_core::ids::StreamId;
-use kinesin_core::io::LeaseRow;
+use kinesin_core::table::LeaseRow;
 
 /// How one runtime runs the suite.
 pub trait TestRuntime: Sized + 'static {

@@ -17,9 +17,12 @@
 //! Rules encoded: a delivered batch's payload is kept until it is acked (a
 //! nack redelivers the same [`BatchId`], possibly after its chunk was freed)
 //! or its lease is lost; every action is answered exactly once (calls that
-//! hang are cut off at the call timeout: `Ambiguous` for lease writes,
-//! `Transient` otherwise); a cancelled subscription's task ends and closes
-//! its connection.
+//! hang are cut off at the call timeout with the core's
+//! `Action::timeout_class`: `Ambiguous` for lease writes, `Transient`
+//! otherwise); a cancelled subscription's task ends and closes its
+//! connection. The driver keeps no shard knowledge of its own: a read
+//! carries its shard's hash range, and Kinesis records become user records
+//! through the core's `kpl::expand`.
 //!
 //! Invariants: the `Worker` is touched by this task only; the channels to
 //! the application are unbounded but hold at most what the core's pool
@@ -33,7 +36,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
-use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, ShardRef, StreamId, SubId};
+use kinesin_core::ids::{BatchId, ChunkId, FencingToken, ShardRef, SubId};
 use kinesin_core::io::{Action, Event, Input, LostReason};
 use kinesin_core::kpl::HashRange;
 use kinesin_core::Worker;
@@ -201,13 +204,6 @@ pub struct Driver<R: Runtime> {
     chunks: HashMap<ChunkId, Payloads>,
     delivered: HashMap<BatchId, (ShardRef, Arc<[Record]>)>,
     subs: HashMap<SubId, async_channel::Sender<ChunkId>>,
-    ranges: HashMap<ShardRef, HashRange>,
-    /// ListShards in flight, to know whose shards an answer lists.
-    list_ops: HashMap<OpId, StreamId>,
-    /// GetRecords in flight and live subscriptions, by stream (child
-    /// shards' ranges).
-    record_ops: HashMap<OpId, StreamId>,
-    sub_streams: HashMap<SubId, StreamId>,
     shutdown_waiters: Vec<async_channel::Sender<()>>,
     leases_held: usize,
     /// Pool usage last published as gauges (records, bytes).
@@ -257,10 +253,6 @@ impl<R: Runtime> Driver<R> {
             chunks: HashMap::new(),
             delivered: HashMap::new(),
             subs: HashMap::new(),
-            ranges: HashMap::new(),
-            list_ops: HashMap::new(),
-            record_ops: HashMap::new(),
-            sub_streams: HashMap::new(),
             shutdown_waiters: Vec::new(),
             leases_held: 0,
             pool_shown: (0, 0),
@@ -353,7 +345,7 @@ impl<R: Runtime> Driver<R> {
                 input
             }
         };
-        self.learn_ranges(&input);
+        self.forget_ended_subscription(&input);
         self.worker.handle_input(now, input);
     }
 
@@ -390,53 +382,12 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Remember each shard's hash range (KPL filtering needs it).
-    fn learn_ranges(&mut self, input: &Input) {
-        match input {
-            Input::Shards { op, result } => {
-                let Some(stream) = self.list_ops.remove(op) else {
-                    return;
-                };
-                for info in result.iter().flatten() {
-                    let key = ShardRef::new(stream.clone(), info.shard.clone());
-                    self.ranges.insert(key, info.hash_range);
-                }
-            }
-            Input::SubscriptionEvent { data, sub, .. } => {
-                let Some(stream) = self.sub_streams.get(sub).cloned() else {
-                    return;
-                };
-                self.learn_children(&stream, data);
-            }
-            Input::Records {
-                op,
-                result: Ok((data, _)),
-            } => {
-                if let Some(stream) = self.record_ops.remove(op) {
-                    self.learn_children(&stream, data);
-                }
-            }
-            Input::Records { op, .. } => {
-                self.record_ops.remove(op);
-            }
-            Input::SubscriptionEnded { sub } | Input::SubscriptionError { sub, .. } => {
-                // The task has ended; the core resubscribes with a new id.
-                self.sub_streams.remove(sub);
-                self.subs.remove(sub);
-            }
-            _ => {}
+    /// A subscription task that ended drops its credit sender (the core
+    /// resubscribes with a new id).
+    fn forget_ended_subscription(&mut self, input: &Input) {
+        if let Input::SubscriptionEnded { sub } | Input::SubscriptionError { sub, .. } = input {
+            self.subs.remove(sub);
         }
-    }
-
-    fn learn_children(&mut self, stream: &StreamId, data: &kinesin_core::io::Chunk) {
-        for child in &data.child_shards {
-            let key = ShardRef::new(stream.clone(), child.shard.clone());
-            self.ranges.entry(key).or_insert(child.hash_range);
-        }
-    }
-
-    fn range_of(&self, shard: &ShardRef) -> HashRange {
-        self.ranges.get(shard).copied().unwrap_or(HashRange::FULL)
     }
 
     /// Drain actions and events until both are empty.
@@ -577,18 +528,20 @@ impl<R: Runtime> Driver<R> {
             warn!("{e}");
             e.class
         };
+        // The one rule (core's): a write that timed out may have applied
+        // (Ambiguous), anything else is Transient.
+        let timeout_class = action.timeout_class();
         let timed_out = move |op: &'static str| {
-            warn!("Kinesis {op} timed out after {timeout:?}");
-            kinesin_core::io::ErrorClass::Transient
+            warn!("{op} timed out after {timeout:?}");
+            timeout_class
         };
         match action {
             Action::ListShards { op, stream } => {
-                self.list_ops.insert(op, stream.clone());
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = k.list_shards(&stream);
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(log),
-                        None => Err(timed_out("ListShards")),
+                        None => Err(timed_out("Kinesis ListShards")),
                     };
                     Report::Input(Input::Shards { op, result })
                 });
@@ -602,7 +555,7 @@ impl<R: Runtime> Driver<R> {
                             Err(e.class)
                         }
                         Some(r) => r.map_err(log),
-                        None => Err(timed_out("RegisterStreamConsumer")),
+                        None => Err(timed_out("Kinesis RegisterStreamConsumer")),
                     };
                     Report::Input(Input::Consumer { op, result })
                 });
@@ -617,7 +570,7 @@ impl<R: Runtime> Driver<R> {
                     let call = k.describe_consumer(&stream, &name, arn.as_deref());
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(log),
-                        None => Err(timed_out("DescribeStreamConsumer")),
+                        None => Err(timed_out("Kinesis DescribeStreamConsumer")),
                     };
                     Report::Input(Input::Consumer { op, result })
                 });
@@ -627,11 +580,10 @@ impl<R: Runtime> Driver<R> {
                 shard,
                 consumer_arn,
                 position,
+                range,
             } => {
                 let (credit_tx, credit_rx) = async_channel::unbounded();
                 self.subs.insert(sub, credit_tx);
-                self.sub_streams.insert(sub, shard.stream.clone());
-                let range = self.range_of(&shard);
                 let tx = self.reports_tx.clone();
                 let span = shard_span(&shard);
                 metrics::counter!("kinesin_subscribe_total").increment(1);
@@ -661,7 +613,6 @@ impl<R: Runtime> Driver<R> {
             Action::Cancel { sub } => {
                 // Dropping the sender ends the task, which drops the stream.
                 self.subs.remove(&sub);
-                self.sub_streams.remove(&sub);
             }
             Action::GetShardIterator {
                 op,
@@ -672,7 +623,7 @@ impl<R: Runtime> Driver<R> {
                     let call = k.get_shard_iterator(&shard, &position);
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(log),
-                        None => Err(timed_out("GetShardIterator")),
+                        None => Err(timed_out("Kinesis GetShardIterator")),
                     };
                     Report::Input(Input::Iterator { op, result })
                 });
@@ -684,9 +635,8 @@ impl<R: Runtime> Driver<R> {
                 limit,
                 chunk,
                 skip_through,
+                range,
             } => {
-                let range = self.range_of(&shard);
-                self.record_ops.insert(op, shard.stream.clone());
                 self.spawn_call(shard_span(&shard), async move {
                     let call =
                         k.get_records(&shard, &iterator, limit, range, skip_through.as_ref());
@@ -709,7 +659,7 @@ impl<R: Runtime> Driver<R> {
                         }),
                         None => Report::Input(Input::Records {
                             op,
-                            result: Err(timed_out("GetRecords")),
+                            result: Err(timed_out("Kinesis GetRecords")),
                         }),
                     }
                 });
@@ -719,7 +669,7 @@ impl<R: Runtime> Driver<R> {
                     let call = store.read_leases(&stream);
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(store_class),
-                        None => Err(kinesin_core::io::ErrorClass::Transient),
+                        None => Err(timed_out("lease table Query")),
                     };
                     Report::Input(Input::Leases { op, result })
                 });
@@ -731,7 +681,7 @@ impl<R: Runtime> Driver<R> {
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(store_class),
                         // Sent, no answer: it may have applied.
-                        None => Err(kinesin_core::io::ErrorClass::Ambiguous),
+                        None => Err(timed_out("lease write")),
                     };
                     Report::Input(Input::LeaseWritten { op, result })
                 });
@@ -741,7 +691,7 @@ impl<R: Runtime> Driver<R> {
                     let call = store.read_heartbeats();
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(store_class),
-                        None => Err(kinesin_core::io::ErrorClass::Transient),
+                        None => Err(timed_out("heartbeat Query")),
                     };
                     Report::Input(Input::Heartbeats { op, result })
                 });
@@ -752,7 +702,7 @@ impl<R: Runtime> Driver<R> {
                     let call = store.write_heartbeat(&row);
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(r) => r.map_err(store_class),
-                        None => Err(kinesin_core::io::ErrorClass::Ambiguous),
+                        None => Err(timed_out("heartbeat write")),
                     };
                     Report::Input(Input::HeartbeatWritten { op, result })
                 });
@@ -816,7 +766,7 @@ async fn subscription_task<R: Runtime>(
             let _ = reports
                 .send(Report::Input(Input::SubscriptionError {
                     sub,
-                    class: kinesin_core::io::ErrorClass::Transient,
+                    class: kinesin_core::io::ErrorClass::unknown_outcome(false),
                 }))
                 .await;
             return;

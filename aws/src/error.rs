@@ -67,11 +67,7 @@ where
     E: ProvideErrorMetadata,
     R: RawStatus,
 {
-    let unknown_outcome = if write {
-        ErrorClass::Ambiguous
-    } else {
-        ErrorClass::Transient
-    };
+    let unknown_outcome = ErrorClass::unknown_outcome(write);
     match err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("");

@@ -43,7 +43,7 @@ use kinesin_core::io::{
     ChildShard, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, RecordMeta, ShardInfo,
     ShardIterator,
 };
-use kinesin_core::kpl::{self, HashRange};
+use kinesin_core::kpl::{self, HashRange, UserPayload};
 use kinesin_core::sequence::{ExtSeq, SeqNum, StartPosition};
 
 use crate::error::KinesisError;
@@ -403,41 +403,39 @@ pub fn expand(
             .unwrap_or(0);
         let data = Bytes::from(r.data.into_inner());
         let pk: Arc<str> = Arc::from(r.partition_key.unwrap_or_default());
-        let mut push = |ext: ExtSeq, last_sub: bool, data: Bytes, pk: Arc<str>| {
-            if !admits(&ext) {
-                return;
-            }
-            let bytes = u32::try_from(data.len() + pk.len()).unwrap_or(u32::MAX);
-            metas.push(RecordMeta {
-                ext: ext.clone(),
-                last_sub,
-                bytes,
-                arrival_ms,
-            });
+        let mut whole = None;
+        kpl::expand(
+            &seq,
+            &data,
+            pk.len(),
+            arrival_ms,
+            range,
+            &admits,
+            |meta, payload| {
+                match payload {
+                    // Moved below, not cloned here: a clone of a `Bytes`
+                    // made from a Vec allocates its shared header.
+                    UserPayload::Whole => whole = Some(meta),
+                    UserPayload::Sub(sub) => {
+                        payloads.push(Record {
+                            data: data.slice_ref(sub.data),
+                            partition_key: Arc::from(String::from_utf8_lossy(sub.partition_key)),
+                            ext: meta.ext.clone(),
+                            arrival_ms,
+                        });
+                        metas.push(meta);
+                    }
+                }
+            },
+        );
+        if let Some(meta) = whole {
             payloads.push(Record {
                 data,
                 partition_key: pk,
-                ext,
+                ext: meta.ext.clone(),
                 arrival_ms,
             });
-        };
-        match kpl::deaggregate(&data) {
-            Some(subs) => {
-                let kept = kpl::filter_by_range(subs, range);
-                let n = kept.len();
-                for (i, sub) in kept.iter().enumerate() {
-                    let sub_pk: Arc<str> = Arc::from(String::from_utf8_lossy(sub.partition_key));
-                    push(
-                        ExtSeq::new(seq.clone(), sub.sub),
-                        i + 1 == n,
-                        data.slice_ref(sub.data),
-                        sub_pk,
-                    );
-                }
-            }
-            // Moved, not cloned: a clone of a `Bytes` made from a Vec
-            // allocates its shared header, once per record.
-            None => push(ExtSeq::new(seq, 0), true, data, pk),
+            metas.push(meta);
         }
     }
     Ok((metas, payloads))

@@ -49,6 +49,20 @@ pub enum ErrorClass {
     Transient,
 }
 
+impl ErrorClass {
+    /// The class of a call whose outcome the caller cannot know (no answer
+    /// before its deadline, a lost connection, an unreadable response, a
+    /// 5xx): a write may have applied ([`ErrorClass::Ambiguous`], resolved
+    /// by reading the row), a read is simply [`ErrorClass::Transient`].
+    pub fn unknown_outcome(write: bool) -> ErrorClass {
+        if write {
+            ErrorClass::Ambiguous
+        } else {
+            ErrorClass::Transient
+        }
+    }
+}
+
 /// A shard as ListShards describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardInfo {
@@ -182,6 +196,9 @@ pub enum Action {
         /// event of the subscription (the aggregate holding the position
         /// may arrive after an empty first event).
         position: StartPosition,
+        /// The shard's hash range: KPL sub-records outside it belong to
+        /// another shard and are dropped ([`crate::kpl::expand`]).
+        range: HashRange,
     },
     /// Credit: read exactly one event from the subscription's stream ->
     /// [`Input::SubscriptionEvent`], [`Input::SubscriptionEnded`] or
@@ -223,6 +240,9 @@ pub enum Action {
         /// For a restart inside a KPL aggregate: leave out user records at
         /// or before this position.
         skip_through: Option<ExtSeq>,
+        /// The shard's hash range: KPL sub-records outside it belong to
+        /// another shard and are dropped ([`crate::kpl::expand`]).
+        range: HashRange,
     },
     /// Query every lease row of a stream (all pages, consistent read) ->
     /// [`Input::Leases`].
@@ -251,6 +271,71 @@ pub enum Action {
         /// The row.
         row: HeartbeatRow,
     },
+}
+
+impl Action {
+    /// The class of a call of this action that got no answer before its
+    /// deadline (or whose answer was lost): a write may have applied, so it
+    /// is [`ErrorClass::Ambiguous`] and the core resolves it by reading the
+    /// row; anything else is [`ErrorClass::Transient`]. The one rule the aws
+    /// driver and the simulator share.
+    pub fn timeout_class(&self) -> ErrorClass {
+        ErrorClass::unknown_outcome(matches!(
+            self,
+            Action::WriteLease { .. } | Action::WriteHeartbeat { .. }
+        ))
+    }
+
+    /// The answer that reports this action as failed with `class`; `None`
+    /// for the actions that have no answer of their own ([`Action::Pull`]
+    /// answers with a subscription event or error, [`Action::Cancel`] with
+    /// nothing).
+    pub fn failed(&self, class: ErrorClass) -> Option<Input> {
+        Some(match self {
+            Action::ListShards { op, .. } => Input::Shards {
+                op: *op,
+                result: Err(class),
+            },
+            Action::RegisterConsumer { op, .. } | Action::DescribeConsumer { op, .. } => {
+                Input::Consumer {
+                    op: *op,
+                    result: Err(class),
+                }
+            }
+            Action::Subscribe { sub, .. } => Input::SubscriptionError { sub: *sub, class },
+            Action::GetShardIterator { op, .. } => Input::Iterator {
+                op: *op,
+                result: Err(class),
+            },
+            Action::GetRecords { op, .. } => Input::Records {
+                op: *op,
+                result: Err(class),
+            },
+            Action::ReadLeases { op, .. } => Input::Leases {
+                op: *op,
+                result: Err(class),
+            },
+            Action::WriteLease { op, .. } => Input::LeaseWritten {
+                op: *op,
+                result: Err(class),
+            },
+            Action::ReadHeartbeats { op } => Input::Heartbeats {
+                op: *op,
+                result: Err(class),
+            },
+            Action::WriteHeartbeat { op, .. } => Input::HeartbeatWritten {
+                op: *op,
+                result: Err(class),
+            },
+            Action::Pull { .. } | Action::Cancel { .. } => return None,
+        })
+    }
+
+    /// [`Action::failed`] with [`Action::timeout_class`]: the answer to a
+    /// call that timed out.
+    pub fn timed_out(&self) -> Option<Input> {
+        self.failed(self.timeout_class())
+    }
 }
 
 /// Results and stream events the runtime feeds back with
@@ -490,5 +575,43 @@ mod tests {
         assert!(!b.is_empty());
         b.range = 5..5;
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_timed_out_write_is_ambiguous_and_a_timed_out_read_transient() {
+        let op = OpId::from_raw(7);
+        let write = Action::WriteHeartbeat {
+            op,
+            row: HeartbeatRow {
+                owner: crate::ids::Owner::new("w", 1),
+                beat: 1,
+                held: 0,
+                wants: vec![],
+                alive: true,
+            },
+        };
+        assert_eq!(
+            write.timed_out(),
+            Some(Input::HeartbeatWritten {
+                op,
+                result: Err(ErrorClass::Ambiguous)
+            })
+        );
+        let read = Action::ReadLeases {
+            op,
+            stream: StreamId::new("s"),
+        };
+        assert_eq!(
+            read.timed_out(),
+            Some(Input::Leases {
+                op,
+                result: Err(ErrorClass::Transient)
+            })
+        );
+        let pull = Action::Pull {
+            sub: SubId::from_raw(1),
+            chunk: ChunkId::from_raw(1),
+        };
+        assert_eq!(pull.failed(ErrorClass::Throttled), None);
     }
 }

@@ -25,6 +25,10 @@
 //!   else MD5 of the partition key read big-endian ([`hash_key`]). After a
 //!   reshard an aggregate may hold keys of a sibling shard; those sub-records
 //!   are dropped ([`filter_by_range`]).
+//! - [`expand`] is the one place that turns a Kinesis record into the user
+//!   records a runtime delivers (de-aggregation, range and position
+//!   filtering, sizes, the last-sub-record flag); the aws driver and the
+//!   simulator both call it.
 //!
 //! Protobuf reading follows the protobuf rules: fields may come in any order,
 //! a later value of a non-repeated field wins, unknown fields (and known field
@@ -40,6 +44,9 @@
 use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
+
+use crate::io::RecordMeta;
+use crate::sequence::{ExtSeq, SeqNum};
 
 /// The four bytes every KPL aggregate starts with.
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
@@ -458,6 +465,73 @@ pub fn filter_by_range<'a>(
         hash_key(r.partition_key, r.explicit_hash_key).is_none_or(|key| range.contains(key))
     });
     records
+}
+
+/// Where a user record's payload lies in its Kinesis record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserPayload<'a> {
+    /// The whole Kinesis record (it is not an aggregate): its own data and
+    /// partition key, sub-sequence 0.
+    Whole,
+    /// One sub-record of a KPL aggregate.
+    Sub(SubRecord<'a>),
+}
+
+/// Expand one Kinesis record into the user records the application
+/// receives, the one rule the aws driver and the simulator share: KPL
+/// de-aggregation ([`deaggregate`]), hash-range filtering (sub-records of
+/// another shard after a reshard are dropped, [`filter_by_range`]) and
+/// position filtering (`admits`, e.g. `StartPosition::admits` after an
+/// AT_SUB_SEQUENCE resume). Calls `emit` once per user record kept, in
+/// order, with its [`RecordMeta`] (size = payload + partition key; the last
+/// record kept of the Kinesis record has `last_sub`) and where its payload
+/// lies. `partition_key_len` is the Kinesis record's own partition key
+/// length (the size of a [`UserPayload::Whole`]).
+///
+/// Returns how many sub-records were dropped for lying outside `range`.
+pub fn expand<'a>(
+    seq: &SeqNum,
+    data: &'a [u8],
+    partition_key_len: usize,
+    arrival_ms: u64,
+    range: HashRange,
+    admits: impl Fn(&ExtSeq) -> bool,
+    mut emit: impl FnMut(RecordMeta, UserPayload<'a>),
+) -> usize {
+    let meta = |sub: u32, last_sub: bool, bytes: usize| RecordMeta {
+        ext: ExtSeq::new(seq.clone(), sub),
+        last_sub,
+        bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+        arrival_ms,
+    };
+    match deaggregate(data) {
+        Some(subs) => {
+            let all = subs.len();
+            let kept = filter_by_range(subs, range);
+            let dropped = all - kept.len();
+            let n = kept.len();
+            for (i, sub) in kept.into_iter().enumerate() {
+                let m = meta(
+                    sub.sub,
+                    i + 1 == n,
+                    sub.data.len() + sub.partition_key.len(),
+                );
+                // Positions only cut a prefix of one record's sub-records, so
+                // the last one kept is the last one admitted.
+                if admits(&m.ext) {
+                    emit(m, UserPayload::Sub(sub));
+                }
+            }
+            dropped
+        }
+        None => {
+            let m = meta(0, true, data.len() + partition_key_len);
+            if admits(&m.ext) {
+                emit(m, UserPayload::Whole);
+            }
+            0
+        }
+    }
 }
 
 #[cfg(test)]

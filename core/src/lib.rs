@@ -30,12 +30,12 @@
 pub mod backoff;
 pub mod checkpoint;
 pub mod config;
-pub mod efo;
 pub mod ids;
 pub mod io;
 pub mod kpl;
 pub mod lease;
 pub mod pool;
+pub mod registration;
 pub mod rng;
 pub mod sequence;
 pub mod shard;

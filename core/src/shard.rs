@@ -55,6 +55,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, Retrieval};
 use crate::ids::{ChunkId, IdMint, OpId, ShardRef, SubId};
 use crate::io::{Action, ChildShard, Chunk, ErrorClass, Input, ShardIterator};
+use crate::kpl::HashRange;
 use crate::rng::Rng;
 use crate::sequence::{SeqNum, StartPosition};
 
@@ -237,6 +238,10 @@ pub struct ShardReader {
     position_is_stored: bool,
     fell_back: bool,
     closed: bool,
+    /// The shard's hash range, carried in every read so the runtime drops
+    /// KPL sub-records of other shards ([`crate::kpl::expand`]); the full
+    /// range until the worker learns the shard's own.
+    range: HashRange,
     /// The current subscription has delivered an event (an empty *first*
     /// event never means shard end: a stream may open with one before the
     /// records of a closed shard).
@@ -299,6 +304,7 @@ impl ShardReader {
             position: start,
             fell_back: false,
             closed: false,
+            range: HashRange::FULL,
             sub_had_event: false,
             awaiting: None,
             rng: Rng::new(rng_seed),
@@ -488,6 +494,12 @@ impl ShardReader {
         self.closed = true;
     }
 
+    /// The shard's hash range (from ListShards or a parent's ChildShards):
+    /// every later read carries it.
+    pub fn set_range(&mut self, range: HashRange) {
+        self.range = range;
+    }
+
     /// The worker admitted `chunk` into the pool and handed it on: reading
     /// resumes after it (EFO: AFTER_SEQUENCE_NUMBER of its continuation;
     /// polling: after its last record, AT_SEQUENCE_NUMBER plus sub-sequence
@@ -619,6 +631,7 @@ impl ShardReader {
                     limit,
                     chunk,
                     skip_through,
+                    range: self.range,
                 })
             }
         }
@@ -816,6 +829,7 @@ impl ShardReader {
             shard: self.shard.clone(),
             consumer_arn,
             position: self.position.clone(),
+            range: self.range,
         })
     }
 
@@ -1139,6 +1153,7 @@ mod tests {
                     shard: sref(),
                     consumer_arn: ARN.into(),
                     position,
+                    range: HashRange::FULL,
                 }]
             );
             sub
@@ -1785,6 +1800,7 @@ mod tests {
                 limit: 100,
                 chunk: c,
                 skip_through: None,
+                range: HashRange::FULL,
             }
         );
         assert!(h.r.holds_credit());

@@ -2,7 +2,7 @@
 //!
 //! Models: a Kinesis consumer process in a fleet. It holds leases
 //! ([`crate::lease`]), reads the leased shards by EFO or polling
-//! ([`crate::shard`], [`crate::efo`]), admits what arrives into the global
+//! ([`crate::shard`], [`crate::registration`]), admits what arrives into the global
 //! pending pool ([`crate::pool`]), cuts batches for the application, tracks
 //! acks into checkpoints ([`crate::checkpoint`]) and writes them
 //! conditionally on the lease's fencing token.
@@ -48,11 +48,12 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{CheckpointTracker, Slot};
 use crate::config::{Config, ConfigError, Retrieval, StartFrom};
-use crate::efo::Registration;
 use crate::ids::{BatchId, ChunkId, FencingToken, IdMint, OpId, Owner, ShardRef, StreamId, SubId};
 use crate::io::{Action, Batch, Chunk, Event, Input, LostReason, RecordMeta};
+use crate::kpl::HashRange;
 use crate::lease::{LeaseEvent, LeaseManager};
 use crate::pool::{Permit, Pool};
+use crate::registration::Registration;
 use crate::rng::Rng;
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::shard::{ReaderEvent, ReaderMode, ShardReader};
@@ -317,6 +318,11 @@ pub struct Worker {
     reader_subs: BTreeMap<SubId, ShardRef>,
     /// Shards ListShards reported closed.
     closed: BTreeSet<ShardRef>,
+    /// Hash ranges of the shards ListShards and ChildShards reported (each
+    /// reader carries its shard's in every read, for KPL filtering). A
+    /// ListShards answer replaces its stream's ranges, so shards gone from
+    /// the stream are forgotten.
+    ranges: BTreeMap<ShardRef, HashRange>,
     /// SubscribeToShard spacing of stopped readers, for the next reader of
     /// the same shard (AWS: 1 s between calls, 5 s after ResourceInUse).
     spacing: BTreeMap<ShardRef, (Option<Instant>, Option<Instant>)>,
@@ -397,6 +403,7 @@ impl Worker {
             reader_ops: BTreeMap::new(),
             reader_subs: BTreeMap::new(),
             closed: BTreeSet::new(),
+            ranges: BTreeMap::new(),
             spacing: BTreeMap::new(),
             timers,
             actions: VecDeque::new(),
@@ -634,9 +641,16 @@ impl Worker {
                 if let Some(stream) = self.list_ops.remove(op) {
                     match result {
                         Ok(list) => {
+                            self.ranges.retain(|r, _| r.stream != stream);
                             for info in list {
+                                let r = ShardRef::new(stream.clone(), info.shard.clone());
+                                if let Some(reader) =
+                                    self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
+                                {
+                                    reader.set_range(info.hash_range);
+                                }
+                                self.ranges.insert(r.clone(), info.hash_range);
                                 if info.ending_seq.is_some() {
-                                    let r = ShardRef::new(stream.clone(), info.shard.clone());
                                     if let Some(reader) =
                                         self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
                                     {
@@ -1199,6 +1213,9 @@ impl Worker {
         if self.closed.contains(&shard) {
             reader.mark_closed();
         }
+        if let Some(range) = self.ranges.get(&shard) {
+            reader.set_range(*range);
+        }
         let ended = matches!(checkpoint, Some(Checkpoint::ShardEnd));
         let tracker = CheckpointTracker::new(checkpoint, self.config.checkpoint_limit);
         self.events.push_back(Event::LeaseAcquired {
@@ -1374,6 +1391,11 @@ impl Worker {
                     ReaderEvent::End { children } => {
                         if let Some(st) = self.shards.get_mut(&shard) {
                             st.end_seen = true;
+                        }
+                        for child in &children {
+                            self.ranges
+                                .entry(ShardRef::new(shard.stream.clone(), child.shard.clone()))
+                                .or_insert(child.hash_range);
                         }
                         if !children.is_empty() {
                             self.lease.handle_child_shards(

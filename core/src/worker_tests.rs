@@ -45,6 +45,8 @@ struct World {
     /// Pulls waiting for records (a quiet subscription).
     held_pulls: Vec<(SubId, ChunkId)>,
     lease_writes: Vec<LeaseWrite>,
+    /// The hash range every GetRecords and SubscribeToShard carried.
+    read_ranges: Vec<(ShardRef, HashRange)>,
     /// Heartbeat writes fail while set (a partition from DynamoDB).
     ddb_down: bool,
 }
@@ -81,6 +83,7 @@ impl World {
             pulled_records: 0,
             held_pulls: Vec::new(),
             lease_writes: Vec::new(),
+            read_ranges: Vec::new(),
             ddb_down: false,
         }
     }
@@ -201,10 +204,13 @@ impl World {
             }
             Action::GetRecords {
                 op,
+                shard,
                 iterator,
                 limit,
+                range,
                 ..
             } => {
+                self.read_ranges.push((shard, range));
                 self.get_records_limits.push(limit);
                 let (shard, idx) = iterator.0.split_once('|').unwrap();
                 let idx: usize = idx.parse().unwrap();
@@ -242,8 +248,10 @@ impl World {
                 sub,
                 shard,
                 position,
+                range,
                 ..
             } => {
+                self.read_ranges.push((shard.clone(), range));
                 self.subscribe_calls.push((self.now, shard.clone()));
                 let idx = self.records_after(shard.shard.as_str(), &position);
                 self.subs.insert(sub, (shard.shard.to_string(), idx));
@@ -388,6 +396,39 @@ fn delivers_every_record_in_order_and_checkpoints_after_commit_period() {
     let row = &world.rows[&sref("s0")];
     assert_eq!(row.owner.as_ref(), Some(node.w.owner()));
     assert_eq!(row.checkpoint, Some(Checkpoint::After(seq(10))));
+}
+
+#[test]
+fn every_read_carries_the_shard_hash_range_from_list_shards() {
+    let mut world = World::new(&[("s0", &[], 5, false), ("s1", &[], 5, false)]);
+    let halves = [
+        HashRange {
+            start: 0,
+            end: u128::MAX / 2,
+        },
+        HashRange {
+            start: u128::MAX / 2 + 1,
+            end: u128::MAX,
+        },
+    ];
+    for (id, range) in ["s0", "s1"].into_iter().zip(halves) {
+        world.shards.get_mut(id).unwrap().info.hash_range = range;
+    }
+    let mut c = polling_config("a");
+    let mut node = Node::new(c.clone(), &world);
+    run(&mut world, &mut [&mut node], Duration::from_secs(5));
+    c.retrieval = Retrieval::Efo {
+        consumer: EfoConsumer::Name("app".into()),
+    };
+    let mut efo = Node::new(c, &world);
+    world.rows.clear();
+    run(&mut world, &mut [&mut efo], Duration::from_secs(5));
+    assert!(world.subscribe_calls.len() >= 2, "both shards subscribed");
+    assert!(world.get_records_limits.len() >= 2, "both shards polled");
+    for (shard, range) in &world.read_ranges {
+        let want = world.shards[shard.shard.as_str()].info.hash_range;
+        assert_eq!(*range, want, "{shard}");
+    }
 }
 
 #[test]

@@ -1025,6 +1025,7 @@ impl World {
                 shard,
                 consumer_arn,
                 position,
+                range: _,
             } => {
                 let key = (p, inc, sub.raw());
                 if self.procs[p].inc != inc || self.procs[p].state != ProcState::Running {
@@ -1086,6 +1087,7 @@ impl World {
                 limit,
                 chunk,
                 skip_through,
+                range: _,
             } => {
                 let throttle = self.faults_on && self.rng.chance(self.p.faults.kinesis_error);
                 let result = if throttle {

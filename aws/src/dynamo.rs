@@ -79,7 +79,7 @@ use kinesin_core::io::ErrorClass;
 use kinesin_core::sequence::Checkpoint;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
-use crate::codec::{decode_checkpoint, decode_owner, decode_shard_ref, encode_shard_ref};
+use crate::codec::{decode_heartbeat_row, decode_lease_row, encode_shard_ref, RowFields};
 use crate::lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
 
 /// Partition key attribute.
@@ -679,18 +679,14 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
 // ---------------------------------------------------------------------------
 // Decoding
 
-/// Typed access to one item's attributes; every failure names the row and
-/// the attribute.
+/// Typed access to one item's attributes for the shared decoders; every
+/// failure names the row and the attribute.
 struct Fields<'a> {
     row: String,
     item: &'a Item,
 }
 
-impl<'a> Fields<'a> {
-    fn err(&self, field: &'static str, problem: impl Into<String>) -> RowError {
-        RowError::new(self.row.clone(), field, problem)
-    }
-
+impl Fields<'_> {
     fn kind(v: &AttributeValue) -> &'static str {
         match v {
             AttributeValue::S(_) => "S",
@@ -706,6 +702,12 @@ impl<'a> Fields<'a> {
             _ => "an unknown type",
         }
     }
+}
+
+impl<'a> RowFields<'a> for Fields<'a> {
+    fn row(&self) -> &str {
+        &self.row
+    }
 
     fn opt_str(&self, field: &'static str) -> Result<Option<&'a str>, RowError> {
         match self.item.get(field) {
@@ -715,31 +717,23 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn opt_num<T: std::str::FromStr>(&self, field: &'static str) -> Result<Option<T>, RowError> {
+    fn opt_u64(&self, field: &'static str) -> Result<Option<u64>, RowError> {
         match self.item.get(field) {
             None => Ok(None),
-            Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| {
-                self.err(
-                    field,
-                    format!(
-                        "is {v:?}, not an unsigned integer that fits {}",
-                        std::any::type_name::<T>()
-                    ),
-                )
-            }),
+            Some(AttributeValue::N(v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.err(field, format!("is {v:?}, not an unsigned 64-bit integer"))),
             Some(other) => Err(self.err(field, format!("is {}, not N", Self::kind(other)))),
         }
     }
 
-    fn num<T: std::str::FromStr>(&self, field: &'static str) -> Result<T, RowError> {
-        self.opt_num(field)?
-            .ok_or_else(|| self.err(field, "is missing"))
-    }
-
-    fn opt_owner(&self, field: &'static str) -> Result<Option<Owner>, RowError> {
-        self.opt_str(field)?
-            .map(|v| decode_owner(&self.row, field, v))
-            .transpose()
+    fn opt_bool(&self, field: &'static str) -> Result<Option<bool>, RowError> {
+        match self.item.get(field) {
+            None => Ok(None),
+            Some(AttributeValue::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.err(field, format!("is {}, not BOOL", Self::kind(other)))),
+        }
     }
 
     /// An L of S or an SS; missing = empty.
@@ -778,21 +772,7 @@ fn decode_lease(table: &str, stream: &StreamId, item: &Item) -> Result<LeaseRow,
         .strip_prefix(SHARD_KEY_PREFIX)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| f.err(ATTR_KEY, "is not `shard#<shard id>`"))?;
-    let checkpoint =
-        decode_checkpoint(&f.row, f.opt_str("checkpoint")?, f.opt_num("sub_sequence")?)?;
-    Ok(LeaseRow {
-        shard: ShardRef::new(stream.clone(), ShardId::new(shard)),
-        owner: f.opt_owner("owner")?,
-        token: FencingToken(f.num("token")?),
-        checkpoint,
-        pending_owner: f.opt_owner("pending_owner")?,
-        parents: f
-            .strings("parents")?
-            .into_iter()
-            .map(ShardId::new)
-            .collect(),
-        created_ms: f.num("created_ms")?,
-    })
+    decode_lease_row(&f, ShardRef::new(stream.clone(), ShardId::new(shard)))
 }
 
 fn decode_heartbeat(table: &str, item: &Item) -> Result<HeartbeatRow, RowError> {
@@ -807,35 +787,17 @@ fn decode_heartbeat(table: &str, item: &Item) -> Result<HeartbeatRow, RowError> 
     let worker = key
         .strip_prefix(WORKER_KEY_PREFIX)
         .ok_or_else(|| f.err(ATTR_KEY, "is not `worker#<worker id>`"))?;
-    let owner = f
-        .opt_owner("owner")?
-        .ok_or_else(|| f.err("owner", "is missing"))?;
-    if &*owner.worker != worker {
+    let row = decode_heartbeat_row(&f)?;
+    if &*row.owner.worker != worker {
         return Err(f.err(
             "owner",
             format!(
                 "names worker {:?}, but the row is {worker:?}'s",
-                owner.worker
+                row.owner.worker
             ),
         ));
     }
-    let alive = match item.get("alive") {
-        Some(AttributeValue::Bool(b)) => *b,
-        Some(other) => return Err(f.err("alive", format!("is {}, not BOOL", Fields::kind(other)))),
-        None => return Err(f.err("alive", "is missing")),
-    };
-    let wants = f
-        .strings("wants")?
-        .into_iter()
-        .map(|w| decode_shard_ref(&f.row, "wants", w))
-        .collect::<Result<_, _>>()?;
-    Ok(HeartbeatRow {
-        owner,
-        beat: f.num("beat")?,
-        held: f.num("held")?,
-        wants,
-        alive,
-    })
+    Ok(row)
 }
 
 #[cfg(test)]

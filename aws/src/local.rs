@@ -62,13 +62,13 @@ use std::thread::JoinHandle;
 
 use async_channel::Sender;
 
-use kinesin_core::ids::{FencingToken, ShardId, ShardRef, StreamId};
+use kinesin_core::ids::{ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::codec::{decode_checkpoint, decode_owner, decode_shard_ref, encode_shard_ref};
+use crate::codec::{decode_heartbeat_row, decode_lease_row, encode_shard_ref, RowFields};
 use crate::lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
 
 /// The `format` field of the file.
@@ -544,7 +544,7 @@ fn decode_file(bytes: &[u8]) -> Result<Tables, String> {
         obj: file.as_object().ok_or("not a JSON object")?,
     };
     let format = top.str("format").map_err(|e| e.to_string())?;
-    let version = top.num("version").map_err(|e| e.to_string())?;
+    let version = top.u64("version").map_err(|e| e.to_string())?;
     if format != FORMAT || version != VERSION {
         return Err(format!(
             "format {format:?} version {version}; this kinesin reads {FORMAT:?} version \
@@ -580,20 +580,36 @@ fn decode_file(bytes: &[u8]) -> Result<Tables, String> {
     Ok(tables)
 }
 
-/// Typed access to one JSON object; every failure names the row and field.
+/// Typed access to one JSON object for the shared decoders; every failure
+/// names the row and field.
 struct Fields<'a> {
     row: String,
     obj: &'a Map<String, Value>,
 }
 
 impl<'a> Fields<'a> {
-    fn err(&self, field: &'static str, problem: impl Into<String>) -> RowError {
-        RowError::new(self.row.clone(), field, problem)
-    }
-
     /// Missing and `null` both mean absent.
     fn get(&self, field: &'static str) -> Option<&'a Value> {
         self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    fn str(&self, field: &'static str) -> Result<&'a str, RowError> {
+        self.opt_str(field)?
+            .ok_or_else(|| self.err(field, "is missing"))
+    }
+
+    fn array(&self, field: &'static str) -> Result<&'a [Value], RowError> {
+        match self.get(field) {
+            None => Ok(&[]),
+            Some(Value::Array(items)) => Ok(items),
+            Some(other) => Err(self.err(field, format!("is {other}, not an array"))),
+        }
+    }
+}
+
+impl<'a> RowFields<'a> for Fields<'a> {
+    fn row(&self) -> &str {
+        &self.row
     }
 
     fn opt_str(&self, field: &'static str) -> Result<Option<&'a str>, RowError> {
@@ -604,12 +620,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn str(&self, field: &'static str) -> Result<&'a str, RowError> {
-        self.opt_str(field)?
-            .ok_or_else(|| self.err(field, "is missing"))
-    }
-
-    fn opt_num(&self, field: &'static str) -> Result<Option<u64>, RowError> {
+    fn opt_u64(&self, field: &'static str) -> Result<Option<u64>, RowError> {
         match self.get(field) {
             None => Ok(None),
             Some(v) => v
@@ -619,20 +630,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn num(&self, field: &'static str) -> Result<u64, RowError> {
-        self.opt_num(field)?
-            .ok_or_else(|| self.err(field, "is missing"))
-    }
-
-    fn u32(&self, field: &'static str, v: u64) -> Result<u32, RowError> {
-        u32::try_from(v).map_err(|_| self.err(field, format!("is {v}, more than a u32")))
-    }
-
-    fn array(&self, field: &'static str) -> Result<&'a [Value], RowError> {
+    fn opt_bool(&self, field: &'static str) -> Result<Option<bool>, RowError> {
         match self.get(field) {
-            None => Ok(&[]),
-            Some(Value::Array(items)) => Ok(items),
-            Some(other) => Err(self.err(field, format!("is {other}, not an array"))),
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.err(field, format!("is {other}, not true/false"))),
         }
     }
 
@@ -660,61 +662,31 @@ fn object<'a>(row: String, value: &'a Value) -> Result<Fields<'a>, RowError> {
 
 fn decode_lease(i: usize, value: &Value) -> Result<LeaseRow, RowError> {
     let mut f = object(format!("leases[{i}]"), value)?;
-    let stream = f.str("stream")?;
-    let shard = f.str("shard")?;
+    let stream = f
+        .opt_str("stream")?
+        .ok_or_else(|| f.err("stream", "is missing"))?;
+    let shard = f
+        .opt_str("shard")?
+        .ok_or_else(|| f.err("shard", "is missing"))?;
     f.row = format!("leases[{i}] ({stream}/{shard})");
-    let sub = f
-        .opt_num("sub_sequence")?
-        .map(|v| f.u32("sub_sequence", v))
-        .transpose()?;
-    Ok(LeaseRow {
-        shard: ShardRef::new(StreamId::new(stream), ShardId::new(shard)),
-        owner: f
-            .opt_str("owner")?
-            .map(|v| decode_owner(&f.row, "owner", v))
-            .transpose()?,
-        token: FencingToken(f.num("token")?),
-        checkpoint: decode_checkpoint(&f.row, f.opt_str("checkpoint")?, sub)?,
-        pending_owner: f
-            .opt_str("pending_owner")?
-            .map(|v| decode_owner(&f.row, "pending_owner", v))
-            .transpose()?,
-        parents: f
-            .strings("parents")?
-            .into_iter()
-            .map(ShardId::new)
-            .collect(),
-        created_ms: f.num("created_ms")?,
-    })
+    decode_lease_row(
+        &f,
+        ShardRef::new(StreamId::new(stream), ShardId::new(shard)),
+    )
 }
 
 fn decode_heartbeat(i: usize, value: &Value) -> Result<HeartbeatRow, RowError> {
     let mut f = object(format!("heartbeats[{i}]"), value)?;
-    let owner = decode_owner(&f.row, "owner", f.str("owner")?)?;
-    f.row = format!("heartbeats[{i}] ({owner})");
-    let alive = match f.get("alive") {
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(f.err("alive", format!("is {other}, not true/false"))),
-        None => return Err(f.err("alive", "is missing")),
-    };
-    let held = f.num("held")?;
-    Ok(HeartbeatRow {
-        beat: f.num("beat")?,
-        held: f.u32("held", held)?,
-        wants: f
-            .strings("wants")?
-            .into_iter()
-            .map(|w| decode_shard_ref(&f.row, "wants", w))
-            .collect::<Result<_, _>>()?,
-        alive,
-        owner,
-    })
+    if let Some(owner) = f.opt_str("owner")? {
+        f.row = format!("heartbeats[{i}] ({owner})");
+    }
+    decode_heartbeat_row(&f)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kinesin_core::ids::Owner;
+    use kinesin_core::ids::{FencingToken, Owner};
     use kinesin_core::sequence::{Checkpoint, ExtSeq, SeqNum};
 
     fn tables() -> Tables {

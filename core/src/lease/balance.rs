@@ -14,15 +14,26 @@
 //!   it was sent after the view showing the row; otherwise the plan asks
 //!   for a confirming heartbeat read.
 //!
+//! The rule is one pure function, [`plan`]: from the table view, the
+//! liveness verdicts and this worker's load to a [`Plan`], which the
+//! manager executes in order (`LeaseManager::balance` in `mod.rs`: the
+//! writes, their op ids and every other effect happen there). A change of
+//! the rule touches this file and its tests only.
+//!
 //! Invariants: only rows of the stream just read are taken or asked for;
-//! never a row we own, hold, write, adopt, were refused on or quarantined.
+//! never a row we own, hold, write, adopt, were refused on or quarantined;
+//! every take and request of a plan is on a distinct shard with no write
+//! in flight, so each one is sent.
+//!
+//! Imports: the table view and the liveness verdicts; nothing of `write`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use super::{LeaseManager, Op, WriteKind};
-use crate::ids::{FencingToken, IdMint, Owner, StreamId};
-use crate::table::{LeaseRow, LeaseWrite};
+use super::liveness::Liveness;
+use super::view::{creator_ring, shard_spread, StreamView};
+use crate::ids::{FencingToken, Owner, ShardRef, StreamId};
+use crate::table::LeaseRow;
 
 /// Where a hand-off request of ours is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,210 +59,186 @@ pub(super) struct Request {
     pub(super) confirmed: bool,
 }
 
-impl LeaseManager {
-    /// The balancing pass after a fresh read of `stream` (only its rows are
-    /// taken or asked for, so every take is based on a fresh row).
-    pub(super) fn balance(&mut self, now: Instant, stream: &StreamId, mint: &mut IdMint) {
-        if self.fenced
-            || self.shutting_down
-            || self.last_renew_sent.is_none()
-            || self.last_hb_read_sent.is_none()
-        {
-            return;
-        }
-        self.quarantined.retain(|_, until| *until > now);
-        let live = self.live_workers();
-        let mut total = 0usize;
-        // Per owner of a row: (owner, live, active rows not requested by
-        // us). A handful of owners: a list, each judged once.
-        let mut owners: Vec<(&Owner, bool, usize)> = Vec::new();
-        for view in self.views.values() {
-            for row in view.rows.values() {
-                if !Self::is_active(view, row) {
-                    continue;
-                }
-                total += 1;
-                let Some(o) = &row.owner else {
-                    continue;
-                };
-                if *o == self.me
-                    || (!self.requests.is_empty() && self.requests.contains_key(&row.shard))
-                {
-                    continue;
-                }
-                match owners.iter_mut().find(|(x, _, _)| *x == o) {
-                    Some((_, _, n)) => *n += 1,
-                    None => owners.push((o, self.is_live(o), 1)),
-                }
-            }
-        }
-        let mut loads: BTreeMap<Owner, usize> = owners
-            .into_iter()
-            .filter(|(_, live, _)| *live)
-            .map(|(o, _, n)| (o.clone(), n))
-            .collect();
-        let target = total.div_ceil(live.max(1));
-        let plain_takes = self
-            .ops
-            .values()
-            .filter(|o| {
-                matches!(
-                    o,
-                    Op::WriteLease {
-                        kind: WriteKind::Take { forced: false },
-                        ..
-                    }
-                )
-            })
-            .count();
-        let staying = self.held.values().filter(|h| h.leaving.is_none()).count();
-        let load = staying + plain_takes + self.requests.len();
-        let mut deficit = target.saturating_sub(load);
-        if deficit == 0 {
-            return;
-        }
-        let Some(view) = self.views.get(stream) else {
-            return;
-        };
-        let candidates: Vec<LeaseRow> = view
-            .rows
-            .values()
-            .filter(|r| Self::is_active(view, r))
-            .filter(|r| r.owner.as_ref() != Some(&self.me))
-            .filter(|r| !self.quarantined.contains_key(&r.shard))
-            // Rows we wrote since the read was sent show our own answered
-            // write (newer than the read): fine to act on; every take is
-            // conditional anyway. Rows with a write in flight are not.
-            .filter(|r| !self.held.contains_key(&r.shard) && !self.busy.contains_key(&r.shard))
-            .filter(|r| !self.adoptable.contains_key(&r.shard))
-            .filter(|r| !self.refused.contains_key(&r.shard))
-            .cloned()
-            .collect();
-        // Workers that balance on the same fresh rows (a fleet starting
-        // together) would all take the same first free rows: each takes
-        // the rows the ring designates to it first, then its neighbours'.
-        let mut candidates = candidates;
-        if let Some((me, ring)) = self.creator_ring() {
-            candidates
-                .sort_by_cached_key(|r| (Self::shard_spread(&r.shard) % ring + ring - me) % ring);
-        }
+/// What this worker holds or has under way, as the rule counts it.
+pub(super) struct Load<'a> {
+    /// Held leases not being given up.
+    pub(super) staying: usize,
+    /// Plain (not forced) takes in flight.
+    pub(super) taking: usize,
+    /// Our hand-off requests.
+    pub(super) requests: &'a BTreeMap<ShardRef, Request>,
+    /// Shards neither taken nor asked for now: held, with a write in
+    /// flight, an ambiguous take to adopt, a refused write, quarantined.
+    pub(super) blocked: &'a dyn Fn(&ShardRef) -> bool,
+}
 
-        // 1. Free and expired leases. An expiry judged at heartbeat read r
-        // holds only for (owner, token) pairs that existed before r: the
-        // owner may have renewed and taken leases afresh since. So a dead
-        // owner's row is taken only when r was sent after this view
-        // arrived; otherwise confirm with a heartbeat read first.
-        let confirmed = self.last_hb_read_seq > view.reply_seq;
-        let mut needs_confirm = false;
-        for row in &candidates {
-            if deficit == 0 {
-                break;
-            }
-            let takable = match &row.owner {
-                None => true,
-                Some(o) if self.is_expired(o) => {
-                    needs_confirm |= !confirmed;
-                    confirmed
-                }
-                Some(_) => false,
-            };
-            if !takable {
+/// A lease to take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Take {
+    /// A free or expired row, conditional on its observed `(owner, token)`.
+    Free(LeaseRow),
+    /// A row we asked for whose owner died: by force, at once (the request
+    /// is already counted in the load).
+    Forced(ShardRef),
+}
+
+/// A hand-off to ask of a live owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Ask {
+    /// Write `pending_owner = me` on `row`, conditional on `owner` and the
+    /// row's token.
+    Request { row: LeaseRow, owner: Owner },
+    /// `row` already names us pending: an earlier request of ours that we
+    /// lost track of (fence, ambiguous answer). It stands; wait for the
+    /// transfer.
+    Stands { row: LeaseRow, owner: Owner },
+}
+
+/// One balancing pass, executed in this order: `takes`, then `confirm`,
+/// then `asks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Free and expired leases to take, in the order to send them.
+    pub(super) takes: Vec<Take>,
+    /// The view showed rows of owners judged expired by a heartbeat read
+    /// older than the view: read heartbeats now, then balance again.
+    pub(super) confirm: bool,
+    /// Hand-offs to ask for, in the order to send them.
+    pub(super) asks: Vec<Ask>,
+}
+
+/// The balancing pass after a fresh read of `stream`: only its rows are
+/// taken or asked for, so every take is based on a fresh row; `views` (all
+/// streams) give the number of active leases and each owner's load.
+pub(super) fn plan(
+    views: &BTreeMap<StreamId, StreamView>,
+    stream: &StreamId,
+    live: &Liveness,
+    load: &Load<'_>,
+) -> Plan {
+    let me = &live.me;
+    let mut plan = Plan::default();
+    let workers = live.live_workers();
+    let mut total = 0usize;
+    // Per owner of a row: (owner, live, active rows not requested by
+    // us). A handful of owners: a list, each judged once.
+    let mut owners: Vec<(&Owner, bool, usize)> = Vec::new();
+    for view in views.values() {
+        for row in view.rows.values() {
+            if !view.is_active(row) {
                 continue;
             }
-            if self.requests.contains_key(&row.shard) {
-                // Our request's owner died: take by force right away (the
-                // request is already counted in the load).
-                self.force_take(&row.shard, mint);
-                continue;
-            }
-            let write = LeaseWrite::Take {
-                shard: row.shard.clone(),
-                expect_owner: row.owner.clone(),
-                expect_token: row.token,
-                to: self.me.clone(),
-            };
-            if self.send_write(
-                mint,
-                write,
-                WriteKind::Take { forced: false },
-                Some(row.clone()),
-            ) {
-                deficit -= 1;
-            }
-        }
-
-        if needs_confirm {
-            if let Some(v) = self.views.get_mut(stream) {
-                v.confirm = true;
-            }
-            self.next_hb_read = self.next_hb_read.min(now);
-        }
-
-        // 2. Ask the most loaded live workers for the rest.
-        let mut offer: BTreeMap<Owner, VecDeque<LeaseRow>> = BTreeMap::new();
-        for row in &candidates {
+            total += 1;
             let Some(o) = &row.owner else {
                 continue;
             };
-            if !self.is_live(o) || self.requests.contains_key(&row.shard) {
+            if o == me || (!load.requests.is_empty() && load.requests.contains_key(&row.shard)) {
                 continue;
             }
-            match &row.pending_owner {
-                None => {}
-                Some(p) if *p == self.me => {}
-                Some(_) => continue,
-            }
-            offer.entry(o.clone()).or_default().push_back(row.clone());
-        }
-        while deficit > 0 {
-            let best = loads
-                .iter()
-                .filter(|(o, l)| **l > target && offer.get(*o).is_some_and(|q| !q.is_empty()))
-                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                .map(|(o, _)| o.clone());
-            let Some(owner) = best else {
-                break;
-            };
-            let Some(row) = offer.get_mut(&owner).and_then(|q| q.pop_front()) else {
-                break;
-            };
-            if let Some(l) = loads.get_mut(&owner) {
-                *l -= 1;
-            }
-            if row.pending_owner.as_ref() == Some(&self.me) {
-                // An earlier request of ours that we lost track of (fence,
-                // ambiguous answer): it stands; wait for the transfer.
-                self.requests.insert(
-                    row.shard.clone(),
-                    Request {
-                        owner: owner.clone(),
-                        token: row.token,
-                        state: RequestState::Waiting { since: now },
-                        confirmed: true,
-                    },
-                );
-                self.hb_asap = true;
-                deficit -= 1;
-                continue;
-            }
-            let write = LeaseWrite::RequestHandoff {
-                shard: row.shard.clone(),
-                owner: owner.clone(),
-                token: row.token,
-                pending: self.me.clone(),
-            };
-            if self.send_write(mint, write, WriteKind::Request, Some(row.clone())) {
-                self.requests.insert(
-                    row.shard.clone(),
-                    Request {
-                        owner: owner.clone(),
-                        token: row.token,
-                        state: RequestState::Sending,
-                        confirmed: false,
-                    },
-                );
-                deficit -= 1;
+            match owners.iter_mut().find(|(x, _, _)| *x == o) {
+                Some((_, _, n)) => *n += 1,
+                None => owners.push((o, live.is_live(o), 1)),
             }
         }
     }
+    let mut loads: BTreeMap<Owner, usize> = owners
+        .into_iter()
+        .filter(|(_, live, _)| *live)
+        .map(|(o, _, n)| (o.clone(), n))
+        .collect();
+    let target = total.div_ceil(workers.max(1));
+    let ours = load.staying + load.taking + load.requests.len();
+    let mut deficit = target.saturating_sub(ours);
+    if deficit == 0 {
+        return plan;
+    }
+    let Some(view) = views.get(stream) else {
+        return plan;
+    };
+    // Rows we wrote since the read was sent show our own answered write
+    // (newer than the read): fine to act on; every take is conditional
+    // anyway. Rows with a write in flight are not (`blocked`).
+    let mut candidates: Vec<LeaseRow> = view
+        .rows
+        .values()
+        .filter(|r| view.is_active(r))
+        .filter(|r| r.owner.as_ref() != Some(me))
+        .filter(|r| !(load.blocked)(&r.shard))
+        .cloned()
+        .collect();
+    // Workers that balance on the same fresh rows (a fleet starting
+    // together) would all take the same first free rows: each takes
+    // the rows the ring designates to it first, then its neighbours'.
+    if let Some((at, ring)) = creator_ring(live) {
+        candidates.sort_by_cached_key(|r| (shard_spread(&r.shard) % ring + ring - at) % ring);
+    }
+
+    // 1. Free and expired leases. An expiry judged at heartbeat read r
+    // holds only for (owner, token) pairs that existed before r: the
+    // owner may have renewed and taken leases afresh since. So a dead
+    // owner's row is taken only when r was sent after this view
+    // arrived; otherwise confirm with a heartbeat read first.
+    let confirmed = live.last_hb_read_seq > view.reply_seq;
+    for row in &candidates {
+        if deficit == 0 {
+            break;
+        }
+        let takable = match &row.owner {
+            None => true,
+            Some(o) if live.is_expired(o) => {
+                plan.confirm |= !confirmed;
+                confirmed
+            }
+            Some(_) => false,
+        };
+        if !takable {
+            continue;
+        }
+        if load.requests.contains_key(&row.shard) {
+            plan.takes.push(Take::Forced(row.shard.clone()));
+            continue;
+        }
+        plan.takes.push(Take::Free(row.clone()));
+        deficit -= 1;
+    }
+
+    // 2. Ask the most loaded live workers for the rest.
+    let mut offer: BTreeMap<Owner, VecDeque<LeaseRow>> = BTreeMap::new();
+    for row in &candidates {
+        let Some(o) = &row.owner else {
+            continue;
+        };
+        if !live.is_live(o) || load.requests.contains_key(&row.shard) {
+            continue;
+        }
+        match &row.pending_owner {
+            None => {}
+            Some(p) if p == me => {}
+            Some(_) => continue,
+        }
+        offer.entry(o.clone()).or_default().push_back(row.clone());
+    }
+    while deficit > 0 {
+        let best = loads
+            .iter()
+            .filter(|(o, l)| **l > target && offer.get(*o).is_some_and(|q| !q.is_empty()))
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(o, _)| o.clone());
+        let Some(owner) = best else {
+            break;
+        };
+        let Some(row) = offer.get_mut(&owner).and_then(|q| q.pop_front()) else {
+            break;
+        };
+        if let Some(l) = loads.get_mut(&owner) {
+            *l -= 1;
+        }
+        if row.pending_owner.as_ref() == Some(me) {
+            plan.asks.push(Ask::Stands { row, owner });
+        } else {
+            plan.asks.push(Ask::Request { row, owner });
+        }
+        deficit -= 1;
+    }
+    plan
 }

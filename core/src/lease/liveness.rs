@@ -52,15 +52,98 @@ pub(super) struct Observed {
     pub(super) dead: bool,
 }
 
+/// This worker's heartbeat (write side), its observation of the others'
+/// (read side), and the verdicts drawn from them.
+#[derive(Debug)]
+pub(super) struct Liveness {
+    /// This worker.
+    pub(super) me: Owner,
+    /// `failover_time`: an unchanged beat this old is expired.
+    pub(super) failover: Duration,
+    pub(super) beat: u64,
+    pub(super) hb_inflight: bool,
+    pub(super) hb_asap: bool,
+    pub(super) next_hb_write: Instant,
+    pub(super) last_renew_sent: Option<Instant>,
+    pub(super) fenced: bool,
+
+    pub(super) hb_read_inflight: bool,
+    /// Successful heartbeat reads so far (saturating).
+    pub(super) hb_reads_ok: u32,
+    pub(super) next_hb_read: Instant,
+    pub(super) last_hb_read_sent: Option<Instant>,
+    /// `seq` when the last successful heartbeat read was sent.
+    pub(super) last_hb_read_seq: u64,
+    pub(super) observed: BTreeMap<Owner, Observed>,
+}
+
+impl Liveness {
+    pub(super) fn new(me: Owner, failover: Duration, now: Instant) -> Self {
+        Liveness {
+            me,
+            failover,
+            beat: 0,
+            hb_inflight: false,
+            hb_asap: false,
+            next_hb_write: now,
+            last_renew_sent: None,
+            fenced: false,
+            hb_read_inflight: false,
+            hb_reads_ok: 0,
+            next_hb_read: now,
+            last_hb_read_sent: None,
+            last_hb_read_seq: 0,
+            observed: BTreeMap::new(),
+        }
+    }
+
+    /// Live workers as last observed, this one included.
+    pub(super) fn live_workers(&self) -> usize {
+        1 + self
+            .observed
+            .keys()
+            .filter(|o| **o != self.me && self.is_live(o))
+            .count()
+    }
+
+    pub(super) fn is_expired(&self, owner: &Owner) -> bool {
+        if *owner == self.me {
+            return false;
+        }
+        self.observed
+            .get(owner)
+            .is_some_and(|ob| Liveness::expired_at(ob, self.last_hb_read_sent, self.failover))
+    }
+
+    /// An observation judged at heartbeat read `judged` (sent then): dead,
+    /// or its beat unchanged for `failover`. Nobody is expired before a
+    /// heartbeat read.
+    pub(super) fn expired_at(ob: &Observed, judged: Option<Instant>, failover: Duration) -> bool {
+        judged.is_some_and(|r| {
+            ob.dead
+                || r.checked_duration_since(ob.since)
+                    .is_some_and(|d| d >= failover)
+        })
+    }
+
+    pub(super) fn is_live(&self, owner: &Owner) -> bool {
+        *owner == self.me
+            || self
+                .observed
+                .get(owner)
+                .is_some_and(|ob| ob.beat.is_some() && !ob.dead && !self.is_expired(owner))
+    }
+}
+
 impl LeaseManager {
     pub(super) fn fence_deadline(&self) -> Instant {
-        self.last_renew_sent.unwrap_or(self.start) + self.timing.fence_after
+        self.live.last_renew_sent.unwrap_or(self.start) + self.timing.fence_after
     }
 
     /// Self-fence when the deadline passed; runs first in every entry point.
     pub(super) fn tick(&mut self, now: Instant) {
-        if !self.fenced && now >= self.fence_deadline() {
-            self.fenced = true;
+        if !self.live.fenced && now >= self.fence_deadline() {
+            self.live.fenced = true;
             for (shard, mut h) in std::mem::take(&mut self.held) {
                 if self.shutting_down {
                     // Fenced on the way out: nothing is read or delivered
@@ -104,17 +187,17 @@ impl LeaseManager {
     }
 
     pub(super) fn send_heartbeat(&mut self, now: Instant, mint: &mut IdMint, alive: bool) {
-        self.beat += 1;
+        self.live.beat += 1;
         let row = HeartbeatRow {
             owner: self.me.clone(),
-            beat: self.beat,
+            beat: self.live.beat,
             held: u32::try_from(self.held.len()).unwrap_or(u32::MAX),
             wants: if alive { self.wants() } else { Vec::new() },
             alive,
         };
         let op = mint.op();
-        self.hb_inflight = true;
-        self.hb_asap = false;
+        self.live.hb_inflight = true;
+        self.live.hb_asap = false;
         self.stats.heartbeat_writes += 1;
         self.ops.insert(op, Op::WriteHeartbeat { sent: now, alive });
         self.actions.push_back(Action::WriteHeartbeat { op, row });
@@ -127,7 +210,7 @@ impl LeaseManager {
         alive: bool,
         result: &Result<(), ErrorClass>,
     ) {
-        self.hb_inflight = false;
+        self.live.hb_inflight = false;
         if !alive {
             // The final heartbeat: answered, whatever the answer.
             self.final_beat = FinalBeat::Done;
@@ -135,26 +218,26 @@ impl LeaseManager {
         }
         match result {
             Ok(()) => {
-                let first_renewal = self.last_renew_sent.is_none();
-                let renewed = self.last_renew_sent.map_or(sent, |l| l.max(sent));
-                self.last_renew_sent = Some(renewed);
-                if first_renewal && self.last_hb_read_sent.is_some() {
+                let first_renewal = self.live.last_renew_sent.is_none();
+                let renewed = self.live.last_renew_sent.map_or(sent, |l| l.max(sent));
+                self.live.last_renew_sent = Some(renewed);
+                if first_renewal && self.live.last_hb_read_sent.is_some() {
                     // The first heartbeat read (and its balancing reads)
                     // came back before this first renewal, so that pass
                     // was skipped: balance now, not a rebalance period
                     // later.
                     self.read_all_now(now);
                 }
-                if self.fenced && now < self.fence_deadline() {
+                if self.live.fenced && now < self.fence_deadline() {
                     // Renewed again: take leases afresh (token + 1).
-                    self.fenced = false;
+                    self.live.fenced = false;
                     self.read_all_now(now);
                 }
-                self.next_hb_write = sent + self.timing.heartbeat;
+                self.live.next_hb_write = sent + self.timing.heartbeat;
             }
             Err(_) => {
                 // Ambiguous or failed: does not renew; try again soon.
-                self.next_hb_write = now + self.timing.retry();
+                self.live.next_hb_write = now + self.timing.retry();
             }
         }
     }
@@ -167,13 +250,13 @@ impl LeaseManager {
         result: &Result<Vec<HeartbeatRow>, ErrorClass>,
         mint: &mut IdMint,
     ) {
-        self.hb_read_inflight = false;
-        self.next_hb_read = sent + self.timing.heartbeat_read;
+        self.live.hb_read_inflight = false;
+        self.live.next_hb_read = sent + self.timing.heartbeat_read;
         let Ok(rows) = result else {
             return;
         };
-        self.hb_reads_ok = self.hb_reads_ok.saturating_add(1);
-        if self.hb_reads_ok == 2 {
+        self.live.hb_reads_ok = self.live.hb_reads_ok.saturating_add(1);
+        if self.live.hb_reads_ok == 2 {
             // Creators can be designated from now on (see `creator_ring`):
             // views that lack rows are read again to create them.
             let lacking: Vec<StreamId> = self
@@ -186,8 +269,8 @@ impl LeaseManager {
                 self.read_now(&stream, now);
             }
         }
-        let first_read = self.last_hb_read_sent.is_none();
-        let judged_before = self.last_hb_read_sent;
+        let first_read = self.live.last_hb_read_sent.is_none();
+        let judged_before = self.live.last_hb_read_sent;
         let failover = self.timing.failover;
         // The store keys rows by worker id: one row (one incarnation) each.
         let mut by_owner: BTreeMap<&Owner, &HeartbeatRow> = BTreeMap::new();
@@ -204,8 +287,8 @@ impl LeaseManager {
         // Owners judged expired by this read and not by the previous one.
         let mut turned: Vec<Owner> = Vec::new();
         // Owners known already: update in place.
-        for (owner, ob) in self.observed.iter_mut() {
-            let was = Self::expired_at(ob, judged_before, failover);
+        for (owner, ob) in self.live.observed.iter_mut() {
+            let was = Liveness::expired_at(ob, judged_before, failover);
             *ob = match (by_owner.get(owner), &*ob) {
                 (Some(row), p) if p.beat == Some(row.beat) => Observed {
                     dead: p.dead || !row.alive,
@@ -226,7 +309,7 @@ impl LeaseManager {
                     dead: restarted(owner),
                 },
             };
-            if !was && Self::expired_at(ob, Some(sent), failover) {
+            if !was && Liveness::expired_at(ob, Some(sent), failover) {
                 turned.push(owner.clone());
             }
         }
@@ -234,7 +317,7 @@ impl LeaseManager {
         // lease row (no heartbeat row: counts from now).
         let mut fresh: Vec<(Owner, Observed)> = Vec::new();
         for (owner, row) in &by_owner {
-            if **owner != self.me && !self.observed.contains_key(*owner) {
+            if **owner != self.me && !self.live.observed.contains_key(*owner) {
                 let ob = Observed {
                     beat: Some(row.beat),
                     since: now,
@@ -246,7 +329,7 @@ impl LeaseManager {
         for v in self.views.values() {
             for owner in v.owners.keys() {
                 if *owner != self.me
-                    && !self.observed.contains_key(owner)
+                    && !self.live.observed.contains_key(owner)
                     && !by_owner.contains_key(owner)
                     && !fresh.iter().any(|(o, _)| o == owner)
                 {
@@ -260,22 +343,23 @@ impl LeaseManager {
             }
         }
         for (owner, ob) in fresh {
-            if Self::expired_at(&ob, Some(sent), failover) {
+            if Liveness::expired_at(&ob, Some(sent), failover) {
                 turned.push(owner.clone());
             }
-            self.observed.insert(owner, ob);
+            self.live.observed.insert(owner, ob);
         }
         // Forget owners nobody mentions any more.
         let views = &self.views;
-        self.observed
+        self.live
+            .observed
             .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
-        self.last_hb_read_sent = Some(sent);
-        self.last_hb_read_seq = sent_seq;
+        self.live.last_hb_read_sent = Some(sent);
+        self.live.last_hb_read_seq = sent_seq;
 
         // Owner side of hand-offs: a live taker lists one of our leases.
-        if !self.fenced && !self.shutting_down {
+        if !self.live.fenced && !self.shutting_down {
             for (owner, row) in &by_owner {
-                if **owner == self.me || !row.alive || !self.is_live(owner) {
+                if **owner == self.me || !row.alive || !self.live.is_live(owner) {
                     continue;
                 }
                 for shard in &row.wants {
@@ -283,7 +367,7 @@ impl LeaseManager {
                 }
             }
         }
-        let newly_expired = turned.iter().any(|o| self.observed.contains_key(o));
+        let newly_expired = turned.iter().any(|o| self.live.observed.contains_key(o));
         if first_read || newly_expired {
             // Balance now (first read), or take the dead owner's leases
             // within about one read of its expiry.
@@ -318,33 +402,5 @@ impl LeaseManager {
             shard: shard.clone(),
             to: taker.clone(),
         });
-    }
-
-    pub(super) fn is_expired(&self, owner: &Owner) -> bool {
-        if *owner == self.me {
-            return false;
-        }
-        self.observed
-            .get(owner)
-            .is_some_and(|ob| Self::expired_at(ob, self.last_hb_read_sent, self.timing.failover))
-    }
-
-    /// An observation judged at heartbeat read `judged` (sent then): dead,
-    /// or its beat unchanged for `failover`. Nobody is expired before a
-    /// heartbeat read.
-    pub(super) fn expired_at(ob: &Observed, judged: Option<Instant>, failover: Duration) -> bool {
-        judged.is_some_and(|r| {
-            ob.dead
-                || r.checked_duration_since(ob.since)
-                    .is_some_and(|d| d >= failover)
-        })
-    }
-
-    pub(super) fn is_live(&self, owner: &Owner) -> bool {
-        *owner == self.me
-            || self
-                .observed
-                .get(owner)
-                .is_some_and(|ob| ob.beat.is_some() && !ob.dead && !self.is_expired(owner))
     }
 }

@@ -60,8 +60,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-use balance::{Request, RequestState};
-use liveness::Observed;
+use balance::{Ask, Load, Request, RequestState, Take};
+use liveness::Liveness;
 use view::StreamView;
 use write::{FinalState, Held, Leaving, WriteKind};
 
@@ -196,21 +196,8 @@ pub struct LeaseManager {
     /// Logical clock ordering table reads against write answers.
     seq: u64,
 
-    beat: u64,
-    hb_inflight: bool,
-    hb_asap: bool,
-    next_hb_write: Instant,
-    last_renew_sent: Option<Instant>,
-    fenced: bool,
-
-    hb_read_inflight: bool,
-    /// Successful heartbeat reads so far (saturating).
-    hb_reads_ok: u32,
-    next_hb_read: Instant,
-    last_hb_read_sent: Option<Instant>,
-    /// `seq` when the last successful heartbeat read was sent.
-    last_hb_read_seq: u64,
-    observed: BTreeMap<Owner, Observed>,
+    /// Our heartbeat and our observation of everyone else's.
+    live: Liveness,
 
     views: BTreeMap<StreamId, StreamView>,
     held: BTreeMap<ShardRef, Held>,
@@ -297,18 +284,7 @@ impl LeaseManager {
             start: now,
             start_unix_ms: unix_ms,
             seq: 0,
-            beat: 0,
-            hb_inflight: false,
-            hb_asap: false,
-            next_hb_write: now,
-            last_renew_sent: None,
-            fenced: false,
-            hb_read_inflight: false,
-            hb_reads_ok: 0,
-            next_hb_read: now,
-            last_hb_read_sent: None,
-            last_hb_read_seq: 0,
-            observed: BTreeMap::new(),
+            live: Liveness::new(config.owner.clone(), timing.failover, now),
             views,
             held: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -345,16 +321,12 @@ impl LeaseManager {
     /// True while the worker could not renew its heartbeat in time: it holds
     /// nothing and takes nothing.
     pub fn is_fenced(&self) -> bool {
-        self.fenced
+        self.live.fenced
     }
 
     /// Live workers as last observed, this one included.
     pub fn live_workers(&self) -> usize {
-        1 + self
-            .observed
-            .keys()
-            .filter(|o| **o != self.me && self.is_live(o))
-            .count()
+        self.live.live_workers()
     }
 
     /// The last view of a stream's lease rows (with our own successful
@@ -382,7 +354,7 @@ impl LeaseManager {
         if let Some(v) = &self.violation {
             return Err(v.clone());
         }
-        if self.fenced && (!self.held.is_empty() || !self.requests.is_empty()) {
+        if self.live.fenced && (!self.held.is_empty() || !self.requests.is_empty()) {
             return Err(format!(
                 "fenced but holds {} leases and {} requests",
                 self.held.len(),
@@ -479,18 +451,18 @@ impl LeaseManager {
                 next = Some((at, why));
             }
         };
-        if !self.hb_inflight && self.final_beat == FinalBeat::NotYet {
-            consider(self.next_hb_write, "heartbeat write");
+        if !self.live.hb_inflight && self.final_beat == FinalBeat::NotYet {
+            consider(self.live.next_hb_write, "heartbeat write");
         }
-        if !self.hb_read_inflight {
-            consider(self.next_hb_read, "heartbeat read");
+        if !self.live.hb_read_inflight {
+            consider(self.live.next_hb_read, "heartbeat read");
         }
         for v in self.views.values() {
             if !v.reading {
                 consider(v.next_read, "lease table read");
             }
         }
-        if !self.fenced {
+        if !self.live.fenced {
             consider(self.fence_deadline(), "self-fence deadline");
         }
         if let Some(at) = self.retry_at {
@@ -672,7 +644,7 @@ impl LeaseManager {
             return;
         };
         if h.leaving.is_none() {
-            let taker_gone = self.is_expired(&to);
+            let taker_gone = self.live.is_expired(&to);
             let leaving = if taker_gone {
                 Leaving::Release {
                     checkpoint: final_cp,
@@ -755,7 +727,7 @@ impl LeaseManager {
                 .chain(self.adoptable.keys())
                 .map(|s| s.stream.clone())
                 .collect();
-            if self.fenced {
+            if self.live.fenced {
                 // Fenced before: rows may still name us; release them.
                 streams.extend(self.views.keys().cloned());
             }
@@ -819,7 +791,7 @@ impl LeaseManager {
             }
         }
         // Heartbeat write.
-        if self.final_beat == FinalBeat::NotYet && !self.hb_inflight {
+        if self.final_beat == FinalBeat::NotYet && !self.live.hb_inflight {
             if self.shutting_down
                 && self.held.is_empty()
                 && self.busy.is_empty()
@@ -828,16 +800,16 @@ impl LeaseManager {
             {
                 self.send_heartbeat(now, mint, false);
                 self.final_beat = FinalBeat::Sent;
-            } else if self.hb_asap || now >= self.next_hb_write {
+            } else if self.live.hb_asap || now >= self.live.next_hb_write {
                 self.send_heartbeat(now, mint, true);
             }
         }
         // Heartbeat read.
-        if !self.hb_read_inflight && now >= self.next_hb_read {
+        if !self.live.hb_read_inflight && now >= self.live.next_hb_read {
             let op = mint.op();
             self.seq += 1;
             let sent_seq = self.seq;
-            self.hb_read_inflight = true;
+            self.live.hb_read_inflight = true;
             self.stats.heartbeat_reads += 1;
             self.ops.insert(
                 op,
@@ -874,17 +846,122 @@ impl LeaseManager {
         }
     }
 
+    // ----- balancing -------------------------------------------------------
+
+    /// The balancing pass after a fresh read of `stream`: the plan of
+    /// [`balance::plan`], executed in its order (takes, the confirming
+    /// heartbeat read, then hand-off requests).
+    fn balance(&mut self, now: Instant, stream: &StreamId, mint: &mut IdMint) {
+        if self.live.fenced
+            || self.shutting_down
+            || self.live.last_renew_sent.is_none()
+            || self.live.last_hb_read_sent.is_none()
+        {
+            return;
+        }
+        self.quarantined.retain(|_, until| *until > now);
+        let taking = self
+            .ops
+            .values()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Op::WriteLease {
+                        kind: WriteKind::Take { forced: false },
+                        ..
+                    }
+                )
+            })
+            .count();
+        let staying = self.held.values().filter(|h| h.leaving.is_none()).count();
+        let blocked = |s: &ShardRef| {
+            self.quarantined.contains_key(s)
+                || self.held.contains_key(s)
+                || self.busy.contains_key(s)
+                || self.adoptable.contains_key(s)
+                || self.refused.contains_key(s)
+        };
+        let load = Load {
+            staying,
+            taking,
+            requests: &self.requests,
+            blocked: &blocked,
+        };
+        let plan = balance::plan(&self.views, stream, &self.live, &load);
+        for take in plan.takes {
+            match take {
+                Take::Forced(shard) => {
+                    self.force_take(&shard, mint);
+                }
+                Take::Free(row) => {
+                    let write = LeaseWrite::Take {
+                        shard: row.shard.clone(),
+                        expect_owner: row.owner.clone(),
+                        expect_token: row.token,
+                        to: self.me.clone(),
+                    };
+                    let sent =
+                        self.send_write(mint, write, WriteKind::Take { forced: false }, Some(row));
+                    debug_assert!(sent, "a planned take is on a shard with no write in flight");
+                }
+            }
+        }
+        if plan.confirm {
+            if let Some(v) = self.views.get_mut(stream) {
+                v.confirm = true;
+            }
+            self.live.next_hb_read = self.live.next_hb_read.min(now);
+        }
+        for ask in plan.asks {
+            match ask {
+                Ask::Stands { row, owner } => {
+                    self.requests.insert(
+                        row.shard.clone(),
+                        Request {
+                            owner,
+                            token: row.token,
+                            state: RequestState::Waiting { since: now },
+                            confirmed: true,
+                        },
+                    );
+                    self.live.hb_asap = true;
+                }
+                Ask::Request { row, owner } => {
+                    let write = LeaseWrite::RequestHandoff {
+                        shard: row.shard.clone(),
+                        owner: owner.clone(),
+                        token: row.token,
+                        pending: self.me.clone(),
+                    };
+                    let shard = row.shard.clone();
+                    let token = row.token;
+                    if self.send_write(mint, write, WriteKind::Request, Some(row)) {
+                        self.requests.insert(
+                            shard,
+                            Request {
+                                owner,
+                                token,
+                                state: RequestState::Sending,
+                                confirmed: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     // ----- hand-off requests (taker side) ---------------------------------
 
     fn drop_request(&mut self, shard: &ShardRef) {
         if self.requests.remove(shard).is_some_and(|r| r.confirmed) {
-            self.hb_asap = true;
+            self.live.hb_asap = true;
         }
     }
 
     fn drop_requests(&mut self) {
         if self.requests.values().any(|r| r.confirmed) {
-            self.hb_asap = true;
+            self.live.hb_asap = true;
         }
         self.requests.clear();
     }

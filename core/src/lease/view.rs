@@ -30,6 +30,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::liveness::Liveness;
 use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Leaving, RequestState, WriteKind};
 use crate::ids::{IdMint, Owner, ShardId, ShardRef, StreamId};
 use crate::io::{ErrorClass, LostReason};
@@ -68,6 +69,16 @@ pub(super) struct StreamView {
 }
 
 impl StreamView {
+    /// A row counts for balancing when it is not ended and every parent is
+    /// ended (or gone: neither listed nor in the table).
+    pub(super) fn is_active(&self, row: &LeaseRow) -> bool {
+        row.checkpoint != Some(Checkpoint::ShardEnd)
+            && row.parents.iter().all(|p| match self.rows.get(p) {
+                Some(pr) => pr.checkpoint == Some(Checkpoint::ShardEnd),
+                None => self.listed && !self.known.contains_key(p),
+            })
+    }
+
     /// Some shard known to exist has no row in this view.
     pub(super) fn lacks_rows(&self) -> bool {
         self.known.keys().any(|id| !self.rows.contains_key(id))
@@ -301,9 +312,9 @@ impl LeaseManager {
                     // it instead), which clears the mark.
                     if let Some(p) = row.and_then(|r| r.pending_owner.clone()) {
                         if p != self.me
-                            && !self.fenced
+                            && !self.live.fenced
                             && !self.shutting_down
-                            && (self.is_live(&p) || self.is_expired(&p))
+                            && (self.live.is_live(&p) || self.live.is_expired(&p))
                         {
                             self.request_seen(&shard, &p);
                         }
@@ -322,11 +333,11 @@ impl LeaseManager {
         for row in mine {
             let requested = self.requests.remove(&row.shard);
             if requested.as_ref().is_some_and(|r| r.confirmed) {
-                self.hb_asap = true;
+                self.live.hb_asap = true;
             }
             let adopt = requested.is_some() || self.adoptable.get(&row.shard) == Some(&row.token);
             self.adoptable.remove(&row.shard);
-            if adopt && !self.fenced && !self.shutting_down {
+            if adopt && !self.live.fenced && !self.shutting_down {
                 self.acquire(&row);
             } else {
                 self.release_orphan(&row, mint);
@@ -367,7 +378,7 @@ impl LeaseManager {
                 continue;
             }
             if !req.confirmed {
-                self.hb_asap = true;
+                self.live.hb_asap = true;
             }
             if let Some(r) = self.requests.get_mut(&shard) {
                 r.confirmed = true;
@@ -400,7 +411,7 @@ impl LeaseManager {
         if !view.have_view {
             return;
         }
-        let Some((me, ring)) = self.creator_ring() else {
+        let Some((me, ring)) = creator_ring(&self.live) else {
             // Too early to agree on creators: the second heartbeat read
             // reads this stream again.
             return;
@@ -419,7 +430,7 @@ impl LeaseManager {
             }
             let since = view.deferred.get(id).copied();
             let overdue = since.is_some_and(|t| now >= t + grace);
-            if Self::shard_spread(&shard) % ring == me || overdue {
+            if shard_spread(&shard) % ring == me || overdue {
                 create.push((id.clone(), parents.clone()));
             } else {
                 deferred.insert(id.clone(), since.unwrap_or(now));
@@ -434,49 +445,39 @@ impl LeaseManager {
             self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
         }
     }
+}
 
-    /// This worker's place among the live workers (itself included) in
-    /// owner order, and their number: the ring that spreads row creation
-    /// and free takes. `None` before the second successful heartbeat read:
-    /// workers that start together have all written their first heartbeat
-    /// by then, so they agree on the ring.
-    pub(super) fn creator_ring(&self) -> Option<(u64, u64)> {
-        if self.hb_reads_ok < 2 {
-            return None;
-        }
-        let before = self
-            .observed
-            .keys()
-            .filter(|o| **o < self.me && self.is_live(o))
-            .count();
-        let ring = self.live_workers();
-        Some((before as u64, ring.max(1) as u64))
+/// This worker's place among the live workers (itself included) in
+/// owner order, and their number: the ring that spreads row creation
+/// and free takes. `None` before the second successful heartbeat read:
+/// workers that start together have all written their first heartbeat
+/// by then, so they agree on the ring.
+pub(super) fn creator_ring(live: &Liveness) -> Option<(u64, u64)> {
+    if live.hb_reads_ok < 2 {
+        return None;
     }
+    let before = live
+        .observed
+        .keys()
+        .filter(|o| **o < live.me && live.is_live(o))
+        .count();
+    let ring = live.live_workers();
+    Some((before as u64, ring.max(1) as u64))
+}
 
-    /// A stable spread of shards (FNV-1a of the stream and shard ids): the
-    /// same on every worker, every platform and every version.
-    pub(super) fn shard_spread(shard: &ShardRef) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let bytes = shard
-            .stream
-            .as_str()
-            .bytes()
-            .chain(std::iter::once(0xff))
-            .chain(shard.shard.as_str().bytes());
-        for b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        hash
+/// A stable spread of shards (FNV-1a of the stream and shard ids): the
+/// same on every worker, every platform and every version.
+pub(super) fn shard_spread(shard: &ShardRef) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = shard
+        .stream
+        .as_str()
+        .bytes()
+        .chain(std::iter::once(0xff))
+        .chain(shard.shard.as_str().bytes());
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-
-    /// A row counts for balancing when it is not ended and every parent is
-    /// ended (or gone: neither listed nor in the table).
-    pub(super) fn is_active(view: &StreamView, row: &LeaseRow) -> bool {
-        row.checkpoint != Some(Checkpoint::ShardEnd)
-            && row.parents.iter().all(|p| match view.rows.get(p) {
-                Some(pr) => pr.checkpoint == Some(Checkpoint::ShardEnd),
-                None => view.listed && !view.known.contains_key(p),
-            })
-    }
+    hash
 }

@@ -320,7 +320,7 @@ impl LeaseManager {
                     if let Some(r) = self.requests.get_mut(&shard) {
                         r.state = RequestState::Waiting { since: now };
                         r.confirmed = true;
-                        self.hb_asap = true;
+                        self.live.hb_asap = true;
                     }
                     self.read_soon(&shard.stream, now);
                 }
@@ -434,7 +434,7 @@ impl LeaseManager {
             Ok(()) => {
                 let request = self.requests.remove(shard);
                 if request.is_some_and(|r| r.confirmed) {
-                    self.hb_asap = true;
+                    self.live.hb_asap = true;
                 }
                 // The row after the write: our view's row with the take
                 // applied (checkpoint and creation time as last read).
@@ -443,7 +443,7 @@ impl LeaseManager {
                 row.owner = Some(self.me.clone());
                 row.token = expect_token.next();
                 row.pending_owner = None;
-                if self.fenced || self.shutting_down || self.held.contains_key(shard) {
+                if self.live.fenced || self.shutting_down || self.held.contains_key(shard) {
                     self.release_orphan(&row, mint);
                 } else {
                     self.acquire(&row);
@@ -451,12 +451,12 @@ impl LeaseManager {
             }
             Err(ErrorClass::Ambiguous) => {
                 if self.requests.remove(shard).is_some_and(|r| r.confirmed) {
-                    self.hb_asap = true;
+                    self.live.hb_asap = true;
                 }
                 if self.shutting_down {
                     // The row may name us: release it before leaving.
                     self.read_once_more(&shard.stream, now);
-                } else if !self.fenced {
+                } else if !self.live.fenced {
                     self.adoptable.insert(shard.clone(), expect_token.next());
                 }
                 self.read_now(&shard.stream, now);

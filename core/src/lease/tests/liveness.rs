@@ -118,7 +118,7 @@ fn self_fences_before_anyone_may_take() {
     w.run_until(secs(40.0));
     assert_eq!((w.holds(a), w.holds(b)), (2, 2));
     let a_shards = w.reading(a);
-    let last_renew = w.nodes[a].mgr.last_renew_sent.unwrap();
+    let last_renew = w.nodes[a].mgr.live.last_renew_sent.unwrap();
     // A loses DynamoDB: every call fails; B keeps observing.
     w.nodes[a].partitioned = true;
     w.run_until(secs(80.0));

@@ -28,7 +28,7 @@ fn check_invariants_reports_each_corruption() {
     };
     type Corrupt = Box<dyn Fn(&mut LeaseManager)>;
     let corruptions: Vec<(&str, Corrupt)> = vec![
-        ("fenced", Box::new(|m| m.fenced = true)),
+        ("fenced", Box::new(|m| m.live.fenced = true)),
         (
             "held and requested",
             Box::new({

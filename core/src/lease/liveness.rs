@@ -144,7 +144,7 @@ impl LeaseManager {
     pub(super) fn tick(&mut self, now: Instant) {
         if !self.live.fenced && now >= self.fence_deadline() {
             self.live.fenced = true;
-            for (shard, mut h) in std::mem::take(&mut self.held) {
+            for (shard, mut h) in std::mem::take(&mut self.writes.held) {
                 if self.shutting_down {
                     // Fenced on the way out: nothing is read or delivered
                     // any more, but the rows are still ours in the table.
@@ -163,7 +163,7 @@ impl LeaseManager {
                         }),
                     };
                     if let Some(write) = write {
-                        self.departing.insert(shard.clone(), write);
+                        self.writes.departing.insert(shard.clone(), write);
                     }
                 }
                 self.events.push_back(LeaseEvent::Lost {
@@ -172,9 +172,9 @@ impl LeaseManager {
                     reason: LostReason::SelfFenced,
                 });
             }
-            self.retry_at = None;
+            self.writes.retry_at = None;
             self.drop_requests();
-            self.adoptable.clear();
+            self.writes.adoptable.clear();
         }
     }
 
@@ -191,7 +191,7 @@ impl LeaseManager {
         let row = HeartbeatRow {
             owner: self.me.clone(),
             beat: self.live.beat,
-            held: u32::try_from(self.held.len()).unwrap_or(u32::MAX),
+            held: u32::try_from(self.writes.held.len()).unwrap_or(u32::MAX),
             wants: if alive { self.wants() } else { Vec::new() },
             alive,
         };
@@ -391,7 +391,7 @@ impl LeaseManager {
 
     /// A live taker asked for `shard`: tell the worker once.
     pub(super) fn request_seen(&mut self, shard: &ShardRef, taker: &Owner) {
-        let Some(h) = self.held.get_mut(shard) else {
+        let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
         if h.handoff_to.is_some() || h.leaving.is_some() {

@@ -63,7 +63,7 @@ mod tests;
 use balance::{Ask, Load, Request, RequestState, Take};
 use liveness::Liveness;
 use view::StreamView;
-use write::{FinalState, Held, Leaving, WriteKind};
+use write::{FinalState, Leaving, WriteKind, Writes};
 
 /// What the lease manager tells the worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,28 +200,11 @@ pub struct LeaseManager {
     live: Liveness,
 
     views: BTreeMap<StreamId, StreamView>,
-    held: BTreeMap<ShardRef, Held>,
+    /// Held leases and the lease writes in flight.
+    writes: Writes,
     requests: BTreeMap<ShardRef, Request>,
-    /// Takes answered `Ambiguous`: the token the row has if it applied.
-    adoptable: BTreeMap<ShardRef, FencingToken>,
-    /// The earliest `FinalState::RetryAt` among `held` (kept exact, so the
-    /// drive and `poll_timeout` need not walk every held lease).
-    retry_at: Option<Instant>,
     quarantined: BTreeMap<ShardRef, Instant>,
-
     ops: BTreeMap<OpId, Op>,
-    /// The one lease write in flight per shard.
-    busy: BTreeMap<ShardRef, OpId>,
-    /// Shards with a write answered after the oldest pending table read was
-    /// sent (value: `seq` of the answer): such a read is stale for them.
-    changed: BTreeMap<ShardRef, u64>,
-    /// Shards whose last write was refused by its condition (value: `seq`
-    /// of the answer): the row is not what our view says, and a read sent
-    /// before the refusal may still show the old row. Nothing is written
-    /// on them again before a read sent after the refusal (a refused write
-    /// costs a write unit all the same).
-    refused: BTreeMap<ShardRef, u64>,
-
     shutting_down: bool,
     /// At shutdown: streams whose lease rows must be read once more (a read
     /// sent after `seq` = the value, answered or failed) before the final
@@ -229,10 +212,6 @@ pub struct LeaseManager {
     /// row transferred to us is then released instead of being left to our
     /// dead incarnation.
     final_reads: BTreeMap<StreamId, u64>,
-    /// Fenced while shutting down: final writes of the leases we held,
-    /// sent (once each, when no other write of the lease is in flight)
-    /// before the final heartbeat.
-    departing: BTreeMap<ShardRef, LeaseWrite>,
     final_beat: FinalBeat,
 
     actions: VecDeque<Action>,
@@ -286,18 +265,12 @@ impl LeaseManager {
             seq: 0,
             live: Liveness::new(config.owner.clone(), timing.failover, now),
             views,
-            held: BTreeMap::new(),
+            writes: Writes::default(),
             requests: BTreeMap::new(),
-            adoptable: BTreeMap::new(),
-            retry_at: None,
             quarantined: BTreeMap::new(),
             ops: BTreeMap::new(),
-            busy: BTreeMap::new(),
-            changed: BTreeMap::new(),
-            refused: BTreeMap::new(),
             shutting_down: false,
             final_reads: BTreeMap::new(),
-            departing: BTreeMap::new(),
             final_beat: FinalBeat::NotYet,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -310,12 +283,12 @@ impl LeaseManager {
 
     /// Leases this worker may read (not fenced, not lost), with their tokens.
     pub fn held(&self) -> impl Iterator<Item = (&ShardRef, FencingToken)> {
-        self.held.iter().map(|(s, h)| (s, h.token))
+        self.writes.held.iter().map(|(s, h)| (s, h.token))
     }
 
     /// The token of a held lease.
     pub fn token(&self, shard: &ShardRef) -> Option<FencingToken> {
-        self.held.get(shard).map(|h| h.token)
+        self.writes.held.get(shard).map(|h| h.token)
     }
 
     /// True while the worker could not renew its heartbeat in time: it holds
@@ -354,14 +327,14 @@ impl LeaseManager {
         if let Some(v) = &self.violation {
             return Err(v.clone());
         }
-        if self.live.fenced && (!self.held.is_empty() || !self.requests.is_empty()) {
+        if self.live.fenced && (!self.writes.held.is_empty() || !self.requests.is_empty()) {
             return Err(format!(
                 "fenced but holds {} leases and {} requests",
-                self.held.len(),
+                self.writes.held.len(),
                 self.requests.len()
             ));
         }
-        for (shard, h) in &self.held {
+        for (shard, h) in &self.writes.held {
             if !self.requests.is_empty() && self.requests.contains_key(shard) {
                 return Err(format!("{shard:?} held and requested at once"));
             }
@@ -374,7 +347,7 @@ impl LeaseManager {
                 return Err(format!("{shard:?}: hand-off requested from ourselves"));
             }
         }
-        for (shard, op) in &self.busy {
+        for (shard, op) in &self.writes.busy {
             match self.ops.get(op) {
                 Some(Op::WriteLease { write, .. }) if write.shard() == shard => {}
                 _ => return Err(format!("{shard:?}: busy with unknown op {op:?}")),
@@ -385,17 +358,18 @@ impl LeaseManager {
             .values()
             .filter(|o| matches!(o, Op::WriteLease { .. }))
             .count();
-        if writes != self.busy.len() {
+        if writes != self.writes.busy.len() {
             return Err(format!(
                 "{writes} lease writes in flight but {} shards busy",
-                self.busy.len()
+                self.writes.busy.len()
             ));
         }
-        if self.is_shut_down() && !self.held.is_empty() {
+        if self.is_shut_down() && !self.writes.held.is_empty() {
             return Err("shut down while holding leases".into());
         }
         if cfg!(debug_assertions) {
             let earliest = self
+                .writes
                 .held
                 .values()
                 .filter_map(|h| match h.leaving {
@@ -403,10 +377,10 @@ impl LeaseManager {
                     _ => None,
                 })
                 .min();
-            if earliest != self.retry_at {
+            if earliest != self.writes.retry_at {
                 return Err(format!(
                     "retry_at {:?} but the earliest retry is {earliest:?}",
-                    self.retry_at
+                    self.writes.retry_at
                 ));
             }
             for (stream, v) in &self.views {
@@ -465,7 +439,7 @@ impl LeaseManager {
         if !self.live.fenced {
             consider(self.fence_deadline(), "self-fence deadline");
         }
-        if let Some(at) = self.retry_at {
+        if let Some(at) = self.writes.retry_at {
             consider(at, "lease write retry");
         }
         next
@@ -507,7 +481,7 @@ impl LeaseManager {
         self.tick(now);
         if self.final_beat == FinalBeat::Done {
             if let Op::WriteLease { write, .. } = &pending {
-                self.busy.remove(write.shard());
+                self.writes.busy.remove(write.shard());
             }
             return true;
         }
@@ -606,7 +580,7 @@ impl LeaseManager {
         mint: &mut IdMint,
     ) {
         self.tick(now);
-        let Some(h) = self.held.get_mut(shard) else {
+        let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
         if h.leaving.is_some() {
@@ -637,7 +611,7 @@ impl LeaseManager {
         mint: &mut IdMint,
     ) {
         self.tick(now);
-        let Some(h) = self.held.get_mut(shard) else {
+        let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
         let Some(to) = h.handoff_to.clone() else {
@@ -656,7 +630,7 @@ impl LeaseManager {
                     checkpoint: final_cp,
                 }
             };
-            if let Some(h) = self.held.get_mut(shard) {
+            if let Some(h) = self.writes.held.get_mut(shard) {
                 h.leaving = Some((leaving, FinalState::Queued));
             }
         }
@@ -669,7 +643,7 @@ impl LeaseManager {
     /// local view is updated at once so the children are takable.
     pub(crate) fn finish_shard(&mut self, now: Instant, shard: &ShardRef, mint: &mut IdMint) {
         self.tick(now);
-        let Some(h) = self.held.get_mut(shard) else {
+        let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
         if h.leaving.is_none() {
@@ -689,7 +663,7 @@ impl LeaseManager {
         mint: &mut IdMint,
     ) {
         self.tick(now);
-        let Some(h) = self.held.get_mut(shard) else {
+        let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
         if h.leaving.is_none() {
@@ -724,7 +698,7 @@ impl LeaseManager {
             let mut streams: Vec<StreamId> = self
                 .requests
                 .keys()
-                .chain(self.adoptable.keys())
+                .chain(self.writes.adoptable.keys())
                 .map(|s| s.stream.clone())
                 .collect();
             if self.live.fenced {
@@ -735,7 +709,7 @@ impl LeaseManager {
                 self.read_once_more(&stream, now);
             }
             self.drop_requests();
-            self.adoptable.clear();
+            self.writes.adoptable.clear();
         }
         self.drive(now, mint);
     }
@@ -755,8 +729,9 @@ impl LeaseManager {
             return;
         }
         // Final writes that failed without being applied.
-        if self.retry_at.is_some_and(|at| at <= now) {
+        if self.writes.retry_at.is_some_and(|at| at <= now) {
             let retries: Vec<ShardRef> = self
+                .writes
                 .held
                 .iter()
                 .filter(
@@ -765,7 +740,7 @@ impl LeaseManager {
                 .map(|(s, _)| s.clone())
                 .collect();
             for shard in &retries {
-                if let Some(h) = self.held.get_mut(shard) {
+                if let Some(h) = self.writes.held.get_mut(shard) {
                     if let Some((_, st)) = h.leaving.as_mut() {
                         *st = FinalState::Queued;
                     }
@@ -777,15 +752,16 @@ impl LeaseManager {
             }
         }
         // Final writes of leases lost to a fence on the way out.
-        if !self.departing.is_empty() {
+        if !self.writes.departing.is_empty() {
             let ready: Vec<ShardRef> = self
+                .writes
                 .departing
                 .keys()
-                .filter(|s| !self.busy.contains_key(*s))
+                .filter(|s| !self.writes.busy.contains_key(*s))
                 .cloned()
                 .collect();
             for shard in ready {
-                if let Some(write) = self.departing.remove(&shard) {
+                if let Some(write) = self.writes.departing.remove(&shard) {
                     self.send_write(mint, write, WriteKind::Orphan, None);
                 }
             }
@@ -793,10 +769,10 @@ impl LeaseManager {
         // Heartbeat write.
         if self.final_beat == FinalBeat::NotYet && !self.live.hb_inflight {
             if self.shutting_down
-                && self.held.is_empty()
-                && self.busy.is_empty()
+                && self.writes.held.is_empty()
+                && self.writes.busy.is_empty()
                 && self.final_reads.is_empty()
-                && self.departing.is_empty()
+                && self.writes.departing.is_empty()
             {
                 self.send_heartbeat(now, mint, false);
                 self.final_beat = FinalBeat::Sent;
@@ -873,13 +849,18 @@ impl LeaseManager {
                 )
             })
             .count();
-        let staying = self.held.values().filter(|h| h.leaving.is_none()).count();
+        let staying = self
+            .writes
+            .held
+            .values()
+            .filter(|h| h.leaving.is_none())
+            .count();
         let blocked = |s: &ShardRef| {
             self.quarantined.contains_key(s)
-                || self.held.contains_key(s)
-                || self.busy.contains_key(s)
-                || self.adoptable.contains_key(s)
-                || self.refused.contains_key(s)
+                || self.writes.held.contains_key(s)
+                || self.writes.busy.contains_key(s)
+                || self.writes.adoptable.contains_key(s)
+                || self.writes.refused.contains_key(s)
         };
         let load = Load {
             staying,

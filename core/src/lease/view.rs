@@ -149,8 +149,8 @@ impl LeaseManager {
 
     pub(super) fn needs_fast_reads(&self, stream: &StreamId) -> bool {
         self.requests.keys().any(|s| s.stream == *stream)
-            || self.adoptable.keys().any(|s| s.stream == *stream)
-            || self.held.iter().any(|(s, h)| {
+            || self.writes.adoptable.keys().any(|s| s.stream == *stream)
+            || self.writes.held.iter().any(|(s, h)| {
                 s.stream == *stream && matches!(h.leaving, Some((_, FinalState::Resolving)))
             })
     }
@@ -158,7 +158,7 @@ impl LeaseManager {
     /// Nothing we wrote or are writing makes the last read stale for this
     /// shard.
     pub(super) fn is_fresh(&self, shard: &ShardRef) -> bool {
-        !self.busy.contains_key(shard) && !self.changed.contains_key(shard)
+        !self.writes.busy.contains_key(shard) && !self.writes.changed.contains_key(shard)
     }
 
     pub(super) fn on_leases(
@@ -201,11 +201,13 @@ impl LeaseManager {
             fresh.insert(row.shard.shard.clone(), row);
         }
         // Answers that arrived after this read was sent are newer than it.
-        self.changed
+        self.writes
+            .changed
             .retain(|s, seq| s.stream != *stream || *seq > sent_seq);
-        self.refused
+        self.writes
+            .refused
             .retain(|s, seq| s.stream != *stream || *seq > sent_seq);
-        for shard in self.changed.keys().filter(|s| s.stream == *stream) {
+        for shard in self.writes.changed.keys().filter(|s| s.stream == *stream) {
             if let Some(local) = view.rows.get(&shard.shard) {
                 fresh.insert(shard.shard.clone(), local.clone());
             }
@@ -256,13 +258,14 @@ impl LeaseManager {
 
         // Held leases.
         let held: Vec<ShardRef> = self
+            .writes
             .held
             .keys()
             .filter(|s| s.stream == *stream && self.is_fresh(s))
             .cloned()
             .collect();
         for shard in held {
-            let Some(h) = self.held.get(&shard).cloned() else {
+            let Some(h) = self.writes.held.get(&shard).cloned() else {
                 continue;
             };
             let row = row_of(&shard);
@@ -272,7 +275,7 @@ impl LeaseManager {
                 Some((leaving, FinalState::Resolving)) => {
                     if ours {
                         // The ambiguous write did not apply: send it again.
-                        if let Some(hm) = self.held.get_mut(&shard) {
+                        if let Some(hm) = self.writes.held.get_mut(&shard) {
                             hm.leaving = Some((leaving.clone(), FinalState::Queued));
                         }
                         self.pump_shard(&shard, mint);
@@ -327,7 +330,7 @@ impl LeaseManager {
         let mine: Vec<LeaseRow> = rows
             .values()
             .filter(|r| r.owner.as_ref() == Some(&self.me))
-            .filter(|r| !self.held.contains_key(&r.shard) && self.is_fresh(&r.shard))
+            .filter(|r| !self.writes.held.contains_key(&r.shard) && self.is_fresh(&r.shard))
             .cloned()
             .collect();
         for row in mine {
@@ -335,8 +338,9 @@ impl LeaseManager {
             if requested.as_ref().is_some_and(|r| r.confirmed) {
                 self.live.hb_asap = true;
             }
-            let adopt = requested.is_some() || self.adoptable.get(&row.shard) == Some(&row.token);
-            self.adoptable.remove(&row.shard);
+            let adopt =
+                requested.is_some() || self.writes.adoptable.get(&row.shard) == Some(&row.token);
+            self.writes.adoptable.remove(&row.shard);
             if adopt && !self.live.fenced && !self.shutting_down {
                 self.acquire(&row);
             } else {
@@ -346,13 +350,14 @@ impl LeaseManager {
 
         // Ambiguous takes whose row does not name us did not apply.
         let stale: Vec<ShardRef> = self
+            .writes
             .adoptable
             .keys()
             .filter(|s| s.stream == *stream && self.is_fresh(s))
             .cloned()
             .collect();
         for s in stale {
-            self.adoptable.remove(&s);
+            self.writes.adoptable.remove(&s);
         }
 
         // Our hand-off requests.
@@ -424,7 +429,7 @@ impl LeaseManager {
                 continue;
             }
             let shard = ShardRef::new(stream.clone(), id.clone());
-            if self.refused.contains_key(&shard) {
+            if self.writes.refused.contains_key(&shard) {
                 // A create of ours was refused: the row exists.
                 continue;
             }

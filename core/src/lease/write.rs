@@ -25,6 +25,7 @@
 //! Imports: the table view (the base row of a write, the view updated by
 //! our applied writes) and the read schedule; nothing of `balance`.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{LeaseEvent, LeaseManager, Op, RequestState};
@@ -94,6 +95,34 @@ pub(super) enum WriteKind {
     Orphan,
 }
 
+/// The write side of the manager: the leases we hold and the one write
+/// in flight per shard, with what their answers taught.
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    /// Leases we hold (Acquired emitted, Lost not yet).
+    pub(super) held: BTreeMap<ShardRef, Held>,
+    /// Takes answered `Ambiguous`: the token the row has if it applied.
+    pub(super) adoptable: BTreeMap<ShardRef, FencingToken>,
+    /// The earliest `FinalState::RetryAt` among `held` (kept exact, so the
+    /// drive and `poll_timeout` need not walk every held lease).
+    pub(super) retry_at: Option<Instant>,
+    /// The one lease write in flight per shard.
+    pub(super) busy: BTreeMap<ShardRef, OpId>,
+    /// Shards with a write answered after the oldest pending table read was
+    /// sent (value: `seq` of the answer): such a read is stale for them.
+    pub(super) changed: BTreeMap<ShardRef, u64>,
+    /// Shards whose last write was refused by its condition (value: `seq`
+    /// of the answer): the row is not what our view says, and a read sent
+    /// before the refusal may still show the old row. Nothing is written
+    /// on them again before a read sent after the refusal (a refused write
+    /// costs a write unit all the same).
+    pub(super) refused: BTreeMap<ShardRef, u64>,
+    /// Fenced while shutting down: final writes of the leases we held,
+    /// sent (once each, when no other write of the lease is in flight)
+    /// before the final heartbeat.
+    pub(super) departing: BTreeMap<ShardRef, LeaseWrite>,
+}
+
 impl LeaseManager {
     /// Emit a lease write unless one is in flight for the shard.
     pub(super) fn send_write(
@@ -104,7 +133,7 @@ impl LeaseManager {
         base: Option<LeaseRow>,
     ) -> bool {
         let shard = write.shard().clone();
-        if self.busy.contains_key(&shard) {
+        if self.writes.busy.contains_key(&shard) {
             return false;
         }
         if let LeaseWrite::Take {
@@ -122,7 +151,7 @@ impl LeaseManager {
             WriteKind::Checkpoint => self.stats.checkpoint_writes += 1,
             _ => self.stats.other_lease_writes += 1,
         }
-        self.busy.insert(shard, op);
+        self.writes.busy.insert(shard, op);
         self.ops.insert(
             op,
             Op::WriteLease {
@@ -178,7 +207,7 @@ impl LeaseManager {
     /// Send the next write of a held lease if none is in flight: its final
     /// write when leaving, else the newest queued checkpoint.
     pub(super) fn pump_shard(&mut self, shard: &ShardRef, mint: &mut IdMint) {
-        if self.busy.contains_key(shard) {
+        if self.writes.busy.contains_key(shard) {
             return;
         }
         let base = self
@@ -187,7 +216,7 @@ impl LeaseManager {
             .and_then(|v| v.rows.get(&shard.shard))
             .cloned();
         let me = self.me.clone();
-        let Some(h) = self.held.get_mut(shard) else {
+        let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
         let token = h.token;
@@ -267,14 +296,14 @@ impl LeaseManager {
         mint: &mut IdMint,
     ) {
         let shard = write.shard().clone();
-        if self.busy.get(&shard) == Some(&op) {
-            self.busy.remove(&shard);
+        if self.writes.busy.get(&shard) == Some(&op) {
+            self.writes.busy.remove(&shard);
         }
         if matches!(result, Ok(()) | Err(ErrorClass::Ambiguous)) {
             // Applied, or maybe: a read sent before this answer says
             // nothing about the row any more.
             self.seq += 1;
-            self.changed.insert(shard.clone(), self.seq);
+            self.writes.changed.insert(shard.clone(), self.seq);
         }
         let applied = match result {
             Ok(()) => {
@@ -294,7 +323,7 @@ impl LeaseManager {
             Err(ErrorClass::ConditionalFailed) => {
                 self.stats.conditional_failures += 1;
                 self.seq += 1;
-                self.refused.insert(shard.clone(), self.seq);
+                self.writes.refused.insert(shard.clone(), self.seq);
                 None
             }
             Err(_) => None,
@@ -339,7 +368,7 @@ impl LeaseManager {
                 else {
                     return;
                 };
-                let Some(h) = self.held.get_mut(&shard) else {
+                let Some(h) = self.writes.held.get_mut(&shard) else {
                     return;
                 };
                 if h.token != *token {
@@ -367,7 +396,7 @@ impl LeaseManager {
                 self.pump_shard(&shard, mint);
             }
             WriteKind::Final => {
-                let Some(h) = self.held.get_mut(&shard) else {
+                let Some(h) = self.writes.held.get_mut(&shard) else {
                     return;
                 };
                 let Some((leaving, state)) = h.leaving.as_mut() else {
@@ -406,7 +435,7 @@ impl LeaseManager {
                     Err(_) => {
                         let at = now + self.timing.retry();
                         *state = FinalState::RetryAt(at);
-                        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+                        self.writes.retry_at = Some(self.writes.retry_at.map_or(at, |r| r.min(at)));
                     }
                 }
             }
@@ -443,7 +472,7 @@ impl LeaseManager {
                 row.owner = Some(self.me.clone());
                 row.token = expect_token.next();
                 row.pending_owner = None;
-                if self.live.fenced || self.shutting_down || self.held.contains_key(shard) {
+                if self.live.fenced || self.shutting_down || self.writes.held.contains_key(shard) {
                     self.release_orphan(&row, mint);
                 } else {
                     self.acquire(&row);
@@ -457,7 +486,9 @@ impl LeaseManager {
                     // The row may name us: release it before leaving.
                     self.read_once_more(&shard.stream, now);
                 } else if !self.live.fenced {
-                    self.adoptable.insert(shard.clone(), expect_token.next());
+                    self.writes
+                        .adoptable
+                        .insert(shard.clone(), expect_token.next());
                 }
                 self.read_now(&shard.stream, now);
             }
@@ -483,11 +514,11 @@ impl LeaseManager {
     }
 
     pub(super) fn acquire(&mut self, row: &LeaseRow) {
-        if self.held.contains_key(&row.shard) {
+        if self.writes.held.contains_key(&row.shard) {
             self.violation = Some(format!("{:?} acquired twice", row.shard));
             return;
         }
-        self.held.insert(
+        self.writes.held.insert(
             row.shard.clone(),
             Held {
                 token: row.token,
@@ -507,7 +538,7 @@ impl LeaseManager {
     }
 
     pub(super) fn lose(&mut self, shard: &ShardRef, reason: LostReason) {
-        if let Some(h) = self.held.remove(shard) {
+        if let Some(h) = self.writes.held.remove(shard) {
             if matches!(h.leaving, Some((_, FinalState::RetryAt(_)))) {
                 self.recompute_retry_at();
             }
@@ -521,7 +552,8 @@ impl LeaseManager {
 
     /// `retry_at` from a walk of the held leases.
     pub(super) fn recompute_retry_at(&mut self) {
-        self.retry_at = self
+        self.writes.retry_at = self
+            .writes
             .held
             .values()
             .filter_map(|h| match h.leaving {

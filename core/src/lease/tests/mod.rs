@@ -480,6 +480,7 @@ impl World {
             return BTreeSet::new();
         }
         n.mgr
+            .writes
             .held
             .iter()
             .filter(|(_, h)| h.leaving.is_none())
@@ -514,7 +515,13 @@ impl World {
         }
         let mut seen: BTreeMap<&ShardRef, usize> = BTreeMap::new();
         for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.up) {
-            for (shard, h) in n.mgr.held.iter().filter(|(_, h)| h.leaving.is_none()) {
+            for (shard, h) in n
+                .mgr
+                .writes
+                .held
+                .iter()
+                .filter(|(_, h)| h.leaving.is_none())
+            {
                 if let Some(j) = seen.insert(shard, i) {
                     self.dump(shard);
                     panic!("t={:?}: {shard:?} read by nodes {j} and {i}", self.t);

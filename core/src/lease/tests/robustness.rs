@@ -18,7 +18,7 @@ fn check_invariants_reports_each_corruption() {
     };
     let held: ShardRef = {
         let (w, a) = healthy();
-        w.nodes[a].mgr.held.keys().next().unwrap().clone()
+        w.nodes[a].mgr.writes.held.keys().next().unwrap().clone()
     };
     let request = Request {
         owner: Owner::new("b", 1),
@@ -42,7 +42,7 @@ fn check_invariants_reports_each_corruption() {
             "token 0",
             Box::new({
                 let held = held.clone();
-                move |m| m.held.get_mut(&held).unwrap().token = FencingToken(0)
+                move |m| m.writes.held.get_mut(&held).unwrap().token = FencingToken(0)
             }),
         ),
         (
@@ -59,7 +59,7 @@ fn check_invariants_reports_each_corruption() {
         (
             "unknown op",
             Box::new(|m| {
-                m.busy.insert(sref(9), OpId::from_raw(999_999));
+                m.writes.busy.insert(sref(9), OpId::from_raw(999_999));
             }),
         ),
         (
@@ -74,7 +74,7 @@ fn check_invariants_reports_each_corruption() {
                         base: Box::new(None),
                     },
                 );
-                m.busy.insert(sref(9), op);
+                m.writes.busy.insert(sref(9), op);
             }),
         ),
         (

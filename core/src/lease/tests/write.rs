@@ -199,7 +199,7 @@ fn checkpoint_asked_during_handoff_rides_on_the_transfer() {
     });
     w.with(a, |m, now, mint| m.transfer(now, &shard, None, mint));
     // Serialized: nothing more while the checkpoint is in flight.
-    assert_eq!(w.nodes[a].mgr.busy.len(), 1);
+    assert_eq!(w.nodes[a].mgr.writes.busy.len(), 1);
     w.deliver(a);
     assert_eq!(w.rows[&shard].owner, Some(Owner::new("b", 1)));
     assert_eq!(w.rows[&shard].checkpoint, Some(cp(20)));

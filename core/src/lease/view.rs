@@ -24,8 +24,10 @@
 //! at most one read per stream in flight.
 //!
 //! Imports: liveness verdicts (`is_live`, `is_expired`) and the write
-//! pipeline (reconcile adopts, loses and releases leases); not `balance`'s
-//! internals (it calls the balancing pass after each fresh read).
+//! pipeline (reconcile adopts, loses and releases leases); of `balance`
+//! only the hand-off request states (reconcile confirms or drops our
+//! requests); the balancing pass itself runs from `mod.rs` after each
+//! fresh read.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

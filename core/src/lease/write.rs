@@ -23,7 +23,9 @@
 //! token in [`LeaseEvent::Acquired`] is the row's token after the write.
 //!
 //! Imports: the table view (the base row of a write, the view updated by
-//! our applied writes) and the read schedule; nothing of `balance`.
+//! our applied writes) and the read schedule; of `balance` only the
+//! hand-off request states (a forced take or a take's answer moves a
+//! request of ours), never the balancing rule.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -1,0 +1,244 @@
+//! Balancing: which leases this worker takes and which hand-offs it asks
+//! for after a fresh read of a stream (SPEC 4, balancing).
+//!
+//! Rules encoded:
+//! - `target = ceil(active leases / live workers)`; free and expired leases
+//!   are taken first, then the whole remaining deficit is asked from the
+//!   most loaded live workers in the same pass (`pending_owner`), announced
+//!   in the taker's heartbeat `wants`. The owner transfers with its final
+//!   checkpoint; past `2 * handoff_timeout` the taker takes by force,
+//!   conditional on the token it observed.
+//! - Workers that balance on the same fresh rows (a fleet starting
+//!   together) take the rows the creator ring designates to them first.
+//! - A dead owner's row is taken only when the heartbeat read that judged
+//!   it was sent after the view showing the row; otherwise the plan asks
+//!   for a confirming heartbeat read.
+//!
+//! The rule is one pure function, [`plan`]: from the table view, the
+//! liveness verdicts and this worker's load to a [`Plan`], which the
+//! manager executes in order (`LeaseManager::balance` in `mod.rs`: the
+//! writes, their op ids and every other effect happen there). A change of
+//! the rule touches this file and its tests only.
+//!
+//! Invariants: only rows of the stream just read are taken or asked for;
+//! never a row we own, hold, write, adopt, were refused on or quarantined;
+//! every take and request of a plan is on a distinct shard with no write
+//! in flight, so each one is sent.
+//!
+//! Imports: the table view and the liveness verdicts; nothing of `write`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use super::liveness::Liveness;
+use super::view::{creator_ring, shard_spread, StreamView};
+use crate::ids::{FencingToken, Owner, ShardRef, StreamId};
+use crate::table::LeaseRow;
+
+/// Where a hand-off request of ours is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RequestState {
+    /// RequestHandoff in flight.
+    Sending,
+    /// Waiting for the owner's transfer; forced after `2 * handoff` from
+    /// `since`.
+    Waiting { since: Instant },
+    /// Forced take in flight.
+    Forcing { since: Instant },
+}
+
+/// A graceful hand-off this worker asked for (taker side).
+#[derive(Clone, Debug)]
+pub(super) struct Request {
+    /// The owner and token observed when asking.
+    pub(super) owner: Owner,
+    pub(super) token: FencingToken,
+    pub(super) state: RequestState,
+    /// The table (or the write's answer) shows `pending_owner = me`: listed
+    /// in our heartbeat's `wants`.
+    pub(super) confirmed: bool,
+}
+
+/// What this worker holds or has under way, as the rule counts it.
+pub(super) struct Load<'a> {
+    /// Held leases not being given up.
+    pub(super) staying: usize,
+    /// Plain (not forced) takes in flight.
+    pub(super) taking: usize,
+    /// Our hand-off requests.
+    pub(super) requests: &'a BTreeMap<ShardRef, Request>,
+    /// Shards neither taken nor asked for now: held, with a write in
+    /// flight, an ambiguous take to adopt, a refused write, quarantined.
+    pub(super) blocked: &'a dyn Fn(&ShardRef) -> bool,
+}
+
+/// A lease to take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Take {
+    /// A free or expired row, conditional on its observed `(owner, token)`.
+    Free(LeaseRow),
+    /// A row we asked for whose owner died: by force, at once (the request
+    /// is already counted in the load).
+    Forced(ShardRef),
+}
+
+/// A hand-off to ask of a live owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Ask {
+    /// Write `pending_owner = me` on `row`, conditional on `owner` and the
+    /// row's token.
+    Request { row: LeaseRow, owner: Owner },
+    /// `row` already names us pending: an earlier request of ours that we
+    /// lost track of (fence, ambiguous answer). It stands; wait for the
+    /// transfer.
+    Stands { row: LeaseRow, owner: Owner },
+}
+
+/// One balancing pass, executed in this order: `takes`, then `confirm`,
+/// then `asks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Free and expired leases to take, in the order to send them.
+    pub(super) takes: Vec<Take>,
+    /// The view showed rows of owners judged expired by a heartbeat read
+    /// older than the view: read heartbeats now, then balance again.
+    pub(super) confirm: bool,
+    /// Hand-offs to ask for, in the order to send them.
+    pub(super) asks: Vec<Ask>,
+}
+
+/// The balancing pass after a fresh read of `stream`: only its rows are
+/// taken or asked for, so every take is based on a fresh row; `views` (all
+/// streams) give the number of active leases and each owner's load.
+pub(super) fn plan(
+    views: &BTreeMap<StreamId, StreamView>,
+    stream: &StreamId,
+    live: &Liveness,
+    load: &Load<'_>,
+) -> Plan {
+    let me = &live.me;
+    let mut plan = Plan::default();
+    let workers = live.live_workers();
+    let mut total = 0usize;
+    // Per owner of a row: (owner, live, active rows not requested by
+    // us). A handful of owners: a list, each judged once.
+    let mut owners: Vec<(&Owner, bool, usize)> = Vec::new();
+    for view in views.values() {
+        for row in view.rows.values() {
+            if !view.is_active(row) {
+                continue;
+            }
+            total += 1;
+            let Some(o) = &row.owner else {
+                continue;
+            };
+            if o == me || (!load.requests.is_empty() && load.requests.contains_key(&row.shard)) {
+                continue;
+            }
+            match owners.iter_mut().find(|(x, _, _)| *x == o) {
+                Some((_, _, n)) => *n += 1,
+                None => owners.push((o, live.is_live(o), 1)),
+            }
+        }
+    }
+    let mut loads: BTreeMap<Owner, usize> = owners
+        .into_iter()
+        .filter(|(_, live, _)| *live)
+        .map(|(o, _, n)| (o.clone(), n))
+        .collect();
+    let target = total.div_ceil(workers.max(1));
+    let ours = load.staying + load.taking + load.requests.len();
+    let mut deficit = target.saturating_sub(ours);
+    if deficit == 0 {
+        return plan;
+    }
+    let Some(view) = views.get(stream) else {
+        return plan;
+    };
+    // Rows we wrote since the read was sent show our own answered write
+    // (newer than the read): fine to act on; every take is conditional
+    // anyway. Rows with a write in flight are not (`blocked`).
+    let mut candidates: Vec<LeaseRow> = view
+        .rows
+        .values()
+        .filter(|r| view.is_active(r))
+        .filter(|r| r.owner.as_ref() != Some(me))
+        .filter(|r| !(load.blocked)(&r.shard))
+        .cloned()
+        .collect();
+    // Workers that balance on the same fresh rows (a fleet starting
+    // together) would all take the same first free rows: each takes
+    // the rows the ring designates to it first, then its neighbours'.
+    if let Some((at, ring)) = creator_ring(live) {
+        candidates.sort_by_cached_key(|r| (shard_spread(&r.shard) % ring + ring - at) % ring);
+    }
+
+    // 1. Free and expired leases. An expiry judged at heartbeat read r
+    // holds only for (owner, token) pairs that existed before r: the
+    // owner may have renewed and taken leases afresh since. So a dead
+    // owner's row is taken only when r was sent after this view
+    // arrived; otherwise confirm with a heartbeat read first.
+    let confirmed = live.last_hb_read_seq > view.reply_seq;
+    for row in &candidates {
+        if deficit == 0 {
+            break;
+        }
+        let takable = match &row.owner {
+            None => true,
+            Some(o) if live.is_expired(o) => {
+                plan.confirm |= !confirmed;
+                confirmed
+            }
+            Some(_) => false,
+        };
+        if !takable {
+            continue;
+        }
+        if load.requests.contains_key(&row.shard) {
+            plan.takes.push(Take::Forced(row.shard.clone()));
+            continue;
+        }
+        plan.takes.push(Take::Free(row.clone()));
+        deficit -= 1;
+    }
+
+    // 2. Ask the most loaded live workers for the rest.
+    let mut offer: BTreeMap<Owner, VecDeque<LeaseRow>> = BTreeMap::new();
+    for row in &candidates {
+        let Some(o) = &row.owner else {
+            continue;
+        };
+        if !live.is_live(o) || load.requests.contains_key(&row.shard) {
+            continue;
+        }
+        match &row.pending_owner {
+            None => {}
+            Some(p) if p == me => {}
+            Some(_) => continue,
+        }
+        offer.entry(o.clone()).or_default().push_back(row.clone());
+    }
+    while deficit > 0 {
+        let best = loads
+            .iter()
+            .filter(|(o, l)| **l > target && offer.get(*o).is_some_and(|q| !q.is_empty()))
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(o, _)| o.clone());
+        let Some(owner) = best else {
+            break;
+        };
+        let Some(row) = offer.get_mut(&owner).and_then(|q| q.pop_front()) else {
+            break;
+        };
+        if let Some(l) = loads.get_mut(&owner) {
+            *l -= 1;
+        }
+        if row.pending_owner.as_ref() == Some(me) {
+            plan.asks.push(Ask::Stands { row, owner });
+        } else {
+            plan.asks.push(Ask::Request { row, owner });
+        }
+        deficit -= 1;
+    }
+    plan
+}

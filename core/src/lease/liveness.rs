@@ -1,0 +1,406 @@
+//! Liveness: this worker's heartbeat, its observation of every other
+//! worker's heartbeat, the expiry verdicts and the self-fence (SPEC 4).
+//!
+//! Rules encoded:
+//! - Liveness costs O(workers): one heartbeat write per worker every
+//!   `heartbeat_interval`, none per lease. An owner is expired when, at a
+//!   successful (consistent) heartbeat read, its beat has not changed for
+//!   `failover_time` on the observer's clock. The judging instant is the
+//!   read's *send* instant and a beat counts as seen from the *reply* of the
+//!   first read that showed it, so a read delayed in flight can only make an
+//!   owner look younger, never older. A missing row, or a row of an
+//!   earlier incarnation, counts from the reply of the first read that
+//!   showed it missing; `alive = false`, or a row of a later incarnation of
+//!   the same worker id (the process restarted), is expired at once. Wall clocks are never
+//!   compared, and a worker that has not read heartbeats judges nobody
+//!   expired. A verdict of heartbeat read `r` holds only for leases that
+//!   existed before `r` (the owner may have come back and taken leases
+//!   afresh since), so a dead owner's row is taken only when `r` was sent
+//!   after the table view that shows the row; otherwise one more heartbeat
+//!   read confirms first.
+//! - Self-fence: a worker whose last successful heartbeat write was *sent*
+//!   at `s` stops reading and checkpointing at `s + failover_time -
+//!   self_fence_margin`, before any observer can judge it expired; it takes
+//!   leases afresh (token + 1) once a heartbeat write succeeds again.
+//! - The heartbeat's `wants` lists our confirmed hand-off requests: the
+//!   owner side learns of them here (`request_seen`).
+//!
+//! Invariants: at most one heartbeat write and one heartbeat read in
+//! flight; nobody (and never this worker) is expired before a successful
+//! heartbeat read; a fenced manager holds nothing.
+//!
+//! Imports: the table view (owners named by lease rows are observed too)
+//! and, for the fence, the held leases of `write`; nothing of `balance`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Op};
+use crate::ids::{IdMint, Owner, ShardRef, StreamId};
+use crate::io::{Action, ErrorClass, LostReason};
+use crate::table::{HeartbeatRow, LeaseWrite};
+
+/// What we know of one owner's heartbeat.
+#[derive(Clone, Debug)]
+pub(super) struct Observed {
+    /// Last beat seen (`None`: the row was missing or named another
+    /// incarnation at the last read).
+    pub(super) beat: Option<u64>,
+    /// Reply instant of the first read that showed this state.
+    pub(super) since: Instant,
+    /// The row said `alive = false`.
+    pub(super) dead: bool,
+}
+
+/// This worker's heartbeat (write side), its observation of the others'
+/// (read side), and the verdicts drawn from them.
+#[derive(Debug)]
+pub(super) struct Liveness {
+    /// This worker.
+    pub(super) me: Owner,
+    /// `failover_time`: an unchanged beat this old is expired.
+    pub(super) failover: Duration,
+    pub(super) beat: u64,
+    pub(super) hb_inflight: bool,
+    pub(super) hb_asap: bool,
+    pub(super) next_hb_write: Instant,
+    pub(super) last_renew_sent: Option<Instant>,
+    pub(super) fenced: bool,
+
+    pub(super) hb_read_inflight: bool,
+    /// Successful heartbeat reads so far (saturating).
+    pub(super) hb_reads_ok: u32,
+    pub(super) next_hb_read: Instant,
+    pub(super) last_hb_read_sent: Option<Instant>,
+    /// `seq` when the last successful heartbeat read was sent.
+    pub(super) last_hb_read_seq: u64,
+    pub(super) observed: BTreeMap<Owner, Observed>,
+}
+
+impl Liveness {
+    pub(super) fn new(me: Owner, failover: Duration, now: Instant) -> Self {
+        Liveness {
+            me,
+            failover,
+            beat: 0,
+            hb_inflight: false,
+            hb_asap: false,
+            next_hb_write: now,
+            last_renew_sent: None,
+            fenced: false,
+            hb_read_inflight: false,
+            hb_reads_ok: 0,
+            next_hb_read: now,
+            last_hb_read_sent: None,
+            last_hb_read_seq: 0,
+            observed: BTreeMap::new(),
+        }
+    }
+
+    /// Live workers as last observed, this one included.
+    pub(super) fn live_workers(&self) -> usize {
+        1 + self
+            .observed
+            .keys()
+            .filter(|o| **o != self.me && self.is_live(o))
+            .count()
+    }
+
+    pub(super) fn is_expired(&self, owner: &Owner) -> bool {
+        if *owner == self.me {
+            return false;
+        }
+        self.observed
+            .get(owner)
+            .is_some_and(|ob| Liveness::expired_at(ob, self.last_hb_read_sent, self.failover))
+    }
+
+    /// An observation judged at heartbeat read `judged` (sent then): dead,
+    /// or its beat unchanged for `failover`. Nobody is expired before a
+    /// heartbeat read.
+    pub(super) fn expired_at(ob: &Observed, judged: Option<Instant>, failover: Duration) -> bool {
+        judged.is_some_and(|r| {
+            ob.dead
+                || r.checked_duration_since(ob.since)
+                    .is_some_and(|d| d >= failover)
+        })
+    }
+
+    pub(super) fn is_live(&self, owner: &Owner) -> bool {
+        *owner == self.me
+            || self
+                .observed
+                .get(owner)
+                .is_some_and(|ob| ob.beat.is_some() && !ob.dead && !self.is_expired(owner))
+    }
+}
+
+impl LeaseManager {
+    pub(super) fn fence_deadline(&self) -> Instant {
+        self.live.last_renew_sent.unwrap_or(self.start) + self.timing.fence_after
+    }
+
+    /// Self-fence when the deadline passed; runs first in every entry point.
+    pub(super) fn tick(&mut self, now: Instant) {
+        if !self.live.fenced && now >= self.fence_deadline() {
+            self.live.fenced = true;
+            for (shard, mut h) in std::mem::take(&mut self.writes.held) {
+                if self.shutting_down {
+                    // Fenced on the way out: nothing is read or delivered
+                    // any more, but the rows are still ours in the table.
+                    // Their final writes (conditional on our token, so
+                    // harmless if someone took them meanwhile) go out
+                    // before the final heartbeat instead of leaving them to
+                    // expire.
+                    let write = match h.leaving {
+                        Some((_, FinalState::Sent)) => None,
+                        Some(_) => Self::final_write(&self.me, &shard, &mut h),
+                        None => Some(LeaseWrite::Release {
+                            shard: shard.clone(),
+                            owner: self.me.clone(),
+                            token: h.token,
+                            checkpoint: None,
+                        }),
+                    };
+                    if let Some(write) = write {
+                        self.writes.departing.insert(shard.clone(), write);
+                    }
+                }
+                self.events.push_back(LeaseEvent::Lost {
+                    shard,
+                    token: h.token,
+                    reason: LostReason::SelfFenced,
+                });
+            }
+            self.writes.retry_at = None;
+            self.drop_requests();
+            self.writes.adoptable.clear();
+        }
+    }
+
+    pub(super) fn wants(&self) -> Vec<ShardRef> {
+        self.requests
+            .iter()
+            .filter(|(_, r)| r.confirmed)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    pub(super) fn send_heartbeat(&mut self, now: Instant, mint: &mut IdMint, alive: bool) {
+        self.live.beat += 1;
+        let row = HeartbeatRow {
+            owner: self.me.clone(),
+            beat: self.live.beat,
+            held: u32::try_from(self.writes.held.len()).unwrap_or(u32::MAX),
+            wants: if alive { self.wants() } else { Vec::new() },
+            alive,
+        };
+        let op = mint.op();
+        self.live.hb_inflight = true;
+        self.live.hb_asap = false;
+        self.stats.heartbeat_writes += 1;
+        self.ops.insert(op, Op::WriteHeartbeat { sent: now, alive });
+        self.actions.push_back(Action::WriteHeartbeat { op, row });
+    }
+
+    pub(super) fn on_heartbeat_written(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        alive: bool,
+        result: &Result<(), ErrorClass>,
+    ) {
+        self.live.hb_inflight = false;
+        if !alive {
+            // The final heartbeat: answered, whatever the answer.
+            self.final_beat = FinalBeat::Done;
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let first_renewal = self.live.last_renew_sent.is_none();
+                let renewed = self.live.last_renew_sent.map_or(sent, |l| l.max(sent));
+                self.live.last_renew_sent = Some(renewed);
+                if first_renewal && self.live.last_hb_read_sent.is_some() {
+                    // The first heartbeat read (and its balancing reads)
+                    // came back before this first renewal, so that pass
+                    // was skipped: balance now, not a rebalance period
+                    // later.
+                    self.read_all_now(now);
+                }
+                if self.live.fenced && now < self.fence_deadline() {
+                    // Renewed again: take leases afresh (token + 1).
+                    self.live.fenced = false;
+                    self.read_all_now(now);
+                }
+                self.live.next_hb_write = sent + self.timing.heartbeat;
+            }
+            Err(_) => {
+                // Ambiguous or failed: does not renew; try again soon.
+                self.live.next_hb_write = now + self.timing.retry();
+            }
+        }
+    }
+
+    pub(super) fn on_heartbeats(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        sent_seq: u64,
+        result: &Result<Vec<HeartbeatRow>, ErrorClass>,
+        mint: &mut IdMint,
+    ) {
+        self.live.hb_read_inflight = false;
+        self.live.next_hb_read = sent + self.timing.heartbeat_read;
+        let Ok(rows) = result else {
+            return;
+        };
+        self.live.hb_reads_ok = self.live.hb_reads_ok.saturating_add(1);
+        if self.live.hb_reads_ok == 2 {
+            // Creators can be designated from now on (see `creator_ring`):
+            // views that lack rows are read again to create them.
+            let lacking: Vec<StreamId> = self
+                .views
+                .iter()
+                .filter(|(_, v)| v.lacks_rows())
+                .map(|(s, _)| s.clone())
+                .collect();
+            for stream in lacking {
+                self.read_now(&stream, now);
+            }
+        }
+        let first_read = self.live.last_hb_read_sent.is_none();
+        let judged_before = self.live.last_hb_read_sent;
+        let failover = self.timing.failover;
+        // The store keys rows by worker id: one row (one incarnation) each.
+        let mut by_owner: BTreeMap<&Owner, &HeartbeatRow> = BTreeMap::new();
+        for row in rows {
+            by_owner.insert(&row.owner, row);
+        }
+        // A row of a *later* incarnation of the same worker id means that
+        // process restarted: the earlier incarnation is dead (its memory is
+        // gone), so its leases are taken at once instead of F later.
+        let restarted = |owner: &Owner| {
+            rows.iter()
+                .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
+        };
+        // Owners judged expired by this read and not by the previous one.
+        let mut turned: Vec<Owner> = Vec::new();
+        // Owners known already: update in place.
+        for (owner, ob) in self.live.observed.iter_mut() {
+            let was = Liveness::expired_at(ob, judged_before, failover);
+            *ob = match (by_owner.get(owner), &*ob) {
+                (Some(row), p) if p.beat == Some(row.beat) => Observed {
+                    dead: p.dead || !row.alive,
+                    ..p.clone()
+                },
+                (Some(row), _) => Observed {
+                    beat: Some(row.beat),
+                    since: now,
+                    dead: !row.alive,
+                },
+                (None, p) if p.beat.is_none() => Observed {
+                    dead: p.dead || restarted(owner),
+                    ..p.clone()
+                },
+                (None, _) => Observed {
+                    beat: None,
+                    since: now,
+                    dead: restarted(owner),
+                },
+            };
+            if !was && Liveness::expired_at(ob, Some(sent), failover) {
+                turned.push(owner.clone());
+            }
+        }
+        // Owners seen for the first time: in a heartbeat row, or only in a
+        // lease row (no heartbeat row: counts from now).
+        let mut fresh: Vec<(Owner, Observed)> = Vec::new();
+        for (owner, row) in &by_owner {
+            if **owner != self.me && !self.live.observed.contains_key(*owner) {
+                let ob = Observed {
+                    beat: Some(row.beat),
+                    since: now,
+                    dead: !row.alive,
+                };
+                fresh.push(((*owner).clone(), ob));
+            }
+        }
+        for v in self.views.values() {
+            for owner in v.owners.keys() {
+                if *owner != self.me
+                    && !self.live.observed.contains_key(owner)
+                    && !by_owner.contains_key(owner)
+                    && !fresh.iter().any(|(o, _)| o == owner)
+                {
+                    let ob = Observed {
+                        beat: None,
+                        since: now,
+                        dead: restarted(owner),
+                    };
+                    fresh.push((owner.clone(), ob));
+                }
+            }
+        }
+        for (owner, ob) in fresh {
+            if Liveness::expired_at(&ob, Some(sent), failover) {
+                turned.push(owner.clone());
+            }
+            self.live.observed.insert(owner, ob);
+        }
+        // Forget owners nobody mentions any more.
+        let views = &self.views;
+        self.live
+            .observed
+            .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
+        self.live.last_hb_read_sent = Some(sent);
+        self.live.last_hb_read_seq = sent_seq;
+
+        // Owner side of hand-offs: a live taker lists one of our leases.
+        if !self.live.fenced && !self.shutting_down {
+            for (owner, row) in &by_owner {
+                if **owner == self.me || !row.alive || !self.live.is_live(owner) {
+                    continue;
+                }
+                for shard in &row.wants {
+                    self.request_seen(shard, owner);
+                }
+            }
+        }
+        let newly_expired = turned.iter().any(|o| self.live.observed.contains_key(o));
+        if first_read || newly_expired {
+            // Balance now (first read), or take the dead owner's leases
+            // within about one read of its expiry.
+            self.read_all_now(now);
+        }
+        // Views that showed expired owners, now confirmed by a read sent
+        // after them.
+        let confirm: Vec<StreamId> = self
+            .views
+            .iter()
+            .filter(|(_, v)| v.confirm)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for stream in confirm {
+            if let Some(v) = self.views.get_mut(&stream) {
+                v.confirm = false;
+            }
+            self.balance(now, &stream, mint);
+        }
+    }
+
+    /// A live taker asked for `shard`: tell the worker once.
+    pub(super) fn request_seen(&mut self, shard: &ShardRef, taker: &Owner) {
+        let Some(h) = self.writes.held.get_mut(shard) else {
+            return;
+        };
+        if h.handoff_to.is_some() || h.leaving.is_some() {
+            return;
+        }
+        h.handoff_to = Some(taker.clone());
+        self.events.push_back(LeaseEvent::HandoffRequested {
+            shard: shard.clone(),
+            to: taker.clone(),
+        });
+    }
+}

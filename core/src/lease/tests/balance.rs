@@ -1,0 +1,206 @@
+//! The balancing rule: free and expired takes, the deficit asked from the
+//! most loaded workers, quarantine.
+
+use super::*;
+
+#[test]
+fn never_takes_lease_from_itself() {
+    let mut w = World::new();
+    let me = Owner::new("a", 1);
+    for i in 0..2 {
+        let mut row = LeaseRow::new(sref(i), vec![], 1);
+        row.owner = Some(me.clone());
+        row.token = FencingToken(4);
+        w.add_row(row);
+    }
+    let a = w.add_node("a", 1);
+    w.run_until(secs(3.0));
+    // Rows naming us that we do not hold (no ambiguous take to adopt)
+    // are released, then taken like any free row.
+    let writes: Vec<LeaseWrite> = w.nodes[a]
+        .actions
+        .iter()
+        .filter_map(|(_, x)| write_of(x).cloned())
+        .collect();
+    assert!(matches!(
+        &writes[0],
+        LeaseWrite::Release {
+            token: FencingToken(4),
+            checkpoint: None,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &writes[1],
+        LeaseWrite::Release {
+            token: FencingToken(4),
+            ..
+        }
+    ));
+    assert!(writes[2..].iter().all(|x| matches!(
+        x,
+        LeaseWrite::Take {
+            expect_owner: None,
+            expect_token: FencingToken(5),
+            ..
+        }
+    )));
+    assert_eq!(w.holds(a), 2);
+    assert_eq!(w.row(0).token, FencingToken(6));
+}
+
+#[test]
+fn two_workers_balance_evenly_by_graceful_handoff() {
+    let mut w = World::with_free_shards(10);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(20.0));
+    assert_eq!(w.holds(a), 10);
+    let b = w.add_node("b", 1);
+    let joined = w.t;
+    w.run_until(joined + secs(5.0));
+    assert_eq!((w.holds(a), w.holds(b)), (5, 5));
+    let handed: Vec<ShardRef> = w
+        .lost(a)
+        .into_iter()
+        .filter(|(_, _, r)| *r == LostReason::HandedOff)
+        .map(|(_, s, _)| s)
+        .collect();
+    assert_eq!(handed.len(), 5);
+    for (_, shard, token, checkpoint) in w.acquired(b) {
+        assert!(handed.contains(&shard));
+        // Token: A's token + 1 (the transfer), checkpoint: A's final one.
+        assert_eq!(token, FencingToken(2));
+        assert_eq!(token, w.rows[&shard].token);
+        assert_eq!(checkpoint, Some(cp(100)));
+    }
+    assert!(w.actions(b, is_take).is_empty(), "no force needed");
+    // Stable afterwards.
+    w.run_until(joined + secs(200.0));
+    assert_eq!((w.holds(a), w.holds(b)), (5, 5));
+    assert!(w.nodes[b].mgr.requests.is_empty());
+    assert!(w.beats["b"].wants.is_empty());
+}
+
+#[test]
+fn balancing_takes_whole_deficit_in_one_pass() {
+    let mut w = World::with_free_shards(8);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(10.0));
+    assert_eq!(w.holds(a), 8);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(10.0));
+    // All four requests at the same instant, in one pass.
+    let reqs = w.actions(b, |x| {
+        matches!(write_of(x), Some(LeaseWrite::RequestHandoff { .. }))
+    });
+    assert_eq!(reqs.len(), 4);
+    assert!(reqs.iter().all(|(t, _)| *t == secs(10.0)));
+    let mut shards = BTreeSet::new();
+    for (_, x) in &reqs {
+        let Some(LeaseWrite::RequestHandoff {
+            shard,
+            owner,
+            token,
+            pending,
+        }) = write_of(x)
+        else {
+            unreachable!()
+        };
+        assert_eq!(owner, &Owner::new("a", 1));
+        assert_eq!(pending, &Owner::new("b", 1));
+        assert_eq!(*token, FencingToken(1));
+        assert!(shards.insert(shard.clone()), "two requests for one shard");
+    }
+    w.run_until(secs(14.0));
+    assert_eq!((w.holds(a), w.holds(b)), (4, 4));
+}
+
+#[test]
+fn asks_most_loaded_workers_first() {
+    let mut w = World::new();
+    for i in 0..12 {
+        let mut row = LeaseRow::new(sref(i), vec![], 1);
+        row.owner = Some(Owner::new(if i < 7 { "a" } else { "b" }, 1));
+        row.token = FencingToken(1);
+        w.add_row(row);
+    }
+    let rows: Vec<LeaseRow> = w.rows.values().cloned().collect();
+    let holding = |name: &'static str| {
+        let rows = rows.clone();
+        move |m: &mut LeaseManager| {
+            for r in &rows {
+                if r.owner == Some(Owner::new(name, 1)) {
+                    m.acquire(r);
+                } else {
+                    // Keep a and b from balancing among themselves.
+                    m.quarantine(&r.shard, m.start + Duration::from_secs(3600));
+                }
+            }
+        }
+    };
+    let a = w.add_node_with("a", 1, holding("a"));
+    let b = w.add_node_with("b", 1, holding("b"));
+    w.run_until(secs(5.0));
+    assert_eq!((w.holds(a), w.holds(b)), (7, 5));
+    let c = w.add_node("c", 1);
+    w.run_until(secs(5.0));
+    let owners: Vec<Owner> = w
+        .actions(c, |x| {
+            matches!(write_of(x), Some(LeaseWrite::RequestHandoff { .. }))
+        })
+        .into_iter()
+        .map(|(_, x)| match write_of(&x) {
+            Some(LeaseWrite::RequestHandoff { owner, .. }) => owner.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    // target = ceil(12 / 3) = 4: a (7) gives 3, b (5) gives 1; most
+    // loaded first, ties in owner order.
+    let (oa, ob) = (Owner::new("a", 1), Owner::new("b", 1));
+    assert_eq!(owners, vec![oa.clone(), oa.clone(), oa, ob]);
+    w.run_until(secs(10.0));
+    assert_eq!((w.holds(a), w.holds(b), w.holds(c)), (4, 4, 4));
+}
+
+#[test]
+fn killed_worker_leases_taken_after_failover_time() {
+    let mut w = World::with_free_shards(6);
+    let a = w.add_node("a", 1);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(40.0));
+    assert_eq!((w.holds(a), w.holds(b)), (3, 3));
+    w.kill(a);
+    let killed = w.t;
+    w.run_until(killed + secs(9.0));
+    assert_eq!(w.holds(b), 3);
+    w.run_until(killed + secs(12.0));
+    assert_eq!(w.holds(b), 6, "failover within F + 2 s");
+    for (t, shard, token, _) in w.acquired(b).into_iter().filter(|(t, ..)| *t > killed) {
+        assert!(t >= killed + secs(10.0) - Duration::from_secs(10) / 3);
+        assert_eq!(token, w.rows[&shard].token);
+    }
+}
+
+#[test]
+fn quarantined_shard_not_taken_until_expiry() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    let until = w.now(a) + Duration::from_secs(45);
+    w.with(a, |m, now, mint| {
+        m.quarantine(&sref(0), until);
+        m.release(now, &sref(0), Some(cp(2)), mint);
+    });
+    assert_eq!(w.lost(a), vec![(secs(1.0), sref(0), LostReason::Released)]);
+    w.run_until(secs(45.0));
+    assert_eq!(w.holds(a), 0);
+    w.run_until(secs(61.0));
+    let acq = w.acquired(a);
+    assert_eq!(acq.len(), 2);
+    assert_eq!(
+        acq[1].0,
+        secs(60.0),
+        "at the first table read after the quarantine"
+    );
+    assert_eq!(acq[1].3, Some(cp(2)));
+}

@@ -1,0 +1,200 @@
+//! Graceful hand-offs: requests through heartbeat `wants`, transfers,
+//! forced takes, requests dropped or cleared.
+
+use super::*;
+
+#[test]
+fn handoff_request_reaches_owner_through_heartbeat_wants() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(10.0));
+    w.nodes[a].auto_transfer = false;
+    let b = w.add_node("b", 1);
+    w.run_until(secs(10.0));
+    let req_at = w
+        .actions(b, |x| {
+            matches!(write_of(x), Some(LeaseWrite::RequestHandoff { .. }))
+        })
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect::<Vec<_>>();
+    assert_eq!(req_at, vec![secs(10.0)]);
+    // The heartbeat carrying `wants` was written at once.
+    let wants_beat = w
+        .actions(b, is_hb_write)
+        .into_iter()
+        .find(|(_, x)| matches!(x, Action::WriteHeartbeat { row, .. } if !row.wants.is_empty()))
+        .unwrap();
+    assert_eq!(wants_beat.0, secs(10.0));
+    w.run_until(secs(11.5));
+    let asked: Vec<(Duration, ShardRef, Owner)> = w
+        .events(a)
+        .filter_map(|(t, e)| match e {
+            LeaseEvent::HandoffRequested { shard, to } => Some((*t, shard.clone(), to.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].0 <= secs(11.0), "within one heartbeat read");
+    assert_eq!(asked[0].2, Owner::new("b", 1));
+    // Emitted once, however many reads still show the request.
+    w.run_until(secs(15.0));
+    assert_eq!(
+        w.events(a)
+            .filter(|(_, e)| matches!(e, LeaseEvent::HandoffRequested { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn forced_take_after_handoff_timeout_is_conditional_on_observed_token() {
+    let mut w = World::with_free_shards(2);
+    w.strict = false; // the owner keeps reading until it learns
+    let a = w.add_node("a", 1);
+    w.run_until(secs(5.0));
+    w.nodes[a].auto_transfer = false; // a stuck sink: never hands over
+    let b = w.add_node("b", 1);
+    w.run_until(secs(5.0));
+    let req = w.actions(b, |x| {
+        matches!(write_of(x), Some(LeaseWrite::RequestHandoff { .. }))
+    });
+    let Some(LeaseWrite::RequestHandoff { shard, token, .. }) = write_of(&req[0].1).cloned() else {
+        unreachable!()
+    };
+    w.run_until(secs(24.9));
+    assert!(
+        w.actions(b, is_take).is_empty(),
+        "not before 2 x handoff_timeout"
+    );
+    w.run_until(secs(26.5));
+    let takes = w.actions(b, is_take);
+    assert_eq!(takes.len(), 1);
+    assert!(takes[0].0 >= secs(25.0));
+    assert_eq!(
+        write_of(&takes[0].1),
+        Some(&LeaseWrite::Take {
+            shard: shard.clone(),
+            expect_owner: Some(Owner::new("a", 1)),
+            expect_token: token,
+            to: Owner::new("b", 1),
+        })
+    );
+    assert_eq!(w.nodes[b].mgr.token(&shard), Some(token.next()));
+    assert!(w.nodes[b].mgr.requests.is_empty());
+    // The deposed owner learns at its next conditional write.
+    w.with(a, |m, now, mint| {
+        m.write_checkpoint(now, &shard, cp(7), mint)
+    });
+    assert_eq!(
+        w.lost(a).last().map(|(_, s, r)| (s.clone(), *r)),
+        Some((shard.clone(), LostReason::Taken))
+    );
+    assert_ne!(w.rows[&shard].checkpoint, Some(cp(7)));
+}
+
+#[test]
+fn taker_drops_request_when_row_changes_otherwise() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(5.0));
+    w.nodes[a].auto_transfer = false;
+    let b = w.add_node("b", 1);
+    w.run_until(secs(5.0));
+    let shard = w.nodes[b].mgr.requests.keys().next().cloned().unwrap();
+    w.run_until(secs(6.5));
+    assert_eq!(w.beats["b"].wants, vec![shard.clone()]);
+    // The owner releases instead (e.g. a fatal shard error).
+    w.with(a, |m, now, mint| m.release(now, &shard, Some(cp(3)), mint));
+    w.run_until(secs(8.0));
+    assert!(w.nodes[b].mgr.requests.is_empty());
+    // Free now: taken the plain way, no force.
+    assert_eq!(w.nodes[b].mgr.token(&shard), Some(FencingToken(3)));
+    assert!(matches!(
+        write_of(&w.actions(b, is_take)[0].1),
+        Some(LeaseWrite::Take {
+            expect_owner: None,
+            ..
+        })
+    ));
+    assert_eq!(w.acquired(b)[0].3, Some(cp(3)));
+    assert!(w.beats["b"].wants.is_empty());
+}
+
+#[test]
+fn transfer_refused_reports_taken() {
+    let mut w = World::with_free_shards(2);
+    w.strict = false;
+    let a = w.add_node("a", 1);
+    w.run_until(secs(5.0));
+    w.nodes[a].auto_transfer = false;
+    let _b = w.add_node("b", 1);
+    w.run_until(secs(7.0));
+    let (shard, to) = w
+        .events(a)
+        .find_map(|(_, e)| match e {
+            LeaseEvent::HandoffRequested { shard, to } => Some((shard.clone(), to.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(to, Owner::new("b", 1));
+    // Someone else moved the row meanwhile.
+    let row = w.rows.get_mut(&shard).unwrap();
+    row.owner = Some(Owner::new("z", 1));
+    row.token = row.token.next();
+    row.pending_owner = None;
+    w.with(a, |m, now, mint| m.transfer(now, &shard, Some(cp(9)), mint));
+    assert_eq!(
+        w.lost(a).last().map(|(_, s, r)| (s.clone(), *r)),
+        Some((shard, LostReason::Taken))
+    );
+}
+
+/// Kinesin-sim (a joiner shut down within half a second of asking for
+/// hand-offs): the rows kept `pending_owner` = the departed taker, which
+/// blocks every later request for them. The owner gives such a lease
+/// up gracefully (a release: no row is handed to a dead worker) and
+/// takes it back, which clears the mark.
+#[test]
+fn request_of_a_departed_taker_is_cleared_by_the_owner() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(10.0));
+    assert_eq!(w.holds(a), 2);
+    let b = w.add_node("b", 1);
+    let asked: Vec<ShardRef> = w
+        .rows
+        .values()
+        .filter(|r| r.pending_owner == Some(Owner::new("b", 1)))
+        .map(|r| r.shard.clone())
+        .collect();
+    assert_eq!(asked.len(), 1, "b asked at once");
+    let shard = asked[0].clone();
+    let token = w.rows[&shard].token;
+    // b leaves before a has seen the request.
+    w.with(b, |m, now, mint| m.shutdown(now, mint));
+    assert!(w.nodes[b].mgr.is_shut_down());
+    assert_eq!(w.rows[&shard].pending_owner, Some(Owner::new("b", 1)));
+    w.run_for(secs(40.0));
+    let row = &w.rows[&shard];
+    assert_eq!(row.pending_owner, None, "the stale request is cleared");
+    assert_eq!(
+        row.owner,
+        Some(Owner::new("a", 1)),
+        "and the lease taken back"
+    );
+    assert_eq!(row.token, token.next().next());
+    assert!(w
+        .lost(a)
+        .iter()
+        .any(|(_, s, r)| *s == shard && *r == LostReason::Released));
+    assert!(
+        w.actions(a, |x| matches!(
+            write_of(x),
+            Some(LeaseWrite::Transfer { .. })
+        ))
+        .is_empty(),
+        "nothing handed to the departed worker"
+    );
+    assert_eq!(w.holds(a), 2);
+}

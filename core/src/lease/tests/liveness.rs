@@ -1,0 +1,372 @@
+//! Heartbeats, the self-fence, and expiry judged by observation.
+
+use super::*;
+
+#[test]
+fn heartbeat_written_first_then_every_third_of_failover_time() {
+    let mut w = World::new();
+    w.add_node("a", 1);
+    let first = &w.nodes[0].actions[0].1;
+    assert!(
+        is_hb_write(first),
+        "first action is the heartbeat: {first:?}"
+    );
+    w.run_until(secs(20.0));
+    let beats: Vec<(Duration, u64, bool)> = w
+        .actions(0, is_hb_write)
+        .into_iter()
+        .map(|(t, a)| match a {
+            Action::WriteHeartbeat { row, .. } => (t, row.beat, row.alive),
+            _ => unreachable!(),
+        })
+        .collect();
+    let interval = Duration::from_secs(10) / 3;
+    let expect: Vec<(Duration, u64, bool)> = (0..7u32)
+        .map(|k| (interval * k, u64::from(k) + 1, true))
+        .collect();
+    assert_eq!(beats, expect);
+    assert_eq!(w.beats["a"].beat, 7);
+    assert_eq!(w.nodes[0].mgr.stats().heartbeat_writes, 7);
+}
+
+#[test]
+fn first_heartbeat_answered_after_first_reads_still_takes_free_leases_at_once() {
+    // A slow first heartbeat write (the local store fsyncs every write)
+    // answered after the first heartbeat read and the table view: the
+    // balancing pass of that view was skipped (not yet renewed), so the
+    // renewal itself must start one, not the next rebalance period.
+    let mut w = World::with_free_shards(2);
+    w.rule(0, is_hb_write, Fault::HoldAnswer, 1);
+    let a = w.add_node("a", 1);
+    w.run_for(secs(0.5));
+    assert_eq!(w.holds(a), 0, "not renewed yet: takes nothing");
+    assert!(!w.actions(a, is_read).is_empty(), "the view was read");
+    w.deliver(a);
+    w.run_for(secs(1.0));
+    assert_eq!(w.holds(a), 2, "both free leases taken once renewed");
+}
+
+#[test]
+fn at_most_one_heartbeat_write_in_flight() {
+    let mut w = World::new();
+    let a = w.add_node("a", 1);
+    // First write went through; hold every later one.
+    w.rule(a, is_hb_write, Fault::HoldRequest, usize::MAX);
+    w.run_until(secs(30.0));
+    assert_eq!(
+        w.actions(a, is_hb_write).len(),
+        2,
+        "one ok, one stuck in flight, none more"
+    );
+    assert!(w.nodes[a].mgr.is_fenced());
+}
+
+#[test]
+fn self_fence_deadline_counts_from_send_not_reply() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(2.0));
+    assert_eq!(w.holds(a), 1);
+    // The write sent at 10/3 s answers only at 8 s.
+    w.rule(a, is_hb_write, Fault::HoldRequest, 1);
+    w.run_until(secs(8.0));
+    assert_eq!(w.actions(a, is_hb_write).len(), 2);
+    w.rule(a, is_hb_write, Fault::HoldRequest, usize::MAX);
+    w.deliver(a);
+    let sent = Duration::from_secs(10) / 3;
+    let deadline = sent + secs(9.0); // F - margin after the *send*
+    w.run_until(deadline - Duration::from_millis(1));
+    assert!(!w.nodes[a].mgr.is_fenced());
+    assert_eq!(w.holds(a), 1);
+    w.run_until(deadline);
+    assert!(w.nodes[a].mgr.is_fenced());
+    assert_eq!(w.holds(a), 0);
+    assert_eq!(w.lost(a), vec![(deadline, sref(0), LostReason::SelfFenced)]);
+    assert_eq!(
+        w.nodes[a].mgr.poll_timeout().map(|(_, r)| r),
+        Some("heartbeat read")
+    );
+}
+
+#[test]
+fn ambiguous_heartbeat_does_not_renew() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    assert_eq!(w.holds(a), 1);
+    // Every later heartbeat applies, but its answer is lost.
+    w.rule(a, is_hb_write, Fault::Ambiguous, usize::MAX);
+    w.run_until(secs(8.999));
+    assert_eq!(w.holds(a), 1);
+    w.run_until(secs(9.0));
+    assert_eq!(
+        w.lost(a),
+        vec![(secs(9.0), sref(0), LostReason::SelfFenced)]
+    );
+    // No checkpoint is written while fenced.
+    w.with(a, |m, now, mint| {
+        m.write_checkpoint(now, &sref(0), cp(5), mint)
+    });
+    assert!(w.actions(a, is_checkpoint).is_empty());
+}
+
+#[test]
+fn self_fences_before_anyone_may_take() {
+    let mut w = World::with_free_shards(4);
+    let a = w.add_node("a", 1);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(40.0));
+    assert_eq!((w.holds(a), w.holds(b)), (2, 2));
+    let a_shards = w.reading(a);
+    let last_renew = w.nodes[a].mgr.live.last_renew_sent.unwrap();
+    // A loses DynamoDB: every call fails; B keeps observing.
+    w.nodes[a].partitioned = true;
+    w.run_until(secs(80.0));
+    let fenced_at: Vec<Duration> = w
+        .lost(a)
+        .into_iter()
+        .filter(|(_, s, r)| a_shards.contains(s) && *r == LostReason::SelfFenced)
+        .map(|(t, _, _)| t)
+        .collect();
+    assert_eq!(fenced_at.len(), 2);
+    let taken_at: Vec<Duration> = w
+        .acquired(b)
+        .into_iter()
+        .filter(|(_, s, _, _)| a_shards.contains(s))
+        .map(|(t, _, _, _)| t)
+        .collect();
+    assert_eq!(taken_at.len(), 2);
+    let last_renew_t = last_renew.duration_since(w.epoch + w.nodes[a].offset);
+    for f in &fenced_at {
+        assert!(*f <= last_renew_t + secs(9.0));
+        for t in &taken_at {
+            assert!(f < t, "fenced at {f:?}, taken at {t:?}");
+        }
+    }
+    assert_eq!(w.holds(b), 4);
+}
+
+#[test]
+fn fenced_worker_takes_afresh_with_next_token() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    assert_eq!(w.acquired(a)[0].2, FencingToken(1));
+    w.nodes[a].partitioned = true;
+    w.run_until(secs(12.0));
+    assert!(w.nodes[a].mgr.is_fenced());
+    w.nodes[a].partitioned = false;
+    w.run_until(secs(20.0));
+    assert!(!w.nodes[a].mgr.is_fenced());
+    let acq = w.acquired(a);
+    assert_eq!(acq.len(), 2);
+    // Not resumed with token 1: released (2), then taken afresh (3).
+    assert_eq!(acq[1].2, FencingToken(3));
+    assert_eq!(w.row(0).token, FencingToken(3));
+    let writes: Vec<&LeaseWrite> = w.nodes[a]
+        .actions
+        .iter()
+        .filter_map(|(_, a)| write_of(a))
+        .collect();
+    assert!(matches!(
+        writes.last(),
+        Some(LeaseWrite::Take {
+            expect_owner: None,
+            expect_token: FencingToken(2),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn expired_lease_judged_on_observer_clock() {
+    let mut w = World::with_free_shards(4);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(5.0));
+    let b = w.add_node("b", 1);
+    w.run_until(secs(35.0));
+    assert_eq!((w.holds(a), w.holds(b)), (2, 2));
+    // Clocks have nothing in common: origins a million seconds apart,
+    // wall clocks a day apart.
+    assert_ne!(w.nodes[a].offset, w.nodes[b].offset);
+    let last_beat = w.actions(a, is_hb_write).last().map(|(t, _)| *t).unwrap();
+    w.kill(a);
+    let killed = w.t;
+    w.run_until(secs(80.0));
+    let takes: Vec<Duration> = w
+        .actions(b, is_take)
+        .into_iter()
+        .filter(|(t, _)| *t > killed)
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(takes.len(), 2);
+    for t in takes {
+        assert!(
+            t >= last_beat + secs(10.0),
+            "taken {t:?}, beat {last_beat:?}"
+        );
+        assert!(t <= killed + secs(12.0), "failover took {:?}", t - killed);
+    }
+    assert_eq!(w.holds(b), 4);
+}
+
+#[test]
+fn nobody_judged_expired_before_a_successful_heartbeat_read() {
+    let mut w = World::new();
+    let ghost = Owner::new("ghost", 1);
+    for i in 0..2 {
+        let mut row = LeaseRow::new(sref(i), vec![], 1);
+        row.owner = Some(ghost.clone());
+        row.token = FencingToken(3);
+        w.add_row(row);
+    }
+    w.rule(0, is_hb_read, Fault::Transient, usize::MAX);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(60.0));
+    assert!(w.actions(b, is_take).is_empty());
+    assert_eq!(w.nodes[b].mgr.live_workers(), 1);
+    w.clear_rules(b);
+    let healed = w.t;
+    w.run_until(secs(90.0));
+    let takes = w.actions(b, is_take);
+    assert_eq!(takes.len(), 2);
+    // Absent since the first successful read: taken F after it.
+    assert!(takes[0].0 >= healed + secs(10.0));
+    assert!(takes[0].0 <= healed + secs(12.0));
+    assert!(matches!(
+        write_of(&takes[0].1),
+        Some(LeaseWrite::Take { expect_owner: Some(o), expect_token: FencingToken(3), .. }) if *o == ghost
+    ));
+    assert_eq!(w.row(0).token, FencingToken(4));
+}
+
+#[test]
+fn alive_false_heartbeat_expires_at_once() {
+    let mut w = World::new();
+    let gone = Owner::new("gone", 7);
+    w.beats.insert(
+        "gone".into(),
+        HeartbeatRow {
+            owner: gone.clone(),
+            beat: 99,
+            held: 1,
+            wants: vec![],
+            alive: false,
+        },
+    );
+    let mut row = LeaseRow::new(sref(0), vec![], 1);
+    row.owner = Some(gone);
+    row.token = FencingToken(5);
+    w.add_row(row);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(1.0));
+    assert_eq!(w.acquired(b).len(), 1);
+    assert_eq!(w.acquired(b)[0].0, Duration::ZERO);
+    assert_eq!(w.acquired(b)[0].2, FencingToken(6));
+}
+
+#[test]
+fn absent_heartbeat_counts_from_first_read_that_misses_it() {
+    let mut w = World::new();
+    let mut row = LeaseRow::new(sref(0), vec![], 1);
+    row.owner = Some(Owner::new("ghost", 1));
+    row.token = FencingToken(1);
+    w.add_row(row);
+    w.run_for(secs(100.0)); // the ghost's row is old: irrelevant
+    let b = w.add_node("b", 1);
+    let start = w.t;
+    w.run_until(start + secs(9.9));
+    assert!(w.actions(b, is_take).is_empty());
+    w.run_until(start + secs(12.0));
+    let takes = w.actions(b, is_take);
+    assert_eq!(takes.len(), 1);
+    assert!(takes[0].0 >= start + secs(10.0));
+}
+
+#[test]
+fn beat_counts_from_reply_of_first_read_that_shows_it() {
+    // An observer whose read answer is delayed must not age the owner
+    // by the delay: the beat counts from the reply instant.
+    let mut w = World::new();
+    let mut row = LeaseRow::new(sref(0), vec![], 1);
+    row.owner = Some(Owner::new("x", 1));
+    row.token = FencingToken(1);
+    w.add_row(row);
+    w.beats.insert(
+        "x".into(),
+        HeartbeatRow {
+            owner: Owner::new("x", 1),
+            beat: 1,
+            held: 1,
+            wants: vec![],
+            alive: true,
+        },
+    );
+    // b's first heartbeat read is executed now, answered 5 s later.
+    w.rule(0, is_hb_read, Fault::HoldAnswer, 1);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(0.5)); // nothing more (read in flight)
+    w.t = secs(5.0);
+    w.deliver(b);
+    w.run_until(secs(14.9));
+    assert!(
+        w.actions(b, is_take).is_empty(),
+        "x seen at 5 s: not expired before 15 s"
+    );
+    w.run_until(secs(17.0));
+    assert_eq!(w.actions(b, is_take).len(), 1);
+    assert!(w.actions(b, is_take)[0].0 >= secs(15.0));
+}
+
+#[test]
+fn restarted_worker_takes_old_incarnation_leases_at_once_with_next_token() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(5.0));
+    assert_eq!(w.holds(a), 2);
+    let a = w.restart(a);
+    assert_eq!(w.nodes[a].me, Owner::new("a", 2));
+    let restarted = w.t;
+    assert_eq!(w.holds(a), 0, "never silently resumed");
+    // The later incarnation's heartbeat row tells that the earlier one
+    // is dead: no need to wait for the failover time.
+    w.run_until(restarted + secs(4.0));
+    assert_eq!(w.holds(a), 2);
+    let acquired: Vec<FencingToken> = w
+        .acquired(a)
+        .into_iter()
+        .filter(|(t, ..)| *t >= restarted)
+        .map(|(_, _, token, _)| token)
+        .collect();
+    assert_eq!(acquired, vec![FencingToken(2), FencingToken(2)]);
+    for (_, act) in w.actions(a, is_take) {
+        assert!(matches!(
+            write_of(&act),
+            Some(LeaseWrite::Take { expect_owner: Some(o), .. }) if *o == Owner::new("a", 1)
+        ));
+    }
+}
+
+#[test]
+fn liveness_costs_one_heartbeat_per_interval_whatever_the_shard_count() {
+    let mut costs = Vec::new();
+    for shards in [2, 300] {
+        let mut w = World::with_free_shards(shards);
+        let a = w.add_node("a", 1);
+        w.run_until(secs(120.0));
+        assert_eq!(w.holds(a), shards);
+        let s = w.nodes[a].mgr.stats().clone();
+        assert_eq!(
+            s.other_lease_writes, shards as u64,
+            "one take per lease, nothing else"
+        );
+        assert_eq!(s.checkpoint_writes, 0, "checkpoints only when asked");
+        assert_eq!(s.conditional_failures, 0);
+        costs.push((s.heartbeat_writes, s.lease_reads, s.heartbeat_reads));
+    }
+    assert_eq!(costs[0], costs[1]);
+    // 120 s / (10 s / 3) + the first one.
+    assert_eq!(costs[0].0, 37);
+    // At start, once more after the first heartbeat read, then every 30 s.
+    assert_eq!(costs[0].1, 6);
+}

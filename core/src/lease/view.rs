@@ -1,0 +1,490 @@
+//! The table view: this worker's last read of each stream's lease rows,
+//! when to read them again, what a fresh read means for the leases we hold
+//! and asked for, and the creation of missing rows (SPEC 4 and 5).
+//!
+//! Rules encoded:
+//! - A table read sent before an answer about a shard never overrides what
+//!   that answer taught (`changed`, `refused`: stale reads are ignored per
+//!   shard); a refused write is not sent again on a read sent before the
+//!   refusal.
+//! - A closed parent is read to its end (`SHARD_END`) before any child is
+//!   taken; a parent that neither ListShards nor the table knows any more
+//!   (trimmed) counts as ended ([`StreamView::is_active`]).
+//! - Cost of creating rows: a row is created only when a table view read
+//!   after ListShards lacks it, by one designated creator (the live workers
+//!   in owner order, a stable hash of the shard picks one); the others
+//!   create it only if a view two heartbeat-read intervals later still
+//!   lacks it. Free rows are taken in the same spread (`balance`), so a
+//!   fleet starting together neither races on creates nor on takes.
+//! - Reads run at `rebalance_period`, at heartbeat-read cadence while a
+//!   request, an ambiguous take or an ambiguous final write waits on them,
+//!   and at once when something just changed (a free row, a shard end).
+//!
+//! Invariants: `StreamView::owners` counts the owners of `rows` exactly;
+//! at most one read per stream in flight.
+//!
+//! Imports: liveness verdicts (`is_live`, `is_expired`) and the write
+//! pipeline (reconcile adopts, loses and releases leases); of `balance`
+//! only the hand-off request states (reconcile confirms or drops our
+//! requests); the balancing pass itself runs from `mod.rs` after each
+//! fresh read.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::liveness::Liveness;
+use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Leaving, RequestState, WriteKind};
+use crate::ids::{IdMint, Owner, ShardId, ShardRef, StreamId};
+use crate::io::{ErrorClass, LostReason};
+use crate::sequence::Checkpoint;
+use crate::table::{LeaseRow, LeaseWrite};
+
+/// This worker's view of one stream's lease rows.
+#[derive(Clone, Debug)]
+pub(super) struct StreamView {
+    pub(super) rows: BTreeMap<ShardId, LeaseRow>,
+    /// How many of `rows` each owner holds (kept with `rows` by
+    /// [`StreamView::set_rows`] and [`StreamView::set_row`]): every
+    /// heartbeat read judges these owners, without walking the rows.
+    pub(super) owners: BTreeMap<Owner, u32>,
+    /// A read succeeded at least once.
+    pub(super) have_view: bool,
+    /// A ReadLeases is in flight.
+    pub(super) reading: bool,
+    /// Read again as soon as the one in flight is answered.
+    pub(super) read_again: bool,
+    pub(super) next_read: Instant,
+    /// `seq` when the last successful read was answered.
+    pub(super) reply_seq: u64,
+    /// Balance again after the next heartbeat read: this view showed rows
+    /// of owners judged expired by a heartbeat read older than the view.
+    pub(super) confirm: bool,
+    /// ListShards answered at least once.
+    pub(super) listed: bool,
+    /// Shards known to exist (last ListShards plus children learned since),
+    /// with their parents.
+    pub(super) known: BTreeMap<ShardId, Vec<ShardId>>,
+    /// Known shards the view lacked, left to their designated creator,
+    /// with when: created by us if a view two heartbeat-read intervals
+    /// later still lacks them (the designated creator may be dead).
+    pub(super) deferred: BTreeMap<ShardId, Instant>,
+}
+
+impl StreamView {
+    /// A row counts for balancing when it is not ended and every parent is
+    /// ended (or gone: neither listed nor in the table).
+    pub(super) fn is_active(&self, row: &LeaseRow) -> bool {
+        row.checkpoint != Some(Checkpoint::ShardEnd)
+            && row.parents.iter().all(|p| match self.rows.get(p) {
+                Some(pr) => pr.checkpoint == Some(Checkpoint::ShardEnd),
+                None => self.listed && !self.known.contains_key(p),
+            })
+    }
+
+    /// Some shard known to exist has no row in this view.
+    pub(super) fn lacks_rows(&self) -> bool {
+        self.known.keys().any(|id| !self.rows.contains_key(id))
+    }
+
+    pub(super) fn set_rows(&mut self, rows: BTreeMap<ShardId, LeaseRow>) {
+        self.owners.clear();
+        for o in rows.values().filter_map(|r| r.owner.as_ref()) {
+            match self.owners.get_mut(o) {
+                Some(n) => *n += 1,
+                None => {
+                    self.owners.insert(o.clone(), 1);
+                }
+            }
+        }
+        self.rows = rows;
+    }
+
+    pub(super) fn set_row(&mut self, id: ShardId, row: LeaseRow) {
+        if let Some(o) = row.owner.as_ref() {
+            *self.owners.entry(o.clone()).or_default() += 1;
+        }
+        let old = self.rows.insert(id, row);
+        if let Some(o) = old.and_then(|r| r.owner) {
+            if let Some(n) = self.owners.get_mut(&o) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(&o);
+                }
+            }
+        }
+    }
+}
+
+impl LeaseManager {
+    pub(super) fn read_all_now(&mut self, now: Instant) {
+        let streams: Vec<StreamId> = self.views.keys().cloned().collect();
+        for s in streams {
+            self.read_now(&s, now);
+        }
+    }
+
+    pub(super) fn read_now(&mut self, stream: &StreamId, now: Instant) {
+        if let Some(v) = self.views.get_mut(stream) {
+            if v.reading {
+                v.read_again = true;
+            } else {
+                v.next_read = v.next_read.min(now);
+            }
+        }
+    }
+
+    /// Read this stream at heartbeat-read cadence (outstanding request or
+    /// unresolved write).
+    pub(super) fn read_soon(&mut self, stream: &StreamId, now: Instant) {
+        let at = now + self.timing.heartbeat_read;
+        if let Some(v) = self.views.get_mut(stream) {
+            v.next_read = v.next_read.min(at);
+        }
+    }
+
+    /// Shutting down: hold the final heartbeat until a read of `stream`
+    /// sent from now on is answered (or fails).
+    pub(super) fn read_once_more(&mut self, stream: &StreamId, now: Instant) {
+        self.final_reads.insert(stream.clone(), self.seq);
+        self.read_now(stream, now);
+    }
+
+    pub(super) fn needs_fast_reads(&self, stream: &StreamId) -> bool {
+        self.requests.keys().any(|s| s.stream == *stream)
+            || self.writes.adoptable.keys().any(|s| s.stream == *stream)
+            || self.writes.held.iter().any(|(s, h)| {
+                s.stream == *stream && matches!(h.leaving, Some((_, FinalState::Resolving)))
+            })
+    }
+
+    /// Nothing we wrote or are writing makes the last read stale for this
+    /// shard.
+    pub(super) fn is_fresh(&self, shard: &ShardRef) -> bool {
+        !self.writes.busy.contains_key(shard) && !self.writes.changed.contains_key(shard)
+    }
+
+    pub(super) fn on_leases(
+        &mut self,
+        now: Instant,
+        stream: &StreamId,
+        sent_seq: u64,
+        result: &Result<Vec<LeaseRow>, ErrorClass>,
+        mint: &mut IdMint,
+    ) {
+        if self
+            .final_reads
+            .get(stream)
+            .is_some_and(|after| sent_seq > *after)
+        {
+            self.final_reads.remove(stream);
+        }
+        let Some(view) = self.views.get_mut(stream) else {
+            return;
+        };
+        view.reading = false;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(_) => {
+                view.next_read = if view.read_again {
+                    view.read_again = false;
+                    now
+                } else {
+                    now + self.timing.retry()
+                };
+                return;
+            }
+        };
+        let mut fresh: BTreeMap<ShardId, LeaseRow> = BTreeMap::new();
+        for row in rows.iter().filter(|r| r.shard.stream == *stream) {
+            let mut row = row.clone();
+            // Intern: every ShardRef of this worker shares the configured
+            // stream id, so map lookups compare it by pointer.
+            row.shard.stream = stream.clone();
+            fresh.insert(row.shard.shard.clone(), row);
+        }
+        // Answers that arrived after this read was sent are newer than it.
+        self.writes
+            .changed
+            .retain(|s, seq| s.stream != *stream || *seq > sent_seq);
+        self.writes
+            .refused
+            .retain(|s, seq| s.stream != *stream || *seq > sent_seq);
+        for shard in self.writes.changed.keys().filter(|s| s.stream == *stream) {
+            if let Some(local) = view.rows.get(&shard.shard) {
+                fresh.insert(shard.shard.clone(), local.clone());
+            }
+        }
+        view.set_rows(fresh);
+        view.have_view = true;
+        self.seq += 1;
+        view.reply_seq = self.seq;
+
+        self.reconcile(now, stream, mint);
+        self.create_missing(now, stream, mint);
+        self.balance(now, stream, mint);
+
+        let fast = self.needs_fast_reads(stream);
+        let period = if fast {
+            self.timing.heartbeat_read
+        } else {
+            self.timing.rebalance
+        };
+        let grace = self.timing.heartbeat_read * 2;
+        if let Some(view) = self.views.get_mut(stream) {
+            // Rows left to their designated creator are checked again once
+            // they are overdue.
+            // Never in the past: an overdue row was created by this very
+            // pass, so a past recheck would only spin reads.
+            let recheck = view
+                .deferred
+                .values()
+                .min()
+                .map(|since| (*since + grace).max(now + self.timing.heartbeat_read));
+            view.next_read = if view.read_again {
+                view.read_again = false;
+                now
+            } else {
+                recheck.map_or(now + period, |at| at.min(now + period))
+            };
+        }
+    }
+
+    /// Bring held leases, our requests and rows that name us in line with
+    /// a fresh view of `stream`.
+    pub(super) fn reconcile(&mut self, now: Instant, stream: &StreamId, mint: &mut IdMint) {
+        let Some(view) = self.views.get(stream) else {
+            return;
+        };
+        let rows = view.rows.clone();
+        let row_of = |shard: &ShardRef| rows.get(&shard.shard);
+
+        // Held leases.
+        let held: Vec<ShardRef> = self
+            .writes
+            .held
+            .keys()
+            .filter(|s| s.stream == *stream && self.is_fresh(s))
+            .cloned()
+            .collect();
+        for shard in held {
+            let Some(h) = self.writes.held.get(&shard).cloned() else {
+                continue;
+            };
+            let row = row_of(&shard);
+            let ours =
+                row.is_some_and(|r| r.owner.as_ref() == Some(&self.me) && r.token == h.token);
+            match &h.leaving {
+                Some((leaving, FinalState::Resolving)) => {
+                    if ours {
+                        // The ambiguous write did not apply: send it again.
+                        if let Some(hm) = self.writes.held.get_mut(&shard) {
+                            hm.leaving = Some((leaving.clone(), FinalState::Queued));
+                        }
+                        self.pump_shard(&shard, mint);
+                    } else {
+                        let reason = match (leaving, row) {
+                            (Leaving::Transfer { to, .. }, Some(r))
+                                if r.owner.as_ref() == Some(to) && r.token == h.token.next() =>
+                            {
+                                LostReason::HandedOff
+                            }
+                            (Leaving::Release { .. }, Some(r))
+                                if r.owner.is_none() && r.token > h.token =>
+                            {
+                                LostReason::Released
+                            }
+                            (Leaving::Finish, Some(r))
+                                if r.checkpoint == Some(Checkpoint::ShardEnd) =>
+                            {
+                                self.events.push_back(LeaseEvent::CheckpointWritten {
+                                    shard: shard.clone(),
+                                    checkpoint: Checkpoint::ShardEnd,
+                                });
+                                LostReason::ShardEnded
+                            }
+                            _ => LostReason::Taken,
+                        };
+                        self.lose(&shard, reason);
+                    }
+                }
+                _ if !ours => self.lose(&shard, LostReason::Taken),
+                _ => {
+                    // Backup path for hand-off requests: the row itself
+                    // names a live pending owner. A pending owner that is
+                    // gone (it shut down or died right after asking) would
+                    // block every later hand-off of the lease: the lease is
+                    // given up the same graceful way (`transfer` releases
+                    // it instead), which clears the mark.
+                    if let Some(p) = row.and_then(|r| r.pending_owner.clone()) {
+                        if p != self.me
+                            && !self.live.fenced
+                            && !self.shutting_down
+                            && (self.live.is_live(&p) || self.live.is_expired(&p))
+                        {
+                            self.request_seen(&shard, &p);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Rows that name us but that we do not hold.
+        let mine: Vec<LeaseRow> = rows
+            .values()
+            .filter(|r| r.owner.as_ref() == Some(&self.me))
+            .filter(|r| !self.writes.held.contains_key(&r.shard) && self.is_fresh(&r.shard))
+            .cloned()
+            .collect();
+        for row in mine {
+            let requested = self.requests.remove(&row.shard);
+            if requested.as_ref().is_some_and(|r| r.confirmed) {
+                self.live.hb_asap = true;
+            }
+            let adopt =
+                requested.is_some() || self.writes.adoptable.get(&row.shard) == Some(&row.token);
+            self.writes.adoptable.remove(&row.shard);
+            if adopt && !self.live.fenced && !self.shutting_down {
+                self.acquire(&row);
+            } else {
+                self.release_orphan(&row, mint);
+            }
+        }
+
+        // Ambiguous takes whose row does not name us did not apply.
+        let stale: Vec<ShardRef> = self
+            .writes
+            .adoptable
+            .keys()
+            .filter(|s| s.stream == *stream && self.is_fresh(s))
+            .cloned()
+            .collect();
+        for s in stale {
+            self.writes.adoptable.remove(&s);
+        }
+
+        // Our hand-off requests.
+        let reqs: Vec<ShardRef> = self
+            .requests
+            .keys()
+            .filter(|s| s.stream == *stream && self.is_fresh(s))
+            .cloned()
+            .collect();
+        for shard in reqs {
+            let Some(req) = self.requests.get(&shard).cloned() else {
+                continue;
+            };
+            let RequestState::Waiting { since } = req.state else {
+                continue;
+            };
+            let row = row_of(&shard);
+            let unchanged =
+                row.is_some_and(|r| r.owner.as_ref() == Some(&req.owner) && r.token == req.token);
+            let pending_me = row.is_some_and(|r| r.pending_owner.as_ref() == Some(&self.me));
+            if !(unchanged && pending_me) {
+                self.drop_request(&shard);
+                continue;
+            }
+            if !req.confirmed {
+                self.live.hb_asap = true;
+            }
+            if let Some(r) = self.requests.get_mut(&shard) {
+                r.confirmed = true;
+            }
+            if now.saturating_duration_since(since) >= self.timing.handoff * 2 {
+                self.force_take(&shard, mint);
+            }
+        }
+    }
+
+    /// Create rows for known shards a fresh view lacks, without every
+    /// worker racing on every row: each missing row has one designated
+    /// creator (`creator_ring`, `shard_spread`); the others defer it and
+    /// create it only if a view two heartbeat-read intervals later still
+    /// lacks it (the designated creator may be dead or slow to read).
+    pub(super) fn create_missing(&mut self, now: Instant, stream: &StreamId, mint: &mut IdMint) {
+        if self.shutting_down || self.final_beat != FinalBeat::NotYet {
+            // Nothing is created any more, so nothing is deferred either: a
+            // deferral left here would schedule a recheck in the past and
+            // the stream would be read again at once, forever (fuzz worker,
+            // CI run of stop 8).
+            if let Some(view) = self.views.get_mut(stream) {
+                view.deferred.clear();
+            }
+            return;
+        }
+        let Some(view) = self.views.get(stream) else {
+            return;
+        };
+        if !view.have_view {
+            return;
+        }
+        let Some((me, ring)) = creator_ring(&self.live) else {
+            // Too early to agree on creators: the second heartbeat read
+            // reads this stream again.
+            return;
+        };
+        let grace = self.timing.heartbeat_read * 2;
+        let mut create: Vec<(ShardId, Vec<ShardId>)> = Vec::new();
+        let mut deferred = BTreeMap::new();
+        for (id, parents) in &view.known {
+            if view.rows.contains_key(id) {
+                continue;
+            }
+            let shard = ShardRef::new(stream.clone(), id.clone());
+            if self.writes.refused.contains_key(&shard) {
+                // A create of ours was refused: the row exists.
+                continue;
+            }
+            let since = view.deferred.get(id).copied();
+            let overdue = since.is_some_and(|t| now >= t + grace);
+            if shard_spread(&shard) % ring == me || overdue {
+                create.push((id.clone(), parents.clone()));
+            } else {
+                deferred.insert(id.clone(), since.unwrap_or(now));
+            }
+        }
+        if let Some(view) = self.views.get_mut(stream) {
+            view.deferred = deferred;
+        }
+        let created_ms = self.unix_ms(now);
+        for (id, parents) in create {
+            let row = LeaseRow::new(ShardRef::new(stream.clone(), id), parents, created_ms);
+            self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
+        }
+    }
+}
+
+/// This worker's place among the live workers (itself included) in
+/// owner order, and their number: the ring that spreads row creation
+/// and free takes. `None` before the second successful heartbeat read:
+/// workers that start together have all written their first heartbeat
+/// by then, so they agree on the ring.
+pub(super) fn creator_ring(live: &Liveness) -> Option<(u64, u64)> {
+    if live.hb_reads_ok < 2 {
+        return None;
+    }
+    let before = live
+        .observed
+        .keys()
+        .filter(|o| **o < live.me && live.is_live(o))
+        .count();
+    let ring = live.live_workers();
+    Some((before as u64, ring.max(1) as u64))
+}
+
+/// A stable spread of shards (FNV-1a of the stream and shard ids): the
+/// same on every worker, every platform and every version.
+pub(super) fn shard_spread(shard: &ShardRef) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = shard
+        .stream
+        .as_str()
+        .bytes()
+        .chain(std::iter::once(0xff))
+        .chain(shard.shard.as_str().bytes());
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}

@@ -1,0 +1,567 @@
+//! Held leases and their writes: the one-write-in-flight pipeline of each
+//! shard, and the only copy of the durable checkpoint on the lease side
+//! (SPEC 4 and 5).
+//!
+//! Rules encoded:
+//! - Every lease row carries `owner` and a fencing `token` bumped on every
+//!   change of owner; every write on a held lease is conditional on
+//!   `(owner = me, token = mine)`, a take on the `(owner, token)` observed.
+//! - `SHARD_END` and the release are one conditional write, so a drained
+//!   shard is never left ended but owned.
+//! - Ambiguous answers (applied or not) are resolved by reading the row:
+//!   a take whose row names us is adopted, a final write whose row moved on
+//!   is done; failed writes that were surely not applied are retried. A
+//!   write refused by its condition is not sent again on a read sent before
+//!   the refusal (that read still shows the old row; a refused write costs
+//!   a write unit all the same).
+//! - A checkpoint asked while one is in flight waits and is sent next (the
+//!   newest only); a final write folds the queued checkpoint in, never
+//!   moving the stored one backwards.
+//!
+//! Invariants: at most one lease write per shard in flight (`busy`), so the
+//! answers of one lease apply in order; never a take of a row we own; the
+//! token in [`LeaseEvent::Acquired`] is the row's token after the write.
+//!
+//! Imports: the table view (the base row of a write, the view updated by
+//! our applied writes) and the read schedule; of `balance` only the
+//! hand-off request states (a forced take or a take's answer moves a
+//! request of ours), never the balancing rule.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{LeaseEvent, LeaseManager, Op, RequestState};
+use crate::ids::{FencingToken, IdMint, OpId, Owner, ShardRef};
+use crate::io::{Action, ErrorClass, LostReason};
+use crate::sequence::Checkpoint;
+use crate::table::{LeaseRow, LeaseWrite};
+
+/// How a held lease is being given up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Leaving {
+    /// Graceful hand-off to the pending owner.
+    Transfer {
+        to: Owner,
+        checkpoint: Option<Checkpoint>,
+    },
+    /// Release (fatal shard error, shutdown, or a hand-off whose taker is
+    /// gone: then `reread`, so the free row is balanced again at once).
+    Release {
+        checkpoint: Option<Checkpoint>,
+        reread: bool,
+    },
+    /// Shard drained: release with `SHARD_END` in one conditional write.
+    Finish,
+}
+
+/// Where the final write of a leaving lease is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FinalState {
+    /// To be sent as soon as no other write of the lease is in flight.
+    Queued,
+    /// In flight.
+    Sent,
+    /// Failed without being applied; sent again at this instant.
+    RetryAt(Instant),
+    /// Answered `Ambiguous`: the next fresh table read decides.
+    Resolving,
+}
+
+/// A lease this worker holds (Acquired emitted, Lost not yet).
+#[derive(Clone, Debug)]
+pub(super) struct Held {
+    pub(super) token: FencingToken,
+    /// Set once `HandoffRequested` was emitted: the taker.
+    pub(super) handoff_to: Option<Owner>,
+    /// Highest checkpoint known stored.
+    pub(super) confirmed: Option<Checkpoint>,
+    /// Checkpoint write in flight.
+    pub(super) cp_sent: Option<Checkpoint>,
+    /// Newest checkpoint asked while one was in flight.
+    pub(super) cp_queued: Option<Checkpoint>,
+    /// Set when the lease is being given up.
+    pub(super) leaving: Option<(Leaving, FinalState)>,
+}
+
+/// What a lease write was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WriteKind {
+    Create,
+    Take {
+        forced: bool,
+    },
+    Request,
+    Checkpoint,
+    Final,
+    /// Release of a row that names us but that we do not hold.
+    Orphan,
+}
+
+/// The write side of the manager: the leases we hold and the one write
+/// in flight per shard, with what their answers taught.
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    /// Leases we hold (Acquired emitted, Lost not yet).
+    pub(super) held: BTreeMap<ShardRef, Held>,
+    /// Takes answered `Ambiguous`: the token the row has if it applied.
+    pub(super) adoptable: BTreeMap<ShardRef, FencingToken>,
+    /// The earliest `FinalState::RetryAt` among `held` (kept exact, so the
+    /// drive and `poll_timeout` need not walk every held lease).
+    pub(super) retry_at: Option<Instant>,
+    /// The one lease write in flight per shard.
+    pub(super) busy: BTreeMap<ShardRef, OpId>,
+    /// Shards with a write answered after the oldest pending table read was
+    /// sent (value: `seq` of the answer): such a read is stale for them.
+    pub(super) changed: BTreeMap<ShardRef, u64>,
+    /// Shards whose last write was refused by its condition (value: `seq`
+    /// of the answer): the row is not what our view says, and a read sent
+    /// before the refusal may still show the old row. Nothing is written
+    /// on them again before a read sent after the refusal (a refused write
+    /// costs a write unit all the same).
+    pub(super) refused: BTreeMap<ShardRef, u64>,
+    /// Fenced while shutting down: final writes of the leases we held,
+    /// sent (once each, when no other write of the lease is in flight)
+    /// before the final heartbeat.
+    pub(super) departing: BTreeMap<ShardRef, LeaseWrite>,
+}
+
+impl LeaseManager {
+    /// Emit a lease write unless one is in flight for the shard.
+    pub(super) fn send_write(
+        &mut self,
+        mint: &mut IdMint,
+        write: LeaseWrite,
+        kind: WriteKind,
+        base: Option<LeaseRow>,
+    ) -> bool {
+        let shard = write.shard().clone();
+        if self.writes.busy.contains_key(&shard) {
+            return false;
+        }
+        if let LeaseWrite::Take {
+            expect_owner: Some(o),
+            ..
+        } = &write
+        {
+            if *o == self.me {
+                self.violation = Some(format!("{shard:?}: refused to take a lease from ourselves"));
+                return false;
+            }
+        }
+        let op = mint.op();
+        match kind {
+            WriteKind::Checkpoint => self.stats.checkpoint_writes += 1,
+            _ => self.stats.other_lease_writes += 1,
+        }
+        self.writes.busy.insert(shard, op);
+        self.ops.insert(
+            op,
+            Op::WriteLease {
+                write: write.clone(),
+                kind,
+                base: Box::new(base),
+            },
+        );
+        self.actions.push_back(Action::WriteLease { op, write });
+        true
+    }
+
+    /// Take a requested lease by force, conditional on the observed token.
+    pub(super) fn force_take(&mut self, shard: &ShardRef, mint: &mut IdMint) -> bool {
+        let Some(req) = self.requests.get(shard).cloned() else {
+            return false;
+        };
+        let since = match req.state {
+            RequestState::Waiting { since } => since,
+            RequestState::Sending | RequestState::Forcing { .. } => return false,
+        };
+        let base = self
+            .views
+            .get(&shard.stream)
+            .and_then(|v| v.rows.get(&shard.shard))
+            .cloned();
+        let write = LeaseWrite::Take {
+            shard: shard.clone(),
+            expect_owner: Some(req.owner.clone()),
+            expect_token: req.token,
+            to: self.me.clone(),
+        };
+        if !self.send_write(mint, write, WriteKind::Take { forced: true }, base) {
+            return false;
+        }
+        if let Some(r) = self.requests.get_mut(shard) {
+            r.state = RequestState::Forcing { since };
+        }
+        true
+    }
+
+    /// Give up a row that names us but that we do not hold.
+    pub(super) fn release_orphan(&mut self, row: &LeaseRow, mint: &mut IdMint) {
+        let write = LeaseWrite::Release {
+            shard: row.shard.clone(),
+            owner: self.me.clone(),
+            token: row.token,
+            checkpoint: None,
+        };
+        self.send_write(mint, write, WriteKind::Orphan, Some(row.clone()));
+    }
+
+    /// Send the next write of a held lease if none is in flight: its final
+    /// write when leaving, else the newest queued checkpoint.
+    pub(super) fn pump_shard(&mut self, shard: &ShardRef, mint: &mut IdMint) {
+        if self.writes.busy.contains_key(shard) {
+            return;
+        }
+        let base = self
+            .views
+            .get(&shard.stream)
+            .and_then(|v| v.rows.get(&shard.shard))
+            .cloned();
+        let me = self.me.clone();
+        let Some(h) = self.writes.held.get_mut(shard) else {
+            return;
+        };
+        let token = h.token;
+        if let Some((_, state)) = h.leaving.as_mut() {
+            if *state != FinalState::Queued {
+                return;
+            }
+            *state = FinalState::Sent;
+            if let Some(write) = Self::final_write(&me, shard, h) {
+                self.send_write(mint, write, WriteKind::Final, base);
+            }
+            return;
+        }
+        let Some(cp) = h.cp_queued.take() else {
+            return;
+        };
+        if h.confirmed.as_ref().is_some_and(|c| cp <= *c) {
+            return;
+        }
+        h.cp_sent = Some(cp.clone());
+        let write = LeaseWrite::Checkpoint {
+            shard: shard.clone(),
+            owner: me,
+            token,
+            checkpoint: cp,
+        };
+        self.send_write(mint, write, WriteKind::Checkpoint, base);
+    }
+
+    /// The final write of a leaving lease: its transfer or release, with a
+    /// queued checkpoint folded in (never moving the stored one backwards).
+    /// `None` when the lease is not leaving.
+    pub(super) fn final_write(me: &Owner, shard: &ShardRef, h: &mut Held) -> Option<LeaseWrite> {
+        let token = h.token;
+        let queued = h.cp_queued.take();
+        let confirmed = h.confirmed.clone();
+        let ahead = |cp: Option<Checkpoint>| cp.filter(|c| Some(c) > confirmed.as_ref());
+        let (leaving, _) = h.leaving.as_mut()?;
+        Some(match leaving {
+            Leaving::Transfer { to, checkpoint } => {
+                *checkpoint = ahead(checkpoint.take().max(queued));
+                LeaseWrite::Transfer {
+                    shard: shard.clone(),
+                    owner: me.clone(),
+                    token,
+                    to: to.clone(),
+                    checkpoint: checkpoint.clone(),
+                }
+            }
+            Leaving::Release { checkpoint, .. } => {
+                *checkpoint = ahead(checkpoint.take().max(queued));
+                LeaseWrite::Release {
+                    shard: shard.clone(),
+                    owner: me.clone(),
+                    token,
+                    checkpoint: checkpoint.clone(),
+                }
+            }
+            Leaving::Finish => LeaseWrite::Release {
+                shard: shard.clone(),
+                owner: me.clone(),
+                token,
+                checkpoint: Some(Checkpoint::ShardEnd),
+            },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_lease_written(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        write: LeaseWrite,
+        kind: WriteKind,
+        base: Option<LeaseRow>,
+        result: Result<(), ErrorClass>,
+        mint: &mut IdMint,
+    ) {
+        let shard = write.shard().clone();
+        if self.writes.busy.get(&shard) == Some(&op) {
+            self.writes.busy.remove(&shard);
+        }
+        if matches!(result, Ok(()) | Err(ErrorClass::Ambiguous)) {
+            // Applied, or maybe: a read sent before this answer says
+            // nothing about the row any more.
+            self.seq += 1;
+            self.writes.changed.insert(shard.clone(), self.seq);
+        }
+        let applied = match result {
+            Ok(()) => {
+                let next = match &write {
+                    LeaseWrite::Create(row) => Some(row.clone()),
+                    w => base.as_ref().and_then(|b| w.apply(Some(b)).ok()),
+                };
+                if let (Some(next), Some(view)) = (&next, self.views.get_mut(&shard.stream)) {
+                    let keep_existing = matches!(write, LeaseWrite::Create(_))
+                        && view.rows.contains_key(&shard.shard);
+                    if !keep_existing {
+                        view.set_row(shard.shard.clone(), next.clone());
+                    }
+                }
+                next
+            }
+            Err(ErrorClass::ConditionalFailed) => {
+                self.stats.conditional_failures += 1;
+                self.seq += 1;
+                self.writes.refused.insert(shard.clone(), self.seq);
+                None
+            }
+            Err(_) => None,
+        };
+        match kind {
+            WriteKind::Create | WriteKind::Orphan => {
+                if result.is_ok() && !self.shutting_down {
+                    // A free row now: balance on a fresh view.
+                    self.read_now(&shard.stream, now);
+                }
+            }
+            WriteKind::Take { forced } => {
+                let row = applied.or(base);
+                self.on_take_answer(now, &write, forced, row, result, mint)
+            }
+            WriteKind::Request => match result {
+                Ok(()) | Err(ErrorClass::Ambiguous) if self.shutting_down => {
+                    // Asked (maybe) while shutting down: the owner may
+                    // still hand the lease over to us.
+                    self.read_once_more(&shard.stream, now);
+                }
+                Ok(()) => {
+                    if let Some(r) = self.requests.get_mut(&shard) {
+                        r.state = RequestState::Waiting { since: now };
+                        r.confirmed = true;
+                        self.live.hb_asap = true;
+                    }
+                    self.read_soon(&shard.stream, now);
+                }
+                Err(ErrorClass::Ambiguous) => {
+                    if let Some(r) = self.requests.get_mut(&shard) {
+                        r.state = RequestState::Waiting { since: now };
+                    }
+                    self.read_soon(&shard.stream, now);
+                }
+                Err(_) => self.drop_request(&shard),
+            },
+            WriteKind::Checkpoint => {
+                let LeaseWrite::Checkpoint {
+                    token, checkpoint, ..
+                } = &write
+                else {
+                    return;
+                };
+                let Some(h) = self.writes.held.get_mut(&shard) else {
+                    return;
+                };
+                if h.token != *token {
+                    return;
+                }
+                h.cp_sent = None;
+                match result {
+                    Ok(()) => {
+                        if h.confirmed.as_ref().is_none_or(|c| checkpoint > c) {
+                            h.confirmed = Some(checkpoint.clone());
+                        }
+                        self.events.push_back(LeaseEvent::CheckpointWritten {
+                            shard: shard.clone(),
+                            checkpoint: checkpoint.clone(),
+                        });
+                    }
+                    Err(ErrorClass::ConditionalFailed) => {
+                        self.lose(&shard, LostReason::Taken);
+                        return;
+                    }
+                    // Not stored (or not known to be): the next write
+                    // carries the newest checkpoint.
+                    Err(_) => {}
+                }
+                self.pump_shard(&shard, mint);
+            }
+            WriteKind::Final => {
+                let Some(h) = self.writes.held.get_mut(&shard) else {
+                    return;
+                };
+                let Some((leaving, state)) = h.leaving.as_mut() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        let reason = match leaving {
+                            Leaving::Transfer { .. } => LostReason::HandedOff,
+                            Leaving::Release { reread, .. } => {
+                                if *reread && !self.shutting_down {
+                                    // The hand-off's taker was gone: the
+                                    // row is free, balance it again now.
+                                    self.read_now(&shard.stream, now);
+                                }
+                                LostReason::Released
+                            }
+                            Leaving::Finish => {
+                                self.events.push_back(LeaseEvent::CheckpointWritten {
+                                    shard: shard.clone(),
+                                    checkpoint: Checkpoint::ShardEnd,
+                                });
+                                // Children become takable: balance on a
+                                // fresh view right away.
+                                self.read_now(&shard.stream, now);
+                                LostReason::ShardEnded
+                            }
+                        };
+                        self.lose(&shard, reason);
+                    }
+                    Err(ErrorClass::ConditionalFailed) => self.lose(&shard, LostReason::Taken),
+                    Err(ErrorClass::Ambiguous) => {
+                        *state = FinalState::Resolving;
+                        self.read_now(&shard.stream, now);
+                    }
+                    Err(_) => {
+                        let at = now + self.timing.retry();
+                        *state = FinalState::RetryAt(at);
+                        self.writes.retry_at = Some(self.writes.retry_at.map_or(at, |r| r.min(at)));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_take_answer(
+        &mut self,
+        now: Instant,
+        write: &LeaseWrite,
+        forced: bool,
+        row: Option<LeaseRow>,
+        result: Result<(), ErrorClass>,
+        mint: &mut IdMint,
+    ) {
+        let LeaseWrite::Take {
+            shard,
+            expect_token,
+            ..
+        } = write
+        else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let request = self.requests.remove(shard);
+                if request.is_some_and(|r| r.confirmed) {
+                    self.live.hb_asap = true;
+                }
+                // The row after the write: our view's row with the take
+                // applied (checkpoint and creation time as last read).
+                let mut row = row
+                    .unwrap_or_else(|| LeaseRow::new(shard.clone(), Vec::new(), self.unix_ms(now)));
+                row.owner = Some(self.me.clone());
+                row.token = expect_token.next();
+                row.pending_owner = None;
+                if self.live.fenced || self.shutting_down || self.writes.held.contains_key(shard) {
+                    self.release_orphan(&row, mint);
+                } else {
+                    self.acquire(&row);
+                }
+            }
+            Err(ErrorClass::Ambiguous) => {
+                if self.requests.remove(shard).is_some_and(|r| r.confirmed) {
+                    self.live.hb_asap = true;
+                }
+                if self.shutting_down {
+                    // The row may name us: release it before leaving.
+                    self.read_once_more(&shard.stream, now);
+                } else if !self.live.fenced {
+                    self.writes
+                        .adoptable
+                        .insert(shard.clone(), expect_token.next());
+                }
+                self.read_now(&shard.stream, now);
+            }
+            Err(class) => {
+                if forced {
+                    if let Some(r) = self.requests.get_mut(shard) {
+                        if let RequestState::Forcing { since } = r.state {
+                            r.state = RequestState::Waiting { since };
+                        }
+                    }
+                    if class == ErrorClass::ConditionalFailed && self.shutting_down {
+                        // The owner may have transferred to us meanwhile.
+                        self.read_once_more(&shard.stream, now);
+                    } else if class == ErrorClass::ConditionalFailed {
+                        // The owner may have transferred to us meanwhile.
+                        self.read_now(&shard.stream, now);
+                    } else {
+                        self.read_soon(&shard.stream, now);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn acquire(&mut self, row: &LeaseRow) {
+        if self.writes.held.contains_key(&row.shard) {
+            self.violation = Some(format!("{:?} acquired twice", row.shard));
+            return;
+        }
+        self.writes.held.insert(
+            row.shard.clone(),
+            Held {
+                token: row.token,
+                handoff_to: None,
+                confirmed: row.checkpoint.clone(),
+                cp_sent: None,
+                cp_queued: None,
+                leaving: None,
+            },
+        );
+        self.events.push_back(LeaseEvent::Acquired {
+            shard: row.shard.clone(),
+            token: row.token,
+            checkpoint: row.checkpoint.clone(),
+            created_ms: row.created_ms,
+        });
+    }
+
+    pub(super) fn lose(&mut self, shard: &ShardRef, reason: LostReason) {
+        if let Some(h) = self.writes.held.remove(shard) {
+            if matches!(h.leaving, Some((_, FinalState::RetryAt(_)))) {
+                self.recompute_retry_at();
+            }
+            self.events.push_back(LeaseEvent::Lost {
+                shard: shard.clone(),
+                token: h.token,
+                reason,
+            });
+        }
+    }
+
+    /// `retry_at` from a walk of the held leases.
+    pub(super) fn recompute_retry_at(&mut self) {
+        self.writes.retry_at = self
+            .writes
+            .held
+            .values()
+            .filter_map(|h| match h.leaving {
+                Some((_, FinalState::RetryAt(at))) => Some(at),
+                _ => None,
+            })
+            .min();
+    }
+}

@@ -22,6 +22,7 @@ pub mod oracle;
 pub mod scenario;
 pub mod sched;
 pub mod summary;
+mod trace_fmt;
 pub mod world;
 
 pub use oracle::Violation;

@@ -351,7 +351,7 @@ impl Trace {
     }
 
     /// Record one line at true time `t`, its text appended by `write` (the
-    /// hot lines push their text directly: see `world::brief_action`).
+    /// hot lines push their text directly: see `trace_fmt::brief_action`).
     pub fn line_with(&mut self, t: Micros, write: impl FnOnce(&mut TraceLine)) {
         self.buf.bytes.clear();
         if self.last_time == Some(t) {

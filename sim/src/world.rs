@@ -21,7 +21,6 @@
 //! step and the first violation stops the run.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
 
 use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval};
@@ -37,7 +36,8 @@ use crate::dynamo::Dynamo;
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
-use crate::sched::{Clock, Micros, Packed, Queue, Trace, TraceLine, MS, SEC};
+use crate::sched::{Clock, Micros, Queue, Trace, MS, SEC};
+use crate::trace_fmt::{self, Brief, OptCp};
 
 /// The stream every run consumes.
 pub const STREAM: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/sim";
@@ -309,7 +309,10 @@ impl World {
             let (procs, kinesis) = (&self.procs, &self.kinesis);
             r.trace_tail = self
                 .trace
-                .tail_with(|line| render_packed(procs, kinesis, line))
+                .tail_with(|line| {
+                    let name = |p: usize| procs.get(p).map(|pr| pr.name.as_str());
+                    trace_fmt::render_packed(name, kinesis, line)
+                })
                 .collect();
         }
         r.violation = self.violation.take();
@@ -496,29 +499,7 @@ impl World {
         let owner = self.procs[p].owner();
         match e {
             Event::Batch(b) => {
-                // "{owner} batch {id:?} {shard} tok{token} {first}..{last} n{len}[ redelivery]"
-                self.trace.line_with(self.now, |t| {
-                    push_owner(t, &owner);
-                    t.push_str(" batch batch");
-                    t.push_u64(b.id.raw());
-                    t.push(' ');
-                    push_shard(t, &b.shard);
-                    t.push_str(" tok");
-                    t.push_u64(b.token.0);
-                    t.push(' ');
-                    t.push_str(b.first.seq.as_str());
-                    t.push('/');
-                    t.push_u64(u64::from(b.first.sub));
-                    t.push_str("..");
-                    t.push_str(b.last.seq.as_str());
-                    t.push('/');
-                    t.push_u64(u64::from(b.last.sub));
-                    t.push_str(" n");
-                    t.push_u64(u64::from(b.len()));
-                    if b.redelivery {
-                        t.push_str(" redelivery");
-                    }
-                });
+                trace_fmt::batch_line(&mut self.trace, self.now, &owner, &b);
                 let shard = shard_index(&b.shard.shard).ok_or_else(|| {
                     self.violation("batch-metadata", format!("unknown shard {}", b.shard))
                 })?;
@@ -688,13 +669,14 @@ impl World {
             };
         })?;
         let owner = self.procs[p].owner();
-        // "{owner} ack|nack {batch:?} ok|unknown"
-        self.trace.line_with(self.now, |t| {
-            push_owner(t, &owner);
-            t.push_str(if ack { " ack batch" } else { " nack batch" });
-            t.push_u64(batch.raw());
-            t.push_str(if result.is_ok() { " ok" } else { " unknown" });
-        });
+        trace_fmt::sink_line(
+            &mut self.trace,
+            self.now,
+            &owner,
+            batch,
+            ack,
+            result.is_ok(),
+        );
         let pr = &mut self.procs[p];
         if ack || result.is_err() {
             if let Some((shard, _, ids)) = pr.batches.remove(&batch) {
@@ -721,37 +703,7 @@ impl World {
     /// Worker `p` performs an action.
     fn send(&mut self, p: usize, a: Action) -> Check {
         let owner = self.procs[p].owner();
-        match &a {
-            Action::GetRecords {
-                op,
-                shard,
-                limit,
-                chunk,
-                ..
-            } if shard_index(&shard.shard).is_some() => {
-                let index = shard_index(&shard.shard).unwrap_or_default();
-                let words = [
-                    p as u64,
-                    owner.incarnation,
-                    op.raw(),
-                    index as u64,
-                    u64::from(*limit),
-                    chunk.raw(),
-                ];
-                self.trace.packed(
-                    self.now,
-                    Packed {
-                        kind: PACKED_GET_RECORDS,
-                        words,
-                    },
-                );
-            }
-            _ => self.trace.line_with(self.now, |b| {
-                push_owner(b, &owner);
-                b.push_str(" > ");
-                brief_action(b, &a);
-            }),
-        }
+        trace_fmt::action_line(&mut self.trace, self.now, p, &owner, &a);
         let inc = self.procs[p].inc;
         let is_dynamo = matches!(
             a,
@@ -1350,33 +1302,7 @@ impl World {
         payload: Option<(ChunkId, usize, Vec<u64>)>,
     ) -> Check {
         let owner = self.procs[p].owner();
-        match &input {
-            Input::Records {
-                op,
-                result: Ok((c, next)),
-            } => {
-                let words = [
-                    p as u64,
-                    owner.incarnation,
-                    op.raw(),
-                    c.records.len() as u64,
-                    u64::from(next.is_some()),
-                    c.child_shards.len() as u64,
-                ];
-                self.trace.packed(
-                    self.now,
-                    Packed {
-                        kind: PACKED_RECORDS,
-                        words,
-                    },
-                );
-            }
-            _ => self.trace.line_with(self.now, |b| {
-                push_owner(b, &owner);
-                b.push_str(" < ");
-                brief_input(b, &input);
-            }),
-        }
+        trace_fmt::input_line(&mut self.trace, self.now, p, &owner, &input);
         let pr = &mut self.procs[p];
         if let Some((chunk, shard, ids)) = payload {
             pr.chunks.insert(chunk, (shard, ids));
@@ -1987,318 +1913,5 @@ fn degrade(input: Input) -> Input {
             op,
             result: Err(ErrorClass::Transient),
         },
-    }
-}
-
-/// [`Packed`] trace line: `{owner} > GetRecords op.. {shard} limit=.. chunk..`
-/// (words: process, incarnation, op, shard index, limit, chunk).
-const PACKED_GET_RECORDS: u8 = 1;
-/// [`Packed`] trace line: `{owner} < Records op.. n.. next=.. children=..`
-/// (words: process, incarnation, op, records, next, children).
-const PACKED_RECORDS: u8 = 2;
-
-/// The text of a [`Packed`] trace line (the same text a formatted line
-/// has).
-fn render_packed(procs: &[Proc], kinesis: &Kinesis, line: &Packed) -> String {
-    let [p, inc, op, a, b, c] = line.words;
-    let name = procs.get(p as usize).map_or("?", |pr| pr.name.as_str());
-    match line.kind {
-        PACKED_GET_RECORDS if (a as usize) < kinesis.shards.len() => format!(
-            "{name}#{inc} > GetRecords op{op} {} limit={b} chunk{c}",
-            kinesis.shard_ref(a as usize)
-        ),
-        PACKED_RECORDS => format!(
-            "{name}#{inc} < Records op{op} n{a} next={} children={c}",
-            b != 0
-        ),
-        _ => format!("{name}#{inc} ? {:?}", line.words),
-    }
-}
-
-/// Trace text of core values, written straight into the trace line (no
-/// intermediate `String`s: the trace is on the simulator's hot path).
-struct Brief<'a, T>(&'a T);
-
-/// `{owner}`, pushed without the formatting machinery.
-fn push_owner(b: &mut TraceLine, o: &Owner) {
-    b.push_str(&o.worker);
-    b.push('#');
-    b.push_u64(o.incarnation);
-}
-
-/// `{shard}` of a [`ShardRef`], pushed without the formatting machinery.
-fn push_shard(b: &mut TraceLine, s: &ShardRef) {
-    b.push_str(kinesin_core::ids::stream_short(&s.stream));
-    b.push(':');
-    b.push_str(s.shard.as_str());
-}
-
-/// `{}` of [`Brief`] of an action. The polling hot path (GetRecords, a
-/// third of every trace) is pushed by hand; the rest is formatted.
-fn brief_action(b: &mut TraceLine, a: &Action) {
-    match a {
-        Action::GetRecords {
-            op,
-            shard,
-            limit,
-            chunk,
-            ..
-        } => {
-            b.push_str("GetRecords op");
-            b.push_u64(op.raw());
-            b.push(' ');
-            push_shard(b, shard);
-            b.push_str(" limit=");
-            b.push_u64(u64::from(*limit));
-            b.push_str(" chunk");
-            b.push_u64(chunk.raw());
-        }
-        Action::ReadHeartbeats { op } => {
-            b.push_str("ReadHeartbeats op");
-            b.push_u64(op.raw());
-        }
-        other => {
-            let _ = write!(b, "{}", Brief(other));
-        }
-    }
-}
-
-/// `{}` of [`Brief`] of an input, with the hot paths pushed by hand.
-fn brief_input(b: &mut TraceLine, i: &Input) {
-    match i {
-        Input::Records {
-            op,
-            result: Ok((c, next)),
-        } => {
-            b.push_str("Records op");
-            b.push_u64(op.raw());
-            b.push_str(" n");
-            b.push_u64(c.records.len() as u64);
-            b.push_str(if next.is_some() {
-                " next=true children="
-            } else {
-                " next=false children="
-            });
-            b.push_u64(c.child_shards.len() as u64);
-        }
-        Input::Heartbeats { op, result: Ok(l) } => {
-            b.push_str("Heartbeats op");
-            b.push_u64(op.raw());
-            b.push(' ');
-            b.push_u64(l.len() as u64);
-        }
-        other => {
-            let _ = write!(b, "{}", Brief(other));
-        }
-    }
-}
-
-fn short_seq(s: &str) -> &str {
-    // The ord digits identify a record; the shard suffix is in the ShardRef.
-    s.get(20..32).unwrap_or(s)
-}
-
-/// `Some("<cp>")` / `None`: the `Debug` text of the `Option<String>` the
-/// trace used to build.
-struct OptCp<'a>(Option<&'a Checkpoint>);
-
-impl fmt::Display for OptCp<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(cp) => write!(f, "Some(\"{}\")", Brief(cp)),
-            None => f.write_str("None"),
-        }
-    }
-}
-
-impl fmt::Display for Brief<'_, Checkpoint> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Checkpoint::After(s) => write!(f, "after:{}", short_seq(s.as_str())),
-            Checkpoint::Within(e) => write!(f, "within:{}/{}", short_seq(e.seq.as_str()), e.sub),
-            Checkpoint::ShardEnd => f.write_str("SHARD_END"),
-        }
-    }
-}
-
-impl fmt::Display for Brief<'_, StartPosition> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            StartPosition::TrimHorizon => f.write_str("TRIM_HORIZON"),
-            StartPosition::Latest => f.write_str("LATEST"),
-            StartPosition::AtTimestamp { unix_ms } => write!(f, "AT_TIMESTAMP:{unix_ms}"),
-            StartPosition::AtSequence(s) => write!(f, "AT:{}", short_seq(s.as_str())),
-            StartPosition::AfterSequence(s) => write!(f, "AFTER:{}", short_seq(s.as_str())),
-            StartPosition::AtSubSequence(e) => {
-                write!(f, "AT:{}/{}", short_seq(e.seq.as_str()), e.sub)
-            }
-        }
-    }
-}
-
-impl fmt::Display for Brief<'_, Action> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Action::ListShards { op, .. } => write!(f, "ListShards {op:?}"),
-            Action::RegisterConsumer { op, name, .. } => {
-                write!(f, "RegisterConsumer {op:?} {name}")
-            }
-            Action::DescribeConsumer { op, .. } => write!(f, "DescribeConsumer {op:?}"),
-            Action::Subscribe {
-                sub,
-                shard,
-                position,
-                ..
-            } => write!(f, "Subscribe {sub:?} {shard} {}", Brief(position)),
-            Action::Pull { sub, chunk } => write!(f, "Pull {sub:?} {chunk:?}"),
-            Action::Cancel { sub } => write!(f, "Cancel {sub:?}"),
-            Action::GetShardIterator {
-                op,
-                shard,
-                position,
-            } => write!(f, "GetShardIterator {op:?} {shard} {}", Brief(position)),
-            Action::GetRecords {
-                op,
-                shard,
-                limit,
-                chunk,
-                ..
-            } => write!(f, "GetRecords {op:?} {shard} limit={limit} {chunk:?}"),
-            Action::ReadLeases { op, .. } => write!(f, "ReadLeases {op:?}"),
-            Action::WriteLease { op, write } => write!(f, "WriteLease {op:?} {}", Brief(write)),
-            Action::ReadHeartbeats { op } => write!(f, "ReadHeartbeats {op:?}"),
-            Action::WriteHeartbeat { op, row } => write!(
-                f,
-                "WriteHeartbeat {op:?} beat={} held={} wants={}",
-                row.beat,
-                row.held,
-                row.wants.len()
-            ),
-        }
-    }
-}
-
-impl fmt::Display for Brief<'_, LeaseWrite> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            LeaseWrite::Create(r) => write!(f, "Create {}", r.shard),
-            LeaseWrite::Take {
-                shard,
-                expect_owner,
-                expect_token,
-                to,
-            } => write!(
-                f,
-                "Take {shard} from {expect_owner:?}/tok{} to {to}",
-                expect_token.0
-            ),
-            LeaseWrite::RequestHandoff {
-                shard,
-                owner,
-                token,
-                pending,
-            } => write!(
-                f,
-                "RequestHandoff {shard} {owner}/tok{} for {pending}",
-                token.0
-            ),
-            LeaseWrite::Transfer {
-                shard,
-                owner,
-                token,
-                to,
-                checkpoint,
-            } => write!(
-                f,
-                "Transfer {shard} {owner}/tok{} to {to} cp={}",
-                token.0,
-                OptCp(checkpoint.as_ref())
-            ),
-            LeaseWrite::Checkpoint {
-                shard,
-                owner,
-                token,
-                checkpoint,
-            } => write!(
-                f,
-                "Checkpoint {shard} {owner}/tok{} {}",
-                token.0,
-                Brief(checkpoint)
-            ),
-            LeaseWrite::Release {
-                shard,
-                owner,
-                token,
-                checkpoint,
-            } => write!(
-                f,
-                "Release {shard} {owner}/tok{} cp={}",
-                token.0,
-                OptCp(checkpoint.as_ref())
-            ),
-        }
-    }
-}
-
-/// `ok` or the error class.
-struct Res<'a, T>(&'a Result<T, ErrorClass>);
-
-impl<T> fmt::Display for Res<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Ok(_) => f.write_str("ok"),
-            Err(c) => write!(f, "{c:?}"),
-        }
-    }
-}
-
-/// The length of a listing, or the error class.
-struct Len<'a, T>(&'a Result<Vec<T>, ErrorClass>);
-
-impl<T> fmt::Display for Len<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Ok(l) => write!(f, "{}", l.len()),
-            Err(c) => write!(f, "{c:?}"),
-        }
-    }
-}
-
-impl fmt::Display for Brief<'_, Input> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Input::Shards { op, result } => write!(f, "Shards {op:?} {}", Len(result)),
-            Input::Consumer { op, result } => match result {
-                Ok(c) => write!(f, "Consumer {op:?} {:?}", c.status),
-                Err(c) => write!(f, "Consumer {op:?} {c:?}"),
-            },
-            Input::SubscriptionEvent { sub, chunk, data } => {
-                write!(f, "Event {sub:?} {chunk:?} n{} cont=", data.records.len())?;
-                match &data.continuation {
-                    Some(s) => f.write_str(short_seq(s.as_str()))?,
-                    None => f.write_str("null")?,
-                }
-                write!(f, " children={}", data.child_shards.len())
-            }
-            Input::SubscriptionEnded { sub } => write!(f, "Ended {sub:?}"),
-            Input::SubscriptionError { sub, class } => write!(f, "SubError {sub:?} {class:?}"),
-            Input::Iterator { op, result } => write!(f, "Iterator {op:?} {}", Res(result)),
-            Input::Records { op, result } => match result {
-                Ok((c, next)) => write!(
-                    f,
-                    "Records {op:?} n{} next={} children={}",
-                    c.records.len(),
-                    next.is_some(),
-                    c.child_shards.len()
-                ),
-                Err(c) => write!(f, "Records {op:?} {c:?}"),
-            },
-            Input::Leases { op, result } => write!(f, "Leases {op:?} {}", Len(result)),
-            Input::LeaseWritten { op, result } => write!(f, "LeaseWritten {op:?} {}", Res(result)),
-            Input::Heartbeats { op, result } => write!(f, "Heartbeats {op:?} {}", Len(result)),
-            Input::HeartbeatWritten { op, result } => {
-                write!(f, "HeartbeatWritten {op:?} {}", Res(result))
-            }
-        }
     }
 }

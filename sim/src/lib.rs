@@ -18,6 +18,7 @@
 
 pub mod dynamo;
 pub mod kinesis;
+pub mod net;
 pub mod oracle;
 pub mod scenario;
 pub mod sched;

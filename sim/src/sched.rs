@@ -17,6 +17,8 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 
+use kinesin_core::rng::Rng;
+
 /// True simulated time: microseconds since the start of the run.
 pub type Micros = u64;
 
@@ -109,6 +111,11 @@ impl<E> Queue<E> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+}
+
+/// A duration in `[lo, hi)` microseconds, drawn from `rng` (one draw).
+pub fn between(rng: &mut Rng, lo: Micros, hi: Micros) -> Micros {
+    lo + rng.below((hi - lo).max(1))
 }
 
 /// A process's monotonic clock: `local = offset + t * (1 + drift_ppm / 1e6)`.

@@ -34,9 +34,10 @@ use kinesin_core::worker::Worker;
 
 use crate::dynamo::Dynamo;
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
+use crate::net::{failed, Call, Delivery, Net, Reply, Service};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
-use crate::sched::{Clock, Micros, Queue, Trace, MS, SEC};
+use crate::sched::{between, Clock, Micros, Queue, Trace, MS, SEC};
 use crate::trace_fmt::{self, Brief, OptCp};
 
 /// The stream every run consumes.
@@ -45,9 +46,6 @@ pub const STREAM: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/sim";
 pub const CONSUMER: &str = "kinesin-sim";
 /// Wall clock at true time 0.
 const UNIX_BASE_MS: u64 = 1_700_000_000_000;
-/// SDK timeout: how long a request to an unreachable service or a lost
-/// response takes to fail.
-const REQUEST_TIMEOUT: Micros = 2 * SEC;
 /// How long after its last shutdown the final phase may take.
 const SHUTDOWN_BOUND: Micros = 30 * SEC;
 /// Timer firings at one instant that mean a busy loop.
@@ -75,8 +73,6 @@ struct Proc {
     worker: Option<Worker>,
     paused_until: Option<Micros>,
     backlog: Vec<Pending>,
-    cut_dynamo_until: Micros,
-    cut_kinesis_until: Micros,
     sink_stall_until: Micros,
     /// Payload (user record ids) per chunk, with the shard index.
     chunks: BTreeMap<ChunkId, (usize, Vec<u64>)>,
@@ -168,7 +164,7 @@ pub struct World {
     early_pulls: BTreeMap<SubKey, ChunkId>,
     phase: Phase,
     stream: StreamId,
-    faults_on: bool,
+    net: Net,
     keys: Vec<(String, u128)>,
     heal_start: Micros,
     shutdown_start: Micros,
@@ -183,11 +179,6 @@ pub struct World {
 
 fn dur(us: Micros) -> Duration {
     Duration::from_micros(us)
-}
-
-/// `x` in `[lo, hi)` microseconds.
-fn between(rng: &mut Rng, lo: Micros, hi: Micros) -> Micros {
-    lo + rng.below((hi - lo).max(1))
 }
 
 fn exp(rng: &mut Rng, mean: Micros) -> Micros {
@@ -218,6 +209,7 @@ impl World {
         let _ = rng.next_u64();
         let open = kinesis.shards.len();
         let trace = Trace::keeping(p.trace_tail);
+        let net = Net::new(&p.faults);
         World {
             report: RunReport {
                 scenario: p.scenario.clone(),
@@ -238,7 +230,7 @@ impl World {
             early_pulls: BTreeMap::new(),
             phase: Phase::Faults,
             stream,
-            faults_on: true,
+            net,
             keys,
             heal_start: 0,
             shutdown_start: 0,
@@ -322,6 +314,11 @@ impl World {
     fn account_shards(&mut self, at: Micros) {
         self.shard_us += self.open_shards as u128 * u128::from(at - self.last_shard_tick);
         self.last_shard_tick = at;
+    }
+
+    /// Whether the run is in its fault phase (faults are drawn).
+    fn faults_on(&self) -> bool {
+        self.phase == Phase::Faults
     }
 
     fn violation(&self, oracle: &'static str, message: String) -> Violation {
@@ -529,7 +526,7 @@ impl World {
                 let row = self.dynamo.leases.get(&b.shard);
                 self.oracles
                     .delivered(self.now, &owner, shard, &b, &ids, row)?;
-                let nack = self.faults_on && self.rng.chance(self.p.faults.sink_nack);
+                let nack = self.faults_on() && self.rng.chance(self.p.faults.sink_nack);
                 let delay = exp(&mut self.rng, self.p.faults.sink_ack_mean);
                 let at = self.now.max(self.procs[p].sink_stall_until) + delay;
                 let inc = self.procs[p].inc;
@@ -690,28 +687,11 @@ impl World {
 
     // ----- network -----------------------------------------------------------
 
-    fn dynamo_latency(&mut self) -> Micros {
-        let spike = self.faults_on && self.rng.chance(self.p.faults.dynamo_spike);
-        between(&mut self.rng, 2 * MS, 12 * MS)
-            + if spike {
-                between(&mut self.rng, 300 * MS, 1500 * MS)
-            } else {
-                0
-            }
-    }
-
     /// Worker `p` performs an action.
     fn send(&mut self, p: usize, a: Action) -> Check {
         let owner = self.procs[p].owner();
         trace_fmt::action_line(&mut self.trace, self.now, p, &owner, &a);
         let inc = self.procs[p].inc;
-        let is_dynamo = matches!(
-            a,
-            Action::ReadLeases { .. }
-                | Action::WriteLease { .. }
-                | Action::ReadHeartbeats { .. }
-                | Action::WriteHeartbeat { .. }
-        );
         match &a {
             Action::Subscribe { sub, shard, .. } => {
                 let local = self.local_now(p);
@@ -748,107 +728,37 @@ impl World {
             }
             _ => {}
         }
-        let cut = if is_dynamo {
-            self.procs[p].cut_dynamo_until
-        } else {
-            self.procs[p].cut_kinesis_until
-        };
-        if self.now < cut {
-            if let Action::Pull { sub, .. } = &a {
-                // The connection breaks: an established subscription fails
-                // once; a Subscribe still failing reports for both.
-                let key = (p, inc, sub.raw());
-                self.early_pulls.remove(&key);
-                match self.kinesis.subs.get_mut(&key) {
-                    Some(s) if !s.done => s.done = true,
-                    _ => return Ok(()),
-                }
-            }
-            let input = failed(&a, ErrorClass::Transient);
-            if let Some(input) = input {
-                self.q.push(
-                    self.now + REQUEST_TIMEOUT,
-                    Ev::Respond {
-                        p,
-                        inc,
-                        input,
-                        payload: None,
-                    },
-                );
-            }
-            return Ok(());
-        }
-        if is_dynamo {
-            if self.faults_on && self.rng.chance(self.p.faults.dynamo_throttle) {
-                let lat = self.dynamo_latency();
-                if let Some(input) = failed(&a, ErrorClass::Throttled) {
-                    self.q.push(
-                        self.now + lat,
-                        Ev::Respond {
-                            p,
-                            inc,
-                            input,
-                            payload: None,
-                        },
-                    );
-                }
+        let (class, after) = match self.net.route(&mut self.rng, self.now, p, Call::of(&a)) {
+            Delivery::Deliver { latency } => {
+                self.q
+                    .push(self.now + latency, Ev::Arrive { p, inc, action: a });
                 return Ok(());
             }
-            if self.faults_on && self.rng.chance(self.p.faults.dynamo_error) {
-                let lat = self.dynamo_latency();
-                if let Some(input) = failed(&a, ErrorClass::Transient) {
-                    self.q.push(
-                        self.now + lat,
-                        Ev::Respond {
-                            p,
-                            inc,
-                            input,
-                            payload: None,
-                        },
-                    );
-                }
-                return Ok(());
-            }
-            let lat = self.dynamo_latency() / 2;
-            self.q
-                .push(self.now + lat, Ev::Arrive { p, inc, action: a });
-            return Ok(());
-        }
-        let control = matches!(
-            a,
-            Action::ListShards { .. }
-                | Action::RegisterConsumer { .. }
-                | Action::DescribeConsumer { .. }
-                | Action::GetShardIterator { .. }
-                | Action::Subscribe { .. }
-        );
-        if control && self.faults_on && self.rng.chance(self.p.faults.kinesis_error) {
-            let class = if self.rng.chance(0.5) {
-                ErrorClass::Throttled
-            } else {
-                ErrorClass::Transient
-            };
-            if let Some(input) = failed(&a, class) {
-                let lat = between(&mut self.rng, 10 * MS, 60 * MS);
-                self.q.push(
-                    self.now + lat,
-                    Ev::Respond {
-                        p,
-                        inc,
-                        input,
-                        payload: None,
-                    },
-                );
-            }
-            return Ok(());
-        }
-        let lat = match a {
-            Action::Pull { .. } => between(&mut self.rng, MS, 5 * MS),
-            Action::GetRecords { .. } => between(&mut self.rng, 20 * MS, 120 * MS),
-            _ => between(&mut self.rng, 10 * MS, 40 * MS),
+            Delivery::Fail { class, after } => (class, after),
+            Delivery::Lose { after } => (ErrorClass::Ambiguous, after),
         };
-        self.q
-            .push(self.now + lat, Ev::Arrive { p, inc, action: a });
+        if let Action::Pull { sub, .. } = &a {
+            // Only a partition fails a Pull: the connection breaks, an
+            // established subscription fails once; a Subscribe still
+            // failing reports for both.
+            let key = (p, inc, sub.raw());
+            self.early_pulls.remove(&key);
+            match self.kinesis.subs.get_mut(&key) {
+                Some(s) if !s.done => s.done = true,
+                _ => return Ok(()),
+            }
+        }
+        if let Some(input) = failed(&a, class) {
+            self.q.push(
+                self.now + after,
+                Ev::Respond {
+                    p,
+                    inc,
+                    input,
+                    payload: None,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -872,7 +782,7 @@ impl World {
         match a {
             Action::ReadLeases { op, stream } => {
                 let rows = self.dynamo.read_leases(&stream);
-                let lat = self.dynamo_latency() / 2;
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Dynamo);
                 back(
                     self,
                     Input::Leases {
@@ -885,7 +795,7 @@ impl World {
             }
             Action::ReadHeartbeats { op } => {
                 let rows = self.dynamo.read_beats();
-                let lat = self.dynamo_latency() / 2;
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Dynamo);
                 back(
                     self,
                     Input::Heartbeats {
@@ -898,16 +808,7 @@ impl World {
             }
             Action::WriteHeartbeat { op, row } => {
                 self.dynamo.put_beat(row);
-                let result = if self.faults_on && self.rng.chance(self.p.faults.dynamo_ambiguous) {
-                    Err(ErrorClass::Ambiguous)
-                } else {
-                    Ok(())
-                };
-                let lat = if result.is_err() {
-                    REQUEST_TIMEOUT
-                } else {
-                    self.dynamo_latency() / 2
-                };
+                let (result, lat) = reply_to_write(self.net.write_reply(&mut self.rng), Ok(()));
                 back(self, Input::HeartbeatWritten { op, result }, None, lat);
             }
             Action::WriteLease { op, write } => {
@@ -944,12 +845,7 @@ impl World {
                     }
                     Err(_) => Err(ErrorClass::ConditionalFailed),
                 };
-                let ambiguous = self.faults_on && self.rng.chance(self.p.faults.dynamo_ambiguous);
-                let (result, lat) = if ambiguous {
-                    (Err(ErrorClass::Ambiguous), REQUEST_TIMEOUT)
-                } else {
-                    (result, self.dynamo_latency() / 2)
-                };
+                let (result, lat) = reply_to_write(self.net.write_reply(&mut self.rng), result);
                 back(self, Input::LeaseWritten { op, result }, None, lat);
             }
             Action::ListShards { op, stream } => {
@@ -958,18 +854,18 @@ impl World {
                 } else {
                     Err(ErrorClass::ResourceNotFound)
                 };
-                let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Shards { op, result }, None, lat);
             }
             Action::RegisterConsumer { op, name, .. } => {
                 let delay = between(&mut self.rng, 2 * SEC, 20 * SEC);
                 let result = self.kinesis.register_consumer(&name, now, delay);
-                let lat = between(&mut self.rng, 20 * MS, 80 * MS);
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Register);
                 back(self, Input::Consumer { op, result }, None, lat);
             }
             Action::DescribeConsumer { op, name, arn, .. } => {
                 let result = self.kinesis.describe_consumer(&name, arn.as_deref(), now);
-                let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Consumer { op, result }, None, lat);
             }
             Action::Subscribe {
@@ -1001,7 +897,7 @@ impl World {
                     }
                     Err(class) => {
                         self.early_pulls.remove(&key);
-                        let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                        let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                         back(self, Input::SubscriptionError { sub, class }, None, lat);
                     }
                 }
@@ -1028,7 +924,7 @@ impl World {
                 position,
             } => {
                 let result = self.kinesis.get_shard_iterator(&shard, &position, now);
-                let lat = between(&mut self.rng, 10 * MS, 40 * MS);
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Iterator { op, result }, None, lat);
             }
             Action::GetRecords {
@@ -1039,13 +935,13 @@ impl World {
                 chunk,
                 skip_through,
             } => {
-                let throttle = self.faults_on && self.rng.chance(self.p.faults.kinesis_error);
+                let throttle = self.net.throttles_get_records(&mut self.rng);
                 let result = if throttle {
                     Err(ErrorClass::Throttled)
                 } else {
                     self.kinesis.get_records(&iterator, limit, now)
                 };
-                let lat = between(&mut self.rng, 30 * MS, 150 * MS);
+                let lat = self.net.reply_latency(&mut self.rng, Reply::Records);
                 match result {
                     Ok(ans) => {
                         let admit = skip_through.map(StartPosition::AtSubSequence);
@@ -1174,16 +1070,11 @@ impl World {
             return Ok(());
         };
         let (p, inc) = (key.0, key.1);
-        let lat = between(&mut self.rng, 40 * MS, 100 * MS);
-        if self.faults_on && self.rng.chance(self.p.faults.efo_stream_error) {
+        let lat = self.net.reply_latency(&mut self.rng, Reply::Event);
+        if let Some(class) = self.net.breaks_stream(&mut self.rng) {
             if let Some(s) = self.kinesis.subs.get_mut(&key) {
                 s.done = true;
             }
-            let class = if self.rng.chance(0.5) {
-                ErrorClass::Transient
-            } else {
-                ErrorClass::Throttled
-            };
             self.q.push(
                 self.now + lat,
                 Ev::Respond {
@@ -1271,23 +1162,8 @@ impl World {
         if pr.inc != inc || pr.state != ProcState::Running || pr.worker.is_none() {
             return Ok(());
         }
-        let is_dynamo = matches!(
-            input,
-            Input::Leases { .. }
-                | Input::LeaseWritten { .. }
-                | Input::Heartbeats { .. }
-                | Input::HeartbeatWritten { .. }
-        );
-        let cut = if is_dynamo {
-            pr.cut_dynamo_until
-        } else {
-            pr.cut_kinesis_until
-        };
-        let (input, payload) = if self.now < cut {
-            (degrade(input), None)
-        } else {
-            (input, payload)
-        };
+        let (input, intact) = self.net.receive(self.now, p, input);
+        let payload = payload.filter(|_| intact);
         if pr.paused_until.is_some() {
             pr.backlog.push(Pending::Input(input, payload));
             return Ok(());
@@ -1444,7 +1320,7 @@ impl World {
                 }
                 self.procs[p].state = ProcState::Crashed;
                 self.leave(p);
-                if self.faults_on && self.rng.chance(self.p.faults.restart_prob) {
+                if self.faults_on() && self.rng.chance(self.p.faults.restart_prob) {
                     let at = self.now + between(&mut self.rng, 5 * SEC, 60 * SEC);
                     self.q.push(at, Ev::Op(Op::Restart(p)));
                 }
@@ -1474,13 +1350,13 @@ impl World {
                 self.q.push(self.now + d, Ev::Resume { p, inc });
             }
             Op::CutDynamo(w, d) => {
-                if let Some(pr) = self.procs.get_mut(w % n) {
-                    pr.cut_dynamo_until = pr.cut_dynamo_until.max(self.now + d);
+                if w % n < self.procs.len() {
+                    self.net.cut(w % n, Service::Dynamo, self.now + d);
                 }
             }
             Op::CutKinesis(w, d) => {
-                if let Some(pr) = self.procs.get_mut(w % n) {
-                    pr.cut_kinesis_until = pr.cut_kinesis_until.max(self.now + d);
+                if w % n < self.procs.len() {
+                    self.net.cut(w % n, Service::Kinesis, self.now + d);
                 }
             }
             Op::SinkStall(w, d) => {
@@ -1498,7 +1374,7 @@ impl World {
                 }
                 self.procs[p].shutting_down = true;
                 self.step(p, |w, now| w.shutdown(now))?;
-                if self.faults_on && self.rng.chance(self.p.faults.restart_prob) {
+                if self.faults_on() && self.rng.chance(self.p.faults.restart_prob) {
                     let at = self.now + between(&mut self.rng, 20 * SEC, 120 * SEC);
                     self.q.push(at, Ev::Op(Op::Restart(p)));
                 }
@@ -1522,8 +1398,6 @@ impl World {
                     worker: None,
                     paused_until: None,
                     backlog: Vec::new(),
-                    cut_dynamo_until: 0,
-                    cut_kinesis_until: 0,
                     sink_stall_until: 0,
                     chunks: BTreeMap::new(),
                     batches: BTreeMap::new(),
@@ -1678,12 +1552,10 @@ impl World {
 
     fn heal(&mut self) -> Check {
         self.phase = Phase::Heal;
-        self.faults_on = false;
+        self.net.heal();
         self.trace.line(self.now, format_args!("heal"));
         for p in 0..self.procs.len() {
             let pr = &mut self.procs[p];
-            pr.cut_dynamo_until = 0;
-            pr.cut_kinesis_until = 0;
             pr.sink_stall_until = 0;
             if pr.paused_until.is_some() {
                 let inc = pr.inc;
@@ -1828,90 +1700,15 @@ impl World {
     }
 }
 
-/// The answer a failed request gets.
-fn failed(a: &Action, class: ErrorClass) -> Option<Input> {
-    Some(match a {
-        Action::ListShards { op, .. } => Input::Shards {
-            op: *op,
-            result: Err(class),
-        },
-        Action::RegisterConsumer { op, .. } | Action::DescribeConsumer { op, .. } => {
-            Input::Consumer {
-                op: *op,
-                result: Err(class),
-            }
-        }
-        Action::Subscribe { sub, .. } | Action::Pull { sub, .. } => {
-            Input::SubscriptionError { sub: *sub, class }
-        }
-        Action::Cancel { .. } => return None,
-        Action::GetShardIterator { op, .. } => Input::Iterator {
-            op: *op,
-            result: Err(class),
-        },
-        Action::GetRecords { op, .. } => Input::Records {
-            op: *op,
-            result: Err(class),
-        },
-        Action::ReadLeases { op, .. } => Input::Leases {
-            op: *op,
-            result: Err(class),
-        },
-        Action::WriteLease { op, .. } => Input::LeaseWritten {
-            op: *op,
-            result: Err(class),
-        },
-        Action::ReadHeartbeats { op } => Input::Heartbeats {
-            op: *op,
-            result: Err(class),
-        },
-        Action::WriteHeartbeat { op, .. } => Input::HeartbeatWritten {
-            op: *op,
-            result: Err(class),
-        },
-    })
-}
-
-/// A response that met a broken connection: writes may have applied.
-fn degrade(input: Input) -> Input {
-    match input {
-        Input::LeaseWritten { op, .. } => Input::LeaseWritten {
-            op,
-            result: Err(ErrorClass::Ambiguous),
-        },
-        Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
-            op,
-            result: Err(ErrorClass::Ambiguous),
-        },
-        Input::Leases { op, .. } => Input::Leases {
-            op,
-            result: Err(ErrorClass::Transient),
-        },
-        Input::Heartbeats { op, .. } => Input::Heartbeats {
-            op,
-            result: Err(ErrorClass::Transient),
-        },
-        Input::Shards { op, .. } => Input::Shards {
-            op,
-            result: Err(ErrorClass::Transient),
-        },
-        Input::Consumer { op, .. } => Input::Consumer {
-            op,
-            result: Err(ErrorClass::Transient),
-        },
-        Input::SubscriptionEvent { sub, .. }
-        | Input::SubscriptionEnded { sub }
-        | Input::SubscriptionError { sub, .. } => Input::SubscriptionError {
-            sub,
-            class: ErrorClass::Transient,
-        },
-        Input::Iterator { op, .. } => Input::Iterator {
-            op,
-            result: Err(ErrorClass::Transient),
-        },
-        Input::Records { op, .. } => Input::Records {
-            op,
-            result: Err(ErrorClass::Transient),
-        },
+/// The result and latency of a DynamoDB write's response: `applied` as
+/// delivered, or Ambiguous when the response is lost.
+fn reply_to_write(
+    reply: Delivery,
+    applied: Result<(), ErrorClass>,
+) -> (Result<(), ErrorClass>, Micros) {
+    match reply {
+        Delivery::Deliver { latency } => (applied, latency),
+        Delivery::Fail { class, after } => (Err(class), after),
+        Delivery::Lose { after } => (Err(ErrorClass::Ambiguous), after),
     }
 }

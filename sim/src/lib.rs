@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod dynamo;
+mod fleet;
 pub mod kinesis;
 pub mod net;
 pub mod oracle;

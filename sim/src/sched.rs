@@ -118,6 +118,12 @@ pub fn between(rng: &mut Rng, lo: Micros, hi: Micros) -> Micros {
     lo + rng.below((hi - lo).max(1))
 }
 
+/// An exponentially distributed duration with this mean (one draw).
+pub fn exp(rng: &mut Rng, mean: Micros) -> Micros {
+    let u = rng.unit_f64().max(1e-12);
+    (-(u.ln()) * mean as f64) as Micros
+}
+
 /// A process's monotonic clock: `local = offset + t * (1 + drift_ppm / 1e6)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {

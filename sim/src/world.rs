@@ -1,24 +1,34 @@
 //! The world: real `kinesin_core::Worker`s driven against the simulated
 //! Kinesis and DynamoDB on one logical timeline, with faults.
 //!
-//! Models: each worker process (its clock with offset and drift, its
-//! runtime that executes actions and keeps payloads per chunk, its sink
-//! that acks out of order, nacks and stalls), the network between it and
-//! the services (latency, errors, partitions, lost responses), the
-//! producer, resharding, and the run's phases: a fault phase, a heal phase
-//! that must reach full progress within a bound, and a final graceful
-//! shutdown of the fleet.
+//! Models: the event loop of a run, the runtime of each worker process
+//! (it executes actions, keeps payloads per chunk, and hands batches to a
+//! sink that acks out of order, nacks and stalls), the glue between the
+//! requests and the services' answers (EFO reads woken when records
+//! arrive, GetRecords, lease-table writes checked by the oracles), the
+//! producer, and resharding. What it delegates: what the network does to
+//! each message to [`crate::net::Net`], processes coming and going and the
+//! heal and closing phases to `fleet.rs` (`impl World`), the services'
+//! rules to [`crate::kinesis`] and [`crate::dynamo`], the trace text to
+//! `trace_fmt.rs`.
 //!
-//! The driver does what a runtime does (DESIGN "Runtimes"): after every
-//! call into a worker it drains `poll_action` and `poll_event` until both are
-//! empty, executes the actions, de-aggregates KPL records with
-//! `kpl::deaggregate` and `kpl::filter_by_range`, keeps payload ids per
-//! `ChunkId` until `ChunkDone`, hands batches to the sink, and sleeps until
-//! `poll_timeout` (converted from the worker's clock to true time).
+//! AWS rules encoded here: none of the services' own (those live in
+//! `kinesis.rs` and `dynamo.rs`, the network's in `net.rs`); the runtime
+//! contract is DESIGN's "Runtimes": after every call into a worker the
+//! driver drains `poll_action` and `poll_event` until both are empty,
+//! executes the actions, de-aggregates KPL records with `kpl::deaggregate`
+//! and `kpl::filter_by_range`, keeps payload ids per `ChunkId` until
+//! `ChunkDone`, hands batches to the sink, and sleeps until `poll_timeout`
+//! (converted from the worker's clock to true time).
 //!
-//! Invariants: every random draw comes from the run's seed; events are
-//! processed in (time, scheduling order); every oracle runs after every
-//! step and the first violation stops the run.
+//! Invariants: every random draw comes from the run's one [`Rng`] seeded
+//! by the run's seed, in an order fixed by the event order (the trace hash
+//! pins it); events are processed in (time, scheduling order); every
+//! oracle runs after every step and the first violation stops the run.
+//!
+//! Imports: every other module of the crate (it is the composition root)
+//! and `kinesin_core`; nothing imports it but `fleet.rs` (its `impl World`)
+//! and [`crate::run`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -8,8 +8,8 @@
 //! overwrites its predecessor's row) and written unconditionally.
 //!
 //! Latency, throttling, errors, partitions and ambiguous outcomes (applied,
-//! response lost) are injected by the world around these calls; this module
-//! is the table itself and the write accounting.
+//! response lost) are injected around these calls by [`crate::net`]; this
+//! module is the table itself and the write accounting.
 //!
 //! Invariants: a row changes only through [`LeaseWrite::apply`]; the
 //! fencing token of a row never decreases.

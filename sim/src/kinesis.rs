@@ -28,7 +28,8 @@
 //!   although records follow (NextShardIterator at the same place).
 //!
 //! This module decides what the service answers; latency, errors injected
-//! at random, partitions and record de-aggregation are the world's.
+//! at random and partitions are [`crate::net`]'s, record de-aggregation
+//! the world's.
 //!
 //! Invariants: records of a shard are in increasing sequence order and are
 //! only appended while the shard is open; `trimmed` only grows.

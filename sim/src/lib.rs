@@ -10,6 +10,22 @@
 //! followed by a heal phase that must reach full progress within a bound.
 //! The same seed gives the same trace hash.
 //!
+//! The modules, and who may import whom:
+//!
+//! - [`sched`]: time, the event queue, clocks, the trace; imports nothing
+//!   of the crate.
+//! - [`kinesis`], [`dynamo`]: the services' rules, as plain state; import
+//!   only `sched`.
+//! - [`net`]: the fault injector between processes and services (partitions,
+//!   latency, throttling, errors, lost responses), a value the world asks
+//!   about each message; imports `scenario` and `sched` only.
+//! - [`oracle`]: the invariants; [`scenario`]: parameters, ops, reports;
+//!   [`summary`]: a sweep's figures.
+//! - `trace_fmt` (private): the trace text of the world's lines.
+//! - [`world`] and `fleet` (private, `impl World`): the composition root:
+//!   the event loop and runtimes, and the processes' lifecycle and the
+//!   run's phases.
+//!
 //! Entry point: [`run`] (or [`world::World`]); the `kinesin-sim` binary
 //! sweeps seeds and prints a summary; `cargo test -p kinesin-sim` runs the
 //! fixed-seed scenarios and the proptest suite.
@@ -17,11 +33,14 @@
 #![warn(missing_docs)]
 
 pub mod dynamo;
+mod fleet;
 pub mod kinesis;
+pub mod net;
 pub mod oracle;
 pub mod scenario;
 pub mod sched;
 pub mod summary;
+mod trace_fmt;
 pub mod world;
 
 pub use oracle::Violation;

@@ -17,6 +17,8 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 
+use kinesin_core::rng::Rng;
+
 /// True simulated time: microseconds since the start of the run.
 pub type Micros = u64;
 
@@ -109,6 +111,17 @@ impl<E> Queue<E> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+}
+
+/// A duration in `[lo, hi)` microseconds, drawn from `rng` (one draw).
+pub fn between(rng: &mut Rng, lo: Micros, hi: Micros) -> Micros {
+    lo + rng.below((hi - lo).max(1))
+}
+
+/// An exponentially distributed duration with this mean (one draw).
+pub fn exp(rng: &mut Rng, mean: Micros) -> Micros {
+    let u = rng.unit_f64().max(1e-12);
+    (-(u.ln()) * mean as f64) as Micros
 }
 
 /// A process's monotonic clock: `local = offset + t * (1 + drift_ppm / 1e6)`.
@@ -351,7 +364,7 @@ impl Trace {
     }
 
     /// Record one line at true time `t`, its text appended by `write` (the
-    /// hot lines push their text directly: see `world::brief_action`).
+    /// hot lines push their text directly: see `trace_fmt::brief_action`).
     pub fn line_with(&mut self, t: Micros, write: impl FnOnce(&mut TraceLine)) {
         self.buf.bytes.clear();
         if self.last_time == Some(t) {

@@ -286,10 +286,9 @@ impl Action {
         ))
     }
 
-    /// The answer that reports this action as failed with `class`; `None`
-    /// for the actions that have no answer of their own ([`Action::Pull`]
-    /// answers with a subscription event or error, [`Action::Cancel`] with
-    /// nothing).
+    /// The answer that reports this action as failed with `class`: a
+    /// failed [`Action::Pull`] (its connection broke) fails its
+    /// subscription; `None` for [`Action::Cancel`], which has no answer.
     pub fn failed(&self, class: ErrorClass) -> Option<Input> {
         Some(match self {
             Action::ListShards { op, .. } => Input::Shards {
@@ -302,7 +301,9 @@ impl Action {
                     result: Err(class),
                 }
             }
-            Action::Subscribe { sub, .. } => Input::SubscriptionError { sub: *sub, class },
+            Action::Subscribe { sub, .. } | Action::Pull { sub, .. } => {
+                Input::SubscriptionError { sub: *sub, class }
+            }
             Action::GetShardIterator { op, .. } => Input::Iterator {
                 op: *op,
                 result: Err(class),
@@ -327,7 +328,7 @@ impl Action {
                 op: *op,
                 result: Err(class),
             },
-            Action::Pull { .. } | Action::Cancel { .. } => return None,
+            Action::Cancel { .. } => return None,
         })
     }
 
@@ -612,6 +613,16 @@ mod tests {
             sub: SubId::from_raw(1),
             chunk: ChunkId::from_raw(1),
         };
-        assert_eq!(pull.failed(ErrorClass::Throttled), None);
+        assert_eq!(
+            pull.failed(ErrorClass::Throttled),
+            Some(Input::SubscriptionError {
+                sub: SubId::from_raw(1),
+                class: ErrorClass::Throttled
+            })
+        );
+        let cancel = Action::Cancel {
+            sub: SubId::from_raw(1),
+        };
+        assert_eq!(cancel.timed_out(), None);
     }
 }

@@ -341,90 +341,47 @@ impl Net {
     }
 }
 
-/// The answer a failed request gets.
-pub fn failed(a: &Action, class: ErrorClass) -> Option<Input> {
-    Some(match a {
-        Action::ListShards { op, .. } => Input::Shards {
-            op: *op,
-            result: Err(class),
-        },
-        Action::RegisterConsumer { op, .. } | Action::DescribeConsumer { op, .. } => {
-            Input::Consumer {
-                op: *op,
-                result: Err(class),
-            }
-        }
-        Action::Subscribe { sub, .. } | Action::Pull { sub, .. } => {
-            Input::SubscriptionError { sub: *sub, class }
-        }
-        Action::Cancel { .. } => return None,
-        Action::GetShardIterator { op, .. } => Input::Iterator {
-            op: *op,
-            result: Err(class),
-        },
-        Action::GetRecords { op, .. } => Input::Records {
-            op: *op,
-            result: Err(class),
-        },
-        Action::ReadLeases { op, .. } => Input::Leases {
-            op: *op,
-            result: Err(class),
-        },
-        Action::WriteLease { op, .. } => Input::LeaseWritten {
-            op: *op,
-            result: Err(class),
-        },
-        Action::ReadHeartbeats { op } => Input::Heartbeats {
-            op: *op,
-            result: Err(class),
-        },
-        Action::WriteHeartbeat { op, .. } => Input::HeartbeatWritten {
-            op: *op,
-            result: Err(class),
-        },
-    })
-}
-
 /// A response that met a broken connection: writes may have applied.
 pub fn degrade(input: Input) -> Input {
+    let class = ErrorClass::unknown_outcome(matches!(
+        input,
+        Input::LeaseWritten { .. } | Input::HeartbeatWritten { .. }
+    ));
     match input {
         Input::LeaseWritten { op, .. } => Input::LeaseWritten {
             op,
-            result: Err(ErrorClass::Ambiguous),
+            result: Err(class),
         },
         Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
             op,
-            result: Err(ErrorClass::Ambiguous),
+            result: Err(class),
         },
         Input::Leases { op, .. } => Input::Leases {
             op,
-            result: Err(ErrorClass::Transient),
+            result: Err(class),
         },
         Input::Heartbeats { op, .. } => Input::Heartbeats {
             op,
-            result: Err(ErrorClass::Transient),
+            result: Err(class),
         },
         Input::Shards { op, .. } => Input::Shards {
             op,
-            result: Err(ErrorClass::Transient),
+            result: Err(class),
         },
         Input::Consumer { op, .. } => Input::Consumer {
             op,
-            result: Err(ErrorClass::Transient),
+            result: Err(class),
         },
         Input::SubscriptionEvent { sub, .. }
         | Input::SubscriptionEnded { sub }
-        | Input::SubscriptionError { sub, .. } => Input::SubscriptionError {
-            sub,
-            class: ErrorClass::Transient,
-        },
+        | Input::SubscriptionError { sub, .. } => Input::SubscriptionError { sub, class },
         Input::Iterator { op, .. } => Input::Iterator {
             op,
-            result: Err(ErrorClass::Transient),
+            result: Err(class),
         },
         Input::Records { op, .. } => Input::Records {
             op,
-            result: Err(ErrorClass::Transient),
+            result: Err(class),
         },
     }
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, Owner, ShardRef, StreamId, SubId};
 use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, RecordMeta};
-use kinesin_core::kpl;
+use kinesin_core::kpl::{self, UserPayload};
 use kinesin_core::rng::Rng;
 use kinesin_core::sequence::{ExtSeq, StartPosition};
 use kinesin_core::table::LeaseWrite;
@@ -44,7 +44,7 @@ use kinesin_core::worker::Worker;
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
-use crate::net::{failed, Call, Delivery, Net, Reply};
+use crate::net::{Call, Delivery, Net, Reply};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
 use crate::sched::{between, exp, Micros, Queue, Trace, MS, SEC};
@@ -628,7 +628,7 @@ impl World {
                 return Ok(());
             }
             Delivery::Fail { class, after } => (class, after),
-            Delivery::Lose { after } => (ErrorClass::Ambiguous, after),
+            Delivery::Lose { after } => (a.timeout_class(), after),
         };
         if let Action::Pull { sub, .. } = &a {
             // Only a partition fails a Pull: the connection breaks, an
@@ -641,7 +641,7 @@ impl World {
                 _ => return Ok(()),
             }
         }
-        if let Some(input) = failed(&a, class) {
+        if let Some(input) = a.failed(class) {
             self.q.push(
                 self.now + after,
                 Ev::Respond {
@@ -901,50 +901,48 @@ impl World {
         let mut metas = Vec::new();
         let mut ids = Vec::new();
         for rec in &s.records[from..to] {
-            let start = metas.len();
-            let users: Vec<(u32, &[u8], usize)> = match kpl::deaggregate(&rec.data) {
-                Some(subs) => kpl::filter_by_range(subs, s.range)
-                    .into_iter()
-                    .map(|r| (r.sub, r.data, r.data.len() + r.partition_key.len()))
-                    .collect(),
-                None => vec![(
-                    0,
-                    rec.data.as_slice(),
-                    rec.data.len() + rec.partition_key.len(),
-                )],
-            };
-            for (sub, data, bytes) in users {
-                let ext = ExtSeq::new(rec.seq.clone(), sub);
-                if admit.is_some_and(|a| !a.admits(&ext)) {
-                    continue;
-                }
-                let id = data
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_le_bytes);
-                let Some(id) = id.filter(|&id| {
-                    self.oracles
-                        .records
-                        .get(id as usize)
-                        .is_some_and(|r| r.ext == ext)
-                }) else {
-                    return Err(self.violation(
-                        "payload",
-                        format!("record {ext} of shard {shard} does not decode to its id"),
-                    ));
-                };
-                metas.push(RecordMeta {
-                    ext,
-                    last_sub: false,
-                    bytes: bytes as u32,
-                    arrival_ms: rec.arrival_ms,
-                });
-                ids.push(id);
-            }
-            if metas.len() > start {
-                if let Some(m) = metas.last_mut() {
-                    m.last_sub = true;
-                }
+            // The runtime's rule, from the core: de-aggregation, range and
+            // position filtering, sizes and the last-sub-record flag.
+            let mut bad = None;
+            kpl::expand(
+                &rec.seq,
+                &rec.data,
+                rec.partition_key.len(),
+                rec.arrival_ms,
+                s.range,
+                |ext| admit.is_none_or(|a| a.admits(ext)),
+                |meta, payload| {
+                    if bad.is_some() {
+                        return;
+                    }
+                    let data = match payload {
+                        UserPayload::Whole => rec.data.as_slice(),
+                        UserPayload::Sub(sub) => sub.data,
+                    };
+                    let id = data
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_le_bytes)
+                        .filter(|&id| {
+                            self.oracles
+                                .records
+                                .get(id as usize)
+                                .is_some_and(|r| r.ext == meta.ext)
+                        });
+                    match id {
+                        Some(id) => {
+                            metas.push(meta);
+                            ids.push(id);
+                        }
+                        None => bad = Some(meta.ext),
+                    }
+                },
+            );
+            if let Some(ext) = bad {
+                return Err(self.violation(
+                    "payload",
+                    format!("record {ext} of shard {shard} does not decode to its id"),
+                ));
             }
         }
         Ok((metas, ids))
@@ -1231,6 +1229,6 @@ fn reply_to_write(
     match reply {
         Delivery::Deliver { latency } => (applied, latency),
         Delivery::Fail { class, after } => (Err(class), after),
-        Delivery::Lose { after } => (Err(ErrorClass::Ambiguous), after),
+        Delivery::Lose { after } => (Err(ErrorClass::unknown_outcome(true)), after),
     }
 }

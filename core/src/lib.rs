@@ -33,18 +33,19 @@ pub mod config;
 pub mod ids;
 pub mod io;
 pub mod kpl;
-pub mod lease;
+pub(crate) mod lease;
 pub mod pool;
-pub mod registration;
+pub(crate) mod registration;
 pub mod rng;
 pub mod sequence;
-pub mod shard;
+pub(crate) mod shard;
 pub mod table;
 pub mod timer;
 pub mod worker;
 
 pub use config::Config;
 pub use io::{Action, Event, Input};
+pub use lease::{LeaseStats, LeaseView};
 pub use worker::Worker;
 
 /// Logical time for unit tests: the one place the crate reads the OS clock,

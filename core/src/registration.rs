@@ -157,17 +157,8 @@ impl Registration {
         self.error.as_ref()
     }
 
-    /// The stream.
-    pub fn stream(&self) -> &StreamId {
-        &self.stream
-    }
-
-    /// The configured consumer.
-    pub fn consumer(&self) -> &EfoConsumer {
-        &self.consumer
-    }
-
     /// A short name of the state, for traces.
+    #[cfg(test)]
     pub fn state_name(&self) -> &'static str {
         match self.step {
             Step::Register { .. } => "register-wait",

@@ -67,6 +67,7 @@ pub const SUBSCRIBE_MIN_SPACING: Duration = Duration::from_secs(1);
 pub const RESOURCE_IN_USE_HOLD_OFF: Duration = Duration::from_secs(5);
 
 /// Default for [`ReaderMode::Efo`]'s `backpressure_timeout` (SPEC 7).
+#[cfg(test)]
 pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The GetRecords `Limit` ceiling (AWS).
@@ -321,11 +322,6 @@ impl ShardReader {
 
     // ----- getters ---------------------------------------------------------
 
-    /// The shard read.
-    pub fn shard(&self) -> &ShardRef {
-        &self.shard
-    }
-
     /// Where reading would resume (after the last admitted chunk); `None`
     /// once the shard ended.
     pub fn resume_position(&self) -> Option<&StartPosition> {
@@ -333,11 +329,13 @@ impl ShardReader {
     }
 
     /// True once [`ReaderEvent::End`] was emitted.
+    #[cfg(test)]
     pub fn is_ended(&self) -> bool {
         self.phase == Phase::Ended
     }
 
     /// True until the shard ended, failed or the reader was stopped.
+    #[cfg(test)]
     pub fn is_reading(&self) -> bool {
         self.phase == Phase::Reading
     }
@@ -358,27 +356,15 @@ impl ShardReader {
     }
 
     /// SubscribeToShard calls made so far.
+    #[cfg(test)]
     pub fn subscribe_calls(&self) -> u64 {
         self.subscribe_calls
     }
 
     /// When the last SubscribeToShard was emitted.
+    #[cfg(test)]
     pub fn last_subscribe_at(&self) -> Option<Instant> {
         self.last_subscribe_at
-    }
-
-    /// The open subscription, if any.
-    pub fn subscription(&self) -> Option<SubId> {
-        match (&self.state, self.phase) {
-            (
-                State::Efo {
-                    state: EfoState::Open { sub, .. },
-                    ..
-                },
-                Phase::Reading,
-            ) => Some(*sub),
-            _ => None,
-        }
     }
 
     /// The consumer ARN (EFO, once known).
@@ -390,6 +376,7 @@ impl ShardReader {
     }
 
     /// A short name of the state, for traces.
+    #[cfg(test)]
     pub fn state_name(&self) -> &'static str {
         match self.phase {
             Phase::Ended => return "ended",

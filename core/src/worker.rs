@@ -51,7 +51,7 @@ use crate::config::{Config, ConfigError, Retrieval, StartFrom};
 use crate::ids::{BatchId, ChunkId, FencingToken, IdMint, OpId, Owner, ShardRef, StreamId, SubId};
 use crate::io::{Action, Batch, Chunk, Event, Input, LostReason, RecordMeta};
 use crate::kpl::HashRange;
-use crate::lease::{LeaseEvent, LeaseManager};
+use crate::lease::{LeaseEvent, LeaseManager, LeaseView};
 use crate::pool::{Permit, Pool};
 use crate::registration::Registration;
 use crate::rng::Rng;
@@ -439,9 +439,10 @@ impl Worker {
         &self.config.owner
     }
 
-    /// The lease manager (table view, liveness, counters).
-    pub fn lease(&self) -> &LeaseManager {
-        &self.lease
+    /// What this worker knows of the lease table and the fleet (table
+    /// view, liveness, counters), read-only.
+    pub fn leases(&self) -> LeaseView<'_> {
+        self.lease.view()
     }
 
     /// Shards this worker reads, with their fencing tokens.

@@ -123,6 +123,34 @@ pub struct LeaseStats {
     pub conditional_failures: u64,
 }
 
+/// What an outside caller (a runtime, the simulator, a status view) may see
+/// of the lease manager: read-only, from [`crate::Worker::leases`].
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseView<'a>(&'a LeaseManager);
+
+impl<'a> LeaseView<'a> {
+    /// Whether this worker has fenced itself (could not renew its heartbeat
+    /// in time) and so delivers and checkpoints nothing.
+    pub fn is_fenced(&self) -> bool {
+        self.0.is_fenced()
+    }
+
+    /// Live workers as this worker judges them (itself included).
+    pub fn live_workers(&self) -> usize {
+        self.0.live_workers()
+    }
+
+    /// The lease rows of `stream` as of the last table read.
+    pub fn table(&self, stream: &StreamId) -> impl Iterator<Item = &'a LeaseRow> {
+        self.0.table(stream)
+    }
+
+    /// DynamoDB traffic counters.
+    pub fn stats(&self) -> &'a LeaseStats {
+        self.0.stats()
+    }
+}
+
 /// The timing knobs of [`Config`] the protocol uses.
 #[derive(Clone, Copy, Debug)]
 struct Timing {
@@ -287,6 +315,7 @@ impl LeaseManager {
     }
 
     /// The token of a held lease.
+    #[cfg(test)]
     pub fn token(&self, shard: &ShardRef) -> Option<FencingToken> {
         self.writes.held.get(shard).map(|h| h.token)
     }
@@ -300,6 +329,11 @@ impl LeaseManager {
     /// Live workers as last observed, this one included.
     pub fn live_workers(&self) -> usize {
         self.live.live_workers()
+    }
+
+    /// The read-only view for callers outside the core.
+    pub fn view(&self) -> LeaseView<'_> {
+        LeaseView(self)
     }
 
     /// The last view of a stream's lease rows (with our own successful

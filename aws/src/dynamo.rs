@@ -309,6 +309,37 @@ impl DynamoLeaseStore {
         }
     }
 
+    /// Every stream partition of the table: a Scan projecting the partition
+    /// key only (operators' tools; the workers never scan).
+    async fn list_streams_inner(&self) -> Result<Vec<StreamId>, StoreError> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let resp = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .projection_expression("#stream")
+                .expression_attribute_names("#stream", ATTR_STREAM)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("Scan", e, false))?;
+            for item in resp.items() {
+                if let Some(AttributeValue::S(stream)) = item.get(ATTR_STREAM) {
+                    if stream != WORKERS_PARTITION {
+                        out.insert(stream.clone());
+                    }
+                }
+            }
+            match resp.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        Ok(out.into_iter().map(StreamId::new).collect())
+    }
+
     async fn write_lease_inner(&self, write: &LeaseWrite) -> Result<(), StoreError> {
         // No SDK retries for conditional writes: see the module doc.
         let no_retries =
@@ -405,6 +436,10 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
         Box::pin(self.write_heartbeat_inner(row))
+    }
+
+    fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>> {
+        Box::pin(self.list_streams_inner())
     }
 }
 

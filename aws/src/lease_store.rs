@@ -57,6 +57,12 @@ pub trait LeaseStore: Send + Sync {
     /// Store this worker's heartbeat row, replacing the row of the same
     /// worker id (whatever incarnation wrote it). Unconditional.
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()>;
+
+    /// Every stream that has lease rows, in order. For operators' tools
+    /// (`kinesin leases`, status views): a DynamoDB store answers it with a
+    /// Scan of the key only (workers never scan), so it needs
+    /// `dynamodb:Scan`.
+    fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>>;
 }
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;

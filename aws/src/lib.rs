@@ -43,3 +43,7 @@ pub use kinesis::{Kinesis, Record, Subscription};
 pub use lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
 pub use local::{LocalLeaseStore, LocalStoreError};
 pub use runtime::{AsyncTimer, Runtime, Task};
+
+/// How records are cut into batches (the core's setting, re-exported so the
+/// runtime crates and applications need not depend on `kinesin-core`).
+pub use kinesin_core::config::Batching;

@@ -458,6 +458,16 @@ impl LeaseStore for LocalLeaseStore {
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
         Box::pin(self.write(Change::Heartbeat(row.clone())))
     }
+
+    fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>> {
+        Box::pin(async move {
+            let tables = self.shared.tables();
+            let mut streams: Vec<StreamId> =
+                tables.leases.keys().map(|r| r.stream.clone()).collect();
+            streams.dedup();
+            Ok(streams)
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -91,6 +91,12 @@ async fn dynamo_lease_life_round_trip() -> Result<()> {
 }
 
 #[tokio::test]
+async fn dynamo_store_lists_each_stream_with_leases_once() -> Result<()> {
+    let store = fresh_store(client().await, "list").await?;
+    common::list_streams_names_each_stream_with_leases_once(&store).await
+}
+
+#[tokio::test]
 async fn dynamo_store_decides_like_lease_write_apply() -> Result<()> {
     let store = fresh_store(client().await, "conformance").await?;
     let (accepted, refused) = common::check_store_matches_apply(&store, "conf").await?;

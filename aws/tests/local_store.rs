@@ -48,6 +48,13 @@ async fn local_lease_life_round_trip() -> Result<()> {
 }
 
 #[tokio::test]
+async fn local_store_lists_each_stream_with_leases_once() -> Result<()> {
+    let dir = TempDir::new("list");
+    let store = LocalLeaseStore::open(&dir.0)?;
+    common::list_streams_names_each_stream_with_leases_once(&store).await
+}
+
+#[tokio::test]
 async fn local_store_decides_like_lease_write_apply() -> Result<()> {
     let dir = TempDir::new("conformance");
     let store = LocalLeaseStore::open(&dir.0)?;

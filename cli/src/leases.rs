@@ -1,11 +1,9 @@
 //! `kinesin leases`: the lease table as a text table on stdout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodb::types::AttributeValue;
-use kinesin_aws::dynamo::{ATTR_STREAM, WORKERS_PARTITION};
 use kinesin_aws::{DynamoLeaseStore, LeaseStore};
 use kinesin_core::ids::StreamId;
 use kinesin_core::io::ErrorClass;
@@ -17,7 +15,7 @@ use crate::LeasesArgs;
 pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
     let sdk = crate::aws_config(None).await?;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let store = DynamoLeaseStore::new(client.clone(), &args.lease_table);
+    let store = DynamoLeaseStore::new(client, &args.lease_table);
     let heartbeats = match store.read_heartbeats().await {
         Ok(h) => h,
         Err(e) if e.class() == ErrorClass::ResourceNotFound => {
@@ -25,7 +23,13 @@ pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(anyhow::Error::new(e).context("reading heartbeats")),
     };
-    let mut streams = list_streams(&client, &args.lease_table).await?;
+    let mut streams: Vec<String> = store
+        .list_streams()
+        .await
+        .context("listing the streams of the lease table (needs dynamodb:Scan)")?
+        .into_iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
     if let Some(want) = &args.stream {
         streams.retain(|s| s == want || s.rsplit_once(":stream/").is_some_and(|(_, n)| n == want));
         if streams.is_empty() {
@@ -126,39 +130,6 @@ fn row(
         parents,
         state,
     ]
-}
-
-/// Every stream partition of the table (a Scan projecting the key only;
-/// this is an operator's command, the workers never scan).
-async fn list_streams(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Vec<String>> {
-    let mut out = BTreeSet::new();
-    let mut start: Option<HashMap<String, AttributeValue>> = None;
-    loop {
-        let resp = client
-            .scan()
-            .table_name(table)
-            .projection_expression("#s")
-            .expression_attribute_names("#s", ATTR_STREAM)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|e| {
-                let e = aws_sdk_dynamodb::Error::from(e);
-                anyhow::anyhow!("Scan {table}: {e}")
-            })?;
-        for item in resp.items() {
-            if let Some(AttributeValue::S(s)) = item.get(ATTR_STREAM) {
-                if s != WORKERS_PARTITION {
-                    out.insert(s.clone());
-                }
-            }
-        }
-        match resp.last_evaluated_key {
-            Some(k) if !k.is_empty() => start = Some(k),
-            _ => break,
-        }
-    }
-    Ok(out.into_iter().collect())
 }
 
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {

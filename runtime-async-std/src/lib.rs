@@ -81,8 +81,8 @@ pub mod http;
 mod runtime;
 
 pub use http::{AsyncStdHttpClient, ConnectionStats, HttpClientBuilder, HttpClientError};
+pub use kinesin_aws::Batching;
 pub use kinesin_aws::{Batch, Batches, Error, Record};
-pub use kinesin_core::config::Batching;
 pub use runtime::{AsyncIoSleep, AsyncStdRuntime};
 
 /// The consumer on async-std: see [`kinesin_aws::Consumer`].

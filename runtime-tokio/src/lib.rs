@@ -54,8 +54,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+pub use kinesin_aws::Batching;
 pub use kinesin_aws::{Batch, Batches, Error, Record};
-pub use kinesin_core::config::Batching;
 
 /// The consumer on tokio: see [`kinesin_aws::Consumer`].
 pub type Consumer = kinesin_aws::Consumer<TokioRuntime>;

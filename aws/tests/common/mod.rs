@@ -244,6 +244,45 @@ async fn only_row(store: &dyn LeaseStore, s: &ShardRef) -> Result<LeaseRow> {
 
 /// The life of one lease: create, take, checkpoint, hand-off request,
 /// transfer with a final checkpoint, release; stale writers refused.
+/// `list_streams` names every stream with lease rows once, in order, and
+/// never the heartbeat partition.
+pub async fn list_streams_names_each_stream_with_leases_once(store: &dyn LeaseStore) -> Result<()> {
+    ensure!(
+        store.list_streams().await?.is_empty(),
+        "a new table lists no stream"
+    );
+    let streams = [
+        "arn:aws:kinesis:us-east-1:000000000000:stream/b",
+        "arn:aws:kinesis:us-east-1:000000000000:stream/a",
+    ];
+    for stream in streams {
+        for id in ["shardId-000000000000", "shardId-000000000001"] {
+            write_ok(
+                store,
+                LeaseWrite::Create(LeaseRow::new(shard(stream, id), vec![], 1)),
+            )
+            .await?;
+        }
+    }
+    store
+        .write_heartbeat(&HeartbeatRow {
+            owner: a(),
+            beat: 1,
+            held: 0,
+            wants: vec![],
+            alive: true,
+        })
+        .await?;
+    let listed: Vec<String> = store
+        .list_streams()
+        .await?
+        .into_iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    ensure!(listed == [streams[1], streams[0]], "listed {listed:?}");
+    Ok(())
+}
+
 pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
     let s = shard(stream, "shardId-000000000001");
     let created = LeaseRow::new(s.clone(), vec![ShardId::new("shardId-000000000000")], 1234);

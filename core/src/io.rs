@@ -422,9 +422,12 @@ pub enum Input {
     },
 }
 
-/// A batch of user records handed to the application.
+/// What the core says of a batch it delivers: a record range of a chunk,
+/// its positions and fencing token. The runtime turns it into the
+/// application's batch (the payloads it keeps under the chunk), so the two
+/// do not share a name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
+pub struct BatchMeta {
     /// Ack or nack by this id.
     pub id: BatchId,
     /// Where the records come from.
@@ -447,7 +450,7 @@ pub struct Batch {
     pub redelivery: bool,
 }
 
-impl Batch {
+impl BatchMeta {
     /// Number of user records.
     pub fn len(&self) -> u32 {
         self.range.end.saturating_sub(self.range.start)
@@ -477,7 +480,7 @@ pub enum LostReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Records to process; ack or nack by id.
-    Batch(Batch),
+    Batch(BatchMeta),
     /// The runtime may free the payload of this chunk: no batch will be cut
     /// from it any more (records not yet delivered are dropped and will be
     /// read again by whoever reads the shard next).
@@ -560,7 +563,7 @@ mod tests {
     #[test]
     fn batch_length_counts_its_record_range() {
         let ext = ExtSeq::new(SeqNum::parse("1").unwrap(), 0);
-        let mut b = Batch {
+        let mut b = BatchMeta {
             id: BatchId::from_raw(1),
             shard: sref(),
             token: FencingToken(1),

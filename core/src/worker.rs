@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{CheckpointTracker, Slot};
 use crate::config::{Config, ConfigError, Retrieval, StartFrom};
 use crate::ids::{BatchId, ChunkId, FencingToken, IdMint, OpId, Owner, ShardRef, StreamId, SubId};
-use crate::io::{Action, Batch, Chunk, Event, Input, LostReason, RecordMeta};
+use crate::io::{Action, BatchMeta, Chunk, Event, Input, LostReason, RecordMeta};
 use crate::kpl::HashRange;
 use crate::lease::{LeaseEvent, LeaseManager, LeaseView};
 use crate::pool::{Permit, Pool};
@@ -124,7 +124,7 @@ struct Parked {
 struct Inflight {
     slot: Slot,
     permit: Permit,
-    batch: Batch,
+    batch: BatchMeta,
     /// Nacked and not yet redelivered.
     nacked: bool,
 }
@@ -1673,7 +1673,7 @@ impl Worker {
                     continue;
                 };
                 let id = self.mint.batch();
-                let batch = Batch {
+                let batch = BatchMeta {
                     id,
                     shard: shard.clone(),
                     token: st.token,

@@ -282,7 +282,7 @@ impl World {
 /// One worker in the world, with everything it emitted.
 struct Node {
     w: Worker,
-    batches: Vec<Batch>,
+    batches: Vec<BatchMeta>,
     events: Vec<Event>,
     trace: Vec<String>,
     auto_ack: bool,

@@ -12,7 +12,7 @@ use kinesin_core::ids::{
     BatchId, ChunkId, FencingToken, Owner, ShardId, ShardRef, StreamId, SubId,
 };
 use kinesin_core::io::{
-    Action, Batch, ChildShard, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, Event, Input,
+    Action, BatchMeta, ChildShard, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, Event, Input,
     RecordMeta, ShardInfo, ShardIterator,
 };
 use kinesin_core::kpl::HashRange;
@@ -90,7 +90,7 @@ struct Cursor {
 
 /// One delivered batch as the application saw it.
 struct Seen {
-    batch: Batch,
+    batch: BatchMeta,
     acked: bool,
 }
 
@@ -666,7 +666,7 @@ impl WorkerHarness {
         assert!(self.complete == w.is_done());
     }
 
-    fn on_batch(&mut self, b: Batch) {
+    fn on_batch(&mut self, b: BatchMeta) {
         assert!(!b.is_empty(), "empty batch {b:?}");
         assert_eq!(
             self.held.get(&b.shard),
@@ -692,7 +692,7 @@ impl WorkerHarness {
                 .batch;
             assert_eq!(
                 *before,
-                Batch {
+                BatchMeta {
                     redelivery: before.redelivery,
                     ..b.clone()
                 }

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use kinesin_core::backoff::{jitter_bounds, Backoff};
 use kinesin_core::ids::{FencingToken, Owner, ShardRef};
-use kinesin_core::io::Batch;
+use kinesin_core::io::BatchMeta;
 use kinesin_core::sequence::{Checkpoint, ExtSeq};
 use kinesin_core::table::{LeaseRow, LeaseWrite};
 
@@ -218,7 +218,7 @@ impl Oracles {
         now: Micros,
         owner: &Owner,
         shard: usize,
-        batch: &Batch,
+        batch: &BatchMeta,
         ids: &[u64],
         row: Option<&LeaseRow>,
     ) -> Check {

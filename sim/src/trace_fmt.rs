@@ -22,7 +22,7 @@
 use std::fmt::{self, Write as _};
 
 use kinesin_core::ids::{Owner, ShardRef};
-use kinesin_core::io::{Action, Batch, ErrorClass, Input};
+use kinesin_core::io::{Action, BatchMeta, ErrorClass, Input};
 use kinesin_core::sequence::{Checkpoint, StartPosition};
 use kinesin_core::table::LeaseWrite;
 
@@ -99,7 +99,7 @@ pub(crate) fn input_line(trace: &mut Trace, now: Micros, p: usize, owner: &Owner
 
 /// `owner` delivers `b`:
 /// `{owner} batch {id:?} {shard} tok{token} {first}..{last} n{len}[ redelivery]`.
-pub(crate) fn batch_line(trace: &mut Trace, now: Micros, owner: &Owner, b: &Batch) {
+pub(crate) fn batch_line(trace: &mut Trace, now: Micros, owner: &Owner, b: &BatchMeta) {
     trace.line_with(now, |t| {
         push_owner(t, owner);
         t.push_str(" batch batch");

@@ -47,6 +47,10 @@ use crate::world::{dur, Ev, Phase, World, CONSUMER, UNIX_BASE_MS};
 
 /// How long after its last shutdown the final phase may take.
 const SHUTDOWN_BOUND: Micros = 30 * SEC;
+/// Every live worker holds its fair share this long after the heal began:
+/// the failover time (10 s: leases of dead workers expire), two rebalance
+/// periods (30 s each) and 5 s for reads and hand-offs in flight.
+const BALANCE_BOUND: Micros = (10 + 2 * 30 + 5) * SEC;
 
 /// Whether a process runs a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,7 +489,44 @@ impl World {
         for (shard, n) in self.oracles.unsettled() {
             out.push(format!("shard {shard}: {n} records not acknowledged"));
         }
+        out.extend(self.unfair());
         out
+    }
+
+    /// Live workers holding fewer than their fair share, `floor(active
+    /// leases / live workers)` (SPEC 4: a joining worker gets its share).
+    pub(crate) fn unfair(&self) -> Vec<String> {
+        let active = self
+            .dynamo
+            .leases
+            .values()
+            .filter(|r| r.checkpoint != Some(Checkpoint::ShardEnd))
+            .count();
+        let live: Vec<usize> = (0..self.procs.len())
+            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+            .collect();
+        let Some(fair) = active.checked_div(live.len()) else {
+            return Vec::new();
+        };
+        let holdings: Vec<String> = live
+            .iter()
+            .map(|&p| {
+                let o = self.procs[p].owner();
+                format!("{o}={}", self.oracles.held_by(&o))
+            })
+            .collect();
+        live.iter()
+            .filter_map(|&p| {
+                let o = self.procs[p].owner();
+                let held = self.oracles.held_by(&o);
+                (held < fair).then(|| {
+                    format!(
+                        "{o} holds {held} of {active} leases, below its fair share {fair} (held: {})",
+                        holdings.join(" ")
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Once a second in the heal phase: caught up (then shut the fleet
@@ -519,6 +560,22 @@ impl World {
             }
             self.q.push(self.now + SEC, Ev::FinalCheck);
             return Ok(());
+        }
+        // The balancing bound: once faults end, expired leases go within
+        // the failover time and every live worker holds its fair share
+        // within two rebalance periods after that.
+        if self.p.check_liveness && self.now >= self.heal_start + BALANCE_BOUND {
+            let unfair = self.unfair();
+            if !unfair.is_empty() {
+                return Err(self.violation(
+                    "balance",
+                    format!(
+                        "{}s after the heal began (bound: failover + 2 rebalance periods + 5 s): {}",
+                        (self.now - self.heal_start) / SEC,
+                        unfair.join("; ")
+                    ),
+                ));
+            }
         }
         if self.now >= self.heal_start + self.p.heal_us {
             let shown: Vec<&str> = lagging.iter().take(8).map(String::as_str).collect();

@@ -142,6 +142,31 @@ fn joining_worker_reaches_fair_share_within_two_rebalance_periods() -> Result<()
     Ok(())
 }
 
+/// Core bug found by the sim's balance oracle: the target was
+/// `ceil(leases / workers)` and only owners strictly above it were asked, so
+/// shapes that do not divide evenly never gave a joining worker anything
+/// (9 leases on 4 workers stayed {3,3,3,0}; swarm seeds 4, 17, 19, ...).
+#[test]
+fn joining_worker_gets_its_floor_share_for_uneven_shapes() -> Result<()> {
+    for (shards, workers) in [(9, 3), (7, 4), (13, 5), (11, 2), (2, 1)] {
+        let mut p = quiet("join-uneven", shards, workers);
+        p.script = vec![(90 * SEC, Op::Join)];
+        let r = ok(p).map_err(|e| e.context(format!("{shards} shards, {workers} workers + 1")))?;
+        assert_eq!(
+            r.convergence.len(),
+            1,
+            "{shards}x{workers}: {:?}",
+            r.convergence
+        );
+        assert!(
+            r.convergence[0] <= 60 * SEC,
+            "{shards}x{workers}: joined worker at its floor share after {}us",
+            r.convergence[0]
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn graceful_handoff_has_no_duplicates() -> Result<()> {
     let mut p = quiet("handoff", 8, 1);

@@ -3,9 +3,12 @@
 //!
 //! Rules encoded:
 //! - `target = ceil(active leases / live workers)`; free and expired leases
-//!   are taken first, then the whole remaining deficit is asked from the
-//!   most loaded live workers in the same pass (`pending_owner`), announced
-//!   in the taker's heartbeat `wants`. The owner transfers with its final
+//!   are taken first, up to the target; then hand-offs are asked from the
+//!   most loaded live workers in the same pass (`pending_owner`, announced
+//!   in the taker's heartbeat `wants`), one per lease while we are below
+//!   the target and the owner holds at least two more than we would. The
+//!   fleet settles with every worker within one lease of every other, so
+//!   each holds at least `floor(active leases / live workers)`. The owner transfers with its final
 //!   checkpoint; past `2 * handoff_timeout` the taker takes by force,
 //!   conditional on the token it observed.
 //! - Workers that balance on the same fresh rows (a fleet starting
@@ -218,10 +221,16 @@ pub(super) fn plan(
         }
         offer.entry(o.clone()).or_default().push_back(row.clone());
     }
-    while deficit > 0 {
+    // Ask while we are below the ceiling and some owner holds at least two
+    // more than we would: every hand-off narrows the spread, none can undo
+    // another, and the fleet settles with every worker within one lease of
+    // every other (so each holds at least `floor(leases / workers)`, also
+    // when the shape does not divide evenly).
+    let mut ours = target - deficit;
+    while ours < target {
         let best = loads
             .iter()
-            .filter(|(o, l)| **l > target && offer.get(*o).is_some_and(|q| !q.is_empty()))
+            .filter(|(o, l)| **l >= ours + 2 && offer.get(*o).is_some_and(|q| !q.is_empty()))
             .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
             .map(|(o, _)| o.clone());
         let Some(owner) = best else {
@@ -238,7 +247,7 @@ pub(super) fn plan(
         } else {
             plan.asks.push(Ask::Request { row, owner });
         }
-        deficit -= 1;
+        ours += 1;
     }
     plan
 }

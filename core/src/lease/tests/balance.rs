@@ -204,3 +204,25 @@ fn quarantined_shard_not_taken_until_expiry() {
     );
     assert_eq!(acq[1].3, Some(cp(2)));
 }
+
+#[test]
+fn joining_worker_gets_its_floor_share_when_leases_do_not_divide_evenly() {
+    // 9 leases on 3 workers is {3,3,3}; a 4th must end with 2 (floor 9/4),
+    // the fleet within one lease of itself, and stay so.
+    let mut w = World::with_free_shards(9);
+    let nodes: Vec<usize> = ["a", "b", "c"].iter().map(|n| w.add_node(n, 1)).collect();
+    w.run_until(secs(120.0));
+    let held: Vec<usize> = nodes.iter().map(|&n| w.holds(n)).collect();
+    assert_eq!(held, [3, 3, 3]);
+    let d = w.add_node("d", 1);
+    let joined = w.t;
+    w.run_until(joined + secs(40.0));
+    let mut held: Vec<usize> = nodes.iter().chain([&d]).map(|&n| w.holds(n)).collect();
+    assert_eq!(w.holds(d), 2, "{held:?}");
+    held.sort_unstable();
+    assert_eq!(held, [2, 2, 2, 3]);
+    w.run_until(joined + secs(300.0));
+    let mut later: Vec<usize> = nodes.iter().chain([&d]).map(|&n| w.holds(n)).collect();
+    later.sort_unstable();
+    assert_eq!(later, held, "no churn once within one lease");
+}

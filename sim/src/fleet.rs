@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 
-use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval};
+use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval, StartFrom};
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, SubId};
 use kinesin_core::io::Input;
 use kinesin_core::sequence::Checkpoint;
@@ -154,6 +154,9 @@ impl World {
         };
         c.checkpoint_limit = self.p.checkpoint_limit;
         c.pool_records = self.p.pool_records;
+        if self.p.start_latest {
+            c.start_from = StartFrom::Latest;
+        }
         c
     }
 

@@ -29,7 +29,11 @@
 //!   deliveries all acknowledged when it transferred), the taker delivers
 //!   none of the owner's records again.
 //! - `no-loss` (3): every record is delivered before it leaves retention,
-//!   and after the heal phase every record was acknowledged.
+//!   and after the heal phase every record was acknowledged. A fleet that
+//!   starts at LATEST is excused the records that arrived before the
+//!   anchor of their shard's lineage (the earliest `created_ms` of the
+//!   shard's row and of its parents' rows when it was created), never a
+//!   record after it.
 //! - pool accounting and shutdown (7, 9) are checked by the world through
 //!   `Worker::check_invariants` and `pool_used`.
 //!
@@ -85,6 +89,11 @@ pub struct UserRecord {
     pub trimmed: bool,
     /// The last (owner, token) that delivered it.
     pub holder: Option<(Owner, FencingToken)>,
+    /// ApproximateArrivalTimestamp (unix ms).
+    pub arrival_ms: u64,
+    /// Excused from delivery: the fleet starts at LATEST and the record
+    /// arrived before its shard's anchor.
+    pub excused: bool,
 }
 
 /// Per-shard bookkeeping.
@@ -100,8 +109,16 @@ pub struct ShardBook {
     pub krec_start: Vec<usize>,
     /// First record (index into `users`) not yet acknowledged or trimmed.
     pub first_unsettled: usize,
-    /// Records delivered at least once (or trimmed).
+    /// Records delivered at least once (or trimmed, or excused).
     pub delivered: usize,
+    /// LATEST only: records that arrived before this instant (unix ms) need
+    /// not be delivered. The anchor of the shard's lineage: the earliest
+    /// `created_ms` of its row and of its parents' rows that existed when
+    /// its own was created (a child's records after its parents' anchor are
+    /// newer than the anchor, so none may be skipped).
+    pub anchor_ms: Option<u64>,
+    /// The `created_ms` of the shard's lease row, once created.
+    pub row_created_ms: Option<u64>,
 }
 
 /// Tokens whose lease came by a graceful transfer.
@@ -139,6 +156,10 @@ pub struct Oracles {
     holders: BTreeMap<ShardRef, Vec<(Owner, FencingToken)>>,
     /// Counters.
     pub stats: OracleStats,
+    /// The fleet starts shards without a checkpoint at LATEST: records
+    /// before a shard's anchor are excused (`no-loss` still holds for every
+    /// record after it).
+    pub latest: bool,
 }
 
 impl Oracles {
@@ -151,9 +172,15 @@ impl Oracles {
     }
 
     /// A Kinesis record with these user records (in sub order) was written.
-    pub fn written(&mut self, shard: usize, exts: impl IntoIterator<Item = ExtSeq>) -> Vec<u64> {
+    pub fn written(
+        &mut self,
+        shard: usize,
+        arrival_ms: u64,
+        exts: impl IntoIterator<Item = ExtSeq>,
+    ) -> Vec<u64> {
         let book = &mut self.shards[shard];
         book.krec_start.push(book.users.len());
+        let excused = book.anchor_ms.is_some_and(|a| arrival_ms < a);
         let mut ids = Vec::new();
         for ext in exts {
             let id = self.records.len() as u64;
@@ -164,12 +191,43 @@ impl Oracles {
                 acked: false,
                 trimmed: false,
                 holder: None,
+                arrival_ms,
+                excused,
             });
+            book.delivered += usize::from(excused);
             book.users.push(id);
             ids.push(id);
         }
         self.stats.records += ids.len() as u64;
         ids
+    }
+
+    /// A shard's lease row was created (LATEST: its anchor is set once).
+    fn anchored(&mut self, shard: usize, created_ms: u64) {
+        if self.shards[shard].row_created_ms.is_some() {
+            return;
+        }
+        self.shards[shard].row_created_ms = Some(created_ms);
+        if !self.latest {
+            return;
+        }
+        let anchor = self.shards[shard]
+            .parents
+            .iter()
+            .filter_map(|&p| self.shards[p].row_created_ms)
+            .fold(created_ms, u64::min);
+        let book = &mut self.shards[shard];
+        book.anchor_ms = Some(anchor);
+        for &id in &book.users {
+            let r = &mut self.records[id as usize];
+            if r.arrival_ms < anchor && !r.excused {
+                r.excused = true;
+                if r.first_delivery.is_none() {
+                    book.delivered += 1;
+                }
+            }
+        }
+        self.advance(shard);
     }
 
     /// Kinesis records `krecs` of a shard left retention.
@@ -184,7 +242,7 @@ impl Oracles {
         for i in from..to {
             let id = book.users[i];
             let r = &mut self.records[id as usize];
-            if r.first_delivery.is_none() {
+            if r.first_delivery.is_none() && !r.excused {
                 return fail(
                     now,
                     "no-loss",
@@ -204,7 +262,7 @@ impl Oracles {
         let book = &mut self.shards[shard];
         while let Some(&id) = book.users.get(book.first_unsettled) {
             let r = &self.records[id as usize];
-            if !(r.acked || r.trimmed) {
+            if !(r.acked || r.trimmed || r.excused) {
                 break;
             }
             book.first_unsettled += 1;
@@ -310,7 +368,9 @@ impl Oracles {
             let r = &mut self.records[id as usize];
             if r.first_delivery.is_none() {
                 r.first_delivery = Some(now);
-                self.shards[shard].delivered += 1;
+                if !r.excused {
+                    self.shards[shard].delivered += 1;
+                }
             }
             r.holder = Some(holder.clone());
         }
@@ -382,6 +442,9 @@ impl Oracles {
                 self.check_checkpoint(now, shard, cp)?;
             }
         }
+        if let LeaseWrite::Create(row) = write {
+            self.anchored(shard, row.created_ms);
+        }
         if let LeaseWrite::Transfer { owner, .. } = write {
             if graceful {
                 self.graceful
@@ -410,7 +473,10 @@ impl Oracles {
                     return fail(
                         now,
                         "checkpoint-covers-unacked",
-                        format!("checkpoint {cp:?} of shard {shard} covers record {} which nobody acknowledged", r.ext),
+                        format!(
+                            "checkpoint {cp:?} of shard {shard} covers record {} (arrived {} ms, anchor {:?}) which nobody acknowledged",
+                            r.ext, r.arrival_ms, book.anchor_ms
+                        ),
                     );
                 }
                 Ok(())
@@ -553,7 +619,7 @@ impl Oracles {
                 let n = (b.first_unsettled..b.users.len())
                     .filter(|&k| {
                         let r = &self.records[b.users[k] as usize];
-                        !r.acked && !r.trimmed
+                        !r.acked && !r.trimmed && !r.excused
                     })
                     .count();
                 (n > 0).then_some((i, n as u64))

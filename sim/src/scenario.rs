@@ -202,6 +202,9 @@ pub struct Params {
     pub efo_empty_first_event: bool,
     /// Some GetRecords responses are empty although records follow.
     pub empty_get_records: bool,
+    /// Shards without a checkpoint start at LATEST (else TRIM_HORIZON);
+    /// records before a shard's anchor are excused from `no-loss`.
+    pub start_latest: bool,
     /// Batching count.
     pub batch_count: u32,
     /// `checkpoint_limit`.
@@ -240,6 +243,7 @@ impl Params {
             efo_idle_event: SEC,
             efo_empty_first_event: false,
             empty_get_records: false,
+            start_latest: false,
             batch_count: 10,
             checkpoint_limit: 1024,
             pool_records: 50_000,
@@ -274,6 +278,7 @@ impl Params {
         // scenario) stay as they were.
         p.efo_empty_first_event = rng.chance(0.3);
         p.empty_get_records = rng.chance(0.3);
+        p.start_latest = rng.chance(0.25);
         p.max_open_shards = shards * 2 + 2;
         p
     }

@@ -149,6 +149,7 @@ impl World {
         kinesis.empty_first_event = p.efo_empty_first_event;
         kinesis.empty_get_records = p.empty_get_records;
         let mut oracles = Oracles::default();
+        oracles.latest = p.start_latest;
         for _ in 0..kinesis.shards.len() {
             oracles.add_shard(Vec::new());
         }
@@ -1204,9 +1205,12 @@ impl World {
                 let gap = self.rng.below(1000);
                 let kidx = self.kinesis.put(shard, pk, data, self.now, gap);
                 let seq = self.kinesis.shards[shard].records[kidx].seq.clone();
-                let got = self
-                    .oracles
-                    .written(shard, (0..take as u32).map(|s| ExtSeq::new(seq.clone(), s)));
+                let arrival_ms = self.kinesis.shards[shard].records[kidx].arrival_ms;
+                let got = self.oracles.written(
+                    shard,
+                    arrival_ms,
+                    (0..take as u32).map(|s| ExtSeq::new(seq.clone(), s)),
+                );
                 debug_assert_eq!(got, ids);
             }
             self.wake_shard(shard)?;

@@ -167,6 +167,30 @@ fn joining_worker_gets_its_floor_share_for_uneven_shapes() -> Result<()> {
     Ok(())
 }
 
+/// Core bug found by the sim's LATEST oracle: a child shard's row got
+/// `created_ms = now` when created, and a row without a checkpoint starts at
+/// AT_TIMESTAMP(created_ms), so records written to a child between the
+/// split and its row's creation were never delivered (swarm seeds 7, 10,
+/// 22, ... with `start_latest`). Children now inherit their lineage's
+/// anchor (KCL reads children from TRIM_HORIZON for the same reason).
+#[test]
+fn start_latest_loses_no_child_record_after_the_anchor() -> Result<()> {
+    for efo in [false, true] {
+        let mut p = quiet("latest-split", 3, 2);
+        p.efo = efo;
+        p.start_latest = true;
+        p.records_per_tick = 40;
+        p.produce_every = 100 * MS;
+        p.script = vec![
+            (40 * SEC, Op::Split(0)),
+            (41 * SEC, Op::Split(1)),
+            (80 * SEC, Op::Merge(0)),
+        ];
+        ok(p).map_err(|e| e.context(format!("efo {efo}")))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn graceful_handoff_has_no_duplicates() -> Result<()> {
     let mut p = quiet("handoff", 8, 1);

@@ -3,7 +3,10 @@
 //!
 //! Rules encoded:
 //! - `target = ceil(active leases / live workers)`; free and expired leases
-//!   are taken first, up to the target; then hand-offs are asked from the
+//!   are taken first, up to the target counting held leases and takes in
+//!   flight (not hand-offs asked for, so an orphan never waits behind a
+//!   request); no hand-off is asked while an orphan waits for a confirming
+//!   heartbeat read; then hand-offs are asked from the
 //!   most loaded live workers in the same pass (`pending_owner`, announced
 //!   in the taker's heartbeat `wants`), one per lease while we are below
 //!   the target and the owner holds at least two more than we would. The
@@ -150,8 +153,11 @@ pub(super) fn plan(
         .map(|(o, _, n)| (o.clone(), n))
         .collect();
     let target = total.div_ceil(workers.max(1));
-    let ours = load.staying + load.taking + load.requests.len();
-    let mut deficit = target.saturating_sub(ours);
+    // Orphans (free and expired rows) are taken up to the target counting
+    // only what we hold and take: a hand-off we asked for must not leave an
+    // orphan unread until the next pass.
+    let holding = load.staying + load.taking;
+    let mut deficit = target.saturating_sub(holding);
     if deficit == 0 {
         return plan;
     }
@@ -205,7 +211,12 @@ pub(super) fn plan(
         deficit -= 1;
     }
 
-    // 2. Ask the most loaded live workers for the rest.
+    // 2. Ask the most loaded live workers for the rest. Not while orphans
+    // wait for a confirming heartbeat read: they come first, and the pass
+    // runs again once it is answered.
+    if plan.confirm {
+        return plan;
+    }
     let mut offer: BTreeMap<Owner, VecDeque<LeaseRow>> = BTreeMap::new();
     for row in &candidates {
         let Some(o) = &row.owner else {
@@ -226,7 +237,7 @@ pub(super) fn plan(
     // another, and the fleet settles with every worker within one lease of
     // every other (so each holds at least `floor(leases / workers)`, also
     // when the shape does not divide evenly).
-    let mut ours = target - deficit;
+    let mut ours = target - deficit + load.requests.len();
     while ours < target {
         let best = loads
             .iter()

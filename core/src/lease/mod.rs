@@ -583,16 +583,16 @@ impl LeaseManager {
         if self.shutting_down || self.final_beat != FinalBeat::NotYet {
             return;
         }
+        let now_ms = self.unix_ms(now);
         for c in children {
-            let has_row = self
-                .views
-                .get(stream)
-                .is_some_and(|v| v.rows.contains_key(&c.shard));
-            if !has_row {
+            let Some(view) = self.views.get(stream) else {
+                break;
+            };
+            if !view.rows.contains_key(&c.shard) {
                 let row = LeaseRow::new(
                     ShardRef::new(stream.clone(), c.shard.clone()),
                     c.parents.clone(),
-                    self.unix_ms(now),
+                    view.lineage_created_ms(&c.parents, now_ms),
                 );
                 self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
             }

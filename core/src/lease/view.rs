@@ -81,6 +81,20 @@ impl StreamView {
             })
     }
 
+    /// The `created_ms` of a new row with these parents: the earliest of
+    /// the parents' rows (and `now_ms`). A row without a checkpoint starts
+    /// at LATEST as AT_TIMESTAMP(created_ms), so a child inherits its
+    /// lineage's anchor: records written to it between the split and its
+    /// row's creation are newer than the anchor and read, as KCL reads
+    /// children from TRIM_HORIZON. A shard whose parents have no row
+    /// (trimmed, or the fleet is new) is anchored now.
+    pub(super) fn lineage_created_ms(&self, parents: &[ShardId], now_ms: u64) -> u64 {
+        parents
+            .iter()
+            .filter_map(|p| self.rows.get(p).map(|r| r.created_ms))
+            .fold(now_ms, u64::min)
+    }
+
     /// Some shard known to exist has no row in this view.
     pub(super) fn lacks_rows(&self) -> bool {
         self.known.keys().any(|id| !self.rows.contains_key(id))
@@ -446,8 +460,12 @@ impl LeaseManager {
         if let Some(view) = self.views.get_mut(stream) {
             view.deferred = deferred;
         }
-        let created_ms = self.unix_ms(now);
+        let now_ms = self.unix_ms(now);
         for (id, parents) in create {
+            let created_ms = self
+                .views
+                .get(stream)
+                .map_or(now_ms, |v| v.lineage_created_ms(&parents, now_ms));
             let row = LeaseRow::new(ShardRef::new(stream.clone(), id), parents, created_ms);
             self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
         }

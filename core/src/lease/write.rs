@@ -510,6 +510,13 @@ impl LeaseManager {
                     } else {
                         self.read_soon(&shard.stream, now);
                     }
+                } else {
+                    // Someone else took it, or the write failed: balance
+                    // again on a fresh view within a heartbeat-read interval
+                    // (another orphan may wait), not a rebalance period
+                    // later. Not at once: a row that refuses every take
+                    // (exhausted token) must not spin reads and writes.
+                    self.read_soon(&shard.stream, now);
                 }
             }
         }
@@ -531,11 +538,20 @@ impl LeaseManager {
                 leaving: None,
             },
         );
+        // The LATEST anchor: the row's own, or an earlier parent's (rows
+        // created concurrently may not have seen their parents' rows; the
+        // parents are ended, so their rows are in the view by now).
+        let created_ms = self
+            .views
+            .get(&row.shard.stream)
+            .map_or(row.created_ms, |v| {
+                v.lineage_created_ms(&row.parents, row.created_ms)
+            });
         self.events.push_back(LeaseEvent::Acquired {
             shard: row.shard.clone(),
             token: row.token,
             checkpoint: row.checkpoint.clone(),
-            created_ms: row.created_ms,
+            created_ms,
         });
     }
 

@@ -86,8 +86,9 @@ fn creates_rows_only_for_shards_missing_from_view() {
     assert_eq!(creates[0].shard, sref(1));
     assert_eq!(creates[0].parents, vec![sid(0)]);
     assert_eq!(creates[0].owner, None);
-    // Wall clock: the node's unix_ms at start plus elapsed.
-    assert_eq!(creates[0].created_ms, 1_700_000_000_000 + 1_000);
+    // A child inherits its parent's anchor (LATEST reads it from there).
+    assert_eq!(creates[0].created_ms, w.row(0).created_ms);
+    assert!(w.row(0).created_ms < 1_700_000_000_000 + 1_000);
     // Again: nothing to create.
     w.with(a, |m, now, mint| {
         m.handle_shards(now, &stream(), &shards, mint)
@@ -362,4 +363,26 @@ fn child_shards_fast_path_creates_rows_at_once() {
     assert_eq!(w.rows[&sref(2)].parents, vec![sid(0)]);
     w.with(a, |m, now, mint| m.finish_shard(now, &sref(0), mint));
     assert_eq!(w.reading(a), BTreeSet::from([sref(1), sref(2)]));
+}
+
+#[test]
+fn a_row_without_parent_rows_is_anchored_at_the_wall_clock() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    // Shard 5's parent 4 has no row (trimmed, or never seen).
+    let shards = [info(0, &[], false), info(5, &[4], false)];
+    w.with(a, |m, now, mint| {
+        m.handle_shards(now, &stream(), &shards, mint)
+    });
+    let created: Vec<u64> = w.nodes[a]
+        .actions
+        .iter()
+        .filter_map(|(_, x)| match write_of(x) {
+            Some(LeaseWrite::Create(row)) if row.shard == sref(5) => Some(row.created_ms),
+            _ => None,
+        })
+        .collect();
+    // Wall clock: the node's unix_ms at start plus elapsed.
+    assert_eq!(created, [1_700_000_000_000 + 1_000]);
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{Batching, EfoConsumer};
-use crate::io::{ConsumerInfo, ConsumerStatus, ErrorClass, ShardInfo, ShardIterator};
+use crate::io::{
+    BatchMeta, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, LostReason, RecordMeta, ShardInfo,
+    ShardIterator,
+};
 use crate::kpl::HashRange;
 use crate::sequence::{ExtSeq, SeqNum};
 use crate::table::{HeartbeatRow, LeaseRow, LeaseWrite};

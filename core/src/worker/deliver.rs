@@ -20,6 +20,7 @@
 
 use std::time::Instant;
 
+use super::batcher::{self, Backlog};
 use super::lifecycle::Phase;
 use super::Worker;
 use crate::checkpoint::Slot;
@@ -225,31 +226,17 @@ impl Worker {
                     progress = true;
                 }
             }
-            while let Some(q) = st.queue.front_mut() {
-                let available = (q.records.len() as u32).saturating_sub(q.next);
-                let mut n = available.min(batching.count);
-                if batching.byte_size > 0 {
-                    let mut bytes = 0u64;
-                    let mut k = 0u32;
-                    for r in &q.records[q.next as usize..(q.next + n) as usize] {
-                        if k > 0 && bytes + u64::from(r.bytes) > batching.byte_size {
-                            break;
-                        }
-                        bytes += u64::from(r.bytes);
-                        k += 1;
-                    }
-                    n = k.max(1);
-                }
-                let full =
-                    n == batching.count || n < available || st.queue.len() > 1 || st.end_seen;
-                if let (false, Some(period)) = (full, batching.period) {
-                    if st.open_since.is_some_and(|since| now < since + period) {
-                        break;
-                    }
-                }
-                if n == 0 || !st.tracker.can_deliver(n) {
+            while let Some(q) = st.queue.front() {
+                let backlog = Backlog {
+                    front: &q.records[q.next as usize..],
+                    more_queued: st.queue.len() > 1,
+                    end_seen: st.end_seen,
+                    open_since: st.open_since,
+                };
+                let Some(n) = batcher::next_batch(&backlog, &batching, st.tracker.room(), now)
+                else {
                     break;
-                }
+                };
                 let q = st.queue.front_mut().expect("checked");
                 let range = q.next..q.next + n;
                 let recs = &q.records[range.start as usize..range.end as usize];

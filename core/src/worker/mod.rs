@@ -45,6 +45,7 @@
 //!   registrations, routing answers to the reader that asked.
 //! - `deliver`: admission into the pool, parked chunks, read credit,
 //!   batch delivery and the bookkeeping of acks and nacks.
+//! - `batcher`: the batch-cutting rule, a pure function.
 //! - `lifecycle`: lease events, hand-off and leaving, commits, shutdown.
 //!
 //! This file holds the public types, the getters, the `handle_*` inputs,
@@ -70,6 +71,7 @@ use crate::rng::Rng;
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::timer::{Timer, TimerTable};
 
+mod batcher;
 mod deliver;
 mod lifecycle;
 mod read;

@@ -22,9 +22,9 @@ use std::time::Instant;
 
 use super::batcher::{self, Backlog};
 use super::lifecycle::Phase;
-use super::Worker;
+use super::{AckError, Worker};
 use crate::checkpoint::Slot;
-use crate::ids::{ChunkId, ShardRef};
+use crate::ids::{BatchId, ChunkId, ShardRef};
 use crate::io::{BatchMeta, Chunk, Event, RecordMeta};
 use crate::pool::Permit;
 
@@ -305,5 +305,63 @@ impl Worker {
         }
         self.sorted = slots;
         progress
+    }
+
+    /// The bookkeeping of an ack: the batch leaves the shard's in-flight
+    /// set, its slot is acknowledged in the tracker and its permit gives
+    /// the pool room back.
+    pub(super) fn apply_ack(&mut self, batch: BatchId) -> Result<(), AckError> {
+        let (shard, inf) = self
+            .batches
+            .remove(&batch)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        let st = self
+            .shards
+            .get_mut(&shard)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        st.inflight.remove(&batch);
+        st.redeliver.retain(|b| *b != batch);
+        let _ = st.tracker.ack(inf.slot);
+        self.pool.release(inf.permit);
+        self.touch(&shard);
+        self.stats.acks += 1;
+        Ok(())
+    }
+
+    /// The bookkeeping of a nack: the batch is queued for redelivery while
+    /// the shard is read; a shard leaving drops it (the next reader reads
+    /// it again from the checkpoint).
+    pub(super) fn apply_nack(&mut self, batch: BatchId) -> Result<(), AckError> {
+        let (shard, inf) = self
+            .batches
+            .get_mut(&batch)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        if inf.nacked {
+            return Err(AckError::UnknownBatch(batch));
+        }
+        let st = self
+            .shards
+            .get_mut(shard)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        let _ = st.tracker.nack(inf.slot);
+        if let Some(slot) = self.shards.slot_of(shard) {
+            if let Some((_, st)) = self.shards.at_mut(slot) {
+                Self::mark_touched(&mut self.dirty, slot, st);
+            }
+        }
+        let Some(st) = self.shards.get_mut(shard) else {
+            return Err(AckError::UnknownBatch(batch));
+        };
+        if st.phase == Phase::Reading {
+            inf.nacked = true;
+            st.redeliver.push_back(batch);
+        } else {
+            // Leaving: nobody will redeliver it here; the next reader reads
+            // it again from the checkpoint, which stays before it.
+            st.inflight.remove(&batch);
+            let (_, inf) = self.batches.remove(&batch).expect("present above");
+            self.pool.release(inf.permit);
+        }
+        Ok(())
     }
 }

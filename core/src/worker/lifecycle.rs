@@ -24,7 +24,7 @@ use crate::ids::{FencingToken, ShardRef};
 use crate::io::{Event, LostReason};
 use crate::lease::LeaseEvent;
 use crate::sequence::Checkpoint;
-use crate::timer::TimerTable;
+use crate::timer::{Timer, TimerTable};
 
 /// Where a shard read under a held lease is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +194,30 @@ impl Worker {
             if let Some(cp) = st.tracker.to_write() {
                 if cp != Checkpoint::ShardEnd {
                     self.lease.write_checkpoint(now, shard, cp, &mut self.mint);
+                }
+            }
+        }
+    }
+
+    /// Shutdown begins: no more shard syncs, EFO registrations cancelled,
+    /// the lease manager told, every reader stopped and every shard
+    /// closing (it leaves once its in-flight batches are acknowledged, or
+    /// at the shutdown deadline).
+    pub(super) fn begin_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        self.timers.stop(Timer::ShardSync);
+        self.timers
+            .set(Timer::ShutdownDeadline, now + self.config.shutdown_timeout);
+        for reg in self.registrations.values_mut() {
+            reg.cancel();
+        }
+        self.lease.shutdown(now, &mut self.mint);
+        let shards: Vec<ShardRef> = self.shards.keys().cloned().collect();
+        for shard in shards {
+            self.stop_reading(&shard);
+            if let Some(st) = self.shards.get_mut(&shard) {
+                if st.phase == Phase::Reading || matches!(st.phase, Phase::HandingOff { .. }) {
+                    st.phase = Phase::Closing;
                 }
             }
         }

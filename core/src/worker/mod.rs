@@ -394,43 +394,7 @@ impl Worker {
             return;
         }
         match &input {
-            Input::Shards { op, result } => {
-                if let Some(stream) = self.list_ops.remove(op) {
-                    match result {
-                        Ok(list) => {
-                            self.ranges.retain(|r, _| r.stream != stream);
-                            for info in list {
-                                let r = ShardRef::new(stream.clone(), info.shard.clone());
-                                if let Some(reader) =
-                                    self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
-                                {
-                                    reader.set_range(info.hash_range);
-                                }
-                                self.ranges.insert(r.clone(), info.hash_range);
-                                if info.ending_seq.is_some() {
-                                    if let Some(reader) =
-                                        self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
-                                    {
-                                        reader.mark_closed();
-                                        self.touch(&r);
-                                    }
-                                    self.closed.insert(r);
-                                }
-                            }
-                            if !self.shutting_down {
-                                self.lease
-                                    .handle_shards(now, &stream, list, &mut self.mint);
-                            }
-                        }
-                        Err(class) => self.events.push_back(Event::Warning {
-                            shard: None,
-                            message: format!(
-                                "ListShards on {stream} failed ({class:?}); retrying at the next shard sync"
-                            ),
-                        }),
-                    }
-                }
-            }
+            Input::Shards { op, result } => self.on_shards(now, *op, result),
             Input::Consumer { .. } => {
                 for reg in self.registrations.values_mut() {
                     if reg.handle_input(now, &input) {
@@ -535,20 +499,7 @@ impl Worker {
     /// The application processed a batch: its records may be checkpointed.
     pub fn ack(&mut self, now: Instant, batch: BatchId) -> Result<(), AckError> {
         self.set_now(now);
-        let (shard, inf) = self
-            .batches
-            .remove(&batch)
-            .ok_or(AckError::UnknownBatch(batch))?;
-        let st = self
-            .shards
-            .get_mut(&shard)
-            .ok_or(AckError::UnknownBatch(batch))?;
-        st.inflight.remove(&batch);
-        st.redeliver.retain(|b| *b != batch);
-        let _ = st.tracker.ack(inf.slot);
-        self.pool.release(inf.permit);
-        self.touch(&shard);
-        self.stats.acks += 1;
+        self.apply_ack(batch)?;
         self.pump(now);
         Ok(())
     }
@@ -558,36 +509,7 @@ impl Worker {
     /// checkpoint stays before it.
     pub fn nack(&mut self, now: Instant, batch: BatchId) -> Result<(), AckError> {
         self.set_now(now);
-        let (shard, inf) = self
-            .batches
-            .get_mut(&batch)
-            .ok_or(AckError::UnknownBatch(batch))?;
-        if inf.nacked {
-            return Err(AckError::UnknownBatch(batch));
-        }
-        let st = self
-            .shards
-            .get_mut(shard)
-            .ok_or(AckError::UnknownBatch(batch))?;
-        let _ = st.tracker.nack(inf.slot);
-        if let Some(slot) = self.shards.slot_of(shard) {
-            if let Some((_, st)) = self.shards.at_mut(slot) {
-                Self::mark_touched(&mut self.dirty, slot, st);
-            }
-        }
-        let Some(st) = self.shards.get_mut(shard) else {
-            return Err(AckError::UnknownBatch(batch));
-        };
-        if st.phase == Phase::Reading {
-            inf.nacked = true;
-            st.redeliver.push_back(batch);
-        } else {
-            // Leaving: nobody will redeliver it here; the next reader reads
-            // it again from the checkpoint, which stays before it.
-            st.inflight.remove(&batch);
-            let (_, inf) = self.batches.remove(&batch).expect("present above");
-            self.pool.release(inf.permit);
-        }
+        self.apply_nack(batch)?;
         self.pump(now);
         Ok(())
     }
@@ -601,23 +523,7 @@ impl Worker {
         if self.shutting_down || self.done {
             return;
         }
-        self.shutting_down = true;
-        self.timers.stop(Timer::ShardSync);
-        self.timers
-            .set(Timer::ShutdownDeadline, now + self.config.shutdown_timeout);
-        for reg in self.registrations.values_mut() {
-            reg.cancel();
-        }
-        self.lease.shutdown(now, &mut self.mint);
-        let shards: Vec<ShardRef> = self.shards.keys().cloned().collect();
-        for shard in shards {
-            self.stop_reading(&shard);
-            if let Some(st) = self.shards.get_mut(&shard) {
-                if st.phase == Phase::Reading || matches!(st.phase, Phase::HandingOff { .. }) {
-                    st.phase = Phase::Closing;
-                }
-            }
-        }
+        self.begin_shutdown(now);
         self.pump(now);
     }
 

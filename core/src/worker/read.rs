@@ -30,7 +30,7 @@ use super::Worker;
 use crate::checkpoint::CheckpointTracker;
 use crate::config::{Retrieval, StartFrom};
 use crate::ids::{ChunkId, FencingToken, OpId, ShardRef, SubId};
-use crate::io::{Action, Event, Input};
+use crate::io::{Action, ErrorClass, Event, Input, ShardInfo};
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::shard::{ReaderEvent, ReaderMode, ShardReader};
 
@@ -329,6 +329,52 @@ impl Worker {
                 reader_ops.insert(*op, (shard.clone(), Some(*chunk)));
             }
             _ => {}
+        }
+    }
+
+    /// A ListShards answer: the stream's hash ranges are replaced (readers
+    /// get theirs), closed shards are marked, and the lease manager learns
+    /// the shard list (unless shutting down); a failure waits for the next
+    /// shard sync.
+    pub(super) fn on_shards(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: &Result<Vec<ShardInfo>, ErrorClass>,
+    ) {
+        if let Some(stream) = self.list_ops.remove(&op) {
+            match result {
+                Ok(list) => {
+                    self.ranges.retain(|r, _| r.stream != stream);
+                    for info in list {
+                        let r = ShardRef::new(stream.clone(), info.shard.clone());
+                        if let Some(reader) =
+                            self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
+                        {
+                            reader.set_range(info.hash_range);
+                        }
+                        self.ranges.insert(r.clone(), info.hash_range);
+                        if info.ending_seq.is_some() {
+                            if let Some(reader) =
+                                self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
+                            {
+                                reader.mark_closed();
+                                self.touch(&r);
+                            }
+                            self.closed.insert(r);
+                        }
+                    }
+                    if !self.shutting_down {
+                        self.lease.handle_shards(now, &stream, list, &mut self.mint);
+                    }
+                }
+                Err(class) => self.events.push_back(Event::Warning {
+                    shard: None,
+                    message: format!(
+                        "ListShards on {stream} failed ({class:?}); retrying at the next shard sync"
+                    ),
+                }),
+            }
         }
     }
 }

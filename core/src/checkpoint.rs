@@ -122,6 +122,14 @@ impl CheckpointTracker {
             || u64::from(self.pending_records) + u64::from(records) <= u64::from(self.limit)
     }
 
+    /// Records that still fit in the limit: `None` when nothing is pending
+    /// (a batch of any size may go), else `limit - pending` (0 while a
+    /// single batch larger than the limit is pending). For `records >= 1`,
+    /// [`Self::can_deliver`] is `room().is_none_or(|room| records <= room)`.
+    pub(crate) fn room(&self) -> Option<u32> {
+        (self.pending_records > 0).then(|| self.limit.saturating_sub(self.pending_records))
+    }
+
     /// Record a delivered batch: `last` = ExtSeq of its last user record,
     /// `complete` = that record ended its Kinesis record.
     ///
@@ -548,5 +556,23 @@ mod tests {
             last = Some(slot);
             t.ack(slot).unwrap();
         }
+    }
+
+    #[test]
+    fn room_agrees_with_can_deliver() {
+        let mut t = CheckpointTracker::new(None, 5);
+        let check = |t: &CheckpointTracker| {
+            for records in 1..=8 {
+                let fits = t.room().is_none_or(|room| records <= room);
+                assert_eq!(fits, t.can_deliver(records), "{records} records");
+            }
+        };
+        check(&t);
+        let a = t.deliver(ext(1, 0), true, 3).unwrap();
+        check(&t);
+        t.ack(a).unwrap();
+        t.deliver(ext(2, 0), true, 7).unwrap();
+        assert_eq!(t.room(), Some(0), "a single oversized batch pending");
+        check(&t);
     }
 }

@@ -1,0 +1,367 @@
+//! Admission and delivery: chunks arrive into the global pending pool or
+//! park until it has room, readers get credit to fetch more, batches are
+//! cut from admitted chunks, and acks and nacks give pool room back.
+//!
+//! Rules encoded: a reader takes the next event from the network only with
+//! credit from the pool (SPEC 7), each outstanding read reserving one
+//! estimated chunk, with credit given round robin; an oversized chunk is
+//! admitted alone into an empty pool; batches are cut by the pure rule of
+//! `batcher` within `checkpoint_limit` (SPEC 2, 3) and delivered with the
+//! lease's fencing token; a nacked batch is redelivered, with the same
+//! checkpoint slot, while the shard is read; `ChunkDone` follows the last
+//! batch cut from a chunk.
+//!
+//! Invariants: pool usage equals the permits of queued chunks plus those
+//! of delivered, unacked batches (`Worker::check_invariants`); a parked
+//! chunk holds no permit; a shard with a parked chunk wants no credit.
+//!
+//! Imports: the table (`shards`) and `Phase` (only a reading shard
+//! delivers); `read` for routing the actions of granted credit.
+
+use std::time::Instant;
+
+use super::batcher::{self, Backlog};
+use super::lifecycle::Phase;
+use super::{AckError, Worker};
+use crate::checkpoint::Slot;
+use crate::ids::{BatchId, ChunkId, ShardRef};
+use crate::io::{BatchMeta, Chunk, Event, RecordMeta};
+use crate::pool::Permit;
+
+/// An admitted chunk whose records are not all delivered yet.
+pub(super) struct Queued {
+    pub(super) chunk: ChunkId,
+    pub(super) records: Vec<RecordMeta>,
+    pub(super) next: u32,
+    pub(super) permit: Permit,
+    pub(super) millis_behind: u64,
+}
+
+/// A chunk that arrived while the pool had no room for it.
+pub(super) struct Parked {
+    pub(super) chunk: ChunkId,
+    pub(super) data: Chunk,
+}
+
+/// A delivered batch awaiting ack.
+pub(super) struct Inflight {
+    pub(super) slot: Slot,
+    pub(super) permit: Permit,
+    pub(super) batch: BatchMeta,
+    /// Nacked and not yet redelivered.
+    pub(super) nacked: bool,
+}
+
+impl Worker {
+    /// A chunk arrived for a shard: admit it into the pool or park it.
+    pub(super) fn arrived(&mut self, now: Instant, shard: &ShardRef, chunk: ChunkId, data: Chunk) {
+        let Some(slot) = self.shards.slot_of(shard) else {
+            self.events.push_back(Event::ChunkDone { chunk });
+            return;
+        };
+        let Some((_, st)) = self.shards.at_mut(slot) else {
+            self.events.push_back(Event::ChunkDone { chunk });
+            return;
+        };
+        Self::mark_touched(&mut self.dirty, slot, st);
+        st.millis_behind = data.millis_behind;
+        let (records, bytes) = (data.records.len() as u64, data.bytes());
+        if records > 0 {
+            let (r, b) = self.chunk_estimate;
+            self.chunk_estimate = ((r * 7 + records).div_ceil(8), (b * 7 + bytes).div_ceil(8));
+        }
+        match self.pool.try_admit(records, bytes) {
+            Ok(permit) => {
+                if let Some(r) = st.reader.as_mut() {
+                    r.admitted(chunk);
+                }
+                if data.records.is_empty() {
+                    self.pool.release(permit);
+                    self.events.push_back(Event::ChunkDone { chunk });
+                } else {
+                    if st.open_since.is_none() {
+                        st.open_since = Some(now);
+                    }
+                    st.queue.push_back(Queued {
+                        chunk,
+                        records: data.records,
+                        next: 0,
+                        permit,
+                        millis_behind: data.millis_behind,
+                    });
+                }
+            }
+            Err(_) => {
+                self.stats.chunks_parked += 1;
+                st.parked = Some(Parked { chunk, data });
+                self.pool.wait(shard.clone());
+            }
+        }
+    }
+
+    /// Admit parked chunks in FIFO order as room frees up.
+    pub(super) fn admit_parked(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        while self.pool.has_room() {
+            let Some(shard) = self.pool.poll_wake() else {
+                break;
+            };
+            let Some(p) = self.shards.get_mut(&shard).and_then(|s| s.parked.take()) else {
+                continue;
+            };
+            progress = true;
+            let before = self.stats.chunks_parked;
+            self.arrived(now, &shard, p.chunk, p.data);
+            if self.stats.chunks_parked != before {
+                // Still does not fit: it waits again (it fits once the pool
+                // is empty at the latest).
+                self.stats.chunks_parked = before;
+                break;
+            }
+        }
+        progress
+    }
+
+    /// Give one unit of credit to each reader that wants one, while the pool
+    /// has room, starting after the last served shard (round robin). Only
+    /// `wanting` shards can take credit; touched shards are re-judged first.
+    pub(super) fn grant_credit(&mut self, now: Instant) -> bool {
+        for &slot in &self.dirty {
+            if let Some((_, st)) = self.shards.at_mut(slot) {
+                Self::recount_credit(
+                    &mut self.credit_outstanding,
+                    &mut self.wanting,
+                    now,
+                    slot,
+                    st,
+                );
+            }
+        }
+        if !self.pool.has_room() || self.wanting.is_empty() {
+            return false;
+        }
+        let mut outstanding = self.credit_outstanding;
+        let mut order = std::mem::take(&mut self.scratch);
+        order.clear();
+        order.extend_from_slice(&self.wanting);
+        Self::sort_by_shard(&self.shards, &mut order);
+        if let Some(c) = &self.credit_cursor {
+            // Round robin: the shards after the last one served first.
+            let after = order.partition_point(|&s| self.shards.at(s).is_some_and(|(k, _)| k <= c));
+            order.rotate_left(after);
+        }
+        let mut progress = false;
+        for &slot in &order {
+            if !self.pool.has_room() || !self.credit_fits(outstanding + 1) {
+                break;
+            }
+            let free = self
+                .config
+                .pool_records
+                .saturating_sub(self.pool.used_records());
+            let limit = u32::try_from(free).unwrap_or(u32::MAX);
+            let Some((shard, st)) = self.shards.at_mut(slot) else {
+                continue;
+            };
+            if !st.wants_credit(now) {
+                continue;
+            }
+            let Some(reader) = st.reader.as_mut() else {
+                continue;
+            };
+            if let Some(action) = reader.grant(now, limit, &mut self.mint) {
+                outstanding += 1;
+                Self::recount_credit(
+                    &mut self.credit_outstanding,
+                    &mut self.wanting,
+                    now,
+                    slot,
+                    st,
+                );
+                Self::mark_touched(&mut self.dirty, slot, st);
+                Self::route_into(&mut self.reader_ops, &mut self.reader_subs, shard, &action);
+                self.actions.push_back(action);
+                self.credit_cursor = Some(shard.clone());
+                progress = true;
+            }
+        }
+        self.scratch = order;
+        progress
+    }
+
+    /// Whether `reads` outstanding reads, each reserving one estimated chunk,
+    /// fit in the pool next to what is admitted. The first read into an
+    /// empty pool always fits (an oversized chunk is admitted alone).
+    pub(super) fn credit_fits(&self, reads: u64) -> bool {
+        let (used_r, used_b) = self.pool_used();
+        if reads <= 1 && used_r == 0 && used_b == 0 {
+            return true;
+        }
+        let (est_r, est_b) = self.chunk_estimate;
+        used_r.saturating_add(reads.saturating_mul(est_r)) <= self.config.pool_records
+            && used_b.saturating_add(reads.saturating_mul(est_b)) <= self.config.pool_bytes
+    }
+
+    /// Cut batches out of admitted chunks and redeliver nacked ones.
+    pub(super) fn deliver(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        let batching = self.config.batching;
+        let slots = self.dirty_slots();
+        for &slot in &slots {
+            let Some((shard, st)) = self.shards.at_mut(slot) else {
+                continue;
+            };
+            if st.phase != Phase::Reading {
+                continue;
+            }
+            while let Some(id) = st.redeliver.pop_front() {
+                if let Some((_, inf)) = self.batches.get_mut(&id) {
+                    inf.nacked = false;
+                    let mut batch = inf.batch.clone();
+                    batch.redelivery = true;
+                    self.stats.batches_delivered += 1;
+                    self.stats.redeliveries += 1;
+                    self.stats.records_delivered += u64::from(batch.len());
+                    self.events.push_back(Event::Batch(batch));
+                    progress = true;
+                }
+            }
+            while let Some(q) = st.queue.front() {
+                let backlog = Backlog {
+                    front: &q.records[q.next as usize..],
+                    more_queued: st.queue.len() > 1,
+                    end_seen: st.end_seen,
+                    open_since: st.open_since,
+                };
+                let Some(n) = batcher::next_batch(&backlog, &batching, st.tracker.room(), now)
+                else {
+                    break;
+                };
+                let q = st.queue.front_mut().expect("checked");
+                let range = q.next..q.next + n;
+                let recs = &q.records[range.start as usize..range.end as usize];
+                let (Some(first), Some(last)) = (recs.first(), recs.last()) else {
+                    break;
+                };
+                let bytes: u64 = recs.iter().map(|r| u64::from(r.bytes)).sum();
+                let Ok(slot) = st.tracker.deliver(last.ext.clone(), last.last_sub, n) else {
+                    // Out-of-order records from the runtime: drop the rest
+                    // of this chunk rather than corrupt the checkpoint.
+                    let q = st.queue.pop_front().expect("checked");
+                    self.pool.release(q.permit);
+                    self.events.push_back(Event::ChunkDone { chunk: q.chunk });
+                    self.events.push_back(Event::Warning {
+                        shard: Some(shard.clone()),
+                        message: "records out of sequence order were dropped; they are read again after a restart".into(),
+                    });
+                    continue;
+                };
+                let id = self.mint.batch();
+                let batch = BatchMeta {
+                    id,
+                    shard: shard.clone(),
+                    token: st.token,
+                    chunk: q.chunk,
+                    range: range.clone(),
+                    first: first.ext.clone(),
+                    last: last.ext.clone(),
+                    bytes,
+                    millis_behind: q.millis_behind,
+                    redelivery: false,
+                };
+                let permit = self.pool.split(&mut q.permit, u64::from(n), bytes);
+                q.next += n;
+                // ChunkDone goes out after this batch: a runtime frees the
+                // payload on ChunkDone, and this batch still needs it.
+                let mut chunk_done = None;
+                if q.next as usize >= q.records.len() {
+                    let q = st.queue.pop_front().expect("checked");
+                    // Rounding leftovers of the chunk's permit.
+                    self.pool.release(q.permit);
+                    chunk_done = Some(q.chunk);
+                }
+                st.open_since = if st.queue.is_empty() { None } else { Some(now) };
+                st.inflight.insert(id);
+                self.stats.batches_delivered += 1;
+                self.stats.records_delivered += u64::from(n);
+                self.batches.insert(
+                    id,
+                    (
+                        shard.clone(),
+                        Inflight {
+                            slot,
+                            permit,
+                            batch: batch.clone(),
+                            nacked: false,
+                        },
+                    ),
+                );
+                self.events.push_back(Event::Batch(batch));
+                if let Some(chunk) = chunk_done {
+                    self.events.push_back(Event::ChunkDone { chunk });
+                }
+                progress = true;
+            }
+        }
+        self.sorted = slots;
+        progress
+    }
+
+    /// The bookkeeping of an ack: the batch leaves the shard's in-flight
+    /// set, its slot is acknowledged in the tracker and its permit gives
+    /// the pool room back.
+    pub(super) fn apply_ack(&mut self, batch: BatchId) -> Result<(), AckError> {
+        let (shard, inf) = self
+            .batches
+            .remove(&batch)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        let st = self
+            .shards
+            .get_mut(&shard)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        st.inflight.remove(&batch);
+        st.redeliver.retain(|b| *b != batch);
+        let _ = st.tracker.ack(inf.slot);
+        self.pool.release(inf.permit);
+        self.touch(&shard);
+        self.stats.acks += 1;
+        Ok(())
+    }
+
+    /// The bookkeeping of a nack: the batch is queued for redelivery while
+    /// the shard is read; a shard leaving drops it (the next reader reads
+    /// it again from the checkpoint).
+    pub(super) fn apply_nack(&mut self, batch: BatchId) -> Result<(), AckError> {
+        let (shard, inf) = self
+            .batches
+            .get_mut(&batch)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        if inf.nacked {
+            return Err(AckError::UnknownBatch(batch));
+        }
+        let st = self
+            .shards
+            .get_mut(shard)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        let _ = st.tracker.nack(inf.slot);
+        if let Some(slot) = self.shards.slot_of(shard) {
+            if let Some((_, st)) = self.shards.at_mut(slot) {
+                Self::mark_touched(&mut self.dirty, slot, st);
+            }
+        }
+        let Some(st) = self.shards.get_mut(shard) else {
+            return Err(AckError::UnknownBatch(batch));
+        };
+        if st.phase == Phase::Reading {
+            inf.nacked = true;
+            st.redeliver.push_back(batch);
+        } else {
+            // Leaving: nobody will redeliver it here; the next reader reads
+            // it again from the checkpoint, which stays before it.
+            st.inflight.remove(&batch);
+            let (_, inf) = self.batches.remove(&batch).expect("present above");
+            self.pool.release(inf.permit);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,380 @@
+//! Reading: starting and stopping a shard's reader, draining what readers
+//! and EFO registrations emit, and routing answers back to the reader that
+//! asked (`route_into` at emission, `route_input` at arrival).
+//!
+//! Rules encoded: a reader starts at the lease's checkpoint, else at
+//! `start_from` (LATEST anchored at the lease row's creation time, so a
+//! shard is read from the same point whoever takes it first); a stopped
+//! reader's SubscribeToShard spacing is carried to the next reader of the
+//! same shard (AWS: 1 s between calls, 5 s after ResourceInUse); what was
+//! received but not delivered is dropped at stop (the next reader reads it
+//! again from the checkpoint, SPEC 3); a reader that fails fatally gives
+//! its lease up and the shard is quarantined for `QUARANTINE` (SPEC 5);
+//! an EFO reader started before its consumer ARN is known gets it as soon
+//! as the registration has it.
+//!
+//! Invariants: every reader op and subscription in flight is routed to the
+//! shard that sent it, and an answer nobody takes frees its chunk
+//! ([`Event::ChunkDone`]); a stopped shard waits for no pool room and has
+//! no subscription routed to it.
+//!
+//! Imports: the table (`shards`), `Phase` (a failed reader leaves); chunks
+//! go to `deliver` through `Worker::arrived`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::lifecycle::Phase;
+use super::shards::{ShardState, ShardTable, StateSlot};
+use super::Worker;
+use crate::checkpoint::CheckpointTracker;
+use crate::config::{Retrieval, StartFrom};
+use crate::ids::{ChunkId, FencingToken, OpId, ShardRef, SubId};
+use crate::io::{Action, ErrorClass, Event, Input, ShardInfo};
+use crate::sequence::{Checkpoint, StartPosition};
+use crate::shard::{ReaderEvent, ReaderMode, ShardReader};
+
+/// How long a shard that failed fatally is not taken again by this worker.
+const QUARANTINE: Duration = Duration::from_secs(300);
+
+impl Worker {
+    /// Free the payload of an input nobody will use.
+    pub(super) fn free_stale_chunk(&mut self, input: &Input) {
+        match input {
+            Input::SubscriptionEvent { chunk, .. } => {
+                self.events.push_back(Event::ChunkDone { chunk: *chunk })
+            }
+            Input::Records { op, .. } => {
+                if let Some((_, Some(chunk))) = self.reader_ops.remove(op) {
+                    self.events.push_back(Event::ChunkDone { chunk });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Route a reader input to its shard; touched when the reader took it.
+    pub(super) fn route_input(
+        shards: &mut ShardTable,
+        dirty: &mut Vec<StateSlot>,
+        now: Instant,
+        shard: &ShardRef,
+        input: &Input,
+    ) -> bool {
+        let Some(slot) = shards.slot_of(shard) else {
+            return false;
+        };
+        let Some((_, st)) = shards.at_mut(slot) else {
+            return false;
+        };
+        let consumed = st
+            .reader
+            .as_mut()
+            .is_some_and(|r| r.handle_input(now, input));
+        if consumed {
+            Self::mark_touched(dirty, slot, st);
+        }
+        consumed
+    }
+
+    pub(super) fn start_reading(
+        &mut self,
+        now: Instant,
+        shard: ShardRef,
+        token: FencingToken,
+        checkpoint: Option<Checkpoint>,
+        created_ms: u64,
+    ) {
+        if self.shutting_down {
+            // Taken while we were shutting down: give it back at once.
+            self.lease.release(now, &shard, checkpoint, &mut self.mint);
+            return;
+        }
+        if let Some(old) = self.shards.get(&shard) {
+            // A re-acquisition while we still read it would be two readers.
+            debug_assert!(
+                false,
+                "{shard:?} acquired while read (token {:?})",
+                old.token
+            );
+            return;
+        }
+        let start = match checkpoint.as_ref().and_then(|c| c.resume_position()) {
+            Some(p) => p,
+            None => match self.config.start_from {
+                StartFrom::Oldest => StartPosition::TrimHorizon,
+                StartFrom::Latest => StartPosition::AtTimestamp {
+                    unix_ms: created_ms,
+                },
+                StartFrom::Timestamp { unix_ms } => StartPosition::AtTimestamp { unix_ms },
+            },
+        };
+        let consumer_arn = self
+            .registrations
+            .get(&shard.stream)
+            .and_then(|r| r.arn().map(str::to_owned));
+        let mode = ReaderMode::from_config(&self.config, consumer_arn);
+        let seed = self.rng.next_u64();
+        let mut reader = ShardReader::new(shard.clone(), start, mode, seed, now);
+        if let Some((last, riu)) = self.spacing.remove(&shard) {
+            reader.carry_subscribe_spacing(now, last, riu);
+        }
+        if self.closed.contains(&shard) {
+            reader.mark_closed();
+        }
+        if let Some(range) = self.ranges.get(&shard) {
+            reader.set_range(*range);
+        }
+        let ended = matches!(checkpoint, Some(Checkpoint::ShardEnd));
+        let tracker = CheckpointTracker::new(checkpoint, self.config.checkpoint_limit);
+        self.events.push_back(Event::LeaseAcquired {
+            shard: shard.clone(),
+            token,
+        });
+        let slot = self.shards.insert(
+            shard.clone(),
+            ShardState {
+                token,
+                reader: Some(reader),
+                tracker,
+                queue: VecDeque::new(),
+                parked: None,
+                inflight: BTreeSet::new(),
+                redeliver: VecDeque::new(),
+                phase: Phase::Reading,
+                end_seen: ended,
+                finishing: false,
+                millis_behind: 0,
+                open_since: None,
+                deadline: None,
+                holds_credit: false,
+                touched: false,
+                listed: false,
+            },
+        );
+        if matches!(self.config.retrieval, Retrieval::Efo { .. })
+            && self
+                .shards
+                .get(&shard)
+                .and_then(|s| s.reader.as_ref())
+                .is_some_and(|r| r.consumer_arn().is_none())
+        {
+            self.awaiting_arn.insert(shard.clone());
+        }
+        self.touch_slot(slot);
+        if ended {
+            self.stop_reading(&shard);
+        }
+    }
+
+    /// Stop the reader of a shard and drop what was received but not
+    /// delivered (the next reader reads it again from the checkpoint).
+    pub(super) fn stop_reading(&mut self, shard: &ShardRef) {
+        let Some(slot) = self.shards.slot_of(shard) else {
+            return;
+        };
+        let Some((_, st)) = self.shards.at_mut(slot) else {
+            return;
+        };
+        Self::mark_touched(&mut self.dirty, slot, st);
+        if let Some(mut reader) = st.reader.take() {
+            if let Some(a) = reader.stop() {
+                self.actions.push_back(a);
+            }
+            let (last, riu) = reader.subscribe_spacing();
+            if last.is_some() || riu.is_some() {
+                // Only spacing that can still matter is kept (bounded map).
+                let now = self.now;
+                self.spacing.retain(|_, (l, r)| {
+                    l.is_some_and(|t| now < t + Duration::from_secs(1))
+                        || r.is_some_and(|t| now < t + Duration::from_secs(5))
+                });
+                self.spacing.insert(shard.clone(), (last, riu));
+            }
+        }
+        for q in st.queue.drain(..) {
+            self.pool.release(q.permit);
+            self.events.push_back(Event::ChunkDone { chunk: q.chunk });
+        }
+        if let Some(p) = st.parked.take() {
+            self.events.push_back(Event::ChunkDone { chunk: p.chunk });
+        }
+        st.open_since = None;
+        self.pool.cancel_wait(shard);
+        self.reader_subs.retain(|_, s| s != shard);
+    }
+
+    pub(super) fn drain_registrations(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        let mut fatal = None;
+        for (stream, reg) in self.registrations.iter_mut() {
+            while let Some(a) = reg.poll_action(now, &mut self.mint) {
+                self.actions.push_back(a);
+                progress = true;
+            }
+            if let Some(arn) = reg.arn() {
+                // Readers started before the ARN was known (the only ones
+                // without it), in key order.
+                for shard in self.awaiting_arn.iter().filter(|s| &s.stream == stream) {
+                    let Some(slot) = self.shards.slot_of(shard) else {
+                        continue;
+                    };
+                    let Some((_, st)) = self.shards.at_mut(slot) else {
+                        continue;
+                    };
+                    if let Some(r) = st.reader.as_mut() {
+                        if r.consumer_arn().is_none() {
+                            r.set_consumer_arn(arn.to_owned());
+                            Self::mark_touched(&mut self.dirty, slot, st);
+                            progress = true;
+                        }
+                    }
+                }
+                self.awaiting_arn.retain(|s| &s.stream != stream);
+            }
+            if let Some(err) = reg.error() {
+                if fatal.is_none() && !self.shutting_down {
+                    fatal = Some(format!("{stream}: {err}"));
+                }
+            }
+        }
+        if let Some(message) = fatal {
+            self.events.push_back(Event::Fatal { message });
+            self.shutdown(now);
+            progress = true;
+        }
+        progress
+    }
+
+    pub(super) fn drain_readers(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        let slots = self.dirty_slots();
+        for &slot in &slots {
+            while let Some((shard, st)) = self.shards.at_mut(slot) {
+                let Some(reader) = st.reader.as_mut() else {
+                    break;
+                };
+                while let Some(action) = reader.poll_action(now, &mut self.mint) {
+                    progress = true;
+                    Self::route_into(&mut self.reader_ops, &mut self.reader_subs, shard, &action);
+                    self.actions.push_back(action);
+                }
+                let Some(ev) = reader.poll_event() else {
+                    break;
+                };
+                let shard = shard.clone();
+                progress = true;
+                match ev {
+                    ReaderEvent::Chunk { chunk, data } => self.arrived(now, &shard, chunk, data),
+                    ReaderEvent::End { children } => {
+                        if let Some(st) = self.shards.get_mut(&shard) {
+                            st.end_seen = true;
+                        }
+                        for child in &children {
+                            self.ranges
+                                .entry(ShardRef::new(shard.stream.clone(), child.shard.clone()))
+                                .or_insert(child.hash_range);
+                        }
+                        if !children.is_empty() {
+                            self.lease.handle_child_shards(
+                                now,
+                                &shard.stream,
+                                &children,
+                                &mut self.mint,
+                            );
+                        }
+                    }
+                    ReaderEvent::Failed { class } => {
+                        self.stop_reading(&shard);
+                        self.lease.quarantine(&shard, now + QUARANTINE);
+                        let cp = self
+                            .shards
+                            .get(&shard)
+                            .and_then(|s| s.tracker.watermark().cloned());
+                        self.events.push_back(Event::ShardFailed {
+                            shard: shard.clone(),
+                            class,
+                        });
+                        if let Some(st) = self.shards.get_mut(&shard) {
+                            st.phase = Phase::Leaving;
+                        }
+                        self.lease.release(now, &shard, cp, &mut self.mint);
+                    }
+                    ReaderEvent::Warning(message) => self.events.push_back(Event::Warning {
+                        shard: Some(shard),
+                        message,
+                    }),
+                }
+            }
+        }
+        self.sorted = slots;
+        progress
+    }
+
+    /// Remember which shard an action's answer belongs to.
+    pub(super) fn route_into(
+        reader_ops: &mut BTreeMap<OpId, (ShardRef, Option<ChunkId>)>,
+        reader_subs: &mut BTreeMap<SubId, ShardRef>,
+        shard: &ShardRef,
+        action: &Action,
+    ) {
+        match action {
+            Action::Subscribe { sub, .. } => {
+                reader_subs.insert(*sub, shard.clone());
+            }
+            Action::GetShardIterator { op, .. } => {
+                reader_ops.insert(*op, (shard.clone(), None));
+            }
+            Action::GetRecords { op, chunk, .. } => {
+                reader_ops.insert(*op, (shard.clone(), Some(*chunk)));
+            }
+            _ => {}
+        }
+    }
+
+    /// A ListShards answer: the stream's hash ranges are replaced (readers
+    /// get theirs), closed shards are marked, and the lease manager learns
+    /// the shard list (unless shutting down); a failure waits for the next
+    /// shard sync.
+    pub(super) fn on_shards(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: &Result<Vec<ShardInfo>, ErrorClass>,
+    ) {
+        if let Some(stream) = self.list_ops.remove(&op) {
+            match result {
+                Ok(list) => {
+                    self.ranges.retain(|r, _| r.stream != stream);
+                    for info in list {
+                        let r = ShardRef::new(stream.clone(), info.shard.clone());
+                        if let Some(reader) =
+                            self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
+                        {
+                            reader.set_range(info.hash_range);
+                        }
+                        self.ranges.insert(r.clone(), info.hash_range);
+                        if info.ending_seq.is_some() {
+                            if let Some(reader) =
+                                self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
+                            {
+                                reader.mark_closed();
+                                self.touch(&r);
+                            }
+                            self.closed.insert(r);
+                        }
+                    }
+                    if !self.shutting_down {
+                        self.lease.handle_shards(now, &stream, list, &mut self.mint);
+                    }
+                }
+                Err(class) => self.events.push_back(Event::Warning {
+                    shard: None,
+                    message: format!(
+                        "ListShards on {stream} failed ({class:?}); retrying at the next shard sync"
+                    ),
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Delivery and checkpoints: every record once and in order, the fencing
+//! token on every batch, acks, nacks and `checkpoint_limit`.
+
+use super::*;
+
+#[test]
+fn delivers_every_record_in_order_and_checkpoints_after_commit_period() {
+    let mut world = World::new(&[("s0", &[], 10, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    run(&mut world, &mut [&mut node], Duration::from_secs(8));
+    let got = delivered_seqs(&node, "s0");
+    let want: Vec<SeqNum> = world.shards["s0"].records.clone();
+    assert_eq!(got, want, "every record once, in shard order");
+    let row = &world.rows[&sref("s0")];
+    assert_eq!(row.owner.as_ref(), Some(node.w.owner()));
+    assert_eq!(row.checkpoint, Some(Checkpoint::After(seq(10))));
+}
+
+#[test]
+fn batches_carry_the_lease_fencing_token() {
+    let mut world = World::new(&[("s0", &[], 3, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    let token = world.rows[&sref("s0")].token;
+    assert!(!node.batches.is_empty());
+    assert!(node.batches.iter().all(|b| b.token == token));
+}
+
+#[test]
+fn checkpoint_never_covers_unacked_record() {
+    let mut world = World::new(&[("s0", &[], 5, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    assert_eq!(node.batches.len(), 5);
+    // Ack everything but the second record.
+    for b in node.batches.clone() {
+        if b.first.seq != seq(2) {
+            node.w.ack(world.now, b.id).unwrap();
+        }
+    }
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(
+        world.rows[&sref("s0")].checkpoint,
+        Some(Checkpoint::After(seq(1)))
+    );
+    let second = node
+        .batches
+        .iter()
+        .find(|b| b.first.seq == seq(2))
+        .unwrap()
+        .id;
+    node.w.ack(world.now, second).unwrap();
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(
+        world.rows[&sref("s0")].checkpoint,
+        Some(Checkpoint::After(seq(5)))
+    );
+}
+
+#[test]
+fn nacked_batch_is_redelivered_and_checkpoint_waits_for_it() {
+    let mut world = World::new(&[("s0", &[], 2, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    let first = node.batches[0].clone();
+    node.w.nack(world.now, first.id).unwrap();
+    node.settle(&mut world);
+    let again = node.batches.last().unwrap();
+    assert!(again.redelivery);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.first, first.first);
+    node.w.ack(world.now, node.batches[1].id).unwrap();
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(world.rows[&sref("s0")].checkpoint, None);
+    node.w.ack(world.now, first.id).unwrap();
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(
+        world.rows[&sref("s0")].checkpoint,
+        Some(Checkpoint::After(seq(2)))
+    );
+}
+
+#[test]
+fn checkpoint_limit_stops_delivery_until_acks() {
+    let mut world = World::new(&[("s0", &[], 10, false)]);
+    let mut c = polling_config("a");
+    c.checkpoint_limit = 3;
+    let mut node = Node::new(c, &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(3));
+    assert_eq!(
+        node.batches.len(),
+        3,
+        "no more than checkpoint_limit pending"
+    );
+    let id = node.batches[0].id;
+    node.w.ack(world.now, id).unwrap();
+    node.settle(&mut world);
+    assert_eq!(node.batches.len(), 4);
+}

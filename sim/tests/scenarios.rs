@@ -191,6 +191,16 @@ fn start_latest_loses_no_child_record_after_the_anchor() -> Result<()> {
     Ok(())
 }
 
+/// Core bug found by the sim (swarm seed 196): a ResourceInUse answered
+/// after the reader's lease was lost (the worker resumed from a stall and
+/// fenced at once) was dropped with the stopped reader, so the shard's next
+/// reader subscribed 3 s later instead of 5 s.
+#[test]
+fn resource_in_use_after_the_lease_was_lost_still_spaces_the_next_subscribe() -> Result<()> {
+    ok(Params::swarm(196))?;
+    Ok(())
+}
+
 #[test]
 fn graceful_handoff_has_no_duplicates() -> Result<()> {
     let mut p = quiet("handoff", 8, 1);

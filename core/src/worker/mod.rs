@@ -153,6 +153,11 @@ pub struct Worker {
     /// ListShards answer replaces its stream's ranges, so shards gone from
     /// the stream are forgotten.
     ranges: BTreeMap<ShardRef, HashRange>,
+    /// Subscriptions of stopped readers whose answer may still come (a
+    /// ResourceInUse after the lease was lost still spaces the shard's next
+    /// SubscribeToShard), with when the reader stopped; pruned after
+    /// `read::STOPPED_SUB_MEMORY`.
+    stopped_subs: BTreeMap<SubId, (ShardRef, Instant)>,
     /// SubscribeToShard spacing of stopped readers, for the next reader of
     /// the same shard (AWS: 1 s between calls, 5 s after ResourceInUse).
     spacing: BTreeMap<ShardRef, (Option<Instant>, Option<Instant>)>,
@@ -234,6 +239,7 @@ impl Worker {
             reader_subs: BTreeMap::new(),
             closed: BTreeSet::new(),
             ranges: BTreeMap::new(),
+            stopped_subs: BTreeMap::new(),
             spacing: BTreeMap::new(),
             timers,
             actions: VecDeque::new(),
@@ -412,6 +418,7 @@ impl Worker {
                     None => false,
                 };
                 if !consumed {
+                    self.stopped_sub_answered(now, &input);
                     self.free_stale_chunk(&input);
                 }
             }

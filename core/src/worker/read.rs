@@ -37,6 +37,10 @@ use crate::shard::{ReaderEvent, ReaderMode, ShardReader};
 /// How long a shard that failed fatally is not taken again by this worker.
 const QUARANTINE: Duration = Duration::from_secs(300);
 
+/// How long a stopped reader's subscription is remembered for its answer:
+/// past the call deadline (15 s) an answer can no longer come.
+pub(super) const STOPPED_SUB_MEMORY: Duration = Duration::from_secs(30);
+
 impl Worker {
     /// Free the payload of an input nobody will use.
     pub(super) fn free_stale_chunk(&mut self, input: &Input) {
@@ -201,7 +205,16 @@ impl Worker {
         }
         st.open_since = None;
         self.pool.cancel_wait(shard);
-        self.reader_subs.retain(|_, s| s != shard);
+        let now = self.now;
+        self.stopped_subs
+            .retain(|_, (_, at)| now < *at + STOPPED_SUB_MEMORY);
+        let stopped = &mut self.stopped_subs;
+        self.reader_subs.retain(|sub, s| {
+            if s == shard {
+                stopped.insert(*sub, (s.clone(), now));
+            }
+            s != shard
+        });
     }
 
     pub(super) fn drain_registrations(&mut self, now: Instant) -> bool {
@@ -309,6 +322,46 @@ impl Worker {
         }
         self.sorted = slots;
         progress
+    }
+
+    /// An answer for a subscription whose reader was stopped: AWS counts
+    /// SubscribeToShard spacing per (consumer, shard), so a ResourceInUse
+    /// still holds the shard's next subscribe off for 5 s, whichever reader
+    /// makes it.
+    pub(super) fn stopped_sub_answered(&mut self, now: Instant, input: &Input) {
+        let (Input::SubscriptionEvent { sub, .. }
+        | Input::SubscriptionEnded { sub }
+        | Input::SubscriptionError { sub, .. }) = input
+        else {
+            return;
+        };
+        let resource_in_use = matches!(
+            input,
+            Input::SubscriptionError {
+                class: ErrorClass::ResourceInUse,
+                ..
+            }
+        );
+        let Some((shard, _)) = (if matches!(input, Input::SubscriptionEvent { .. }) {
+            self.stopped_subs.get(sub).cloned()
+        } else {
+            self.stopped_subs.remove(sub)
+        }) else {
+            return;
+        };
+        if !resource_in_use {
+            return;
+        }
+        match self.shards.get_mut(&shard).and_then(|s| s.reader.as_mut()) {
+            Some(reader) => {
+                reader.carry_subscribe_spacing(now, None, Some(now));
+                self.touch(&shard);
+            }
+            None => {
+                let entry = self.spacing.entry(shard).or_insert((None, None));
+                entry.1 = entry.1.max(Some(now));
+            }
+        }
     }
 
     /// Remember which shard an action's answer belongs to.

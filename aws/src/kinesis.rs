@@ -240,6 +240,7 @@ impl Kinesis {
             .await
             .map_err(|e| KinesisError::from_sdk(OP, &e))?;
         let admits = |ext: &ExtSeq| skip_through.is_none_or(|s| ext > s);
+        let kinesis_records = u32::try_from(out.records.len()).unwrap_or(u32::MAX);
         let (records, payloads) = expand(OP, out.records, range, admits)?;
         let child_shards = child_shards(OP, out.child_shards.unwrap_or_default())?;
         let chunk = Chunk {
@@ -247,6 +248,7 @@ impl Kinesis {
             millis_behind: u64::try_from(out.millis_behind_latest.unwrap_or(0)).unwrap_or(0),
             continuation: None,
             child_shards,
+            kinesis_records,
         };
         let next = out
             .next_shard_iterator
@@ -366,6 +368,7 @@ impl Subscription {
                 Some(_) => continue,
             };
             let position = &self.position;
+            let kinesis_records = u32::try_from(event.records.len()).unwrap_or(u32::MAX);
             let (records, payloads) =
                 expand(OP, event.records, self.range, |ext| position.admits(ext))?;
             let continuation = match event.continuation_sequence_number.as_str() {
@@ -377,6 +380,7 @@ impl Subscription {
                 millis_behind: u64::try_from(event.millis_behind_latest).unwrap_or(0),
                 continuation,
                 child_shards: child_shards(OP, event.child_shards.unwrap_or_default())?,
+                kinesis_records,
             };
             return Ok(Some((chunk, payloads)));
         }

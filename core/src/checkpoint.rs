@@ -130,6 +130,17 @@ impl CheckpointTracker {
         (self.pending_records > 0).then(|| self.limit.saturating_sub(self.pending_records))
     }
 
+    /// Whether `ext` is at or before the end of the last delivered batch (or
+    /// the start checkpoint): such a record was delivered already (a re-read
+    /// overlapping what was read) and cannot start a batch.
+    pub(crate) fn covers(&self, ext: &ExtSeq) -> bool {
+        self.batches
+            .back()
+            .map(|b| &b.end)
+            .or(self.watermark.as_ref())
+            .is_some_and(|previous| previous.covers(ext))
+    }
+
     /// Record a delivered batch: `last` = ExtSeq of its last user record,
     /// `complete` = that record ended its Kinesis record.
     ///

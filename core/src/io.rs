@@ -116,6 +116,11 @@ pub struct Chunk {
     pub continuation: Option<SeqNum>,
     /// ChildShards, present at shard end.
     pub child_shards: Vec<ChildShard>,
+    /// Kinesis records the read returned, before KPL de-aggregation and
+    /// filtering: an event whose records were all filtered out (KPL
+    /// sub-records of another shard, positions already read) is not an
+    /// empty event, and never evidence of a shard's end.
+    pub kinesis_records: u32,
 }
 
 impl Chunk {

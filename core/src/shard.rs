@@ -238,7 +238,8 @@ pub struct ShardReader {
     /// InvalidArgument on it may fall back to TRIM_HORIZON.
     position_is_stored: bool,
     fell_back: bool,
-    closed: bool,
+    /// ListShards' EndingSequenceNumber, once it reported the shard closed.
+    closed: Option<SeqNum>,
     /// The shard's hash range, carried in every read so the runtime drops
     /// KPL sub-records of other shards ([`crate::kpl::expand`]); the full
     /// range until the worker learns the shard's own.
@@ -304,7 +305,7 @@ impl ShardReader {
             position_is_stored: start.sequence_number().is_some(),
             position: start,
             fell_back: false,
-            closed: false,
+            closed: None,
             range: HashRange::FULL,
             sub_had_event: false,
             awaiting: None,
@@ -477,8 +478,8 @@ impl ShardReader {
     /// never ends subscriptions on a closed shard, nor sends ChildShards),
     /// unless it is the first event of its subscription: a stream may open
     /// a subscription with an empty event before the records that remain.
-    pub fn mark_closed(&mut self) {
-        self.closed = true;
+    pub fn mark_closed(&mut self, ending: SeqNum) {
+        self.closed = Some(ending);
     }
 
     /// The shard's hash range (from ListShards or a parent's ChildShards):
@@ -844,9 +845,20 @@ impl ShardReader {
 
     fn on_efo_event(&mut self, now: Instant, sub: SubId, chunk: ChunkId, data: &Chunk) {
         self.backoff.reset();
+        // The end only on evidence: a null continuation, ChildShards, or (a
+        // closed shard, for services that send neither) an event that
+        // brought no Kinesis record at all, not its subscription's first,
+        // whose continuation reached ListShards' EndingSequenceNumber. An
+        // event whose records were all filtered out (KPL sub-records of
+        // another shard) is not empty.
         let end = data.continuation.is_none()
             || !data.child_shards.is_empty()
-            || (self.closed && data.records.is_empty() && self.sub_had_event);
+            || (data.kinesis_records == 0
+                && self.sub_had_event
+                && self
+                    .closed
+                    .as_ref()
+                    .is_some_and(|ending| data.continuation.as_ref().is_some_and(|c| c >= ending)));
         self.sub_had_event = true;
         self.awaiting = Some(Awaiting {
             chunk,
@@ -1070,6 +1082,7 @@ mod tests {
     }
     fn chunk(records: Vec<RecordMeta>, continuation: Option<&str>) -> Chunk {
         Chunk {
+            kinesis_records: records.len() as u32,
             records,
             millis_behind: 0,
             continuation: continuation.map(seq),
@@ -1585,7 +1598,7 @@ mod tests {
         // over records never delivered.
         let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
-        h.r.mark_closed();
+        h.r.mark_closed(seq("6"));
         let sub = h.subscribed(t0, StartPosition::TrimHorizon);
         let c = h.pull(t0, sub);
         let ev = h.event(t0 + secs(1), sub, c, chunk(vec![], Some("5")));
@@ -1605,6 +1618,38 @@ mod tests {
     }
 
     #[test]
+    fn event_whose_records_were_all_filtered_out_is_not_a_closed_shards_end() {
+        // A closed shard's event holding only KPL sub-records of another
+        // shard (dropped by the runtime's range filter) has no user record,
+        // but it is not empty: ending there would write SHARD_END over the
+        // records after it.
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        h.r.mark_closed(seq("9"));
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let data = chunk(vec![rec("4", 0, true)], Some("4"));
+        assert_eq!(h.event(t0 + secs(1), sub, c, data).len(), 1);
+        h.r.admitted(c);
+        let c = h.pull(t0 + secs(1), sub);
+        let filtered = Chunk {
+            kinesis_records: 1,
+            ..chunk(vec![], Some("5"))
+        };
+        let ev = h.event(t0 + secs(2), sub, c, filtered);
+        assert_eq!(ev.len(), 1, "a chunk, no End: {ev:?}");
+        h.r.admitted(c);
+        // An empty event behind the ending sequence number is no end either.
+        let c = h.pull(t0 + secs(2), sub);
+        let ev = h.event(t0 + secs(3), sub, c, chunk(vec![], Some("5")));
+        assert_eq!(ev.len(), 1, "continuation 5 < ending 9: {ev:?}");
+        h.r.admitted(c);
+        let c = h.pull(t0 + secs(3), sub);
+        let ev = h.event(t0 + secs(4), sub, c, chunk(vec![], Some("9")));
+        assert_eq!(ev.last(), Some(&ReaderEvent::End { children: vec![] }));
+    }
+
+    #[test]
     fn closed_shard_learned_from_list_shards_ends_on_empty_event() {
         let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
@@ -1621,7 +1666,7 @@ mod tests {
             }]
         );
         h.r.admitted(c);
-        h.r.mark_closed();
+        h.r.mark_closed(seq("6"));
         let c = h.pull(t0 + secs(1), sub);
         let data = chunk(vec![rec("6", 0, true)], Some("6"));
         assert_eq!(

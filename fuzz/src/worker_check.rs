@@ -342,6 +342,7 @@ impl WorkerHarness {
                     sub,
                     chunk,
                     data: Chunk {
+                        kinesis_records: records.len() as u32,
                         records,
                         millis_behind,
                         continuation,
@@ -412,6 +413,7 @@ impl WorkerHarness {
                             ..cursor.clone()
                         };
                         let data = Chunk {
+                            kinesis_records: records.len() as u32,
                             records: records.clone(),
                             millis_behind: self.behind(&moved),
                             continuation: None,

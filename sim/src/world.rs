@@ -848,6 +848,7 @@ impl World {
                             millis_behind: ans.millis_behind,
                             continuation: None,
                             child_shards: ans.children,
+                            kinesis_records: (ans.to - ans.from) as u32,
                         };
                         back(
                             self,
@@ -1029,6 +1030,7 @@ impl World {
                     millis_behind,
                     continuation,
                     child_shards: children,
+                    kinesis_records: (to - from) as u32,
                 };
                 self.q.push(
                     self.now + lat,

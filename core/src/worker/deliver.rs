@@ -25,7 +25,7 @@ use super::lifecycle::Phase;
 use super::{AckError, Worker};
 use crate::checkpoint::Slot;
 use crate::ids::{BatchId, ChunkId, ShardRef};
-use crate::io::{BatchMeta, Chunk, Event, RecordMeta};
+use crate::io::{BatchMeta, Chunk, ErrorClass, Event, RecordMeta};
 use crate::pool::Permit;
 
 /// An admitted chunk whose records are not all delivered yet.
@@ -205,6 +205,7 @@ impl Worker {
     /// Cut batches out of admitted chunks and redeliver nacked ones.
     pub(super) fn deliver(&mut self, now: Instant) -> bool {
         let mut progress = false;
+        let mut out_of_order: Vec<ShardRef> = Vec::new();
         let batching = self.config.batching;
         let slots = self.dirty_slots();
         for &slot in &slots {
@@ -226,7 +227,31 @@ impl Worker {
                     progress = true;
                 }
             }
-            while let Some(q) = st.queue.front() {
+            while let Some(q) = st.queue.front_mut() {
+                // Records a re-read brought again (already delivered) are
+                // skipped one by one, never the rest of the chunk: the reader
+                // has moved past it, so a dropped record would be lost.
+                let skip = q.records[q.next as usize..]
+                    .iter()
+                    .take_while(|r| st.tracker.covers(&r.ext))
+                    .count();
+                if skip > 0 {
+                    let skipped = &q.records[q.next as usize..q.next as usize + skip];
+                    let bytes: u64 = skipped.iter().map(|r| u64::from(r.bytes)).sum();
+                    let part = self.pool.split(&mut q.permit, skip as u64, bytes);
+                    self.pool.release(part);
+                    q.next += skip as u32;
+                    if q.next as usize >= q.records.len() {
+                        let q = st.queue.pop_front().expect("checked");
+                        self.pool.release(q.permit);
+                        self.events.push_back(Event::ChunkDone { chunk: q.chunk });
+                        progress = true;
+                        continue;
+                    }
+                }
+                let Some(q) = st.queue.front() else {
+                    break;
+                };
                 let backlog = Backlog {
                     front: &q.records[q.next as usize..],
                     more_queued: st.queue.len() > 1,
@@ -245,16 +270,13 @@ impl Worker {
                 };
                 let bytes: u64 = recs.iter().map(|r| u64::from(r.bytes)).sum();
                 let Ok(slot) = st.tracker.deliver(last.ext.clone(), last.last_sub, n) else {
-                    // Out-of-order records from the runtime: drop the rest
-                    // of this chunk rather than corrupt the checkpoint.
-                    let q = st.queue.pop_front().expect("checked");
-                    self.pool.release(q.permit);
-                    self.events.push_back(Event::ChunkDone { chunk: q.chunk });
-                    self.events.push_back(Event::Warning {
-                        shard: Some(shard.clone()),
-                        message: "records out of sequence order were dropped; they are read again after a restart".into(),
-                    });
-                    continue;
+                    // Records out of sequence order inside a chunk (a runtime
+                    // bug): neither deliver them out of order nor drop them
+                    // (the reader is past them). Give the shard up with the
+                    // checkpoint of what was acknowledged; it is read again
+                    // from there.
+                    out_of_order.push(shard.clone());
+                    break;
                 };
                 let id = self.mint.batch();
                 let batch = BatchMeta {
@@ -304,6 +326,10 @@ impl Worker {
             }
         }
         self.sorted = slots;
+        for shard in out_of_order {
+            self.fail_shard(now, &shard, ErrorClass::InvalidArgument);
+            progress = true;
+        }
         progress
     }
 

@@ -68,6 +68,7 @@ use crate::lease::{LeaseManager, LeaseView};
 use crate::pool::Pool;
 use crate::registration::Registration;
 use crate::rng::Rng;
+use crate::sequence::SeqNum;
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::timer::{Timer, TimerTable};
 
@@ -146,8 +147,8 @@ pub struct Worker {
     /// Reader ops and subs in flight, to route inputs and free stale chunks.
     reader_ops: BTreeMap<OpId, (ShardRef, Option<ChunkId>)>,
     reader_subs: BTreeMap<SubId, ShardRef>,
-    /// Shards ListShards reported closed.
-    closed: BTreeSet<ShardRef>,
+    /// Shards ListShards reported closed, with their EndingSequenceNumber.
+    closed: BTreeMap<ShardRef, SeqNum>,
     /// Hash ranges of the shards ListShards and ChildShards reported (each
     /// reader carries its shard's in every read, for KPL filtering). A
     /// ListShards answer replaces its stream's ranges, so shards gone from
@@ -237,7 +238,7 @@ impl Worker {
             list_ops: BTreeMap::new(),
             reader_ops: BTreeMap::new(),
             reader_subs: BTreeMap::new(),
-            closed: BTreeSet::new(),
+            closed: BTreeMap::new(),
             ranges: BTreeMap::new(),
             stopped_subs: BTreeMap::new(),
             spacing: BTreeMap::new(),

@@ -123,8 +123,8 @@ impl Worker {
         if let Some((last, riu)) = self.spacing.remove(&shard) {
             reader.carry_subscribe_spacing(now, last, riu);
         }
-        if self.closed.contains(&shard) {
-            reader.mark_closed();
+        if let Some(ending) = self.closed.get(&shard) {
+            reader.mark_closed(ending.clone());
         }
         if let Some(range) = self.ranges.get(&shard) {
             reader.set_range(*range);
@@ -297,22 +297,7 @@ impl Worker {
                             );
                         }
                     }
-                    ReaderEvent::Failed { class } => {
-                        self.stop_reading(&shard);
-                        self.lease.quarantine(&shard, now + QUARANTINE);
-                        let cp = self
-                            .shards
-                            .get(&shard)
-                            .and_then(|s| s.tracker.watermark().cloned());
-                        self.events.push_back(Event::ShardFailed {
-                            shard: shard.clone(),
-                            class,
-                        });
-                        if let Some(st) = self.shards.get_mut(&shard) {
-                            st.phase = Phase::Leaving;
-                        }
-                        self.lease.release(now, &shard, cp, &mut self.mint);
-                    }
+                    ReaderEvent::Failed { class } => self.fail_shard(now, &shard, class),
                     ReaderEvent::Warning(message) => self.events.push_back(Event::Warning {
                         shard: Some(shard),
                         message,
@@ -322,6 +307,26 @@ impl Worker {
         }
         self.sorted = slots;
         progress
+    }
+
+    /// The shard cannot be read: stop, quarantine it here, and release its
+    /// lease with the checkpoint of what was acknowledged (another worker,
+    /// or this one after the quarantine, reads it again from there).
+    pub(super) fn fail_shard(&mut self, now: Instant, shard: &ShardRef, class: ErrorClass) {
+        self.stop_reading(shard);
+        self.lease.quarantine(shard, now + QUARANTINE);
+        let cp = self
+            .shards
+            .get(shard)
+            .and_then(|s| s.tracker.watermark().cloned());
+        self.events.push_back(Event::ShardFailed {
+            shard: shard.clone(),
+            class,
+        });
+        if let Some(st) = self.shards.get_mut(shard) {
+            st.phase = Phase::Leaving;
+        }
+        self.lease.release(now, shard, cp, &mut self.mint);
     }
 
     /// An answer for a subscription whose reader was stopped: AWS counts
@@ -407,14 +412,14 @@ impl Worker {
                             reader.set_range(info.hash_range);
                         }
                         self.ranges.insert(r.clone(), info.hash_range);
-                        if info.ending_seq.is_some() {
+                        if let Some(ending) = &info.ending_seq {
                             if let Some(reader) =
                                 self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
                             {
-                                reader.mark_closed();
+                                reader.mark_closed(ending.clone());
                                 self.touch(&r);
                             }
-                            self.closed.insert(r);
+                            self.closed.insert(r, ending.clone());
                         }
                     }
                     if !self.shutting_down {

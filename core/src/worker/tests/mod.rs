@@ -62,6 +62,9 @@ struct World {
     read_ranges: Vec<(ShardRef, HashRange)>,
     /// Heartbeat writes fail while set (a partition from DynamoDB).
     ddb_down: bool,
+    /// GetRecords answers start this many records before the iterator (a
+    /// re-read overlapping what was already delivered).
+    pub(super) overlap: usize,
 }
 
 impl World {
@@ -98,6 +101,7 @@ impl World {
             lease_writes: Vec::new(),
             read_ranges: Vec::new(),
             ddb_down: false,
+            overlap: 0,
         }
     }
 
@@ -136,6 +140,7 @@ impl World {
         let recs = &self.shards[shard].records;
         let to = (from + n).min(recs.len());
         Chunk {
+            kinesis_records: (to - from) as u32,
             records: recs[from..to]
                 .iter()
                 .map(|s| RecordMeta {
@@ -228,8 +233,9 @@ impl World {
                 let (shard, idx) = iterator.0.split_once('|').unwrap();
                 let idx: usize = idx.parse().unwrap();
                 let (shard, idx) = (shard.to_string(), idx);
-                let chunk = self.chunk(&shard, idx, limit as usize);
-                let next = idx + chunk.records.len();
+                let from = idx.saturating_sub(self.overlap);
+                let chunk = self.chunk(&shard, from, limit as usize + (idx - from));
+                let next = from + chunk.records.len();
                 let ms = &self.shards[&shard];
                 let at_end = ms.info.ending_seq.is_some() && next >= ms.records.len();
                 let mut chunk = chunk;

@@ -132,6 +132,11 @@ pub struct Config {
     /// EFO: past this long without credit, a subscription is cancelled and
     /// resumed later from the last delivered record.
     pub backpressure_timeout: Duration,
+    /// EFO: a subscription with a read outstanding that brings no event for
+    /// this long is cancelled and resubscribed from the last continuation,
+    /// counting as a transient error (AWS sends an event at least every 5 s,
+    /// even an empty one, so silence means a half-open connection).
+    pub subscription_idle_timeout: Duration,
     /// `max_pending_records`: global budget of received records not yet
     /// acknowledged.
     pub pool_records: u64,
@@ -167,6 +172,7 @@ impl Config {
             shard_sync_period: Duration::from_secs(60),
             handoff_timeout: Duration::from_secs(10),
             backpressure_timeout: Duration::from_secs(30),
+            subscription_idle_timeout: Duration::from_secs(30),
             pool_records: 50_000,
             pool_bytes: 64 * 1024 * 1024,
             batching: Batching::default(),
@@ -209,6 +215,7 @@ impl Config {
             ("shard_sync_period", self.shard_sync_period),
             ("handoff_timeout", self.handoff_timeout),
             ("backpressure_timeout", self.backpressure_timeout),
+            ("subscription_idle_timeout", self.subscription_idle_timeout),
             (
                 "consumer_describe_interval",
                 self.consumer_describe_interval,
@@ -289,6 +296,14 @@ impl Config {
                     return bad(
                         "backpressure_timeout",
                         "must be below the 5-minute subscription lifetime".into(),
+                    );
+                }
+                if self.subscription_idle_timeout < Duration::from_secs(10)
+                    || self.subscription_idle_timeout >= Duration::from_secs(300)
+                {
+                    return bad(
+                        "subscription_idle_timeout",
+                        "must be at least 10 s (AWS sends an event every 5 s) and below the 5-minute subscription lifetime".into(),
                     );
                 }
             }

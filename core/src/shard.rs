@@ -33,6 +33,12 @@
 //! - Backpressure: an open subscription that went without credit for
 //!   `backpressure_timeout` (below the service's read timeout) is cancelled
 //!   and resumed later, from the resume position, when credit is granted.
+//! - Idle watchdog: AWS sends an event at least every 5 s on a healthy
+//!   subscription (empty ones included), so a read outstanding for
+//!   `idle_timeout` (30 s by default) without an event means a silent,
+//!   half-open connection: the subscription is cancelled and resubscribed
+//!   from the resume position after a transient-error backoff, so a shard
+//!   never stalls for good while its lease and heartbeats stay healthy.
 //!
 //! Invariants:
 //! - At most one read is outstanding (one Pull, or one GetRecords), and a
@@ -83,6 +89,9 @@ pub enum ReaderMode {
         consumer_arn: Option<String>,
         /// Cancel an open subscription that had no credit for this long.
         backpressure_timeout: Duration,
+        /// Cancel and resubscribe a subscription whose outstanding read
+        /// brought no event for this long (a silent, half-open connection).
+        idle_timeout: Duration,
     },
     /// Polling (GetShardIterator + GetRecords).
     Polling {
@@ -112,6 +121,7 @@ impl ReaderMode {
             Retrieval::Efo { .. } => ReaderMode::Efo {
                 consumer_arn,
                 backpressure_timeout: config.backpressure_timeout,
+                idle_timeout: config.subscription_idle_timeout,
             },
         }
     }
@@ -259,6 +269,10 @@ pub struct ShardReader {
     wake: Option<(Instant, &'static str)>,
     /// When the open subscription's lack of credit becomes a cancel.
     backpressure_at: Option<Instant>,
+    /// EFO: how long an outstanding read may bring no event.
+    idle_timeout: Option<Duration>,
+    /// When the outstanding Pull's silence becomes a cancel (the watchdog).
+    idle_at: Option<Instant>,
     out: VecDeque<Action>,
     events: VecDeque<ReaderEvent>,
 }
@@ -274,10 +288,15 @@ impl ShardReader {
         rng_seed: u64,
         now: Instant,
     ) -> Self {
+        let idle_timeout = match &mode {
+            ReaderMode::Efo { idle_timeout, .. } => Some(*idle_timeout),
+            ReaderMode::Polling { .. } => None,
+        };
         let state = match mode {
             ReaderMode::Efo {
                 consumer_arn,
                 backpressure_timeout,
+                ..
             } => State::Efo {
                 consumer_arn,
                 backpressure_timeout,
@@ -316,6 +335,8 @@ impl ShardReader {
             resource_in_use_at: None,
             wake: None,
             backpressure_at: None,
+            idle_timeout,
+            idle_at: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -567,6 +588,7 @@ impl ShardReader {
                 *pull = Some(chunk);
                 let sub = *sub;
                 self.backpressure_at = None;
+                self.idle_at = self.idle_timeout.map(|d| at(now, d));
                 Some(Action::Pull { sub, chunk })
             }
             State::Efo {
@@ -584,6 +606,7 @@ impl ShardReader {
                     self.out.push_back(Action::Pull { sub: *sub, chunk });
                 }
                 self.backpressure_at = None;
+                self.idle_at = self.idle_timeout.map(|d| at(now, d));
                 Some(subscribe)
             }
             State::Polling {
@@ -637,10 +660,11 @@ impl ShardReader {
             return None;
         }
         let backpressure = self.backpressure_at.map(|t| (t, "backpressure timeout"));
-        match (self.wake, backpressure) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        }
+        let idle = self.idle_at.map(|t| (t, "subscription idle"));
+        [self.wake, backpressure, idle]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
     }
 
     // ----- inputs ----------------------------------------------------------
@@ -652,6 +676,25 @@ impl ShardReader {
         }
         if self.wake.is_some_and(|(t, _)| t <= now) {
             self.wake = None;
+        }
+        if self.idle_at.is_some_and(|t| t <= now) {
+            self.idle_at = None;
+            if let State::Efo {
+                state: EfoState::Open { sub, pull: Some(_) },
+                ..
+            } = &self.state
+            {
+                let sub = *sub;
+                self.out.push_back(Action::Cancel { sub });
+                self.events.push_back(ReaderEvent::Warning(format!(
+                    "{}: no SubscribeToShard event for {:?} (a silent connection): resubscribing",
+                    self.shard,
+                    self.idle_timeout.unwrap_or_default()
+                )));
+                if let Some(due) = self.retry_after(now, ErrorClass::Transient, true) {
+                    self.efo_idle(now, due, false);
+                }
+            }
         }
         if self.backpressure_at.is_some_and(|t| t <= now) {
             self.backpressure_at = None;
@@ -835,6 +878,7 @@ impl ShardReader {
             *state = EfoState::Idle { due, on_credit };
         }
         self.backpressure_at = None;
+        self.idle_at = None;
         let reason = if on_credit {
             "resubscribe after backpressure"
         } else {
@@ -845,6 +889,7 @@ impl ShardReader {
 
     fn on_efo_event(&mut self, now: Instant, sub: SubId, chunk: ChunkId, data: &Chunk) {
         self.backoff.reset();
+        self.idle_at = None;
         // The end only on evidence: a null continuation, ChildShards, or (a
         // closed shard, for services that send neither) an event that
         // brought no Kinesis record at all, not its subscription's first,
@@ -1113,6 +1158,7 @@ mod tests {
             let mode = ReaderMode::Efo {
                 consumer_arn: Some(ARN.into()),
                 backpressure_timeout: secs(30),
+                idle_timeout: secs(30),
             };
             H {
                 r: ShardReader::new(sref(), start, mode, SEED, now),
@@ -1231,6 +1277,7 @@ mod tests {
         let mode = ReaderMode::Efo {
             consumer_arn: None,
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
+            idle_timeout: secs(30),
         };
         let mut h = H {
             r: ShardReader::new(sref(), StartPosition::TrimHorizon, mode, SEED, t0),
@@ -1462,6 +1509,43 @@ mod tests {
     }
 
     #[test]
+    fn silent_subscription_is_cancelled_and_resubscribed_after_the_idle_timeout() {
+        // A half-open connection: the Pull is outstanding and no event ever
+        // comes. The reader must not wait for ever.
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let data = chunk(vec![rec("4", 0, true)], Some("4"));
+        assert_eq!(h.event(t0 + secs(1), sub, c, data).len(), 1);
+        h.r.admitted(c);
+        let _silent = h.pull(t0 + secs(1), sub);
+        assert_eq!(
+            h.r.poll_timeout(),
+            Some((t0 + secs(31), "subscription idle")),
+            "the watchdog runs while the read is outstanding"
+        );
+        h.r.handle_timeout(t0 + secs(30));
+        assert!(h.actions(t0 + secs(30)).is_empty(), "not yet");
+        h.r.handle_timeout(t0 + secs(31));
+        let acts = h.actions(t0 + secs(31));
+        assert_eq!(acts, vec![Action::Cancel { sub }]);
+        assert!(
+            !h.r.holds_credit(),
+            "the silent read's credit is given back"
+        );
+        assert!(matches!(
+            h.r.poll_event(),
+            Some(ReaderEvent::Warning(w)) if w.contains("resubscribing")
+        ));
+        // Resubscribed from the resume position after a transient backoff.
+        let (due, _) = h.r.poll_timeout().expect("a resubscription is due");
+        assert!(due > t0 + secs(31) && due <= t0 + secs(41), "{due:?}");
+        let sub2 = h.subscribed(due, StartPosition::AfterSequence(seq("4")));
+        assert_ne!(sub2, sub);
+    }
+
+    #[test]
     fn backpressure_timeout_cancels_and_resumes_from_last_delivered() {
         let t0 = crate::test_epoch();
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
@@ -1471,7 +1555,11 @@ mod tests {
             Some((t0 + secs(30), "backpressure timeout"))
         );
         let c = h.pull(t0, sub);
-        assert_eq!(h.r.poll_timeout(), None, "a Pull is outstanding");
+        assert_eq!(
+            h.r.poll_timeout(),
+            Some((t0 + secs(30), "subscription idle")),
+            "a Pull is outstanding: no backpressure timer, only the idle watchdog"
+        );
         h.event(
             t0 + secs(1),
             sub,
@@ -1515,7 +1603,10 @@ mod tests {
         };
         assert_eq!(*s, sub2);
         assert!(h.r.holds_credit());
-        assert_eq!(h.r.poll_timeout(), None);
+        assert_eq!(
+            h.r.poll_timeout(),
+            Some((later + secs(30), "subscription idle"))
+        );
         assert_eq!(h.r.subscribe_calls(), 2);
         // The cancelled subscription's inputs are not ours.
         assert!(!h.r.handle_input(later, &Input::SubscriptionEnded { sub }));
@@ -2174,7 +2265,8 @@ mod tests {
             ReaderMode::from_config(&config, Some(ARN.into())),
             ReaderMode::Efo {
                 consumer_arn: Some(ARN.into()),
-                backpressure_timeout: secs(30)
+                backpressure_timeout: secs(30),
+                idle_timeout: secs(30),
             }
         );
     }

@@ -415,19 +415,18 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         driver.spawn();
         Ok(Consumer {
             handle,
-            stopped: false,
             _runtime: PhantomData,
         })
     }
 }
 
 /// A running consumer: take batches with [`Consumer::batches`], stop with
-/// [`Consumer::shutdown`]. Dropping it without `shutdown` stops it at once,
-/// like a crash.
+/// [`Consumer::shutdown`]. Dropping it without `shutdown` starts the same
+/// graceful shutdown without waiting for it (final checkpoints, leases
+/// released); [`Consumer::abort`] stops at once, like a crash.
 #[derive(Debug)]
 pub struct Consumer<R> {
     handle: DriverHandle,
-    stopped: bool,
     _runtime: PhantomData<fn() -> R>,
 }
 
@@ -448,8 +447,7 @@ impl<R: Runtime + Default> Consumer<R> {
     /// Stop gracefully: read nothing new, wait for in-flight acks (up to the
     /// shutdown timeout), write final checkpoints, release every lease.
     /// Batches not yet taken from the stream are given back.
-    pub async fn shutdown(mut self) -> Result<(), Error> {
-        self.stopped = true;
+    pub async fn shutdown(self) -> Result<(), Error> {
         let done = self.handle.shutdown();
         // `()` when complete; a closed channel means the driver already
         // stopped (after a fatal error, which shut it down too).
@@ -459,17 +457,8 @@ impl<R: Runtime + Default> Consumer<R> {
 
     /// Stop at once without releasing leases (what a crash does; other
     /// workers take the shards after the failover time).
-    pub fn abort(mut self) {
-        self.stopped = true;
+    pub fn abort(self) {
         self.handle.abort();
-    }
-}
-
-impl<R> Drop for Consumer<R> {
-    fn drop(&mut self) {
-        if !self.stopped {
-            self.handle.abort();
-        }
     }
 }
 

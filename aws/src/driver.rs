@@ -186,6 +186,17 @@ impl DriverHandle {
     }
 }
 
+/// A dropped handle stops its driver gracefully: final checkpoints, leases
+/// released (the driver holds a command sender of its own for batches, so
+/// without this a forgotten handle would keep its leases for ever). After
+/// [`DriverHandle::abort`] or a completed shutdown this does nothing.
+impl Drop for DriverHandle {
+    fn drop(&mut self) {
+        let (tx, _rx) = async_channel::bounded(1);
+        let _ = self.commands.try_send(Command::Shutdown(tx));
+    }
+}
+
 /// The loop that runs one [`Worker`]. See the module doc.
 pub struct Driver<R: Runtime> {
     runtime: Arc<R>,
@@ -261,10 +272,28 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Run the loop as a task on the runtime.
+    /// A panic inside the loop is not a clean stop: the application's
+    /// batch stream gets [`DriverError::Fatal`] naming it, then ends.
     pub fn spawn(self) {
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("kinesin", worker = %self.worker.owner());
-        runtime.spawn(Box::pin(self.run().instrument(span)));
+        let deliveries = self.deliveries_tx.clone();
+        let run = std::panic::AssertUnwindSafe(self.run().instrument(span));
+        runtime.spawn(Box::pin(async move {
+            if let Err(panic) = futures_lite::FutureExt::catch_unwind(run).await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                tracing::error!("the kinesin driver panicked: {what}");
+                let _ = deliveries.try_send(Err(DriverError::Fatal(format!(
+                    "the kinesin driver panicked ({what}); this is a bug: please report it. \
+                     Leases are left to expire; restart the consumer"
+                ))));
+                deliveries.close();
+            }
+        }));
     }
 
     /// Run until shutdown completes, the application aborts, or every

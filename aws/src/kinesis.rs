@@ -408,7 +408,7 @@ pub fn expand(
         let data = Bytes::from(r.data.into_inner());
         let pk: Arc<str> = Arc::from(r.partition_key.unwrap_or_default());
         let mut whole = None;
-        kpl::expand(
+        let dropped = kpl::expand(
             &seq,
             &data,
             pk.len(),
@@ -432,6 +432,11 @@ pub fn expand(
                 }
             },
         );
+        if dropped > 0 {
+            // KPL sub-records of another shard (an aggregate built with a
+            // stale shard map): counted, never silently.
+            metrics::counter!("kinesin_kpl_records_dropped_total").increment(dropped as u64);
+        }
         if let Some(meta) = whole {
             payloads.push(Record {
                 data,

@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
             shutdown_releases_every_lease_and_restart_resumes_from_checkpoints,
             two_workers_share_an_eight_shard_stream_fairly,
             dropped_worker_shards_resume_elsewhere_without_loss,
+            dropped_consumer_releases_its_leases,
             split_shard_is_read_parent_first,
             split_shard_is_read_parent_first_over_efo,
             stalled_sink_with_a_small_pool_stays_bounded_and_keeps_leases,
@@ -181,6 +182,33 @@ pub async fn shutdown_releases_every_lease_and_restart_resumes_from_checkpoints<
     Ok(())
 }
 
+/// A consumer dropped without `shutdown` (a forgotten handle) stops
+/// gracefully: its leases are released at once, not left to expire (nor
+/// held for ever by a driver nobody can reach).
+pub async fn dropped_consumer_releases_its_leases<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    let (stream, arn) = env.create_stream("dropped", 2).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..20, 4)).await?;
+    let consumer = env.builder(&stream, &table, "w1").build(&env.sdk).await?;
+    let mut batches = consumer.batches();
+    env.take(&mut batches, 20, T).await?;
+    drop(batches);
+    drop(consumer);
+    let dropped = Instant::now();
+    loop {
+        let rows = env.leases(&table, &arn).await?;
+        if rows.len() == 2 && rows.iter().all(|r| r.owner.is_none()) {
+            break;
+        }
+        ensure!(
+            dropped.elapsed() < Duration::from_secs(15),
+            "leases still held after the consumer was dropped: {rows:?}"
+        );
+        env.sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 pub async fn two_workers_share_an_eight_shard_stream_fairly<R: TestRuntime>(
     env: &Env<R>,
 ) -> Result<()> {
@@ -261,7 +289,7 @@ pub async fn dropped_worker_shards_resume_elsewhere_without_loss<R: TestRuntime>
     }
     // Crash a: no shutdown, no release.
     drop(ba);
-    drop(a);
+    a.abort();
     let crashed = Instant::now();
     env.put(&stream, &numbered(100..200, 32)).await?;
     // b takes every shard within the failover bound and reads everything

@@ -219,9 +219,11 @@ pub fn parse(text: &str) -> Result<Settings> {
         }
     }
     if let Some(b) = file.batching {
-        let mut batching = kinesin_tokio::Batching::default();
+        // A Bento `batching` block keeps Bento's defaults: one record per
+        // batch unless `count` says otherwise; `count: 0` is no count limit.
+        let mut batching = kinesin_tokio::Batching::bento();
         if let Some(c) = b.count {
-            batching.count = c;
+            batching.count = if c == 0 { u32::MAX } else { c };
         }
         if let Some(bs) = b.byte_size {
             batching.byte_size = bs;

@@ -73,9 +73,15 @@ impl Retrieval {
 
 /// Batching policy: a batch closes at `count` records or `byte_size` bytes,
 /// or when `period` passed since its first record (on an idle shard too).
+///
+/// The default is [`Batching::whole_read`]: a batch is what one read
+/// brought in (as KCL's `processRecords`), bounded by `checkpoint_limit`,
+/// so a library user pays one batch per read, not per record.
+/// [`Batching::bento`] is Bento's one-record default, which a Bento config's
+/// `batching` block keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batching {
-    /// Max records per batch (default 1, as Bento).
+    /// Max records per batch (`u32::MAX`: what one read brought in).
     pub count: u32,
     /// Max bytes per batch (0 = no byte limit).
     pub byte_size: u64,
@@ -84,13 +90,29 @@ pub struct Batching {
     pub period: Option<Duration>,
 }
 
-impl Default for Batching {
-    fn default() -> Self {
+impl Batching {
+    /// A batch is what one read brought in (bounded by `checkpoint_limit`).
+    pub const fn whole_read() -> Self {
+        Batching {
+            count: u32::MAX,
+            byte_size: 0,
+            period: None,
+        }
+    }
+
+    /// Bento's default: one record per batch.
+    pub const fn bento() -> Self {
         Batching {
             count: 1,
             byte_size: 0,
             period: None,
         }
+    }
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching::whole_read()
     }
 }
 

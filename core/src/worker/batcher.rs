@@ -14,9 +14,10 @@
 //!   records, nothing more queued behind, shard end not seen) waits until
 //!   `period` has passed since its oldest record became deliverable;
 //!   without one, what is there goes at once.
-//! - It fits in `checkpoint_limit` (records delivered and not acknowledged
-//!   plus its own), except that when nothing is pending any batch goes, so
-//!   a batch larger than the limit never deadlocks.
+//! - It takes at most `checkpoint_limit` records, and fits in what the
+//!   limit leaves (records delivered and not acknowledged plus its own).
+//!   The default policy ([`Batching::whole_read`]) takes what one read
+//!   brought in, within that bound.
 //! - Counts and sizes are of user records: with KPL a batch may end inside
 //!   an aggregated Kinesis record (its checkpoint is then `Within`).
 //!
@@ -50,6 +51,7 @@ pub(super) struct Backlog<'a> {
 pub(super) fn next_batch(
     backlog: &Backlog<'_>,
     batching: &Batching,
+    limit: u32,
     room: Option<u32>,
     now: Instant,
 ) -> Option<u32> {
@@ -59,7 +61,10 @@ pub(super) fn next_batch(
         return None;
     }
     let available = front.len() as u32;
-    let mut n = available.min(batching.count);
+    // Never more than `checkpoint_limit`: with the default whole-read
+    // batching a read of 10,000 records is cut into batches the limit
+    // allows.
+    let mut n = available.min(batching.count).min(limit.max(1));
     if batching.byte_size > 0 {
         let mut bytes = 0u64;
         let mut k = 0u32;
@@ -127,10 +132,16 @@ mod tests {
     fn count_caps_a_batch_and_a_partial_batch_goes_at_once_without_period() {
         let now = crate::test_epoch();
         let recs = records(5, 10);
-        assert_eq!(next_batch(&backlog(&recs), &count(2), None, now), Some(2));
-        assert_eq!(next_batch(&backlog(&recs), &count(10), None, now), Some(5));
         assert_eq!(
-            next_batch(&backlog(&recs[4..]), &count(2), None, now),
+            next_batch(&backlog(&recs), &count(2), 1000, None, now),
+            Some(2)
+        );
+        assert_eq!(
+            next_batch(&backlog(&recs), &count(10), 1000, None, now),
+            Some(5)
+        );
+        assert_eq!(
+            next_batch(&backlog(&recs[4..]), &count(2), 1000, None, now),
             Some(1)
         );
     }
@@ -143,12 +154,18 @@ mod tests {
             byte_size: 100,
             ..count(10)
         };
-        assert_eq!(next_batch(&backlog(&recs), &policy, None, now), Some(2));
+        assert_eq!(
+            next_batch(&backlog(&recs), &policy, 1000, None, now),
+            Some(2)
+        );
         let exact = Batching {
             byte_size: 120,
             ..policy
         };
-        assert_eq!(next_batch(&backlog(&recs), &exact, None, now), Some(3));
+        assert_eq!(
+            next_batch(&backlog(&recs), &exact, 1000, None, now),
+            Some(3)
+        );
     }
 
     #[test]
@@ -160,7 +177,10 @@ mod tests {
             byte_size: 100,
             ..count(10)
         };
-        assert_eq!(next_batch(&backlog(&recs), &policy, None, now), Some(1));
+        assert_eq!(
+            next_batch(&backlog(&recs), &policy, 1000, None, now),
+            Some(1)
+        );
     }
 
     #[test]
@@ -176,49 +196,62 @@ mod tests {
             ..backlog(&recs)
         };
         let half = t0 + Duration::from_millis(500);
-        assert_eq!(next_batch(&open, &policy, None, half), None);
+        assert_eq!(next_batch(&open, &policy, 1000, None, half), None);
         let at = t0 + Duration::from_secs(1);
-        assert_eq!(next_batch(&open, &policy, None, at), Some(3));
+        assert_eq!(next_batch(&open, &policy, 1000, None, at), Some(3));
         // Full batches do not wait: count reached, more queued, shard end.
         let full = Batching { count: 2, ..policy };
-        assert_eq!(next_batch(&open, &full, None, half), Some(2));
+        assert_eq!(next_batch(&open, &full, 1000, None, half), Some(2));
         let more = Backlog {
             more_queued: true,
             ..open
         };
-        assert_eq!(next_batch(&more, &policy, None, half), Some(3));
+        assert_eq!(next_batch(&more, &policy, 1000, None, half), Some(3));
         let ended = Backlog {
             end_seen: true,
             ..open
         };
-        assert_eq!(next_batch(&ended, &policy, None, half), Some(3));
+        assert_eq!(next_batch(&ended, &policy, 1000, None, half), Some(3));
     }
 
     #[test]
     fn checkpoint_limit_room_holds_a_batch_that_does_not_fit() {
         let now = crate::test_epoch();
         let recs = records(4, 10);
-        assert_eq!(next_batch(&backlog(&recs), &count(4), Some(3), now), None);
         assert_eq!(
-            next_batch(&backlog(&recs), &count(4), Some(4), now),
+            next_batch(&backlog(&recs), &count(4), 1000, Some(3), now),
+            None
+        );
+        assert_eq!(
+            next_batch(&backlog(&recs), &count(4), 1000, Some(4), now),
             Some(4)
         );
-        assert_eq!(next_batch(&backlog(&recs), &count(4), Some(0), now), None);
+        assert_eq!(
+            next_batch(&backlog(&recs), &count(4), 1000, Some(0), now),
+            None
+        );
     }
 
     #[test]
-    fn a_batch_larger_than_checkpoint_limit_goes_alone_when_nothing_is_pending() {
+    fn a_batch_never_takes_more_than_checkpoint_limit() {
         let now = crate::test_epoch();
         let recs = records(50, 10);
         let mut tracker = CheckpointTracker::new(None, 10);
         assert_eq!(tracker.room(), None);
-        let n = next_batch(&backlog(&recs), &count(100), tracker.room(), now);
-        assert_eq!(n, Some(50));
-        let last = recs[49].ext.clone();
-        tracker.deliver(last, true, 50).unwrap();
+        // The default policy: what one read brought in, within the limit.
+        let n = next_batch(
+            &backlog(&recs),
+            &Batching::default(),
+            10,
+            tracker.room(),
+            now,
+        );
+        assert_eq!(n, Some(10));
+        let last = recs[9].ext.clone();
+        tracker.deliver(last, true, 10).unwrap();
         assert_eq!(tracker.room(), Some(0));
         assert_eq!(
-            next_batch(&backlog(&recs[..1]), &count(100), tracker.room(), now),
+            next_batch(&backlog(&recs[10..]), &count(100), 10, tracker.room(), now),
             None
         );
     }
@@ -228,14 +261,17 @@ mod tests {
         let now = crate::test_epoch();
         // One aggregated Kinesis record of four user records.
         let recs: Vec<RecordMeta> = (0..4).map(|sub| record(7, sub, sub == 3, 10)).collect();
-        let n = next_batch(&backlog(&recs), &count(3), None, now);
+        let n = next_batch(&backlog(&recs), &count(3), 1000, None, now);
         assert_eq!(n, Some(3), "counts user records, not Kinesis records");
         assert!(!recs[2].last_sub, "the batch ends inside the aggregate");
         let policy = Batching {
             byte_size: 25,
             ..count(10)
         };
-        assert_eq!(next_batch(&backlog(&recs), &policy, None, now), Some(2));
+        assert_eq!(
+            next_batch(&backlog(&recs), &policy, 1000, None, now),
+            Some(2)
+        );
     }
 
     #[test]
@@ -245,7 +281,7 @@ mod tests {
             byte_size: 100,
             ..count(10)
         };
-        assert_eq!(next_batch(&backlog(&[]), &policy, None, now), None);
-        assert_eq!(next_batch(&backlog(&[]), &count(1), None, now), None);
+        assert_eq!(next_batch(&backlog(&[]), &policy, 1000, None, now), None);
+        assert_eq!(next_batch(&backlog(&[]), &count(1), 1000, None, now), None);
     }
 }

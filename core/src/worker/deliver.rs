@@ -258,8 +258,13 @@ impl Worker {
                     end_seen: st.end_seen,
                     open_since: st.open_since,
                 };
-                let Some(n) = batcher::next_batch(&backlog, &batching, st.tracker.room(), now)
-                else {
+                let Some(n) = batcher::next_batch(
+                    &backlog,
+                    &batching,
+                    st.tracker.limit(),
+                    st.tracker.room(),
+                    now,
+                ) else {
                     break;
                 };
                 let q = st.queue.front_mut().expect("checked");

@@ -131,3 +131,23 @@ fn a_re_read_overlapping_delivered_records_skips_them_and_delivers_the_rest() {
         "skipped records' permits returned"
     );
 }
+
+#[test]
+fn by_default_a_batch_is_what_one_read_brought_in_bounded_by_checkpoint_limit() {
+    let mut world = World::new(&[("s0", &[], 10, false)]);
+    let mut c = polling_config("a");
+    c.batching = Batching::default();
+    c.checkpoint_limit = 4;
+    let mut node = Node::new(c, &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    // One read brought all 10; checkpoint_limit 4 bounds the first batch.
+    assert_eq!(node.batches.len(), 1);
+    assert_eq!(node.batches[0].len(), 4);
+    for b in node.batches.clone() {
+        node.w.ack(world.now, b.id).unwrap();
+    }
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    let sizes: Vec<u32> = node.batches.iter().map(|b| b.len()).collect();
+    assert_eq!(sizes[1], 4, "{sizes:?}");
+}

@@ -393,6 +393,8 @@ fn run(world: &mut World, nodes: &mut [&mut Node], d: Duration) {
 fn polling_config(worker: &str) -> Config {
     let mut c = Config::new(vec![stream()], Owner::new(worker, 1), Retrieval::polling());
     c.seed = 7;
+    // The tests count batches of one record each (Bento's default).
+    c.batching = Batching::bento();
     c
 }
 

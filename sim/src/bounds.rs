@@ -454,33 +454,63 @@ mod tests {
     fn failover_past_the_bound_with_a_survivor_fails() {
         let mut b = Bounds::default();
         let (a, c) = (Owner::new("w0", 1), Owner::new("w1", 1));
-        b.open_failover(0, shard(0), a.clone(), Cause::CrashWithSurvivor, survivors());
+        b.open_failover(
+            0,
+            shard(0),
+            a.clone(),
+            Cause::CrashWithSurvivor,
+            survivors(),
+        );
         assert!(b.check_failovers(FAILOVER_BOUND).is_ok());
         let v = b.check_failovers(FAILOVER_BOUND + 1).unwrap_err();
         assert_eq!(v.oracle, "failover-bound");
         let v = b.read(FAILOVER_BOUND + 1, &shard(0), &c).unwrap_err();
         assert_eq!(v.oracle, "failover-bound");
-        assert_eq!(b.failover_samples, vec![(Cause::CrashWithSurvivor, FAILOVER_BOUND + 1)]);
+        assert_eq!(
+            b.failover_samples,
+            vec![(Cause::CrashWithSurvivor, FAILOVER_BOUND + 1)]
+        );
     }
 
     #[test]
     fn failover_without_survivor_is_measured_not_asserted() {
         let mut b = Bounds::default();
         let (a, c) = (Owner::new("w0", 1), Owner::new("w1", 1));
-        b.open_failover(0, shard(0), a.clone(), Cause::CrashWithSurvivor, survivors());
+        b.open_failover(
+            0,
+            shard(0),
+            a.clone(),
+            Cause::CrashWithSurvivor,
+            survivors(),
+        );
         b.unhealthy((1, 1));
         assert!(b.check_failovers(60 * SEC).is_ok());
         assert!(b.end(60 * SEC).is_ok());
         let got = b.read(60 * SEC, &shard(0), &c).unwrap();
         assert_eq!(got.map(|g| g.0), Some(Cause::CrashNoSurvivor));
-        b.open_failover(0, shard(1), a.clone(), Cause::CrashWithSurvivor, BTreeSet::new());
-        assert_eq!(b.open_failovers().next().map(|x| x.1), Some(Cause::CrashNoSurvivor));
+        b.open_failover(
+            0,
+            shard(1),
+            a.clone(),
+            Cause::CrashWithSurvivor,
+            BTreeSet::new(),
+        );
+        assert_eq!(
+            b.open_failovers().next().map(|x| x.1),
+            Some(Cause::CrashNoSurvivor)
+        );
     }
 
     #[test]
     fn open_asserted_failover_at_run_end_is_censored() {
         let mut b = Bounds::default();
-        b.open_failover(0, shard(0), Owner::new("w0", 1), Cause::CrashWithSurvivor, survivors());
+        b.open_failover(
+            0,
+            shard(0),
+            Owner::new("w0", 1),
+            Cause::CrashWithSurvivor,
+            survivors(),
+        );
         assert_eq!(b.end(SEC).unwrap_err().oracle, "failover-bound");
     }
 
@@ -499,7 +529,9 @@ mod tests {
         let o = Owner::new("w3", 1);
         b.open_join(0, (3, 1), o.clone(), true);
         assert!(b.check_joins(JOIN_BOUND, 2, |_| 1, |_| true).is_ok());
-        let v = b.check_joins(JOIN_BOUND + 1, 2, |_| 1, |_| true).unwrap_err();
+        let v = b
+            .check_joins(JOIN_BOUND + 1, 2, |_| 1, |_| true)
+            .unwrap_err();
         assert_eq!(v.oracle, "join-bound");
         assert_eq!(b.end(JOIN_BOUND + 1).unwrap_err().oracle, "join-bound");
         assert!(b.check_joins(JOIN_BOUND + 2, 2, |_| 2, |_| true).is_ok());
@@ -522,7 +554,9 @@ mod tests {
         assert!(b.check_stalls(0, [k.clone()]).is_ok());
         b.progress(10 * SEC, &k.0, &k.1);
         assert!(b.check_stalls(10 * SEC + STALL_BOUND, [k.clone()]).is_ok());
-        let v = b.check_stalls(10 * SEC + STALL_BOUND + 1, [k.clone()]).unwrap_err();
+        let v = b
+            .check_stalls(10 * SEC + STALL_BOUND + 1, [k.clone()])
+            .unwrap_err();
         assert_eq!(v.oracle, "stall");
         // Not due for a moment (unhealthy): the clock starts again.
         assert!(b.check_stalls(100 * SEC, []).is_ok());
@@ -536,7 +570,9 @@ mod tests {
         b.forced_take(SEC, (0, 1), a.clone(), shard(0), FencingToken(3), c.clone());
         assert!(b.fence_pending((0, 1)));
         assert!(b.check_fence(2 * SEC, (1, 1), false, |_, _| true).is_ok());
-        let v = b.check_fence(2 * SEC, (0, 1), false, |_, t| t == FencingToken(3)).unwrap_err();
+        let v = b
+            .check_fence(2 * SEC, (0, 1), false, |_, t| t == FencingToken(3))
+            .unwrap_err();
         assert_eq!(v.oracle, "fencing-order");
         assert!(!b.fence_pending((0, 1)));
         b.forced_take(SEC, (0, 1), a, shard(0), FencingToken(3), c);

@@ -82,6 +82,9 @@ pub(crate) struct Proc {
     pub(crate) paused_until: Option<Micros>,
     pub(crate) backlog: Vec<Pending>,
     pub(crate) sink_stall_until: Micros,
+    /// The latest ack a sink stall pushed back (already scheduled: the heal
+    /// ends the stall but not the acks it delayed).
+    pub(crate) acks_held_until: Micros,
     /// Payload (user record ids) per chunk, with the shard index.
     pub(crate) chunks: BTreeMap<ChunkId, (usize, Vec<u64>)>,
     /// Delivered batches not yet acked: shard index, token, ids.
@@ -112,6 +115,7 @@ impl Proc {
             paused_until: None,
             backlog: Vec::new(),
             sink_stall_until: 0,
+            acks_held_until: 0,
             chunks: BTreeMap::new(),
             batches: BTreeMap::new(),
             timer: None,
@@ -433,7 +437,8 @@ impl World {
 
     /// Whether process `p` is healthy, as the timed bounds define it: it
     /// runs, is not paused and not shutting down, reaches both DynamoDB and
-    /// Kinesis, its sink acknowledges (so its pool drains), and it has not
+    /// Kinesis, its sink acknowledges (no sink stall, and no ack a past
+    /// stall delayed still pending, so its pool drains), and it has not
     /// fenced itself. For a failover survivor also no request of it met an
     /// injected fault during the window (`request_fault`): F + 2 s has no
     /// room for retries.
@@ -445,6 +450,7 @@ impl World {
             && !pr.shutting_down
             && pr.paused_until.is_none()
             && pr.sink_stall_until <= self.now
+            && pr.acks_held_until <= self.now
             && !self.net.is_cut(self.now, p, Service::Dynamo)
             && !self.net.is_cut(self.now, p, Service::Kinesis)
             && pr.worker.as_ref().is_some_and(|w| !w.leases().is_fenced())
@@ -507,7 +513,9 @@ impl World {
             ended = ended.min(self.heal_start);
         }
         (heal || !random)
-            && self.last_disruption.is_none_or(|_| self.now >= ended + FAILOVER_TIME)
+            && self
+                .last_disruption
+                .is_none_or(|_| self.now >= ended + FAILOVER_TIME)
             && (0..self.procs.len()).all(|p| {
                 let pr = &self.procs[p];
                 pr.paused_until.is_none()
@@ -522,10 +530,8 @@ impl World {
     fn open_join(&mut self, p: usize) {
         let asserted = self.p.check_liveness && self.fault_free();
         let (inc, owner) = (self.procs[p].inc, self.procs[p].owner());
-        self.trace.line(
-            self.now,
-            format_args!("join {owner} asserted={asserted}"),
-        );
+        self.trace
+            .line(self.now, format_args!("join {owner} asserted={asserted}"));
         self.bounds.open_join(self.now, (p, inc), owner, asserted);
     }
 
@@ -596,7 +602,8 @@ impl World {
         shard: &ShardRef,
         token: FencingToken,
     ) {
-        let Some(p) = (0..self.procs.len()).find(|&p| self.running(p) && self.procs[p].owner() == *old)
+        let Some(p) =
+            (0..self.procs.len()).find(|&p| self.running(p) && self.procs[p].owner() == *old)
         else {
             return;
         };

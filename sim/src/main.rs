@@ -149,7 +149,11 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
     }
     let r = &failures[0];
     if !a.trace {
-        println!("  (last {} trace lines of seed {})", r.trace_tail.len(), r.seed);
+        println!(
+            "  (last {} trace lines of seed {})",
+            r.trace_tail.len(),
+            r.seed
+        );
         for line in &r.trace_tail {
             println!("  {line}");
         }

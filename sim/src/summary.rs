@@ -92,7 +92,10 @@ impl Summary {
         self.duplicates += r.duplicates;
         self.failovers.extend(&r.failovers);
         for &(cause, us) in &r.failovers_other {
-            self.failovers_other.entry(cause.name()).or_default().push(us);
+            self.failovers_other
+                .entry(cause.name())
+                .or_default()
+                .push(us);
         }
         self.convergence.extend(&r.convergence);
         self.convergence_other.extend(&r.convergence_other);

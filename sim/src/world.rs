@@ -473,6 +473,10 @@ impl World {
                 let nack = self.faults_on() && self.rng.chance(self.p.faults.sink_nack);
                 let delay = exp(&mut self.rng, self.p.faults.sink_ack_mean);
                 let at = self.now.max(self.procs[p].sink_stall_until) + delay;
+                if self.procs[p].sink_stall_until > self.now {
+                    let pr = &mut self.procs[p];
+                    pr.acks_held_until = pr.acks_held_until.max(at);
+                }
                 let inc = self.procs[p].inc;
                 self.q.push(
                     at,

@@ -31,7 +31,7 @@
 //! scenario's [`Op`]. It is `impl World`: the lifecycle needs the queue,
 //! the oracles and the lease table as much as the processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval, StartFrom};
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, SubId};
@@ -39,6 +39,7 @@ use kinesin_core::io::Input;
 use kinesin_core::sequence::Checkpoint;
 use kinesin_core::worker::Worker;
 
+use crate::bounds::{Cause, ProcId, FAILOVER_TIME};
 use crate::net::Service;
 use crate::oracle::{Check, Violation};
 use crate::scenario::Op;
@@ -81,6 +82,9 @@ pub(crate) struct Proc {
     pub(crate) paused_until: Option<Micros>,
     pub(crate) backlog: Vec<Pending>,
     pub(crate) sink_stall_until: Micros,
+    /// The latest ack a sink stall pushed back (already scheduled: the heal
+    /// ends the stall but not the acks it delayed).
+    pub(crate) acks_held_until: Micros,
     /// Payload (user record ids) per chunk, with the shard index.
     pub(crate) chunks: BTreeMap<ChunkId, (usize, Vec<u64>)>,
     /// Delivered batches not yet acked: shard index, token, ids.
@@ -111,6 +115,7 @@ impl Proc {
             paused_until: None,
             backlog: Vec::new(),
             sink_stall_until: 0,
+            acks_held_until: 0,
             chunks: BTreeMap::new(),
             batches: BTreeMap::new(),
             timer: None,
@@ -294,15 +299,12 @@ impl World {
                 if !self.running(p) {
                     return Ok(());
                 }
-                let owner = self.procs[p].owner();
-                for (shard, row) in &self.dynamo.leases {
-                    if row.owner.as_ref() == Some(&owner)
-                        && row.checkpoint != Some(Checkpoint::ShardEnd)
-                    {
-                        self.failover_pending
-                            .insert(shard.clone(), (self.now, owner.clone()));
-                    }
-                }
+                let survivors: BTreeSet<ProcId> = (0..self.procs.len())
+                    .filter(|&q| q != p && self.healthy(q))
+                    .map(|q| (q, self.procs[q].inc))
+                    .collect();
+                self.open_failovers(p, Cause::CrashWithSurvivor, survivors);
+                self.disrupt(p, self.now);
                 self.procs[p].state = ProcState::Crashed;
                 self.leave(p);
                 if self.faults_on() && self.rng.chance(self.p.faults.restart_prob) {
@@ -324,28 +326,38 @@ impl World {
                 }
                 self.procs[p].inc += 1;
                 self.start(p)?;
+                self.open_join(p);
             }
             Op::Stall(w, d) => {
                 let p = w % n;
                 if !self.running(p) || self.procs[p].paused_until.is_some() {
                     return Ok(());
                 }
+                self.open_failovers(p, Cause::Stall, BTreeSet::new());
+                self.disrupt(p, self.now + d);
                 self.procs[p].paused_until = Some(self.now + d);
                 let inc = self.procs[p].inc;
                 self.q.push(self.now + d, Ev::Resume { p, inc });
             }
             Op::CutDynamo(w, d) => {
                 if w % n < self.procs.len() {
+                    if self.running(w % n) {
+                        self.open_failovers(w % n, Cause::Partition, BTreeSet::new());
+                    }
+                    self.disrupt(w % n, self.now + d);
                     self.net.cut(w % n, Service::Dynamo, self.now + d);
                 }
             }
             Op::CutKinesis(w, d) => {
                 if w % n < self.procs.len() {
+                    self.disrupt(w % n, self.now + d);
                     self.net.cut(w % n, Service::Kinesis, self.now + d);
                 }
             }
             Op::SinkStall(w, d) => {
-                if let Some(pr) = self.procs.get_mut(w % n) {
+                if w % n < self.procs.len() {
+                    self.disrupt(w % n, self.now + d);
+                    let pr = &mut self.procs[w % n];
                     pr.sink_stall_until = pr.sink_stall_until.max(self.now + d);
                 }
             }
@@ -356,6 +368,10 @@ impl World {
                     || self.procs[p].paused_until.is_some()
                 {
                     return Ok(());
+                }
+                if self.phase != Phase::Closing {
+                    self.open_failovers(p, Cause::Shutdown, BTreeSet::new());
+                    self.disrupt(p, self.now);
                 }
                 self.procs[p].shutting_down = true;
                 self.step(p, |w, now| w.shutdown(now))?;
@@ -378,7 +394,7 @@ impl World {
                 self.procs.push(Proc::new(format!("w{p}"), clock, skew));
                 self.start(p)?;
                 if self.now > 0 && self.procs.len() > self.p.workers {
-                    self.joins.push((p, self.now));
+                    self.open_join(p);
                 }
             }
             Op::Split(i) => self.split(i)?,
@@ -387,11 +403,9 @@ impl World {
         Ok(())
     }
 
-    /// Joined workers that reached fair share: record the time it took.
-    pub(crate) fn check_joins(&mut self) {
-        if self.joins.is_empty() {
-            return;
-        }
+    /// Joined workers that reached fair share: record the time it took;
+    /// an asserted join past its bound is a violation.
+    pub(crate) fn check_joins(&mut self) -> Check {
         let active = self
             .dynamo
             .leases
@@ -403,21 +417,225 @@ impl World {
             .count()
             .max(1);
         let fair = active / live;
-        let now = self.now;
-        let mut done = Vec::new();
-        for (i, (p, at)) in self.joins.iter().enumerate() {
-            if !self.running(*p) {
-                done.push(i);
+        let (oracles, procs) = (&self.oracles, &self.procs);
+        self.bounds.check_joins(
+            self.now,
+            fair,
+            |o| oracles.held_by(o),
+            |(p, inc)| {
+                procs.get(p).is_some_and(|pr| {
+                    pr.inc == inc
+                        && pr.state == ProcState::Running
+                        && pr.worker.is_some()
+                        && !pr.shutting_down
+                })
+            },
+        )
+    }
+
+    // ----- timed bounds (see `crate::bounds`) -----------------------------------
+
+    /// Whether process `p` is healthy, as the timed bounds define it: it
+    /// runs, is not paused and not shutting down, reaches both DynamoDB and
+    /// Kinesis, its sink acknowledges (no sink stall, and no ack a past
+    /// stall delayed still pending, so its pool drains), and it has not
+    /// fenced itself. For a failover survivor also no request of it met an
+    /// injected fault during the window (`request_fault`): F + 2 s has no
+    /// room for retries.
+    pub(crate) fn healthy(&self, p: usize) -> bool {
+        let Some(pr) = self.procs.get(p) else {
+            return false;
+        };
+        self.running(p)
+            && !pr.shutting_down
+            && pr.paused_until.is_none()
+            && pr.sink_stall_until <= self.now
+            && pr.acks_held_until <= self.now
+            && !self.net.is_cut(self.now, p, Service::Dynamo)
+            && !self.net.is_cut(self.now, p, Service::Kinesis)
+            && pr.worker.as_ref().is_some_and(|w| !w.leases().is_fenced())
+    }
+
+    /// A request of process `p` (incarnation `inc`) met an injected fault
+    /// (error, throttle, lost response, latency spike): it is no failover
+    /// survivor for the windows open now.
+    pub(crate) fn request_fault(&mut self, p: usize, inc: u64) {
+        self.bounds.unhealthy((p, inc));
+    }
+
+    /// A fault hits process `p` until `until`: it is no failover survivor
+    /// any more, and open joins are not fault-free.
+    fn disrupt(&mut self, p: usize, until: Micros) {
+        let inc = self.procs[p].inc;
+        self.bounds.unhealthy((p, inc));
+        self.bounds.disrupted();
+        self.last_disruption = Some(self.last_disruption.unwrap_or(0).max(until));
+    }
+
+    /// Open a failover sample for every active row process `p` owns.
+    fn open_failovers(&mut self, p: usize, cause: Cause, survivors: BTreeSet<ProcId>) {
+        let owner = self.procs[p].owner();
+        let shards: Vec<ShardRef> = self
+            .dynamo
+            .leases
+            .iter()
+            .filter(|(_, row)| {
+                row.owner.as_ref() == Some(&owner) && row.checkpoint != Some(Checkpoint::ShardEnd)
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in shards {
+            self.bounds
+                .open_failover(self.now, shard, owner.clone(), cause, survivors.clone());
+        }
+    }
+
+    /// Whether no fault is active: the heal phase or a run without random
+    /// faults, no process paused, cut or with a stalled sink, and no fault
+    /// op within the last F (leases it freed have expired).
+    fn fault_free(&self) -> bool {
+        let f = &self.p.faults;
+        let random = f.op_rates().iter().any(|r| *r > 0.0)
+            || [
+                f.dynamo_throttle,
+                f.dynamo_error,
+                f.dynamo_ambiguous,
+                f.dynamo_spike,
+                f.kinesis_error,
+                f.efo_stream_error,
+                f.sink_nack,
+            ]
+            .iter()
+            .any(|r| *r > 0.0);
+        let heal = self.phase != Phase::Faults;
+        let mut ended = self.last_disruption.unwrap_or(0);
+        if heal {
+            ended = ended.min(self.heal_start);
+        }
+        (heal || !random)
+            && self
+                .last_disruption
+                .is_none_or(|_| self.now >= ended + FAILOVER_TIME)
+            && (0..self.procs.len()).all(|p| {
+                let pr = &self.procs[p];
+                pr.paused_until.is_none()
+                    && pr.sink_stall_until <= self.now
+                    && !self.net.is_cut(self.now, p, Service::Dynamo)
+                    && !self.net.is_cut(self.now, p, Service::Kinesis)
+            })
+    }
+
+    /// Process `p` joined (or restarted): a join sample, asserted when no
+    /// fault is active.
+    fn open_join(&mut self, p: usize) {
+        let asserted = self.p.check_liveness && self.fault_free();
+        let (inc, owner) = (self.procs[p].inc, self.procs[p].owner());
+        self.trace
+            .line(self.now, format_args!("join {owner} asserted={asserted}"));
+        self.bounds.open_join(self.now, (p, inc), owner, asserted);
+    }
+
+    /// Shards due progress: held (per the worker and the table) by a
+    /// healthy worker, readable (every parent at SHARD_END or gone), not at
+    /// SHARD_END and with no hand-off pending.
+    fn due_progress(&self) -> Vec<(Owner, ShardRef)> {
+        let mut due = Vec::new();
+        for p in 0..self.procs.len() {
+            if !self.healthy(p) {
                 continue;
             }
-            if self.oracles.held_by(&self.procs[*p].owner()) >= fair {
-                self.report.convergence.push(now - at);
-                done.push(i);
+            let Some(w) = self.procs[p].worker.as_ref() else {
+                continue;
+            };
+            let owner = w.owner();
+            for (shard, token) in w.held_shards() {
+                let Some(row) = self.dynamo.leases.get(&shard) else {
+                    continue;
+                };
+                let readable = row.parents.iter().all(|id| {
+                    self.dynamo
+                        .leases
+                        .get(&ShardRef::new(shard.stream.clone(), id.clone()))
+                        .is_none_or(|pr| pr.checkpoint == Some(Checkpoint::ShardEnd))
+                });
+                if row.owner.as_ref() == Some(owner)
+                    && row.token == token
+                    && row.checkpoint != Some(Checkpoint::ShardEnd)
+                    && row.pending_owner.is_none()
+                    && readable
+                {
+                    due.push((owner.clone(), shard));
+                }
             }
         }
-        for i in done.into_iter().rev() {
-            self.joins.remove(i);
+        due
+    }
+
+    /// Once a simulated second: survivors that stopped being healthy,
+    /// censored failovers, joins and stalled shards.
+    pub(crate) fn check_bounds(&mut self) -> Check {
+        if self.now < self.next_bounds_check {
+            return Ok(());
         }
+        self.next_bounds_check = self.now + SEC;
+        for p in 0..self.procs.len() {
+            if !self.healthy(p) {
+                self.bounds.unhealthy((p, self.procs[p].inc));
+            }
+        }
+        self.bounds.check_failovers(self.now)?;
+        self.check_joins()?;
+        if self.p.check_liveness {
+            let due = self.due_progress();
+            self.bounds.check_stalls(self.now, due)?;
+        }
+        Ok(())
+    }
+
+    /// A Take of `shard` against `old` (token `token`) by `taker` was
+    /// applied: unless it follows a hand-off request, `old` must be fenced
+    /// by its next step (`fencing-order`).
+    pub(crate) fn forced_take(
+        &mut self,
+        old: &Owner,
+        taker: &Owner,
+        shard: &ShardRef,
+        token: FencingToken,
+    ) {
+        let Some(p) =
+            (0..self.procs.len()).find(|&p| self.running(p) && self.procs[p].owner() == *old)
+        else {
+            return;
+        };
+        let w = self.procs[p].worker.as_ref().expect("running");
+        if w.leases().is_fenced() || !w.held_shards().contains(&(shard.clone(), token)) {
+            return;
+        }
+        self.bounds.forced_take(
+            self.now,
+            (p, self.procs[p].inc),
+            old.clone(),
+            shard.clone(),
+            token,
+            taker.clone(),
+        );
+    }
+
+    /// After a step of process `p`: the fencing-order check of a forced
+    /// take waiting on it.
+    pub(crate) fn check_fence(&mut self, p: usize) -> Check {
+        let id = (p, self.procs[p].inc);
+        if !self.bounds.fence_pending(id) {
+            return Ok(());
+        }
+        let Some(w) = self.procs[p].worker.as_ref() else {
+            return Ok(());
+        };
+        let held = w.held_shards();
+        self.bounds
+            .check_fence(self.now, id, w.leases().is_fenced(), |s, t| {
+                held.contains(&(s.clone(), t))
+            })
     }
 
     // ----- phases ------------------------------------------------------------
@@ -552,6 +770,9 @@ impl World {
                         self.p.heal_us
                     }
         {
+            // Joiners at their fair share close their samples now, before
+            // the fleet shuts down.
+            self.check_joins()?;
             self.report.heal = Some(self.now - self.heal_start);
             self.trace.line(self.now, format_args!("caught up"));
             self.phase = Phase::Closing;

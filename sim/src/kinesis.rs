@@ -13,7 +13,9 @@
 //! - RegisterStreamConsumer: CREATING, ACTIVE after a delay; a second
 //!   registration of the name is ResourceInUse.
 //! - SubscribeToShard: at most 1 call/s per (consumer, shard)
-//!   (LimitExceeded), ResourceInUse within 5 s of a successful call; a call
+//!   (LimitExceeded), ResourceInUse within 5 s of a successful call, both
+//!   across the whole fleet (any process's call counts; refusals are
+//!   counted as caused by the caller's own incarnation or by another); a call
 //!   after that takes the subscription over (the old one fails with
 //!   ResourceInUse); a subscription ends normally after 5 minutes. Events
 //!   come when records arrive or about once a second, each carrying the
@@ -197,7 +199,7 @@ pub struct Kinesis {
     /// Subscriptions by owner key.
     pub subs: BTreeMap<SubKey, Subscription>,
     /// Last SubscribeToShard call per (consumer, shard).
-    last_call: BTreeMap<(String, usize), Micros>,
+    last_call: BTreeMap<(String, usize), (Micros, SubKey)>,
     /// Last successful SubscribeToShard per (consumer, shard).
     last_ok: BTreeMap<(String, usize), (Micros, SubKey)>,
     /// Next sequence counter.
@@ -221,6 +223,12 @@ pub struct Kinesis {
     pub empty_get_records: bool,
     /// SubscribeToShard calls that reached the service.
     pub subscribe_calls: u64,
+    /// SubscribeToShard calls refused (LimitExceeded, ResourceInUse) by a
+    /// call of the same process incarnation.
+    pub subscribe_refused_own: u64,
+    /// ... by a call of another process or incarnation (the fleet-wide
+    /// rule, which no worker can see).
+    pub subscribe_refused_fleet: u64,
     /// GetRecords calls that reached the service.
     pub get_records_calls: u64,
 }
@@ -283,6 +291,8 @@ impl Kinesis {
             empty_first_event: false,
             empty_get_records: false,
             subscribe_calls: 0,
+            subscribe_refused_own: 0,
+            subscribe_refused_fleet: 0,
             get_records_calls: 0,
         };
         let n = shards.max(1) as u128;
@@ -623,12 +633,19 @@ impl Kinesis {
             return Err(ErrorClass::ResourceNotFound);
         }
         let pair = (arn.to_owned(), index);
-        let previous = self.last_call.insert(pair.clone(), now);
-        if previous.is_some_and(|p| now < p + SUBSCRIBE_SPACING) {
-            return Err(ErrorClass::LimitExceeded);
+        // The rules are per (consumer, shard) across the whole fleet: the
+        // call that blocks this one may be another process's.
+        let same = |other: &SubKey| (other.0, other.1) == (key.0, key.1);
+        let previous = self.last_call.insert(pair.clone(), (now, key));
+        if let Some((at, by)) = previous {
+            if now < at + SUBSCRIBE_SPACING {
+                self.count_refused(same(&by));
+                return Err(ErrorClass::LimitExceeded);
+            }
         }
-        if let Some((at, _)) = self.last_ok.get(&pair) {
+        if let Some(&(at, by)) = self.last_ok.get(&pair) {
             if now < at + SUBSCRIBE_TAKEOVER {
+                self.count_refused(same(&by));
                 return Err(ErrorClass::ResourceInUse);
             }
         }
@@ -656,6 +673,14 @@ impl Kinesis {
             },
         );
         Ok(())
+    }
+
+    fn count_refused(&mut self, own: bool) {
+        if own {
+            self.subscribe_refused_own += 1;
+        } else {
+            self.subscribe_refused_fleet += 1;
+        }
     }
 
     /// Answer the pending Pull of a subscription if an event is due.
@@ -915,5 +940,16 @@ mod tests {
         k.subscribe(b, &sref, &arn, &StartPosition::TrimHorizon, 7 * SEC)
             .unwrap();
         assert!(k.subs[&a].taken_over);
+        // Another process (a, not b) is refused by b's success: fleet-wide.
+        assert_eq!(
+            k.subscribe((0, 1, 2), &sref, &arn, &StartPosition::TrimHorizon, 9 * SEC),
+            Err(ErrorClass::ResourceInUse)
+        );
+        assert_eq!((k.subscribe_refused_own, k.subscribe_refused_fleet), (0, 3));
+        assert_eq!(
+            k.subscribe(b, &sref, &arn, &StartPosition::TrimHorizon, 11 * SEC),
+            Err(ErrorClass::ResourceInUse)
+        );
+        assert_eq!(k.subscribe_refused_own, 1);
     }
 }

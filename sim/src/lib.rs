@@ -19,7 +19,9 @@
 //! - [`net`]: the fault injector between processes and services (partitions,
 //!   latency, throttling, errors, lost responses), a value the world asks
 //!   about each message; imports `scenario` and `sched` only.
-//! - [`oracle`]: the invariants; [`scenario`]: parameters, ops, reports;
+//! - [`oracle`]: the invariants; [`bounds`]: the timed bounds (failover,
+//!   join, stall, fencing order) with samples tagged by cause;
+//!   [`scenario`]: parameters, ops, reports;
 //!   [`summary`]: a sweep's figures.
 //! - `trace_fmt` (private): the trace text of the world's lines.
 //! - [`world`] and `fleet` (private, `impl World`): the composition root:
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bounds;
 pub mod dynamo;
 mod fleet;
 pub mod kinesis;

@@ -1,10 +1,12 @@
 //! `kinesin-sim`: sweep seeds of a scenario and print the summary line.
 //!
-//! `cargo run -p kinesin-sim --release -- --seeds N [--seed S] [--scenario NAME] [--threads T]`
+//! `cargo run -p kinesin-sim --release -- --seeds N [--seed S] [--scenario NAME] [--threads T] [--keep-going] [--trace]`
 //!
 //! Runs seeds S..S+N (S defaults to 0) of the scenario (default `swarm`;
 //! `cost` runs `cost100` and `cost1000`), on T threads (default: available
-//! cores). Prints the trace hash of the seed (or one hash folded over every
+//! cores). `--trace` prints every trace line of every seed run (use it with
+//! one seed: `--seed S --trace`); `SIM_TRACE_TAIL=n` keeps n lines for a
+//! failure report instead of the default. Prints the trace hash of the seed (or one hash folded over every
 //! seed of the sweep, in seed order), so a change meant to alter no
 //! behaviour can be checked by comparing it. Exits 1 on a violation, printing `SIM_SEED=<n>`, the command that
 //! replays it and the shortened event trace.
@@ -24,6 +26,7 @@ struct Args {
     scenario: String,
     threads: usize,
     keep_going: bool,
+    trace: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -32,6 +35,7 @@ fn parse() -> Result<Args, String> {
         seed: 0,
         scenario: "swarm".into(),
         keep_going: false,
+        trace: false,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
@@ -45,8 +49,9 @@ fn parse() -> Result<Args, String> {
             "--scenario" => a.scenario = val()?,
             "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--keep-going" => a.keep_going = true,
+            "--trace" => a.trace = true,
             "-h" | "--help" => {
-                return Err("usage: kinesin-sim [--seeds N] [--seed S] [--scenario swarm|quiet|perf64|cost|cost100|cost1000] [--threads T] [--keep-going]".into())
+                return Err("usage: kinesin-sim [--seeds N] [--seed S] [--scenario swarm|quiet|perf64|cost|cost100|cost1000] [--threads T] [--keep-going] [--trace]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -63,6 +68,7 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
     let summary = Mutex::new(Summary::default());
     let failures: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
     let hashes: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
+    let traces: Mutex<Vec<(u64, Vec<String>)>> = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..a.threads.max(1) {
@@ -78,12 +84,21 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
                 {
                     params.trace_tail = n;
                 }
+                if a.trace {
+                    params.trace_tail = usize::MAX;
+                }
                 let report = run(params);
                 summary.lock().expect("lock").add(&report);
                 hashes
                     .lock()
                     .expect("lock")
                     .insert(report.seed, report.trace_hash);
+                if a.trace {
+                    traces
+                        .lock()
+                        .expect("lock")
+                        .push((report.seed, report.trace_tail.clone()));
+                }
                 if report.violation.is_some() {
                     failures.lock().expect("lock").push(report);
                 }
@@ -92,6 +107,18 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
     });
     let mut summary = summary.into_inner().expect("lock");
     summary.wall = started.elapsed();
+    let mut failures = failures.into_inner().expect("lock");
+    failures.sort_by_key(|r| r.seed);
+    if a.trace {
+        let mut traces = traces.into_inner().expect("lock");
+        traces.sort_by_key(|r| r.0);
+        for (seed, lines) in traces {
+            println!("# trace of {scenario} seed {seed} ({} lines)", lines.len());
+            for line in lines {
+                println!("{line}");
+            }
+        }
+    }
     println!("[{scenario}] {summary}");
     let hashes = hashes.into_inner().expect("lock");
     if let [(_, h)] = hashes.iter().collect::<Vec<_>>()[..] {
@@ -104,8 +131,6 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
         });
         println!("trace hash={all:016x} (all {} seeds)", hashes.len());
     }
-    let mut failures = failures.into_inner().expect("lock");
-    failures.sort_by_key(|r| r.seed);
     if failures.is_empty() {
         return Ok(true);
     }
@@ -123,14 +148,22 @@ fn sweep(scenario: &str, a: &Args) -> Result<bool, String> {
         );
     }
     let r = &failures[0];
-    for line in &r.trace_tail {
-        println!("  {line}");
+    if !a.trace {
+        println!(
+            "  (last {} trace lines of seed {})",
+            r.trace_tail.len(),
+            r.seed
+        );
+        for line in &r.trace_tail {
+            println!("  {line}");
+        }
     }
     if let Some(v) = &r.violation {
         println!("VIOLATION {v}");
     }
     println!("SIM_SEED={}", r.seed);
     println!("replay: {}", replay_command(r));
+    println!("whole trace: {} --trace", replay_command(r));
     Ok(false)
 }
 

@@ -341,10 +341,23 @@ pub struct RunReport {
     pub duplicates: u64,
     /// Checkpoint writes that did not move the checkpoint.
     pub idle_checkpoints: u64,
-    /// Failover times (crash -> shard read elsewhere).
+    /// SubscribeToShard calls refused (ResourceInUse or LimitExceeded)
+    /// because of a call by another process or incarnation: the fleet-wide
+    /// rule no worker can see (counted, not asserted).
+    pub subscribe_refused_fleet: u64,
+    /// ... because of the same worker incarnation's own earlier call.
+    pub subscribe_refused_own: u64,
+    /// Shard-microseconds of EFO runs (0 for polling).
+    pub efo_shard_us: u128,
+    /// Asserted failover times (`crash-with-survivor`: crash -> shard read
+    /// by another worker; `crate::bounds`).
     pub failovers: Vec<Micros>,
-    /// Join -> fair share times.
+    /// Other failover samples, by cause (measured, not asserted).
+    pub failovers_other: Vec<(crate::bounds::Cause, Micros)>,
+    /// Asserted join -> fair share times (joined with no fault active).
     pub convergence: Vec<Micros>,
+    /// Other join -> fair share times (a fault was active).
+    pub convergence_other: Vec<Micros>,
     /// Heal start -> caught up.
     pub heal: Option<Micros>,
     /// Leases lost, by reason (`Taken`, `SelfFenced`, `HandedOff`, ...).

@@ -4,12 +4,15 @@
 //! 3 ask for: throughput of the simulator (seeds/s, simulated hours per wall
 //! second), DynamoDB cost per shard-hour (liveness apart from checkpoints
 //! and other lease writes, against KCL's ~1,090 renewals per shard-hour),
-//! failover and rebalance times, SubscribeToShard calls per shard-hour and
-//! duplicates per million records.
+//! failover and rebalance times (asserted samples apart from the others,
+//! see [`crate::bounds`]), SubscribeToShard calls per EFO shard-hour (polling
+//! runs make none) with the refusals by cause, and duplicates per million
+//! records.
 //!
 //! Invariants: pure arithmetic over the reports; percentiles are
 //! nearest-rank over every sample of every run.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -37,14 +40,24 @@ pub struct Summary {
     pub counts: WriteCounts,
     /// SubscribeToShard calls, all runs.
     pub subscribe_calls: u64,
+    /// EFO shard-microseconds (the denominator of subscribe calls).
+    pub efo_shard_us: u128,
+    /// SubscribeToShard refusals caused by the caller's own earlier call.
+    pub subscribe_refused_own: u64,
+    /// ... by another process's call (fleet-wide rule).
+    pub subscribe_refused_fleet: u64,
     /// Records written.
     pub records: u64,
     /// Duplicate deliveries.
     pub duplicates: u64,
-    /// Failover samples.
+    /// Asserted failover samples (`crash-with-survivor`).
     pub failovers: Vec<Micros>,
-    /// Convergence samples.
+    /// Other failover samples, by cause.
+    pub failovers_other: BTreeMap<&'static str, Vec<Micros>>,
+    /// Asserted convergence samples (joins with no fault active).
     pub convergence: Vec<Micros>,
+    /// Other convergence samples.
+    pub convergence_other: Vec<Micros>,
     /// Heal samples.
     pub heals: Vec<Micros>,
 }
@@ -72,10 +85,20 @@ impl Summary {
         self.shard_us += r.shard_us;
         self.counts.add(&r.counts);
         self.subscribe_calls += r.subscribe_calls;
+        self.efo_shard_us += r.efo_shard_us;
+        self.subscribe_refused_own += r.subscribe_refused_own;
+        self.subscribe_refused_fleet += r.subscribe_refused_fleet;
         self.records += r.records;
         self.duplicates += r.duplicates;
         self.failovers.extend(&r.failovers);
+        for &(cause, us) in &r.failovers_other {
+            self.failovers_other
+                .entry(cause.name())
+                .or_default()
+                .push(us);
+        }
         self.convergence.extend(&r.convergence);
+        self.convergence_other.extend(&r.convergence_other);
         self.heals.extend(r.heal);
     }
 
@@ -110,9 +133,24 @@ impl fmt::Display for Summary {
         let (f50, f99, fmax) = self.failover();
         let (c50, cmax) = self.convergence();
         let mut heals = self.heals.clone();
+        let efo_sh = self.efo_shard_us as f64 / (3600.0 * SEC as f64);
+        let others: Vec<String> = self
+            .failovers_other
+            .iter()
+            .map(|(cause, v)| {
+                let mut v = v.clone();
+                format!(
+                    "{cause} p50={} max={} n={}",
+                    secs(pct(&mut v, 0.5)),
+                    secs(pct(&mut v, 1.0)),
+                    v.len()
+                )
+            })
+            .collect();
+        let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover p50={} p99={} max={} (n={}) | rebalance p50={} max={} (n={}) | heal max={} | subscribe/shard-h={:.2} | dup/M={:.0}",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0}",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -126,11 +164,20 @@ impl fmt::Display for Summary {
             secs(f99),
             secs(fmax),
             self.failovers.len(),
+            if others.is_empty() {
+                "-".to_owned()
+            } else {
+                others.join(", ")
+            },
             secs(c50),
             secs(cmax),
             self.convergence.len(),
+            secs(pct(&mut conv_other, 1.0)),
+            self.convergence_other.len(),
             secs(pct(&mut heals, 1.0)),
-            self.subscribe_calls as f64 / sh,
+            self.subscribe_calls as f64 / efo_sh.max(1e-9),
+            self.subscribe_refused_own,
+            self.subscribe_refused_fleet,
             self.duplicates as f64 * 1e6 / (self.records.max(1)) as f64,
         )
     }

@@ -41,6 +41,7 @@ use kinesin_core::sequence::{ExtSeq, StartPosition};
 use kinesin_core::table::LeaseWrite;
 use kinesin_core::worker::Worker;
 
+use crate::bounds::Bounds;
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
@@ -129,8 +130,12 @@ pub struct World {
     pub(crate) open_shards: usize,
     pub(crate) shard_us: u128,
     pub(crate) last_shard_tick: Micros,
-    pub(crate) failover_pending: BTreeMap<ShardRef, (Micros, Owner)>,
-    pub(crate) joins: Vec<(usize, Micros)>,
+    pub(crate) bounds: Bounds,
+    /// When the timed bounds are checked next (once a simulated second).
+    pub(crate) next_bounds_check: Micros,
+    /// The end of the latest fault op (crash, stall, partition, sink
+    /// stall, shutdown): a join before it plus F is not fault-free.
+    pub(crate) last_disruption: Option<Micros>,
     pub(crate) report: RunReport,
     pub(crate) violation: Option<Violation>,
 }
@@ -191,8 +196,9 @@ impl World {
             open_shards: open,
             shard_us: 0,
             last_shard_tick: 0,
-            failover_pending: BTreeMap::new(),
-            joins: Vec::new(),
+            bounds: Bounds::default(),
+            next_bounds_check: 0,
+            last_disruption: None,
             violation: None,
         }
     }
@@ -228,11 +234,14 @@ impl World {
             debug_assert!(at >= self.now);
             self.account_shards(at);
             self.now = at;
-            if let Err(v) = self.handle(ev) {
+            if let Err(v) = self.check_bounds().and_then(|()| self.handle(ev)) {
                 self.violation = Some(v);
                 break;
             }
             if self.phase == Phase::Done {
+                if let Err(v) = self.bounds.end(self.now) {
+                    self.violation = Some(v);
+                }
                 break;
             }
         }
@@ -246,6 +255,25 @@ impl World {
         r.shard_us = self.shard_us;
         r.counts = self.dynamo.counts.clone();
         r.subscribe_calls = self.kinesis.subscribe_calls;
+        r.subscribe_refused_own = self.kinesis.subscribe_refused_own;
+        r.subscribe_refused_fleet = self.kinesis.subscribe_refused_fleet;
+        if self.p.efo {
+            r.efo_shard_us = self.shard_us;
+        }
+        for &(cause, us) in &self.bounds.failover_samples {
+            if cause.asserted() {
+                r.failovers.push(us);
+            } else {
+                r.failovers_other.push((cause, us));
+            }
+        }
+        for &(asserted, us) in &self.bounds.join_samples {
+            if asserted {
+                r.convergence.push(us);
+            } else {
+                r.convergence_other.push(us);
+            }
+        }
         r.records = self.oracles.stats.records;
         r.duplicates = self.oracles.stats.duplicates;
         r.idle_checkpoints = self.oracles.stats.idle_checkpoints;
@@ -372,6 +400,7 @@ impl World {
             };
             self.event(p, e)?;
         }
+        self.check_fence(p)?;
         let pr = &mut self.procs[p];
         let Some(w) = pr.worker.as_ref() else {
             return Ok(());
@@ -437,12 +466,17 @@ impl World {
                     }
                 };
                 pr.batches.insert(b.id, (shard, b.token, ids.clone()));
+                self.bounds.progress(self.now, &owner, &b.shard);
                 let row = self.dynamo.leases.get(&b.shard);
                 self.oracles
                     .delivered(self.now, &owner, shard, &b, &ids, row)?;
                 let nack = self.faults_on() && self.rng.chance(self.p.faults.sink_nack);
                 let delay = exp(&mut self.rng, self.p.faults.sink_ack_mean);
                 let at = self.now.max(self.procs[p].sink_stall_until) + delay;
+                if self.procs[p].sink_stall_until > self.now {
+                    let pr = &mut self.procs[p];
+                    pr.acks_held_until = pr.acks_held_until.max(at);
+                }
                 let inc = self.procs[p].inc;
                 self.q.push(
                     at,
@@ -463,19 +497,7 @@ impl World {
                     format_args!("{owner} acquired {shard} tok{}", token.0),
                 );
                 self.oracles.acquired(self.now, &owner, &shard, token)?;
-                if let Some((at, from)) = self.failover_pending.remove(&shard) {
-                    if from != owner {
-                        self.report.failovers.push(self.now - at);
-                        self.trace.line(
-                            self.now,
-                            format_args!(
-                                "failover {shard} from {from} in {}ms",
-                                (self.now - at) / MS
-                            ),
-                        );
-                    }
-                }
-                self.check_joins();
+                self.check_joins()?;
             }
             Event::LeaseLost {
                 shard,
@@ -586,6 +608,21 @@ impl World {
         let owner = self.procs[p].owner();
         trace_fmt::action_line(&mut self.trace, self.now, p, &owner, &a);
         let inc = self.procs[p].inc;
+        if let Action::Subscribe { shard, .. }
+        | Action::GetRecords { shard, .. }
+        | Action::GetShardIterator { shard, .. } = &a
+        {
+            if let Some((cause, took, from)) = self.bounds.read(self.now, shard, &owner)? {
+                self.trace.line(
+                    self.now,
+                    format_args!(
+                        "failover {shard} from {from} ({}) in {}ms",
+                        cause.name(),
+                        took / MS
+                    ),
+                );
+            }
+        }
         match &a {
             Action::Subscribe { sub, shard, .. } => {
                 let local = self.local_now(p);
@@ -622,7 +659,11 @@ impl World {
             }
             _ => {}
         }
-        let (class, after) = match self.net.route(&mut self.rng, self.now, p, Call::of(&a)) {
+        let delivery = self.net.route(&mut self.rng, self.now, p, Call::of(&a));
+        if faulted(&delivery, Call::of(&a) == Call::Dynamo) {
+            self.request_fault(p, inc);
+        }
+        let (class, after) = match delivery {
             Delivery::Deliver { latency } => {
                 self.q
                     .push(self.now + latency, Ev::Arrive { p, inc, action: a });
@@ -677,6 +718,9 @@ impl World {
             Action::ReadLeases { op, stream } => {
                 let rows = self.dynamo.read_leases(&stream);
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Dynamo);
+                if lat >= SPIKE {
+                    self.request_fault(p, inc);
+                }
                 back(
                     self,
                     Input::Leases {
@@ -690,6 +734,9 @@ impl World {
             Action::ReadHeartbeats { op } => {
                 let rows = self.dynamo.read_beats();
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Dynamo);
+                if lat >= SPIKE {
+                    self.request_fault(p, inc);
+                }
                 back(
                     self,
                     Input::Heartbeats {
@@ -702,7 +749,11 @@ impl World {
             }
             Action::WriteHeartbeat { op, row } => {
                 self.dynamo.put_beat(row);
-                let (result, lat) = reply_to_write(self.net.write_reply(&mut self.rng), Ok(()));
+                let reply = self.net.write_reply(&mut self.rng);
+                if faulted(&reply, true) {
+                    self.request_fault(p, inc);
+                }
+                let (result, lat) = reply_to_write(reply, Ok(()));
                 back(self, Input::HeartbeatWritten { op, result }, None, lat);
             }
             Action::WriteLease { op, write } => {
@@ -735,11 +786,29 @@ impl World {
                                 graceful,
                             )?;
                         }
+                        if let LeaseWrite::Take {
+                            expect_owner: Some(old),
+                            expect_token,
+                            to,
+                            ..
+                        } = &write
+                        {
+                            let asked = before
+                                .as_ref()
+                                .is_some_and(|b| b.pending_owner.as_ref() == Some(to));
+                            if old != to && !asked {
+                                self.forced_take(old, to, write.shard(), *expect_token);
+                            }
+                        }
                         Ok(())
                     }
                     Err(_) => Err(ErrorClass::ConditionalFailed),
                 };
-                let (result, lat) = reply_to_write(self.net.write_reply(&mut self.rng), result);
+                let reply = self.net.write_reply(&mut self.rng);
+                if faulted(&reply, true) {
+                    self.request_fault(p, inc);
+                }
+                let (result, lat) = reply_to_write(reply, result);
                 back(self, Input::LeaseWritten { op, result }, None, lat);
             }
             Action::ListShards { op, stream } => {
@@ -832,6 +901,9 @@ impl World {
                 range: _,
             } => {
                 let throttle = self.net.throttles_get_records(&mut self.rng);
+                if throttle {
+                    self.request_fault(p, inc);
+                }
                 let result = if throttle {
                     Err(ErrorClass::Throttled)
                 } else {
@@ -967,6 +1039,7 @@ impl World {
         let (p, inc) = (key.0, key.1);
         let lat = self.net.reply_latency(&mut self.rng, Reply::Event);
         if let Some(class) = self.net.breaks_stream(&mut self.rng) {
+            self.request_fault(p, inc);
             if let Some(s) = self.kinesis.subs.get_mut(&key) {
                 s.done = true;
             }
@@ -1079,6 +1152,25 @@ impl World {
         if let Some((chunk, shard, ids)) = payload {
             pr.chunks.insert(chunk, (shard, ids));
         }
+        // A read that shows the shard caught up is progress (`stall`).
+        let caught_up = match &input {
+            Input::Records {
+                op,
+                result: Ok((data, _)),
+            } if data.millis_behind == 0 => pr
+                .polls
+                .iter()
+                .find(|(_, o)| *o == op)
+                .map(|(s, _)| s.clone()),
+            Input::SubscriptionEvent { sub, data, .. } if data.millis_behind == 0 => {
+                pr.sub_shard.get(sub).cloned()
+            }
+            _ => None,
+        };
+        if let Some(shard) = caught_up {
+            self.bounds.progress(self.now, &owner, &shard);
+        }
+        let pr = &mut self.procs[p];
         match &input {
             Input::SubscriptionError { sub, class } => {
                 if let Some(shard) = pr.sub_shard.remove(sub) {
@@ -1223,6 +1315,19 @@ impl World {
             }
         }
         Ok(())
+    }
+}
+
+/// A DynamoDB leg at least this slow met a latency spike (normal legs
+/// take at most 6 ms, spikes add 150 ms or more per leg).
+const SPIKE: Micros = 100 * MS;
+
+/// Whether a request met an injected fault: it failed, its response was
+/// lost, or (DynamoDB) it met a latency spike.
+fn faulted(d: &Delivery, dynamo: bool) -> bool {
+    match d {
+        Delivery::Deliver { latency } => dynamo && *latency >= SPIKE,
+        Delivery::Fail { .. } | Delivery::Lose { .. } => true,
     }
 }
 

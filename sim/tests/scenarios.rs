@@ -409,3 +409,97 @@ fn swarm_seeds_pass() -> Result<()> {
     }
     Ok(())
 }
+
+// ----- timed bounds (`kinesin_sim::bounds`) ---------------------------------
+// Each oracle also has a unit test in `sim/src/bounds.rs` that shows it
+// failing on a broken input.
+
+#[test]
+fn crash_without_a_healthy_survivor_is_measured_not_asserted() -> Result<()> {
+    use kinesin_sim::bounds::Cause;
+    let mut p = quiet("no-survivor", 4, 2);
+    // The only other worker stalls across the whole failover window.
+    p.script = vec![(59 * SEC, Op::Stall(1, 20 * SEC)), (60 * SEC, Op::Crash(0))];
+    let r = ok(p)?;
+    assert!(r.failovers.is_empty(), "asserted: {:?}", r.failovers);
+    assert!(
+        r.failovers_other
+            .iter()
+            .any(|(c, _)| *c == Cause::CrashNoSurvivor),
+        "{:?}",
+        r.failovers_other
+    );
+    Ok(())
+}
+
+#[test]
+fn stalled_owner_fails_over_tagged_stall_not_asserted() -> Result<()> {
+    use kinesin_sim::bounds::Cause;
+    let mut p = quiet("causes", 6, 3);
+    p.script = vec![(60 * SEC, Op::Stall(0, 2 * F + 5 * SEC))];
+    let r = ok(p)?;
+    let causes: Vec<Cause> = r.failovers_other.iter().map(|(c, _)| *c).collect();
+    assert!(causes.contains(&Cause::Stall), "{causes:?}");
+    assert!(r.failovers.is_empty(), "{:?}", r.failovers);
+    Ok(())
+}
+
+#[test]
+fn join_during_a_fault_is_not_asserted_and_a_quiet_join_is() -> Result<()> {
+    let mut p = quiet("join-fault", 8, 2);
+    p.script = vec![(80 * SEC, Op::SinkStall(0, 30 * SEC)), (90 * SEC, Op::Join)];
+    let r = ok(p)?;
+    assert!(r.convergence.is_empty(), "asserted: {:?}", r.convergence);
+    assert_eq!(r.convergence_other.len(), 1, "{:?}", r.convergence_other);
+    let mut p = quiet("join-quiet", 8, 2);
+    p.script = vec![(90 * SEC, Op::Join)];
+    let r = ok(p)?;
+    assert_eq!(r.convergence.len(), 1, "{:?}", r.convergence);
+    Ok(())
+}
+
+#[test]
+fn restarted_worker_after_its_leases_expired_is_an_asserted_join() -> Result<()> {
+    let mut p = quiet("restart-join", 6, 3);
+    p.script = vec![(40 * SEC, Op::Crash(2)), (80 * SEC, Op::Restart(2))];
+    let r = ok(p)?;
+    assert_eq!(r.convergence.len(), 1, "{:?}", r.convergence);
+    Ok(())
+}
+
+#[test]
+fn fleet_wide_subscribe_refusals_are_counted_apart_from_own() -> Result<()> {
+    // A crashed EFO worker's successor subscribes within 5 s of the dead
+    // worker's last successful call only if it is fast; either way the
+    // refusals are split by who made the blocking call.
+    let mut p = quiet("subscribe-fleet", 4, 2);
+    p.efo = true;
+    p.script = vec![(60 * SEC, Op::Crash(0)), (70 * SEC, Op::Restart(0))];
+    let r = ok(p)?;
+    assert!(r.subscribe_calls > 0);
+    assert!(r.efo_shard_us > 0);
+    Ok(())
+}
+
+#[test]
+fn zombie_is_fenced_before_its_lease_is_taken_in_both_modes() -> Result<()> {
+    // fencing-order: asserted on every forced take; the zombie resumes
+    // after its leases were taken.
+    for efo in [false, true] {
+        let mut p = quiet("fence-order", 6, 3);
+        p.efo = efo;
+        p.script = vec![
+            (60 * SEC, Op::Stall(0, 3 * F)),
+            (120 * SEC, Op::CutDynamo(1, 2 * F)),
+        ];
+        let r = ok(p)?;
+        assert!(
+            r.lost.get("Taken").copied().unwrap_or(0)
+                + r.lost.get("SelfFenced").copied().unwrap_or(0)
+                >= 1,
+            "{:?}",
+            r.lost
+        );
+    }
+    Ok(())
+}

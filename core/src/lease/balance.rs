@@ -5,7 +5,8 @@
 //! - `target = ceil(active leases / live workers)`; free and expired leases
 //!   are taken first, up to the target counting held leases and takes in
 //!   flight (not hand-offs asked for, so an orphan never waits behind a
-//!   request); no hand-off is asked while an orphan waits for a confirming
+//!   request), and one dead owner's row more per pass past the target (the
+//!   worker below it may be unable to take it); no hand-off is asked while an orphan waits for a confirming
 //!   heartbeat read; then hand-offs are asked from the
 //!   most loaded live workers in the same pass (`pending_owner`, announced
 //!   in the taker's heartbeat `wants`), one per lease while we are below
@@ -158,9 +159,6 @@ pub(super) fn plan(
     // orphan unread until the next pass.
     let holding = load.staying + load.taking;
     let mut deficit = target.saturating_sub(holding);
-    if deficit == 0 {
-        return plan;
-    }
     let Some(view) = views.get(stream) else {
         return plan;
     };
@@ -187,16 +185,20 @@ pub(super) fn plan(
     // owner may have renewed and taken leases afresh since. So a dead
     // owner's row is taken only when r was sent after this view
     // arrived; otherwise confirm with a heartbeat read first.
+    //
+    // A dead owner's row is an orphan nobody reads: past the target, one
+    // more per pass is taken (`overflow`), since the worker below the
+    // target may be unable to take it (its calls failing). The fleet
+    // rebalances by hand-off afterwards. Free rows never overflow (a fleet
+    // starting together spreads them by the ring).
     let confirmed = live.last_hb_read_seq > view.reply_seq;
+    let mut overflow = true;
     for row in &candidates {
-        if deficit == 0 {
-            break;
-        }
         let takable = match &row.owner {
-            None => true,
+            None => deficit > 0,
             Some(o) if live.is_expired(o) => {
                 plan.confirm |= !confirmed;
-                confirmed
+                confirmed && (deficit > 0 || overflow)
             }
             Some(_) => false,
         };
@@ -208,7 +210,11 @@ pub(super) fn plan(
             continue;
         }
         plan.takes.push(Take::Free(row.clone()));
-        deficit -= 1;
+        if deficit > 0 {
+            deficit -= 1;
+        } else {
+            overflow = false;
+        }
     }
 
     // 2. Ask the most loaded live workers for the rest. Not while orphans

@@ -355,6 +355,22 @@ impl LeaseManager {
             .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
         self.live.last_hb_read_sent = Some(sent);
         self.live.last_hb_read_seq = sent_seq;
+        // The next read is due a read interval after this one, or at the
+        // instant an owner whose beat stopped becomes expired, whichever is
+        // first: its leases are taken about F after its last beat, not up to
+        // a read interval later. A live owner's beat changes every F/3, so
+        // this never adds a read while the fleet is healthy.
+        if let Some(expiry) = self
+            .live
+            .observed
+            .values()
+            .filter(|ob| !ob.dead)
+            .map(|ob| ob.since + failover)
+            .filter(|t| *t > sent)
+            .min()
+        {
+            self.live.next_hb_read = self.live.next_hb_read.min(expiry);
+        }
 
         // Owner side of hand-offs: a live taker lists one of our leases.
         if !self.live.fenced && !self.shutting_down {

@@ -34,6 +34,11 @@
 //! | `held` | N | leases held |
 //! | `wants` | L of S | `<stream>\|<shard id>` of each hand-off it waits for |
 //! | `alive` | BOOL | false after a graceful shutdown |
+//! | `streams` | L of S | the streams the worker consumes (as configured: ARNs or names); absent (older versions) = every stream |
+//!
+//! One table may serve applications on different streams: a worker
+//! balances its leases only among the workers whose `streams` include all
+//! of its own (SPEC 4).
 //!
 //! # Writes and their conditions
 //!
@@ -524,6 +529,10 @@ fn encode_heartbeat(row: &HeartbeatRow) -> Item {
             AttributeValue::L(row.wants.iter().map(|w| s(encode_shard_ref(w))).collect()),
         ),
         ("alive".to_owned(), AttributeValue::Bool(row.alive)),
+        (
+            "streams".to_owned(),
+            AttributeValue::L(row.streams.iter().map(|x| s(x.as_str())).collect()),
+        ),
     ])
 }
 
@@ -954,6 +963,7 @@ mod tests {
             held: 3,
             wants: vec![sref()],
             alive: true,
+            streams: vec![StreamId::new("arn:aws:kinesis:us-east-1:1:stream/a")],
         };
         assert_eq!(decode_heartbeat("t", &encode_heartbeat(&row)), Ok(row));
     }

@@ -29,7 +29,8 @@
 //!   ],
 //!   "heartbeats": [
 //!     { "owner": "host-1#17", "beat": 42, "held": 1,
-//!       "wants": ["orders|shardId-000000000001"], "alive": true }
+//!       "wants": ["orders|shardId-000000000001"], "alive": true,
+//!       "streams": ["orders"] }
 //!   ]
 //! }
 //! ```
@@ -478,7 +479,7 @@ struct FileOut<'a> {
     format: &'static str,
     version: u64,
     leases: Vec<LeaseOut<'a>>,
-    heartbeats: Vec<HeartbeatOut>,
+    heartbeats: Vec<HeartbeatOut<'a>>,
 }
 
 #[derive(Serialize)]
@@ -495,12 +496,13 @@ struct LeaseOut<'a> {
 }
 
 #[derive(Serialize)]
-struct HeartbeatOut {
+struct HeartbeatOut<'a> {
     owner: String,
     beat: u64,
     held: u32,
     wants: Vec<String>,
     alive: bool,
+    streams: Vec<&'a str>,
 }
 
 fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
@@ -534,6 +536,7 @@ fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
             held: row.held,
             wants: row.wants.iter().map(encode_shard_ref).collect(),
             alive: row.alive,
+            streams: row.streams.iter().map(|s| s.as_str()).collect(),
         })
         .collect();
     let file = FileOut {
@@ -714,6 +717,7 @@ mod tests {
             held: 1,
             wants: vec![sref.clone()],
             alive: false,
+            streams: vec![StreamId::new("s")],
         };
         Tables {
             leases: BTreeMap::from([(sref, row)]),

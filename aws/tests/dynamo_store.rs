@@ -135,6 +135,7 @@ async fn dynamo_reads_follow_every_page() -> Result<()> {
             held: 0,
             wants: vec![],
             alive: true,
+            streams: Vec::new(),
         };
         store.write_heartbeat(&row).await?;
     }

@@ -81,6 +81,7 @@ async fn local_store_survives_reopen() -> Result<()> {
         held: 1,
         wants: vec![],
         alive: true,
+        streams: Vec::new(),
     };
     let (leases, beats) = {
         let store = LocalLeaseStore::open(&dir.0)?;

@@ -592,6 +592,7 @@ mod tests {
                 held: 0,
                 wants: vec![],
                 alive: true,
+                streams: vec![],
             },
         };
         assert_eq!(

@@ -271,6 +271,7 @@ pub async fn list_streams_names_each_stream_with_leases_once(store: &dyn LeaseSt
             held: 0,
             wants: vec![],
             alive: true,
+            streams: vec![StreamId::new(streams[0])],
         })
         .await?;
     let listed: Vec<String> = store
@@ -385,8 +386,8 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
 }
 
 /// Heartbeat rows: one per worker id, replaced by the next write of that
-/// worker (any incarnation), read back in worker-id order, separate from
-/// lease rows.
+/// worker (any incarnation), read back in worker-id order with the streams
+/// each worker consumes, separate from lease rows.
 pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
     let beat_a = HeartbeatRow {
         owner: a(),
@@ -397,6 +398,9 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
             shard("other", "shardId-9"),
         ],
         alive: true,
+        // Two applications may share the table: each row says which
+        // streams its worker consumes.
+        streams: vec![StreamId::new(stream), StreamId::new("other")],
     };
     let beat_b = HeartbeatRow {
         owner: b(),
@@ -404,6 +408,9 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
         held: 0,
         wants: vec![],
         alive: true,
+        streams: vec![StreamId::new(
+            "arn:aws:kinesis:us-east-1:000000000000:stream/b",
+        )],
     };
     store.write_heartbeat(&beat_b).await?;
     store.write_heartbeat(&beat_a).await?;
@@ -417,6 +424,8 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
         held: 0,
         wants: vec![shard(stream, "shardId-000000000001")],
         alive: false,
+        // No stream list (as an older version wrote it): read back empty.
+        streams: vec![],
     };
     store.write_heartbeat(&beat_b2).await?;
     let rows = store.read_heartbeats().await?;

@@ -291,7 +291,12 @@ impl LeaseManager {
             start: now,
             start_unix_ms: unix_ms,
             seq: 0,
-            live: Liveness::new(config.owner.clone(), timing.failover, now),
+            live: Liveness::new(
+                config.owner.clone(),
+                config.streams.clone(),
+                timing.failover,
+                now,
+            ),
             views,
             writes: Writes::default(),
             requests: BTreeMap::new(),

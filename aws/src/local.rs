@@ -838,13 +838,24 @@ mod tests {
     }
 
     #[test]
-    fn bad_field_names_row_and_field() {
+    fn bad_row_is_kept_naming_row_and_field() {
         let text = String::from_utf8(encode_file(&tables()).unwrap()).unwrap();
         // The lease row comes first in the file.
         let bad = text.replacen("\"w#x#2\"", "\"nobody\"", 1);
-        let err = decode_file(bad.as_bytes()).unwrap_err();
+        let t = decode_file(bad.as_bytes()).unwrap();
+        assert!(t.leases.is_empty());
+        let kept = &t.bad_leases[0];
+        assert_eq!(
+            kept.key,
+            Some(ShardRef::new(StreamId::new("s"), ShardId::new("shardId-1")))
+        );
+        let err = kept.error.to_string();
         assert!(err.contains("leases[0] (s/shardId-1)"), "{err}");
         assert!(err.contains("`owner`"), "{err}");
+        // Written back as found.
+        let again = decode_file(&encode_file(&t).unwrap()).unwrap();
+        assert_eq!(again.bad_leases[0].value, kept.value);
+        assert_eq!(again.heartbeats, t.heartbeats);
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //! carries its shard's hash range, and Kinesis records become user records
 //! through the core's `kpl::expand`.
 //!
+//! A lease-table read that found rows that do not decode feeds the core the
+//! rows that do (failover and balancing go on without the bad row) and
+//! warns once per bad row, naming the row, the field and what to do.
+//!
 //! Invariants: the `Worker` is touched by this task only; the channels to
 //! the application are unbounded but hold at most what the core's pool
 //! admitted (batches) or one message per outstanding action (reports).

@@ -1,4 +1,5 @@
-//! `kinesin leases`: the lease table as a text table on stdout.
+//! `kinesin leases`: the lease table as a text table on stdout; rows that
+//! do not decode are left out and named on stderr.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;

@@ -6,8 +6,10 @@
 //!
 //! Rules encoded: the attribute names of the README's table schema
 //! (`owner`, `token`, `checkpoint`, `sub_sequence`, `pending_owner`,
-//! `parents`, `created_ms`; `owner`, `beat`, `held`, `wants`, `alive`); a
-//! Java KCL sentinel checkpoint reads as "no checkpoint".
+//! `parents`, `created_ms`; `owner`, `beat`, `held`, `wants`, `alive`,
+//! `streams`); a Java KCL sentinel checkpoint reads as "no checkpoint"; a
+//! heartbeat row without `streams` (written by an older version) reads as
+//! an empty list, which counts as consuming every stream.
 //!
 //! Invariants: decoding never panics; every failure is a [`RowError`]
 //! naming the row and the field; missing optional attributes read as
@@ -111,6 +113,11 @@ pub(crate) fn decode_heartbeat_row<'a>(f: &impl RowFields<'a>) -> Result<Heartbe
             .ok_or_else(|| f.err("held", "is missing"))?,
         wants,
         alive,
+        streams: f
+            .strings("streams")?
+            .into_iter()
+            .map(StreamId::new)
+            .collect(),
     })
 }
 

@@ -24,11 +24,15 @@
 //! carries its shard's hash range, and Kinesis records become user records
 //! through the core's `kpl::expand`.
 //!
+//! A lease-table read that found rows that do not decode feeds the core the
+//! rows that do (failover and balancing go on without the bad row) and
+//! warns once per bad row, naming the row, the field and what to do.
+//!
 //! Invariants: the `Worker` is touched by this task only; the channels to
 //! the application are unbounded but hold at most what the core's pool
 //! admitted (batches) or one message per outstanding action (reports).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -36,7 +40,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
-use kinesin_core::ids::{BatchId, ChunkId, FencingToken, ShardRef, SubId};
+use kinesin_core::ids::{BatchId, ChunkId, FencingToken, ShardRef, StreamId, SubId};
 use kinesin_core::io::{Action, Event, Input, LostReason};
 use kinesin_core::kpl::HashRange;
 use kinesin_core::Worker;
@@ -44,7 +48,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::error::KinesisError;
 use crate::kinesis::{Kinesis, Payloads, Record};
-use crate::lease_store::LeaseStore;
+use crate::lease_store::{LeaseStore, RowError};
 use crate::runtime::{with_deadline, Runtime};
 
 /// What the driver hands to the application: a batch, or why the consumer
@@ -135,6 +139,13 @@ impl Drop for Batch {
 /// What a spawned call task reports.
 enum Report {
     Input(Input),
+    /// A lease-table read of a partition (a stream's lease rows, `None`:
+    /// the heartbeat rows), with the rows that did not decode (skipped).
+    WithBadRows {
+        input: Input,
+        partition: Option<StreamId>,
+        bad: Vec<RowError>,
+    },
     /// An input that carries records: store them under `chunk` first.
     WithPayload {
         chunk: ChunkId,
@@ -219,6 +230,11 @@ pub struct Driver<R: Runtime> {
     leases_held: usize,
     /// Pool usage last published as gauges (records, bytes).
     pool_shown: (u64, u64),
+    /// Lease-table rows that did not decode at the last successful read of
+    /// their partition (a stream's lease rows, `None`: the heartbeat rows):
+    /// each is reported once, and again only after a read without it
+    /// (repaired or deleted) and a later one with it.
+    bad_rows: HashMap<Option<StreamId>, BTreeSet<RowError>>,
 }
 
 impl<R: Runtime> std::fmt::Debug for Driver<R> {
@@ -262,6 +278,7 @@ impl<R: Runtime> Driver<R> {
             deliveries_tx,
             deliveries_rx,
             chunks: HashMap::new(),
+            bad_rows: HashMap::new(),
             delivered: HashMap::new(),
             subs: HashMap::new(),
             shutdown_waiters: Vec::new(),
@@ -365,6 +382,20 @@ impl<R: Runtime> Driver<R> {
         let now = self.runtime.now();
         let input = match report {
             Report::Input(input) => input,
+            Report::WithBadRows {
+                input,
+                partition,
+                bad,
+            } => {
+                let answered = matches!(
+                    input,
+                    Input::Leases { result: Ok(_), .. } | Input::Heartbeats { result: Ok(_), .. }
+                );
+                if answered {
+                    self.report_bad_rows(partition, bad);
+                }
+                input
+            }
             Report::WithPayload {
                 chunk,
                 payloads,
@@ -376,6 +407,34 @@ impl<R: Runtime> Driver<R> {
         };
         self.forget_ended_subscription(&input);
         self.worker.handle_input(now, input);
+    }
+
+    /// Report each undecodable row of a lease-table read once (a warning
+    /// naming the row, the field and what to do, and the
+    /// `kinesin_lease_bad_rows_total` counter); the read's other rows go
+    /// to the core as usual, so failover and balancing carry on without
+    /// the bad row. A row read fine again is forgotten.
+    fn report_bad_rows(&mut self, partition: Option<StreamId>, bad: Vec<RowError>) {
+        let now: BTreeSet<RowError> = bad.into_iter().collect();
+        let before = self.bad_rows.remove(&partition).unwrap_or_default();
+        for e in now.iter().filter(|e| !before.contains(*e)) {
+            metrics::counter!("kinesin_lease_bad_rows_total").increment(1);
+            if partition.is_none() {
+                warn!(
+                    "skipping a heartbeat row that does not decode ({e}): other workers' \
+                     liveness is judged without it; a worker whose own row it is rewrites it \
+                     with its next heartbeat"
+                );
+            } else {
+                warn!(
+                    "skipping a lease row that does not decode ({e}): nobody reads its shard \
+                     until the row is repaired or deleted; the stream's other shards are read"
+                );
+            }
+        }
+        if !now.is_empty() {
+            self.bad_rows.insert(partition, now);
+        }
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -696,11 +755,16 @@ impl<R: Runtime> Driver<R> {
             Action::ReadLeases { op, stream } => {
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = store.read_leases(&stream);
-                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
-                        Some(r) => r.map_err(store_class),
-                        None => Err(timed_out("lease table Query")),
+                    let (result, bad) = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(Ok(rows)) => (Ok(rows.rows), rows.bad),
+                        Some(Err(e)) => (Err(store_class(e)), Vec::new()),
+                        None => (Err(timed_out("lease table Query")), Vec::new()),
                     };
-                    Report::Input(Input::Leases { op, result })
+                    Report::WithBadRows {
+                        input: Input::Leases { op, result },
+                        partition: Some(stream),
+                        bad,
+                    }
                 });
             }
             Action::WriteLease { op, write } => {
@@ -718,11 +782,16 @@ impl<R: Runtime> Driver<R> {
             Action::ReadHeartbeats { op } => {
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = store.read_heartbeats();
-                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
-                        Some(r) => r.map_err(store_class),
-                        None => Err(timed_out("heartbeat Query")),
+                    let (result, bad) = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(Ok(rows)) => (Ok(rows.rows), rows.bad),
+                        Some(Err(e)) => (Err(store_class(e)), Vec::new()),
+                        None => (Err(timed_out("heartbeat Query")), Vec::new()),
                     };
-                    Report::Input(Input::Heartbeats { op, result })
+                    Report::WithBadRows {
+                        input: Input::Heartbeats { op, result },
+                        partition: None,
+                        bad,
+                    }
                 });
             }
             Action::WriteHeartbeat { op, row } => {

@@ -34,6 +34,11 @@
 //! | `held` | N | leases held |
 //! | `wants` | L of S | `<stream>\|<shard id>` of each hand-off it waits for |
 //! | `alive` | BOOL | false after a graceful shutdown |
+//! | `streams` | L of S | the streams the worker consumes (as configured: ARNs or names); absent (older versions) = every stream |
+//!
+//! One table may serve applications on different streams: a worker
+//! balances its leases only among the workers whose `streams` include all
+//! of its own (SPEC 4).
 //!
 //! # Writes and their conditions
 //!
@@ -58,9 +63,12 @@
 //! detect. The core retries with its own backoff and treats
 //! [`ErrorClass::Ambiguous`] (timeout, connection lost, 5xx) as "may have
 //! applied". Reads and the unconditional heartbeat put keep the client's
-//! retry policy. A row that does not decode fails the whole read with
-//! [`StoreError::is_bad_row`] (class InvalidArgument) naming the table,
-//! row and attribute: skipping it could hide a lease someone holds.
+//! retry policy. A row that does not decode does not fail the read: it is
+//! returned in [`Rows::bad`] naming the table, row and attribute, and the
+//! other rows are read (one bad heartbeat row must not stop failover, one
+//! bad lease row must not stop the stream). It stays in the table: a
+//! Create of its shard is refused (the item exists), and a worker's
+//! heartbeat PutItem replaces its own bad heartbeat row.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -80,7 +88,7 @@ use kinesin_core::sequence::Checkpoint;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
 use crate::codec::{decode_heartbeat_row, decode_lease_row, encode_shard_ref, RowFields};
-use crate::lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
+use crate::lease_store::{LeaseStore, RowError, Rows, StoreError, StoreFuture};
 
 /// Partition key attribute.
 pub const ATTR_STREAM: &str = "stream";
@@ -387,26 +395,24 @@ impl DynamoLeaseStore {
         Ok(())
     }
 
-    async fn read_leases_inner(&self, stream: &StreamId) -> Result<Vec<LeaseRow>, StoreError> {
+    async fn read_leases_inner(&self, stream: &StreamId) -> Result<Rows<LeaseRow>, StoreError> {
         let items = self
             .query_partition(stream.as_str(), SHARD_KEY_PREFIX)
             .await?;
-        items
-            .iter()
-            .map(|item| decode_lease(&self.table, stream, item))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::bad_row("Query", e))
+        Ok(sort_rows(
+            items
+                .iter()
+                .map(|item| decode_lease(&self.table, stream, item)),
+        ))
     }
 
-    async fn read_heartbeats_inner(&self) -> Result<Vec<HeartbeatRow>, StoreError> {
+    async fn read_heartbeats_inner(&self) -> Result<Rows<HeartbeatRow>, StoreError> {
         let items = self
             .query_partition(WORKERS_PARTITION, WORKER_KEY_PREFIX)
             .await?;
-        items
-            .iter()
-            .map(|item| decode_heartbeat(&self.table, item))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::bad_row("Query", e))
+        Ok(sort_rows(
+            items.iter().map(|item| decode_heartbeat(&self.table, item)),
+        ))
     }
 
     async fn write_heartbeat_inner(&self, row: &HeartbeatRow) -> Result<(), StoreError> {
@@ -422,7 +428,7 @@ impl DynamoLeaseStore {
 }
 
 impl LeaseStore for DynamoLeaseStore {
-    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Vec<LeaseRow>> {
+    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Rows<LeaseRow>> {
         Box::pin(self.read_leases_inner(stream))
     }
 
@@ -430,7 +436,7 @@ impl LeaseStore for DynamoLeaseStore {
         Box::pin(self.write_lease_inner(write))
     }
 
-    fn read_heartbeats(&self) -> StoreFuture<'_, Vec<HeartbeatRow>> {
+    fn read_heartbeats(&self) -> StoreFuture<'_, Rows<HeartbeatRow>> {
         Box::pin(self.read_heartbeats_inner())
     }
 
@@ -524,6 +530,10 @@ fn encode_heartbeat(row: &HeartbeatRow) -> Item {
             AttributeValue::L(row.wants.iter().map(|w| s(encode_shard_ref(w))).collect()),
         ),
         ("alive".to_owned(), AttributeValue::Bool(row.alive)),
+        (
+            "streams".to_owned(),
+            AttributeValue::L(row.streams.iter().map(|x| s(x.as_str())).collect()),
+        ),
     ])
 }
 
@@ -794,6 +804,21 @@ impl<'a> RowFields<'a> for Fields<'a> {
     }
 }
 
+/// The decoded rows of a read, and the ones that did not decode.
+fn sort_rows<T>(decoded: impl Iterator<Item = Result<T, RowError>>) -> Rows<T> {
+    let mut rows = Rows {
+        rows: Vec::new(),
+        bad: Vec::new(),
+    };
+    for row in decoded {
+        match row {
+            Ok(row) => rows.rows.push(row),
+            Err(e) => rows.bad.push(e),
+        }
+    }
+    rows
+}
+
 fn decode_lease(table: &str, stream: &StreamId, item: &Item) -> Result<LeaseRow, RowError> {
     let key = match item.get(ATTR_KEY) {
         Some(AttributeValue::S(k)) => k.as_str(),
@@ -954,6 +979,7 @@ mod tests {
             held: 3,
             wants: vec![sref()],
             alive: true,
+            streams: vec![StreamId::new("arn:aws:kinesis:us-east-1:1:stream/a")],
         };
         assert_eq!(decode_heartbeat("t", &encode_heartbeat(&row)), Ok(row));
     }

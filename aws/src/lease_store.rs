@@ -17,9 +17,15 @@
 //! - a write whose outcome is unknown (timeout or connection lost after the
 //!   request was sent, a 5xx on a write) is [`ErrorClass::Ambiguous`], never
 //!   a guess;
-//! - a stored row that does not decode is an error naming the row and the
-//!   field ([`StoreError::is_bad_row`]), never a panic and never a silently
-//!   skipped row (a skipped row could hide a lease that someone holds).
+//! - a stored row that does not decode never fails a read and never
+//!   panics: the read returns the rows that decode and names each one that
+//!   does not ([`Rows::bad`], a [`RowError`] naming the row and the field),
+//!   so one bad row stops neither failover (heartbeats) nor the balancing
+//!   of the stream's other shards (leases). A bad row is never silently
+//!   dropped either: it stays in the table (a Create of its shard is
+//!   refused: the row exists; the core, which does not see the row, takes
+//!   it never), and the driver reports it once; the unconditional
+//!   heartbeat write replaces a worker's own bad row.
 //!
 //! The trait is object-safe: methods return a boxed `Send` future
 //! ([`StoreFuture`]), so a driver can hold an `Arc<dyn LeaseStore>` and move
@@ -40,22 +46,36 @@ use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 /// object-safe, `Send` so it can run in a spawned task.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// What a read found: the rows that decode, and the rows that do not (each
+/// naming the row, the field and what is wrong), which the reader reports
+/// and otherwise skips.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rows<T> {
+    /// The rows that decode, in key order.
+    pub rows: Vec<T>,
+    /// The rows that do not.
+    pub bad: Vec<RowError>,
+}
+
 /// Where lease rows and heartbeat rows live. See the module doc for the
 /// invariants every implementation keeps.
 pub trait LeaseStore: Send + Sync {
-    /// Every lease row of `stream`, in shard-id order, strongly consistent.
-    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Vec<LeaseRow>>;
+    /// Every lease row of `stream`, in shard-id order, strongly consistent;
+    /// rows that do not decode in [`Rows::bad`].
+    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Rows<LeaseRow>>;
 
     /// Apply one conditional write with exactly the semantics of
     /// [`LeaseWrite::apply`]; a failed condition is
     /// [`ErrorClass::ConditionalFailed`].
     fn write_lease<'a>(&'a self, write: &'a LeaseWrite) -> StoreFuture<'a, ()>;
 
-    /// Every worker's heartbeat row, strongly consistent, in worker-id order.
-    fn read_heartbeats(&self) -> StoreFuture<'_, Vec<HeartbeatRow>>;
+    /// Every worker's heartbeat row, strongly consistent, in worker-id
+    /// order; rows that do not decode in [`Rows::bad`].
+    fn read_heartbeats(&self) -> StoreFuture<'_, Rows<HeartbeatRow>>;
 
     /// Store this worker's heartbeat row, replacing the row of the same
-    /// worker id (whatever incarnation wrote it). Unconditional.
+    /// worker id (whatever incarnation wrote it, and whether it decodes or
+    /// not). Unconditional.
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()>;
 
     /// Every stream that has lease rows, in order. For operators' tools
@@ -76,7 +96,6 @@ pub struct StoreError {
     class: ErrorClass,
     operation: &'static str,
     message: String,
-    bad_row: bool,
     source: Option<BoxError>,
 }
 
@@ -87,7 +106,6 @@ impl StoreError {
             class,
             operation,
             message: message.into(),
-            bad_row: false,
             source: None,
         }
     }
@@ -98,19 +116,6 @@ impl StoreError {
         self
     }
 
-    /// A stored row that does not decode. Its class is
-    /// [`ErrorClass::InvalidArgument`]: retrying will not help until the row
-    /// is repaired or removed, which the message says how to do.
-    pub fn bad_row(operation: &'static str, err: RowError) -> Self {
-        StoreError {
-            class: ErrorClass::InvalidArgument,
-            operation,
-            message: err.to_string(),
-            bad_row: true,
-            source: Some(Box::new(err)),
-        }
-    }
-
     /// How the operation failed, for the core.
     pub fn class(&self) -> ErrorClass {
         self.class
@@ -119,11 +124,6 @@ impl StoreError {
     /// The store operation that failed (e.g. "Query", "UpdateItem", "rename").
     pub fn operation(&self) -> &'static str {
         self.operation
-    }
-
-    /// True when a stored row could not be decoded (see [`RowError`]).
-    pub fn is_bad_row(&self) -> bool {
-        self.bad_row
     }
 }
 
@@ -146,7 +146,7 @@ impl StdError for StoreError {
 }
 
 /// A stored row that does not decode: which row, which field, what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
 #[error("row {row}: field `{field}` {problem}; repair or delete this row")]
 pub struct RowError {
     /// The row, as `<partition>/<sort key>` (DynamoDB) or its position in

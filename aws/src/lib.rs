@@ -40,7 +40,7 @@ pub use driver::{Batch, Driver, DriverError, DriverHandle, DriverOptions};
 pub use dynamo::DynamoLeaseStore;
 pub use error::KinesisError;
 pub use kinesis::{Kinesis, Record, Subscription};
-pub use lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
+pub use lease_store::{LeaseStore, RowError, Rows, StoreError, StoreFuture};
 pub use local::{LocalLeaseStore, LocalStoreError};
 pub use runtime::{AsyncTimer, Runtime, Task};
 

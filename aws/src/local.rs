@@ -29,7 +29,8 @@
 //!   ],
 //!   "heartbeats": [
 //!     { "owner": "host-1#17", "beat": 42, "held": 1,
-//!       "wants": ["orders|shardId-000000000001"], "alive": true }
+//!       "wants": ["orders|shardId-000000000001"], "alive": true,
+//!       "streams": ["orders"] }
 //!   ]
 //! }
 //! ```
@@ -43,8 +44,13 @@
 //! change memory only once the new file is in place, so memory and file
 //! agree; a failure before the rename is [`ErrorClass::Transient`] (nothing
 //! changed), a failed directory fsync after it is [`ErrorClass::Ambiguous`]
-//! (the change is visible but may not survive a power loss). A file that
-//! does not decode fails [`LocalLeaseStore::open`] with the row and field.
+//! (the change is visible but may not survive a power loss). A file whose
+//! structure does not decode (not JSON, another format or version, two
+//! rows for one key) fails [`LocalLeaseStore::open`]. One row that does not
+//! decode does not: it is kept as found (written back unchanged), named in
+//! [`Rows::bad`] by every read of its partition, a lease write on its
+//! shard is refused (so it is never created afresh over, nor taken), and
+//! a heartbeat write of its worker replaces it.
 //!
 //! The file I/O runs on one writer thread of the store, never in the
 //! returned futures: writes queue for it and are committed in groups (all
@@ -62,14 +68,14 @@ use std::thread::JoinHandle;
 
 use async_channel::Sender;
 
-use kinesin_core::ids::{ShardId, ShardRef, StreamId};
+use kinesin_core::ids::{Owner, ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::codec::{decode_heartbeat_row, decode_lease_row, encode_shard_ref, RowFields};
-use crate::lease_store::{LeaseStore, RowError, StoreError, StoreFuture};
+use crate::lease_store::{LeaseStore, RowError, Rows, StoreError, StoreFuture};
 
 /// The `format` field of the file.
 const FORMAT: &str = "kinesin-local-lease-store";
@@ -122,6 +128,23 @@ struct Tables {
     leases: BTreeMap<ShardRef, LeaseRow>,
     /// Keyed by worker id: one row per worker, like DynamoDB.
     heartbeats: BTreeMap<String, HeartbeatRow>,
+    /// Lease rows of the file that do not decode, keyed by their shard
+    /// when the row names one.
+    bad_leases: Vec<Kept<ShardRef>>,
+    /// Heartbeat rows of the file that do not decode, keyed by their
+    /// worker id when the row names one.
+    bad_heartbeats: Vec<Kept<String>>,
+}
+
+/// A row of the file that does not decode: written back as found, named
+/// by every read of its partition, never replaced by a lease write (a
+/// Create of its shard is refused: the row exists). A heartbeat write of
+/// its worker replaces it.
+#[derive(Clone, Debug)]
+struct Kept<K> {
+    key: Option<K>,
+    value: Value,
+    error: RowError,
 }
 
 /// A single-process lease store in a directory (format in the module doc).
@@ -345,21 +368,40 @@ impl Shared {
         let mut applied = Vec::with_capacity(group.len());
         for (change, reply) in group {
             match change {
-                Change::Lease(write) => match write.apply(next.leases.get(write.shard())) {
-                    Ok(row) => {
-                        next.leases.insert(write.shard().clone(), row);
-                        applied.push(reply);
-                    }
-                    Err(e) => {
+                Change::Lease(write) => {
+                    if let Some(k) = next
+                        .bad_leases
+                        .iter()
+                        .find(|k| k.key.as_ref() == Some(write.shard()))
+                    {
+                        // The row exists but does not decode: no write of
+                        // ours may replace what we cannot read.
                         let _ = reply.try_send(Err(StoreError::new(
                             ErrorClass::ConditionalFailed,
                             "write_lease",
-                            e.to_string(),
+                            format!("the stored row does not decode: {}", k.error),
                         )));
+                        continue;
                     }
-                },
+                    match write.apply(next.leases.get(write.shard())) {
+                        Ok(row) => {
+                            next.leases.insert(write.shard().clone(), row);
+                            applied.push(reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.try_send(Err(StoreError::new(
+                                ErrorClass::ConditionalFailed,
+                                "write_lease",
+                                e.to_string(),
+                            )));
+                        }
+                    }
+                }
                 Change::Heartbeat(row) => {
-                    next.heartbeats.insert(row.owner.worker.to_string(), row);
+                    let worker = row.owner.worker.to_string();
+                    next.bad_heartbeats
+                        .retain(|k| k.key.as_deref() != Some(worker.as_str()));
+                    next.heartbeats.insert(worker, row);
                     applied.push(reply);
                 }
             }
@@ -434,16 +476,24 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 }
 
 impl LeaseStore for LocalLeaseStore {
-    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Vec<LeaseRow>> {
+    fn read_leases<'a>(&'a self, stream: &'a StreamId) -> StoreFuture<'a, Rows<LeaseRow>> {
         Box::pin(async move {
-            Ok(self
-                .shared
-                .tables()
-                .leases
-                .values()
-                .filter(|row| &row.shard.stream == stream)
-                .cloned()
-                .collect())
+            let tables = self.shared.tables();
+            Ok(Rows {
+                rows: tables
+                    .leases
+                    .values()
+                    .filter(|row| &row.shard.stream == stream)
+                    .cloned()
+                    .collect(),
+                // A bad row that names no stream may be any stream's.
+                bad: tables
+                    .bad_leases
+                    .iter()
+                    .filter(|k| k.key.as_ref().is_none_or(|s| &s.stream == stream))
+                    .map(|k| k.error.clone())
+                    .collect(),
+            })
         })
     }
 
@@ -451,8 +501,18 @@ impl LeaseStore for LocalLeaseStore {
         Box::pin(self.write(Change::Lease(write.clone())))
     }
 
-    fn read_heartbeats(&self) -> StoreFuture<'_, Vec<HeartbeatRow>> {
-        Box::pin(async move { Ok(self.shared.tables().heartbeats.values().cloned().collect()) })
+    fn read_heartbeats(&self) -> StoreFuture<'_, Rows<HeartbeatRow>> {
+        Box::pin(async move {
+            let tables = self.shared.tables();
+            Ok(Rows {
+                rows: tables.heartbeats.values().cloned().collect(),
+                bad: tables
+                    .bad_heartbeats
+                    .iter()
+                    .map(|k| k.error.clone())
+                    .collect(),
+            })
+        })
     }
 
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
@@ -477,8 +537,17 @@ impl LeaseStore for LocalLeaseStore {
 struct FileOut<'a> {
     format: &'static str,
     version: u64,
-    leases: Vec<LeaseOut<'a>>,
-    heartbeats: Vec<HeartbeatOut>,
+    leases: Vec<Entry<'a, LeaseOut<'a>>>,
+    heartbeats: Vec<Entry<'a, HeartbeatOut<'a>>>,
+}
+
+/// A row of the file: one we write, or a row that did not decode, written
+/// back as found.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Entry<'a, T> {
+    Row(T),
+    Kept(&'a Value),
 }
 
 #[derive(Serialize)]
@@ -495,12 +564,13 @@ struct LeaseOut<'a> {
 }
 
 #[derive(Serialize)]
-struct HeartbeatOut {
+struct HeartbeatOut<'a> {
     owner: String,
     beat: u64,
     held: u32,
     wants: Vec<String>,
     alive: bool,
+    streams: Vec<&'a str>,
 }
 
 fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
@@ -512,7 +582,7 @@ fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
                 Some((value, sub)) => (Some(value), sub),
                 None => (None, None),
             };
-            LeaseOut {
+            Entry::Row(LeaseOut {
                 stream: row.shard.stream.as_str(),
                 shard: row.shard.shard.as_str(),
                 owner: row.owner.as_ref().map(|o| o.encode()),
@@ -522,19 +592,24 @@ fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
                 pending_owner: row.pending_owner.as_ref().map(|o| o.encode()),
                 parents: row.parents.iter().map(|p| p.as_str()).collect(),
                 created_ms: row.created_ms,
-            }
+            })
         })
+        .chain(tables.bad_leases.iter().map(|k| Entry::Kept(&k.value)))
         .collect();
     let heartbeats = tables
         .heartbeats
         .values()
-        .map(|row| HeartbeatOut {
-            owner: row.owner.encode(),
-            beat: row.beat,
-            held: row.held,
-            wants: row.wants.iter().map(encode_shard_ref).collect(),
-            alive: row.alive,
+        .map(|row| {
+            Entry::Row(HeartbeatOut {
+                owner: row.owner.encode(),
+                beat: row.beat,
+                held: row.held,
+                wants: row.wants.iter().map(encode_shard_ref).collect(),
+                alive: row.alive,
+                streams: row.streams.iter().map(|s| s.as_str()).collect(),
+            })
         })
+        .chain(tables.bad_heartbeats.iter().map(|k| Entry::Kept(&k.value)))
         .collect();
     let file = FileOut {
         format: FORMAT,
@@ -568,7 +643,23 @@ fn decode_file(bytes: &[u8]) -> Result<Tables, String> {
         .iter()
         .enumerate()
     {
-        let row = decode_lease(i, value).map_err(|e| e.to_string())?;
+        let row = match decode_lease(i, value) {
+            Ok(row) => row,
+            Err(error) => {
+                let key = match (value.get("stream"), value.get("shard")) {
+                    (Some(Value::String(stream)), Some(Value::String(shard))) => Some(
+                        ShardRef::new(StreamId::new(stream.as_str()), ShardId::new(shard.as_str())),
+                    ),
+                    _ => None,
+                };
+                tables.bad_leases.push(Kept {
+                    key,
+                    value: value.clone(),
+                    error,
+                });
+                continue;
+            }
+        };
         if let Some(dup) = tables.leases.insert(row.shard.clone(), row) {
             return Err(format!("leases[{i}]: a second row for {}", dup.shard));
         }
@@ -579,7 +670,22 @@ fn decode_file(bytes: &[u8]) -> Result<Tables, String> {
         .iter()
         .enumerate()
     {
-        let row = decode_heartbeat(i, value).map_err(|e| e.to_string())?;
+        let row = match decode_heartbeat(i, value) {
+            Ok(row) => row,
+            Err(error) => {
+                let key = value
+                    .get("owner")
+                    .and_then(Value::as_str)
+                    .and_then(Owner::decode)
+                    .map(|o| o.worker.to_string());
+                tables.bad_heartbeats.push(Kept {
+                    key,
+                    value: value.clone(),
+                    error,
+                });
+                continue;
+            }
+        };
         let worker = row.owner.worker.to_string();
         if tables.heartbeats.insert(worker.clone(), row).is_some() {
             return Err(format!(
@@ -714,10 +820,12 @@ mod tests {
             held: 1,
             wants: vec![sref.clone()],
             alive: false,
+            streams: vec![StreamId::new("s")],
         };
         Tables {
             leases: BTreeMap::from([(sref, row)]),
             heartbeats: BTreeMap::from([("w#x".to_owned(), beat)]),
+            ..Tables::default()
         }
     }
 
@@ -730,13 +838,24 @@ mod tests {
     }
 
     #[test]
-    fn bad_field_names_row_and_field() {
+    fn bad_row_is_kept_naming_row_and_field() {
         let text = String::from_utf8(encode_file(&tables()).unwrap()).unwrap();
         // The lease row comes first in the file.
         let bad = text.replacen("\"w#x#2\"", "\"nobody\"", 1);
-        let err = decode_file(bad.as_bytes()).unwrap_err();
+        let t = decode_file(bad.as_bytes()).unwrap();
+        assert!(t.leases.is_empty());
+        let kept = &t.bad_leases[0];
+        assert_eq!(
+            kept.key,
+            Some(ShardRef::new(StreamId::new("s"), ShardId::new("shardId-1")))
+        );
+        let err = kept.error.to_string();
         assert!(err.contains("leases[0] (s/shardId-1)"), "{err}");
         assert!(err.contains("`owner`"), "{err}");
+        // Written back as found.
+        let again = decode_file(&encode_file(&t).unwrap()).unwrap();
+        assert_eq!(again.bad_leases[0].value, kept.value);
+        assert_eq!(again.heartbeats, t.heartbeats);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `kinesin leases`: the lease table as a text table on stdout.
+//! `kinesin leases`: the lease table as a text table on stdout; rows that
+//! do not decode are left out and named on stderr.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -17,7 +18,10 @@ pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let store = DynamoLeaseStore::new(client, &args.lease_table);
     let heartbeats = match store.read_heartbeats().await {
-        Ok(h) => h,
+        Ok(h) => {
+            report_bad_rows(&h.bad);
+            h.rows
+        }
         Err(e) if e.class() == ErrorClass::ResourceNotFound => {
             anyhow::bail!("lease table {:?} does not exist", args.lease_table)
         }
@@ -45,6 +49,8 @@ pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
             .read_leases(&StreamId::new(s.as_str()))
             .await
             .with_context(|| format!("reading the leases of {s}"))?;
+        report_bad_rows(&leases.bad);
+        let leases = leases.rows;
         let ended: BTreeSet<&str> = leases
             .iter()
             .filter(|l| l.checkpoint == Some(Checkpoint::ShardEnd))
@@ -67,6 +73,13 @@ pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
         &rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows that do not decode are left out of the table and named on stderr.
+fn report_bad_rows(bad: &[kinesin_aws::RowError]) {
+    for e in bad {
+        eprintln!("warning: {e} (left out below)");
+    }
 }
 
 fn row(

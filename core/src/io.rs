@@ -597,6 +597,7 @@ mod tests {
                 held: 0,
                 wants: vec![],
                 alive: true,
+                streams: vec![],
             },
         };
         assert_eq!(

@@ -13,13 +13,18 @@
 //! write unit. An owner change bumps the fencing token, and a token at
 //! `u64::MAX` refuses an owner change rather than hand two owners one token.
 //!
+//! Shared tables: a heartbeat row lists the streams its worker consumes
+//! ([`HeartbeatRow::streams`]); workers of applications on other streams
+//! are neither counted nor designated for ours ([`consumes_all`]). A row
+//! without the list (an older version) counts as consuming every stream.
+//!
 //! Invariants: `apply` is pure (no clock, no I/O) and total (it never
 //! panics, whatever the row); every write but `Create` needs a row; every
 //! write on a held lease is conditional on `(owner, token)`.
 //!
 //! May import: `ids` and `sequence` only (a leaf of the core).
 
-use crate::ids::{FencingToken, Owner, ShardId, ShardRef};
+use crate::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
 use crate::sequence::Checkpoint;
 
 /// One shard lease row of the lease table.
@@ -72,6 +77,23 @@ pub struct HeartbeatRow {
     pub wants: Vec<ShardRef>,
     /// False once the worker shut down gracefully (its leases are released).
     pub alive: bool,
+    /// The streams this worker consumes (its configured stream ids, ARNs
+    /// as configured). One lease table may serve applications on
+    /// different streams: a worker balances the leases of its streams only
+    /// among the workers that can read them ([`consumes_all`]).
+    /// Empty = written by a version without this field: counts as
+    /// consuming every stream, so a fleet of old and new versions balances
+    /// as before.
+    pub streams: Vec<StreamId>,
+}
+
+/// Whether a worker whose heartbeat lists `consumed` can read every one
+/// of `streams`. An empty list (a row of an older version) reads anything.
+pub fn consumes_all<'a>(
+    consumed: &[StreamId],
+    streams: impl IntoIterator<Item = &'a StreamId>,
+) -> bool {
+    consumed.is_empty() || streams.into_iter().all(|s| consumed.contains(s))
 }
 
 /// A conditional write on a lease row. Every variant states its condition;
@@ -283,7 +305,6 @@ impl LeaseWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::StreamId;
 
     fn sref() -> ShardRef {
         ShardRef::new(StreamId::new("s"), ShardId::new("shardId-0"))

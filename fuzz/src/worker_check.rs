@@ -553,6 +553,7 @@ impl WorkerHarness {
                         .count() as u32,
                     wants: Vec::new(),
                     alive: true,
+                    streams: Vec::new(),
                 };
                 self.heartbeats.insert(self.rival.clone(), row);
             }

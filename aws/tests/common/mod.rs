@@ -183,7 +183,7 @@ pub async fn check_store_matches_apply(
             }
             let expected = write.apply(before.as_ref());
             let got = store.write_lease(&write).await;
-            let stored = store.read_leases(&s.stream).await?;
+            let stored = store.read_leases(&s.stream).await?.rows;
             let case = format!("before [{before_name}], write {write:?}");
             match (&expected, &got) {
                 (Ok(next), Ok(())) => {
@@ -235,7 +235,7 @@ async fn write_refused(store: &dyn LeaseStore, write: LeaseWrite) -> Result<()> 
 }
 
 async fn only_row(store: &dyn LeaseStore, s: &ShardRef) -> Result<LeaseRow> {
-    let rows = store.read_leases(&s.stream).await?;
+    let rows = store.read_leases(&s.stream).await?.rows;
     match <[LeaseRow; 1]>::try_from(rows) {
         Ok([row]) => Ok(row),
         Err(rows) => bail!("expected one row for {s}, got {rows:?}"),
@@ -271,6 +271,7 @@ pub async fn list_streams_names_each_stream_with_leases_once(store: &dyn LeaseSt
             held: 0,
             wants: vec![],
             alive: true,
+            streams: vec![StreamId::new(streams[0])],
         })
         .await?;
     let listed: Vec<String> = store
@@ -385,8 +386,8 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
 }
 
 /// Heartbeat rows: one per worker id, replaced by the next write of that
-/// worker (any incarnation), read back in worker-id order, separate from
-/// lease rows.
+/// worker (any incarnation), read back in worker-id order with the streams
+/// each worker consumes, separate from lease rows.
 pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
     let beat_a = HeartbeatRow {
         owner: a(),
@@ -397,6 +398,9 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
             shard("other", "shardId-9"),
         ],
         alive: true,
+        // Two applications may share the table: each row says which
+        // streams its worker consumes.
+        streams: vec![StreamId::new(stream), StreamId::new("other")],
     };
     let beat_b = HeartbeatRow {
         owner: b(),
@@ -404,10 +408,13 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
         held: 0,
         wants: vec![],
         alive: true,
+        streams: vec![StreamId::new(
+            "arn:aws:kinesis:us-east-1:000000000000:stream/b",
+        )],
     };
     store.write_heartbeat(&beat_b).await?;
     store.write_heartbeat(&beat_a).await?;
-    let rows = store.read_heartbeats().await?;
+    let rows = store.read_heartbeats().await?.rows;
     ensure!(rows == [beat_b.clone(), beat_a.clone()], "{rows:?}");
 
     // A restarted b (new incarnation) replaces the old row.
@@ -417,13 +424,107 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
         held: 0,
         wants: vec![shard(stream, "shardId-000000000001")],
         alive: false,
+        // No stream list (as an older version wrote it): read back empty.
+        streams: vec![],
     };
     store.write_heartbeat(&beat_b2).await?;
-    let rows = store.read_heartbeats().await?;
+    let rows = store.read_heartbeats().await?.rows;
     ensure!(rows == [beat_b2, beat_a], "{rows:?}");
     ensure!(
-        store.read_leases(&StreamId::new(stream)).await?.is_empty(),
+        store
+            .read_leases(&StreamId::new(stream))
+            .await?
+            .rows
+            .is_empty(),
         "heartbeats must not show up as lease rows"
     );
+    Ok(())
+}
+
+/// The good rows next to which `bad_rows_are_named_and_skipped` expects
+/// one bad lease row and one bad heartbeat row (of worker `bad`).
+pub async fn add_good_rows(store: &dyn LeaseStore, stream: &str) -> Result<()> {
+    write_ok(
+        store,
+        LeaseWrite::Create(LeaseRow::new(shard(stream, "shardId-0"), vec![], 1)),
+    )
+    .await?;
+    store.write_heartbeat(&good_beat()).await?;
+    Ok(())
+}
+
+fn good_beat() -> HeartbeatRow {
+    HeartbeatRow {
+        owner: b(),
+        beat: 4,
+        held: 0,
+        wants: vec![],
+        alive: true,
+        streams: vec![],
+    }
+}
+
+/// One row that does not decode stops neither the read of the other rows
+/// nor failover: each read returns the good rows and names the bad one
+/// (row and field); no lease write replaces the bad lease row (so its
+/// shard is never created afresh nor taken blindly); the bad heartbeat
+/// row's worker replaces it with its next (unconditional) heartbeat.
+pub async fn bad_rows_are_named_and_skipped(
+    store: &dyn LeaseStore,
+    stream: &str,
+    bad_shard: &str,
+    (lease_row, lease_field): (&str, &str),
+    (beat_row, beat_field): (&str, &str),
+) -> Result<()> {
+    let leases = store.read_leases(&StreamId::new(stream)).await?;
+    let shards: Vec<&str> = leases.rows.iter().map(|r| r.shard.shard.as_str()).collect();
+    ensure!(shards == ["shardId-0"], "good rows read: {leases:?}");
+    ensure!(
+        leases.bad.len() == 1
+            && leases.bad[0].row.contains(lease_row)
+            && leases.bad[0].field == lease_field,
+        "bad lease row named: {:?}",
+        leases.bad
+    );
+    ensure!(
+        leases.bad[0].to_string().contains("repair or delete"),
+        "says what to do: {}",
+        leases.bad[0]
+    );
+    let bad = shard(stream, bad_shard);
+    write_refused(
+        store,
+        LeaseWrite::Create(LeaseRow::new(bad.clone(), vec![], 2)),
+    )
+    .await?;
+    write_refused(
+        store,
+        LeaseWrite::Take {
+            shard: bad,
+            expect_owner: None,
+            expect_token: FencingToken(0),
+            to: a(),
+        },
+    )
+    .await?;
+    ensure!(store.read_leases(&StreamId::new(stream)).await?.bad.len() == 1);
+
+    let beats = store.read_heartbeats().await?;
+    ensure!(beats.rows == [good_beat()], "good rows read: {beats:?}");
+    ensure!(
+        beats.bad.len() == 1
+            && beats.bad[0].row.contains(beat_row)
+            && beats.bad[0].field == beat_field,
+        "bad heartbeat row named: {:?}",
+        beats.bad
+    );
+    let mine = HeartbeatRow {
+        owner: Owner::new("bad", 2),
+        ..good_beat()
+    };
+    store.write_heartbeat(&mine).await?;
+    let beats = store.read_heartbeats().await?;
+    ensure!(beats.bad.is_empty(), "overwritten: {beats:?}");
+    ensure!(beats.rows.contains(&mine), "{beats:?}");
     Ok(())
 }

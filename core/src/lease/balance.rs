@@ -2,7 +2,11 @@
 //! for after a fresh read of a stream (SPEC 4, balancing).
 //!
 //! Rules encoded:
-//! - `target = ceil(active leases / live workers)`; free and expired leases
+//! - `target = ceil(active leases / live workers)`, counting the active
+//!   leases of every stream we consume and the live workers that consume
+//!   all of them (`Liveness::balancing_workers`: applications on other
+//!   streams sharing the table do not lower the target; loads count only
+//!   rows of our streams); free and expired leases
 //!   are taken first, up to the target counting held leases and takes in
 //!   flight (not hand-offs asked for, so an orphan never waits behind a
 //!   request), and one dead owner's row more per pass past the target (the
@@ -16,7 +20,8 @@
 //!   checkpoint; past `2 * handoff_timeout` the taker takes by force,
 //!   conditional on the token it observed.
 //! - Workers that balance on the same fresh rows (a fleet starting
-//!   together) take the rows the creator ring designates to them first.
+//!   together) take the rows the creator ring of the stream (its live
+//!   readers) designates to them first.
 //! - A dead owner's row is taken only when the heartbeat read that judged
 //!   it was sent after the view showing the row; otherwise the plan asks
 //!   for a confirming heartbeat read.
@@ -125,7 +130,7 @@ pub(super) fn plan(
 ) -> Plan {
     let me = &live.me;
     let mut plan = Plan::default();
-    let workers = live.live_workers();
+    let workers = live.balancing_workers();
     let mut total = 0usize;
     // Per owner of a row: (owner, live, active rows not requested by
     // us). A handful of owners: a list, each judged once.
@@ -176,7 +181,7 @@ pub(super) fn plan(
     // Workers that balance on the same fresh rows (a fleet starting
     // together) would all take the same first free rows: each takes
     // the rows the ring designates to it first, then its neighbours'.
-    if let Some((at, ring)) = creator_ring(live) {
+    if let Some((at, ring)) = creator_ring(live, stream) {
         candidates.sort_by_cached_key(|r| (shard_spread(&r.shard) % ring + ring - at) % ring);
     }
 

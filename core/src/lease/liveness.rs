@@ -22,6 +22,13 @@
 //!   at `s` stops reading and checkpointing at `s + failover_time -
 //!   self_fence_margin`, before any observer can judge it expired; it takes
 //!   leases afresh (token + 1) once a heartbeat write succeeds again.
+//! - Shared tables: our heartbeat lists the streams we consume; the
+//!   balancing fleet of our leases is the live workers that consume every
+//!   one of our streams (`balancing_workers`, a row without the list
+//!   counts as consuming all), and the creators of a stream's rows are
+//!   the live workers that consume it (`is_live_reader`). Applications on
+//!   other streams sharing the table are still observed (their heartbeat
+//!   rows are read) but never counted for our leases.
 //! - The heartbeat's `wants` lists our confirmed hand-off requests: the
 //!   owner side learns of them here (`request_seen`).
 //!
@@ -38,7 +45,7 @@ use std::time::{Duration, Instant};
 use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Op};
 use crate::ids::{IdMint, Owner, ShardRef, StreamId};
 use crate::io::{Action, ErrorClass, LostReason};
-use crate::table::{HeartbeatRow, LeaseWrite};
+use crate::table::{consumes_all, HeartbeatRow, LeaseWrite};
 
 /// What we know of one owner's heartbeat.
 #[derive(Clone, Debug)]
@@ -50,6 +57,9 @@ pub(super) struct Observed {
     pub(super) since: Instant,
     /// The row said `alive = false`.
     pub(super) dead: bool,
+    /// The streams its last heartbeat row listed (empty: every stream, a
+    /// row of an older version, or no row seen).
+    pub(super) streams: Vec<StreamId>,
 }
 
 /// This worker's heartbeat (write side), its observation of the others'
@@ -58,6 +68,9 @@ pub(super) struct Observed {
 pub(super) struct Liveness {
     /// This worker.
     pub(super) me: Owner,
+    /// The streams this worker consumes (its configuration), listed in its
+    /// heartbeat row.
+    pub(super) streams: Vec<StreamId>,
     /// `failover_time`: an unchanged beat this old is expired.
     pub(super) failover: Duration,
     pub(super) beat: u64,
@@ -78,9 +91,10 @@ pub(super) struct Liveness {
 }
 
 impl Liveness {
-    pub(super) fn new(me: Owner, failover: Duration, now: Instant) -> Self {
+    pub(super) fn new(me: Owner, streams: Vec<StreamId>, failover: Duration, now: Instant) -> Self {
         Liveness {
             me,
+            streams,
             failover,
             beat: 0,
             hb_inflight: false,
@@ -104,6 +118,32 @@ impl Liveness {
             .keys()
             .filter(|o| **o != self.me && self.is_live(o))
             .count()
+    }
+
+    /// Live workers, this one included, that can read every stream this
+    /// worker reads: the fleet our leases are balanced over. Workers of
+    /// applications on other streams sharing the table are left out; a
+    /// worker on a superset of our streams counts (it can take any of our
+    /// leases), one on a subset does not (it cannot take them all), so the
+    /// workers that read the most streams of a lease always have room for
+    /// all of its rows and no row is orphaned. A fleet whose workers all
+    /// consume the same streams counts every live worker.
+    pub(super) fn balancing_workers(&self) -> usize {
+        1 + self
+            .observed
+            .iter()
+            .filter(|(o, ob)| {
+                **o != self.me && consumes_all(&ob.streams, &self.streams) && self.is_live(o)
+            })
+            .count()
+    }
+
+    /// Whether `owner` is live and consumes `stream` (this worker does).
+    pub(super) fn is_live_reader(&self, owner: &Owner, stream: &StreamId) -> bool {
+        *owner == self.me
+            || self.observed.get(owner).is_some_and(|ob| {
+                consumes_all(&ob.streams, std::iter::once(stream)) && self.is_live(owner)
+            })
     }
 
     pub(super) fn is_expired(&self, owner: &Owner) -> bool {
@@ -194,6 +234,7 @@ impl LeaseManager {
             held: u32::try_from(self.writes.held.len()).unwrap_or(u32::MAX),
             wants: if alive { self.wants() } else { Vec::new() },
             alive,
+            streams: self.live.streams.clone(),
         };
         let op = mint.op();
         self.live.hb_inflight = true;
@@ -292,21 +333,24 @@ impl LeaseManager {
             *ob = match (by_owner.get(owner), &*ob) {
                 (Some(row), p) if p.beat == Some(row.beat) => Observed {
                     dead: p.dead || !row.alive,
+                    streams: row.streams.clone(),
                     ..p.clone()
                 },
                 (Some(row), _) => Observed {
                     beat: Some(row.beat),
                     since: now,
                     dead: !row.alive,
+                    streams: row.streams.clone(),
                 },
                 (None, p) if p.beat.is_none() => Observed {
                     dead: p.dead || restarted(owner),
                     ..p.clone()
                 },
-                (None, _) => Observed {
+                (None, p) => Observed {
                     beat: None,
                     since: now,
                     dead: restarted(owner),
+                    streams: p.streams.clone(),
                 },
             };
             if !was && Liveness::expired_at(ob, Some(sent), failover) {
@@ -322,6 +366,7 @@ impl LeaseManager {
                     beat: Some(row.beat),
                     since: now,
                     dead: !row.alive,
+                    streams: row.streams.clone(),
                 };
                 fresh.push(((*owner).clone(), ob));
             }
@@ -337,6 +382,7 @@ impl LeaseManager {
                         beat: None,
                         since: now,
                         dead: restarted(owner),
+                        streams: Vec::new(),
                     };
                     fresh.push((owner.clone(), ob));
                 }

@@ -28,6 +28,10 @@
 //! the commands, the `poll_*` outputs, the drive that sends what is due and
 //! the execution of the balancing plan.
 //!
+//! - Shared tables: our heartbeat row lists the streams we consume, and
+//!   our leases are balanced only among live workers that consume all of
+//!   them (`liveness`); a row the store could not decode never reaches us
+//!   (the store names it and skips it), so its shard is not taken.
 //! - Shutdown: after the last release, one more read of every stream with
 //!   a hand-off request of ours outstanding, so a lease transferred to us
 //!   meanwhile is released rather than left to our dead incarnation; a
@@ -291,7 +295,12 @@ impl LeaseManager {
             start: now,
             start_unix_ms: unix_ms,
             seq: 0,
-            live: Liveness::new(config.owner.clone(), timing.failover, now),
+            live: Liveness::new(
+                config.owner.clone(),
+                config.streams.clone(),
+                timing.failover,
+                now,
+            ),
             views,
             writes: Writes::default(),
             requests: BTreeMap::new(),

@@ -12,7 +12,9 @@
 //!   (trimmed) counts as ended ([`StreamView::is_active`]).
 //! - Cost of creating rows: a row is created only when a table view read
 //!   after ListShards lacks it, by one designated creator (the live workers
-//!   in owner order, a stable hash of the shard picks one); the others
+//!   that consume the stream, in owner order, a stable hash of the shard
+//!   picks one: workers of other applications sharing the table never
+//!   are); the others
 //!   create it only if a view two heartbeat-read intervals later still
 //!   lacks it. Free rows are taken in the same spread (`balance`), so a
 //!   fleet starting together neither races on creates nor on takes.
@@ -432,7 +434,7 @@ impl LeaseManager {
         if !view.have_view {
             return;
         }
-        let Some((me, ring)) = creator_ring(&self.live) else {
+        let Some((me, ring)) = creator_ring(&self.live, stream) else {
             // Too early to agree on creators: the second heartbeat read
             // reads this stream again.
             return;
@@ -472,22 +474,25 @@ impl LeaseManager {
     }
 }
 
-/// This worker's place among the live workers (itself included) in
-/// owner order, and their number: the ring that spreads row creation
-/// and free takes. `None` before the second successful heartbeat read:
-/// workers that start together have all written their first heartbeat
-/// by then, so they agree on the ring.
-pub(super) fn creator_ring(live: &Liveness) -> Option<(u64, u64)> {
+/// This worker's place among the live readers of `stream` (itself
+/// included; workers of other applications sharing the table are left
+/// out) in owner order, and their number: the ring that spreads row
+/// creation and free takes. `None` before the second successful heartbeat
+/// read: workers that start together have all written their first
+/// heartbeat by then, so they agree on the ring.
+pub(super) fn creator_ring(live: &Liveness, stream: &StreamId) -> Option<(u64, u64)> {
     if live.hb_reads_ok < 2 {
         return None;
     }
-    let before = live
-        .observed
-        .keys()
-        .filter(|o| **o < live.me && live.is_live(o))
-        .count();
-    let ring = live.live_workers();
-    Some((before as u64, ring.max(1) as u64))
+    let mut before = 0u64;
+    let mut ring = 1u64;
+    for o in live.observed.keys() {
+        if *o != live.me && live.is_live_reader(o, stream) {
+            ring += 1;
+            before += u64::from(*o < live.me);
+        }
+    }
+    Some((before, ring))
 }
 
 /// A stable spread of shards (FNV-1a of the stream and shard ids): the

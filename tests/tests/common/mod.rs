@@ -421,7 +421,7 @@ impl<R: TestRuntime> Env<R> {
         use kinesin_aws::LeaseStore;
         let store =
             kinesin_aws::DynamoLeaseStore::new(aws_sdk_dynamodb::Client::new(&self.sdk), table);
-        Ok(store.read_leases(&StreamId::new(stream_arn)).await?)
+        Ok(store.read_leases(&StreamId::new(stream_arn)).await?.rows)
     }
 
     /// Take batches (acking each) until `want` distinct ids arrived or the

@@ -226,3 +226,70 @@ fn joining_worker_gets_its_floor_share_when_leases_do_not_divide_evenly() {
     later.sort_unstable();
     assert_eq!(later, held, "no churn once within one lease");
 }
+
+/// The lease rows of `n` free shards of another stream.
+fn other_stream_rows(w: &mut World, other: &StreamId, n: usize) -> Vec<ShardRef> {
+    (0..n)
+        .map(|i| {
+            let s = ShardRef::new(other.clone(), ShardId::new(format!("shardId-{i:012}")));
+            w.add_row(LeaseRow::new(s.clone(), vec![], 1));
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn applications_on_different_streams_sharing_a_table_each_read_all_their_shards() {
+    // Two single-worker applications, each on its own 4-shard stream, with
+    // one lease table (Bento's schema makes this natural): the other
+    // application's heartbeat row must not lower our target.
+    let mut w = World::with_free_shards(4);
+    let payments = StreamId::new("arn:aws:kinesis:us-east-1:000000000000:stream/payments");
+    let theirs = other_stream_rows(&mut w, &payments, 4);
+    let a = w.add_node("a", 1);
+    let b = w.add_node_config(
+        Config::new(
+            vec![payments.clone()],
+            Owner::new("b", 1),
+            Retrieval::polling(),
+        ),
+        |_| {},
+    );
+    w.run_until(secs(30.0));
+    assert_eq!(w.reading(a), (0..4).map(sref).collect::<BTreeSet<_>>());
+    assert_eq!(w.reading(b), theirs.into_iter().collect::<BTreeSet<_>>());
+    // Each still sees the other alive (one table, one heartbeat partition).
+    assert_eq!(w.nodes[a].mgr.live_workers(), 2);
+}
+
+#[test]
+fn worker_on_a_subset_of_our_streams_leaves_no_shard_unread() {
+    // `a` reads orders (8 shards) and payments (2), `b` payments only: `b`
+    // cannot take orders rows, so `a` does not count it for its target
+    // and every shard of both streams is read.
+    let mut w = World::with_free_shards(8);
+    let payments = StreamId::new("arn:aws:kinesis:us-east-1:000000000000:stream/payments");
+    let theirs = other_stream_rows(&mut w, &payments, 2);
+    let a = w.add_node_config(
+        Config::new(
+            vec![stream(), payments.clone()],
+            Owner::new("a", 1),
+            Retrieval::polling(),
+        ),
+        |_| {},
+    );
+    let b = w.add_node_config(
+        Config::new(vec![payments], Owner::new("b", 1), Retrieval::polling()),
+        |_| {},
+    );
+    w.run_until(secs(60.0));
+    let mut read = w.reading(a);
+    read.extend(w.reading(b));
+    let all: BTreeSet<ShardRef> = (0..8).map(sref).chain(theirs).collect();
+    assert_eq!(read, all);
+    assert_eq!(
+        w.reading(a).len() + w.reading(b).len(),
+        10,
+        "no shard read twice"
+    );
+}

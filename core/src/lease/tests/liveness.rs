@@ -252,6 +252,7 @@ fn alive_false_heartbeat_expires_at_once() {
             held: 1,
             wants: vec![],
             alive: false,
+            streams: vec![],
         },
     );
     let mut row = LeaseRow::new(sref(0), vec![], 1);
@@ -300,6 +301,7 @@ fn beat_counts_from_reply_of_first_read_that_shows_it() {
             held: 1,
             wants: vec![],
             alive: true,
+            streams: vec![],
         },
     );
     // b's first heartbeat read is executed now, answered 5 s later.

@@ -190,13 +190,18 @@ impl World {
         incarnation: u64,
         pre: impl FnOnce(&mut LeaseManager),
     ) -> usize {
-        let i = self.nodes.len();
         let me = Owner::new(worker, incarnation);
+        self.add_node_config(config(&me), pre)
+    }
+
+    /// As `add_node_with`, with a configuration of its own (other streams).
+    fn add_node_config(&mut self, cfg: Config, pre: impl FnOnce(&mut LeaseManager)) -> usize {
+        let i = self.nodes.len();
+        let me = cfg.owner.clone();
         let offset =
             Duration::from_secs(1_000_000 * (i as u64 + 1)) + Duration::from_millis(137 * i as u64);
         let now = self.epoch + offset + self.t;
-        let mut mgr =
-            LeaseManager::new(&config(&me), now, 1_700_000_000_000 + 86_400_000 * i as u64);
+        let mut mgr = LeaseManager::new(&cfg, now, 1_700_000_000_000 + 86_400_000 * i as u64);
         pre(&mut mgr);
         self.nodes.push(Node {
             me,

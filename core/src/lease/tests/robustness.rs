@@ -197,6 +197,7 @@ fn malformed_rows_never_panic() {
             held: u32::MAX,
             wants: vec![sref(9)],
             alive: false,
+            streams: vec![],
         },
     );
     w.beats.insert(
@@ -207,6 +208,7 @@ fn malformed_rows_never_panic() {
             held: 0,
             wants: vec![sref(2), sref(2)],
             alive: true,
+            streams: vec![],
         },
     );
     let a = w.add_node("a", 1);

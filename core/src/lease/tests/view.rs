@@ -153,6 +153,7 @@ fn missing_row_is_created_when_its_designated_creator_never_does() {
             held: 0,
             wants: Vec::new(),
             alive: true,
+            streams: vec![],
         },
     );
     let infos: Vec<ShardInfo> = (0..8).map(|i| info(i, &[], false)).collect();
@@ -185,6 +186,7 @@ fn shutdown_with_rows_deferred_to_another_creator_does_not_spin_reads() {
             held: 0,
             wants: Vec::new(),
             alive: true,
+            streams: vec![],
         },
     );
     let infos: Vec<ShardInfo> = (0..8).map(|i| info(i, &[], false)).collect();
@@ -300,6 +302,7 @@ fn merged_child_waits_for_both_parents() {
             held: 1,
             wants: vec![],
             alive: true,
+            streams: vec![],
         },
     );
     w.add_row(LeaseRow::new(sref(2), vec![sid(0), sid(1)], 1));

@@ -497,6 +497,21 @@ impl World {
                     format_args!("{owner} acquired {shard} tok{}", token.0),
                 );
                 self.oracles.acquired(self.now, &owner, &shard, token)?;
+                // Failover is the lease protocol's bound (SPEC 4): it ends
+                // when another worker holds the lease (or reads the shard,
+                // whichever comes first). Reading it once held is the stall
+                // oracle's: an EFO consumer still activating may delay the
+                // first subscribe legitimately.
+                if let Some((cause, took, from)) = self.bounds.read(self.now, &shard, &owner)? {
+                    self.trace.line(
+                        self.now,
+                        format_args!(
+                            "failover {shard} from {from} ({}) in {}ms",
+                            cause.name(),
+                            took / MS
+                        ),
+                    );
+                }
                 self.check_joins()?;
             }
             Event::LeaseLost {

@@ -201,6 +201,19 @@ fn resource_in_use_after_the_lease_was_lost_still_spaces_the_next_subscribe() ->
     Ok(())
 }
 
+/// Core bugs found by the failover-bound oracle: a crashed worker's leases
+/// were taken up to a heartbeat-read interval after they expired (the read
+/// that judges expiry was not scheduled at the expiry), and only up to each
+/// survivor's target, so an orphan waited for a worker below target that
+/// could not take it (swarm seeds 4, 133, 755, 1976: 12.2-12.8 s > F + 2 s).
+#[test]
+fn crashed_workers_leases_are_taken_within_failover_plus_two_seconds() -> Result<()> {
+    for seed in [4, 133, 755, 1976] {
+        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn graceful_handoff_has_no_duplicates() -> Result<()> {
     let mut p = quiet("handoff", 8, 1);

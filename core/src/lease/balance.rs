@@ -115,6 +115,10 @@ pub(super) struct Plan {
     /// The view showed rows of owners judged expired by a heartbeat read
     /// older than the view: read heartbeats now, then balance again.
     pub(super) confirm: bool,
+    /// Dead owners' rows were left untaken (past the target and the one
+    /// overflow take of this pass): read the table again soon and take the
+    /// next, rather than a rebalance period later.
+    pub(super) orphans_left: bool,
     /// Hand-offs to ask for, in the order to send them.
     pub(super) asks: Vec<Ask>,
 }
@@ -203,7 +207,9 @@ pub(super) fn plan(
             None => deficit > 0,
             Some(o) if live.is_expired(o) => {
                 plan.confirm |= !confirmed;
-                confirmed && (deficit > 0 || overflow)
+                let take = confirmed && (deficit > 0 || overflow);
+                plan.orphans_left |= confirmed && !take;
+                take
             }
             Some(_) => false,
         };

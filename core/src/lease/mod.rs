@@ -936,6 +936,9 @@ impl LeaseManager {
             }
             self.live.next_hb_read = self.live.next_hb_read.min(now);
         }
+        if plan.orphans_left {
+            self.read_soon(stream, now);
+        }
         for ask in plan.asks {
             match ask {
                 Ask::Stands { row, owner } => {

@@ -22,6 +22,13 @@
 //!   at `s` stops reading and checkpointing at `s + failover_time -
 //!   self_fence_margin`, before any observer can judge it expired; it takes
 //!   leases afresh (token + 1) once a heartbeat write succeeds again.
+//! - One hung heartbeat write (a black-holed connection, answered only at
+//!   the driver's call deadline) does not fence: a fresh write goes out a
+//!   heartbeat interval after it, and the renewal counts from the send of
+//!   whichever succeeds. Only an outage longer than the fence margin fences.
+//! - The heartbeat read that judges a silent owner is scheduled at the
+//!   instant it would become expired, so its leases go about F after its
+//!   last beat, not a read interval later.
 //! - Shared tables: our heartbeat lists the streams we consume; the
 //!   balancing fleet of our leases is the live workers that consume every
 //!   one of our streams (`balancing_workers`, a row without the list
@@ -32,8 +39,9 @@
 //! - The heartbeat's `wants` lists our confirmed hand-off requests: the
 //!   owner side learns of them here (`request_seen`).
 //!
-//! Invariants: at most one heartbeat write and one heartbeat read in
-//! flight; nobody (and never this worker) is expired before a successful
+//! Invariants: at most one heartbeat read in flight, and a heartbeat write
+//! sent at most once per heartbeat interval (a new one only when none is in
+//! flight or the newest has hung that long); nobody (and never this worker) is expired before a successful
 //! heartbeat read; a fenced manager holds nothing.
 //!
 //! Imports: the table view (owners named by lease rows are observed too)
@@ -74,7 +82,11 @@ pub(super) struct Liveness {
     /// `failover_time`: an unchanged beat this old is expired.
     pub(super) failover: Duration,
     pub(super) beat: u64,
-    pub(super) hb_inflight: bool,
+    /// Send instant of the newest heartbeat write in flight. One that hangs
+    /// (a black-holed connection) does not block the next: a fresh write
+    /// goes out a heartbeat interval after it, so only an outage longer
+    /// than the fence margin fences.
+    pub(super) hb_inflight: Option<Instant>,
     pub(super) hb_asap: bool,
     pub(super) next_hb_write: Instant,
     pub(super) last_renew_sent: Option<Instant>,
@@ -97,7 +109,7 @@ impl Liveness {
             streams,
             failover,
             beat: 0,
-            hb_inflight: false,
+            hb_inflight: None,
             hb_asap: false,
             next_hb_write: now,
             last_renew_sent: None,
@@ -237,7 +249,7 @@ impl LeaseManager {
             streams: self.live.streams.clone(),
         };
         let op = mint.op();
-        self.live.hb_inflight = true;
+        self.live.hb_inflight = Some(now);
         self.live.hb_asap = false;
         self.stats.heartbeat_writes += 1;
         self.ops.insert(op, Op::WriteHeartbeat { sent: now, alive });
@@ -251,7 +263,10 @@ impl LeaseManager {
         alive: bool,
         result: &Result<(), ErrorClass>,
     ) {
-        self.live.hb_inflight = false;
+        let newest = self.live.hb_inflight == Some(sent);
+        if newest {
+            self.live.hb_inflight = None;
+        }
         if !alive {
             // The final heartbeat: answered, whatever the answer.
             self.final_beat = FinalBeat::Done;
@@ -276,10 +291,12 @@ impl LeaseManager {
                 }
                 self.live.next_hb_write = sent + self.timing.heartbeat;
             }
-            Err(_) => {
+            Err(_) if newest => {
                 // Ambiguous or failed: does not renew; try again soon.
                 self.live.next_hb_write = now + self.timing.retry();
             }
+            // An older (hung) write failing: a newer one is on its way.
+            Err(_) => {}
         }
     }
 

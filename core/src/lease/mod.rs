@@ -468,8 +468,11 @@ impl LeaseManager {
                 next = Some((at, why));
             }
         };
-        if !self.live.hb_inflight && self.final_beat == FinalBeat::NotYet {
-            consider(self.live.next_hb_write, "heartbeat write");
+        if self.final_beat == FinalBeat::NotYet {
+            match self.live.hb_inflight {
+                None => consider(self.live.next_hb_write, "heartbeat write"),
+                Some(sent) => consider(sent + self.timing.heartbeat, "heartbeat write hung"),
+            }
         }
         if !self.live.hb_read_inflight {
             consider(self.live.next_hb_read, "heartbeat read");
@@ -810,7 +813,11 @@ impl LeaseManager {
             }
         }
         // Heartbeat write.
-        if self.final_beat == FinalBeat::NotYet && !self.live.hb_inflight {
+        let hung = self
+            .live
+            .hb_inflight
+            .is_some_and(|sent| now >= sent + self.timing.heartbeat);
+        if self.final_beat == FinalBeat::NotYet && (self.live.hb_inflight.is_none() || hung) {
             if self.shutting_down
                 && self.writes.held.is_empty()
                 && self.writes.busy.is_empty()

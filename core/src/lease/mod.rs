@@ -47,7 +47,7 @@
 //! answer taught (stale reads are ignored per shard); iteration is in
 //! `BTreeMap` order, so the same inputs give the same actions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -284,6 +284,7 @@ impl LeaseManager {
                         confirm: false,
                         listed: false,
                         known: BTreeMap::new(),
+                        mentioned: BTreeSet::new(),
                         deferred: BTreeMap::new(),
                     },
                 )
@@ -568,6 +569,8 @@ impl LeaseManager {
             .iter()
             .map(|s| (s.shard.clone(), s.parents.clone()))
             .collect();
+        // The listing is newer than every ChildShards before it.
+        view.mentioned.clear();
         // Rows are created from a table view read after this answer (every
         // worker lists the shards: creating from an older view would race
         // them all on the same rows).
@@ -591,6 +594,13 @@ impl LeaseManager {
         };
         for c in children {
             view.known.insert(c.shard.clone(), c.parents.clone());
+        }
+        for c in children {
+            for p in &c.parents {
+                if !view.known.contains_key(p) && !view.rows.contains_key(p) {
+                    view.mentioned.insert(p.clone());
+                }
+            }
         }
         if self.shutting_down || self.final_beat != FinalBeat::NotYet {
             return;

@@ -31,7 +31,7 @@
 //! requests); the balancing pass itself runs from `mod.rs` after each
 //! fresh read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::liveness::Liveness;
@@ -66,6 +66,10 @@ pub(super) struct StreamView {
     /// Shards known to exist (last ListShards plus children learned since),
     /// with their parents.
     pub(super) known: BTreeMap<ShardId, Vec<ShardId>>,
+    /// Parents named by ChildShards since the last ListShards but not known
+    /// to it (they appeared after it): they exist, so a child waits for
+    /// them; the next ListShards decides (listed, or gone: trimmed).
+    pub(super) mentioned: BTreeSet<ShardId>,
     /// Known shards the view lacked, left to their designated creator,
     /// with when: created by us if a view two heartbeat-read intervals
     /// later still lacks them (the designated creator may be dead).
@@ -74,12 +78,13 @@ pub(super) struct StreamView {
 
 impl StreamView {
     /// A row counts for balancing when it is not ended and every parent is
-    /// ended (or gone: neither listed nor in the table).
+    /// ended (or gone: neither listed, nor named by a ChildShards since the
+    /// last listing, nor in the table).
     pub(super) fn is_active(&self, row: &LeaseRow) -> bool {
         row.checkpoint != Some(Checkpoint::ShardEnd)
             && row.parents.iter().all(|p| match self.rows.get(p) {
                 Some(pr) => pr.checkpoint == Some(Checkpoint::ShardEnd),
-                None => self.listed && !self.known.contains_key(p),
+                None => self.listed && !self.known.contains_key(p) && !self.mentioned.contains(p),
             })
     }
 

@@ -33,6 +33,7 @@ use crate::ids::{ChunkId, FencingToken, OpId, ShardRef, SubId};
 use crate::io::{Action, ErrorClass, Event, Input, ShardInfo};
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::shard::{ReaderEvent, ReaderMode, ShardReader};
+use crate::timer::Timer;
 
 /// How long a shard that failed fatally is not taken again by this worker.
 const QUARANTINE: Duration = Duration::from_secs(300);
@@ -295,6 +296,13 @@ impl Worker {
                                 &children,
                                 &mut self.mint,
                             );
+                            // A child may name a parent the last ListShards
+                            // did not know (a merge newer than it): it
+                            // waits for that parent, so list again now
+                            // rather than a shard sync period later.
+                            if !self.shutting_down {
+                                self.timers.set(Timer::ShardSync, now);
+                            }
                         }
                     }
                     ReaderEvent::Failed { class } => self.fail_shard(now, &shard, class),

@@ -389,3 +389,36 @@ fn a_row_without_parent_rows_is_anchored_at_the_wall_clock() {
     // Wall clock: the node's unix_ms at start plus elapsed.
     assert_eq!(created, [1_700_000_000_000 + 1_000]);
 }
+
+#[test]
+fn a_child_whose_parent_was_never_listed_waits_for_it() {
+    // Shard 2 merges 0 (read here) and 1, which appeared after the last
+    // ListShards: a parent named only by ChildShards is not "gone" (trimmed),
+    // so 2 is not read before 1 ends (sim swarm seed 7377: parent-first).
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    let listed = [info(0, &[], true)];
+    w.with(a, |m, now, mint| {
+        m.handle_shards(now, &stream(), &listed, mint)
+    });
+    w.run_until(secs(2.0));
+    let children = [ChildShard {
+        shard: sid(2),
+        parents: vec![sid(0), sid(1)],
+        hash_range: HashRange::FULL,
+    }];
+    w.with(a, |m, now, mint| {
+        m.handle_child_shards(now, &stream(), &children, mint)
+    });
+    w.with(a, |m, now, mint| m.finish_shard(now, &sref(0), mint));
+    w.run_until(secs(40.0));
+    assert!(!w.reading(a).contains(&sref(2)), "parent 1 unknown: wait");
+    // A later ListShards that no longer lists 1 (trimmed): 2 may go.
+    let relisted = [info(0, &[], true), info(2, &[0, 1], false)];
+    w.with(a, |m, now, mint| {
+        m.handle_shards(now, &stream(), &relisted, mint)
+    });
+    w.run_until(secs(80.0));
+    assert!(w.reading(a).contains(&sref(2)), "{:?}", w.reading(a));
+}

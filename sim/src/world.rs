@@ -791,6 +791,25 @@ impl World {
                                 OptCp(after.checkpoint.as_ref())
                             ),
                         );
+                        // A take applied ends a failover sample: the lease
+                        // is another worker's (the taker may learn it late,
+                        // through a lost answer: its own fault, not the
+                        // fleet's failover).
+                        if let LeaseWrite::Take { to, .. } = &write {
+                            if let Some((cause, took, from)) =
+                                self.bounds.read(self.now, write.shard(), to)?
+                            {
+                                self.trace.line(
+                                    self.now,
+                                    format_args!(
+                                        "failover {} from {from} ({}) in {}ms",
+                                        write.shard(),
+                                        cause.name(),
+                                        took / MS
+                                    ),
+                                );
+                            }
+                        }
                         if shard < self.oracles.shards.len() {
                             self.oracles.lease_written(
                                 self.now,

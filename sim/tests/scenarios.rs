@@ -205,10 +205,12 @@ fn resource_in_use_after_the_lease_was_lost_still_spaces_the_next_subscribe() ->
 /// were taken up to a heartbeat-read interval after they expired (the read
 /// that judges expiry was not scheduled at the expiry), and only up to each
 /// survivor's target, so an orphan waited for a worker below target that
-/// could not take it (swarm seeds 4, 133, 755, 1976: 12.2-12.8 s > F + 2 s).
+/// could not take it, and one past the target per pass (a lone healthy
+/// survivor took a crashed worker's six leases one a second) (swarm seeds
+/// 4, 129, 133, 539, 755, 1976: 12.0-12.8 s > F + 2 s).
 #[test]
 fn crashed_workers_leases_are_taken_within_failover_plus_two_seconds() -> Result<()> {
-    for seed in [4, 133, 755, 1976] {
+    for seed in [4, 129, 133, 539, 755, 1976] {
         ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
     }
     Ok(())

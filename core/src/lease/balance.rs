@@ -10,7 +10,8 @@
 //!   are taken first, up to the target counting held leases and takes in
 //!   flight (not hand-offs asked for, so an orphan never waits behind a
 //!   request), and one dead owner's row more per pass past the target (the
-//!   worker below it may be unable to take it); no hand-off is asked while an orphan waits for a confirming
+//!   worker below it may be unable to take it), and every dead owner's row
+//!   still untaken F/10 after its owner expired; no hand-off is asked while an orphan waits for a confirming
 //!   heartbeat read; then hand-offs are asked from the
 //!   most loaded live workers in the same pass (`pending_owner`, announced
 //!   in the taker's heartbeat `wants`), one per lease while we are below
@@ -207,7 +208,11 @@ pub(super) fn plan(
             None => deficit > 0,
             Some(o) if live.is_expired(o) => {
                 plan.confirm |= !confirmed;
-                let take = confirmed && (deficit > 0 || overflow);
+                // An orphan still untaken a while after its owner expired
+                // (the workers below the target had their pass) is taken
+                // by whoever sees it, however many.
+                let stale = live.expired_for(o).is_some_and(|d| d >= live.failover / 10);
+                let take = confirmed && (deficit > 0 || overflow || stale);
                 plan.orphans_left |= confirmed && !take;
                 take
             }

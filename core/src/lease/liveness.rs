@@ -37,7 +37,10 @@
 //!   other streams sharing the table are still observed (their heartbeat
 //!   rows are read) but never counted for our leases.
 //! - The heartbeat's `wants` lists our confirmed hand-off requests: the
-//!   owner side learns of them here (`request_seen`).
+//!   owner side learns of them here (`request_seen`), and acts on one only
+//!   when its view of the row names that taker pending on its own token (a
+//!   want asked of a previous owner is stale); otherwise it reads the row
+//!   first.
 //!
 //! Invariants: at most one heartbeat read in flight, and a heartbeat write
 //! sent at most once per heartbeat interval (a new one only when none is in
@@ -176,6 +179,22 @@ impl Liveness {
                 || r.checked_duration_since(ob.since)
                     .is_some_and(|d| d >= failover)
         })
+    }
+
+    /// How long `owner` has been expired, judged at the last heartbeat
+    /// read (zero for an owner marked dead at once; `None` when not
+    /// expired).
+    pub(super) fn expired_for(&self, owner: &Owner) -> Option<Duration> {
+        if !self.is_expired(owner) {
+            return None;
+        }
+        let ob = self.observed.get(owner)?;
+        let judged = self.last_hb_read_sent?;
+        Some(
+            judged
+                .checked_duration_since(ob.since + self.failover)
+                .unwrap_or_default(),
+        )
     }
 
     pub(super) fn is_live(&self, owner: &Owner) -> bool {
@@ -435,15 +454,39 @@ impl LeaseManager {
             self.live.next_hb_read = self.live.next_hb_read.min(expiry);
         }
 
-        // Owner side of hand-offs: a live taker lists one of our leases.
+        // Owner side of hand-offs: a live taker lists one of our leases. A
+        // want is bound to the row it was written on: acted upon only when
+        // our view of the row names the taker pending (on our token); else
+        // the row is read now to confirm, since a want may be stale (asked
+        // of the previous owner, cleared by our take).
         if !self.live.fenced && !self.shutting_down {
+            let mut confirm: Vec<StreamId> = Vec::new();
             for (owner, row) in &by_owner {
                 if **owner == self.me || !row.alive || !self.live.is_live(owner) {
                     continue;
                 }
                 for shard in &row.wants {
-                    self.request_seen(shard, owner);
+                    let Some(held) = self.writes.held.get(shard) else {
+                        continue;
+                    };
+                    let asked = self
+                        .views
+                        .get(&shard.stream)
+                        .and_then(|v| v.rows.get(&shard.shard))
+                        .is_some_and(|r| {
+                            r.pending_owner.as_ref() == Some(*owner)
+                                && r.owner.as_ref() == Some(&self.me)
+                                && r.token == held.token
+                        });
+                    if asked {
+                        self.request_seen(shard, owner);
+                    } else if held.handoff_to.is_none() && !confirm.contains(&shard.stream) {
+                        confirm.push(shard.stream.clone());
+                    }
                 }
+            }
+            for stream in confirm {
+                self.read_now(&stream, now);
             }
         }
         let newly_expired = turned.iter().any(|o| self.live.observed.contains_key(o));

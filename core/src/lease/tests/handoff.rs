@@ -198,3 +198,38 @@ fn request_of_a_departed_taker_is_cleared_by_the_owner() {
     );
     assert_eq!(w.holds(a), 2);
 }
+
+#[test]
+fn a_stale_want_for_a_lease_just_taken_starts_no_handoff() {
+    // A taker's heartbeat still lists a shard it asked of the previous
+    // owner; we took the lease since (the take cleared `pending_owner`).
+    // Acting on the stale want would stop reading, have the transfer
+    // refused, read that as "taken" and leave the shard unread.
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(2.0));
+    assert_eq!(w.holds(a), 1);
+    assert_eq!(w.row(0).pending_owner, None);
+    w.beats.insert(
+        "b".into(),
+        HeartbeatRow {
+            owner: Owner::new("b", 1),
+            beat: 1,
+            held: 0,
+            wants: vec![sref(0)],
+            alive: true,
+            streams: vec![],
+        },
+    );
+    w.run_until(secs(8.0));
+    let asked = w
+        .events(a)
+        .filter(|(_, e)| matches!(e, LeaseEvent::HandoffRequested { .. }))
+        .count();
+    assert_eq!(
+        asked, 0,
+        "the row names no pending owner: the want is stale"
+    );
+    assert!(w.lost(a).is_empty(), "{:?}", w.lost(a));
+    assert_eq!(w.holds(a), 1);
+}

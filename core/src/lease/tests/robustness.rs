@@ -323,12 +323,11 @@ fn fleet_keeps_one_reader_per_shard_under_faults_then_converges() {
         }
         reasons.extend((0..3).flat_map(|i| w.lost(i)).map(|(_, _, r)| r));
     }
-    // The faults did bite: fences, hand-offs and takes happened.
-    for r in [
-        LostReason::SelfFenced,
-        LostReason::HandedOff,
-        LostReason::Taken,
-    ] {
+    // The faults did bite: fences and hand-offs happened. (Leases lost as
+    // `Taken` used to show up here too; they came from owners acting on a
+    // stale hand-off want, now bound to the row: a healthy owner that
+    // transfers when asked loses nothing as `Taken`.)
+    for r in [LostReason::SelfFenced, LostReason::HandedOff] {
         assert!(reasons.contains(&r), "no {r:?} in any seed");
     }
 }

@@ -48,6 +48,12 @@ use super::view::{creator_ring, shard_spread, StreamView};
 use crate::ids::{FencingToken, Owner, ShardRef, StreamId};
 use crate::table::LeaseRow;
 
+/// At most this many hand-off requests of ours at once: each is listed in
+/// our heartbeat row's `wants`, and a DynamoDB item holds at most 400 KB
+/// (about 4,500 shard references); the rest of a deficit is asked in later
+/// passes, as requests complete.
+pub(super) const MAX_REQUESTS: usize = 1_000;
+
 /// Where a hand-off request of ours is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum RequestState {
@@ -260,7 +266,8 @@ pub(super) fn plan(
     // every other (so each holds at least `floor(leases / workers)`, also
     // when the shape does not divide evenly).
     let mut ours = target - deficit + load.requests.len();
-    while ours < target {
+    let mut room = MAX_REQUESTS.saturating_sub(load.requests.len());
+    while ours < target && room > 0 {
         let best = loads
             .iter()
             .filter(|(o, l)| **l >= ours + 2 && offer.get(*o).is_some_and(|q| !q.is_empty()))
@@ -281,6 +288,7 @@ pub(super) fn plan(
             plan.asks.push(Ask::Request { row, owner });
         }
         ours += 1;
+        room -= 1;
     }
     plan
 }

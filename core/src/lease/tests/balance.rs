@@ -293,3 +293,33 @@ fn worker_on_a_subset_of_our_streams_leaves_no_shard_unread() {
         "no shard read twice"
     );
 }
+
+#[test]
+fn hand_off_requests_are_capped_so_the_heartbeat_row_stays_small() {
+    // 2,400 leases on one worker; a joiner's deficit is 1,200, but it asks
+    // for at most MAX_REQUESTS at once (each is listed in its heartbeat row,
+    // and a DynamoDB item holds at most 400 KB).
+    let mut w = World::with_free_shards(2_400);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(20.0));
+    assert_eq!(w.holds(a), 2_400);
+    w.nodes[a].auto_transfer = false;
+    let b = w.add_node("b", 1);
+    w.run_until(secs(25.0));
+    let asked = w
+        .actions(b, |x| {
+            matches!(write_of(x), Some(LeaseWrite::RequestHandoff { .. }))
+        })
+        .len();
+    assert_eq!(asked, super::super::balance::MAX_REQUESTS);
+    let widest = w
+        .actions(b, is_hb_write)
+        .iter()
+        .filter_map(|(_, x)| match x {
+            Action::WriteHeartbeat { row, .. } => Some(row.wants.len()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(widest <= super::super::balance::MAX_REQUESTS, "{widest}");
+}

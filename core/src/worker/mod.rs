@@ -116,7 +116,8 @@ pub struct ShardStatus {
     pub token: FencingToken,
     /// End of the contiguously acknowledged prefix.
     pub watermark: Option<Checkpoint>,
-    /// Last checkpoint written.
+    /// Last checkpoint known stored (the lease's: the one it was acquired
+    /// with until a write succeeds).
     pub durable: Option<Checkpoint>,
     /// Delivered, not yet acknowledged records.
     pub pending_records: u32,
@@ -296,7 +297,7 @@ impl Worker {
         Some(ShardStatus {
             token: st.token,
             watermark: st.tracker.watermark().cloned(),
-            durable: st.tracker.durable().cloned(),
+            durable: self.lease.durable(shard).cloned(),
             pending_records: st.tracker.pending_records(),
             queued_records: st.queued_records(),
             resume: st

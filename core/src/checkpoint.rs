@@ -8,15 +8,20 @@
 //! - `checkpoint_limit` (SPEC 2) caps the records delivered but not yet
 //!   acknowledged; a single batch larger than the limit is still delivered
 //!   when nothing is pending, so it never deadlocks;
-//! - a checkpoint is written only when it progressed past the durable one,
-//!   and `SHARD_END` once a closed shard is fully acknowledged.
+//! - `SHARD_END` is the watermark once a closed shard is fully
+//!   acknowledged.
+//!
+//! It holds the watermark only: what is durable (stored in the lease
+//! table) is the lease side's, the one copy (`LeaseManager::durable`); the
+//! worker writes the watermark when the lease side says it is ahead of what
+//! is stored, in flight or queued (`Worker::commit`).
 //!
 //! KPL: a batch may end inside an aggregated Kinesis record; its end is then
 //! `Within(ext)` rather than `After(seq)` (see [`Checkpoint::after_record`]).
 //!
 //! Invariants (checked by the simulator's oracles and the tests below):
 //! - the watermark never covers a delivered record that is not acknowledged;
-//! - the watermark and the durable checkpoint never move backwards;
+//! - the watermark never moves backwards;
 //! - `pending_records <= limit` unless a single batch is pending;
 //! - delivered batch ends strictly increase; a violation is an error value.
 //!
@@ -92,13 +97,12 @@ pub struct CheckpointTracker {
     pending_records: u32,
     pending_batches: usize,
     watermark: Option<Checkpoint>,
-    durable: Option<Checkpoint>,
     shard_end: bool,
 }
 
 impl CheckpointTracker {
     /// `start`: checkpoint the lease had when acquired (None = none); it is
-    /// both the first watermark and durable. `limit`: `checkpoint_limit`
+    /// the first watermark. `limit`: `checkpoint_limit`
     /// (max unacknowledged records); 0 is raised to 1.
     pub fn new(start: Option<Checkpoint>, limit: u32) -> Self {
         CheckpointTracker {
@@ -108,7 +112,6 @@ impl CheckpointTracker {
             pending_records: 0,
             pending_batches: 0,
             shard_end: start == Some(Checkpoint::ShardEnd),
-            durable: start.clone(),
             watermark: start,
         }
     }
@@ -234,34 +237,8 @@ impl CheckpointTracker {
         self.limit
     }
 
-    /// The checkpoint to write now if the watermark progressed past the last
-    /// durable one (None otherwise). Does not mark it durable: call
-    /// [`Self::written`] when the write succeeded.
-    pub fn to_write(&self) -> Option<Checkpoint> {
-        let watermark = self.watermark.as_ref()?;
-        match &self.durable {
-            Some(durable) if durable >= watermark => None,
-            _ => Some(watermark.clone()),
-        }
-    }
-
-    /// A write of `cp` succeeded: remember it as durable. A stale (lower or
-    /// equal) `cp` is ignored: durable never moves back.
-    pub fn written(&mut self, cp: &Checkpoint) {
-        if self.durable.as_ref().is_none_or(|durable| cp > durable) {
-            self.durable = Some(cp.clone());
-        }
-    }
-
-    /// The last checkpoint known written (the start checkpoint until a
-    /// write succeeds).
-    pub fn durable(&self) -> Option<&Checkpoint> {
-        self.durable.as_ref()
-    }
-
     /// The shard reached its end and everything received was delivered:
-    /// once all is acknowledged, the watermark and [`Self::to_write`] become
-    /// `ShardEnd`. Further deliveries are refused. Idempotent.
+    /// once all is acknowledged, the watermark becomes `ShardEnd`. Further deliveries are refused. Idempotent.
     pub fn mark_shard_end(&mut self) {
         self.shard_end = true;
         self.advance();
@@ -419,58 +396,27 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_written_only_when_progressed() {
+    fn start_checkpoint_is_the_first_watermark_until_an_ack_moves_it() {
         let mut t = CheckpointTracker::new(Some(after(0)), 100);
-        assert_eq!(t.to_write(), None, "start checkpoint is already durable");
+        assert_eq!(t.watermark(), Some(&after(0)));
         let s1 = t.deliver(ext(1, 0), true, 1).unwrap();
-        assert_eq!(
-            t.to_write(),
-            None,
-            "delivered but unacked: nothing to write"
-        );
+        assert_eq!(t.watermark(), Some(&after(0)), "delivered but unacked");
         t.ack(s1).unwrap();
-        assert_eq!(t.to_write(), Some(after(1)));
-        assert_eq!(
-            t.to_write(),
-            Some(after(1)),
-            "to_write does not mark durable"
-        );
-        t.written(&after(1));
-        assert_eq!(t.durable(), Some(&after(1)));
-        assert_eq!(t.to_write(), None);
+        assert_eq!(t.watermark(), Some(&after(1)));
     }
 
     #[test]
-    fn stale_write_confirmation_never_moves_durable_back() {
-        let mut t = CheckpointTracker::new(None, 100);
-        let s1 = t.deliver(ext(1, 0), true, 1).unwrap();
-        let s2 = t.deliver(ext(2, 0), true, 1).unwrap();
-        t.ack(s1).unwrap();
-        let first = t.to_write().unwrap();
-        t.ack(s2).unwrap();
-        let second = t.to_write().unwrap();
-        // Writes complete out of order.
-        t.written(&second);
-        t.written(&first);
-        assert_eq!(t.durable(), Some(&after(2)));
-        assert_eq!(t.to_write(), None);
-    }
-
-    #[test]
-    fn shard_end_written_after_drain() {
+    fn shard_end_is_the_watermark_after_drain() {
         let mut t = CheckpointTracker::new(None, 100);
         let s1 = t.deliver(ext(1, 0), true, 1).unwrap();
         let s2 = t.deliver(ext(2, 0), true, 1).unwrap();
         t.mark_shard_end();
         assert!(!t.is_drained());
         t.ack(s2).unwrap();
-        assert_eq!(t.to_write(), None);
+        assert_eq!(t.watermark(), None);
         t.ack(s1).unwrap();
         assert!(t.is_drained());
         assert_eq!(t.watermark(), Some(&Checkpoint::ShardEnd));
-        assert_eq!(t.to_write(), Some(Checkpoint::ShardEnd));
-        t.written(&Checkpoint::ShardEnd);
-        assert_eq!(t.to_write(), None);
         assert_eq!(t.deliver(ext(3, 0), true, 1), Err(TrackerError::ShardEnded));
     }
 
@@ -491,14 +437,14 @@ mod tests {
         let mut t = CheckpointTracker::new(Some(after(5)), 100);
         t.mark_shard_end();
         assert!(t.is_drained());
-        assert_eq!(t.to_write(), Some(Checkpoint::ShardEnd));
+        assert_eq!(t.watermark(), Some(&Checkpoint::ShardEnd));
     }
 
     #[test]
     fn lease_starting_at_shard_end_is_drained_and_refuses_delivery() {
         let mut t = CheckpointTracker::new(Some(Checkpoint::ShardEnd), 100);
         assert!(t.is_drained());
-        assert_eq!(t.to_write(), None);
+        assert_eq!(t.watermark(), Some(&Checkpoint::ShardEnd));
         assert_eq!(t.deliver(ext(1, 0), true, 1), Err(TrackerError::ShardEnded));
     }
 

@@ -51,6 +51,9 @@
 //! - Inputs for a subscription or an operation that is no longer current
 //!   (after a resubscription, shard end, failure or `ShardReader::stop`)
 //!   are not the reader's: `handle_input` returns false and changes nothing.
+//!   What is current is stated by `ShardReader::awaits` (the open
+//!   subscription, or the operation in flight): the worker routes answers
+//!   by it.
 //! - No input panics the reader; after end, failure or stop it emits nothing
 //!   but the Cancel that closes its subscription.
 
@@ -211,6 +214,17 @@ enum State {
     },
 }
 
+/// What a reader asked and awaits the answers of (see
+/// [`ShardReader::awaits`]): the worker routes those answers to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// The events, end and errors of this subscription (SubscribeToShard).
+    Sub(SubId),
+    /// The answer of this operation (GetShardIterator, or GetRecords with
+    /// the `chunk` id its payload comes under).
+    Op { op: OpId, chunk: Option<ChunkId> },
+}
+
 /// A chunk reported to the worker and not yet admitted.
 #[derive(Clone, Debug)]
 struct Awaiting {
@@ -225,7 +239,7 @@ struct Awaiting {
 /// - getters: [`shard`](Self::shard), [`resume_position`](Self::resume_position),
 ///   [`is_ended`](Self::is_ended), [`is_reading`](Self::is_reading),
 ///   [`holds_credit`](Self::holds_credit), [`subscribe_calls`](Self::subscribe_calls),
-///   [`last_subscribe_at`](Self::last_subscribe_at), [`subscription`](Self::subscription),
+///   [`last_subscribe_at`](Self::last_subscribe_at), `awaits`,
 ///   [`consumer_arn`](Self::consumer_arn), [`state_name`](Self::state_name),
 ///   [`wants_credit`](Self::wants_credit);
 /// - inputs: `handle_input`, `handle_timeout`, and the worker's notes
@@ -375,6 +389,39 @@ impl ShardReader {
                     ..
                 }
             )
+    }
+
+    /// The subscription or operation whose answers are this reader's now:
+    /// the open subscription (EFO), the GetShardIterator or GetRecords in
+    /// flight (polling); `None` between reads and once ended, failed or
+    /// stopped. It changes to a new one only when the reader emits the
+    /// Subscribe, GetShardIterator or GetRecords that asks it, so the
+    /// worker reads it after every action the reader emits.
+    pub(crate) fn awaits(&self) -> Option<Asked> {
+        if self.phase != Phase::Reading {
+            return None;
+        }
+        match &self.state {
+            State::Efo {
+                state: EfoState::Open { sub, .. },
+                ..
+            } => Some(Asked::Sub(*sub)),
+            State::Efo {
+                state: EfoState::Idle { .. },
+                ..
+            } => None,
+            State::Polling { state, .. } => match state {
+                PollState::IteratorInFlight { op } => Some(Asked::Op {
+                    op: *op,
+                    chunk: None,
+                }),
+                PollState::RecordsInFlight { op, chunk, .. } => Some(Asked::Op {
+                    op: *op,
+                    chunk: Some(*chunk),
+                }),
+                PollState::NeedIterator { .. } | PollState::Ready { .. } => None,
+            },
+        }
     }
 
     /// SubscribeToShard calls made so far.
@@ -1832,6 +1879,57 @@ mod tests {
         h.sub_error(t0 + secs(1), sub, ErrorClass::AccessDenied);
         assert_eq!(h.events(), vec![], "reported once per error streak");
         assert!(h.r.is_reading());
+    }
+
+    #[test]
+    fn awaits_names_the_open_subscription_until_it_ends_or_stops() {
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        assert_eq!(h.r.awaits(), None, "nothing asked yet");
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        assert_eq!(h.r.awaits(), Some(Asked::Sub(sub)));
+        h.pull(t0, sub);
+        assert_eq!(
+            h.r.awaits(),
+            Some(Asked::Sub(sub)),
+            "a Pull asks nothing new"
+        );
+        h.sub_error(t0, sub, ErrorClass::Transient);
+        assert_eq!(h.r.awaits(), None, "between subscriptions");
+        let sub = h.subscribed(t0 + secs(60), StartPosition::TrimHorizon);
+        assert_eq!(h.r.awaits(), Some(Asked::Sub(sub)));
+        h.r.stop();
+        assert_eq!(h.r.awaits(), None, "stopped");
+    }
+
+    #[test]
+    fn awaits_names_the_polling_op_in_flight_and_its_chunk() {
+        let t0 = crate::test_epoch();
+        let mut h = H::polling(StartPosition::TrimHorizon, t0);
+        let acts = h.actions(t0);
+        let [Action::GetShardIterator { op, .. }] = acts.as_slice() else {
+            panic!("expected one GetShardIterator, got {acts:?}");
+        };
+        assert_eq!(
+            h.r.awaits(),
+            Some(Asked::Op {
+                op: *op,
+                chunk: None
+            })
+        );
+        let result = Ok(ShardIterator("it".into()));
+        assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+        assert_eq!(h.r.awaits(), None, "holding an iterator");
+        let (op, chunk, _) = h.get_records(t0, 10);
+        assert_eq!(
+            h.r.awaits(),
+            Some(Asked::Op {
+                op,
+                chunk: Some(chunk)
+            })
+        );
+        h.r.stop();
+        assert_eq!(h.r.awaits(), None, "stopped");
     }
 
     #[test]

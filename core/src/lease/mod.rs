@@ -341,6 +341,27 @@ impl LeaseManager {
         self.live.live_workers()
     }
 
+    /// The checkpoint known stored for a held lease: the row's when it was
+    /// acquired, then the highest of our writes that succeeded. The only
+    /// copy of the durable checkpoint (the worker keeps the watermark).
+    pub(crate) fn durable(&self, shard: &ShardRef) -> Option<&Checkpoint> {
+        self.writes.held.get(shard)?.confirmed.as_ref()
+    }
+
+    /// Whether [`Self::write_checkpoint`] would take `cp` now: the lease is
+    /// held and not leaving, and `cp` is ahead of what is stored, in flight
+    /// and queued. Read-only: the worker asks before it writes.
+    pub(crate) fn checkpoint_wanted(&self, shard: &ShardRef, cp: &Checkpoint) -> bool {
+        self.writes.held.get(shard).is_some_and(|h| {
+            h.leaving.is_none()
+                && [&h.confirmed, &h.cp_sent, &h.cp_queued]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .is_none_or(|newest| cp > newest)
+        })
+    }
+
     /// The read-only view for callers outside the core.
     pub fn view(&self) -> LeaseView<'_> {
         LeaseView(self)
@@ -636,19 +657,12 @@ impl LeaseManager {
         mint: &mut IdMint,
     ) {
         self.tick(now);
+        if !self.checkpoint_wanted(shard, &cp) {
+            return;
+        }
         let Some(h) = self.writes.held.get_mut(shard) else {
             return;
         };
-        if h.leaving.is_some() {
-            return;
-        }
-        let newest = [&h.confirmed, &h.cp_sent, &h.cp_queued]
-            .into_iter()
-            .flatten()
-            .max();
-        if newest.is_some_and(|n| cp <= *n) {
-            return;
-        }
         h.cp_queued = Some(cp);
         self.pump_shard(shard, mint);
         self.drive(now, mint);

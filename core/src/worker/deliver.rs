@@ -16,7 +16,7 @@
 //! chunk holds no permit; a shard with a parked chunk wants no credit.
 //!
 //! Imports: the table (`shards`) and `Phase` (only a reading shard
-//! delivers); `read` for routing the actions of granted credit.
+//! delivers); `read` for routing what a reader awaits after a grant.
 
 use std::time::Instant;
 
@@ -170,6 +170,7 @@ impl Worker {
                 continue;
             };
             if let Some(action) = reader.grant(now, limit, &mut self.mint) {
+                let awaited = reader.awaits();
                 outstanding += 1;
                 Self::recount_credit(
                     &mut self.credit_outstanding,
@@ -179,7 +180,7 @@ impl Worker {
                     st,
                 );
                 Self::mark_touched(&mut self.dirty, slot, st);
-                Self::route_into(&mut self.reader_ops, &mut self.reader_subs, shard, &action);
+                Self::route_awaited(&mut self.reader_ops, &mut self.reader_subs, shard, awaited);
                 self.actions.push_back(action);
                 self.credit_cursor = Some(shard.clone());
                 progress = true;

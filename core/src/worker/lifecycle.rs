@@ -2,7 +2,10 @@
 //! asked, checkpoint written), the phases of a shard being given up
 //! (hand-off, closing, leaving), periodic commits and shutdown completion.
 //!
-//! Rules encoded: checkpoints every `commit_period` when progressed, final
+//! Rules encoded: checkpoints every `commit_period` when progressed (the
+//! tracker's watermark, written when the lease side, which keeps the one
+//! copy of the durable checkpoint, says it is ahead of what is stored, in
+//! flight or queued: `LeaseManager::checkpoint_wanted`), final
 //! checkpoints at hand-off and shutdown, SHARD_END once a shard end is
 //! drained and fully acknowledged (SPEC 3, 5); a graceful hand-off stops
 //! reading and waits for in-flight acks up to `handoff_timeout` before the
@@ -70,9 +73,10 @@ impl Worker {
                         }
                     }
                 }
-                LeaseEvent::CheckpointWritten { shard, checkpoint } => {
-                    if let Some(st) = self.shards.get_mut(&shard) {
-                        st.tracker.written(&checkpoint);
+                LeaseEvent::CheckpointWritten { shard, .. } => {
+                    // The lease side keeps the durable checkpoint; the shard
+                    // is only visited again.
+                    if self.shards.contains_key(&shard) {
                         self.touch(&shard);
                     }
                 }
@@ -186,15 +190,20 @@ impl Worker {
         }
     }
 
+    /// Write each shard's watermark when the lease side wants it (ahead of
+    /// what is stored, in flight or queued). `SHARD_END` is never written
+    /// here: it goes with the release (`LeaseManager::finish_shard`).
     pub(super) fn commit(&mut self, now: Instant) {
         for (shard, st) in self.shards.iter() {
             if st.phase == Phase::Leaving || st.finishing {
                 continue;
             }
-            if let Some(cp) = st.tracker.to_write() {
-                if cp != Checkpoint::ShardEnd {
-                    self.lease.write_checkpoint(now, shard, cp, &mut self.mint);
-                }
+            let Some(cp) = st.tracker.watermark() else {
+                continue;
+            };
+            if *cp != Checkpoint::ShardEnd && self.lease.checkpoint_wanted(shard, cp) {
+                self.lease
+                    .write_checkpoint(now, shard, cp.clone(), &mut self.mint);
             }
         }
     }

@@ -42,7 +42,8 @@
 //! - `shards`: the per-shard state, the slot table and the indexes of
 //!   touched shards, credit and deadlines that `pump` visits.
 //! - `read`: starting and stopping readers, draining readers and EFO
-//!   registrations, routing answers to the reader that asked.
+//!   registrations, routing answers to the reader that asked (by what
+//!   each reader says it awaits, never by looking inside its actions).
 //! - `deliver`: admission into the pool, parked chunks, read credit,
 //!   batch delivery and the bookkeeping of acks and nacks.
 //! - `batcher`: the batch-cutting rule, a pure function.
@@ -116,7 +117,8 @@ pub struct ShardStatus {
     pub token: FencingToken,
     /// End of the contiguously acknowledged prefix.
     pub watermark: Option<Checkpoint>,
-    /// Last checkpoint written.
+    /// Last checkpoint known stored (the lease's: the one it was acquired
+    /// with until a write succeeds).
     pub durable: Option<Checkpoint>,
     /// Delivered, not yet acknowledged records.
     pub pending_records: u32,
@@ -144,7 +146,9 @@ pub struct Worker {
     batches: BTreeMap<BatchId, (ShardRef, Inflight)>,
     /// ListShards in flight.
     list_ops: BTreeMap<OpId, StreamId>,
-    /// Reader ops and subs in flight, to route inputs and free stale chunks.
+    /// What readers awaited, by op and subscription (`read::route_awaited`,
+    /// after every action a reader emits): routes answers to their shard
+    /// and frees the chunks of stale ones.
     reader_ops: BTreeMap<OpId, (ShardRef, Option<ChunkId>)>,
     reader_subs: BTreeMap<SubId, ShardRef>,
     /// Shards ListShards reported closed, with their EndingSequenceNumber.
@@ -296,7 +300,7 @@ impl Worker {
         Some(ShardStatus {
             token: st.token,
             watermark: st.tracker.watermark().cloned(),
-            durable: st.tracker.durable().cloned(),
+            durable: self.lease.durable(shard).cloned(),
             pending_records: st.tracker.pending_records(),
             queued_records: st.queued_records(),
             resume: st

@@ -1,6 +1,10 @@
 //! Reading: starting and stopping a shard's reader, draining what readers
 //! and EFO registrations emit, and routing answers back to the reader that
-//! asked (`route_into` at emission, `route_input` at arrival).
+//! asked. Routing is one rule: after every action a reader emits, what it
+//! now awaits (`ShardReader::awaits`) is recorded for its shard
+//! (`Worker::route_awaited`); an answer goes to the shard recorded for its
+//! op or subscription (`route_input`). The worker never looks inside the
+//! actions.
 //!
 //! Rules encoded: a reader starts at the lease's checkpoint, else at
 //! `start_from` (LATEST anchored at the lease row's creation time, so a
@@ -30,9 +34,9 @@ use super::Worker;
 use crate::checkpoint::CheckpointTracker;
 use crate::config::{Retrieval, StartFrom};
 use crate::ids::{ChunkId, FencingToken, OpId, ShardRef, SubId};
-use crate::io::{Action, ErrorClass, Event, Input, ShardInfo};
+use crate::io::{ErrorClass, Event, Input, ShardInfo};
 use crate::sequence::{Checkpoint, StartPosition};
-use crate::shard::{ReaderEvent, ReaderMode, ShardReader};
+use crate::shard::{Asked, ReaderEvent, ReaderMode, ShardReader};
 use crate::timer::Timer;
 
 /// How long a shard that failed fatally is not taken again by this worker.
@@ -270,7 +274,12 @@ impl Worker {
                 };
                 while let Some(action) = reader.poll_action(now, &mut self.mint) {
                     progress = true;
-                    Self::route_into(&mut self.reader_ops, &mut self.reader_subs, shard, &action);
+                    Self::route_awaited(
+                        &mut self.reader_ops,
+                        &mut self.reader_subs,
+                        shard,
+                        reader.awaits(),
+                    );
                     self.actions.push_back(action);
                 }
                 let Some(ev) = reader.poll_event() else {
@@ -377,24 +386,24 @@ impl Worker {
         }
     }
 
-    /// Remember which shard an action's answer belongs to.
-    pub(super) fn route_into(
+    /// The routing rule: the answers of what a shard's reader awaits
+    /// (read after every action it emits) go to that shard. An op stays
+    /// until its answer arrives (its chunk is freed if the reader no longer
+    /// takes it); a subscription until the shard stops being read.
+    pub(super) fn route_awaited(
         reader_ops: &mut BTreeMap<OpId, (ShardRef, Option<ChunkId>)>,
         reader_subs: &mut BTreeMap<SubId, ShardRef>,
         shard: &ShardRef,
-        action: &Action,
+        awaited: Option<Asked>,
     ) {
-        match action {
-            Action::Subscribe { sub, .. } => {
-                reader_subs.insert(*sub, shard.clone());
+        match awaited {
+            Some(Asked::Sub(sub)) => {
+                reader_subs.insert(sub, shard.clone());
             }
-            Action::GetShardIterator { op, .. } => {
-                reader_ops.insert(*op, (shard.clone(), None));
+            Some(Asked::Op { op, chunk }) => {
+                reader_ops.insert(op, (shard.clone(), chunk));
             }
-            Action::GetRecords { op, chunk, .. } => {
-                reader_ops.insert(*op, (shard.clone(), Some(*chunk)));
-            }
-            _ => {}
+            None => {}
         }
     }
 

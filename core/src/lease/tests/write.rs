@@ -132,6 +132,38 @@ fn one_checkpoint_write_in_flight_newest_sent_next() {
     assert_eq!(w.actions(a, is_checkpoint).len(), 2);
 }
 
+/// The worker asks before it writes (`Worker::commit`): a checkpoint is
+/// wanted only ahead of what is stored, in flight and queued; `durable`
+/// is the highest stored, the one copy of it.
+#[test]
+fn checkpoint_wanted_only_ahead_of_stored_sent_and_queued() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    let wanted = |w: &World, n| w.nodes[a].mgr.checkpoint_wanted(&sref(0), &cp(n));
+    assert_eq!(w.nodes[a].mgr.durable(&sref(0)), None);
+    assert!(wanted(&w, 1));
+    w.rule(a, is_checkpoint, Fault::HoldRequest, 1);
+    w.with(a, |m, now, mint| {
+        m.write_checkpoint(now, &sref(0), cp(2), mint)
+    });
+    assert!(!wanted(&w, 2), "in flight");
+    assert!(wanted(&w, 3));
+    w.with(a, |m, now, mint| {
+        m.write_checkpoint(now, &sref(0), cp(3), mint)
+    });
+    assert!(!wanted(&w, 3), "queued");
+    assert_eq!(w.nodes[a].mgr.durable(&sref(0)), None, "nothing stored yet");
+    w.deliver(a);
+    assert_eq!(w.nodes[a].mgr.durable(&sref(0)), Some(&cp(3)));
+    assert!(!wanted(&w, 3), "stored");
+    assert!(wanted(&w, 4));
+    assert!(
+        !w.nodes[a].mgr.checkpoint_wanted(&sref(1), &cp(4)),
+        "not held"
+    );
+}
+
 #[test]
 fn failed_checkpoint_is_written_when_asked_again() {
     let mut w = World::with_free_shards(1);

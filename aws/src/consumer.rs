@@ -9,8 +9,10 @@
 //! field (checked before any network call); every stream is resolved to its
 //! ARN first, and a missing one is [`Error::StreamNotFound`]; a lease table
 //! that does not exist is an error unless `.create_lease_table(true)`;
-//! dropping a [`Consumer`] without `shutdown` stops it like a crash (leases
-//! expire after the failover time and are taken by other workers).
+//! dropping a [`Consumer`] without `shutdown` starts a graceful shutdown
+//! (final checkpoints, leases released) without waiting for it;
+//! [`Consumer::abort`] stops like a crash (leases expire after the failover
+//! time and are taken by other workers).
 
 use std::marker::PhantomData;
 use std::path::PathBuf;

@@ -34,7 +34,7 @@ use crate::error::KinesisError;
 use crate::kinesis::Kinesis;
 use crate::lease_store::{LeaseStore, StoreError};
 use crate::local::{LocalLeaseStore, LocalStoreError};
-use crate::runtime::Runtime;
+use crate::runtime::{with_deadline, Runtime};
 use crate::DynamoLeaseStore;
 
 /// Why a consumer could not be built or stopped.
@@ -62,6 +62,18 @@ pub enum Error {
     LeaseTableMissing {
         /// The table name.
         table: String,
+    },
+    /// A call made while building got no answer within the call timeout
+    /// (an unreachable or black-holed endpoint).
+    #[error(
+        "{operation} got no answer within {after:?}: check the endpoint, the network and the \
+         region the AWS config points at (`call_timeout` sets the deadline)"
+    )]
+    Timeout {
+        /// The call.
+        operation: &'static str,
+        /// The deadline it missed.
+        after: Duration,
     },
     /// A Kinesis call failed while building.
     #[error(transparent)]
@@ -370,9 +382,19 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         if let Some(limit) = self.list_page_limit {
             kinesis = kinesis.with_list_page_limit(limit);
         }
+        // Every startup call has the same deadline as the driver's calls.
+        let runtime = Arc::new(R::default());
+        let after = self.options.call_timeout;
+        let timeout = |operation: &'static str| Error::Timeout { operation, after };
         let mut arns = Vec::with_capacity(self.streams.len());
         for stream in &self.streams {
-            match kinesis.resolve_stream(stream).await {
+            // Boxed: SDK futures are large; on the heap they do not grow the
+            // caller's stack (async-std runs `build` on the test thread).
+            let call = Box::pin(kinesis.resolve_stream(stream));
+            let resolved = with_deadline(&*runtime, runtime.now() + after, call)
+                .await
+                .ok_or_else(|| timeout("Kinesis DescribeStreamSummary"))?;
+            match resolved {
                 Ok(arn) => arns.push(StreamId::new(arn)),
                 Err(e) if e.class == ErrorClass::ResourceNotFound => {
                     return Err(Error::StreamNotFound {
@@ -392,9 +414,17 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
                     .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(sdk));
                 let store = DynamoLeaseStore::new(client, table.clone());
                 if self.create_table {
-                    store.create_table_if_missing().await?;
+                    // Creating waits for ACTIVE: a longer deadline.
+                    let create = Box::pin(store.create_table_if_missing());
+                    with_deadline(&*runtime, runtime.now() + after * 8, create)
+                        .await
+                        .ok_or_else(|| timeout("DynamoDB CreateTable / DescribeTable"))??;
                 } else {
-                    match store.read_heartbeats().await {
+                    let read = Box::pin(store.read_heartbeats());
+                    let read = with_deadline(&*runtime, runtime.now() + after, read)
+                        .await
+                        .ok_or_else(|| timeout("DynamoDB Query (lease table)"))?;
+                    match read {
                         Ok(_) => {}
                         Err(e) if e.class() == ErrorClass::ResourceNotFound => {
                             return Err(Error::LeaseTableMissing { table })
@@ -407,7 +437,6 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
             LeaseChoice::Local(dir) => Arc::new(LocalLeaseStore::open(dir)?),
         };
 
-        let runtime = Arc::new(R::default());
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -29,6 +29,7 @@ macro_rules! conformance_suite {
             two_workers_share_an_eight_shard_stream_fairly,
             dropped_worker_shards_resume_elsewhere_without_loss,
             dropped_consumer_releases_its_leases,
+            startup_against_a_silent_endpoint_fails_within_the_call_timeout,
             split_shard_is_read_parent_first,
             split_shard_is_read_parent_first_over_efo,
             stalled_sink_with_a_small_pool_stays_bounded_and_keeps_leases,
@@ -179,6 +180,39 @@ pub async fn shutdown_releases_every_lease_and_restart_resumes_from_checkpoints<
     assert_eq!(all.len(), 60, "no duplicates after a graceful restart");
     drop(batches);
     consumer.shutdown().await?;
+    Ok(())
+}
+
+/// An endpoint that accepts connections and never answers (a black hole):
+/// `build` fails with a timeout naming the call, instead of hanging.
+pub async fn startup_against_a_silent_endpoint_fails_within_the_call_timeout<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = silent.local_addr()?;
+    let client = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&env.sdk)
+            .endpoint_url(format!("http://{addr}"))
+            .build(),
+    );
+    let started = Instant::now();
+    let built = env
+        .builder("silent", &env.table(), "w1")
+        .kinesis_client(client)
+        .call_timeout(Duration::from_secs(1))
+        .build(&env.sdk)
+        .await;
+    let took = started.elapsed();
+    match built {
+        Err(Error::Timeout { operation, after }) => {
+            ensure!(after == Duration::from_secs(1), "{after:?}");
+            ensure!(operation.contains("Kinesis"), "{operation}");
+        }
+        Err(e) => anyhow::bail!("expected a timeout, got: {e}"),
+        Ok(_) => anyhow::bail!("built against a silent endpoint"),
+    }
+    ensure!(took < Duration::from_secs(10), "took {took:?}");
+    drop(silent);
     Ok(())
 }
 

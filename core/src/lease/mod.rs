@@ -433,15 +433,7 @@ impl LeaseManager {
             return Err("shut down while holding leases".into());
         }
         if cfg!(debug_assertions) {
-            let earliest = self
-                .writes
-                .held
-                .values()
-                .filter_map(|h| match h.leaving {
-                    Some((_, FinalState::RetryAt(at))) => Some(at),
-                    _ => None,
-                })
-                .min();
+            let earliest = self.earliest_retry_at();
             if earliest != self.writes.retry_at {
                 return Err(format!(
                     "retry_at {:?} but the earliest retry is {earliest:?}",

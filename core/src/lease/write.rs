@@ -568,16 +568,20 @@ impl LeaseManager {
         }
     }
 
-    /// `retry_at` from a walk of the held leases.
-    pub(super) fn recompute_retry_at(&mut self) {
-        self.writes.retry_at = self
-            .writes
+    /// The earliest retry of a final write, from a walk of the held leases.
+    pub(super) fn earliest_retry_at(&self) -> Option<Instant> {
+        self.writes
             .held
             .values()
             .filter_map(|h| match h.leaving {
                 Some((_, FinalState::RetryAt(at))) => Some(at),
                 _ => None,
             })
-            .min();
+            .min()
+    }
+
+    /// `retry_at` from a walk of the held leases.
+    pub(super) fn recompute_retry_at(&mut self) {
+        self.writes.retry_at = self.earliest_retry_at();
     }
 }

@@ -10,8 +10,12 @@
 //!   first read that showed it, so a read delayed in flight can only make an
 //!   owner look younger, never older. A missing row, or a row of an
 //!   earlier incarnation, counts from the reply of the first read that
-//!   showed it missing; `alive = false`, or a row of a later incarnation of
-//!   the same worker id (the process restarted), is expired at once. Wall clocks are never
+//!   showed it missing; `alive = false` is expired at once; a row of a later
+//!   incarnation of the same worker id (a restart, or a second process with
+//!   that id) expires the earlier one two heartbeat-read intervals after
+//!   the first read that showed it, and the earlier one, if alive, fences
+//!   for good at its next heartbeat read (it stops before anyone may take
+//!   its leases, and never writes over the later row). Wall clocks are never
 //!   compared, and a worker that has not read heartbeats judges nobody
 //!   expired. A verdict of heartbeat read `r` holds only for leases that
 //!   existed before `r` (the owner may have come back and taken leases
@@ -91,6 +95,10 @@ pub(super) struct Liveness {
     /// than the fence margin fences.
     pub(super) hb_inflight: Option<Instant>,
     pub(super) hb_asap: bool,
+    /// A later incarnation of our worker id wrote its heartbeat row (a
+    /// second process with our id): fenced for good, and no heartbeat is
+    /// written over its row any more.
+    pub(super) superseded: bool,
     pub(super) next_hb_write: Instant,
     pub(super) last_renew_sent: Option<Instant>,
     pub(super) fenced: bool,
@@ -114,6 +122,7 @@ impl Liveness {
             beat: 0,
             hb_inflight: None,
             hb_asap: false,
+            superseded: false,
             next_hb_write: now,
             last_renew_sent: None,
             fenced: false,
@@ -213,7 +222,7 @@ impl LeaseManager {
 
     /// Self-fence when the deadline passed; runs first in every entry point.
     pub(super) fn tick(&mut self, now: Instant) {
-        if !self.live.fenced && now >= self.fence_deadline() {
+        if !self.live.fenced && (now >= self.fence_deadline() || self.live.superseded) {
             self.live.fenced = true;
             for (shard, mut h) in std::mem::take(&mut self.writes.held) {
                 if self.shutting_down {
@@ -303,7 +312,7 @@ impl LeaseManager {
                     // later.
                     self.read_all_now(now);
                 }
-                if self.live.fenced && now < self.fence_deadline() {
+                if self.live.fenced && !self.live.superseded && now < self.fence_deadline() {
                     // Renewed again: take leases afresh (token + 1).
                     self.live.fenced = false;
                     self.read_all_now(now);
@@ -355,12 +364,36 @@ impl LeaseManager {
             by_owner.insert(&row.owner, row);
         }
         // A row of a *later* incarnation of the same worker id means that
-        // process restarted: the earlier incarnation is dead (its memory is
-        // gone), so its leases are taken at once instead of F later.
+        // process restarted, or a second process runs with the same id. The
+        // earlier incarnation stops at its next heartbeat read when it is
+        // alive (below), so it is expired a grace of two heartbeat-read
+        // intervals after the first read that showed the later row, not at
+        // once: a restarted worker's leases still move in seconds, and two
+        // live processes never deliver one shard together.
         let restarted = |owner: &Owner| {
             rows.iter()
                 .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
         };
+        let grace = (self.timing.heartbeat_read * 2).min(failover);
+        let superseded_since = now
+            .checked_sub(failover.saturating_sub(grace))
+            .unwrap_or(now);
+        if rows
+            .iter()
+            .any(|r| r.owner.worker == self.me.worker && r.owner.incarnation > self.me.incarnation)
+            && !self.live.superseded
+        {
+            self.live.superseded = true;
+            self.events.push_back(LeaseEvent::Superseded {
+                by: rows
+                    .iter()
+                    .filter(|r| r.owner.worker == self.me.worker)
+                    .map(|r| r.owner.clone())
+                    .max_by_key(|o| o.incarnation)
+                    .unwrap_or_else(|| self.me.clone()),
+            });
+            self.tick(now);
+        }
         // Owners judged expired by this read and not by the previous one.
         let mut turned: Vec<Owner> = Vec::new();
         // Owners known already: update in place.
@@ -378,14 +411,17 @@ impl LeaseManager {
                     dead: !row.alive,
                     streams: row.streams.clone(),
                 },
-                (None, p) if p.beat.is_none() => Observed {
-                    dead: p.dead || restarted(owner),
-                    ..p.clone()
-                },
+                (None, p) if p.beat.is_none() => p.clone(),
                 (None, p) => Observed {
                     beat: None,
-                    since: now,
-                    dead: restarted(owner),
+                    // Superseded: expire a grace from now, or sooner when
+                    // its last beat was already that old (never later).
+                    since: if restarted(owner) {
+                        superseded_since.min(p.since)
+                    } else {
+                        now
+                    },
+                    dead: false,
                     streams: p.streams.clone(),
                 },
             };
@@ -416,8 +452,12 @@ impl LeaseManager {
                 {
                     let ob = Observed {
                         beat: None,
-                        since: now,
-                        dead: restarted(owner),
+                        since: if restarted(owner) {
+                            superseded_since
+                        } else {
+                            now
+                        },
+                        dead: false,
                         streams: Vec::new(),
                     };
                     fresh.push((owner.clone(), ob));

@@ -93,6 +93,13 @@ pub enum LeaseEvent {
         /// Why.
         reason: LostReason,
     },
+    /// A later incarnation of our worker id (another process with the same
+    /// id, or our own restart seen by a zombie) wrote its heartbeat row:
+    /// this manager fenced itself for good and writes no more heartbeats.
+    Superseded {
+        /// The later incarnation.
+        by: Owner,
+    },
     /// A taker asked for this shard: the worker stops reading, waits for
     /// in-flight acks (`handoff_timeout`), then calls `transfer`.
     HandoffRequested {
@@ -482,7 +489,7 @@ impl LeaseManager {
                 next = Some((at, why));
             }
         };
-        if self.final_beat == FinalBeat::NotYet {
+        if self.final_beat == FinalBeat::NotYet && !self.live.superseded {
             match self.live.hb_inflight {
                 None => consider(self.live.next_hb_write, "heartbeat write"),
                 Some(sent) => consider(sent + self.timing.heartbeat, "heartbeat write hung"),
@@ -833,7 +840,15 @@ impl LeaseManager {
             .live
             .hb_inflight
             .is_some_and(|sent| now >= sent + self.timing.heartbeat);
-        if self.final_beat == FinalBeat::NotYet && (self.live.hb_inflight.is_none() || hung) {
+        // Superseded: never write over the later process's row, not even
+        // the final (not alive) beat, which would make it look dead.
+        if self.live.superseded && self.shutting_down && self.final_beat == FinalBeat::NotYet {
+            self.final_beat = FinalBeat::Done;
+        }
+        if self.final_beat == FinalBeat::NotYet
+            && !self.live.superseded
+            && (self.live.hb_inflight.is_none() || hung)
+        {
             if self.shutting_down
                 && self.writes.held.is_empty()
                 && self.writes.busy.is_empty()

@@ -55,6 +55,16 @@ impl Worker {
                     checkpoint,
                     created_ms,
                 } => self.start_reading(now, shard, token, checkpoint, created_ms),
+                LeaseEvent::Superseded { by } => {
+                    self.events.push_back(Event::Fatal {
+                        message: format!(
+                            "worker id {:?} is in use by a later process ({by}): this one ({}) \
+                             stopped reading and holds no lease; give each process its own \
+                             worker id, or stop the other one",
+                            by.worker, self.config.owner
+                        ),
+                    });
+                }
                 LeaseEvent::Lost {
                     shard,
                     token,

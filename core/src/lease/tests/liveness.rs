@@ -395,3 +395,45 @@ fn one_hung_heartbeat_write_does_not_fence_a_healthy_worker() {
     w.run_until(secs(45.0));
     assert!(w.lost(a).is_empty(), "{:?}", w.lost(a));
 }
+
+#[test]
+fn a_process_superseded_by_a_later_incarnation_of_its_worker_id_stops_at_once() {
+    // Two live processes with one worker id: the later one's heartbeat row
+    // replaces ours. We must stop delivering before anyone takes our leases
+    // (they may, a short grace after seeing the later row), and stop
+    // writing our heartbeat over the later process's row.
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(7.0));
+    assert_eq!(w.holds(a), 2);
+    w.beats.insert(
+        "a".into(),
+        HeartbeatRow {
+            owner: Owner::new("a", 2),
+            beat: 1,
+            held: 0,
+            wants: vec![],
+            alive: true,
+            streams: vec![],
+        },
+    );
+    w.run_until(secs(8.5));
+    assert_eq!(
+        w.holds(a),
+        0,
+        "superseded: fenced at its next heartbeat read"
+    );
+    assert!(w
+        .lost(a)
+        .iter()
+        .all(|(t, _, r)| *r == LostReason::SelfFenced && *t <= secs(8.1)));
+    w.run_until(secs(20.0));
+    let late_beats = w
+        .actions(a, is_hb_write)
+        .into_iter()
+        .filter(|(t, _)| *t > secs(7.0))
+        .count();
+    assert_eq!(late_beats, 0, "no heartbeat over the later process's row");
+    assert_eq!(w.beats["a"].owner, Owner::new("a", 2));
+    assert_eq!(w.holds(a), 0);
+}

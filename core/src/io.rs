@@ -427,6 +427,49 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The same answer as a failure of `class` (a response that met a
+    /// broken connection, or a fault a test injects): the answer to the
+    /// same operation, or a subscription error for any subscription input.
+    pub fn failed(self, class: ErrorClass) -> Input {
+        let result = Err(class);
+        match self {
+            Input::Shards { op, .. } => Input::Shards { op, result },
+            Input::Consumer { op, .. } => Input::Consumer {
+                op,
+                result: Err(class),
+            },
+            Input::SubscriptionEvent { sub, .. }
+            | Input::SubscriptionEnded { sub }
+            | Input::SubscriptionError { sub, .. } => Input::SubscriptionError { sub, class },
+            Input::Iterator { op, .. } => Input::Iterator {
+                op,
+                result: Err(class),
+            },
+            Input::Records { op, .. } => Input::Records {
+                op,
+                result: Err(class),
+            },
+            Input::Leases { op, .. } => Input::Leases {
+                op,
+                result: Err(class),
+            },
+            Input::LeaseWritten { op, .. } => Input::LeaseWritten {
+                op,
+                result: Err(class),
+            },
+            Input::Heartbeats { op, .. } => Input::Heartbeats {
+                op,
+                result: Err(class),
+            },
+            Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
+                op,
+                result: Err(class),
+            },
+        }
+    }
+}
+
 /// What the core says of a batch it delivers: a record range of a chunk,
 /// its positions and fencing token. The runtime turns it into the
 /// application's batch (the payloads it keeps under the chunk), so the two

@@ -343,47 +343,11 @@ impl Net {
 
 /// A response that met a broken connection: writes may have applied.
 pub fn degrade(input: Input) -> Input {
-    let class = ErrorClass::unknown_outcome(matches!(
+    let write = matches!(
         input,
         Input::LeaseWritten { .. } | Input::HeartbeatWritten { .. }
-    ));
-    match input {
-        Input::LeaseWritten { op, .. } => Input::LeaseWritten {
-            op,
-            result: Err(class),
-        },
-        Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
-            op,
-            result: Err(class),
-        },
-        Input::Leases { op, .. } => Input::Leases {
-            op,
-            result: Err(class),
-        },
-        Input::Heartbeats { op, .. } => Input::Heartbeats {
-            op,
-            result: Err(class),
-        },
-        Input::Shards { op, .. } => Input::Shards {
-            op,
-            result: Err(class),
-        },
-        Input::Consumer { op, .. } => Input::Consumer {
-            op,
-            result: Err(class),
-        },
-        Input::SubscriptionEvent { sub, .. }
-        | Input::SubscriptionEnded { sub }
-        | Input::SubscriptionError { sub, .. } => Input::SubscriptionError { sub, class },
-        Input::Iterator { op, .. } => Input::Iterator {
-            op,
-            result: Err(class),
-        },
-        Input::Records { op, .. } => Input::Records {
-            op,
-            result: Err(class),
-        },
-    }
+    );
+    input.failed(ErrorClass::unknown_outcome(write))
 }
 
 #[cfg(test)]

@@ -325,28 +325,6 @@ impl World {
         })
     }
 
-    fn with_error(input: Input, class: ErrorClass) -> Input {
-        match input {
-            Input::Leases { op, .. } => Input::Leases {
-                op,
-                result: Err(class),
-            },
-            Input::Heartbeats { op, .. } => Input::Heartbeats {
-                op,
-                result: Err(class),
-            },
-            Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
-                op,
-                result: Err(class),
-            },
-            Input::LeaseWritten { op, .. } => Input::LeaseWritten {
-                op,
-                result: Err(class),
-            },
-            other => other,
-        }
-    }
-
     /// Run the node's I/O until it is quiet.
     fn pump(&mut self, i: usize) {
         for _ in 0..10_000 {
@@ -362,13 +340,13 @@ impl World {
                     None => self.execute(&a, true),
                     Some(Fault::Ambiguous) => self
                         .execute(&a, true)
-                        .map(|x| Self::with_error(x, ErrorClass::Ambiguous)),
+                        .map(|x| x.failed(ErrorClass::Ambiguous)),
                     Some(Fault::LostRequest) => self
                         .execute(&a, false)
-                        .map(|x| Self::with_error(x, ErrorClass::Ambiguous)),
+                        .map(|x| x.failed(ErrorClass::Ambiguous)),
                     Some(Fault::Transient) => self
                         .execute(&a, false)
-                        .map(|x| Self::with_error(x, ErrorClass::Transient)),
+                        .map(|x| x.failed(ErrorClass::Transient)),
                     Some(Fault::HoldAnswer) => {
                         if let Some(x) = self.execute(&a, true) {
                             self.nodes[i].stash.push(Stashed::Answer(x));

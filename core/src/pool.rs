@@ -20,13 +20,18 @@
 //!   only through [`Pool::try_admit`] and [`Pool::release`], and
 //!   [`Pool::split`] moves it between permits without changing the total;
 //! - `used <= max` except for the single oversized admission into an empty
-//!   pool;
+//!   pool, and for a read whose answer brought more than its reservation
+//!   ([`Pool::exchange`]: the bytes are already in memory); while over,
+//!   nothing more is admitted nor reserved;
 //! - [`Pool::live_permits`] counts the non-empty permits outstanding, so it
 //!   is 0 exactly when `used` is 0; empty permits hold nothing and may be
 //!   released or dropped.
 //!
-//! A woken reader may bring in one event before it is admitted; the worker
-//! bounds how many readers hold such credit at once.
+//! Reads are paid for before they are sent: the worker reserves a read's
+//! expected size with [`Pool::try_admit`] and, when the answer comes,
+//! [`Pool::exchange`]s the reservation for the chunk's real size. Usage
+//! therefore counts reads in flight, and the budget bounds what is
+//! admitted plus what the network may still bring.
 
 use std::collections::BTreeMap;
 
@@ -155,6 +160,30 @@ impl<W: Ord + Clone> Pool<W> {
             self.live_permits += 1;
         }
         Ok(permit)
+    }
+
+    /// Turn a read's reservation into the admission of what the read brought
+    /// (`records`, `bytes`): the permit shrinks, giving the rest back, or
+    /// grows past the budget when the answer was larger than reserved (it is
+    /// already in memory; `has_room` stays false until usage is back under
+    /// the budget). Never refuses.
+    pub fn exchange(&mut self, reservation: Permit, records: u64, bytes: u64) -> Permit {
+        let was_empty = reservation.is_empty();
+        self.used_records = self
+            .used_records
+            .saturating_sub(reservation.records)
+            .saturating_add(records);
+        self.used_bytes = self
+            .used_bytes
+            .saturating_sub(reservation.bytes)
+            .saturating_add(bytes);
+        let permit = Permit { records, bytes };
+        match (was_empty, permit.is_empty()) {
+            (true, false) => self.live_permits += 1,
+            (false, true) => self.live_permits = self.live_permits.saturating_sub(1),
+            _ => {}
+        }
+        permit
     }
 
     /// Give capacity back. Releasing an empty permit is a no-op.
@@ -467,6 +496,41 @@ mod tests {
         assert_eq!(p.poll_wake(), Some(1));
         assert_eq!(p.poll_wake(), Some(3));
         assert_eq!(p.poll_wake(), None);
+    }
+
+    #[test]
+    fn exchange_shrinks_a_reservation_or_grows_it_past_the_budget() {
+        let mut p = pool(100, 1000);
+        let other = p.try_admit(10, 100).unwrap();
+        let res = p.try_admit(50, 800).unwrap();
+        assert!(p.try_admit(50, 1).is_err(), "the reservation holds room");
+        let got = p.exchange(res, 5, 300);
+        assert_eq!((got.records(), got.bytes()), (5, 300));
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (15, 400, 2)
+        );
+        // An answer larger than its reservation is admitted over budget,
+        // and nothing else gets in until usage is back under it.
+        let res = p.try_admit(10, 500).unwrap();
+        let big = p.exchange(res, 10, 2000);
+        assert_eq!(p.used_bytes(), 2400);
+        assert!(!p.has_room());
+        assert!(p.try_admit(1, 1).is_err());
+        p.release(big);
+        assert!(p.has_room());
+        // An answer without records frees its whole reservation.
+        let res = p.try_admit(10, 500).unwrap();
+        let none = p.exchange(res, 0, 0);
+        assert!(none.is_empty());
+        assert_eq!(p.live_permits(), 2);
+        p.release(none);
+        p.release(got);
+        p.release(other);
+        assert_eq!(
+            (p.used_records(), p.used_bytes(), p.live_permits()),
+            (0, 0, 0)
+        );
     }
 
     #[test]

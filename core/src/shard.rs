@@ -56,6 +56,13 @@
 //!   by it.
 //! - No input panics the reader; after end, failure or stop it emits nothing
 //!   but the Cancel that closes its subscription.
+//!
+//! Read sizing (SPEC 7, [`ReadSize`], [`ShardReader::read_plan`]): the pool
+//! room a read reserves before it is sent comes from what this shard's
+//! reads brought: per Kinesis record (expanded: KPL sub-records and their
+//! partition keys, the way the pool charges them) for a GetRecords `Limit`,
+//! per event for a Pull. Before its first answer a shard is assumed to
+//! carry 1 MiB Kinesis records (the AWS record ceiling) and 1 MiB events.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -81,6 +88,89 @@ pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The GetRecords `Limit` ceiling (AWS).
 const MAX_GET_RECORDS_LIMIT: u32 = 10_000;
+
+/// What a read is assumed to bring per Kinesis record, in bytes, before the
+/// shard's first answer: the AWS record ceiling (1 MiB).
+pub const UNOBSERVED_RECORD_BYTES: u64 = 1 << 20;
+
+/// What an EFO event is assumed to bring, in bytes, before the shard's
+/// first event: a second of a shard's write limit (1 MiB/s).
+pub const UNOBSERVED_EVENT_BYTES: u64 = 1 << 20;
+
+/// What a shard's reads brought, to size the next read's reservation: the
+/// largest recent values, decaying by a quarter per answer towards what
+/// answers bring now (a burst raises them at once, a quiet spell lowers
+/// them in a few answers). Every value is at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadSize {
+    /// User records per Kinesis record (KPL expansion).
+    pub records_per_record: u64,
+    /// Pool bytes per Kinesis record (expanded size).
+    pub bytes_per_record: u64,
+    /// User records per read (one EFO event or GetRecords answer).
+    pub records_per_read: u64,
+    /// Pool bytes per read.
+    pub bytes_per_read: u64,
+    observed: bool,
+}
+
+impl ReadSize {
+    /// Before any answer: 1 MiB Kinesis records holding one user record,
+    /// 1 MiB events.
+    pub const UNOBSERVED: ReadSize = ReadSize {
+        records_per_record: 1,
+        bytes_per_record: UNOBSERVED_RECORD_BYTES,
+        records_per_read: 1,
+        bytes_per_read: UNOBSERVED_EVENT_BYTES,
+        observed: false,
+    };
+
+    /// Learn from one answer. The first replaces the assumption; later
+    /// ones raise the values at once or lower them by at most a quarter.
+    pub fn observe(&mut self, data: &Chunk) {
+        let (records, bytes) = (data.records.len() as u64, data.bytes());
+        let fold = |old: u64, new: u64, first: bool| {
+            let new = new.max(1);
+            if first {
+                new
+            } else {
+                new.max(old - old / 4)
+            }
+        };
+        let first = !self.observed;
+        let k = u64::from(data.kinesis_records);
+        if k > 0 {
+            self.records_per_record = fold(self.records_per_record, records.div_ceil(k), first);
+            self.bytes_per_record = fold(self.bytes_per_record, bytes.div_ceil(k), first);
+        }
+        self.records_per_read = fold(self.records_per_read, records, first);
+        self.bytes_per_read = fold(self.bytes_per_read, bytes, first);
+        self.observed = true;
+    }
+}
+
+/// The pool's state as the credit round sees it when it sizes one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolRoom {
+    /// Records and bytes not used nor reserved.
+    pub free: (u64, u64),
+    /// The budget.
+    pub max: (u64, u64),
+    /// A fair share for one read: the budget over the shards read, or the
+    /// room left over the readers asking now when that is more.
+    pub share: (u64, u64),
+}
+
+/// What one read reserves in the pool before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// The GetRecords `Limit` (Kinesis records; 0 for a Pull).
+    pub limit: u32,
+    /// Records reserved.
+    pub records: u64,
+    /// Bytes reserved.
+    pub bytes: u64,
+}
 
 /// How a reader reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,6 +377,8 @@ pub struct ShardReader {
     idle_timeout: Option<Duration>,
     /// When the outstanding Pull's silence becomes a cancel (the watchdog).
     idle_at: Option<Instant>,
+    /// What this shard's reads brought (sizes the next reservation).
+    size: ReadSize,
     out: VecDeque<Action>,
     events: VecDeque<ReaderEvent>,
 }
@@ -351,6 +443,7 @@ impl ShardReader {
             backpressure_at: None,
             idle_timeout,
             idle_at: None,
+            size: ReadSize::UNOBSERVED,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -389,6 +482,25 @@ impl ShardReader {
                     ..
                 }
             )
+    }
+
+    /// The chunk id of the outstanding read (the Pull or GetRecords that
+    /// holds credit), if any.
+    pub fn read_chunk(&self) -> Option<ChunkId> {
+        if !self.holds_credit() {
+            return None;
+        }
+        match &self.state {
+            State::Efo {
+                state: EfoState::Open { pull, .. },
+                ..
+            } => *pull,
+            State::Polling {
+                state: PollState::RecordsInFlight { chunk, .. },
+                ..
+            } => Some(*chunk),
+            _ => None,
+        }
     }
 
     /// The subscription or operation whose answers are this reader's now:
@@ -498,6 +610,51 @@ impl ShardReader {
             },
             State::Polling { state, .. } => {
                 matches!(state, PollState::Ready { due, .. } if *due <= now)
+            }
+        }
+    }
+
+    /// The reservation of the next read, or `None` when it does not fit in
+    /// `room.free` (wait for room; an empty pool always fits one, since no
+    /// reservation exceeds the budget).
+    ///
+    /// EFO: a Pull reserves the largest recent event, and at least a fair
+    /// share (so reads of quiet shards never reserve less than their part of
+    /// the budget between them). Polling: one Kinesis record must fit; the
+    /// `Limit` is as many records as fit in the free room, up to the larger
+    /// of the fair share and one record, and `max_records`.
+    pub fn read_plan(&self, room: PoolRoom) -> Option<ReadPlan> {
+        let fits = |r: u64, b: u64| r <= room.free.0 && b <= room.free.1;
+        let clip = |(r, b): (u64, u64)| (r.min(room.max.0).max(1), b.min(room.max.1).max(1));
+        match &self.state {
+            State::Efo { .. } => {
+                let (records, bytes) = clip((
+                    self.size.records_per_read.max(room.share.0),
+                    self.size.bytes_per_read.max(room.share.1),
+                ));
+                fits(records, bytes).then_some(ReadPlan {
+                    limit: 0,
+                    records,
+                    bytes,
+                })
+            }
+            State::Polling { max_records, .. } => {
+                let (per_r, per_b) =
+                    clip((self.size.records_per_record, self.size.bytes_per_record));
+                if !fits(per_r, per_b) {
+                    return None;
+                }
+                let allow_r = room.free.0.min(room.share.0.max(per_r));
+                let allow_b = room.free.1.min(room.share.1.max(per_b));
+                let n = (allow_r / per_r)
+                    .min(allow_b / per_b)
+                    .min(u64::from((*max_records).clamp(1, MAX_GET_RECORDS_LIMIT)))
+                    .max(1);
+                Some(ReadPlan {
+                    limit: u32::try_from(n).unwrap_or(MAX_GET_RECORDS_LIMIT),
+                    records: n * per_r,
+                    bytes: n * per_b,
+                })
             }
         }
     }
@@ -936,6 +1093,7 @@ impl ShardReader {
 
     fn on_efo_event(&mut self, now: Instant, sub: SubId, chunk: ChunkId, data: &Chunk) {
         self.backoff.reset();
+        self.size.observe(data);
         self.idle_at = None;
         // The end only on evidence: a null continuation, ChildShards, or (a
         // closed shard, for services that send neither) an event that
@@ -1008,6 +1166,7 @@ impl ShardReader {
         next: Option<&ShardIterator>,
     ) {
         self.backoff.reset();
+        self.size.observe(data);
         let after = data.records.last().map(|r| {
             if r.last_sub {
                 StartPosition::AfterSequence(r.ext.seq.clone())
@@ -2367,5 +2526,56 @@ mod tests {
                 idle_timeout: secs(30),
             }
         );
+    }
+    #[test]
+    fn a_kpl_read_is_sized_by_its_expanded_size_not_its_kinesis_record_count() {
+        let t0 = crate::test_epoch();
+        let room = |free: (u64, u64)| PoolRoom {
+            free,
+            max: (50_000, 1 << 20),
+            share: (50_000, 1 << 20),
+        };
+        let h = H::polling(StartPosition::TrimHorizon, t0);
+        // Unobserved: a Kinesis record may be 1 MiB, so one fits the budget.
+        assert_eq!(
+            h.r.read_plan(room((50_000, 1 << 20))),
+            Some(ReadPlan {
+                limit: 1,
+                records: 1,
+                bytes: 1 << 20
+            })
+        );
+        assert_eq!(h.r.read_plan(room((50_000, (1 << 20) - 1))), None);
+        // One Kinesis record (a tiny aggregate on the wire) expanded into
+        // 500 user records of 10 bytes: the next Limit counts 5,000 bytes
+        // and 500 records per Kinesis record.
+        let mut h = h;
+        let recs: Vec<RecordMeta> = (0..500).map(|i| rec("4959000001", i, i == 499)).collect();
+        let mut data = chunk(recs, None);
+        data.kinesis_records = 1;
+        h.r.size.observe(&data);
+        assert_eq!(
+            (h.r.size.records_per_record, h.r.size.bytes_per_record),
+            (500, 5_000)
+        );
+        assert_eq!(
+            h.r.read_plan(room((50_000, 1 << 20))),
+            Some(ReadPlan {
+                limit: 100,
+                records: 50_000,
+                bytes: 500_000
+            }),
+            "100 aggregates fill the record budget; max_records is 100 too"
+        );
+        assert_eq!(
+            h.r.read_plan(room((2_000, 1 << 20))).map(|p| p.limit),
+            Some(4),
+            "the Limit follows the room left"
+        );
+        // A quiet spell lowers the estimate by at most a quarter per answer.
+        let mut small = chunk(vec![rec("4959000002", 0, true)], None);
+        small.kinesis_records = 1;
+        h.r.size.observe(&small);
+        assert_eq!(h.r.size.records_per_record, 375);
     }
 }

@@ -3,8 +3,11 @@
 //! cut from admitted chunks, and acks and nacks give pool room back.
 //!
 //! Rules encoded: a reader takes the next event from the network only with
-//! credit from the pool (SPEC 7), each outstanding read reserving one
-//! estimated chunk, with credit given round robin; an oversized chunk is
+//! credit from the pool (SPEC 7): each read reserves its expected size in
+//! the pool before it is sent (`ShardReader::read_plan`: the GetRecords
+//! `Limit` from the room left and the shard's observed record size, a Pull
+//! the shard's largest recent event), the reservation is exchanged for the
+//! chunk's real size when it arrives, and credit is given round robin; an oversized chunk is
 //! admitted alone into an empty pool; batches are cut by the pure rule of
 //! `batcher` within `checkpoint_limit` (SPEC 2, 3) and delivered with the
 //! lease's fencing token; a nacked batch is redelivered, with the same
@@ -27,6 +30,7 @@ use crate::checkpoint::Slot;
 use crate::ids::{BatchId, ChunkId, ShardRef};
 use crate::io::{BatchMeta, Chunk, ErrorClass, Event, RecordMeta};
 use crate::pool::Permit;
+use crate::shard::PoolRoom;
 
 /// An admitted chunk whose records are not all delivered yet.
 pub(super) struct Queued {
@@ -66,11 +70,23 @@ impl Worker {
         Self::mark_touched(&mut self.dirty, slot, st);
         st.millis_behind = data.millis_behind;
         let (records, bytes) = (data.records.len() as u64, data.bytes());
-        if records > 0 {
-            let (r, b) = self.chunk_estimate;
-            self.chunk_estimate = ((r * 7 + records).div_ceil(8), (b * 7 + bytes).div_ceil(8));
-        }
-        match self.pool.try_admit(records, bytes) {
+        let reserved = match &st.reservation {
+            Some((c, _)) if *c == chunk => st.reservation.take().map(|(_, p)| p),
+            _ => None,
+        };
+        let admitted = match reserved {
+            // The read paid for its room before it was sent: exchange it
+            // for what came (over the budget only when more came than
+            // reserved: it is already in memory).
+            Some(res) => {
+                if records > res.records() || bytes > res.bytes() {
+                    self.stats.reads_over_reservation += 1;
+                }
+                Ok(self.pool.exchange(res, records, bytes))
+            }
+            None => self.pool.try_admit(records, bytes),
+        };
+        match admitted {
             Ok(permit) => {
                 if let Some(r) = st.reader.as_mut() {
                     r.admitted(chunk);
@@ -135,12 +151,12 @@ impl Worker {
                     slot,
                     st,
                 );
+                Self::release_idle_reservation(&mut self.pool, st);
             }
         }
         if !self.pool.has_room() || self.wanting.is_empty() {
             return false;
         }
-        let mut outstanding = self.credit_outstanding;
         let mut order = std::mem::take(&mut self.scratch);
         order.clear();
         order.extend_from_slice(&self.wanting);
@@ -150,16 +166,26 @@ impl Worker {
             let after = order.partition_point(|&s| self.shards.at(s).is_some_and(|(k, _)| k <= c));
             order.rotate_left(after);
         }
+        let max = (self.pool.max_records(), self.pool.max_bytes());
+        let held = (self.shards.len() as u64).max(1);
+        let wanting = (order.len() as u64).max(1);
         let mut progress = false;
         for &slot in &order {
-            if !self.pool.has_room() || !self.credit_fits(outstanding + 1) {
+            if !self.pool.has_room() {
                 break;
             }
-            let free = self
-                .config
-                .pool_records
-                .saturating_sub(self.pool.used_records());
-            let limit = u32::try_from(free).unwrap_or(u32::MAX);
+            let free = (
+                max.0.saturating_sub(self.pool.used_records()),
+                max.1.saturating_sub(self.pool.used_bytes()),
+            );
+            // A fair share of the budget, or of the room left among the
+            // readers asking now when that is more (a busy shard among
+            // quiet ones reads at the pool's pace, not at its share).
+            let share = (
+                (max.0 / held).max(free.0 / wanting).max(1),
+                (max.1 / held).max(free.1 / wanting).max(1),
+            );
+            let room = PoolRoom { free, max, share };
             let Some((shard, st)) = self.shards.at_mut(slot) else {
                 continue;
             };
@@ -169,38 +195,39 @@ impl Worker {
             let Some(reader) = st.reader.as_mut() else {
                 continue;
             };
-            if let Some(action) = reader.grant(now, limit, &mut self.mint) {
-                let awaited = reader.awaits();
-                outstanding += 1;
-                Self::recount_credit(
-                    &mut self.credit_outstanding,
-                    &mut self.wanting,
-                    now,
-                    slot,
-                    st,
-                );
-                Self::mark_touched(&mut self.dirty, slot, st);
-                Self::route_awaited(&mut self.reader_ops, &mut self.reader_subs, shard, awaited);
-                self.actions.push_back(action);
-                self.credit_cursor = Some(shard.clone());
-                progress = true;
+            // A read that does not fit keeps its turn: the round stops here
+            // and starts with it when room appears (no starvation of a
+            // shard with large reads by shards with small ones).
+            let Some(plan) = reader.read_plan(room) else {
+                break;
+            };
+            let Ok(permit) = self.pool.try_admit(plan.records, plan.bytes) else {
+                break;
+            };
+            let Some(action) = reader.grant(now, plan.limit, &mut self.mint) else {
+                self.pool.release(permit);
+                continue;
+            };
+            let awaited = reader.awaits();
+            match reader.read_chunk() {
+                Some(chunk) => st.reservation = Some((chunk, permit)),
+                None => self.pool.release(permit),
             }
+            Self::recount_credit(
+                &mut self.credit_outstanding,
+                &mut self.wanting,
+                now,
+                slot,
+                st,
+            );
+            Self::mark_touched(&mut self.dirty, slot, st);
+            Self::route_awaited(&mut self.reader_ops, &mut self.reader_subs, shard, awaited);
+            self.actions.push_back(action);
+            self.credit_cursor = Some(shard.clone());
+            progress = true;
         }
         self.scratch = order;
         progress
-    }
-
-    /// Whether `reads` outstanding reads, each reserving one estimated chunk,
-    /// fit in the pool next to what is admitted. The first read into an
-    /// empty pool always fits (an oversized chunk is admitted alone).
-    pub(super) fn credit_fits(&self, reads: u64) -> bool {
-        let (used_r, used_b) = self.pool_used();
-        if reads <= 1 && used_r == 0 && used_b == 0 {
-            return true;
-        }
-        let (est_r, est_b) = self.chunk_estimate;
-        used_r.saturating_add(reads.saturating_mul(est_r)) <= self.config.pool_records
-            && used_b.saturating_add(reads.saturating_mul(est_b)) <= self.config.pool_bytes
     }
 
     /// Cut batches out of admitted chunks and redeliver nacked ones.

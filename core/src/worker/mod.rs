@@ -108,6 +108,9 @@ pub struct WorkerStats {
     pub acks: u64,
     /// Chunks that arrived and waited for pool room.
     pub chunks_parked: u64,
+    /// Reads whose answer brought more than the room reserved for them
+    /// (admitted over the budget: the bytes were already in memory).
+    pub reads_over_reservation: u64,
 }
 
 /// What the worker knows about one shard it reads (a getter's view).
@@ -198,10 +201,6 @@ pub struct Worker {
     sorted_at: (u64, usize),
     /// Scratch list for the credit round (kept to reuse its allocation).
     scratch: Vec<StateSlot>,
-    /// Running estimate of a non-empty chunk's size (records, bytes): each
-    /// outstanding read reserves this much of the pool, so reads in flight
-    /// plus what is admitted stay within the budget whatever the shard count.
-    chunk_estimate: (u64, u64),
     stats: WorkerStats,
 }
 
@@ -261,7 +260,6 @@ impl Worker {
             sorted: Vec::new(),
             sorted_at: (0, 0),
             scratch: Vec::new(),
-            chunk_estimate: (1, 1024),
             stats: WorkerStats::default(),
         };
         worker.handle_timeout(now);
@@ -316,6 +314,18 @@ impl Worker {
         (self.pool.used_records(), self.pool.used_bytes())
     }
 
+    /// The pool room (records, bytes) reserved for the read in flight whose
+    /// answer comes under `chunk`; `None` when no read of that chunk is
+    /// outstanding. The simulator checks every read it sees is reserved.
+    pub fn read_reservation(&self, chunk: ChunkId) -> Option<(u64, u64)> {
+        self.shards
+            .iter()
+            .find_map(|(_, st)| match &st.reservation {
+                Some((c, p)) if *c == chunk => Some((p.records(), p.bytes())),
+                _ => None,
+            })
+    }
+
     /// Counters.
     pub fn stats(&self) -> &WorkerStats {
         &self.stats
@@ -344,6 +354,10 @@ impl Worker {
         let mut held = self.lease.held();
         let mut next_held = held.next();
         for (shard, st) in self.shards.iter() {
+            if let Some((_, permit)) = &st.reservation {
+                records += permit.records();
+                bytes += permit.bytes();
+            }
             for q in &st.queue {
                 records += q.permit.records();
                 bytes += q.permit.bytes();

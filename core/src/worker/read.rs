@@ -157,6 +157,7 @@ impl Worker {
                 open_since: None,
                 deadline: None,
                 holds_credit: false,
+                reservation: None,
                 touched: false,
                 listed: false,
             },
@@ -200,6 +201,10 @@ impl Worker {
                 });
                 self.spacing.insert(shard.clone(), (last, riu));
             }
+        }
+        if let Some((_, permit)) = st.reservation.take() {
+            // The read in flight is abandoned: a late answer is freed at once.
+            self.pool.release(permit);
         }
         for q in st.queue.drain(..) {
             self.pool.release(q.permit);

@@ -28,7 +28,8 @@ use super::deliver::{Parked, Queued};
 use super::lifecycle::Phase;
 use super::Worker;
 use crate::checkpoint::CheckpointTracker;
-use crate::ids::{BatchId, FencingToken, ShardRef};
+use crate::ids::{BatchId, ChunkId, FencingToken, ShardRef};
+use crate::pool::{Permit, Pool};
 use crate::shard::ShardReader;
 
 /// What the worker keeps of one shard it reads.
@@ -56,6 +57,10 @@ pub(super) struct ShardState {
     /// Cached at the last visit: the reader holds credit (an outstanding
     /// Pull or GetRecords), counted in `Worker::credit_outstanding`.
     pub(super) holds_credit: bool,
+    /// The pool room reserved for the outstanding read (its chunk id and
+    /// permit): exchanged for the chunk's real size when it arrives, given
+    /// back when the read ends without one or the shard stops being read.
+    pub(super) reservation: Option<(ChunkId, Permit)>,
     /// Listed in `Worker::dirty`.
     pub(super) touched: bool,
     /// Listed in `Worker::wanting` (the reader wanted credit at the last
@@ -216,6 +221,13 @@ impl Worker {
                 ));
             }
             holding += u64::from(holds);
+            if let Some((chunk, _)) = &st.reservation {
+                if st.reader.as_ref().and_then(|r| r.read_chunk()) != Some(*chunk) {
+                    return Err(format!(
+                        "{shard:?}: room reserved for {chunk:?}, which is not its read in flight"
+                    ));
+                }
+            }
             let next = st.next_deadline(period);
             if next != st.deadline {
                 return Err(format!(
@@ -343,6 +355,16 @@ impl Worker {
         }
     }
 
+    /// Give back the reservation of a read that ended without a chunk (an
+    /// error, a cancelled subscription): the reader no longer holds credit.
+    pub(super) fn release_idle_reservation(pool: &mut Pool<ShardRef>, st: &mut ShardState) {
+        if !st.holds_credit {
+            if let Some((_, permit)) = st.reservation.take() {
+                pool.release(permit);
+            }
+        }
+    }
+
     /// After a pump: re-index the deadlines and credit state of every
     /// touched shard, then forget the touches (kept when the pump stopped
     /// at its iteration bound with work left, so the next one resumes).
@@ -359,6 +381,7 @@ impl Worker {
                 slot,
                 st,
             );
+            Self::release_idle_reservation(&mut self.pool, st);
             let next = st.next_deadline(period);
             if next != st.deadline {
                 if let Some((at, _)) = st.deadline {

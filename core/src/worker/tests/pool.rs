@@ -65,7 +65,13 @@ fn reads_in_flight_reserve_pool_room_whatever_the_shard_count() {
     // Warm up with a fast sink: the worker learns that events hold 3 records.
     run(&mut world, &mut [&mut node], Duration::from_secs(20));
     assert_eq!(node.w.held_shards().len(), 20);
-    assert_eq!(node.w.pool_used(), (0, 0));
+    // Nothing admitted is left; what the pool holds is reserved for the
+    // Pulls waiting on quiet subscriptions (a fair share each).
+    for (s, _) in node.w.held_shards() {
+        let st = node.w.shard_status(&s).unwrap();
+        assert_eq!((st.pending_records, st.queued_records), (0, 0), "{s:?}");
+    }
+    assert!(node.w.pool_used().0 <= 12);
     // Then the sink stalls while every shard gets 30 more records.
     node.auto_ack = false;
     for s in &shards {
@@ -82,4 +88,57 @@ fn reads_in_flight_reserve_pool_room_whatever_the_shard_count() {
         "{read} records read from the network for a 12-record budget"
     );
     assert!(node.w.pool_used().0 <= 12);
+}
+
+#[test]
+fn a_cold_start_reserves_its_reads_within_the_byte_budget() {
+    // Five shards of 1,000 records of 100 bytes against a 10,000-byte
+    // budget, with a sink that never acks: no read may bring more than the
+    // room it reserved (before reservations, the first GetRecords asked for
+    // 10,000 records and admitted 100,000 bytes).
+    let spec: Vec<(&str, &[&str], usize, bool)> = ["s0", "s1", "s2", "s3", "s4"]
+        .iter()
+        .map(|s| (*s, &[][..], 1000, false))
+        .collect();
+    let mut world = World::new(&spec);
+    let mut c = polling_config("a");
+    c.pool_bytes = 10_000;
+    let mut node = Node::new(c, &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(10));
+    let (_, used) = node.w.pool_used();
+    assert!(used > 0, "something was read");
+    assert!(used <= 10_000, "{used} bytes held for a 10,000-byte budget");
+    assert_eq!(node.w.stats().reads_over_reservation, 0);
+    // With a sink that acks, every record arrives, and no GetRecords ever
+    // asked for more records of the observed size than the budget holds.
+    node.auto_ack = true;
+    for b in node.batches.clone() {
+        node.w.ack(world.now, b.id).unwrap();
+    }
+    run(&mut world, &mut [&mut node], Duration::from_secs(120));
+    for s in ["s0", "s1", "s2", "s3", "s4"] {
+        assert_eq!(delivered_seqs(&node, s), world.shards[s].records, "{s}");
+    }
+    assert!(
+        world.get_records_limits.iter().all(|&l| l * 100 <= 10_000),
+        "limits {:?}",
+        world.get_records_limits
+    );
+}
+
+#[test]
+fn get_records_limit_follows_the_room_left_and_the_observed_record_size() {
+    let mut world = World::new(&[("s0", &[], 3000, false)]);
+    let mut c = polling_config("a");
+    c.pool_bytes = 50_000;
+    let mut node = Node::new(c, &world);
+    run(&mut world, &mut [&mut node], Duration::from_secs(60));
+    assert_eq!(delivered_seqs(&node, "s0"), world.shards["s0"].records);
+    let limits = &world.get_records_limits;
+    // Before the first answer a record may be 1 MiB: one record. Then as
+    // many 100-byte records as the 50,000 bytes hold.
+    assert_eq!(limits[0], 1);
+    assert!(limits[1..].iter().all(|&l| l <= 500), "limits {limits:?}");
+    assert!(limits.contains(&500), "limits {limits:?}");
 }

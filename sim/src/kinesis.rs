@@ -27,7 +27,8 @@
 //!   was issued; at most 5 GetRecords/s per shard (Throttled); at the end of
 //!   a closed shard the response has no NextShardIterator and names the
 //!   ChildShards. With `empty_get_records`, some responses carry no records
-//!   although records follow (NextShardIterator at the same place).
+//!   although records follow (NextShardIterator at the same place). An
+//!   answer holds at most `Limit` records and 10 MiB (at least one record).
 //!
 //! This module decides what the service answers; latency, errors injected
 //! at random and partitions are [`crate::net`]'s, record de-aggregation
@@ -57,6 +58,10 @@ pub const SUBSCRIBE_SPACING: Micros = SEC;
 pub const SUBSCRIBE_TAKEOVER: Micros = 5 * SEC;
 /// GetRecords: calls per second per shard.
 pub const GET_RECORDS_PER_SEC: usize = 5;
+/// GetRecords: an answer holds at most this many bytes (data and partition
+/// keys), and at least one record (AWS: 10 MiB). EFO events are held to
+/// the same (AWS publishes no event size; it pushes 2 MB/s per shard).
+pub const GET_RECORDS_BYTES_MAX: u64 = 10 << 20;
 
 /// One Kinesis record as stored: its data (a plain user record or a KPL
 /// aggregate) and, for the oracles, the ids of the user records inside.
@@ -72,6 +77,16 @@ pub struct KRecord {
     pub partition_key: String,
     /// The record's data.
     pub data: Vec<u8>,
+    /// Bytes of data after `data` that the simulation counts but does not
+    /// store (zeros: a large record at the cost of a small one).
+    pub pad: u32,
+}
+
+impl KRecord {
+    /// Its size on the wire: data (with padding) and partition key.
+    pub fn wire_bytes(&self) -> u64 {
+        (self.data.len() + self.partition_key.len()) as u64 + u64::from(self.pad)
+    }
 }
 
 /// One shard.
@@ -102,6 +117,22 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// The end of an answer starting at record `from` and holding at most
+    /// the records up to `most`: at most [`GET_RECORDS_BYTES_MAX`] bytes,
+    /// and at least one record.
+    pub fn end_within(&self, from: usize, most: usize) -> usize {
+        let mut bytes = 0u64;
+        let mut to = from;
+        while to < most {
+            bytes += self.records[to].wire_bytes();
+            if to > from && bytes > GET_RECORDS_BYTES_MAX {
+                break;
+            }
+            to += 1;
+        }
+        to
+    }
+
     /// Whether the shard is still open for writes.
     pub fn is_open(&self) -> bool {
         self.ending.is_none()
@@ -357,6 +388,7 @@ impl Kinesis {
             arrival_ms: self.unix_base_ms + now / MS,
             partition_key,
             data,
+            pad: 0,
         };
         let s = &mut self.shards[shard];
         debug_assert!(s.is_open());
@@ -699,7 +731,9 @@ impl Kinesis {
             let shard = &self.shards[index];
             let cursor = cursor.max(shard.trimmed);
             let available = shard.records.len() - cursor;
-            let at_end = !shard.is_open() && available <= self.max_event_records;
+            let at_end = !shard.is_open()
+                && available <= self.max_event_records
+                && shard.end_within(cursor, shard.records.len()) == shard.records.len();
             let idle_due = sub
                 .last_event
                 .is_none_or(|t| now >= t + self.idle_event_interval);
@@ -712,7 +746,7 @@ impl Kinesis {
             let to = if self.empty_first_event && sub.last_event.is_none() && !at_end {
                 cursor
             } else {
-                cursor + available.min(self.max_event_records)
+                shard.end_within(cursor, cursor + available.min(self.max_event_records))
             };
             let (continuation, children) = if at_end {
                 (None, self.children_of(index))
@@ -850,7 +884,8 @@ impl Kinesis {
         let to = if self.empty_get_records && s.get_records_total % 3 == 2 {
             from
         } else {
-            from + (s.records.len() - from).min(limit.clamp(1, 10_000) as usize)
+            let most = from + (s.records.len() - from).min(limit.clamp(1, 10_000) as usize);
+            s.end_within(from, most)
         };
         let end = !s.is_open() && to == s.records.len();
         Ok(RecordsAnswer {

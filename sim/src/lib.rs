@@ -19,6 +19,8 @@
 //! - [`net`]: the fault injector between processes and services (partitions,
 //!   latency, throttling, errors, lost responses), a value the world asks
 //!   about each message; imports `scenario` and `sched` only.
+//! - [`memory`]: the memory oracle (reads reserved, pool usage within the
+//!   budgets); imports only `kinesin_core`.
 //! - [`oracle`]: the invariants; [`bounds`]: the timed bounds (failover,
 //!   join, stall, fencing order) with samples tagged by cause;
 //!   [`scenario`]: parameters, ops, reports;
@@ -38,6 +40,7 @@ pub mod bounds;
 pub mod dynamo;
 mod fleet;
 pub mod kinesis;
+pub mod memory;
 pub mod net;
 pub mod oracle;
 pub mod scenario;

@@ -211,6 +211,17 @@ pub struct Params {
     pub checkpoint_limit: u32,
     /// Pool budget (records).
     pub pool_records: u64,
+    /// Pool budget (bytes).
+    pub pool_bytes: u64,
+    /// Large records: 2 % of plain records carry up to 1 MiB (padding the
+    /// simulated Kinesis counts without storing it), and a producer tick
+    /// sometimes writes a burst of up to 10,000 records of up to 1 KiB to
+    /// one shard, so GetRecords answers reach 10,000 records or 10 MiB.
+    pub big_records: bool,
+    /// Adversarial KPL: some aggregates hold hundreds of sub-records under
+    /// one 256-byte partition key (a few KB on the wire, a hundred times
+    /// that expanded).
+    pub kpl_bombs: bool,
     /// Fault rates.
     pub faults: Faults,
     /// Scripted ops at true times (in addition to random faults).
@@ -247,6 +258,9 @@ impl Params {
             batch_count: 10,
             checkpoint_limit: 1024,
             pool_records: 50_000,
+            pool_bytes: 64 << 20,
+            big_records: false,
+            kpl_bombs: false,
             faults: Faults::none(),
             script: Vec::new(),
             max_open_shards: shards * 2,
@@ -279,6 +293,20 @@ impl Params {
         p.efo_empty_first_event = rng.chance(0.3);
         p.empty_get_records = rng.chance(0.3);
         p.start_latest = rng.chance(0.25);
+        p.pool_bytes = [256 << 10, 4 << 20, 64 << 20][rng.below(3) as usize];
+        p.big_records = rng.chance(0.25);
+        if p.big_records {
+            // Reads are sized by the largest recent record: a budget of a
+            // few 1 MiB records reads one record at a time, slower than the
+            // producer writes them.
+            p.pool_bytes = 64 << 20;
+        }
+        if p.kpl_bombs {
+            // An aggregate expands to up to 264 KB: a 256 KiB budget reads
+            // one at a time.
+            p.pool_bytes = p.pool_bytes.max(4 << 20);
+        }
+        p.kpl_bombs = rng.chance(0.25);
         p.max_open_shards = shards * 2 + 2;
         p
     }
@@ -365,6 +393,12 @@ pub struct RunReport {
     /// Lease rows still owned by a worker incarnation when it completed a
     /// graceful shutdown (summed over shutdowns).
     pub owned_after_shutdown: u64,
+    /// Reads whose answer brought more than the pool room reserved for it
+    /// (`crate::memory`; measured, not asserted).
+    pub reads_over_reservation: u64,
+    /// The most pool bytes held above the byte budget (only ever through
+    /// such answers; asserted by the memory oracle).
+    pub max_over_budget_bytes: u64,
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

@@ -6,8 +6,9 @@
 //! and other lease writes, against KCL's ~1,090 renewals per shard-hour),
 //! failover and rebalance times (asserted samples apart from the others,
 //! see [`crate::bounds`]), SubscribeToShard calls per EFO shard-hour (polling
-//! runs make none) with the refusals by cause, and duplicates per million
-//! records.
+//! runs make none) with the refusals by cause, duplicates per million
+//! records, and the memory oracle's figures (reads whose answer exceeded
+//! the pool room reserved for it, the most held above the byte budget).
 //!
 //! Invariants: pure arithmetic over the reports; percentiles are
 //! nearest-rank over every sample of every run.
@@ -60,6 +61,10 @@ pub struct Summary {
     pub convergence_other: Vec<Micros>,
     /// Heal samples.
     pub heals: Vec<Micros>,
+    /// Reads whose answer exceeded its reservation, all runs.
+    pub reads_over_reservation: u64,
+    /// The most pool bytes held above the byte budget in any run.
+    pub max_over_budget_bytes: u64,
 }
 
 fn pct(v: &mut [Micros], p: f64) -> Option<Micros> {
@@ -90,6 +95,8 @@ impl Summary {
         self.subscribe_refused_fleet += r.subscribe_refused_fleet;
         self.records += r.records;
         self.duplicates += r.duplicates;
+        self.reads_over_reservation += r.reads_over_reservation;
+        self.max_over_budget_bytes = self.max_over_budget_bytes.max(r.max_over_budget_bytes);
         self.failovers.extend(&r.failovers);
         for &(cause, us) in &r.failovers_other {
             self.failovers_other
@@ -150,7 +157,7 @@ impl fmt::Display for Summary {
         let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0}",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -179,6 +186,8 @@ impl fmt::Display for Summary {
             self.subscribe_refused_own,
             self.subscribe_refused_fleet,
             self.duplicates as f64 * 1e6 / (self.records.max(1)) as f64,
+            self.reads_over_reservation,
+            self.max_over_budget_bytes.div_ceil(1024),
         )
     }
 }

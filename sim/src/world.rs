@@ -45,6 +45,7 @@ use crate::bounds::Bounds;
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
+use crate::memory::Memory;
 use crate::net::{Call, Delivery, Net, Reply};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
@@ -138,6 +139,8 @@ pub struct World {
     pub(crate) last_disruption: Option<Micros>,
     pub(crate) report: RunReport,
     pub(crate) violation: Option<Violation>,
+    /// The memory oracle (reads reserved, usage within the budgets).
+    pub(crate) memory: Memory,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -200,6 +203,7 @@ impl World {
             next_bounds_check: 0,
             last_disruption: None,
             violation: None,
+            memory: Memory::default(),
         }
     }
 
@@ -277,6 +281,8 @@ impl World {
         r.records = self.oracles.stats.records;
         r.duplicates = self.oracles.stats.duplicates;
         r.idle_checkpoints = self.oracles.stats.idle_checkpoints;
+        r.reads_over_reservation = self.memory.over_reservation;
+        r.max_over_budget_bytes = self.memory.max_over_bytes;
         r.trace_hash = self.trace.hash();
         r.trace_lines = self.trace.lines();
         if self.violation.is_some() || self.p.trace_tail > crate::sched::TRACE_TAIL {
@@ -382,8 +388,17 @@ impl World {
         };
         let local = pr.clock.local(self.now).max(pr.last_local);
         pr.last_local = local;
+        let before = w.pool_used();
         f(w, self.epoch + dur(local));
-        self.after_step(p)
+        self.after_step(p)?;
+        let Some(w) = self.procs[p].worker.as_ref() else {
+            return Ok(());
+        };
+        if let Err(message) = self.memory.check_step(before, w) {
+            let owner = self.procs[p].owner();
+            return Err(self.violation("memory", format!("{owner}: {message}")));
+        }
+        Ok(())
     }
 
     pub(crate) fn after_step(&mut self, p: usize) -> Check {
@@ -636,6 +651,23 @@ impl World {
                         took / MS
                     ),
                 );
+            }
+        }
+        let read = match &a {
+            Action::Pull { sub, chunk } => {
+                Some((*chunk, self.procs[p].sub_shard.get(sub).cloned()))
+            }
+            Action::GetRecords { chunk, shard, .. } => Some((*chunk, Some(shard.clone()))),
+            _ => None,
+        };
+        if let (Some((chunk, shard)), Some(w)) = (read, self.procs[p].worker.as_ref()) {
+            // A read queued before its shard stopped being read in the same
+            // step has no room any more: its late answer is freed at once.
+            let still_read = shard.is_some_and(|s| w.shard_status(&s).is_some());
+            if let Err(message) = self.memory.read_sent(p, inc, chunk, w) {
+                if still_read {
+                    return Err(self.violation("memory", format!("{owner}: {message}")));
+                }
             }
         }
         match &a {
@@ -1023,8 +1055,13 @@ impl World {
                     if bad.is_some() {
                         return;
                     }
+                    let mut meta = meta;
                     let data = match payload {
-                        UserPayload::Whole => rec.data.as_slice(),
+                        UserPayload::Whole => {
+                            // The padding the simulation does not store.
+                            meta.bytes = meta.bytes.saturating_add(rec.pad);
+                            rec.data.as_slice()
+                        }
                         UserPayload::Sub(sub) => sub.data,
                     };
                     let id = data
@@ -1182,6 +1219,18 @@ impl World {
     ) -> Check {
         let owner = self.procs[p].owner();
         trace_fmt::input_line(&mut self.trace, self.now, p, &owner, &input);
+        if let (
+            Some((chunk, _, _)),
+            Input::Records {
+                result: Ok((data, _)),
+                ..
+            }
+            | Input::SubscriptionEvent { data, .. },
+        ) = (&payload, &input)
+        {
+            let inc = self.procs[p].inc;
+            self.memory.answer(p, inc, *chunk, data);
+        }
         let pr = &mut self.procs[p];
         if let Some((chunk, shard, ids)) = payload {
             pr.chunks.insert(chunk, (shard, ids));
@@ -1332,6 +1381,10 @@ impl World {
                 };
                 let gap = self.rng.below(1000);
                 let kidx = self.kinesis.put(shard, pk, data, self.now, gap);
+                if self.p.big_records && take == 1 && self.rng.chance(0.02) {
+                    // Up to 1 MiB (the AWS record ceiling).
+                    self.kinesis.shards[shard].records[kidx].pad = self.rng.below(1 << 20) as u32;
+                }
                 let seq = self.kinesis.shards[shard].records[kidx].seq.clone();
                 let arrival_ms = self.kinesis.shards[shard].records[kidx].arrival_ms;
                 let got = self.oracles.written(
@@ -1343,12 +1396,86 @@ impl World {
             }
             self.wake_shard(shard)?;
         }
+        if self.faults_on() {
+            self.produce_adversarial()?;
+        }
         if self.p.retention < 24 * 3600 * SEC {
             for (shard, range) in self.kinesis.trim(self.now) {
                 self.oracles.trimmed(self.now, shard, range)?;
             }
         }
         Ok(())
+    }
+}
+
+impl World {
+    /// The memory faults of the fault phase: a burst of up to 10,000
+    /// records of up to 1 KiB on one shard (`big_records`: GetRecords
+    /// answers of 10,000 records or 10 MiB), and KPL aggregates of hundreds
+    /// of sub-records under one 256-byte partition key (`kpl_bombs`: a few
+    /// KB on the wire, a hundred times that expanded). Draws only when the
+    /// scenario enables them.
+    fn produce_adversarial(&mut self) -> Check {
+        // Bursts only where a 10,000-record answer fits the record budget
+        // (a 20-record pool drains 10,000 records slower than the heal
+        // phase allows).
+        let burst = self.p.big_records && self.p.pool_records >= 10_000 && self.rng.chance(0.005);
+        // Aggregates of up to 1,000 sub-records only where the record
+        // budget holds one (reads are sized by the largest record: a
+        // 20-record pool reads them alone, slower than they are written).
+        let bomb = self.p.kpl_bombs && self.p.pool_records >= 1000 && self.rng.chance(0.05);
+        if !burst && !bomb {
+            return Ok(());
+        }
+        let k = self.rng.below(self.keys.len() as u64) as usize;
+        let (key, hash) = self.keys[k].clone();
+        let shard = self.kinesis.route(hash);
+        if burst {
+            let n = 1000 + self.rng.below(9001);
+            for _ in 0..n {
+                let id = self.oracles.records.len() as u64;
+                let gap = self.rng.below(10);
+                let kidx =
+                    self.kinesis
+                        .put(shard, key.clone(), id.to_le_bytes().to_vec(), self.now, gap);
+                let rec = &mut self.kinesis.shards[shard].records[kidx];
+                rec.pad = self.rng.below(1024) as u32;
+                let (seq, arrival_ms) = (rec.seq.clone(), rec.arrival_ms);
+                let got = self
+                    .oracles
+                    .written(shard, arrival_ms, [ExtSeq::new(seq, 0)]);
+                debug_assert_eq!(got, vec![id]);
+            }
+        }
+        if bomb {
+            let n = 100 + self.rng.below(900) as usize;
+            let first_id = self.oracles.records.len() as u64;
+            let payloads: Vec<[u8; 8]> = (first_id..first_id + n as u64)
+                .map(u64::to_le_bytes)
+                .collect();
+            let long_key = "b".repeat(256);
+            let ehk = hash.to_string();
+            let recs: Vec<kpl::AggRecord<'_>> = payloads
+                .iter()
+                .map(|d| kpl::AggRecord {
+                    partition_key: long_key.as_bytes(),
+                    explicit_hash_key: Some(ehk.as_bytes()),
+                    data: d,
+                })
+                .collect();
+            let data = kpl::aggregate(&recs);
+            let gap = self.rng.below(1000);
+            let kidx = self.kinesis.put(shard, key, data, self.now, gap);
+            let rec = &self.kinesis.shards[shard].records[kidx];
+            let (seq, arrival_ms) = (rec.seq.clone(), rec.arrival_ms);
+            let got = self.oracles.written(
+                shard,
+                arrival_ms,
+                (0..n as u32).map(|s| ExtSeq::new(seq.clone(), s)),
+            );
+            debug_assert_eq!(got.len(), n);
+        }
+        self.wake_shard(shard)
     }
 }
 

@@ -455,6 +455,7 @@ impl World {
             && !self.net.is_cut(self.now, p, Service::Dynamo)
             && !self.net.is_cut(self.now, p, Service::Kinesis)
             && pr.worker.as_ref().is_some_and(|w| !w.leases().is_fenced())
+            && !self.stuck.hanging((p, pr.inc), self.now)
     }
 
     /// A request of process `p` (incarnation `inc`) met an injected fault
@@ -462,6 +463,7 @@ impl World {
     /// survivor for the windows open now.
     pub(crate) fn request_fault(&mut self, p: usize, inc: u64) {
         self.bounds.unhealthy((p, inc));
+        self.stuck.fault((p, inc), self.now);
     }
 
     /// A fault hits process `p` until `until`: it is no failover survivor
@@ -469,6 +471,7 @@ impl World {
     fn disrupt(&mut self, p: usize, until: Micros) {
         let inc = self.procs[p].inc;
         self.bounds.unhealthy((p, inc));
+        self.stuck.fault((p, inc), until);
         self.bounds.disrupted();
         self.last_disruption = Some(self.last_disruption.unwrap_or(0).max(until));
     }

@@ -19,6 +19,8 @@
 //! - [`net`]: the fault injector between processes and services (partitions,
 //!   latency, throttling, errors, lost responses), a value the world asks
 //!   about each message; imports `scenario` and `sched` only.
+//! - [`stuck`]: the stuck-request oracle (one black-holed DynamoDB
+//!   request never fences a worker); imports `sched` and `net`'s deadline.
 //! - [`memory`]: the memory oracle (reads reserved, pool usage within the
 //!   budgets); imports only `kinesin_core`.
 //! - [`oracle`]: the invariants; [`bounds`]: the timed bounds (failover,
@@ -45,6 +47,7 @@ pub mod net;
 pub mod oracle;
 pub mod scenario;
 pub mod sched;
+pub mod stuck;
 pub mod summary;
 mod trace_fmt;
 pub mod world;

@@ -6,8 +6,10 @@
 //! process cut off from a service until an instant), request and response
 //! latency (DynamoDB 2-12 ms with rare 0.3-1.5 s spikes, split evenly
 //! between the two legs; Kinesis per call kind), DynamoDB throttling and
-//! transient errors (not applied), DynamoDB writes that applied but whose
-//! response was lost, errors and throttling of Kinesis control-plane calls
+//! transient errors (not applied), DynamoDB requests black-holed (one
+//! request swallowed by its connection while the next ones work: it fails
+//! only at the driver's call deadline, [`CALL_DEADLINE`]), DynamoDB writes
+//! that applied but whose response was lost, errors and throttling of Kinesis control-plane calls
 //! and of GetRecords, and EFO subscriptions that break mid-stream. The
 //! rates come from the run's [`Faults`] (drawn per seed by the swarm
 //! scenario); [`Net::heal`] ends every fault at once.
@@ -42,6 +44,11 @@ use crate::sched::{between, Micros, MS, SEC};
 /// SDK timeout: how long a request to an unreachable service or a lost
 /// response takes to fail.
 pub const REQUEST_TIMEOUT: Micros = 2 * SEC;
+
+/// The driver's call deadline (`call_timeout`, 15 s by default): how long a
+/// black-holed request (a connection that swallows it, no error, no reset)
+/// takes to fail.
+pub const CALL_DEADLINE: Micros = 15 * SEC;
 
 /// Which service a request goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +186,7 @@ pub struct Net {
     dynamo_spike: f64,
     kinesis_error: f64,
     efo_stream_error: f64,
+    dynamo_blackhole: f64,
     /// By process index (grown on the first cut).
     cuts: Vec<Cuts>,
 }
@@ -194,6 +202,7 @@ impl Net {
             dynamo_spike: faults.dynamo_spike,
             kinesis_error: faults.kinesis_error,
             efo_stream_error: faults.efo_stream_error,
+            dynamo_blackhole: faults.dynamo_blackhole,
             cuts: Vec::new(),
         }
     }
@@ -238,6 +247,13 @@ impl Net {
             };
         }
         if call == Call::Dynamo {
+            // Drawn only when the run has black holes, so other runs keep
+            // their draws.
+            if self.on && self.dynamo_blackhole > 0.0 && rng.chance(self.dynamo_blackhole) {
+                return Delivery::Lose {
+                    after: CALL_DEADLINE,
+                };
+            }
             if self.on && rng.chance(self.dynamo_throttle) {
                 return Delivery::Fail {
                     class: ErrorClass::Throttled,

@@ -74,6 +74,9 @@ pub struct Faults {
     pub dynamo_ambiguous: f64,
     /// DynamoDB: a latency spike (300 ms - 1.5 s).
     pub dynamo_spike: f64,
+    /// DynamoDB: the request is black-holed (never answered; it fails at
+    /// the driver's 15 s call deadline) while the next ones work.
+    pub dynamo_blackhole: f64,
     /// Kinesis calls: transient error or throttling.
     pub kinesis_error: f64,
     /// EFO: an event read fails mid-stream.
@@ -104,6 +107,7 @@ impl Faults {
             dynamo_error: 0.0,
             dynamo_ambiguous: 0.0,
             dynamo_spike: 0.0,
+            dynamo_blackhole: 0.0,
             kinesis_error: 0.0,
             efo_stream_error: 0.0,
             sink_nack: 0.0,
@@ -136,6 +140,8 @@ impl Faults {
             dynamo_error: pick(0.05),
             dynamo_ambiguous: pick(0.05),
             dynamo_spike: pick(0.02),
+            // Drawn by `Params::swarm` after the rest (earlier draws stay).
+            dynamo_blackhole: 0.0,
             kinesis_error: pick(0.05),
             efo_stream_error: pick(0.02),
             sink_nack: pick(0.1),
@@ -294,6 +300,11 @@ impl Params {
         p.empty_get_records = rng.chance(0.3);
         p.start_latest = rng.chance(0.25);
         p.pool_bytes = [256 << 10, 4 << 20, 64 << 20][rng.below(3) as usize];
+        p.faults.dynamo_blackhole = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 0.02
+        };
         p.big_records = rng.chance(0.25);
         if p.big_records {
             // Reads are sized by the largest recent record: a budget of a
@@ -399,6 +410,11 @@ pub struct RunReport {
     /// The most pool bytes held above the byte budget (only ever through
     /// such answers; asserted by the memory oracle).
     pub max_over_budget_bytes: u64,
+    /// DynamoDB requests black-holed until the call deadline
+    /// (`crate::stuck`; measured).
+    pub black_holed: u64,
+    /// Of which heartbeat writes.
+    pub black_holed_beats: u64,
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

@@ -8,7 +8,8 @@
 //! see [`crate::bounds`]), SubscribeToShard calls per EFO shard-hour (polling
 //! runs make none) with the refusals by cause, duplicates per million
 //! records, and the memory oracle's figures (reads whose answer exceeded
-//! the pool room reserved for it, the most held above the byte budget).
+//! the pool room reserved for it, the most held above the byte budget),
+//! and the DynamoDB requests black-holed for the stuck-request oracle.
 //!
 //! Invariants: pure arithmetic over the reports; percentiles are
 //! nearest-rank over every sample of every run.
@@ -65,6 +66,10 @@ pub struct Summary {
     pub reads_over_reservation: u64,
     /// The most pool bytes held above the byte budget in any run.
     pub max_over_budget_bytes: u64,
+    /// DynamoDB requests black-holed, all runs.
+    pub black_holed: u64,
+    /// Of which heartbeat writes.
+    pub black_holed_beats: u64,
 }
 
 fn pct(v: &mut [Micros], p: f64) -> Option<Micros> {
@@ -97,6 +102,8 @@ impl Summary {
         self.duplicates += r.duplicates;
         self.reads_over_reservation += r.reads_over_reservation;
         self.max_over_budget_bytes = self.max_over_budget_bytes.max(r.max_over_budget_bytes);
+        self.black_holed += r.black_holed;
+        self.black_holed_beats += r.black_holed_beats;
         self.failovers.extend(&r.failovers);
         for &(cause, us) in &r.failovers_other {
             self.failovers_other
@@ -157,7 +164,7 @@ impl fmt::Display for Summary {
         let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={})",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -188,6 +195,8 @@ impl fmt::Display for Summary {
             self.duplicates as f64 * 1e6 / (self.records.max(1)) as f64,
             self.reads_over_reservation,
             self.max_over_budget_bytes.div_ceil(1024),
+            self.black_holed,
+            self.black_holed_beats,
         )
     }
 }

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, Owner, ShardRef, StreamId, SubId};
-use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, RecordMeta};
+use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, LostReason, RecordMeta};
 use kinesin_core::kpl::{self, UserPayload};
 use kinesin_core::rng::Rng;
 use kinesin_core::sequence::{ExtSeq, StartPosition};
@@ -46,10 +46,11 @@ use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
 use crate::memory::Memory;
-use crate::net::{Call, Delivery, Net, Reply};
+use crate::net::{Call, Delivery, Net, Reply, CALL_DEADLINE};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
 use crate::sched::{between, exp, Micros, Queue, Trace, MS, SEC};
+use crate::stuck::Stuck;
 use crate::trace_fmt::{self, Brief, OptCp};
 
 /// The stream every run consumes.
@@ -141,6 +142,8 @@ pub struct World {
     pub(crate) violation: Option<Violation>,
     /// The memory oracle (reads reserved, usage within the budgets).
     pub(crate) memory: Memory,
+    /// The stuck-request oracle (one black-holed request never fences).
+    pub(crate) stuck: Stuck,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -204,6 +207,7 @@ impl World {
             last_disruption: None,
             violation: None,
             memory: Memory::default(),
+            stuck: Stuck::default(),
         }
     }
 
@@ -283,6 +287,8 @@ impl World {
         r.idle_checkpoints = self.oracles.stats.idle_checkpoints;
         r.reads_over_reservation = self.memory.over_reservation;
         r.max_over_budget_bytes = self.memory.max_over_bytes;
+        r.black_holed = self.stuck.black_holed;
+        r.black_holed_beats = self.stuck.black_holed_beats;
         r.trace_hash = self.trace.hash();
         r.trace_lines = self.trace.lines();
         if self.violation.is_some() || self.p.trace_tail > crate::sched::TRACE_TAIL {
@@ -540,6 +546,16 @@ impl World {
                 );
                 self.oracles.lost(&owner, &shard);
                 *self.report.lost.entry(format!("{reason:?}")).or_default() += 1;
+                if reason == LostReason::SelfFenced {
+                    let failover = self.procs[p]
+                        .worker
+                        .as_ref()
+                        .map_or(0, |w| w.config().failover_time.as_micros() as Micros);
+                    let id = (p, self.procs[p].inc);
+                    if let Err(message) = self.stuck.self_fenced(id, self.now, failover) {
+                        return Err(self.violation("stuck-request", format!("{owner}: {message}")));
+                    }
+                }
                 let pr = &mut self.procs[p];
                 pr.subs.remove(&shard);
                 pr.polls.remove(&shard);
@@ -707,7 +723,14 @@ impl World {
             _ => {}
         }
         let delivery = self.net.route(&mut self.rng, self.now, p, Call::of(&a));
-        if faulted(&delivery, Call::of(&a) == Call::Dynamo) {
+        let black_holed = matches!(delivery, Delivery::Lose { after } if after == CALL_DEADLINE);
+        if black_holed {
+            // Not a fault of the process: the stuck-request oracle checks
+            // that it alone never fences it.
+            let beat = matches!(a, Action::WriteHeartbeat { .. });
+            self.stuck.black_holed((p, inc), self.now, beat);
+            self.bounds.unhealthy((p, inc));
+        } else if faulted(&delivery, Call::of(&a) == Call::Dynamo) {
             self.request_fault(p, inc);
         }
         let (class, after) = match delivery {

@@ -32,7 +32,10 @@
 //!   parent at SHARD_END or gone), not at SHARD_END and with no hand-off
 //!   pending, makes progress (a batch delivered, or a read answered with
 //!   `millis_behind == 0`: it is caught up) at least every
-//!   [`STALL_BOUND`], in both phases.
+//!   [`STALL_BOUND`], in both phases. A subscription that goes silent
+//!   (`Faults::efo_silent`) restarts its shard's clock: the shard must make
+//!   progress within the idle watchdog plus backoff of the silence (or of
+//!   a later fault of its resubscription, before that progress).
 //! - `fencing-order` (4): a forced take (a Take against an owner, without
 //!   a hand-off request of the taker pending) is applied only after the
 //!   old owner stopped delivering: the old owner's first step at or after
@@ -141,6 +144,8 @@ pub struct Bounds {
     pub join_samples: Vec<(bool, Micros)>,
     /// Held shards due progress: since when without it.
     watch: BTreeMap<(Owner, ShardRef), Micros>,
+    /// Held shards whose subscription went silent, not yet progressed.
+    recovering: BTreeSet<(Owner, ShardRef)>,
     fences: Vec<FenceCheck>,
 }
 
@@ -322,6 +327,7 @@ impl Bounds {
     ) -> Check {
         let due: BTreeSet<(Owner, ShardRef)> = due.into_iter().collect();
         self.watch.retain(|k, _| due.contains(k));
+        self.recovering.retain(|k| due.contains(k));
         for k in due {
             let since = *self.watch.entry(k.clone()).or_insert(now);
             if now > since + STALL_BOUND {
@@ -341,11 +347,41 @@ impl Bounds {
         Ok(())
     }
 
+    /// A subscription of `owner` went silent at `now`: every shard it
+    /// holds is due progress within [`STALL_BOUND`] (the idle watchdog plus
+    /// backoff) of this instant, whatever came before (a second silence in
+    /// a row costs a second watchdog). Every shard, not only the silent
+    /// one: the silent read keeps its pool reservation until the watchdog
+    /// cancels it, and with a small budget the worker's other readers wait
+    /// for that room.
+    pub fn silenced(&mut self, now: Micros, owner: &Owner) {
+        for (k, t) in self.watch.iter_mut().filter(|(k, _)| k.0 == *owner) {
+            *t = (*t).max(now);
+            self.recovering.insert(k.clone());
+        }
+    }
+
+    /// A fault hit a subscription of `owner` to `shard` (it broke, or
+    /// SubscribeToShard failed) at `now`. While the shard recovers from a
+    /// silence (its own or a sibling's), the resubscription failing costs
+    /// its own backoff and the 5 s ResourceInUse hold-off: the clock
+    /// restarts here.
+    pub fn subscription_fault(&mut self, now: Micros, owner: &Owner, shard: &ShardRef) {
+        let k = (owner.clone(), shard.clone());
+        if self.recovering.contains(&k) {
+            if let Some(t) = self.watch.get_mut(&k) {
+                *t = (*t).max(now);
+            }
+        }
+    }
+
     /// `owner` made progress on `shard`.
     pub fn progress(&mut self, now: Micros, owner: &Owner, shard: &ShardRef) {
-        if let Some(t) = self.watch.get_mut(&(owner.clone(), shard.clone())) {
+        let k = (owner.clone(), shard.clone());
+        if let Some(t) = self.watch.get_mut(&k) {
             *t = now;
         }
+        self.recovering.remove(&k);
     }
 
     /// A forced take of `shard` from `owner` (process `proc`, which still
@@ -561,6 +597,33 @@ mod tests {
         // Not due for a moment (unhealthy): the clock starts again.
         assert!(b.check_stalls(100 * SEC, []).is_ok());
         assert!(b.check_stalls(101 * SEC, [k]).is_ok());
+    }
+
+    #[test]
+    fn a_silence_restarts_the_stall_clock_of_every_shard_of_its_worker_until_progress() {
+        let mut b = Bounds::default();
+        let w0 = Owner::new("w0", 1);
+        let (a, c) = ((w0.clone(), shard(0)), (w0.clone(), shard(1)));
+        let other = (Owner::new("w1", 1), shard(2));
+        let all = || [a.clone(), c.clone(), other.clone()];
+        assert!(b.check_stalls(0, all()).is_ok());
+        b.silenced(20 * SEC, &w0);
+        // w0's shards are due progress within the bound of the silence;
+        // w1's clock did not move.
+        let v = b.check_stalls(STALL_BOUND + 1, all()).unwrap_err();
+        assert!(v.message.starts_with("w1"), "{}", v.message);
+        assert!(b
+            .check_stalls(STALL_BOUND + 1, [a.clone(), c.clone()])
+            .is_ok());
+        // A failed resubscription while recovering restarts its clock...
+        b.subscription_fault(40 * SEC, &a.0, &a.1);
+        assert!(b
+            .check_stalls(20 * SEC + STALL_BOUND + 1, [a.clone()])
+            .is_ok());
+        // ...but not once the shard progressed.
+        b.progress(41 * SEC, &a.0, &a.1);
+        b.subscription_fault(50 * SEC, &a.0, &a.1);
+        assert!(b.check_stalls(41 * SEC + STALL_BOUND + 1, [a]).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! request swallowed by its connection while the next ones work: it fails
 //! only at the driver's call deadline, [`CALL_DEADLINE`]), DynamoDB writes
 //! that applied but whose response was lost, errors and throttling of Kinesis control-plane calls
-//! and of GetRecords, and EFO subscriptions that break mid-stream. The
+//! and of GetRecords, EFO subscriptions that break mid-stream and EFO
+//! subscriptions that go silent (a half-open connection). The
 //! rates come from the run's [`Faults`] (drawn per seed by the swarm
 //! scenario); [`Net::heal`] ends every fault at once.
 //!
@@ -186,6 +187,7 @@ pub struct Net {
     dynamo_spike: f64,
     kinesis_error: f64,
     efo_stream_error: f64,
+    efo_silent: f64,
     dynamo_blackhole: f64,
     /// By process index (grown on the first cut).
     cuts: Vec<Cuts>,
@@ -202,6 +204,7 @@ impl Net {
             dynamo_spike: faults.dynamo_spike,
             kinesis_error: faults.kinesis_error,
             efo_stream_error: faults.efo_stream_error,
+            efo_silent: faults.efo_silent,
             dynamo_blackhole: faults.dynamo_blackhole,
             cuts: Vec::new(),
         }
@@ -331,6 +334,14 @@ impl Net {
         } else {
             ErrorClass::Throttled
         })
+    }
+
+    /// Whether an EFO subscription goes silent instead of answering a read
+    /// (its connection half-open: nothing more arrives on it, not even an
+    /// error). Drawn only when the run has silences, so other runs keep
+    /// their draws.
+    pub fn goes_silent(&self, rng: &mut Rng) -> bool {
+        self.on && self.efo_silent > 0.0 && rng.chance(self.efo_silent)
     }
 
     /// A response reaches process `p` at `now`: across a partition it

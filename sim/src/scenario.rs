@@ -81,6 +81,9 @@ pub struct Faults {
     pub kinesis_error: f64,
     /// EFO: an event read fails mid-stream.
     pub efo_stream_error: f64,
+    /// EFO: the subscription goes silent instead of answering a read (a
+    /// half-open connection: no event, no error, no end, ever).
+    pub efo_silent: f64,
     /// Sink: a batch is nacked.
     pub sink_nack: f64,
     /// Sink: mean ack delay.
@@ -110,6 +113,7 @@ impl Faults {
             dynamo_blackhole: 0.0,
             kinesis_error: 0.0,
             efo_stream_error: 0.0,
+            efo_silent: 0.0,
             sink_nack: 0.0,
             sink_ack_mean: 5 * MS,
             drift_ppm_max: 10_000,
@@ -144,6 +148,8 @@ impl Faults {
             dynamo_blackhole: 0.0,
             kinesis_error: pick(0.05),
             efo_stream_error: pick(0.02),
+            // Drawn by `Params::swarm` after the rest (earlier draws stay).
+            efo_silent: 0.0,
             sink_nack: pick(0.1),
             // Slow enough to hold checkpoints back, fast enough for the fleet
             // to keep up with the producer (the heal phase must catch up).
@@ -312,12 +318,17 @@ impl Params {
             // producer writes them.
             p.pool_bytes = 64 << 20;
         }
+        p.kpl_bombs = rng.chance(0.25);
         if p.kpl_bombs {
             // An aggregate expands to up to 264 KB: a 256 KiB budget reads
             // one at a time.
             p.pool_bytes = p.pool_bytes.max(4 << 20);
         }
-        p.kpl_bombs = rng.chance(0.25);
+        p.faults.efo_silent = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 0.01
+        };
         p.max_open_shards = shards * 2 + 2;
         p
     }
@@ -415,6 +426,9 @@ pub struct RunReport {
     pub black_holed: u64,
     /// Of which heartbeat writes.
     pub black_holed_beats: u64,
+    /// EFO subscriptions gone silent (the `stall` bound asserts their
+    /// shards' progress).
+    pub silenced: u64,
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

@@ -9,7 +9,8 @@
 //! runs make none) with the refusals by cause, duplicates per million
 //! records, and the memory oracle's figures (reads whose answer exceeded
 //! the pool room reserved for it, the most held above the byte budget),
-//! and the DynamoDB requests black-holed for the stuck-request oracle.
+//! the DynamoDB requests black-holed for the stuck-request oracle and the
+//! EFO subscriptions gone silent for the `stall` bound.
 //!
 //! Invariants: pure arithmetic over the reports; percentiles are
 //! nearest-rank over every sample of every run.
@@ -70,6 +71,8 @@ pub struct Summary {
     pub black_holed: u64,
     /// Of which heartbeat writes.
     pub black_holed_beats: u64,
+    /// EFO subscriptions gone silent, all runs.
+    pub silenced: u64,
 }
 
 fn pct(v: &mut [Micros], p: f64) -> Option<Micros> {
@@ -104,6 +107,7 @@ impl Summary {
         self.max_over_budget_bytes = self.max_over_budget_bytes.max(r.max_over_budget_bytes);
         self.black_holed += r.black_holed;
         self.black_holed_beats += r.black_holed_beats;
+        self.silenced += r.silenced;
         self.failovers.extend(&r.failovers);
         for &(cause, us) in &r.failovers_other {
             self.failovers_other
@@ -164,7 +168,7 @@ impl fmt::Display for Summary {
         let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={})",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={}",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -197,6 +201,7 @@ impl fmt::Display for Summary {
             self.max_over_budget_bytes.div_ceil(1024),
             self.black_holed,
             self.black_holed_beats,
+            self.silenced,
         )
     }
 }

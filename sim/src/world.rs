@@ -144,6 +144,8 @@ pub struct World {
     pub(crate) memory: Memory,
     /// The stuck-request oracle (one black-holed request never fences).
     pub(crate) stuck: Stuck,
+    /// EFO subscriptions gone silent (`Faults::efo_silent`).
+    pub(crate) silenced: u64,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -208,6 +210,7 @@ impl World {
             violation: None,
             memory: Memory::default(),
             stuck: Stuck::default(),
+            silenced: 0,
         }
     }
 
@@ -289,6 +292,7 @@ impl World {
         r.max_over_budget_bytes = self.memory.max_over_bytes;
         r.black_holed = self.stuck.black_holed;
         r.black_holed_beats = self.stuck.black_holed_beats;
+        r.silenced = self.silenced;
         r.trace_hash = self.trace.hash();
         r.trace_lines = self.trace.lines();
         if self.violation.is_some() || self.p.trace_tail > crate::sched::TRACE_TAIL {
@@ -732,6 +736,9 @@ impl World {
             self.bounds.unhealthy((p, inc));
         } else if faulted(&delivery, Call::of(&a) == Call::Dynamo) {
             self.request_fault(p, inc);
+            if let Action::Subscribe { sub, .. } | Action::Pull { sub, .. } = &a {
+                self.subscription_fault(p, *sub);
+            }
         }
         let (class, after) = match delivery {
             Delivery::Deliver { latency } => {
@@ -1116,6 +1123,15 @@ impl World {
         Ok((metas, ids))
     }
 
+    /// A fault hit subscription `sub` of process `p` (the `stall` bound of
+    /// a shard recovering from a silence restarts).
+    fn subscription_fault(&mut self, p: usize, sub: SubId) {
+        if let Some(shard) = self.procs[p].sub_shard.get(&sub) {
+            let owner = self.procs[p].owner();
+            self.bounds.subscription_fault(self.now, &owner, shard);
+        }
+    }
+
     /// Answer a subscription's pending Pull if an event is due.
     fn wake(&mut self, key: SubKey, gen: u64) -> Check {
         let Some(s) = self.kinesis.subs.get(&key) else {
@@ -1134,6 +1150,7 @@ impl World {
         let lat = self.net.reply_latency(&mut self.rng, Reply::Event);
         if let Some(class) = self.net.breaks_stream(&mut self.rng) {
             self.request_fault(p, inc);
+            self.subscription_fault(p, sub);
             if let Some(s) = self.kinesis.subs.get_mut(&key) {
                 s.done = true;
             }
@@ -1146,6 +1163,20 @@ impl World {
                     payload: None,
                 },
             );
+            return Ok(());
+        }
+        if self.net.goes_silent(&mut self.rng) {
+            // Nothing more arrives on it: the worker's idle watchdog must
+            // cancel it and resubscribe (the `stall` bound asserts the
+            // shard's progress within watchdog + backoff).
+            self.silenced += 1;
+            self.trace
+                .line(self.now, format_args!("kinesis silent {key:?}"));
+            if let Some(s) = self.kinesis.subs.get_mut(&key) {
+                s.done = true;
+            }
+            let owner = self.procs[p].owner();
+            self.bounds.silenced(self.now, &owner);
             return Ok(());
         }
         let position = self.kinesis.subs[&key].position.clone();

@@ -159,6 +159,12 @@ pub struct Config {
     /// counting as a transient error (AWS sends an event at least every 5 s,
     /// even an empty one, so silence means a half-open connection).
     pub subscription_idle_timeout: Duration,
+    /// At most this many lease writes in flight before a checkpoint write
+    /// waits (a waiting shard keeps only its newest checkpoint): a commit
+    /// tick at 1,000 shards does not send 1,000 UpdateItems at once.
+    /// Takes, creates and final writes are not held back (they change
+    /// ownership); heartbeats are never counted.
+    pub max_lease_writes_in_flight: usize,
     /// `max_pending_records`: global budget of received records not yet
     /// acknowledged.
     pub pool_records: u64,
@@ -195,6 +201,7 @@ impl Config {
             handoff_timeout: Duration::from_secs(10),
             backpressure_timeout: Duration::from_secs(30),
             subscription_idle_timeout: Duration::from_secs(30),
+            max_lease_writes_in_flight: 64,
             pool_records: 50_000,
             pool_bytes: 64 * 1024 * 1024,
             batching: Batching::default(),
@@ -262,6 +269,12 @@ impl Config {
             return bad(
                 "heartbeat_read_interval",
                 "must be below failover_time".into(),
+            );
+        }
+        if self.max_lease_writes_in_flight == 0 {
+            return bad(
+                "max_lease_writes_in_flight",
+                "must be at least 1 (checkpoints would never be written)".into(),
             );
         }
         if self.pool_records == 0 {

@@ -160,6 +160,7 @@ impl World {
         c.checkpoint_limit = self.p.checkpoint_limit;
         c.pool_records = self.p.pool_records;
         c.pool_bytes = self.p.pool_bytes;
+        c.max_lease_writes_in_flight = self.p.max_lease_writes;
         if self.p.start_latest {
             c.start_from = StartFrom::Latest;
         }

@@ -225,6 +225,9 @@ pub struct Params {
     pub pool_records: u64,
     /// Pool budget (bytes).
     pub pool_bytes: u64,
+    /// `Config::max_lease_writes_in_flight` (checkpoint writes wait past
+    /// it; small in some swarm seeds so the limit binds at a few shards).
+    pub max_lease_writes: usize,
     /// Large records: 2 % of plain records carry up to 1 MiB (padding the
     /// simulated Kinesis counts without storing it), and a producer tick
     /// sometimes writes a burst of up to 10,000 records of up to 1 KiB to
@@ -271,6 +274,7 @@ impl Params {
             checkpoint_limit: 1024,
             pool_records: 50_000,
             pool_bytes: 64 << 20,
+            max_lease_writes: 64,
             big_records: false,
             kpl_bombs: false,
             faults: Faults::none(),
@@ -324,6 +328,7 @@ impl Params {
             // one at a time.
             p.pool_bytes = p.pool_bytes.max(4 << 20);
         }
+        p.max_lease_writes = [1, 2, 64][rng.below(3) as usize];
         p.faults.efo_silent = if rng.chance(0.5) {
             0.0
         } else {

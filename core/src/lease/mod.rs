@@ -171,6 +171,8 @@ struct Timing {
     fence_after: Duration,
     rebalance: Duration,
     handoff: Duration,
+    /// `max_lease_writes_in_flight`: past it, checkpoint writes wait.
+    max_writes: usize,
 }
 
 impl Timing {
@@ -273,6 +275,7 @@ impl LeaseManager {
                 .saturating_sub(config.self_fence_margin),
             rebalance: config.rebalance_period,
             handoff: config.handoff_timeout,
+            max_writes: config.max_lease_writes_in_flight,
         };
         let views = config
             .streams
@@ -797,6 +800,8 @@ impl LeaseManager {
         if self.final_beat == FinalBeat::Done {
             return;
         }
+        // Checkpoints that waited for room.
+        self.pump_waiting(mint);
         // Final writes that failed without being applied.
         if self.writes.retry_at.is_some_and(|at| at <= now) {
             let retries: Vec<ShardRef> = self

@@ -17,8 +17,16 @@
 //! - A checkpoint asked while one is in flight waits and is sent next (the
 //!   newest only); a final write folds the queued checkpoint in, never
 //!   moving the stored one backwards.
+//! - Bounded DynamoDB concurrency: a checkpoint write waits while
+//!   `max_lease_writes_in_flight` lease writes are in flight (a commit
+//!   tick at 1,000 shards would otherwise send 1,000 UpdateItems at once);
+//!   the waiting shards go in arrival order as answers come back, each with
+//!   its newest checkpoint only. Writes that change ownership (takes,
+//!   creates, final writes) are not held back.
 //!
-//! Invariants: at most one lease write per shard in flight (`busy`), so the
+//! Invariants: checkpoint writes are sent only while fewer than
+//! `max_lease_writes_in_flight` lease writes are in flight; at most one
+//! lease write per shard in flight (`busy`), so the
 //! answers of one lease apply in order; never a take of a row we own; the
 //! token in [`LeaseEvent::Acquired`] is the row's token after the write.
 //!
@@ -27,7 +35,7 @@
 //! hand-off request states (a forced take or a take's answer moves a
 //! request of ours), never the balancing rule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use super::{LeaseEvent, LeaseManager, Op, RequestState};
@@ -110,6 +118,11 @@ pub(super) struct Writes {
     pub(super) retry_at: Option<Instant>,
     /// The one lease write in flight per shard.
     pub(super) busy: BTreeMap<ShardRef, OpId>,
+    /// Held shards with a checkpoint queued that waits for room (more than
+    /// `max_lease_writes_in_flight` writes in flight), in arrival order;
+    /// `cp_waiting_set` holds the same shards.
+    pub(super) cp_waiting: VecDeque<ShardRef>,
+    pub(super) cp_waiting_set: BTreeSet<ShardRef>,
     /// Shards with a write answered after the oldest pending table read was
     /// sent (value: `seq` of the answer): such a read is stale for them.
     pub(super) changed: BTreeMap<ShardRef, u64>,
@@ -232,6 +245,16 @@ impl LeaseManager {
             }
             return;
         }
+        if h.cp_queued.is_none() {
+            return;
+        }
+        if self.writes.busy.len() >= self.timing.max_writes {
+            // No room: wait in line, keeping only the newest checkpoint.
+            if self.writes.cp_waiting_set.insert(shard.clone()) {
+                self.writes.cp_waiting.push_back(shard.clone());
+            }
+            return;
+        }
         let Some(cp) = h.cp_queued.take() else {
             return;
         };
@@ -246,6 +269,19 @@ impl LeaseManager {
             checkpoint: cp,
         };
         self.send_write(mint, write, WriteKind::Checkpoint, base);
+    }
+
+    /// Send the checkpoints that waited for room, oldest first, while
+    /// there is room (a shard no longer held, or busy, is skipped: its
+    /// write's answer pumps it).
+    pub(super) fn pump_waiting(&mut self, mint: &mut IdMint) {
+        while self.writes.busy.len() < self.timing.max_writes {
+            let Some(shard) = self.writes.cp_waiting.pop_front() else {
+                break;
+            };
+            self.writes.cp_waiting_set.remove(&shard);
+            self.pump_shard(&shard, mint);
+        }
     }
 
     /// The final write of a leaving lease: its transfer or release, with a

@@ -132,6 +132,40 @@ fn one_checkpoint_write_in_flight_newest_sent_next() {
     assert_eq!(w.actions(a, is_checkpoint).len(), 2);
 }
 
+/// A commit tick at many shards does not send one UpdateItem per shard at
+/// once (issue 12: ~1,000 at 1,000 shards): a checkpoint write waits while
+/// `max_lease_writes_in_flight` lease writes are in flight, and a shard
+/// waiting sends only its newest checkpoint.
+#[test]
+fn checkpoint_writes_in_flight_are_bounded_and_coalesced_per_shard() {
+    let n = 200;
+    let mut w = World::with_free_shards(n);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(5.0));
+    assert_eq!(w.holds(a), n);
+    let limit = Config::new(vec![stream()], Owner::new("x", 1), Retrieval::polling())
+        .max_lease_writes_in_flight;
+    assert!(limit < n);
+    w.rule(a, is_checkpoint, Fault::HoldRequest, usize::MAX);
+    for round in [1, 2] {
+        for i in 0..n {
+            w.with(a, |m, now, mint| {
+                m.write_checkpoint(now, &sref(i), cp(round), mint)
+            });
+        }
+    }
+    assert_eq!(w.actions(a, is_checkpoint).len(), limit);
+    while !w.nodes[a].stash.is_empty() {
+        assert!(w.nodes[a].stash.len() <= limit);
+        w.deliver(a);
+    }
+    for i in 0..n {
+        assert_eq!(w.row(i).checkpoint, Some(cp(2)), "shard {i}");
+    }
+    // The first `limit` shards wrote 1 then 2; the others only 2.
+    assert_eq!(w.actions(a, is_checkpoint).len(), n + limit);
+}
+
 /// The worker asks before it writes (`Worker::commit`): a checkpoint is
 /// wanted only ahead of what is stored, in flight and queued; `durable`
 /// is the highest stored, the one copy of it.

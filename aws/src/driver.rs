@@ -62,6 +62,12 @@ pub enum DriverError {
     /// shut down.
     #[error("consumer stopped: {0}")]
     Fatal(String),
+    /// Every call to a service has been refused (credentials, access,
+    /// KMS) for `Config::unhealthy_after`: nothing is being consumed. Not
+    /// fatal: the calls are still retried and batches resume when access
+    /// comes back (the stream goes on after this error).
+    #[error("consumer unhealthy: {0}")]
+    Unhealthy(String),
 }
 
 /// A command from the application (or a batch handle) to the driver.
@@ -577,6 +583,19 @@ impl<R: Runtime> Driver<R> {
                 Some(shard) => warn!(%shard, "{message}"),
                 None => warn!("{message}"),
             },
+            Event::Health(health) => {
+                let message = health.message(self.runtime.now());
+                if health == kinesin_core::health::Health::Healthy {
+                    info!("{message}");
+                } else {
+                    // Not fatal: calls are still retried, batches resume
+                    // when access comes back.
+                    tracing::error!("{message}");
+                    let _ = self
+                        .deliveries_tx
+                        .try_send(Err(DriverError::Unhealthy(message)));
+                }
+            }
             Event::Fatal { message } => {
                 warn!("fatal: {message}");
                 let _ = self

@@ -165,6 +165,11 @@ pub struct Config {
     /// Takes, creates and final writes are not held back (they change
     /// ownership); heartbeats are never counted.
     pub max_lease_writes_in_flight: usize,
+    /// Past this long with every call to a service refused with an error
+    /// retrying cannot fix (credentials, access, KMS), the worker is
+    /// [`crate::health::Health::Failing`] and says so with
+    /// [`crate::io::Event::Health`] (calls are still retried).
+    pub unhealthy_after: Duration,
     /// `max_pending_records`: global budget of received records not yet
     /// acknowledged.
     pub pool_records: u64,
@@ -202,6 +207,7 @@ impl Config {
             backpressure_timeout: Duration::from_secs(30),
             subscription_idle_timeout: Duration::from_secs(30),
             max_lease_writes_in_flight: 64,
+            unhealthy_after: Duration::from_secs(60),
             pool_records: 50_000,
             pool_bytes: 64 * 1024 * 1024,
             batching: Batching::default(),
@@ -245,6 +251,7 @@ impl Config {
             ("handoff_timeout", self.handoff_timeout),
             ("backpressure_timeout", self.backpressure_timeout),
             ("subscription_idle_timeout", self.subscription_idle_timeout),
+            ("unhealthy_after", self.unhealthy_after),
             (
                 "consumer_describe_interval",
                 self.consumer_describe_interval,

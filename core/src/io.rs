@@ -579,6 +579,10 @@ pub enum Event {
         /// What happened and what to do.
         message: String,
     },
+    /// The worker's health changed ([`crate::health`]): every call to a
+    /// service refused (credentials, access, KMS) for `unhealthy_after`,
+    /// or a success after that. Also [`crate::Worker::health`].
+    Health(crate::health::Health),
     /// Shutdown finished: final checkpoints written, leases released, pool
     /// empty. Nothing else will be emitted.
     ShutdownComplete,

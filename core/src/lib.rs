@@ -17,6 +17,8 @@
 //! - [`Action`] (I/O for the runtime), [`Input`] (its results),
 //!   [`Event`] (for the application).
 //! - [`Config`]: every knob, validated, with the Bento field names.
+//! - [`health::Health`]: whether calls have been refused (credentials,
+//!   access, KMS) for longer than `unhealthy_after`.
 //!
 //! ## The run loop
 //!
@@ -30,6 +32,7 @@
 pub mod backoff;
 pub mod checkpoint;
 pub mod config;
+pub mod health;
 pub mod ids;
 pub mod io;
 pub mod kpl;

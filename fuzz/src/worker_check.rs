@@ -659,7 +659,9 @@ impl WorkerHarness {
                     self.complete = true;
                 }
                 Event::Fatal { .. } => self.shutdown = true,
-                Event::ShardEnded { .. } | Event::Warning { shard: None, .. } => {}
+                Event::ShardEnded { .. }
+                | Event::Warning { shard: None, .. }
+                | Event::Health(_) => {}
             }
         }
         self.record(&w.poll_timeout());

@@ -583,6 +583,13 @@ impl World {
             Event::Fatal { message } => {
                 return Err(self.violation("fatal", format!("{owner}: {message}")));
             }
+            Event::Health(health) => {
+                // The simulated services never refuse access: a worker
+                // saying it is failing is a false alarm.
+                if health != kinesin_core::health::Health::Healthy {
+                    return Err(self.violation("health", format!("{owner}: {health:?}")));
+                }
+            }
             Event::ShutdownComplete => {
                 self.trace
                     .line(self.now, format_args!("{owner} shutdown-complete"));

@@ -62,6 +62,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use crate::config::{Config, ConfigError, Retrieval};
+use crate::health::{Health, HealthTracker};
 use crate::ids::{BatchId, ChunkId, FencingToken, IdMint, OpId, Owner, ShardRef, StreamId, SubId};
 use crate::io::{Action, Event, Input};
 use crate::kpl::HashRange;
@@ -172,6 +173,8 @@ pub struct Worker {
     timers: TimerTable,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+    /// Refusals retrying cannot fix, per service ([`crate::health`]).
+    health: HealthTracker,
     shutting_down: bool,
     done: bool,
     credit_cursor: Option<ShardRef>,
@@ -223,6 +226,7 @@ impl Worker {
             }
         }
         let pool = Pool::new(config.pool_records, config.pool_bytes);
+        let health = HealthTracker::new(config.unhealthy_after);
         let mut timers = TimerTable::default();
         timers.set(Timer::Commit, now + config.commit_period);
         timers.set(Timer::ShardSync, now);
@@ -248,6 +252,7 @@ impl Worker {
             timers,
             actions: VecDeque::new(),
             events: VecDeque::new(),
+            health,
             shutting_down: false,
             done: false,
             credit_cursor: None,
@@ -271,6 +276,13 @@ impl Worker {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether every call to a service has been refused with an error
+    /// retrying cannot fix (credentials, access, KMS) for longer than
+    /// `unhealthy_after`, as of the last input or timeout.
+    pub fn health(&self) -> Health {
+        self.health.health(self.now)
     }
 
     /// This process as a lease owner.
@@ -417,6 +429,9 @@ impl Worker {
         if self.done {
             self.free_stale_chunk(&input);
             return;
+        }
+        if let Some(health) = self.health.observe(now, &input) {
+            self.events.push_back(Event::Health(health));
         }
         match &input {
             Input::Shards { op, result } => self.on_shards(now, *op, result),

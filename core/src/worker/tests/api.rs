@@ -78,3 +78,47 @@ fn shard_status_and_wall_clock_report_the_shard_read() {
     );
     assert!(node.w.unix_ms(world.now) >= 1_764_000_000_000);
 }
+
+/// A worker whose Kinesis calls are all refused (expired credentials, a
+/// KMS key it may not use) says so once `unhealthy_after` has passed,
+/// instead of looking alive while it consumes nothing (issue 12), and says
+/// when calls succeed again.
+#[test]
+fn refused_kinesis_calls_make_the_worker_failing_after_unhealthy_after() {
+    let mut world = World::new(&[("s0", &[], 5, false)]);
+    world.kinesis_denied = true;
+    let mut node = Node::new(polling_config("a"), &world);
+    let start = world.now;
+    run(&mut world, &mut [&mut node], Duration::from_secs(50));
+    assert_eq!(node.w.health(), Health::Healthy);
+    run(&mut world, &mut [&mut node], Duration::from_secs(20));
+    let Health::Failing {
+        service,
+        class,
+        since,
+    } = node.w.health()
+    else {
+        panic!("not failing after 70 s of refusals: {:?}", node.w.health());
+    };
+    assert_eq!(
+        (service, class, since),
+        (Service::Kinesis, ErrorClass::AccessDenied, start)
+    );
+    let reports = |n: &Node| -> Vec<Health> {
+        n.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Health(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reports(&node).len(), 1);
+    assert!(node.batches.is_empty());
+    world.kinesis_denied = false;
+    // The next ListShards (every shard_sync_period) succeeds.
+    run(&mut world, &mut [&mut node], Duration::from_secs(70));
+    assert_eq!(node.w.health(), Health::Healthy);
+    assert_eq!(reports(&node).last(), Some(&Health::Healthy));
+    assert_eq!(node.batches.len(), 5);
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{Batching, EfoConsumer};
+use crate::health::Service;
 use crate::io::{
     BatchMeta, Chunk, ConsumerInfo, ConsumerStatus, ErrorClass, LostReason, RecordMeta, ShardInfo,
     ShardIterator,
@@ -62,6 +63,9 @@ struct World {
     read_ranges: Vec<(ShardRef, HashRange)>,
     /// Heartbeat writes fail while set (a partition from DynamoDB).
     ddb_down: bool,
+    /// Every Kinesis call is refused while set (AccessDenied: expired
+    /// credentials, a KMS key the role may not use).
+    kinesis_denied: bool,
     /// GetRecords answers start this many records before the iterator (a
     /// re-read overlapping what was already delivered).
     pub(super) overlap: usize,
@@ -101,6 +105,7 @@ impl World {
             lease_writes: Vec::new(),
             read_ranges: Vec::new(),
             ddb_down: false,
+            kinesis_denied: false,
             overlap: 0,
         }
     }
@@ -170,6 +175,16 @@ impl World {
 
     /// Answer one action; returns the input (if any).
     fn answer(&mut self, action: Action) -> Option<Input> {
+        let dynamo = matches!(
+            action,
+            Action::ReadLeases { .. }
+                | Action::WriteLease { .. }
+                | Action::ReadHeartbeats { .. }
+                | Action::WriteHeartbeat { .. }
+        );
+        if self.kinesis_denied && !dynamo {
+            return action.failed(ErrorClass::AccessDenied);
+        }
         match action {
             Action::ListShards { op, .. } => Some(Input::Shards {
                 op,

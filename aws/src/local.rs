@@ -52,6 +52,12 @@
 //! shard is refused (so it is never created afresh over, nor taken), and
 //! a heartbeat write of its worker replaces it.
 //!
+//! The directory, `lock` and `leases.json` must not be symbolic links
+//! ([`LocalStoreError::Symlink`]): a link would let whoever controls it
+//! redirect the table and its lock. A writer thread that dies (a panic)
+//! fails the writes it held (`Ambiguous`) and every later write at once
+//! (`Transient`), never leaving them to the caller's deadline.
+//!
 //! The file I/O runs on one writer thread of the store, never in the
 //! returned futures: writes queue for it and are committed in groups (all
 //! writes queued during one commit share the next file replace and fsync,
@@ -120,6 +126,17 @@ pub enum LocalStoreError {
         /// What is wrong, naming the row and field when it is one row.
         detail: String,
     },
+    /// The directory, or one of the store's files in it, is a symbolic
+    /// link: whoever can change the link could point the lease table (and
+    /// its lock) elsewhere.
+    #[error(
+        "local lease store: {path} is a symbolic link; pass the real directory (the store \
+         refuses links so its table and lock cannot be redirected)"
+    )]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
 }
 
 /// The whole table in memory, in the order it is written.
@@ -171,12 +188,17 @@ struct Shared {
     commits: AtomicU64,
     /// Held (locked) for the life of the store.
     _lock: File,
+    /// Tests: the writer thread panics at its next group.
+    #[cfg(test)]
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     pending: Vec<(Change, Sender<Result<(), StoreError>>)>,
     closed: bool,
+    /// The writer thread stopped by a panic: writes fail at once.
+    dead: bool,
 }
 
 /// One queued write.
@@ -215,6 +237,16 @@ impl LocalLeaseStore {
             }
         };
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        for path in [dir.clone(), dir.join(LOCK_FILE), dir.join(DATA_FILE)] {
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(LocalStoreError::Symlink { path });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("inspect", &path)(e)),
+            }
+        }
 
         let lock_path = dir.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
@@ -263,6 +295,8 @@ impl LocalLeaseStore {
             wake: Condvar::new(),
             commits: AtomicU64::new(0),
             _lock: lock,
+            #[cfg(test)]
+            panic_next: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = {
             let shared = shared.clone();
@@ -293,6 +327,14 @@ impl LocalLeaseStore {
         let (tx, rx) = async_channel::bounded(1);
         {
             let mut queue = self.shared.queue();
+            if queue.dead {
+                return Err(StoreError::new(
+                    ErrorClass::Transient,
+                    "write",
+                    "the local lease store's writer thread stopped (a panic: please report \
+                     it); nothing can be written any more: restart the consumer",
+                ));
+            }
             if queue.closed {
                 return Err(StoreError::new(
                     ErrorClass::Transient,
@@ -341,6 +383,21 @@ impl Shared {
     /// The writer thread: one group commit per wake-up, until closed and
     /// drained.
     fn run_writer(&self) {
+        /// Runs when the writer returns or unwinds: a panic fails every
+        /// queued write at once (their senders are dropped) and marks the
+        /// store dead, so later writes fail at once too instead of waiting
+        /// for the caller's deadline.
+        struct Stopped<'a>(&'a Shared);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut queue = self.0.queue();
+                    queue.dead = true;
+                    queue.pending.clear();
+                }
+            }
+        }
+        let _stopped = Stopped(self);
         loop {
             let group = {
                 let mut queue = self.queue();
@@ -355,6 +412,10 @@ impl Shared {
                 }
                 std::mem::take(&mut queue.pending)
             };
+            #[cfg(test)]
+            if self.panic_next.swap(false, Ordering::Relaxed) {
+                panic!("writer thread panic injected by a test");
+            }
             self.commit_group(group);
         }
     }
@@ -864,5 +925,43 @@ mod tests {
         let err =
             decode_file(text.replace("\"version\": 1", "\"version\": 2").as_bytes()).unwrap_err();
         assert!(err.contains("version 2"), "{err}");
+    }
+
+    /// A writer thread that died (a panic) fails the write it held and
+    /// every later write at once, instead of leaving each to hang until the
+    /// driver's call deadline (15 s per write).
+    #[test]
+    fn a_dead_writer_thread_fails_writes_at_once() {
+        let dir =
+            std::env::temp_dir().join(format!("kinesin-local-dead-writer-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Arc::new(LocalLeaseStore::open(&dir).unwrap());
+        store.shared.panic_next.store(true, Ordering::Relaxed);
+        let beat = |n: u64| HeartbeatRow {
+            owner: Owner::new("w", 1),
+            beat: n,
+            held: 0,
+            wants: Vec::new(),
+            alive: true,
+            streams: Vec::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = store.clone();
+        std::thread::spawn(move || {
+            for n in 0..3 {
+                let r = futures_lite::future::block_on(s.write_heartbeat(&beat(n)));
+                let _ = tx.send(r.map_err(|e| e.class()));
+            }
+        });
+        // Hang detection only (the old code never answered the later ones).
+        let wait = std::time::Duration::from_secs(30);
+        let first = rx.recv_timeout(wait).expect("the held write is answered");
+        assert_eq!(first, Err(ErrorClass::Ambiguous));
+        for _ in 0..2 {
+            let later = rx.recv_timeout(wait).expect("a later write fails at once");
+            assert_eq!(later, Err(ErrorClass::Transient));
+        }
+        drop(store);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

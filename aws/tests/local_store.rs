@@ -309,3 +309,31 @@ async fn local_store_group_commit_answers_each_write_on_its_own() -> Result<()> 
     ensure!(store.read_leases(&StreamId::new("group")).await?.rows.len() == 65);
     Ok(())
 }
+
+/// A store directory (or its table file) reached through a symbolic link
+/// is refused with an error naming the link: whoever can change the link
+/// could redirect the lease table and its lock.
+#[cfg(unix)]
+#[test]
+fn local_store_refuses_a_directory_reached_through_a_symlink() -> Result<()> {
+    let dir = TempDir::new("symlink");
+    let real = dir.0.join("real");
+    std::fs::create_dir_all(&real)?;
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&real, &link)?;
+    match LocalLeaseStore::open(&link) {
+        Err(LocalStoreError::Symlink { path }) => ensure!(path == link, "names {path:?}"),
+        other => bail!("expected Symlink, got {other:?}"),
+    }
+    // The table file as a link: refused too.
+    let elsewhere = dir.0.join("elsewhere.json");
+    std::fs::write(&elsewhere, b"")?;
+    std::os::unix::fs::symlink(&elsewhere, real.join("leases.json"))?;
+    match LocalLeaseStore::open(&real) {
+        Err(LocalStoreError::Symlink { path }) => {
+            ensure!(path == real.join("leases.json"), "names {path:?}")
+        }
+        other => bail!("expected Symlink, got {other:?}"),
+    }
+    Ok(())
+}

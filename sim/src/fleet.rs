@@ -406,12 +406,7 @@ impl World {
     /// Joined workers that reached fair share: record the time it took;
     /// an asserted join past its bound is a violation.
     pub(crate) fn check_joins(&mut self) -> Check {
-        let active = self
-            .dynamo
-            .leases
-            .values()
-            .filter(|r| r.checkpoint != Some(Checkpoint::ShardEnd))
-            .count();
+        let active = self.active_leases();
         let live = (0..self.procs.len())
             .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
             .count()
@@ -714,15 +709,29 @@ impl World {
         out
     }
 
+    /// Leases that can be read now, as balancing counts them (SPEC 4): not
+    /// ended, and every parent's row ended (a parent without a row is
+    /// gone: trimmed before any worker listed it). A child waiting for its
+    /// parent is no one's share yet: a worker cannot hold it.
+    pub(crate) fn active_leases(&self) -> usize {
+        let leases = &self.dynamo.leases;
+        leases
+            .values()
+            .filter(|r| {
+                r.checkpoint != Some(Checkpoint::ShardEnd)
+                    && r.parents.iter().all(|p| {
+                        leases
+                            .get(&ShardRef::new(r.shard.stream.clone(), p.clone()))
+                            .is_none_or(|pr| pr.checkpoint == Some(Checkpoint::ShardEnd))
+                    })
+            })
+            .count()
+    }
+
     /// Live workers holding fewer than their fair share, `floor(active
     /// leases / live workers)` (SPEC 4: a joining worker gets its share).
     pub(crate) fn unfair(&self) -> Vec<String> {
-        let active = self
-            .dynamo
-            .leases
-            .values()
-            .filter(|r| r.checkpoint != Some(Checkpoint::ShardEnd))
-            .count();
+        let active = self.active_leases();
         let live: Vec<usize> = (0..self.procs.len())
             .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
             .collect();

@@ -528,3 +528,16 @@ fn zombie_is_fenced_before_its_lease_is_taken_in_both_modes() -> Result<()> {
     }
     Ok(())
 }
+
+/// Oracle bug found by the 20,000-seed sweep (swarm seeds 2649, 2791,
+/// 5917, 3326): the balance and join bounds counted child shards still
+/// waiting for their parent as someone's share, so a sole worker holding
+/// every readable lease was "below its fair share". The share now counts
+/// what balancing can hand out: rows not ended whose parents are ended.
+#[test]
+fn fair_share_counts_only_leases_whose_parents_have_ended() -> Result<()> {
+    for seed in [2649, 2791, 5917, 3326] {
+        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
+    }
+    Ok(())
+}

@@ -495,6 +495,7 @@ impl World {
                 f.dynamo_throttle,
                 f.dynamo_error,
                 f.dynamo_ambiguous,
+                f.dynamo_late,
                 f.dynamo_spike,
                 f.kinesis_error,
                 f.efo_stream_error,

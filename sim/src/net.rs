@@ -68,8 +68,11 @@ impl Service {
 /// What a request is, as far as the network cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// Any DynamoDB request.
+    /// Any DynamoDB request but a lease write.
     Dynamo,
+    /// A conditional lease write (may also arrive late:
+    /// [`Delivery::Late`]).
+    DynamoLeaseWrite,
     /// A Kinesis control-plane call (ListShards, RegisterStreamConsumer,
     /// DescribeStreamConsumer, GetShardIterator, SubscribeToShard): may be
     /// throttled or fail.
@@ -87,8 +90,8 @@ impl Call {
     /// The kind of `a`.
     pub fn of(a: &Action) -> Self {
         match a {
+            Action::WriteLease { .. } => Call::DynamoLeaseWrite,
             Action::ReadLeases { .. }
-            | Action::WriteLease { .. }
             | Action::ReadHeartbeats { .. }
             | Action::WriteHeartbeat { .. } => Call::Dynamo,
             Action::ListShards { .. }
@@ -105,7 +108,7 @@ impl Call {
     /// The service it goes to.
     pub fn service(self) -> Service {
         match self {
-            Call::Dynamo => Service::Dynamo,
+            Call::Dynamo | Call::DynamoLeaseWrite => Service::Dynamo,
             _ => Service::Kinesis,
         }
     }
@@ -131,6 +134,15 @@ pub enum Delivery {
     /// The request applied but its response is lost: the caller gets
     /// [`ErrorClass::Ambiguous`] after `after` (the SDK timeout).
     Lose {
+        /// When the caller gives up.
+        after: Micros,
+    },
+    /// A lease write held up on the way: the caller gives up after
+    /// `after` (the SDK timeout, outcome unknown), and the write reaches
+    /// the table `apply_after` (later than that); its answer goes nowhere.
+    Late {
+        /// When it applies.
+        apply_after: Micros,
         /// When the caller gives up.
         after: Micros,
     },
@@ -176,6 +188,7 @@ pub struct Net {
     dynamo_throttle: f64,
     dynamo_error: f64,
     dynamo_ambiguous: f64,
+    dynamo_late: f64,
     dynamo_spike: f64,
     kinesis_error: f64,
     efo_stream_error: f64,
@@ -191,6 +204,7 @@ impl Net {
             dynamo_throttle: faults.dynamo_throttle,
             dynamo_error: faults.dynamo_error,
             dynamo_ambiguous: faults.dynamo_ambiguous,
+            dynamo_late: faults.dynamo_late,
             dynamo_spike: faults.dynamo_spike,
             kinesis_error: faults.kinesis_error,
             efo_stream_error: faults.efo_stream_error,
@@ -237,7 +251,7 @@ impl Net {
                 after: REQUEST_TIMEOUT,
             };
         }
-        if call == Call::Dynamo {
+        if call.service() == Service::Dynamo {
             if self.on && rng.chance(self.dynamo_throttle) {
                 return Delivery::Fail {
                     class: ErrorClass::Throttled,
@@ -248,6 +262,16 @@ impl Net {
                 return Delivery::Fail {
                     class: ErrorClass::Transient,
                     after: self.dynamo_latency(rng),
+                };
+            }
+            if call == Call::DynamoLeaseWrite
+                && self.on
+                && self.dynamo_late > 0.0
+                && rng.chance(self.dynamo_late)
+            {
+                return Delivery::Late {
+                    apply_after: between(rng, REQUEST_TIMEOUT + SEC / 2, 20 * SEC),
+                    after: REQUEST_TIMEOUT,
                 };
             }
             return Delivery::Deliver {
@@ -268,7 +292,9 @@ impl Net {
         let latency = match call {
             Call::Pull => between(rng, MS, 5 * MS),
             Call::GetRecords => between(rng, 20 * MS, 120 * MS),
-            Call::Dynamo | Call::Control | Call::Cancel => between(rng, 10 * MS, 40 * MS),
+            Call::Dynamo | Call::DynamoLeaseWrite | Call::Control | Call::Cancel => {
+                between(rng, 10 * MS, 40 * MS)
+            }
         };
         Delivery::Deliver { latency }
     }
@@ -540,7 +566,15 @@ mod tests {
         let mut net = Net::new(&Faults::none());
         net.cut(0, Service::Dynamo, 10 * SEC);
         let op = some_op();
-        let (written, intact) = net.receive(SEC, 0, Input::LeaseWritten { op, result: Ok(()) });
+        let (written, intact) = net.receive(
+            SEC,
+            0,
+            Input::LeaseWritten {
+                op,
+                result: Ok(()),
+                row: None,
+            },
+        );
         assert!(!intact);
         assert!(matches!(
             written,

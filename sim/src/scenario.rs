@@ -84,6 +84,10 @@ pub struct Faults {
     pub sink_ack_mean: Micros,
     /// Max clock rate drift (ppm).
     pub drift_ppm_max: i64,
+    /// DynamoDB: a lease write held up on the way (a retransmit queue, a
+    /// slow node) and applied 2.5-20 s later, long after its caller gave
+    /// up on it (Ambiguous at the SDK timeout).
+    pub dynamo_late: f64,
 }
 
 impl Faults {
@@ -109,6 +113,7 @@ impl Faults {
             sink_nack: 0.0,
             sink_ack_mean: 5 * MS,
             drift_ppm_max: 10_000,
+            dynamo_late: 0.0,
         }
     }
 
@@ -121,7 +126,7 @@ impl Faults {
                 rng.unit_f64() * hi
             }
         };
-        Faults {
+        let mut faults = Faults {
             crash: pick(20.0),
             restart_prob: 0.7,
             stall: pick(20.0),
@@ -147,7 +152,16 @@ impl Faults {
                 MS + rng.below(100) * MS
             },
             drift_ppm_max: 10_000,
-        }
+            dynamo_late: 0.0,
+        };
+        // Drawn last: the draws of the kinds before it are those of the
+        // seeds that predate it.
+        faults.dynamo_late = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 0.02
+        };
+        faults
     }
 
     /// Ops per hour, by kind (for the fault clock).

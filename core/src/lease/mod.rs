@@ -562,8 +562,8 @@ impl LeaseManager {
             (Op::WriteHeartbeat { sent, alive }, Input::HeartbeatWritten { result, .. }) => {
                 self.on_heartbeat_written(now, sent, alive, result)
             }
-            (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, .. }) => {
-                self.on_lease_written(now, op, write, kind, *base, *result, mint)
+            (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, row, .. }) => {
+                self.on_lease_written(now, op, write, kind, *base, *result, row.as_deref(), mint)
             }
             _ => {}
         }

@@ -125,6 +125,7 @@ fn foreign_inputs_are_not_consumed() {
         Input::LeaseWritten {
             op: other.op(),
             result: Ok(()),
+            row: None,
         },
         Input::Heartbeats {
             op: other.op(),

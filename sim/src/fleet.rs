@@ -270,7 +270,8 @@ impl World {
             5 => Op::Shutdown(w),
             6 => Op::Join,
             7 => Op::Split(self.rng.below(64) as usize),
-            _ => Op::Merge(self.rng.below(64) as usize),
+            8 => Op::Merge(self.rng.below(64) as usize),
+            _ => Op::CutDynamoOneWay(w, between(&mut self.rng, SEC, 4 * f), self.rng.chance(0.5)),
         };
         self.apply(op)?;
         let mean = (3600.0 * SEC as f64 / total) as Micros;
@@ -352,6 +353,16 @@ impl World {
                 if w % n < self.procs.len() {
                     self.disrupt(w % n, self.now + d);
                     self.net.cut(w % n, Service::Kinesis, self.now + d);
+                }
+            }
+            Op::CutDynamoOneWay(w, d, reads) => {
+                if w % n < self.procs.len() {
+                    if self.running(w % n) && !reads {
+                        // No heartbeat renews: its leases fail over.
+                        self.open_failovers(w % n, Cause::Partition, BTreeSet::new());
+                    }
+                    self.disrupt(w % n, self.now + d);
+                    self.net.cut_one_way(w % n, reads, self.now + d);
                 }
             }
             Op::SinkStall(w, d) => {

@@ -68,8 +68,10 @@ impl Service {
 /// What a request is, as far as the network cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// Any DynamoDB request but a lease write.
+    /// A DynamoDB heartbeat write.
     Dynamo,
+    /// A DynamoDB read (lease rows or heartbeats).
+    DynamoRead,
     /// A conditional lease write (may also arrive late:
     /// [`Delivery::Late`]).
     DynamoLeaseWrite,
@@ -91,9 +93,8 @@ impl Call {
     pub fn of(a: &Action) -> Self {
         match a {
             Action::WriteLease { .. } => Call::DynamoLeaseWrite,
-            Action::ReadLeases { .. }
-            | Action::ReadHeartbeats { .. }
-            | Action::WriteHeartbeat { .. } => Call::Dynamo,
+            Action::ReadLeases { .. } | Action::ReadHeartbeats { .. } => Call::DynamoRead,
+            Action::WriteHeartbeat { .. } => Call::Dynamo,
             Action::ListShards { .. }
             | Action::RegisterConsumer { .. }
             | Action::DescribeConsumer { .. }
@@ -108,7 +109,7 @@ impl Call {
     /// The service it goes to.
     pub fn service(self) -> Service {
         match self {
-            Call::Dynamo | Call::DynamoLeaseWrite => Service::Dynamo,
+            Call::Dynamo | Call::DynamoRead | Call::DynamoLeaseWrite => Service::Dynamo,
             _ => Service::Kinesis,
         }
     }
@@ -169,6 +170,10 @@ pub enum Reply {
 struct Cuts {
     dynamo_until: Micros,
     kinesis_until: Micros,
+    /// DynamoDB reads fail (writes pass) until then.
+    dynamo_reads_until: Micros,
+    /// DynamoDB writes fail (reads pass) until then.
+    dynamo_writes_until: Micros,
 }
 
 impl Cuts {
@@ -221,6 +226,30 @@ impl Net {
         *end = (*end).max(until);
     }
 
+    /// Fail process `p`'s DynamoDB reads (`reads`) or writes until at
+    /// least `until`; the other direction still works.
+    pub fn cut_one_way(&mut self, p: usize, reads: bool, until: Micros) {
+        if self.cuts.len() <= p {
+            self.cuts.resize(p + 1, Cuts::default());
+        }
+        let c = &mut self.cuts[p];
+        let end = if reads {
+            &mut c.dynamo_reads_until
+        } else {
+            &mut c.dynamo_writes_until
+        };
+        *end = (*end).max(until);
+    }
+
+    /// Whether one direction of DynamoDB fails for `call` of process `p`.
+    fn is_cut_one_way(&self, now: Micros, p: usize, call: Call) -> bool {
+        self.cuts.get(p).is_some_and(|c| match call {
+            Call::DynamoRead => now < c.dynamo_reads_until,
+            Call::Dynamo | Call::DynamoLeaseWrite => now < c.dynamo_writes_until,
+            _ => false,
+        })
+    }
+
     /// Whether process `p` cannot reach `service` at `now`.
     pub fn is_cut(&self, now: Micros, p: usize, service: Service) -> bool {
         self.cuts.get(p).is_some_and(|c| {
@@ -245,7 +274,7 @@ impl Net {
     /// half a round trip; for a Kinesis control-plane call the error, its
     /// class and latency, else the request latency of its kind.
     pub fn route(&self, rng: &mut Rng, now: Micros, p: usize, call: Call) -> Delivery {
-        if self.is_cut(now, p, call.service()) {
+        if self.is_cut(now, p, call.service()) || self.is_cut_one_way(now, p, call) {
             return Delivery::Fail {
                 class: ErrorClass::Transient,
                 after: REQUEST_TIMEOUT,
@@ -292,9 +321,11 @@ impl Net {
         let latency = match call {
             Call::Pull => between(rng, MS, 5 * MS),
             Call::GetRecords => between(rng, 20 * MS, 120 * MS),
-            Call::Dynamo | Call::DynamoLeaseWrite | Call::Control | Call::Cancel => {
-                between(rng, 10 * MS, 40 * MS)
-            }
+            Call::Dynamo
+            | Call::DynamoRead
+            | Call::DynamoLeaseWrite
+            | Call::Control
+            | Call::Cancel => between(rng, 10 * MS, 40 * MS),
         };
         Delivery::Deliver { latency }
     }

@@ -30,6 +30,11 @@ pub enum Op {
     CutDynamo(usize, Micros),
     /// The process cannot reach Kinesis for this long.
     CutKinesis(usize, Micros),
+    /// One direction of DynamoDB fails for this long: its reads (`true`;
+    /// its writes, heartbeats included, still succeed) or its writes
+    /// (`false`; its reads still succeed). A half-broken path: a proxy,
+    /// IAM denying one action, a throttled index.
+    CutDynamoOneWay(usize, Micros, bool),
     /// The process's sink stops acknowledging for this long.
     SinkStall(usize, Micros),
     /// Graceful shutdown of the process.
@@ -88,6 +93,8 @@ pub struct Faults {
     /// slow node) and applied 2.5-20 s later, long after its caller gave
     /// up on it (Ambiguous at the SDK timeout).
     pub dynamo_late: f64,
+    /// One-way DynamoDB failures per hour ([`Op::CutDynamoOneWay`]).
+    pub cut_dynamo_one_way: f64,
 }
 
 impl Faults {
@@ -114,6 +121,7 @@ impl Faults {
             sink_ack_mean: 5 * MS,
             drift_ppm_max: 10_000,
             dynamo_late: 0.0,
+            cut_dynamo_one_way: 0.0,
         }
     }
 
@@ -153,6 +161,7 @@ impl Faults {
             },
             drift_ppm_max: 10_000,
             dynamo_late: 0.0,
+            cut_dynamo_one_way: 0.0,
         };
         // Drawn last: the draws of the kinds before it are those of the
         // seeds that predate it.
@@ -161,11 +170,16 @@ impl Faults {
         } else {
             rng.unit_f64() * 0.02
         };
+        faults.cut_dynamo_one_way = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 20.0
+        };
         faults
     }
 
     /// Ops per hour, by kind (for the fault clock).
-    pub(crate) fn op_rates(&self) -> [f64; 9] {
+    pub(crate) fn op_rates(&self) -> [f64; 10] {
         [
             self.crash,
             self.stall,
@@ -176,6 +190,7 @@ impl Faults {
             self.join,
             self.split,
             self.merge,
+            self.cut_dynamo_one_way,
         ]
     }
 }

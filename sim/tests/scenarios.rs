@@ -556,3 +556,18 @@ fn a_checkpoint_write_applied_late_never_moves_the_checkpoint_back() -> Result<(
     }
     Ok(())
 }
+
+/// Core bug found once the world could fail one direction of DynamoDB
+/// (`Op::CutDynamoOneWay`; swarm seeds 167, 735, 1665): an owner whose
+/// reads failed while its writes succeeded renewed its heartbeat but never
+/// saw a hand-off request, so the taker's forced take found it still
+/// delivering. The owner now fences `2 * handoff - margin` after its last
+/// successful heartbeat read, and the taker forces only `2 * handoff`
+/// after its request was published in a heartbeat.
+#[test]
+fn an_owner_whose_reads_fail_stops_before_a_forced_take() -> Result<()> {
+    for seed in [167, 735, 1665] {
+        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
+    }
+    Ok(())
+}

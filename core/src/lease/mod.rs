@@ -169,6 +169,10 @@ struct Timing {
     heartbeat: Duration,
     heartbeat_read: Duration,
     fence_after: Duration,
+    /// A worker whose last successful heartbeat read was sent this long
+    /// ago may have missed a hand-off request that a taker will force
+    /// `2 * handoff` after publishing it: it fences first.
+    blind_after: Duration,
     rebalance: Duration,
     handoff: Duration,
 }
@@ -195,6 +199,8 @@ enum Op {
     WriteHeartbeat {
         sent: Instant,
         alive: bool,
+        /// The hand-off requests it lists (published once it succeeds).
+        wants: Vec<ShardRef>,
     },
     WriteLease {
         write: LeaseWrite,
@@ -271,6 +277,7 @@ impl LeaseManager {
             fence_after: config
                 .failover_time
                 .saturating_sub(config.self_fence_margin),
+            blind_after: (config.handoff_timeout * 2).saturating_sub(config.self_fence_margin),
             rebalance: config.rebalance_period,
             handoff: config.handoff_timeout,
         };
@@ -559,8 +566,8 @@ impl LeaseManager {
             (Op::ReadHeartbeats { sent, sent_seq }, Input::Heartbeats { result, .. }) => {
                 self.on_heartbeats(now, sent, sent_seq, result, mint)
             }
-            (Op::WriteHeartbeat { sent, alive }, Input::HeartbeatWritten { result, .. }) => {
-                self.on_heartbeat_written(now, sent, alive, result)
+            (Op::WriteHeartbeat { sent, alive, wants }, Input::HeartbeatWritten { result, .. }) => {
+                self.on_heartbeat_written(now, sent, alive, &wants, result)
             }
             (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, row, .. }) => {
                 self.on_lease_written(now, op, write, kind, *base, *result, row.as_deref(), mint)
@@ -987,6 +994,7 @@ impl LeaseManager {
                             token: row.token,
                             state: RequestState::Waiting { since: now },
                             confirmed: true,
+                            published: None,
                         },
                     );
                     self.live.hb_asap = true;
@@ -1008,6 +1016,7 @@ impl LeaseManager {
                                 token,
                                 state: RequestState::Sending,
                                 confirmed: false,
+                                published: None,
                             },
                         );
                     }

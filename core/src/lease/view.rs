@@ -394,7 +394,7 @@ impl LeaseManager {
             let Some(req) = self.requests.get(&shard).cloned() else {
                 continue;
             };
-            let RequestState::Waiting { since } = req.state else {
+            let RequestState::Waiting { .. } = req.state else {
                 continue;
             };
             let row = row_of(&shard);
@@ -411,7 +411,10 @@ impl LeaseManager {
             if let Some(r) = self.requests.get_mut(&shard) {
                 r.confirmed = true;
             }
-            if now.saturating_duration_since(since) >= self.timing.handoff * 2 {
+            let published = self.requests.get(&shard).and_then(|r| r.published);
+            if published
+                .is_some_and(|p| now.saturating_duration_since(p) >= self.timing.handoff * 2)
+            {
                 self.force_take(&shard, mint);
             }
         }

@@ -233,3 +233,36 @@ fn a_stale_want_for_a_lease_just_taken_starts_no_handoff() {
     assert!(w.lost(a).is_empty(), "{:?}", w.lost(a));
     assert_eq!(w.holds(a), 1);
 }
+
+/// A live owner whose DynamoDB reads fail while its writes succeed keeps
+/// renewing its heartbeat, but cannot see a hand-off request: the taker
+/// forces the take `2 * handoff_timeout` after publishing it. The owner
+/// must have stopped (fenced) before that, not learn it at its next
+/// checkpoint write while both deliver the shard.
+#[test]
+fn an_owner_blind_to_requests_stops_before_the_forced_take() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(2.0));
+    assert_eq!(w.holds(a), 2);
+    // From now on a's reads fail; its heartbeat and lease writes succeed.
+    w.rule(a, is_hb_read, Fault::Transient, usize::MAX);
+    w.rule(a, is_read, Fault::Transient, usize::MAX);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(90.0));
+    let takes: Vec<(Duration, ShardRef)> = w
+        .actions(b, is_take)
+        .into_iter()
+        .filter_map(|(t, a)| write_of(&a).map(|wr| (t, wr.shard().clone())))
+        .collect();
+    assert!(!takes.is_empty(), "b takes its share by force");
+    for (t_take, shard) in &takes {
+        let stopped = w.events(a).any(|(t, e)| {
+            matches!(e, LeaseEvent::Lost { shard: s, .. } if s == shard) && t <= t_take
+        });
+        assert!(
+            stopped,
+            "a still delivered {shard:?} when b took it at {t_take:?}"
+        );
+    }
+}

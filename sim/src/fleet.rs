@@ -271,7 +271,8 @@ impl World {
             6 => Op::Join,
             7 => Op::Split(self.rng.below(64) as usize),
             8 => Op::Merge(self.rng.below(64) as usize),
-            _ => Op::CutDynamoOneWay(w, between(&mut self.rng, SEC, 4 * f), self.rng.chance(0.5)),
+            9 => Op::CutDynamoOneWay(w, between(&mut self.rng, SEC, 4 * f), self.rng.chance(0.5)),
+            _ => Op::Impostor(w),
         };
         self.apply(op)?;
         let mean = (3600.0 * SEC as f64 / total) as Micros;
@@ -325,7 +326,12 @@ impl World {
                 {
                     return Ok(());
                 }
-                self.procs[p].inc += 1;
+                // A restart is later than every earlier process of its
+                // worker id (an impostor's included), as the driver's
+                // clock-based incarnation is.
+                let name = &self.procs[p].name;
+                let latest = self.procs.iter().filter(|q| q.name == *name).map(|q| q.inc);
+                self.procs[p].inc = latest.max().unwrap_or(0) + 1;
                 self.start(p)?;
                 self.open_join(p);
             }
@@ -410,6 +416,24 @@ impl World {
             }
             Op::Split(i) => self.split(i)?,
             Op::Merge(i) => self.merge(i)?,
+            Op::Impostor(w) => {
+                let p = w % n;
+                if !self.running(p) || self.phase == Phase::Closing {
+                    return Ok(());
+                }
+                let q = self.procs.len();
+                let offset = self.rng.below(3600 * SEC);
+                let skew = self.rng.below(4001) as i64 - 2000;
+                let clock = Clock {
+                    offset_us: offset,
+                    drift_ppm: 0,
+                };
+                let mut pr = Proc::new(self.procs[p].name.clone(), clock, skew);
+                // Far above the original's: its restarts stay earlier.
+                pr.inc = self.procs[p].inc + 1_000;
+                self.procs.push(pr);
+                self.start(q)?;
+            }
         }
         Ok(())
     }

@@ -45,6 +45,10 @@ pub enum Op {
     Split(usize),
     /// Merge the pair of adjacent open shards with this index among pairs.
     Merge(usize),
+    /// A second live process starts with this process's worker id (a
+    /// copy-pasted config, a deployment that overlapped): a later
+    /// incarnation of the same id while the first still runs.
+    Impostor(usize),
 }
 
 /// Fault rates (per simulated hour for ops, probabilities per request).
@@ -95,6 +99,9 @@ pub struct Faults {
     pub dynamo_late: f64,
     /// One-way DynamoDB failures per hour ([`Op::CutDynamoOneWay`]).
     pub cut_dynamo_one_way: f64,
+    /// Second processes with a running worker's id, per hour
+    /// ([`Op::Impostor`]).
+    pub impostor: f64,
 }
 
 impl Faults {
@@ -122,6 +129,7 @@ impl Faults {
             drift_ppm_max: 10_000,
             dynamo_late: 0.0,
             cut_dynamo_one_way: 0.0,
+            impostor: 0.0,
         }
     }
 
@@ -162,6 +170,7 @@ impl Faults {
             drift_ppm_max: 10_000,
             dynamo_late: 0.0,
             cut_dynamo_one_way: 0.0,
+            impostor: 0.0,
         };
         // Drawn last: the draws of the kinds before it are those of the
         // seeds that predate it.
@@ -175,11 +184,16 @@ impl Faults {
         } else {
             rng.unit_f64() * 20.0
         };
+        faults.impostor = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 4.0
+        };
         faults
     }
 
     /// Ops per hour, by kind (for the fault clock).
-    pub(crate) fn op_rates(&self) -> [f64; 10] {
+    pub(crate) fn op_rates(&self) -> [f64; 11] {
         [
             self.crash,
             self.stall,
@@ -191,6 +205,7 @@ impl Faults {
             self.split,
             self.merge,
             self.cut_dynamo_one_way,
+            self.impostor,
         ]
     }
 }

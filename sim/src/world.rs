@@ -73,6 +73,10 @@ pub(crate) enum Ev {
         /// A late write ([`Delivery::Late`]): it applies, its answer goes
         /// nowhere (the caller gave up on it).
         late: bool,
+        /// A Transfer sent when its owner's deliveries of the lease were
+        /// all acknowledged: a graceful hand-off (judged when sent, as
+        /// its checkpoint was fixed then, not when it arrives).
+        graceful: bool,
     },
     Respond {
         p: usize,
@@ -144,6 +148,8 @@ pub struct World {
     /// The request arriving now is a late one ([`Delivery::Late`]): it
     /// applies, and its answer is dropped.
     pub(crate) late: bool,
+    /// The Transfer arriving now was sent gracefully (see `Ev::Arrive`).
+    pub(crate) graceful: bool,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -207,6 +213,7 @@ impl World {
             last_disruption: None,
             violation: None,
             late: false,
+            graceful: false,
         }
     }
 
@@ -349,14 +356,17 @@ impl World {
                 inc,
                 action,
                 late,
+                graceful,
             } => {
                 self.late = late;
+                self.graceful = graceful;
                 if late {
                     self.trace
                         .line(self.now, format_args!("late write arrives: {action:?}"));
                 }
                 let r = self.arrive(p, inc, action);
                 self.late = false;
+                self.graceful = false;
                 r
             }
             Ev::Respond {
@@ -567,7 +577,19 @@ impl World {
                 );
             }
             Event::Fatal { message } => {
-                return Err(self.violation("fatal", format!("{owner}: {message}")));
+                // A process whose worker id a later process took (its
+                // heartbeat row outlives it) stops for good, as the CLI
+                // exits; any other fatal error is a violation.
+                let (name, inc) = (&self.procs[p].name, self.procs[p].inc);
+                let later = self.procs.iter().any(|q| q.name == *name && q.inc > inc);
+                if !(later && message.contains("in use by a later process")) {
+                    return Err(self.violation("fatal", format!("{owner}: {message}")));
+                }
+                self.trace
+                    .line(self.now, format_args!("{owner} exits: {message}"));
+                self.procs[p].state = ProcState::Crashed;
+                self.leave(p);
+                return Ok(());
             }
             Event::ShutdownComplete => {
                 self.trace
@@ -695,6 +717,13 @@ impl World {
             }
             _ => {}
         }
+        let graceful = match &a {
+            Action::WriteLease {
+                write: write @ LeaseWrite::Transfer { owner, token, .. },
+                ..
+            } => self.acks_complete(owner, write.shard(), *token),
+            _ => false,
+        };
         let delivery = self.net.route(&mut self.rng, self.now, p, Call::of(&a));
         if faulted(&delivery, Call::of(&a).service() == Service::Dynamo) {
             self.request_fault(p, inc);
@@ -708,6 +737,7 @@ impl World {
                         inc,
                         action: a,
                         late: false,
+                        graceful,
                     },
                 );
                 return Ok(());
@@ -722,6 +752,7 @@ impl World {
                         inc,
                         action: a.clone(),
                         late: true,
+                        graceful,
                     },
                 );
                 (a.timeout_class(), after)
@@ -821,12 +852,8 @@ impl World {
                     Ok((before, after)) => {
                         written = Some(after.clone());
                         let shard = shard_index(&write.shard().shard).unwrap_or(usize::MAX);
-                        let graceful = match &write {
-                            LeaseWrite::Transfer { owner, token, .. } => {
-                                self.acks_complete(owner, write.shard(), *token)
-                            }
-                            _ => false,
-                        };
+                        let graceful =
+                            self.graceful && matches!(write, LeaseWrite::Transfer { .. });
                         self.trace.line(
                             self.now,
                             format_args!(

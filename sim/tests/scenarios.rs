@@ -571,3 +571,17 @@ fn an_owner_whose_reads_fail_stops_before_a_forced_take() -> Result<()> {
     }
     Ok(())
 }
+
+/// Swarm seeds 80, 370, 1521 and 938 (a second live process started with
+/// a running worker's id, `Op::Impostor`): the earlier process must stop
+/// (Event::Fatal naming the later one) without two processes delivering
+/// one shard, a restart after the impostor is gone must run, and a
+/// hand-off asked by the superseded process must not block its lease
+/// for good (seed 938: `pending_owner` stayed the superseded taker).
+#[test]
+fn a_second_process_with_a_running_workers_id_stops_the_first_and_blocks_nothing() -> Result<()> {
+    for seed in [80, 370, 1521, 938] {
+        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
+    }
+    Ok(())
+}

@@ -170,6 +170,16 @@ impl Liveness {
             })
     }
 
+    /// A later incarnation of `owner`'s worker id wrote a heartbeat row we
+    /// read: `owner` stopped (or stops at its next read) and is forgotten
+    /// once no lease row names it, so it is judged neither live nor
+    /// expired; a mark it left (`pending_owner`) is stale.
+    pub(super) fn is_superseded(&self, owner: &Owner) -> bool {
+        self.observed
+            .keys()
+            .any(|o| o.worker == owner.worker && o.incarnation > owner.incarnation)
+    }
+
     pub(super) fn is_expired(&self, owner: &Owner) -> bool {
         if *owner == self.me {
             return false;

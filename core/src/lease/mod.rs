@@ -674,6 +674,25 @@ impl LeaseManager {
         self.drive(now, mint);
     }
 
+    /// Acknowledgements that came in after a leaving lease's final
+    /// checkpoint was fixed (a transfer or release decided, not yet
+    /// applied): the next attempt of the final write carries `cp` (never
+    /// moving it back), so a retried hand-off does not hand over records
+    /// the application has acknowledged meanwhile. Ignored when the lease
+    /// is not leaving or is finishing (`SHARD_END`).
+    pub(crate) fn fold_final_checkpoint(&mut self, shard: &ShardRef, cp: Checkpoint) {
+        let Some(h) = self.writes.held.get_mut(shard) else {
+            return;
+        };
+        if matches!(
+            h.leaving,
+            Some((Leaving::Transfer { .. } | Leaving::Release { .. }, _))
+        ) && h.cp_queued.as_ref().is_none_or(|q| cp > *q)
+        {
+            h.cp_queued = Some(cp);
+        }
+    }
+
     /// Graceful hand-off after [`LeaseEvent::HandoffRequested`]: Transfer
     /// with the final checkpoint -> `Lost{HandedOff}` (`Lost{Taken}` if
     /// refused); a Release instead (-> `Lost{Released}`) when the taker is
@@ -694,7 +713,7 @@ impl LeaseManager {
             return;
         };
         if h.leaving.is_none() {
-            let taker_gone = self.live.is_expired(&to);
+            let taker_gone = self.live.is_expired(&to) || self.live.is_superseded(&to);
             let leaving = if taker_gone {
                 Leaving::Release {
                     checkpoint: final_cp,

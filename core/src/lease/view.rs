@@ -335,12 +335,16 @@ impl LeaseManager {
                     // gone (it shut down or died right after asking) would
                     // block every later hand-off of the lease: the lease is
                     // given up the same graceful way (`transfer` releases
-                    // it instead), which clears the mark.
+                    // it instead), which clears the mark; so is one whose
+                    // worker id a later process took (forgotten, so
+                    // neither live nor expired).
                     if let Some(p) = row.and_then(|r| r.pending_owner.clone()) {
                         if p != self.me
                             && !self.live.fenced
                             && !self.shutting_down
-                            && (self.live.is_live(&p) || self.live.is_expired(&p))
+                            && (self.live.is_live(&p)
+                                || self.live.is_expired(&p)
+                                || self.live.is_superseded(&p))
                         {
                             self.request_seen(&shard, &p);
                         }

@@ -41,7 +41,9 @@ impl Service {
             Input::Leases { .. }
             | Input::LeaseWritten { .. }
             | Input::Heartbeats { .. }
-            | Input::HeartbeatWritten { .. } => Service::DynamoDb,
+            | Input::HeartbeatWritten { .. }
+            | Input::LeaseDeleted { .. }
+            | Input::HeartbeatDeleted { .. } => Service::DynamoDb,
             _ => Service::Kinesis,
         }
     }
@@ -154,6 +156,8 @@ fn outcome(input: &Input) -> Option<Result<(), ErrorClass>> {
         Input::LeaseWritten { result, .. } => of(result),
         Input::Heartbeats { result, .. } => of(result),
         Input::HeartbeatWritten { result, .. } => of(result),
+        Input::LeaseDeleted { result, .. } => of(result),
+        Input::HeartbeatDeleted { result, .. } => of(result),
     }
 }
 

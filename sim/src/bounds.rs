@@ -146,6 +146,8 @@ pub struct Bounds {
     watch: BTreeMap<(Owner, ShardRef), Micros>,
     /// Held shards whose subscription went silent, not yet progressed.
     recovering: BTreeSet<(Owner, ShardRef)>,
+    /// The last silence of a subscription of each worker.
+    last_silence: BTreeMap<Owner, Micros>,
     fences: Vec<FenceCheck>,
 }
 
@@ -327,7 +329,6 @@ impl Bounds {
     ) -> Check {
         let due: BTreeSet<(Owner, ShardRef)> = due.into_iter().collect();
         self.watch.retain(|k, _| due.contains(k));
-        self.recovering.retain(|k| due.contains(k));
         for k in due {
             let since = *self.watch.entry(k.clone()).or_insert(now);
             if now > since + STALL_BOUND {
@@ -355,6 +356,7 @@ impl Bounds {
     /// cancels it, and with a small budget the worker's other readers wait
     /// for that room.
     pub fn silenced(&mut self, now: Micros, owner: &Owner) {
+        self.last_silence.insert(owner.clone(), now);
         for (k, t) in self.watch.iter_mut().filter(|(k, _)| k.0 == *owner) {
             *t = (*t).max(now);
             self.recovering.insert(k.clone());
@@ -368,7 +370,13 @@ impl Bounds {
     /// restarts here.
     pub fn subscription_fault(&mut self, now: Micros, owner: &Owner, shard: &ShardRef) {
         let k = (owner.clone(), shard.clone());
-        if self.recovering.contains(&k) {
+        // A shard not due at the silence (its worker briefly unhealthy)
+        // recovers from it all the same.
+        let recent = self
+            .last_silence
+            .get(owner)
+            .is_some_and(|&t| now < t + STALL_BOUND);
+        if recent || self.recovering.contains(&k) {
             if let Some(t) = self.watch.get_mut(&k) {
                 *t = (*t).max(now);
             }
@@ -622,7 +630,7 @@ mod tests {
             .is_ok());
         // ...but not once the shard progressed.
         b.progress(41 * SEC, &a.0, &a.1);
-        b.subscription_fault(50 * SEC, &a.0, &a.1);
+        b.subscription_fault(56 * SEC, &a.0, &a.1);
         assert!(b.check_stalls(41 * SEC + STALL_BOUND + 1, [a]).is_err());
     }
 

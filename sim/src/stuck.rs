@@ -9,8 +9,11 @@
 //!
 //! Rule checked ("no self-fence caused by one stuck request", issue 12): a
 //! worker that fences itself (`LostReason::SelfFenced`) had, within the
-//! failover time before, either a fault other than black-holed requests or
-//! at least two black-holed requests. One hung heartbeat write must not
+//! horizon of its fence rules before (the longer of the failover time and
+//! twice the hand-off timeout: an owner whose heartbeat reads fail fences
+//! that long after its last successful one), either a fault other than
+//! black-holed requests or at least two black-holed requests hanging in
+//! that window. One hung heartbeat write must not
 //! fence: the core sends a fresh one a heartbeat interval later and counts
 //! the renewal from whichever succeeds.
 //!
@@ -65,27 +68,28 @@ impl Stuck {
         *at = (*at).max(until);
     }
 
-    /// `id` fenced itself at `now` with failover time `failover`: `Err`
-    /// when nothing but one black-holed request can explain it.
+    /// `id` fenced itself at `now`, its fence rules looking `horizon` back:
+    /// `Err` when nothing but one black-holed request can explain it.
     pub fn self_fenced(
         &self,
         id: (usize, u64),
         now: Micros,
-        failover: Micros,
+        horizon: Micros,
     ) -> Result<(), String> {
-        let from = now.saturating_sub(failover);
+        let from = now.saturating_sub(horizon);
         if self.other.get(&id).is_some_and(|&t| t >= from) {
             return Ok(());
         }
-        let holes = self
-            .holes
-            .get(&id)
-            .map_or(0, |v| v.iter().filter(|&&t| t >= from).count());
+        let holes = self.holes.get(&id).map_or(0, |v| {
+            v.iter()
+                .filter(|&&t| t + crate::net::CALL_DEADLINE >= from)
+                .count()
+        });
         if holes == 1 {
             return Err(format!(
                 "fenced itself with one black-holed DynamoDB request and no other fault in the \
                  last {} ms",
-                failover / crate::sched::MS
+                horizon / crate::sched::MS
             ));
         }
         Ok(())
@@ -104,10 +108,11 @@ mod tests {
         let mut s = Stuck::default();
         s.black_holed((0, 1), 100 * SEC, true);
         assert!(s.self_fenced((0, 1), 105 * SEC, F).is_err());
-        // Another incarnation, or a hole older than the failover time,
-        // explains nothing.
+        // Another incarnation, or a hole that stopped hanging before the
+        // horizon, explains nothing.
         assert!(s.self_fenced((0, 2), 105 * SEC, F).is_ok());
-        assert!(s.self_fenced((0, 1), 111 * SEC, F).is_ok());
+        assert!(s.self_fenced((0, 1), 124 * SEC, F).is_err());
+        assert!(s.self_fenced((0, 1), 126 * SEC, F).is_ok());
     }
 
     #[test]

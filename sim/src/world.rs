@@ -46,7 +46,7 @@ use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
 use crate::memory::Memory;
-use crate::net::{Call, Delivery, Net, Reply, CALL_DEADLINE};
+use crate::net::{Call, Delivery, Net, Reply, Service, CALL_DEADLINE};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
 use crate::sched::{between, exp, Micros, Queue, Trace, MS, SEC};
@@ -72,6 +72,13 @@ pub(crate) enum Ev {
         p: usize,
         inc: u64,
         action: Action,
+        /// A late write ([`Delivery::Late`]): it applies, its answer goes
+        /// nowhere (the caller gave up on it).
+        late: bool,
+        /// A Transfer sent when its owner's deliveries of the lease were
+        /// all acknowledged: a graceful hand-off (judged when sent, as
+        /// its checkpoint was fixed then, not when it arrives).
+        graceful: bool,
     },
     Respond {
         p: usize,
@@ -146,6 +153,11 @@ pub struct World {
     pub(crate) stuck: Stuck,
     /// EFO subscriptions gone silent (`Faults::efo_silent`).
     pub(crate) silenced: u64,
+    /// The request arriving now is a late one ([`Delivery::Late`]): it
+    /// applies, and its answer is dropped.
+    pub(crate) late: bool,
+    /// The Transfer arriving now was sent gracefully (see `Ev::Arrive`).
+    pub(crate) graceful: bool,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -211,6 +223,8 @@ impl World {
             memory: Memory::default(),
             stuck: Stuck::default(),
             silenced: 0,
+            late: false,
+            graceful: false,
         }
     }
 
@@ -353,7 +367,24 @@ impl World {
                 }
                 self.step(p, |w, now| w.handle_timeout(now))
             }
-            Ev::Arrive { p, inc, action } => self.arrive(p, inc, action),
+            Ev::Arrive {
+                p,
+                inc,
+                action,
+                late,
+                graceful,
+            } => {
+                self.late = late;
+                self.graceful = graceful;
+                if late {
+                    self.trace
+                        .line(self.now, format_args!("late write arrives: {action:?}"));
+                }
+                let r = self.arrive(p, inc, action);
+                self.late = false;
+                self.graceful = false;
+                r
+            }
             Ev::Respond {
                 p,
                 inc,
@@ -551,12 +582,12 @@ impl World {
                 self.oracles.lost(&owner, &shard);
                 *self.report.lost.entry(format!("{reason:?}")).or_default() += 1;
                 if reason == LostReason::SelfFenced {
-                    let failover = self.procs[p]
-                        .worker
-                        .as_ref()
-                        .map_or(0, |w| w.config().failover_time.as_micros() as Micros);
+                    let horizon = self.procs[p].worker.as_ref().map_or(0, |w| {
+                        let c = w.config();
+                        c.failover_time.max(2 * c.handoff_timeout).as_micros() as Micros
+                    });
                     let id = (p, self.procs[p].inc);
-                    if let Err(message) = self.stuck.self_fenced(id, self.now, failover) {
+                    if let Err(message) = self.stuck.self_fenced(id, self.now, horizon) {
                         return Err(self.violation("stuck-request", format!("{owner}: {message}")));
                     }
                 }
@@ -581,7 +612,19 @@ impl World {
                 );
             }
             Event::Fatal { message } => {
-                return Err(self.violation("fatal", format!("{owner}: {message}")));
+                // A process whose worker id a later process took (its
+                // heartbeat row outlives it) stops for good, as the CLI
+                // exits; any other fatal error is a violation.
+                let (name, inc) = (&self.procs[p].name, self.procs[p].inc);
+                let later = self.procs.iter().any(|q| q.name == *name && q.inc > inc);
+                if !(later && message.contains("in use by a later process")) {
+                    return Err(self.violation("fatal", format!("{owner}: {message}")));
+                }
+                self.trace
+                    .line(self.now, format_args!("{owner} exits: {message}"));
+                self.procs[p].state = ProcState::Crashed;
+                self.leave(p);
+                return Ok(());
             }
             Event::Health(health) => {
                 // The simulated services never refuse access: a worker
@@ -733,6 +776,13 @@ impl World {
             }
             _ => {}
         }
+        let graceful = match &a {
+            Action::WriteLease {
+                write: write @ LeaseWrite::Transfer { owner, token, .. },
+                ..
+            } => self.acks_complete(owner, write.shard(), *token),
+            _ => false,
+        };
         let delivery = self.net.route(&mut self.rng, self.now, p, Call::of(&a));
         let black_holed = matches!(delivery, Delivery::Lose { after } if after == CALL_DEADLINE);
         if black_holed {
@@ -741,7 +791,7 @@ impl World {
             let beat = matches!(a, Action::WriteHeartbeat { .. });
             self.stuck.black_holed((p, inc), self.now, beat);
             self.bounds.unhealthy((p, inc));
-        } else if faulted(&delivery, Call::of(&a) == Call::Dynamo) {
+        } else if faulted(&delivery, Call::of(&a).service() == Service::Dynamo) {
             self.request_fault(p, inc);
             if let Action::Subscribe { sub, .. } | Action::Pull { sub, .. } = &a {
                 self.subscription_fault(p, *sub);
@@ -749,12 +799,33 @@ impl World {
         }
         let (class, after) = match delivery {
             Delivery::Deliver { latency } => {
-                self.q
-                    .push(self.now + latency, Ev::Arrive { p, inc, action: a });
+                self.q.push(
+                    self.now + latency,
+                    Ev::Arrive {
+                        p,
+                        inc,
+                        action: a,
+                        late: false,
+                        graceful,
+                    },
+                );
                 return Ok(());
             }
             Delivery::Fail { class, after } => (class, after),
             Delivery::Lose { after } => (a.timeout_class(), after),
+            Delivery::Late { apply_after, after } => {
+                self.q.push(
+                    self.now + apply_after,
+                    Ev::Arrive {
+                        p,
+                        inc,
+                        action: a.clone(),
+                        late: true,
+                        graceful,
+                    },
+                );
+                (a.timeout_class(), after)
+            }
         };
         if let Action::Pull { sub, .. } = &a {
             // Only a partition fails a Pull: the connection breaks, an
@@ -788,6 +859,9 @@ impl World {
                     input: Input,
                     payload: Option<(ChunkId, usize, Vec<u64>)>,
                     lat: Micros| {
+            if w.late {
+                return;
+            }
             w.q.push(
                 now + lat,
                 Ev::Respond {
@@ -832,24 +906,47 @@ impl World {
                 );
             }
             Action::WriteHeartbeat { op, row } => {
-                self.dynamo.put_beat(row);
+                let applied = self.dynamo.put_beat(row);
                 let reply = self.net.write_reply(&mut self.rng);
                 if faulted(&reply, true) {
                     self.request_fault(p, inc);
                 }
-                let (result, lat) = reply_to_write(reply, Ok(()));
+                let (result, lat) = reply_to_write(reply, applied);
                 back(self, Input::HeartbeatWritten { op, result }, None, lat);
             }
+            Action::DeleteLease { op, shard, token } => {
+                let applied = self.dynamo.delete_lease(&shard, token);
+                if applied.is_ok() {
+                    self.trace.line(
+                        self.now,
+                        format_args!("table {shard} deleted (tok{})", token.0),
+                    );
+                }
+                let reply = self.net.write_reply(&mut self.rng);
+                if faulted(&reply, true) {
+                    self.request_fault(p, inc);
+                }
+                let (result, lat) = reply_to_write(reply, applied);
+                back(self, Input::LeaseDeleted { op, result }, None, lat);
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                let applied = self.dynamo.delete_beat(&owner, beat);
+                let reply = self.net.write_reply(&mut self.rng);
+                if faulted(&reply, true) {
+                    self.request_fault(p, inc);
+                }
+                let (result, lat) = reply_to_write(reply, applied);
+                back(self, Input::HeartbeatDeleted { op, result }, None, lat);
+            }
             Action::WriteLease { op, write } => {
+                // DynamoDB answers with the row as written (ALL_NEW).
+                let mut written = None;
                 let result = match self.dynamo.write_lease(&write) {
                     Ok((before, after)) => {
+                        written = Some(after.clone());
                         let shard = shard_index(&write.shard().shard).unwrap_or(usize::MAX);
-                        let graceful = match &write {
-                            LeaseWrite::Transfer { owner, token, .. } => {
-                                self.acks_complete(owner, write.shard(), *token)
-                            }
-                            _ => false,
-                        };
+                        let graceful =
+                            self.graceful && matches!(write, LeaseWrite::Transfer { .. });
                         self.trace.line(
                             self.now,
                             format_args!(
@@ -912,7 +1009,8 @@ impl World {
                     self.request_fault(p, inc);
                 }
                 let (result, lat) = reply_to_write(reply, result);
-                back(self, Input::LeaseWritten { op, result }, None, lat);
+                let row = written.filter(|_| result.is_ok()).map(Box::new);
+                back(self, Input::LeaseWritten { op, result, row }, None, lat);
             }
             Action::ListShards { op, stream } => {
                 let result = if stream == self.stream {
@@ -1549,7 +1647,7 @@ const SPIKE: Micros = 100 * MS;
 fn faulted(d: &Delivery, dynamo: bool) -> bool {
     match d {
         Delivery::Deliver { latency } => dynamo && *latency >= SPIKE,
-        Delivery::Fail { .. } | Delivery::Lose { .. } => true,
+        Delivery::Fail { .. } | Delivery::Lose { .. } | Delivery::Late { .. } => true,
     }
 }
 
@@ -1562,6 +1660,8 @@ fn reply_to_write(
     match reply {
         Delivery::Deliver { latency } => (applied, latency),
         Delivery::Fail { class, after } => (Err(class), after),
-        Delivery::Lose { after } => (Err(ErrorClass::unknown_outcome(true)), after),
+        Delivery::Lose { after } | Delivery::Late { after, .. } => {
+            (Err(ErrorClass::unknown_outcome(true)), after)
+        }
     }
 }

@@ -9,9 +9,8 @@
 //!    a channel; a `Subscribe` becomes a per-subscription task that owns the
 //!    event stream and reads exactly one event per `Pull` credit;
 //! 2. drain `poll_event`: batches become application [`Batch`]es whose
-//!    payload is the stored chunk's records (the chunk itself when the
-//!    batch is all of it, else a copy of its range); `ChunkDone` frees a
-//!    chunk;
+//!    payload is their range of the stored chunk's records, moved out of
+//!    it (never copied); `ChunkDone` frees what is left of a chunk;
 //! 3. wait on {reports, application commands (ack, nack, shutdown), one
 //!    reusable timer at `poll_timeout`}, then take every command and report
 //!    already queued (bounded), feed them, call `handle_timeout` when the
@@ -27,10 +26,10 @@
 //! Rules encoded: a delivered batch holds its payload until it is acked; a
 //! nack (or dropping it) hands the payload back, and the driver keeps it for
 //! the redelivery of the same [`BatchId`] (possibly after its chunk was
-//! freed) until then or until its lease is lost; every action is answered exactly once (calls that
-//! hang are cut off at the call timeout with the core's
-//! `Action::timeout_class`: `Ambiguous` for lease writes, `Transient`
-//! otherwise); a cancelled subscription's task ends and closes its
+//! freed) until then or until its lease is lost; every action is answered
+//! exactly once (calls that hang are cut off at the call timeout with the
+//! core's `Action::timeout_class`: `Ambiguous` for lease writes,
+//! `Transient` otherwise); a cancelled subscription's task ends and closes its
 //! connection. The driver keeps no shard knowledge of its own: a read
 //! carries its shard's hash range, and Kinesis records become user records
 //! through the core's `kpl::expand`.
@@ -204,6 +203,40 @@ impl Metrics {
     }
 }
 
+/// The payloads of an admitted chunk not yet handed out. The core cuts a
+/// chunk's batches in order (`BatchMeta::range` starts at or after the end
+/// of the previous one; records it skips are never delivered), so each
+/// batch's records are moved out, not copied: a batch pins its own records
+/// only, and a whole-read batch costs one allocation.
+struct ChunkPayloads {
+    records: std::vec::IntoIter<Record>,
+    /// Index (in the chunk) of the next record of `records`.
+    next: u32,
+}
+
+impl ChunkPayloads {
+    fn new(records: Payloads) -> Self {
+        ChunkPayloads {
+            records: records.into_iter(),
+            next: 0,
+        }
+    }
+
+    /// Moves records `range` out (those before it are dropped: the core
+    /// skipped them). None when the range starts before what is left (a
+    /// batch cut twice from the same records: a bug of the core).
+    fn take(&mut self, range: std::ops::Range<u32>) -> Option<Arc<[Record]>> {
+        let skip = range.start.checked_sub(self.next)?;
+        if skip > 0 {
+            self.records.by_ref().take(skip as usize).for_each(drop);
+        }
+        let n = range.end.saturating_sub(range.start);
+        let records: Arc<[Record]> = self.records.by_ref().take(n as usize).collect();
+        self.next = range.start + records.len() as u32;
+        Some(records)
+    }
+}
+
 /// What a spawned call task reports.
 enum Report {
     Input(Input),
@@ -292,7 +325,7 @@ pub struct Driver<R: Runtime> {
     /// at shutdown.
     deliveries_rx: async_channel::Receiver<Delivery>,
     /// Payloads of admitted chunks, until `ChunkDone`.
-    chunks: BTreeMap<ChunkId, Arc<[Record]>>,
+    chunks: BTreeMap<ChunkId, ChunkPayloads>,
     /// Payloads of nacked batches, until redelivered (or their lease is
     /// lost): a delivered batch carries its payload, and a nack brings it
     /// back, so acked batches cost no bookkeeping here.
@@ -495,7 +528,7 @@ impl<R: Runtime> Driver<R> {
                 payloads,
                 input,
             } => {
-                self.chunks.insert(chunk, payloads.into());
+                self.chunks.insert(chunk, ChunkPayloads::new(payloads));
                 input
             }
         };
@@ -644,21 +677,16 @@ impl<R: Runtime> Driver<R> {
                         }
                     }
                 } else {
-                    let Some(payloads) = self.chunks.get(&b.chunk) else {
+                    let Some(payloads) = self.chunks.get_mut(&b.chunk) else {
                         warn!(chunk = %b.chunk, "batch of an unknown chunk");
                         return;
                     };
-                    let start = b.range.start as usize;
-                    let end = (b.range.end as usize).min(payloads.len());
-                    if start == 0 && end == payloads.len() {
-                        // The whole chunk: shared, not copied (ChunkDone
-                        // follows, so the batch is its only holder).
-                        payloads.clone()
-                    } else {
-                        // Part of a chunk: a copy, so that a batch held
-                        // unacknowledged pins its own records only, never
-                        // the rest of its chunk (the pool counts per batch).
-                        payloads[start.min(end)..end].into()
+                    match payloads.take(b.range.clone()) {
+                        Some(records) => records,
+                        None => {
+                            warn!(batch = %b.id, chunk = %b.chunk, "batch of records already handed out");
+                            return;
+                        }
                     }
                 };
                 self.metrics.delivered(&b, records.len());
@@ -1052,5 +1080,48 @@ async fn subscription_task<R: Runtime>(
         if reports.send(report).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use kinesin_core::sequence::{ExtSeq, SeqNum};
+
+    fn chunk(n: u32) -> ChunkPayloads {
+        ChunkPayloads::new(
+            (1..=n)
+                .map(|i| {
+                    let seq = SeqNum::parse(&i.to_string()).expect("digits");
+                    Record::new(Bytes::from(vec![i as u8]), "k", ExtSeq::new(seq, 0), 0)
+                })
+                .collect(),
+        )
+    }
+
+    fn seqs(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r.sequence_number().as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn batches_cut_in_order_take_their_own_records_and_skipped_ones_are_dropped() {
+        let mut c = chunk(6);
+        assert_eq!(seqs(&c.take(0..2).expect("first")), ["1", "2"]);
+        // Records 2..3 were skipped by the core (already delivered).
+        assert_eq!(seqs(&c.take(3..5).expect("after a skip")), ["4", "5"]);
+        assert_eq!(seqs(&c.take(5..9).expect("cut at the end")), ["6"]);
+    }
+
+    #[test]
+    fn a_range_already_handed_out_is_refused_not_delivered_twice() {
+        let mut c = chunk(4);
+        assert_eq!(c.take(0..3).expect("first").len(), 3);
+        assert!(c.take(2..4).is_none());
+        // What is left is still there for the next range.
+        assert_eq!(seqs(&c.take(3..4).expect("rest")), ["4"]);
     }
 }

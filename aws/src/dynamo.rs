@@ -22,6 +22,7 @@
 //! | `pending_owner` | S | the taker of a requested graceful hand-off; absent = none |
 //! | `parents` | L of S | parent shard ids (an SS is accepted when reading) |
 //! | `created_ms` | N | creation time, unix ms (LATEST is anchored to it) |
+//! | `checkpoint_serial` | N | number of the holder's last checkpoint write; absent = 0 (removed on every change of owner) |
 //!
 //! Heartbeat rows: `stream` = `#workers` (no stream name or ARN starts
 //! with `#`), `key` = `worker#<worker id>`; one row per worker id, rewritten
@@ -48,7 +49,8 @@
 //! | Take | UpdateItem | row exists, `token = expected`, `owner = expected` (or `attribute_not_exists(owner)` when expected free) |
 //! | RequestHandoff | UpdateItem | `owner`, `token`, and `pending_owner` absent or already the same taker |
 //! | Transfer | UpdateItem | `owner`, `token`, `pending_owner = to` |
-//! | Checkpoint, Release | UpdateItem | `owner`, `token` |
+//! | Checkpoint | UpdateItem | `owner`, `token`, `checkpoint_serial` absent or below the write's (a write applied after a newer one is refused) |
+//! | Release | UpdateItem | `owner`, `token` |
 //!
 //! Every attribute is named through ExpressionAttributeNames (`owner`,
 //! `token`, `key` are reserved words). An UpdateItem whose condition fails
@@ -78,7 +80,7 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::AsyncSleep;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableDescription, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
@@ -348,7 +350,7 @@ impl DynamoLeaseStore {
         Ok(out.into_iter().map(StreamId::new).collect())
     }
 
-    async fn write_lease_inner(&self, write: &LeaseWrite) -> Result<(), StoreError> {
+    async fn write_lease_inner(&self, write: &LeaseWrite) -> Result<Option<LeaseRow>, StoreError> {
         // No SDK retries for conditional writes: see the module doc.
         let no_retries =
             aws_sdk_dynamodb::config::Builder::new().retry_config(RetryConfig::disabled());
@@ -369,6 +371,11 @@ impl DynamoLeaseStore {
                     .send()
                     .await
                     .map_err(|e| classify("PutItem", e, true))?;
+                // A Create stores exactly its row.
+                Ok(match write {
+                    LeaseWrite::Create(row) => Some(row.clone()),
+                    _ => None,
+                })
             }
             WriteRequest::Update {
                 key,
@@ -377,7 +384,8 @@ impl DynamoLeaseStore {
                 names,
                 values,
             } => {
-                self.client
+                let out = self
+                    .client
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(key))
@@ -385,14 +393,19 @@ impl DynamoLeaseStore {
                     .condition_expression(condition)
                     .set_expression_attribute_names(Some(names))
                     .set_expression_attribute_values(Some(values))
+                    .return_values(ReturnValue::AllNew)
                     .customize()
                     .config_override(no_retries)
                     .send()
                     .await
                     .map_err(|e| classify("UpdateItem", e, true))?;
+                // The row as written; one that does not decode is no
+                // answer (the worker falls back to its own view).
+                Ok(out
+                    .attributes()
+                    .and_then(|item| decode_lease(&self.table, &write.shard().stream, item).ok()))
             }
         }
-        Ok(())
     }
 
     async fn read_leases_inner(&self, stream: &StreamId) -> Result<Rows<LeaseRow>, StoreError> {
@@ -415,11 +428,56 @@ impl DynamoLeaseStore {
         ))
     }
 
+    async fn delete_lease_inner(
+        &self,
+        shard: &ShardRef,
+        token: FencingToken,
+    ) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(lease_key(shard)))
+            .condition_expression(
+                "attribute_not_exists(#owner) AND #checkpoint = :end AND #token = :token",
+            )
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#checkpoint", "checkpoint")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_values(":end", s(Checkpoint::SHARD_END))
+            .expression_attribute_values(":token", n(token.0))
+            .send()
+            .await
+            .map_err(|e| classify("DeleteItem", e, true))?;
+        Ok(())
+    }
+
+    async fn delete_heartbeat_inner(&self, owner: &Owner, beat: u64) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(ATTR_STREAM, s(WORKERS_PARTITION))
+            .key(ATTR_KEY, s(format!("{WORKER_KEY_PREFIX}{}", owner.worker)))
+            .condition_expression("#owner = :owner AND #beat = :beat")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#beat", "beat")
+            .expression_attribute_values(":owner", s(owner.encode()))
+            .expression_attribute_values(":beat", n(beat))
+            .send()
+            .await
+            .map_err(|e| classify("DeleteItem", e, true))?;
+        Ok(())
+    }
+
     async fn write_heartbeat_inner(&self, row: &HeartbeatRow) -> Result<(), StoreError> {
+        // `HeartbeatRow::put_applies`: never over a later incarnation's
+        // row (rows of older versions carry no `incarnation`).
         self.client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(encode_heartbeat(row)))
+            .condition_expression("attribute_not_exists(#inc) OR #inc <= :inc")
+            .expression_attribute_names("#inc", "incarnation")
+            .expression_attribute_values(":inc", n(row.owner.incarnation))
             .send()
             .await
             .map_err(|e| classify("PutItem", e, true))?;
@@ -433,6 +491,13 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     fn write_lease<'a>(&'a self, write: &'a LeaseWrite) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.write_lease_inner(write).await.map(|_| ()) })
+    }
+
+    fn write_lease_returning<'a>(
+        &'a self,
+        write: &'a LeaseWrite,
+    ) -> StoreFuture<'a, Option<LeaseRow>> {
         Box::pin(self.write_lease_inner(write))
     }
 
@@ -442,6 +507,14 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
         Box::pin(self.write_heartbeat_inner(row))
+    }
+
+    fn delete_heartbeat<'a>(&'a self, owner: &'a Owner, beat: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_heartbeat_inner(owner, beat))
+    }
+
+    fn delete_lease<'a>(&'a self, shard: &'a ShardRef, token: FencingToken) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_lease_inner(shard, token))
     }
 
     fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>> {
@@ -512,6 +585,9 @@ fn encode_lease(row: &LeaseRow) -> Item {
             item.insert("sub_sequence".to_owned(), n(sub));
         }
     }
+    if row.checkpoint_serial != 0 {
+        item.insert("checkpoint_serial".to_owned(), n(row.checkpoint_serial));
+    }
     item
 }
 
@@ -523,6 +599,7 @@ fn encode_heartbeat(row: &HeartbeatRow) -> Item {
             s(format!("{WORKER_KEY_PREFIX}{}", row.owner.worker)),
         ),
         ("owner".to_owned(), s(row.owner.encode())),
+        ("incarnation".to_owned(), n(row.owner.incarnation)),
         ("beat".to_owned(), n(row.beat)),
         ("held".to_owned(), n(row.held)),
         (
@@ -663,6 +740,7 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             u.set("owner", "to", s(to.encode()));
             u.set("token", "next_token", n(expect_token.next().0));
             u.remove("pending_owner");
+            u.remove("checkpoint_serial");
         }
         LeaseWrite::RequestHandoff {
             owner,
@@ -690,6 +768,7 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             u.set("owner", "to", s(to.encode()));
             u.set("token", "next_token", n(token.next().0));
             u.remove("pending_owner");
+            u.remove("checkpoint_serial");
             if let Some(cp) = checkpoint {
                 u.set_checkpoint(cp);
             }
@@ -698,9 +777,16 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             owner,
             token,
             checkpoint,
+            serial,
             ..
         } => {
             u.require_held(owner, *token);
+            let name = u.name("checkpoint_serial");
+            let value = u.value("serial", n(*serial));
+            u.condition(format!(
+                "(attribute_not_exists({name}) OR {name} < {value})"
+            ));
+            u.set.push(format!("{name} = {value}"));
             u.set_checkpoint(checkpoint);
         }
         LeaseWrite::Release {
@@ -713,6 +799,7 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             u.set("token", "next_token", n(token.next().0));
             u.remove("owner");
             u.remove("pending_owner");
+            u.remove("checkpoint_serial");
             if let Some(cp) = checkpoint {
                 u.set_checkpoint(cp);
             }
@@ -938,6 +1025,7 @@ mod tests {
                 owner: a.clone(),
                 token: FencingToken(1),
                 checkpoint: Checkpoint::ShardEnd,
+                serial: 4,
             },
             LeaseWrite::Release {
                 shard: sref(),
@@ -958,6 +1046,7 @@ mod tests {
         row.pending_owner = Some(Owner::new("other", 4));
         row.token = FencingToken(9);
         row.checkpoint = Some(Checkpoint::ShardEnd);
+        row.checkpoint_serial = 5;
         let item = encode_lease(&row);
         assert_eq!(decode_lease("t", &row.shard.stream, &item), Ok(row));
     }

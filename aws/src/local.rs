@@ -25,7 +25,8 @@
 //!       "owner": "host-1#17", "token": 3,
 //!       "checkpoint": "49590338271490256608559692538361571095921575989136588898",
 //!       "sub_sequence": 2, "pending_owner": null,
-//!       "parents": [], "created_ms": 1767225600000 }
+//!       "parents": [], "created_ms": 1767225600000,
+//!       "checkpoint_serial": 4 }
 //!   ],
 //!   "heartbeats": [
 //!     { "owner": "host-1#17", "beat": 42, "held": 1,
@@ -68,7 +69,7 @@ use std::thread::JoinHandle;
 
 use async_channel::Sender;
 
-use kinesin_core::ids::{Owner, ShardId, ShardRef, StreamId};
+use kinesin_core::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 use serde::Serialize;
@@ -184,6 +185,8 @@ struct Queue {
 enum Change {
     Lease(LeaseWrite),
     Heartbeat(HeartbeatRow),
+    DeleteHeartbeat(Owner, u64),
+    DeleteLease(ShardRef, FencingToken),
 }
 
 /// Why a group commit did not (surely) reach the disk.
@@ -399,10 +402,43 @@ impl Shared {
                 }
                 Change::Heartbeat(row) => {
                     let worker = row.owner.worker.to_string();
+                    if !HeartbeatRow::put_applies(next.heartbeats.get(&worker), &row) {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "write_heartbeat",
+                            format!("the row of {worker:?} is a later incarnation's"),
+                        )));
+                        continue;
+                    }
                     next.bad_heartbeats
                         .retain(|k| k.key.as_deref() != Some(worker.as_str()));
                     next.heartbeats.insert(worker, row);
                     applied.push(reply);
+                }
+                Change::DeleteLease(shard, token) => {
+                    if LeaseRow::delete_applies(next.leases.get(&shard), token) {
+                        next.leases.remove(&shard);
+                        applied.push(reply);
+                    } else {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "delete_lease",
+                            format!("the row of {shard} is held, not ended or changed"),
+                        )));
+                    }
+                }
+                Change::DeleteHeartbeat(owner, beat) => {
+                    let worker = owner.worker.to_string();
+                    if HeartbeatRow::delete_applies(next.heartbeats.get(&worker), &owner, beat) {
+                        next.heartbeats.remove(&worker);
+                        applied.push(reply);
+                    } else {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "delete_heartbeat",
+                            format!("the row of {worker:?} changed or is gone"),
+                        )));
+                    }
                 }
             }
         }
@@ -519,6 +555,14 @@ impl LeaseStore for LocalLeaseStore {
         Box::pin(self.write(Change::Heartbeat(row.clone())))
     }
 
+    fn delete_lease<'a>(&'a self, shard: &'a ShardRef, token: FencingToken) -> StoreFuture<'a, ()> {
+        Box::pin(self.write(Change::DeleteLease(shard.clone(), token)))
+    }
+
+    fn delete_heartbeat<'a>(&'a self, owner: &'a Owner, beat: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.write(Change::DeleteHeartbeat(owner.clone(), beat)))
+    }
+
     fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>> {
         Box::pin(async move {
             let tables = self.shared.tables();
@@ -561,6 +605,12 @@ struct LeaseOut<'a> {
     pending_owner: Option<String>,
     parents: Vec<&'a str>,
     created_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    checkpoint_serial: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -592,6 +642,7 @@ fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
                 pending_owner: row.pending_owner.as_ref().map(|o| o.encode()),
                 parents: row.parents.iter().map(|p| p.as_str()).collect(),
                 created_ms: row.created_ms,
+                checkpoint_serial: row.checkpoint_serial,
             })
         })
         .chain(tables.bad_leases.iter().map(|k| Entry::Kept(&k.value)))

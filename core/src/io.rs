@@ -17,7 +17,7 @@
 
 use std::ops::Range;
 
-use crate::ids::{BatchId, ChunkId, FencingToken, OpId, ShardId, ShardRef, StreamId, SubId};
+use crate::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardId, ShardRef, StreamId, SubId};
 use crate::kpl::HashRange;
 use crate::sequence::{ExtSeq, SeqNum, StartPosition};
 use crate::table::{HeartbeatRow, LeaseRow, LeaseWrite};
@@ -276,6 +276,28 @@ pub enum Action {
         /// The row.
         row: HeartbeatRow,
     },
+    /// Delete the lease row of a drained shard whose children have all
+    /// checkpointed (KCL's clean-up), on condition that it is still free,
+    /// at `SHARD_END` and on `token` -> [`Input::LeaseDeleted`].
+    DeleteLease {
+        /// Echo in the answer.
+        op: OpId,
+        /// Which lease.
+        shard: ShardRef,
+        /// The row's token as read.
+        token: FencingToken,
+    },
+    /// Delete the heartbeat row of a worker gone for many failover
+    /// periods, on condition that the row still names `owner` with `beat`
+    /// (a worker that beat again keeps its row) -> [`Input::HeartbeatDeleted`].
+    DeleteHeartbeat {
+        /// Echo in the answer.
+        op: OpId,
+        /// The row's owner as read.
+        owner: Owner,
+        /// The row's beat as read.
+        beat: u64,
+    },
 }
 
 impl Action {
@@ -287,7 +309,10 @@ impl Action {
     pub fn timeout_class(&self) -> ErrorClass {
         ErrorClass::unknown_outcome(matches!(
             self,
-            Action::WriteLease { .. } | Action::WriteHeartbeat { .. }
+            Action::WriteLease { .. }
+                | Action::WriteHeartbeat { .. }
+                | Action::DeleteHeartbeat { .. }
+                | Action::DeleteLease { .. }
         ))
     }
 
@@ -324,12 +349,21 @@ impl Action {
             Action::WriteLease { op, .. } => Input::LeaseWritten {
                 op: *op,
                 result: Err(class),
+                row: None,
             },
             Action::ReadHeartbeats { op } => Input::Heartbeats {
                 op: *op,
                 result: Err(class),
             },
             Action::WriteHeartbeat { op, .. } => Input::HeartbeatWritten {
+                op: *op,
+                result: Err(class),
+            },
+            Action::DeleteHeartbeat { op, .. } => Input::HeartbeatDeleted {
+                op: *op,
+                result: Err(class),
+            },
+            Action::DeleteLease { op, .. } => Input::LeaseDeleted {
                 op: *op,
                 result: Err(class),
             },
@@ -410,6 +444,12 @@ pub enum Input {
         op: OpId,
         /// Ok, ConditionalFailed, Ambiguous, ...
         result: Result<(), ErrorClass>,
+        /// The row as the write left it, when the store returns it
+        /// (DynamoDB's `ReturnValues: ALL_NEW`): a take learns the
+        /// checkpoint the old owner wrote after the taker's last read.
+        /// `None`: the manager applies the write to its view's row.
+        /// Boxed: most inputs are small.
+        row: Option<Box<LeaseRow>>,
     },
     /// Answer to [`Action::ReadHeartbeats`].
     Heartbeats {
@@ -420,6 +460,22 @@ pub enum Input {
     },
     /// Answer to [`Action::WriteHeartbeat`].
     HeartbeatWritten {
+        /// From the action.
+        op: OpId,
+        /// Ok or how it failed.
+        result: Result<(), ErrorClass>,
+    },
+    /// Answer to [`Action::DeleteLease`] (`ConditionalFailed`: the row
+    /// changed or is gone).
+    LeaseDeleted {
+        /// From the action.
+        op: OpId,
+        /// Ok or how it failed.
+        result: Result<(), ErrorClass>,
+    },
+    /// Answer to [`Action::DeleteHeartbeat`] (`ConditionalFailed`: the row
+    /// changed or is gone).
+    HeartbeatDeleted {
         /// From the action.
         op: OpId,
         /// Ok or how it failed.
@@ -457,12 +513,21 @@ impl Input {
             Input::LeaseWritten { op, .. } => Input::LeaseWritten {
                 op,
                 result: Err(class),
+                row: None,
             },
             Input::Heartbeats { op, .. } => Input::Heartbeats {
                 op,
                 result: Err(class),
             },
             Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
+                op,
+                result: Err(class),
+            },
+            Input::HeartbeatDeleted { op, .. } => Input::HeartbeatDeleted {
+                op,
+                result: Err(class),
+            },
+            Input::LeaseDeleted { op, .. } => Input::LeaseDeleted {
                 op,
                 result: Err(class),
             },

@@ -457,7 +457,13 @@ impl WorkerHarness {
                     Some(class) => Err(class),
                     None => self.apply(&write).map_err(|()| ConditionalFailed),
                 };
-                Input::LeaseWritten { op, result }
+                // Like DynamoDB (ALL_NEW), or like a store that returns
+                // nothing.
+                let row = match result {
+                    Ok(()) if chance(u, 50) => self.table.get(write.shard()).cloned().map(Box::new),
+                    _ => None,
+                };
+                Input::LeaseWritten { op, result, row }
             }
             Action::ReadHeartbeats { op } => Input::Heartbeats {
                 op,
@@ -476,6 +482,34 @@ impl WorkerHarness {
                     }
                 };
                 Input::HeartbeatWritten { op, result }
+            }
+            Action::DeleteLease { op, shard, token } => {
+                let result = match fault(self, u, &[Throttled, Transient, Ambiguous]) {
+                    Some(class) => Err(class),
+                    None if LeaseRow::delete_applies(self.table.get(&shard), token) => {
+                        self.table.remove(&shard);
+                        Ok(())
+                    }
+                    None => Err(ConditionalFailed),
+                };
+                Input::LeaseDeleted { op, result }
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                assert_ne!(owner, self.me, "deletes its own heartbeat row");
+                let result = match fault(self, u, &[Throttled, Transient, Ambiguous]) {
+                    Some(class) => Err(class),
+                    None if HeartbeatRow::delete_applies(
+                        self.heartbeats.get(&owner),
+                        &owner,
+                        beat,
+                    ) =>
+                    {
+                        self.heartbeats.remove(&owner);
+                        Ok(())
+                    }
+                    None => Err(ConditionalFailed),
+                };
+                Input::HeartbeatDeleted { op, result }
             }
         })
     }

@@ -329,6 +329,12 @@ impl fmt::Display for Brief<'_, Action> {
                 row.held,
                 row.wants.len()
             ),
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                write!(f, "DeleteHeartbeat {op:?} {owner} beat={beat}")
+            }
+            Action::DeleteLease { op, shard, token } => {
+                write!(f, "DeleteLease {op:?} {shard} tok{}", token.0)
+            }
         }
     }
 }
@@ -374,6 +380,7 @@ impl fmt::Display for Brief<'_, LeaseWrite> {
                 owner,
                 token,
                 checkpoint,
+                ..
             } => write!(
                 f,
                 "Checkpoint {shard} {owner}/tok{} {}",
@@ -449,10 +456,18 @@ impl fmt::Display for Brief<'_, Input> {
                 Err(c) => write!(f, "Records {op:?} {c:?}"),
             },
             Input::Leases { op, result } => write!(f, "Leases {op:?} {}", Len(result)),
-            Input::LeaseWritten { op, result } => write!(f, "LeaseWritten {op:?} {}", Res(result)),
+            Input::LeaseWritten { op, result, .. } => {
+                write!(f, "LeaseWritten {op:?} {}", Res(result))
+            }
             Input::Heartbeats { op, result } => write!(f, "Heartbeats {op:?} {}", Len(result)),
             Input::HeartbeatWritten { op, result } => {
                 write!(f, "HeartbeatWritten {op:?} {}", Res(result))
+            }
+            Input::HeartbeatDeleted { op, result } => {
+                write!(f, "HeartbeatDeleted {op:?} {}", Res(result))
+            }
+            Input::LeaseDeleted { op, result } => {
+                write!(f, "LeaseDeleted {op:?} {}", Res(result))
             }
         }
     }

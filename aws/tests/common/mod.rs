@@ -87,6 +87,13 @@ fn befores(s: &ShardRef) -> Vec<(&'static str, Option<LeaseRow>)> {
         ),
         ("b t3", Some(row(s, Some(b()), 3, None, None))),
         (
+            "a t3 after, checkpoint serial 3",
+            Some(LeaseRow {
+                checkpoint_serial: 3,
+                ..row(s, Some(a()), 3, Some(after()), Some(b()))
+            }),
+        ),
+        (
             "a t4 shard end",
             Some(row(s, Some(a()), 4, Some(Checkpoint::ShardEnd), None)),
         ),
@@ -119,6 +126,14 @@ fn writes(s: &ShardRef) -> Vec<LeaseWrite> {
         owner,
         token: FencingToken(token),
         checkpoint,
+        serial: 1,
+    };
+    let numbered = |serial: u64| LeaseWrite::Checkpoint {
+        shard: s.clone(),
+        owner: a(),
+        token: FencingToken(3),
+        checkpoint: within(),
+        serial,
     };
     let release = |owner: Owner, token: u64, checkpoint| LeaseWrite::Release {
         shard: s.clone(),
@@ -150,6 +165,8 @@ fn writes(s: &ShardRef) -> Vec<LeaseWrite> {
         checkpoint(a(), 3, Checkpoint::ShardEnd),
         checkpoint(a(), 4, after()),
         checkpoint(b(), 3, after()),
+        numbered(3),
+        numbered(4),
         release(a(), 3, None),
         release(a(), 3, Some(within())),
         release(a(), 4, Some(after())),
@@ -182,14 +199,17 @@ pub async fn check_store_matches_apply(
                     .with_context(|| format!("setting up {before_name}"))?;
             }
             let expected = write.apply(before.as_ref());
-            let got = store.write_lease(&write).await;
+            let got = store.write_lease_returning(&write).await;
             let stored = store.read_leases(&s.stream).await?.rows;
             let case = format!("before [{before_name}], write {write:?}");
             match (&expected, &got) {
-                (Ok(next), Ok(())) => {
+                (Ok(next), Ok(returned)) => {
                     accepted += 1;
                     if stored != [next.clone()] {
                         failures.push(format!("{case}: stored {stored:?}, apply gives {next:?}"));
+                    }
+                    if returned.as_ref().is_some_and(|r| r != next) {
+                        failures.push(format!("{case}: answered {returned:?}, stored {next:?}"));
                     }
                 }
                 (Err(_), Err(e)) if e.class() == ErrorClass::ConditionalFailed => {
@@ -314,6 +334,7 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
             owner: a(),
             token: FencingToken(1),
             checkpoint: within(),
+            serial: 1,
         },
     )
     .await?;
@@ -359,6 +380,7 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
             owner: a(),
             token: FencingToken(1),
             checkpoint: Checkpoint::ShardEnd,
+            serial: 2,
         },
     )
     .await?;
@@ -382,12 +404,51 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
         ..created
     };
     ensure!(row == expected, "{row:?} != {expected:?}");
+
+    // A drained row is deleted only as read: free, at SHARD_END, on its
+    // token (`LeaseRow::delete_applies`).
+    let refused = store.delete_lease(&s, FencingToken(2)).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete on an old token: {refused:?}"
+    );
+    store.delete_lease(&s, FencingToken(3)).await?;
+    let rows = store.read_leases(&s.stream).await?.rows;
+    ensure!(rows.iter().all(|r| r.shard != s), "{rows:?}");
+    let gone = store.delete_lease(&s, FencingToken(3)).await;
+    ensure!(
+        matches!(&gone, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete of a row that is gone: {gone:?}"
+    );
+    // A held row is never deleted.
+    let held = shard(stream, "shardId-000000000002");
+    write_ok(
+        store,
+        LeaseWrite::Create(LeaseRow::new(held.clone(), vec![], 1)),
+    )
+    .await?;
+    write_ok(
+        store,
+        LeaseWrite::Take {
+            shard: held.clone(),
+            expect_owner: None,
+            expect_token: FencingToken(0),
+            to: a(),
+        },
+    )
+    .await?;
+    let refused = store.delete_lease(&held, FencingToken(1)).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete of a held row: {refused:?}"
+    );
     Ok(())
 }
 
 /// Heartbeat rows: one per worker id, replaced by the next write of that
 /// worker (any incarnation), read back in worker-id order with the streams
-/// each worker consumes, separate from lease rows.
+/// each worker consumes, separate from lease rows; deleted only as read
+/// (`HeartbeatRow::delete_applies`).
 pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
     let beat_a = HeartbeatRow {
         owner: a(),
@@ -429,7 +490,35 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
     };
     store.write_heartbeat(&beat_b2).await?;
     let rows = store.read_heartbeats().await?.rows;
-    ensure!(rows == [beat_b2, beat_a], "{rows:?}");
+    ensure!(rows == [beat_b2.clone(), beat_a.clone()], "{rows:?}");
+
+    // An earlier incarnation never writes over a later one's row
+    // (`HeartbeatRow::put_applies`): it is refused and stops.
+    let refused = store.write_heartbeat(&beat_b).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "put of an earlier incarnation over a later row: {refused:?}"
+    );
+    let rows = store.read_heartbeats().await?.rows;
+    ensure!(rows == [beat_b2.clone(), beat_a.clone()], "{rows:?}");
+
+    // Deleting a gone worker's row applies only to the row as read: not
+    // to an earlier incarnation's, not after another beat.
+    for (owner, beat) in [(b(), 0), (Owner::new("b", 8), 1)] {
+        let refused = store.delete_heartbeat(&owner, beat).await;
+        ensure!(
+            matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+            "delete of {owner} beat {beat}: {refused:?}"
+        );
+    }
+    store.delete_heartbeat(&beat_b2.owner, beat_b2.beat).await?;
+    let rows = store.read_heartbeats().await?.rows;
+    ensure!(rows == [beat_a.clone()], "{rows:?}");
+    let gone = store.delete_heartbeat(&beat_b2.owner, beat_b2.beat).await;
+    ensure!(
+        matches!(&gone, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete of a row that is gone: {gone:?}"
+    );
     ensure!(
         store
             .read_leases(&StreamId::new(stream))

@@ -132,6 +132,10 @@ pub struct LeaseStats {
     pub heartbeat_reads: u64,
     /// Lease writes refused by their condition.
     pub conditional_failures: u64,
+    /// Heartbeat rows of gone workers deleted.
+    pub heartbeats_deleted: u64,
+    /// Lease rows of drained shards deleted (their children checkpointed).
+    pub lease_rows_deleted: u64,
 }
 
 /// What an outside caller (a runtime, the simulator, a status view) may see
@@ -169,6 +173,10 @@ struct Timing {
     heartbeat: Duration,
     heartbeat_read: Duration,
     fence_after: Duration,
+    /// A worker whose last successful heartbeat read was sent this long
+    /// ago may have missed a hand-off request that a taker will force
+    /// `2 * handoff` after publishing it: it fences first.
+    blind_after: Duration,
     rebalance: Duration,
     handoff: Duration,
 }
@@ -195,12 +203,20 @@ enum Op {
     WriteHeartbeat {
         sent: Instant,
         alive: bool,
+        /// The hand-off requests it lists (published once it succeeds).
+        wants: Vec<ShardRef>,
     },
     WriteLease {
         write: LeaseWrite,
         kind: WriteKind,
         /// The row the write was computed from (our view at send time).
         base: Box<Option<LeaseRow>>,
+    },
+    DeleteHeartbeat {
+        owner: Owner,
+    },
+    DeleteLease {
+        shard: ShardRef,
     },
 }
 
@@ -251,6 +267,8 @@ pub struct LeaseManager {
     /// row transferred to us is then released instead of being left to our
     /// dead incarnation.
     final_reads: BTreeMap<StreamId, u64>,
+    /// Lease rows of drained shards whose delete is in flight.
+    deleting: BTreeSet<ShardRef>,
     final_beat: FinalBeat,
 
     actions: VecDeque<Action>,
@@ -271,6 +289,7 @@ impl LeaseManager {
             fence_after: config
                 .failover_time
                 .saturating_sub(config.self_fence_margin),
+            blind_after: (config.handoff_timeout * 2).saturating_sub(config.self_fence_margin),
             rebalance: config.rebalance_period,
             handoff: config.handoff_timeout,
         };
@@ -316,6 +335,7 @@ impl LeaseManager {
             ops: BTreeMap::new(),
             shutting_down: false,
             final_reads: BTreeMap::new(),
+            deleting: BTreeSet::new(),
             final_beat: FinalBeat::NotYet,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -526,7 +546,9 @@ impl LeaseManager {
             Input::Leases { op, .. }
             | Input::LeaseWritten { op, .. }
             | Input::Heartbeats { op, .. }
-            | Input::HeartbeatWritten { op, .. } => *op,
+            | Input::HeartbeatWritten { op, .. }
+            | Input::HeartbeatDeleted { op, .. }
+            | Input::LeaseDeleted { op, .. } => *op,
             _ => return false,
         };
         let kind_matches = matches!(
@@ -538,6 +560,11 @@ impl LeaseManager {
                     Some(Op::WriteHeartbeat { .. }),
                     Input::HeartbeatWritten { .. }
                 )
+                | (
+                    Some(Op::DeleteHeartbeat { .. }),
+                    Input::HeartbeatDeleted { .. }
+                )
+                | (Some(Op::DeleteLease { .. }), Input::LeaseDeleted { .. })
         );
         if !kind_matches {
             return false;
@@ -559,11 +586,28 @@ impl LeaseManager {
             (Op::ReadHeartbeats { sent, sent_seq }, Input::Heartbeats { result, .. }) => {
                 self.on_heartbeats(now, sent, sent_seq, result, mint)
             }
-            (Op::WriteHeartbeat { sent, alive }, Input::HeartbeatWritten { result, .. }) => {
-                self.on_heartbeat_written(now, sent, alive, result)
+            (Op::WriteHeartbeat { sent, alive, wants }, Input::HeartbeatWritten { result, .. }) => {
+                self.on_heartbeat_written(now, sent, alive, &wants, result)
             }
-            (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, .. }) => {
-                self.on_lease_written(now, op, write, kind, *base, *result, mint)
+            (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, row, .. }) => {
+                self.on_lease_written(now, op, write, kind, *base, *result, row.as_deref(), mint)
+            }
+            (Op::DeleteLease { shard }, Input::LeaseDeleted { result, .. }) => {
+                self.deleting.remove(&shard);
+                if result.is_ok() {
+                    self.stats.lease_rows_deleted += 1;
+                    if let Some(view) = self.views.get_mut(&shard.stream) {
+                        view.rows.remove(&shard.shard);
+                    }
+                }
+            }
+            (Op::DeleteHeartbeat { owner }, Input::HeartbeatDeleted { result, .. }) => {
+                // Deleted, changed (it beat again) or gone: the next read
+                // shows which; a failure is tried again after the next one.
+                self.live.collecting.remove(&owner);
+                if result.is_ok() {
+                    self.stats.heartbeats_deleted += 1;
+                }
             }
             _ => {}
         }
@@ -667,6 +711,25 @@ impl LeaseManager {
         self.drive(now, mint);
     }
 
+    /// Acknowledgements that came in after a leaving lease's final
+    /// checkpoint was fixed (a transfer or release decided, not yet
+    /// applied): the next attempt of the final write carries `cp` (never
+    /// moving it back), so a retried hand-off does not hand over records
+    /// the application has acknowledged meanwhile. Ignored when the lease
+    /// is not leaving or is finishing (`SHARD_END`).
+    pub(crate) fn fold_final_checkpoint(&mut self, shard: &ShardRef, cp: Checkpoint) {
+        let Some(h) = self.writes.held.get_mut(shard) else {
+            return;
+        };
+        if matches!(
+            h.leaving,
+            Some((Leaving::Transfer { .. } | Leaving::Release { .. }, _))
+        ) && h.cp_queued.as_ref().is_none_or(|q| cp > *q)
+        {
+            h.cp_queued = Some(cp);
+        }
+    }
+
     /// Graceful hand-off after [`LeaseEvent::HandoffRequested`]: Transfer
     /// with the final checkpoint -> `Lost{HandedOff}` (`Lost{Taken}` if
     /// refused); a Release instead (-> `Lost{Released}`) when the taker is
@@ -687,7 +750,7 @@ impl LeaseManager {
             return;
         };
         if h.leaving.is_none() {
-            let taker_gone = self.live.is_expired(&to);
+            let taker_gone = self.live.is_expired(&to) || self.live.is_superseded(&to);
             let leaving = if taker_gone {
                 Leaving::Release {
                     checkpoint: final_cp,
@@ -987,6 +1050,7 @@ impl LeaseManager {
                             token: row.token,
                             state: RequestState::Waiting { since: now },
                             confirmed: true,
+                            published: None,
                         },
                     );
                     self.live.hb_asap = true;
@@ -1008,6 +1072,7 @@ impl LeaseManager {
                                 token,
                                 state: RequestState::Sending,
                                 confirmed: false,
+                                published: None,
                             },
                         );
                     }

@@ -186,14 +186,14 @@ impl World {
             }),
             Action::WriteLease { op, write } => {
                 self.lease_writes.push(write.clone());
-                let result = match write.apply(self.rows.get(write.shard())) {
+                let (result, row) = match write.apply(self.rows.get(write.shard())) {
                     Ok(row) => {
-                        self.rows.insert(row.shard.clone(), row);
-                        Ok(())
+                        self.rows.insert(row.shard.clone(), row.clone());
+                        (Ok(()), Some(Box::new(row)))
                     }
-                    Err(_) => Err(ErrorClass::ConditionalFailed),
+                    Err(_) => (Err(ErrorClass::ConditionalFailed), None),
                 };
-                Some(Input::LeaseWritten { op, result })
+                Some(Input::LeaseWritten { op, result, row })
             }
             Action::ReadHeartbeats { op } => Some(Input::Heartbeats {
                 op,
@@ -206,8 +206,34 @@ impl World {
                         result: Err(ErrorClass::Transient),
                     });
                 }
-                self.beats.insert(row.owner.worker.to_string(), row);
+                let key = row.owner.worker.to_string();
+                if !HeartbeatRow::put_applies(self.beats.get(&key), &row) {
+                    return Some(Input::HeartbeatWritten {
+                        op,
+                        result: Err(ErrorClass::ConditionalFailed),
+                    });
+                }
+                self.beats.insert(key, row);
                 Some(Input::HeartbeatWritten { op, result: Ok(()) })
+            }
+            Action::DeleteLease { op, shard, token } => {
+                let result = if LeaseRow::delete_applies(self.rows.get(&shard), token) {
+                    self.rows.remove(&shard);
+                    Ok(())
+                } else {
+                    Err(ErrorClass::ConditionalFailed)
+                };
+                Some(Input::LeaseDeleted { op, result })
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                let key = owner.worker.to_string();
+                let result = if HeartbeatRow::delete_applies(self.beats.get(&key), &owner, beat) {
+                    self.beats.remove(&key);
+                    Ok(())
+                } else {
+                    Err(ErrorClass::ConditionalFailed)
+                };
+                Some(Input::HeartbeatDeleted { op, result })
             }
             Action::GetShardIterator {
                 op,

@@ -6,6 +6,10 @@
 #   scripts/bench.sh memory          200 shards, stalled sink, 64 MiB pool budget
 #   scripts/bench.sh instructions    the throughput runs counted in instructions
 #                                    (valgrind callgrind; not part of `all`)
+#   scripts/bench.sh library         kinesin as a library (a counting sink) vs a
+#                                    bare SDK loop that only counts: CPU seconds
+#                                    and instructions, both runtimes, with the
+#                                    targets checked (not part of `all`)
 #
 # throughput: preloads two streams of KINESIN_BENCH_SHARDS=64 shards, one
 #   with N=KINESIN_BENCH_RECORDS=100000 records of KINESIN_BENCH_SIZE=200
@@ -25,6 +29,32 @@
 #   (180 records/s at 5,000 records per shard), and below ~100,000 records
 #   the fixed start-up costs (SDK, TLS roots, lease rows) are a large part
 #   of a ~0.1 s CPU total, so the ratio would measure start-up, not records.
+#
+# library: what kinesin itself costs per record, without output. Two
+#   streams of KINESIN_LIB_SHARDS=8 shards, KINESIN_LIB_RECORDS=40000
+#   records of KINESIN_BENCH_SIZE=200 bytes and a quarter of that, each read
+#   whole from TRIM_HORIZON by
+#   (a) bare: cli/examples/common/counting.rs `bare`, the same Kinesis calls
+#       (ListShards, GetShardIterator + GetRecords; RegisterStreamConsumer +
+#       SubscribeToShard), counting each response in the task that read it;
+#   (b) defaults: `library`, a consumer on the public API with its defaults
+#       (a batch is what one read brought in) and a local store, whose sink
+#       counts each batch's records and acks the batch;
+#   (c) one: the same with one-record batches (Batching::bento()).
+#   Each on tokio (cli/examples/{bare_count,count_sink}.rs) and on
+#   async-std (runtime-async-std/examples/*_async_std.rs, the crate's own
+#   HTTP client on both sides), polling and EFO. Per record = the slope
+#   between the two streams, of the median CPU seconds of
+#   KINESIN_BENCH_RUNS=3 runs, and of the instructions of one run under
+#   callgrind (KINESIN_LIB_INSTRUCTIONS=0 skips those). Checked: every run
+#   counted every record (each record's `<run>-<n>` sets one bit), and per
+#   record b/a <= 1.05 and c/a <= 1.5, for CPU seconds and instructions;
+#   a missed target prints FAIL and the script exits 1.
+#   KINESIN_BENCH_RUNTIMES="tokio async-std" chooses the runtimes;
+#   KINESIN_LIB_STREAM / KINESIN_LIB_STREAM_Q reuse preloaded streams.
+#   Why 8 shards and 40,000 records: kinesis-mock fills a shard ever more
+#   slowly (see throughput), and a whole-run CPU of ~0.1-0.2 s per side is
+#   enough for a slope once fixed costs are subtracted.
 #
 # memory: a KINESIN_MEM_SHARDS=200-shard stream preloaded with
 #   KINESIN_MEM_RECORDS=24000 records of KINESIN_MEM_SIZE=5000 bytes (~115 MiB,
@@ -58,8 +88,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHAT=${1:-all}
-case $WHAT in throughput | memory | instructions | all) ;; *)
-  echo "usage: scripts/bench.sh [throughput|memory|instructions|all]" >&2
+case $WHAT in throughput | memory | instructions | library | all) ;; *)
+  echo "usage: scripts/bench.sh [throughput|memory|instructions|library|all]" >&2
   exit 2
   ;;
 esac
@@ -76,11 +106,20 @@ MEM_MODE=${KINESIN_MEM_MODE:-polling}
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
+LIB_SHARDS=${KINESIN_LIB_SHARDS:-8}
+LIB_RECORDS=${KINESIN_LIB_RECORDS:-40000}
+
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 say "building release binaries (kinesin, examples bare_sdk and stalled_sink)"
 cargo build -q --release -p kinesin-cli --bin kinesin --example bare_sdk --example stalled_sink
-K=$PWD/target/release/kinesin
-BARE=$PWD/target/release/examples/bare_sdk
-STALL=$PWD/target/release/examples/stalled_sink
+if [ "$WHAT" = library ]; then
+  say "building release binaries (examples bare_count, count_sink, on tokio and async-std)"
+  cargo build -q --release -p kinesin-cli --example bare_count --example count_sink
+  cargo build -q --release -p kinesin-async-std --example bare_count_async_std --example count_sink_async_std
+fi
+K=$TARGET/release/kinesin
+BARE=$TARGET/release/examples/bare_sdk
+STALL=$TARGET/release/examples/stalled_sink
 MEASURE=$PWD/scripts/measure.py
 
 STARTED_EMULATORS=0
@@ -311,6 +350,126 @@ print(f"{mode:8s} instructions, whole run at {n}: a {a_n / 1e6:.0f} M, b {b_n / 
   done
 }
 
+# ---------------------------------------------------------------- library
+# lib_cmd RUNTIME KIND MODE N: sets CMD to the command of side KIND (bare,
+# defaults or one) on RUNTIME reading the whole N-record stream.
+lib_cmd() {
+  local rt=$1 kind=$2 mode=$3 n=$4 suffix="" stream
+  [ "$rt" = async-std ] && suffix=_async_std
+  if [ "$n" = "$LIB_RECORDS" ]; then stream=$LIB_T; else stream=$LIB_Q; fi
+  if [ "$kind" = bare ]; then
+    CMD=("$TARGET/release/examples/bare_count$suffix")
+  else
+    rm -rf "$WORK/state-lib"
+    CMD=("$TARGET/release/examples/count_sink$suffix" --local-store "$WORK/state-lib" --batching)
+    if [ "$kind" = one ]; then CMD+=(one); else CMD+=(defaults); fi
+  fi
+  CMD+=(--stream "$stream" --mode "$mode" --expect "$n" --consumer "$RUN-$rt-$kind")
+}
+
+# lib_check OUT N LABEL: the run counted every one of the N records.
+lib_check() {
+  local got
+  got=$(sed -nE 's/^records=([0-9]+) .*/\1/p' "$1" | tail -n 1)
+  if [ "${got:-0}" != "$2" ]; then
+    echo "bench: FAIL: $3 counted ${got:-no} distinct records of $2 ($(cat "$1"))" >&2
+    exit 1
+  fi
+}
+
+# lib_run RUNTIME KIND MODE N: one measured run; prints its JSON.
+lib_run() {
+  local out
+  [ "$3" = efo ] && wait_kinesis_idle
+  lib_cmd "$@"
+  out=$(python3 "$MEASURE" --out "$WORK/lib.out" --err "$WORK/lib-$1-$2-$3.log" -- "${CMD[@]}")
+  [ "$(field "$out" exit)" = 0 ] || { echo "bench: $* failed: $out (log $WORK/lib-$1-$2-$3.log)" >&2; exit 1; }
+  lib_check "$WORK/lib.out" "$4" "$*"
+  echo "$out"
+}
+
+# lib_count RUNTIME KIND MODE N: one run under callgrind; prints its
+# instruction count.
+lib_count() {
+  local log=$WORK/lib-count-$1-$2-$3.log
+  [ "$3" = efo ] && wait_kinesis_idle
+  lib_cmd "$@"
+  if ! valgrind --tool=callgrind --callgrind-out-file=/dev/null "${CMD[@]}" >"$WORK/lib.out" 2>"$log"; then
+    echo "bench: $* under callgrind failed (log $log)" >&2
+    exit 1
+  fi
+  lib_check "$WORK/lib.out" "$4" "$* (callgrind)"
+  sed -nE 's/.*Collected : ([0-9]+).*/\1/p' "$log" | tail -n 1
+}
+
+# lib_verdict LABEL UNIT A B C: per-record figures of the three sides,
+# checked against the targets; appends to LIB and counts FAILs.
+LIB=()
+LIB_FAILS=0
+lib_verdict() {
+  local line
+  line=$(python3 -c '
+import sys
+label, unit, a, b, c = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6])
+rb, rc = b / a, c / a
+vb = "ok" if rb <= 1.05 else "FAIL"
+vc = "ok" if rc <= 1.5 else "FAIL"
+fmt = (lambda x: f"{x:.0f}") if unit == "instr" else (lambda x: f"{x:.2f}")
+print(f"{label:22s} per record ({unit}): bare {fmt(a)}, defaults {fmt(b)}, one-record {fmt(c)};"
+      f"  defaults/bare = {rb:.2f} (<= 1.05: {vb}), one-record/bare = {rc:.2f} (<= 1.5: {vc})")
+' "$@")
+  LIB+=("$line")
+  echo "$line" >&2
+  case $line in *FAIL*) LIB_FAILS=$((LIB_FAILS + 1)) ;; esac
+}
+
+library() {
+  LIB_T=$(stream_for KINESIN_LIB_STREAM "$RUN-lt" "$LIB_SHARDS" "$LIB_RECORDS" "$SIZE" 4096) || exit 1
+  LIB_Q=$(stream_for KINESIN_LIB_STREAM_Q "$RUN-lq" "$LIB_SHARDS" $((LIB_RECORDS / 4)) "$SIZE" 4096) || exit 1
+  local quarter=$((LIB_RECORDS / 4)) rt mode kind n rep r
+  for rt in ${KINESIN_BENCH_RUNTIMES:-tokio async-std}; do
+    for mode in ${KINESIN_BENCH_MODES:-polling efo}; do
+      declare -A med=() ins=()
+      for kind in bare defaults one; do
+        for n in "$quarter" "$LIB_RECORDS"; do
+          local runs=()
+          for rep in $(seq "$REPS"); do
+            say "library: $rt, $mode, $kind, $n records, run $rep of $REPS"
+            r=$(lib_run "$rt" $kind $mode "$n") || exit 1
+            echo "   $r" >&2
+            runs+=("$r")
+          done
+          med[$kind-$n]=$(median "${runs[@]}")
+          if [ "${KINESIN_LIB_INSTRUCTIONS:-1}" != 0 ]; then
+            say "library: $rt, $mode, $kind, $n records, under callgrind"
+            ins[$kind-$n]=$(lib_count "$rt" $kind $mode "$n") || exit 1
+            echo "   ${ins[$kind-$n]} instructions" >&2
+          fi
+        done
+      done
+      local extra=$((LIB_RECORDS - quarter)) k
+      local s=() w=()
+      for k in bare defaults one; do
+        s+=("$(awk -v a="$(field "${med[$k-$quarter]}" cpu_s)" -v b="$(field "${med[$k-$LIB_RECORDS]}" cpu_s)" -v n=$extra \
+          'BEGIN { printf "%.4f", (b - a) * 1e6 / n }')")
+        w+=("$(field "${med[$k-$LIB_RECORDS]}" cpu_s)")
+      done
+      LIB+=("$(printf '%-22s whole run at %s records (CPU s, median of %s): bare %s, defaults %s, one-record %s' \
+        "$rt $mode" "$LIB_RECORDS" "$REPS" "${w[0]}" "${w[1]}" "${w[2]}")")
+      echo "${LIB[-1]}" >&2
+      lib_verdict "$rt $mode" "CPU us" "${s[@]}"
+      if [ "${KINESIN_LIB_INSTRUCTIONS:-1}" != 0 ]; then
+        local i=()
+        for k in bare defaults one; do
+          i+=("$(awk -v a="${ins[$k-$quarter]}" -v b="${ins[$k-$LIB_RECORDS]}" -v n=$extra 'BEGIN { printf "%.1f", (b - a) / n }')")
+        done
+        lib_verdict "$rt $mode" "instr" "${i[@]}"
+      fi
+      unset med ins
+    done
+  done
+}
+
 MEM=()
 memory() {
   local stream budget_mb out
@@ -363,6 +522,7 @@ case $WHAT in
 throughput) throughput ;;
 memory) memory ;;
 instructions) instructions ;;
+library) library ;;
 all)
   throughput
   memory
@@ -380,6 +540,15 @@ fi
 if [ ${#COUNTS[@]} -gt 0 ]; then
   echo "stream: $SHARDS shards, $RECORDS records of $SIZE bytes; executed instructions (valgrind callgrind)"
   printf '%s\n' "${COUNTS[@]}"
+fi
+if [ ${#LIB[@]} -gt 0 ]; then
+  echo "library: $LIB_SHARDS shards, $((LIB_RECORDS / 4)) and $LIB_RECORDS records of $SIZE bytes, counting sinks; per record = slope between the two"
+  printf '%s\n' "${LIB[@]}"
+  if [ "$LIB_FAILS" -gt 0 ]; then
+    echo "FAIL: $LIB_FAILS library comparison(s) missed the target (defaults <= 1.05x, one-record <= 1.5x the bare loop)"
+    exit 1
+  fi
+  echo "PASS: every library comparison within its target"
 fi
 if [ ${#MEM[@]} -gt 0 ]; then
   echo "memory: $MEM_SHARDS shards, $MEM_RECORDS records of $MEM_SIZE bytes, $MEM_MODE, stalled sinks, $MEM_SECONDS s"

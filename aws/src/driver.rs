@@ -9,17 +9,27 @@
 //!    a channel; a `Subscribe` becomes a per-subscription task that owns the
 //!    event stream and reads exactly one event per `Pull` credit;
 //! 2. drain `poll_event`: batches become application [`Batch`]es whose
-//!    payload is the stored chunk's records; `ChunkDone` frees a chunk;
+//!    payload is their range of the stored chunk's records, moved out of
+//!    it (never copied); `ChunkDone` frees what is left of a chunk;
 //! 3. wait on {reports, application commands (ack, nack, shutdown), one
-//!    reusable timer at `poll_timeout`}, feed what arrived, call
-//!    `handle_timeout` when the deadline passed on the runtime's clock.
+//!    reusable timer at `poll_timeout`}, then take every command and report
+//!    already queued (bounded), feed them, call `handle_timeout` when the
+//!    deadline passed on the runtime's clock. The timer is moved only when
+//!    the core's deadline changes.
 //!
-//! Rules encoded: a delivered batch's payload is kept until it is acked (a
-//! nack redelivers the same [`BatchId`], possibly after its chunk was freed)
-//! or its lease is lost; every action is answered exactly once (calls that
-//! hang are cut off at the call timeout with the core's
-//! `Action::timeout_class`: `Ambiguous` for lease writes, `Transient`
-//! otherwise); a cancelled subscription's task ends and closes its
+//! Per batch, the driver does no map work on the ack path and builds no
+//! strings: the batch carries its payload, an ack names its id, metric
+//! handles are registered once (per shard for
+//! `kinesin_millis_behind_latest`, set once per chunk), and acks sent while
+//! the driver was busy are applied in one burst on its next wake-up.
+//!
+//! Rules encoded: a delivered batch holds its payload until it is acked; a
+//! nack (or dropping it) hands the payload back, and the driver keeps it for
+//! the redelivery of the same [`BatchId`] (possibly after its chunk was
+//! freed) until then or until its lease is lost; every action is answered
+//! exactly once (calls that hang are cut off at the call timeout with the
+//! core's `Action::timeout_class`: `Ambiguous` for lease writes,
+//! `Transient` otherwise); a cancelled subscription's task ends and closes its
 //! connection. The driver keeps no shard knowledge of its own: a read
 //! carries its shard's hash range, and Kinesis records become user records
 //! through the core's `kpl::expand`.
@@ -32,7 +42,7 @@
 //! the application are unbounded but hold at most what the core's pool
 //! admitted (batches) or one message per outstanding action (reports).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -74,7 +84,12 @@ pub enum DriverError {
 #[derive(Debug)]
 pub(crate) enum Command {
     Ack(BatchId),
-    Nack(BatchId),
+    /// A batch comes back: its payload with it, kept for the redelivery.
+    Nack {
+        id: BatchId,
+        shard: ShardRef,
+        records: Arc<[Record]>,
+    },
     Shutdown(async_channel::Sender<()>),
     /// Stop at once, like a crash: no final checkpoints, no release.
     Abort,
@@ -137,8 +152,94 @@ impl Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.commands.try_send(Command::Nack(self.id));
+            // The payload goes back with the nack: the driver keeps only
+            // nacked payloads (for their redelivery), never delivered ones.
+            let records = std::mem::replace(&mut self.records, Arc::from(Vec::new()));
+            let _ = self.commands.try_send(Command::Nack {
+                id: self.id,
+                shard: self.shard.clone(),
+                records,
+            });
         }
+    }
+}
+
+/// The driver's metric handles on the hot path, registered once (with the
+/// recorder installed when the consumer is built) instead of per batch:
+/// `kinesin_millis_behind_latest{shard}` once per shard, and set once per
+/// chunk (every batch of a chunk carries the same value).
+struct Metrics {
+    records_delivered: metrics::Counter,
+    bytes_delivered: metrics::Counter,
+    millis_behind: HashMap<ShardRef, metrics::Gauge>,
+    /// The chunk whose MillisBehindLatest was set last.
+    millis_chunk: Option<ChunkId>,
+}
+
+impl Metrics {
+    fn register() -> Self {
+        Metrics {
+            records_delivered: metrics::counter!("kinesin_records_delivered_total"),
+            bytes_delivered: metrics::counter!("kinesin_bytes_delivered_total"),
+            millis_behind: HashMap::new(),
+            millis_chunk: None,
+        }
+    }
+
+    /// A batch of `records` records was delivered.
+    fn delivered(&mut self, b: &kinesin_core::io::BatchMeta, records: usize) {
+        self.records_delivered.increment(records as u64);
+        self.bytes_delivered.increment(b.bytes);
+        if self.millis_chunk != Some(b.chunk) || b.redelivery {
+            self.millis_chunk = Some(b.chunk);
+            let gauge = self
+                .millis_behind
+                .entry(b.shard.clone())
+                .or_insert_with(|| {
+                    metrics::gauge!("kinesin_millis_behind_latest", "shard" => b.shard.shard.to_string())
+                });
+            gauge.set(b.millis_behind as f64);
+        }
+    }
+
+    /// The shard's lease is gone: its gauge handle is dropped (a later
+    /// lease registers it again).
+    fn forget_shard(&mut self, shard: &ShardRef) {
+        self.millis_behind.remove(shard);
+    }
+}
+
+/// The payloads of an admitted chunk not yet handed out. The core cuts a
+/// chunk's batches in order (`BatchMeta::range` starts at or after the end
+/// of the previous one; records it skips are never delivered), so each
+/// batch's records are moved out, not copied: a batch pins its own records
+/// only, and a whole-read batch costs one allocation.
+struct ChunkPayloads {
+    records: std::vec::IntoIter<Record>,
+    /// Index (in the chunk) of the next record of `records`.
+    next: u32,
+}
+
+impl ChunkPayloads {
+    fn new(records: Payloads) -> Self {
+        ChunkPayloads {
+            records: records.into_iter(),
+            next: 0,
+        }
+    }
+
+    /// Moves records `range` out (those before it are dropped: the core
+    /// skipped them). None when the range starts before what is left (a
+    /// batch cut twice from the same records: a bug of the core).
+    fn take(&mut self, range: std::ops::Range<u32>) -> Option<Arc<[Record]>> {
+        let skip = range.start.checked_sub(self.next)?;
+        if skip > 0 {
+            self.records.by_ref().take(skip as usize).for_each(drop);
+        }
+        let n = range.end.saturating_sub(range.start);
+        let records: Arc<[Record]> = self.records.by_ref().take(n as usize).collect();
+        self.next = range.start + records.len() as u32;
+        Some(records)
     }
 }
 
@@ -229,8 +330,15 @@ pub struct Driver<R: Runtime> {
     /// Our own receiver of the deliveries, to take back undelivered batches
     /// at shutdown.
     deliveries_rx: async_channel::Receiver<Delivery>,
-    chunks: HashMap<ChunkId, Payloads>,
-    delivered: HashMap<BatchId, (ShardRef, Arc<[Record]>)>,
+    /// Payloads of admitted chunks, until `ChunkDone`.
+    chunks: BTreeMap<ChunkId, ChunkPayloads>,
+    /// Payloads of nacked batches, until redelivered (or their lease is
+    /// lost): a delivered batch carries its payload, and a nack brings it
+    /// back, so acked batches cost no bookkeeping here.
+    nacked: BTreeMap<BatchId, (ShardRef, Arc<[Record]>)>,
+    metrics: Metrics,
+    /// The acks taken in one run of queued commands (reused).
+    ack_run: Vec<BatchId>,
     subs: HashMap<SubId, async_channel::Sender<ChunkId>>,
     shutdown_waiters: Vec<async_channel::Sender<()>>,
     leases_held: usize,
@@ -248,7 +356,7 @@ impl<R: Runtime> std::fmt::Debug for Driver<R> {
         f.debug_struct("Driver")
             .field("owner", self.worker.owner())
             .field("chunks", &self.chunks.len())
-            .field("delivered", &self.delivered.len())
+            .field("nacked", &self.nacked.len())
             .field("subs", &self.subs.len())
             .finish_non_exhaustive()
     }
@@ -283,9 +391,11 @@ impl<R: Runtime> Driver<R> {
             commands_rx,
             deliveries_tx,
             deliveries_rx,
-            chunks: HashMap::new(),
+            chunks: BTreeMap::new(),
             bad_rows: HashMap::new(),
-            delivered: HashMap::new(),
+            nacked: BTreeMap::new(),
+            metrics: Metrics::register(),
+            ack_run: Vec::new(),
             subs: HashMap::new(),
             shutdown_waiters: Vec::new(),
             leases_held: 0,
@@ -326,15 +436,22 @@ impl<R: Runtime> Driver<R> {
         let mut timer = self.runtime.new_timer(self.runtime.now() + far);
         let mut reports = pin!(self.reports_rx.clone());
         let mut commands = pin!(self.commands_rx.clone());
+        // The deadline the timer is armed for (`None`: arm it): moved only
+        // when the core's deadline changes, not on every wake-up (an
+        // async-io timer reset is a message to the reactor).
+        let mut armed: Option<Option<Instant>> = None;
         loop {
             self.drain();
             if self.worker.is_done() {
                 break;
             }
             let deadline = self.worker.poll_timeout().map(|(at, _)| at);
-            timer
-                .as_mut()
-                .reset(deadline.unwrap_or_else(|| self.runtime.now() + far));
+            if armed != Some(deadline) {
+                timer
+                    .as_mut()
+                    .reset(deadline.unwrap_or_else(|| self.runtime.now() + far));
+                armed = Some(deadline);
+            }
             enum Wake {
                 Report(Report),
                 Command(Command),
@@ -355,16 +472,26 @@ impl<R: Runtime> Driver<R> {
                 timer.as_mut().poll(cx).map(|()| Wake::Timer)
             })
             .await;
+            let mut stop = false;
             match wake {
                 Wake::Report(r) => self.handle_report(r),
-                Wake::Command(Command::Abort) | Wake::Closed => {
-                    info!("stopped without shutdown: leases are left to expire");
-                    break;
-                }
+                Wake::Command(Command::Abort) | Wake::Closed => stop = true,
+                Wake::Command(Command::Ack(id)) => self.ack_run.push(id),
                 Wake::Command(c) => self.handle_command(c),
-                Wake::Timer => {}
+                // Fired: armed again on the next turn, even for the same
+                // deadline.
+                Wake::Timer => armed = None,
             }
-            // Take whatever else is ready without waiting (bounded).
+            // Take whatever else is ready without waiting (bounded): the
+            // acks the application sent meanwhile are applied in one burst,
+            // with one clock reading, before the core is drained again.
+            if !stop {
+                stop = self.take_commands();
+            }
+            if stop {
+                info!("stopped without shutdown: leases are left to expire");
+                break;
+            }
             for _ in 0..256 {
                 match self.reports_rx.try_recv() {
                     Ok(r) => self.handle_report(r),
@@ -407,7 +534,7 @@ impl<R: Runtime> Driver<R> {
                 payloads,
                 input,
             } => {
-                self.chunks.insert(chunk, payloads);
+                self.chunks.insert(chunk, ChunkPayloads::new(payloads));
                 input
             }
         };
@@ -443,6 +570,41 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Apply every command already queued (bounded), without waiting: runs
+    /// of acks go to the core together ([`Worker::ack_many`], one pass over
+    /// the worker per run instead of per batch). True when one was Abort.
+    fn take_commands(&mut self) -> bool {
+        // Holds the ack that woke the loop, if one did.
+        let mut acks = std::mem::take(&mut self.ack_run);
+        let mut abort = false;
+        for _ in 0..4096 {
+            match self.commands_rx.try_recv() {
+                Ok(Command::Ack(id)) => acks.push(id),
+                Ok(Command::Abort) => {
+                    abort = true;
+                    break;
+                }
+                Ok(c) => {
+                    // Keep the order: the acks before it go first.
+                    self.apply_acks(&mut acks);
+                    self.handle_command(c);
+                }
+                Err(_) => break,
+            }
+        }
+        self.apply_acks(&mut acks);
+        self.ack_run = acks;
+        abort
+    }
+
+    fn apply_acks(&mut self, acks: &mut Vec<BatchId>) {
+        if acks.is_empty() {
+            return;
+        }
+        let now = self.runtime.now();
+        self.worker.ack_many(now, acks.drain(..), |e| debug!("{e}"));
+    }
+
     fn handle_command(&mut self, command: Command) {
         let now = self.runtime.now();
         match command {
@@ -450,14 +612,13 @@ impl<R: Runtime> Driver<R> {
                 if let Err(e) = self.worker.ack(now, id) {
                     debug!("{e}");
                 }
-                self.delivered.remove(&id);
             }
-            Command::Nack(id) => {
-                if let Err(e) = self.worker.nack(now, id) {
-                    debug!("{e}");
-                    self.delivered.remove(&id);
+            Command::Nack { id, shard, records } => match self.worker.nack(now, id) {
+                Ok(()) => {
+                    self.nacked.insert(id, (shard, records));
                 }
-            }
+                Err(e) => debug!("{e}"),
+            },
             Command::Shutdown(done) => {
                 info!("shutting down: final checkpoints, then leases released");
                 self.shutdown_waiters.push(done);
@@ -514,30 +675,27 @@ impl<R: Runtime> Driver<R> {
         match event {
             Event::Batch(b) => {
                 let records = if b.redelivery {
-                    match self.delivered.get(&b.id) {
-                        Some((_, records)) => records.clone(),
+                    match self.nacked.remove(&b.id) {
+                        Some((_, records)) => records,
                         None => {
                             warn!(batch = %b.id, "redelivery of a batch whose payload is gone");
                             return;
                         }
                     }
                 } else {
-                    let Some(payloads) = self.chunks.get(&b.chunk) else {
+                    let Some(payloads) = self.chunks.get_mut(&b.chunk) else {
                         warn!(chunk = %b.chunk, "batch of an unknown chunk");
                         return;
                     };
-                    let start = b.range.start as usize;
-                    let end = (b.range.end as usize).min(payloads.len());
-                    let records: Arc<[Record]> = payloads[start.min(end)..end].into();
-                    self.delivered
-                        .insert(b.id, (b.shard.clone(), records.clone()));
-                    records
+                    match payloads.take(b.range.clone()) {
+                        Some(records) => records,
+                        None => {
+                            warn!(batch = %b.id, chunk = %b.chunk, "batch of records already handed out");
+                            return;
+                        }
+                    }
                 };
-                metrics::counter!("kinesin_records_delivered_total")
-                    .increment(records.len() as u64);
-                metrics::counter!("kinesin_bytes_delivered_total").increment(b.bytes);
-                metrics::gauge!("kinesin_millis_behind_latest", "shard" => b.shard.shard.to_string())
-                    .set(b.millis_behind as f64);
+                self.metrics.delivered(&b, records.len());
                 let batch = Batch {
                     id: b.id,
                     shard: b.shard,
@@ -568,7 +726,8 @@ impl<R: Runtime> Driver<R> {
             } => {
                 self.leases_held = self.leases_held.saturating_sub(1);
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
-                self.delivered.retain(|_, (s, _)| *s != shard);
+                self.nacked.retain(|_, (s, _)| *s != shard);
+                self.metrics.forget_shard(&shard);
                 if reason == LostReason::Taken || reason == LostReason::SelfFenced {
                     warn!(%shard, token = token.0, ?reason, "lease lost");
                 } else {
@@ -605,7 +764,7 @@ impl<R: Runtime> Driver<R> {
             Event::ShutdownComplete => {
                 info!("shutdown complete");
                 self.chunks.clear();
-                self.delivered.clear();
+                self.nacked.clear();
             }
         }
     }
@@ -961,5 +1120,48 @@ async fn subscription_task<R: Runtime>(
         if reports.send(report).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use kinesin_core::sequence::{ExtSeq, SeqNum};
+
+    fn chunk(n: u32) -> ChunkPayloads {
+        ChunkPayloads::new(
+            (1..=n)
+                .map(|i| {
+                    let seq = SeqNum::parse(&i.to_string()).expect("digits");
+                    Record::new(Bytes::from(vec![i as u8]), "k", ExtSeq::new(seq, 0), 0)
+                })
+                .collect(),
+        )
+    }
+
+    fn seqs(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r.sequence_number().as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn batches_cut_in_order_take_their_own_records_and_skipped_ones_are_dropped() {
+        let mut c = chunk(6);
+        assert_eq!(seqs(&c.take(0..2).expect("first")), ["1", "2"]);
+        // Records 2..3 were skipped by the core (already delivered).
+        assert_eq!(seqs(&c.take(3..5).expect("after a skip")), ["4", "5"]);
+        assert_eq!(seqs(&c.take(5..9).expect("cut at the end")), ["6"]);
+    }
+
+    #[test]
+    fn a_range_already_handed_out_is_refused_not_delivered_twice() {
+        let mut c = chunk(4);
+        assert_eq!(c.take(0..3).expect("first").len(), 3);
+        assert!(c.take(2..4).is_none());
+        // What is left is still there for the next range.
+        assert_eq!(seqs(&c.take(3..4).expect("rest")), ["4"]);
     }
 }

@@ -26,7 +26,6 @@
 //! [`Bytes`]; sub-records are slices of it); `Chunk::records[i]` and the
 //! `i`-th [`Record`] describe the same user record.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::primitives::event_stream::EventReceiver;
@@ -52,7 +51,8 @@ use crate::error::KinesisError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     data: Bytes,
-    partition_key: Arc<str>,
+    /// The SDK's own string, moved (not copied into a new allocation).
+    partition_key: String,
     ext: ExtSeq,
     arrival_ms: u64,
 }
@@ -63,7 +63,7 @@ impl Record {
     pub fn new(data: Bytes, partition_key: &str, ext: ExtSeq, arrival_ms: u64) -> Self {
         Record {
             data,
-            partition_key: Arc::from(partition_key),
+            partition_key: partition_key.to_owned(),
             ext,
             arrival_ms,
         }
@@ -422,7 +422,7 @@ pub fn expand(
             .and_then(|ms| u64::try_from(ms).ok())
             .unwrap_or(0);
         let data = Bytes::from(r.data.into_inner());
-        let pk: Arc<str> = Arc::from(r.partition_key.unwrap_or_default());
+        let pk = r.partition_key.unwrap_or_default();
         let mut whole = None;
         let dropped = kpl::expand(
             &seq,
@@ -439,7 +439,7 @@ pub fn expand(
                     UserPayload::Sub(sub) => {
                         payloads.push(Record {
                             data: data.slice_ref(sub.data),
-                            partition_key: Arc::from(String::from_utf8_lossy(sub.partition_key)),
+                            partition_key: String::from_utf8_lossy(sub.partition_key).into_owned(),
                             ext: meta.ext.clone(),
                             arrival_ms,
                         });

@@ -366,6 +366,27 @@ impl Worker {
         progress
     }
 
+    /// Acknowledge several batches at once: the same bookkeeping as
+    /// [`Worker::ack`] for each in turn, then one pass over the worker
+    /// instead of one per batch (a runtime that gathered the acks its
+    /// application sent meanwhile applies them here). Each batch that
+    /// cannot be acked (unknown, already acked) is reported to `rejected`
+    /// and skipped; the others are acked all the same.
+    pub fn ack_many(
+        &mut self,
+        now: Instant,
+        batches: impl IntoIterator<Item = BatchId>,
+        mut rejected: impl FnMut(AckError),
+    ) {
+        self.set_now(now);
+        for batch in batches {
+            if let Err(e) = self.apply_ack(batch) {
+                rejected(e);
+            }
+        }
+        self.pump(now);
+    }
+
     /// The bookkeeping of an ack: the batch leaves the shard's in-flight
     /// set, its slot is acknowledged in the tracker and its permit gives
     /// the pool room back.

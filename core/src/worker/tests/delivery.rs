@@ -59,6 +59,48 @@ fn checkpoint_never_covers_unacked_record() {
 }
 
 #[test]
+fn acks_applied_at_once_checkpoint_like_acks_one_by_one_and_report_unknown_ids() {
+    let mut world = World::new(&[("s0", &[], 5, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    assert_eq!(node.batches.len(), 5);
+    let second = node
+        .batches
+        .iter()
+        .find(|b| b.first.seq == seq(2))
+        .unwrap()
+        .id;
+    let others: Vec<BatchId> = node
+        .batches
+        .iter()
+        .map(|b| b.id)
+        .filter(|id| *id != second)
+        .collect();
+    // Every batch but the second, one of them twice: the repeat is
+    // rejected, the rest acked.
+    let mut rejected = Vec::new();
+    let ids = others.iter().copied().chain([others[0]]);
+    node.w.ack_many(world.now, ids, |e| rejected.push(e));
+    assert_eq!(rejected, vec![AckError::UnknownBatch(others[0])]);
+    assert_eq!(node.w.pool_used().0, 1, "only the second record pending");
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(
+        world.rows[&sref("s0")].checkpoint,
+        Some(Checkpoint::After(seq(1))),
+        "never past the unacked second record"
+    );
+    node.w.ack_many(world.now, [second], |e| panic!("{e}"));
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(
+        world.rows[&sref("s0")].checkpoint,
+        Some(Checkpoint::After(seq(5)))
+    );
+    assert_eq!(node.w.pool_used(), (0, 0));
+    assert!(node.w.check_invariants().is_ok());
+}
+
+#[test]
 fn nacked_batch_is_redelivered_and_checkpoint_waits_for_it() {
     let mut world = World::new(&[("s0", &[], 2, false)]);
     let mut node = Node::new(polling_config("a"), &world);

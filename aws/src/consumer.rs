@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_types::SdkConfig;
 use futures_core::Stream;
 use kinesin_core::config::{Batching, ConfigError, EfoConsumer, Retrieval, StartFrom};
-use kinesin_core::ids::{Owner, StreamId};
+use kinesin_core::ids::{Owner, ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::{Config, Worker};
 
@@ -100,9 +100,11 @@ enum LeaseChoice {
 /// Configures a [`Consumer`]. Start with `Consumer::builder()`.
 pub struct ConsumerBuilder<R> {
     streams: Vec<String>,
+    explicit: Vec<(String, String)>,
     retrieval: Vec<(&'static str, Retrieval)>,
     lease: Vec<LeaseChoice>,
     create_table: bool,
+    table_capacity: Option<(u64, u64)>,
     start_from: Option<StartFrom>,
     worker_id: Option<String>,
     tweaks: Vec<Tweak>,
@@ -126,9 +128,11 @@ impl<R: Runtime + Default> Default for ConsumerBuilder<R> {
     fn default() -> Self {
         ConsumerBuilder {
             streams: Vec::new(),
+            explicit: Vec::new(),
             retrieval: Vec::new(),
             lease: Vec::new(),
             create_table: false,
+            table_capacity: None,
             start_from: None,
             worker_id: None,
             tweaks: Vec::new(),
@@ -145,6 +149,25 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     /// Consume this stream (name or ARN). Call again for more streams.
     pub fn stream(mut self, name_or_arn: impl Into<String>) -> Self {
         self.streams.push(name_or_arn.into());
+        self
+    }
+
+    /// Read this shard of this stream (name or ARN; the stream is added
+    /// if missing) instead of balancing the streams' shards: Bento's
+    /// explicit shards (`stream:shard`). Once one is given, the worker takes
+    /// only the listed shards (each one free or expired, however many), asks
+    /// no hand-off, and keeps checkpointing them as usual; a shard that
+    /// ends is not followed into its children. Call again for more.
+    pub fn explicit_shard(
+        mut self,
+        stream: impl Into<String>,
+        shard_id: impl Into<String>,
+    ) -> Self {
+        let stream = stream.into();
+        if !self.streams.contains(&stream) {
+            self.streams.push(stream.clone());
+        }
+        self.explicit.push((stream, shard_id.into()));
         self
     }
 
@@ -189,6 +212,14 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     /// ACTIVE (`dynamodb.create`; default false).
     pub fn create_lease_table(mut self, create: bool) -> Self {
         self.create_table = create;
+        self
+    }
+
+    /// A lease table created by [`create_lease_table`](Self::create_lease_table)
+    /// is PROVISIONED with these read and write capacity units (Bento's
+    /// `dynamodb.billing_mode: PROVISIONED`); default PAY_PER_REQUEST.
+    pub fn lease_table_capacity(mut self, read: u64, write: u64) -> Self {
+        self.table_capacity = Some((read, write));
         self
     }
 
@@ -405,6 +436,14 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
                 Err(e) => return Err(e.into()),
             }
         }
+        for (stream, shard) in &self.explicit {
+            let at = self.streams.iter().position(|s| s == stream).unwrap_or(0);
+            if let Some(arn) = arns.get(at) {
+                config
+                    .explicit_shards
+                    .insert(ShardRef::new(arn.clone(), ShardId::new(shard.as_str())));
+            }
+        }
         config.streams = arns;
 
         let store: Arc<dyn LeaseStore> = match lease {
@@ -412,7 +451,10 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
                 let client = self
                     .dynamodb_client
                     .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(sdk));
-                let store = DynamoLeaseStore::new(client, table.clone());
+                let mut store = DynamoLeaseStore::new(client, table.clone());
+                if let Some((read, write)) = self.table_capacity {
+                    store = store.with_provisioned_capacity(read, write);
+                }
                 if self.create_table {
                     // Creating waits for ACTIVE: a longer deadline.
                     let create = Box::pin(store.create_table_if_missing());

@@ -20,7 +20,7 @@ use futures_lite::StreamExt;
 use kinesin_tokio::{Batch, Batching, Consumer};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{self, Settings, Start, UsageError};
 use crate::ConsumeArgs;
@@ -57,10 +57,14 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         Some(path) => config::load(path)?,
         None => Settings::default(),
     };
-    let streams = if args.streams.is_empty() {
-        settings.streams.clone()
+    for w in &settings.warnings {
+        warn!("config: {w}");
+    }
+    // --stream replaces the config's streams (and its explicit shards).
+    let (streams, explicit) = if args.streams.is_empty() {
+        (settings.streams.clone(), settings.explicit_shards.clone())
     } else {
-        args.streams.clone()
+        (args.streams.clone(), Vec::new())
     };
     if streams.is_empty() {
         return Err(UsageError(
@@ -94,7 +98,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     }
 
     let stats = crate::stats::install();
-    let sdk = crate::aws_config(settings.region.clone()).await?;
+    let sdk = crate::session::aws_config(&settings.session).await?;
 
     let mut b = Consumer::builder();
     for s in &streams {
@@ -110,8 +114,13 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     b = match &lease_table {
         Some(table) => {
             store_desc = format!("DynamoDB table {table}");
-            b.lease_table(table)
-                .create_lease_table(args.create_table || settings.create_table)
+            let b = b
+                .lease_table(table)
+                .create_lease_table(args.create_table || settings.create_table);
+            match settings.table_capacity {
+                Some(c) => b.lease_table_capacity(c.read, c.write),
+                None => b,
+            }
         }
         None => {
             let dir = args
@@ -158,6 +167,10 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         count: CLI_BATCH_COUNT,
         ..Batching::default()
     }));
+
+    for (stream, shard) in &explicit {
+        b = b.explicit_shard(stream, shard);
+    }
 
     let consumer = b.build(&sdk).await?;
     let mode = match (&args.efo, &settings.efo_name, &settings.efo_arn) {

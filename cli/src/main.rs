@@ -11,6 +11,7 @@ mod config;
 mod consume;
 mod leases;
 mod produce;
+mod session;
 mod stats;
 
 use std::path::PathBuf;
@@ -85,8 +86,10 @@ pub struct ConsumeArgs {
     /// Stop gracefully after N records delivered.
     #[arg(long, value_name = "N")]
     pub max_records: Option<u64>,
-    /// YAML with the Bento aws_kinesis field names (streams, dynamodb.table,
-    /// checkpoint_limit, commit_period, enhanced_fan_out.*, start_from_oldest, ...).
+    /// A Bento config: a whole one (its input.aws_kinesis, also inside
+    /// input.broker.inputs; other sections ignored with a warning), the bare
+    /// `aws_kinesis:` block, or its fields at the top. Every aws_kinesis
+    /// field is honoured (README, Configuration); unknown fields are errors.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -187,30 +190,12 @@ fn init_logging() {
         .try_init();
 }
 
-/// The AWS configuration from the standard environment, with credentials
-/// and region checked up front so that their absence is one clear line.
+/// The AWS configuration from the standard environment (and a config's
+/// session fields, see [`session`]).
 pub async fn aws_config(region: Option<String>) -> anyhow::Result<aws_types::SdkConfig> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = region {
-        loader = loader.region(aws_types::region::Region::new(region));
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        anyhow::bail!(
-            "no AWS region: set AWS_REGION (or a region in the AWS profile, or `region` in --config)"
-        );
-    }
-    match sdk.credentials_provider() {
-        None => anyhow::bail!("no AWS credentials provider configured"),
-        Some(p) => {
-            if let Err(e) = p.provide_credentials().await {
-                anyhow::bail!(
-                    "no AWS credentials ({e}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
-                     AWS_PROFILE, or run where an instance or container role is available"
-                );
-            }
-        }
-    }
-    Ok(sdk)
+    session::aws_config(&config::Session {
+        region,
+        ..config::Session::default()
+    })
+    .await
 }

@@ -11,9 +11,10 @@
 //! budgets and periods and a consistent lease timing; bad values are a
 //! [`ConfigError`] naming the field, never a panic.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::ids::{Owner, StreamId};
+use crate::ids::{Owner, ShardRef, StreamId};
 
 /// Where to start a shard that has no checkpoint (`start_from_oldest`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +123,12 @@ impl Default for Batching {
 pub struct Config {
     /// `streams`: stream ARNs (or names) to consume.
     pub streams: Vec<StreamId>,
+    /// Bento's explicit shards (`stream:shard`): when not empty, this
+    /// worker takes only these shards' leases, every one that is free or
+    /// expired, whatever the number of workers, and asks no hand-off (no
+    /// balancing); checkpoints work as usual. Their streams must be in
+    /// `streams`. Empty (the default): every shard is balanced.
+    pub explicit_shards: BTreeSet<ShardRef>,
     /// This process as a lease owner (worker id + incarnation).
     pub owner: Owner,
     /// Seed of every random choice (backoff jitter).
@@ -180,6 +187,7 @@ impl Config {
         let failover_time = Duration::from_secs(10);
         Config {
             streams,
+            explicit_shards: BTreeSet::new(),
             owner,
             seed: 0,
             retrieval,
@@ -221,6 +229,19 @@ impl Config {
         }
         if let Some(s) = self.streams.iter().find(|s| s.as_str().trim().is_empty()) {
             return bad("streams", format!("empty stream name {:?}", s.as_str()));
+        }
+        if let Some(s) = self
+            .explicit_shards
+            .iter()
+            .find(|s| !self.streams.contains(&s.stream))
+        {
+            return bad(
+                "streams",
+                format!(
+                    "explicit shard {} of stream {} whose stream is not consumed",
+                    s.shard, s.stream
+                ),
+            );
         }
         if self.owner.worker.is_empty() {
             return bad("worker_id", "must not be empty".into());

@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine;
 use futures_lite::StreamExt;
 use kinesin_tokio::{Batch, Batching, Consumer};
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::config::{self, Settings, Start, UsageError};
@@ -186,8 +185,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let mut names = StreamNames::new(&streams);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut signals = crate::signals::Signals::install()?;
     let progress_on = std::io::stderr().is_terminal();
     let mut progress = Progress::new();
     // On a terminal a progress line every second (off a terminal, the
@@ -239,8 +237,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         };
         let first = tokio::select! {
             b = batches.next() => b,
-            _ = sigterm.recv() => break Ok(Stop::Signal("SIGTERM")),
-            _ = sigint.recv() => break Ok(Stop::Signal("SIGINT")),
+            s = signals.recv() => break Ok(Stop::Signal(s)),
             _ = sleep_until(idle_at) => {
                 if last_record.is_some() {
                     break Ok(Stop::Idle);
@@ -374,8 +371,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     // A second signal during shutdown stops at once.
     tokio::select! {
         r = consumer.shutdown() => r?,
-        _ = sigterm.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
-        _ = sigint.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
+        _ = signals.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
     }
     let secs = started.elapsed().as_secs_f64();
     info!(

@@ -9,9 +9,12 @@
 mod admin;
 mod config;
 mod consume;
+mod deadline;
+mod import;
 mod leases;
 mod produce;
 mod session;
+mod signals;
 mod stats;
 
 use std::path::PathBuf;
@@ -39,7 +42,8 @@ enum Command {
     /// Put test records into a stream (summary on stderr).
     Produce(ProduceArgs),
     /// Print a lease table: stream, shard, owner, fencing token, checkpoint,
-    /// parent shards, state.
+    /// parent shards, state; `import` checkpoints from Bento or KCL,
+    /// `rewind` a stopped fleet.
     Leases(LeasesArgs),
     /// Small operations for demos and tests (split a shard, tally outputs).
     #[command(hide = true, subcommand)]
@@ -119,17 +123,36 @@ pub struct ProduceArgs {
     /// (the M records of one aggregate share a partition key).
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
     pub aggregate: Option<u64>,
+    /// Deadline of one AWS call.
+    #[arg(long, value_name = "SECS", default_value_t = deadline::DEFAULT_CALL_TIMEOUT_SECS)]
+    pub call_timeout: f64,
 }
 
 /// `kinesin leases`.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LeasesArgs {
+    #[command(subcommand)]
+    pub action: Option<LeasesAction>,
     /// DynamoDB lease/checkpoint table.
-    #[arg(long, value_name = "TABLE")]
-    pub lease_table: String,
+    #[arg(long, value_name = "TABLE", required = true)]
+    pub lease_table: Option<String>,
     /// Only this stream (name or ARN); default: every stream in the table.
     #[arg(long, value_name = "NAME")]
     pub stream: Option<String>,
+    /// Deadline of one AWS call.
+    #[arg(long, value_name = "SECS", default_value_t = deadline::DEFAULT_CALL_TIMEOUT_SECS)]
+    pub call_timeout: f64,
+}
+
+/// `kinesin leases import | rewind`.
+#[derive(Subcommand, Debug)]
+pub enum LeasesAction {
+    /// Carry the checkpoints of a Bento checkpoint table or a KCL lease
+    /// table over into kinesin's lease table (prints each shard).
+    Import(import::ImportArgs),
+    /// Move every shard of a stopped fleet to oldest, latest or a time.
+    Rewind(import::RewindArgs),
 }
 
 fn main() -> ExitCode {
@@ -146,7 +169,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Consume(args) => consume::run(args).await,
             Command::Produce(args) => produce::run(args).await,
-            Command::Leases(args) => leases::run(args).await,
+            Command::Leases(args) => match args.action {
+                Some(LeasesAction::Import(a)) => import::import(a).await,
+                Some(LeasesAction::Rewind(a)) => import::rewind(a).await,
+                None => leases::run(args).await,
+            },
             Command::Admin(cmd) => admin::run(cmd).await,
         }
     });

@@ -1,0 +1,108 @@
+//! `kinesin consume --config` with whole Bento configs on the emulators:
+//! explicit shards (`stream:0`) are read, checkpointed and not balanced,
+//! and the other sections of the file are ignored with one warning.
+//! Needs `scripts/emulators.sh start` and `eval "$(scripts/emulators.sh env)"`.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn kinesin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kinesin"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running kinesin")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn shards_of(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            v["shard"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn explicit_shards_of_a_whole_bento_config_are_read_with_checkpoints_and_nothing_else() {
+    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run the emulators first"
+        );
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let stream = format!("kt-bento-{}-{nanos}", std::process::id());
+    let o = kinesin(&[
+        "produce", "--stream", &stream, "--create", "--shards", "2", "--count", "40", "--keys", "8",
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+    let dir = std::env::temp_dir();
+    let config = |shard: &str| {
+        let path = dir.join(format!("{stream}-{shard}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "http:\n  enabled: false\ninput:\n  label: kinesis_in\n  aws_kinesis:\n    \
+                 streams: [ \"{stream}:{shard}\" ]\n    dynamodb:\n      table: {stream}-leases\n      \
+                 create: true\n    checkpoint_limit: 1024\n    commit_period: 1s\n    \
+                 start_from_oldest: true\n    batching:\n      count: 0\n      period: 100ms\n\
+                 output:\n  stdout:\n    codec: lines\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let consume = |path: &std::path::Path, worker: &str| {
+        kinesin(&[
+            "consume",
+            "--config",
+            path.to_str().unwrap(),
+            "--worker-id",
+            worker,
+            "--exit-when-idle",
+            "3",
+        ])
+    };
+    let zero = config("0");
+    let o = consume(&zero, "w0");
+    assert!(o.status.success(), "consume: {}", stderr(&o));
+    let first = shards_of(&o);
+    assert!(!first.is_empty());
+    assert!(
+        first.iter().all(|s| s == "shardId-000000000000"),
+        "only the explicit shard: {first:?}"
+    );
+    assert!(
+        stderr(&o).contains("ignoring the top-level section(s) http, output"),
+        "{}",
+        stderr(&o)
+    );
+    // Checkpointed: nothing twice.
+    let o = consume(&zero, "w0");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(shards_of(&o).is_empty(), "checkpointed");
+    // The other shard, given by its full id, by another worker.
+    let one = config("shardId-000000000001");
+    let o = consume(&one, "w1");
+    assert!(o.status.success(), "consume: {}", stderr(&o));
+    let second = shards_of(&o);
+    assert!(
+        second.iter().all(|s| s == "shardId-000000000001"),
+        "{second:?}"
+    );
+    assert_eq!(first.len() + second.len(), 40, "every record once");
+    let kinds: BTreeSet<&String> = first.iter().chain(&second).collect();
+    assert_eq!(kinds.len(), 2);
+    let _ = std::fs::remove_file(zero);
+    let _ = std::fs::remove_file(one);
+}

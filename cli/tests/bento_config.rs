@@ -106,3 +106,126 @@ fn explicit_shards_of_a_whole_bento_config_are_read_with_checkpoints_and_nothing
     let _ = std::fs::remove_file(zero);
     let _ = std::fs::remove_file(one);
 }
+
+/// The session and table fields of a Bento config reach AWS: static keys
+/// and region from the config alone (none in the environment), a
+/// PROVISIONED table created with its capacity; and `rewind --to oldest`
+/// reads everything again also under `--start latest`.
+#[test]
+fn credentials_region_and_provisioned_capacity_come_from_the_config() {
+    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run the emulators first"
+        );
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let stream = format!("kt-bento-cfg-{}-{nanos}", std::process::id());
+    let table = format!("{stream}-leases");
+    let o = kinesin(&[
+        "produce", "--stream", &stream, "--create", "--shards", "1", "--count", "12",
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+    let path = std::env::temp_dir().join(format!("{stream}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "input:\n  aws_kinesis:\n    streams: [ {stream} ]\n    region: us-east-1\n    \
+             credentials:\n      id: AKIDFROMCONFIG\n      secret: fromconfig\n    dynamodb:\n      \
+             table: {table}\n      create: true\n      billing_mode: PROVISIONED\n      \
+             read_capacity_units: 5\n      write_capacity_units: 7\n"
+        ),
+    )
+    .unwrap();
+    let consume = |extra: &[&str]| {
+        let mut args = vec![
+            "consume",
+            "--config",
+            path.to_str().unwrap(),
+            "--exit-when-idle",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_kinesin"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("running kinesin")
+    };
+    let o = consume(&[]);
+    assert!(o.status.success(), "consume: {}", stderr(&o));
+    assert_eq!(shards_of(&o).len(), 12);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = rt.block_on(aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
+    let db = aws_sdk_dynamodb::Client::new(&sdk);
+    let d = rt
+        .block_on(db.describe_table().table_name(&table).send())
+        .expect("DescribeTable");
+    let t = d.table().unwrap();
+    let p = t.provisioned_throughput().expect("provisioned throughput");
+    assert_eq!(
+        (p.read_capacity_units(), p.write_capacity_units()),
+        (Some(5), Some(7)),
+        "{t:?}"
+    );
+
+    let o = kinesin(&[
+        "leases",
+        "rewind",
+        "--lease-table",
+        &table,
+        "--stream",
+        &stream,
+        "--to",
+        "oldest",
+    ]);
+    assert!(o.status.success(), "rewind: {}", stderr(&o));
+    let o = consume(&["--start", "latest"]);
+    assert!(o.status.success(), "consume after rewind: {}", stderr(&o));
+    assert_eq!(
+        shards_of(&o).len(),
+        12,
+        "everything again, also under --start latest"
+    );
+    // Rewind to now: nothing old again under --start latest.
+    let o = kinesin(&[
+        "leases",
+        "rewind",
+        "--lease-table",
+        &table,
+        "--stream",
+        &stream,
+        "--to",
+        "latest",
+    ]);
+    assert!(o.status.success(), "rewind: {}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("--start latest"),
+        "prints the consume flag"
+    );
+    let o = kinesin(&["produce", "--stream", &stream, "--count", "5"]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+    let o = consume(&["--start", "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        shards_of(&o).len(),
+        5,
+        "rewound to now: the records after it, none before"
+    );
+    let _ = std::fs::remove_file(path);
+}

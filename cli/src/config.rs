@@ -4,7 +4,8 @@
 //! top-level keys:
 //! - a whole Bento config (`input:` at the top): the `aws_kinesis` input is
 //!   read from `input.aws_kinesis` or from one entry of
-//!   `input.broker.inputs`; the other top-level sections (`http`,
+//!   `input.broker.inputs` (either may be a `resource:` of
+//!   `input_resources`); the other top-level sections (`http`,
 //!   `pipeline`, `output`, ...) are ignored with one warning naming them;
 //! - the bare block (`aws_kinesis:` at the top);
 //! - the flat form (the fields of the block at the top), which kinesin
@@ -321,7 +322,10 @@ fn parse_text(text: &str) -> Result<Settings> {
                 _ => ignored.push(name),
             }
         }
-        let (path, block) = find_input(&top["input"], &mut warnings)?;
+        let (path, block) = find_input(top, &mut warnings)?;
+        if path.starts_with("input_resources") {
+            ignored.retain(|k| k != "input_resources");
+        }
         let mut s = parse_block(&path, block)?;
         if !ignored.is_empty() {
             warnings.insert(
@@ -359,12 +363,36 @@ fn parse_text(text: &str) -> Result<Settings> {
     parse_block("", &root)
 }
 
+/// An input given as `resource: NAME`: the entry of the top-level
+/// `input_resources` labelled NAME, with its path; any other input as it is.
+fn resource<'a>(top: &'a Mapping, path: String, m: &'a Mapping) -> Result<(String, &'a Mapping)> {
+    let Some(r) = m.get("resource") else {
+        return Ok((path, m));
+    };
+    let Some(name) = r.as_str() else {
+        bail!("{path}.resource: expected the label of an input resource");
+    };
+    let found = top
+        .get("input_resources")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, v)| v.get("label").and_then(Value::as_str) == Some(name));
+    match found {
+        Some((i, Value::Mapping(rm))) => Ok((format!("input_resources[{i}]"), rm)),
+        _ => bail!("{path}.resource: no entry of input_resources has the label {name:?}"),
+    }
+}
+
 /// The `aws_kinesis` block inside `input` (directly or in
-/// `input.broker.inputs`), with its path.
-fn find_input<'a>(input: &'a Value, warnings: &mut Vec<String>) -> Result<(String, &'a Value)> {
-    let Some(m) = input.as_mapping() else {
+/// `input.broker.inputs`; an input may be a `resource` of
+/// `input_resources`), with its path.
+fn find_input<'a>(top: &'a Mapping, warnings: &mut Vec<String>) -> Result<(String, &'a Value)> {
+    let Some(m) = top["input"].as_mapping() else {
         bail!("input: expected a mapping with an aws_kinesis input");
     };
+    let (input_path, m) = resource(top, "input".into(), m)?;
     if m.contains_key("broker") {
         let mut found: Vec<(String, &Value)> = Vec::new();
         let mut others = Vec::new();
@@ -406,10 +434,11 @@ fn find_input<'a>(input: &'a Value, warnings: &mut Vec<String>) -> Result<(Strin
             .and_then(Value::as_sequence)
             .ok_or_else(|| anyhow!("input.broker.inputs: expected a list of inputs"))?;
         for (i, inp) in inputs.iter().enumerate() {
-            let path = format!("input.broker.inputs[{i}]");
+            let path = format!("{input_path}.broker.inputs[{i}]");
             let Some(im) = inp.as_mapping() else {
                 bail!("{path}: expected a mapping (one input)");
             };
+            let (path, im) = resource(top, path, im)?;
             if im.contains_key("aws_kinesis") {
                 let block = input_wrapper(&path, im, warnings)?;
                 found.push((format!("{path}.aws_kinesis"), block));
@@ -440,8 +469,8 @@ fn find_input<'a>(input: &'a Value, warnings: &mut Vec<String>) -> Result<(Strin
         };
     }
     if m.contains_key("aws_kinesis") {
-        let block = input_wrapper("input", m, warnings)?;
-        return Ok(("input.aws_kinesis".into(), block));
+        let block = input_wrapper(&input_path, m, warnings)?;
+        return Ok((format!("{input_path}.aws_kinesis"), block));
     }
     let kind = m
         .keys()

@@ -6,12 +6,16 @@
 //! uses the instance role only (IMDS); `role` is assumed (STS AssumeRole,
 //! with `role_external_id`) on top of whichever of these applies, or the
 //! default chain; `endpoint` replaces every service endpoint. Credentials
-//! and region are checked up front so that their absence is one clear line.
+//! and region are checked up front (within 15 s) so that their absence is
+//! one clear line.
 
 use anyhow::{bail, Result};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 use crate::config::Session;
+
+/// Deadline of resolving the credentials once at startup.
+const CREDENTIALS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The AWS configuration for `session` (all defaults: the environment).
 pub async fn aws_config(session: &Session) -> Result<aws_types::SdkConfig> {
@@ -62,7 +66,15 @@ pub async fn aws_config(session: &Session) -> Result<aws_types::SdkConfig> {
     match sdk.credentials_provider() {
         None => bail!("no AWS credentials provider configured"),
         Some(p) => {
-            if let Err(e) = p.provide_credentials().await {
+            // The chain may call out (SSO, STS AssumeRole, IMDS): a deadline
+            // as for every other call.
+            let got = crate::deadline::within(
+                "getting AWS credentials",
+                CREDENTIALS_DEADLINE,
+                p.provide_credentials(),
+            )
+            .await?;
+            if let Err(e) = got {
                 bail!(
                     "no AWS credentials ({e}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
                      AWS_PROFILE, or run where an instance or container role is available (or \

@@ -29,7 +29,9 @@ use kinesin_core::ids::{Owner, ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::{Config, Worker};
 
-use crate::driver::{Batch, Delivery, Driver, DriverError, DriverHandle, DriverOptions};
+use crate::driver::{
+    Batch, DeadLetter, Delivery, Driver, DriverError, DriverHandle, DriverOptions,
+};
 use crate::error::KinesisError;
 use crate::kinesis::Kinesis;
 use crate::lease_store::{LeaseStore, StoreError};
@@ -279,6 +281,23 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         self.configure(move |c| c.pool_bytes = bytes)
     }
 
+    /// Poison records: a nacked batch is delivered again after `first`,
+    /// doubled at each further nack of it up to `cap` (default: at once).
+    pub fn redelivery_backoff(self, first: Duration, cap: Duration) -> Self {
+        self.configure(move |c| {
+            c.redelivery.backoff = first;
+            c.redelivery.backoff_cap = cap;
+        })
+    }
+
+    /// Poison records: a batch nacked after this many deliveries goes to
+    /// [`Consumer::dead_letters`] instead of being delivered again, and the
+    /// checkpoint covers it once the handler accepts it (default: no
+    /// limit, redelivered for ever).
+    pub fn max_deliveries(self, deliveries: u32) -> Self {
+        self.configure(move |c| c.redelivery.max_deliveries = Some(deliveries))
+    }
+
     /// Batching policy (default: one record per batch).
     pub fn batching(self, batching: Batching) -> Self {
         self.configure(move |c| c.batching = batching)
@@ -517,6 +536,17 @@ impl<R: Runtime + Default> Consumer<R> {
         }
     }
 
+    /// Batches nacked `max_deliveries` times, for the dead-letter handler:
+    /// [`DeadLetter::accept`] once stored (the checkpoint may then cover
+    /// them), drop or [`DeadLetter::reject`] to have them offered again.
+    /// Several streams may be taken (each dead letter goes to one). Ends
+    /// after shutdown.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            rx: Box::pin(self.handle.dead_letters()),
+        }
+    }
+
     /// Stop gracefully: read nothing new, wait for in-flight acks (up to the
     /// shutdown timeout), write final checkpoints, release every lease.
     /// Batches not yet taken from the stream are given back.
@@ -539,6 +569,20 @@ impl<R: Runtime + Default> Consumer<R> {
 #[derive(Debug)]
 pub struct Batches {
     rx: Pin<Box<async_channel::Receiver<Delivery>>>,
+}
+
+/// The stream of [`DeadLetter`]s (see [`Consumer::dead_letters`]).
+#[derive(Debug)]
+pub struct DeadLetters {
+    rx: Pin<Box<async_channel::Receiver<DeadLetter>>>,
+}
+
+impl Stream for DeadLetters {
+    type Item = DeadLetter;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.as_mut().poll_next(cx)
+    }
 }
 
 impl Stream for Batches {

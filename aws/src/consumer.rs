@@ -298,6 +298,26 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         self.configure(move |c| c.redelivery.max_deliveries = Some(deliveries))
     }
 
+    /// Bento's `auto_replay_nacks`. `true`: a nacked batch is delivered
+    /// again, for ever, after a backoff of 100 ms doubled per nack up to
+    /// 5 s. `false`: a nacked batch is dropped (its records may be
+    /// checkpointed) and counted in `kinesin_dead_letters_dropped_total`,
+    /// with a warning (`max_deliveries(1)` with every dead letter
+    /// accepted). Not calling it keeps the default: redelivered at once,
+    /// for ever.
+    pub fn auto_replay_nacks(mut self, replay: bool) -> Self {
+        self.options.drop_dead_letters = !replay;
+        self.configure(move |c| {
+            if replay {
+                c.redelivery.backoff = Duration::from_millis(100);
+                c.redelivery.backoff_cap = Duration::from_secs(5);
+                c.redelivery.max_deliveries = None;
+            } else {
+                c.redelivery.max_deliveries = Some(1);
+            }
+        })
+    }
+
     /// Batching policy (default: one record per batch).
     pub fn batching(self, batching: Batching) -> Self {
         self.configure(move |c| c.batching = batching)

@@ -211,12 +211,18 @@ enum Report {
 pub struct DriverOptions {
     /// Deadline of one SDK call (SubscribeToShard: until its first event).
     pub call_timeout: Duration,
+    /// Dead letters are dropped (acknowledged at once: their records may be
+    /// checkpointed) and counted in `kinesin_dead_letters_dropped_total`,
+    /// with a warning each, instead of going to [`DriverHandle::dead_letters`]
+    /// (Bento's `auto_replay_nacks: false`).
+    pub drop_dead_letters: bool,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
             call_timeout: Duration::from_secs(15),
+            drop_dead_letters: false,
         }
     }
 }
@@ -623,6 +629,18 @@ impl<R: Runtime> Driver<R> {
                     return;
                 };
                 metrics::counter!("kinesin_dead_letters_total").increment(1);
+                if self.options.drop_dead_letters {
+                    metrics::counter!("kinesin_dead_letters_dropped_total").increment(1);
+                    warn!(
+                        shard = %b.shard,
+                        batch = %b.id,
+                        attempts,
+                        records = records.len(),
+                        "nacked batch dropped (auto_replay_nacks: false)"
+                    );
+                    let _ = self.commands_tx.try_send(Command::Ack(b.id));
+                    return;
+                }
                 warn!(
                     shard = %b.shard,
                     batch = %b.id,

@@ -7,7 +7,9 @@
 //! with `role_external_id`) on top of whichever of these applies, or the
 //! default chain; `endpoint` replaces every service endpoint. Credentials
 //! and region are checked up front (within 15 s) so that their absence is
-//! one clear line.
+//! one clear line. Profiles may use `credential_process` and AWS SSO (IAM
+//! Identity Center, `sso_session` or legacy `sso_start_url`); an SSO profile
+//! without a login is an error that says to run `aws sso login`.
 
 use anyhow::{bail, Result};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -75,8 +77,22 @@ pub async fn aws_config(session: &Session) -> Result<aws_types::SdkConfig> {
             )
             .await?;
             if let Err(e) = got {
+                // The whole chain: the provider's own message is a source.
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why.push_str(": ");
+                    why.push_str(&s.to_string());
+                    source = s.source();
+                }
+                if why.contains("sso/cache") {
+                    bail!(
+                        "no AWS credentials ({why}): the profile uses AWS SSO (IAM Identity \
+                         Center) and has no valid login: run `aws sso login` for it, then retry"
+                    );
+                }
                 bail!(
-                    "no AWS credentials ({e}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
+                    "no AWS credentials ({why}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
                      AWS_PROFILE, or run where an instance or container role is available (or \
                      set `credentials` in --config)"
                 );

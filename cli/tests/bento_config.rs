@@ -229,3 +229,81 @@ fn credentials_region_and_provisioned_capacity_come_from_the_config() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+/// `credentials.profile` naming a `credential_process` profile: the
+/// process is run and its keys are used; an SSO profile is understood (a
+/// missing SSO login is an error saying so, not a missing cargo feature).
+#[test]
+fn credential_process_and_sso_profiles_are_supported() {
+    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run the emulators first"
+        );
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let stream = format!("kt-bento-proc-{}-{nanos}", std::process::id());
+    let o = kinesin(&[
+        "produce", "--stream", &stream, "--create", "--shards", "1", "--count", "4",
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+    let dir = std::env::temp_dir().join(&stream);
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("called");
+    let aws_config = dir.join("config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile proc]\ncredential_process = sh -c \"touch {} && echo '{{\\\"Version\\\": 1, \\\"AccessKeyId\\\": \\\"AKIDPROC\\\", \\\"SecretAccessKey\\\": \\\"fromprocess\\\"}}'\"\n\n\
+             [profile sso]\nsso_start_url = https://example.awsapps.com/start\nsso_region = us-east-1\n\
+             sso_account_id = 123456789012\nsso_role_name = Reader\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let consume = |profile: &str| {
+        let path = dir.join(format!("{profile}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "input:\n  aws_kinesis:\n    streams: [ {stream} ]\n    region: us-east-1\n    \
+                 credentials:\n      profile: {profile}\n    dynamodb:\n      table: {stream}-{profile}\n      \
+                 create: true\n"
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_kinesin"))
+            .args([
+                "consume",
+                "--config",
+                path.to_str().unwrap(),
+                "--exit-when-idle",
+                "3",
+            ])
+            .env("RUST_LOG", "warn")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", &aws_config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("HOME", &dir)
+            .output()
+            .expect("running kinesin")
+    };
+    let o = consume("proc");
+    assert!(o.status.success(), "consume with credential_process: {}", stderr(&o));
+    assert_eq!(shards_of(&o).len(), 4);
+    assert!(marker.exists(), "the credential process ran");
+
+    let o = consume("sso");
+    assert!(!o.status.success(), "no SSO login: an error");
+    let err = stderr(&o);
+    assert!(!err.contains("feature"), "SSO support compiled in: {err}");
+    assert!(err.contains("aws sso login"), "says what to do: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

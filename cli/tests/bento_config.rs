@@ -296,7 +296,11 @@ fn credential_process_and_sso_profiles_are_supported() {
             .expect("running kinesin")
     };
     let o = consume("proc");
-    assert!(o.status.success(), "consume with credential_process: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "consume with credential_process: {}",
+        stderr(&o)
+    );
     assert_eq!(shards_of(&o).len(), 4);
     assert!(marker.exists(), "the credential process ran");
 

@@ -618,7 +618,10 @@ pub async fn poison_record_goes_to_the_dead_letter_handler_and_the_shard_moves_o
             "{poison_deliveries} deliveries of record 7, {} others acked",
             acked.len()
         );
-        let Some(next) = env.timeout(Duration::from_millis(500), batches.next()).await else {
+        let Some(next) = env
+            .timeout(Duration::from_millis(500), batches.next())
+            .await
+        else {
             continue;
         };
         let batch = next.ok_or_else(|| anyhow::anyhow!("batch stream ended"))??;
@@ -665,7 +668,10 @@ pub async fn poison_record_goes_to_the_dead_letter_handler_and_the_shard_moves_o
         if only_checkpoint(env, &table, &arn).await? == Some(Checkpoint::After(seqs[&19].clone())) {
             break;
         }
-        ensure!(Instant::now() < deadline, "checkpoint never covered the shard");
+        ensure!(
+            Instant::now() < deadline,
+            "checkpoint never covered the shard"
+        );
         env.sleep(Duration::from_millis(300)).await;
     }
     let more = env.take_for(&mut batches, Duration::from_secs(1)).await?;
@@ -701,7 +707,10 @@ pub async fn auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_i
     let deadline = Instant::now() + T;
     while seen.len() < 5 {
         ensure!(Instant::now() < deadline, "got {seen:?}");
-        let Some(next) = env.timeout(Duration::from_millis(500), batches.next()).await else {
+        let Some(next) = env
+            .timeout(Duration::from_millis(500), batches.next())
+            .await
+        else {
             continue;
         };
         let batch = next.ok_or_else(|| anyhow::anyhow!("batch stream ended"))??;
@@ -716,15 +725,24 @@ pub async fn auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_i
     }
     ensure!(seen == [0, 1, 2, 3, 4], "each record once: {seen:?}");
     let more = env.take_for(&mut batches, Duration::from_secs(2)).await?;
-    ensure!(more.is_empty(), "a dropped batch came again: {:?}", ids(&more));
     ensure!(
-        env.timeout(Duration::from_millis(100), letters.next()).await.is_none(),
+        more.is_empty(),
+        "a dropped batch came again: {:?}",
+        ids(&more)
+    );
+    ensure!(
+        env.timeout(Duration::from_millis(100), letters.next())
+            .await
+            .is_none(),
         "dropped, not offered"
     );
     let want = Some(Checkpoint::After(last_seq.expect("records")));
     let deadline = Instant::now() + T;
     while only_checkpoint(env, &table, &arn).await? != want {
-        ensure!(Instant::now() < deadline, "checkpoint never passed the dropped record");
+        ensure!(
+            Instant::now() < deadline,
+            "checkpoint never passed the dropped record"
+        );
         env.sleep(Duration::from_millis(300)).await;
     }
     drop(batches);

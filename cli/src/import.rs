@@ -32,8 +32,9 @@
 //! A replaced row is deleted (conditional on being free with the token
 //! read) and created again with the token + 1, so a token never goes down.
 //! `rewind` replaces every row of the stream with a row without
-//! checkpoint anchored at the position: `oldest` at unix time 0, `latest`
-//! at now, a timestamp at itself; `consume --start latest` then starts
+//! checkpoint anchored at the position: `oldest` at the stream's creation
+//! (nothing is older), `latest` at now, a timestamp at itself (at the
+//! stream's creation if earlier); `consume --start latest` then starts
 //! every shard exactly there (LATEST is anchored at the row's creation
 //! time), `--start oldest` at the oldest record.
 
@@ -159,11 +160,13 @@ fn now_ms() -> u64 {
 }
 
 /// The stream's ARN and its shards.
-async fn stream_shards(c: &Ctx, stream: &str) -> Result<(String, Vec<ShardInfo>)> {
-    let arn = call(
+/// The stream's ARN, its creation time (unix ms, 0 when unknown) and its
+/// shards.
+async fn stream_shards(c: &Ctx, stream: &str) -> Result<(String, u64, Vec<ShardInfo>)> {
+    let (arn, created_ms) = call(
         "Kinesis DescribeStreamSummary",
         c.after,
-        c.kinesis.resolve_stream(stream),
+        c.kinesis.describe_stream(stream),
     )
     .await
     .with_context(|| format!("stream {stream:?}"))?;
@@ -173,7 +176,7 @@ async fn stream_shards(c: &Ctx, stream: &str) -> Result<(String, Vec<ShardInfo>)
         c.kinesis.list_shards(&StreamId::new(&arn)),
     )
     .await?;
-    Ok((arn, shards))
+    Ok((arn, created_ms.unwrap_or(0), shards))
 }
 
 /// The kinesin rows of the stream, by shard; a missing table is an error
@@ -496,7 +499,7 @@ pub async fn import(args: ImportArgs) -> Result<ExitCode> {
         .into());
     }
     let c = ctx(&args.lease_table, args.call_timeout).await?;
-    let (arn, shards) = stream_shards(&c, &args.stream).await?;
+    let (arn, _, shards) = stream_shards(&c, &args.stream).await?;
     let source = match args.from {
         Source::Bento => bento_rows(&c, &args.source_table, &args.stream, &arn).await,
         Source::Kcl => {
@@ -631,7 +634,7 @@ pub async fn import(args: ImportArgs) -> Result<ExitCode> {
 pub async fn rewind(args: RewindArgs) -> Result<ExitCode> {
     use crate::config::Start;
     let c = ctx(&args.lease_table, args.call_timeout).await?;
-    let (arn, shards) = stream_shards(&c, &args.stream).await?;
+    let (arn, stream_created_ms, shards) = stream_shards(&c, &args.stream).await?;
     let existing = target_rows(&c, &arn, false).await?;
     let held: Vec<String> = existing
         .values()
@@ -659,6 +662,10 @@ pub async fn rewind(args: RewindArgs) -> Result<ExitCode> {
             (ms, format!("{ms} ms since the epoch"), "--start latest")
         }
     };
+    // Nothing arrived before the stream existed: an anchor before its
+    // creation reads the same records, and a row created before the stream
+    // would be taken for an earlier stream's (consume refuses those).
+    let anchor = anchor.max(stream_created_ms);
     for info in &shards {
         let row = existing.get(&info.shard);
         let from = show(&row.and_then(|r| r.checkpoint.clone()));

@@ -925,6 +925,26 @@ impl<R: Runtime> Driver<R> {
                     Report::Input(Input::HeartbeatWritten { op, result })
                 });
             }
+            Action::DeleteLease { op, shard, token } => {
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = store.delete_lease(&shard, token);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(store_class),
+                        None => Err(timed_out("lease delete")),
+                    };
+                    Report::Input(Input::LeaseDeleted { op, result })
+                });
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                self.spawn_call(tracing::Span::current(), async move {
+                    let call = store.delete_heartbeat(&owner, beat);
+                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(r) => r.map_err(store_class),
+                        None => Err(timed_out("heartbeat delete")),
+                    };
+                    Report::Input(Input::HeartbeatDeleted { op, result })
+                });
+            }
         }
     }
 }

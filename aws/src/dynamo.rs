@@ -453,11 +453,56 @@ impl DynamoLeaseStore {
         ))
     }
 
+    async fn delete_lease_inner(
+        &self,
+        shard: &ShardRef,
+        token: FencingToken,
+    ) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(lease_key(shard)))
+            .condition_expression(
+                "attribute_not_exists(#owner) AND #checkpoint = :end AND #token = :token",
+            )
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#checkpoint", "checkpoint")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_values(":end", s(Checkpoint::SHARD_END))
+            .expression_attribute_values(":token", n(token.0))
+            .send()
+            .await
+            .map_err(|e| classify("DeleteItem", e, true))?;
+        Ok(())
+    }
+
+    async fn delete_heartbeat_inner(&self, owner: &Owner, beat: u64) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(ATTR_STREAM, s(WORKERS_PARTITION))
+            .key(ATTR_KEY, s(format!("{WORKER_KEY_PREFIX}{}", owner.worker)))
+            .condition_expression("#owner = :owner AND #beat = :beat")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#beat", "beat")
+            .expression_attribute_values(":owner", s(owner.encode()))
+            .expression_attribute_values(":beat", n(beat))
+            .send()
+            .await
+            .map_err(|e| classify("DeleteItem", e, true))?;
+        Ok(())
+    }
+
     async fn write_heartbeat_inner(&self, row: &HeartbeatRow) -> Result<(), StoreError> {
+        // `HeartbeatRow::put_applies`: never over a later incarnation's
+        // row (rows of older versions carry no `incarnation`).
         self.client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(encode_heartbeat(row)))
+            .condition_expression("attribute_not_exists(#inc) OR #inc <= :inc")
+            .expression_attribute_names("#inc", "incarnation")
+            .expression_attribute_values(":inc", n(row.owner.incarnation))
             .send()
             .await
             .map_err(|e| classify("PutItem", e, true))?;
@@ -487,6 +532,14 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
         Box::pin(self.write_heartbeat_inner(row))
+    }
+
+    fn delete_heartbeat<'a>(&'a self, owner: &'a Owner, beat: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_heartbeat_inner(owner, beat))
+    }
+
+    fn delete_lease<'a>(&'a self, shard: &'a ShardRef, token: FencingToken) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_lease_inner(shard, token))
     }
 
     fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>> {
@@ -571,6 +624,7 @@ fn encode_heartbeat(row: &HeartbeatRow) -> Item {
             s(format!("{WORKER_KEY_PREFIX}{}", row.owner.worker)),
         ),
         ("owner".to_owned(), s(row.owner.encode())),
+        ("incarnation".to_owned(), n(row.owner.incarnation)),
         ("beat".to_owned(), n(row.beat)),
         ("held".to_owned(), n(row.held)),
         (

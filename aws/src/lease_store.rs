@@ -38,7 +38,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use kinesin_core::ids::StreamId;
+use kinesin_core::ids::{FencingToken, Owner, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 
@@ -90,6 +90,18 @@ pub trait LeaseStore: Send + Sync {
     /// worker id (whatever incarnation wrote it, and whether it decodes or
     /// not). Unconditional.
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()>;
+
+    /// Delete the lease row of a drained shard with exactly the semantics
+    /// of [`LeaseRow::delete_applies`] (only while free, at `SHARD_END` and
+    /// on `token`); otherwise [`ErrorClass::ConditionalFailed`]. Workers
+    /// call it once every child of the shard has checkpointed.
+    fn delete_lease<'a>(&'a self, shard: &'a ShardRef, token: FencingToken) -> StoreFuture<'a, ()>;
+
+    /// Delete the heartbeat row of `owner`'s worker id with exactly the
+    /// semantics of [`HeartbeatRow::delete_applies`] (only while it names
+    /// `owner` with `beat`); otherwise [`ErrorClass::ConditionalFailed`].
+    /// Workers call it for rows of workers gone for many failover periods.
+    fn delete_heartbeat<'a>(&'a self, owner: &'a Owner, beat: u64) -> StoreFuture<'a, ()>;
 
     /// Every stream that has lease rows, in order. For operators' tools
     /// (`kinesin leases`, status views): a DynamoDB store answers it with a

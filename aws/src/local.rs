@@ -69,7 +69,7 @@ use std::thread::JoinHandle;
 
 use async_channel::Sender;
 
-use kinesin_core::ids::{Owner, ShardId, ShardRef, StreamId};
+use kinesin_core::ids::{FencingToken, Owner, ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::table::{HeartbeatRow, LeaseRow, LeaseWrite};
 use serde::Serialize;
@@ -185,6 +185,8 @@ struct Queue {
 enum Change {
     Lease(LeaseWrite),
     Heartbeat(HeartbeatRow),
+    DeleteHeartbeat(Owner, u64),
+    DeleteLease(ShardRef, FencingToken),
 }
 
 /// Why a group commit did not (surely) reach the disk.
@@ -400,10 +402,43 @@ impl Shared {
                 }
                 Change::Heartbeat(row) => {
                     let worker = row.owner.worker.to_string();
+                    if !HeartbeatRow::put_applies(next.heartbeats.get(&worker), &row) {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "write_heartbeat",
+                            format!("the row of {worker:?} is a later incarnation's"),
+                        )));
+                        continue;
+                    }
                     next.bad_heartbeats
                         .retain(|k| k.key.as_deref() != Some(worker.as_str()));
                     next.heartbeats.insert(worker, row);
                     applied.push(reply);
+                }
+                Change::DeleteLease(shard, token) => {
+                    if LeaseRow::delete_applies(next.leases.get(&shard), token) {
+                        next.leases.remove(&shard);
+                        applied.push(reply);
+                    } else {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "delete_lease",
+                            format!("the row of {shard} is held, not ended or changed"),
+                        )));
+                    }
+                }
+                Change::DeleteHeartbeat(owner, beat) => {
+                    let worker = owner.worker.to_string();
+                    if HeartbeatRow::delete_applies(next.heartbeats.get(&worker), &owner, beat) {
+                        next.heartbeats.remove(&worker);
+                        applied.push(reply);
+                    } else {
+                        let _ = reply.try_send(Err(StoreError::new(
+                            ErrorClass::ConditionalFailed,
+                            "delete_heartbeat",
+                            format!("the row of {worker:?} changed or is gone"),
+                        )));
+                    }
                 }
             }
         }
@@ -518,6 +553,14 @@ impl LeaseStore for LocalLeaseStore {
 
     fn write_heartbeat<'a>(&'a self, row: &'a HeartbeatRow) -> StoreFuture<'a, ()> {
         Box::pin(self.write(Change::Heartbeat(row.clone())))
+    }
+
+    fn delete_lease<'a>(&'a self, shard: &'a ShardRef, token: FencingToken) -> StoreFuture<'a, ()> {
+        Box::pin(self.write(Change::DeleteLease(shard.clone(), token)))
+    }
+
+    fn delete_heartbeat<'a>(&'a self, owner: &'a Owner, beat: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.write(Change::DeleteHeartbeat(owner.clone(), beat)))
     }
 
     fn list_streams(&self) -> StoreFuture<'_, Vec<StreamId>> {

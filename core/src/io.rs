@@ -17,7 +17,7 @@
 
 use std::ops::Range;
 
-use crate::ids::{BatchId, ChunkId, FencingToken, OpId, ShardId, ShardRef, StreamId, SubId};
+use crate::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardId, ShardRef, StreamId, SubId};
 use crate::kpl::HashRange;
 use crate::sequence::{ExtSeq, SeqNum, StartPosition};
 use crate::table::{HeartbeatRow, LeaseRow, LeaseWrite};
@@ -276,6 +276,28 @@ pub enum Action {
         /// The row.
         row: HeartbeatRow,
     },
+    /// Delete the lease row of a drained shard whose children have all
+    /// checkpointed (KCL's clean-up), on condition that it is still free,
+    /// at `SHARD_END` and on `token` -> [`Input::LeaseDeleted`].
+    DeleteLease {
+        /// Echo in the answer.
+        op: OpId,
+        /// Which lease.
+        shard: ShardRef,
+        /// The row's token as read.
+        token: FencingToken,
+    },
+    /// Delete the heartbeat row of a worker gone for many failover
+    /// periods, on condition that the row still names `owner` with `beat`
+    /// (a worker that beat again keeps its row) -> [`Input::HeartbeatDeleted`].
+    DeleteHeartbeat {
+        /// Echo in the answer.
+        op: OpId,
+        /// The row's owner as read.
+        owner: Owner,
+        /// The row's beat as read.
+        beat: u64,
+    },
 }
 
 impl Action {
@@ -287,7 +309,10 @@ impl Action {
     pub fn timeout_class(&self) -> ErrorClass {
         ErrorClass::unknown_outcome(matches!(
             self,
-            Action::WriteLease { .. } | Action::WriteHeartbeat { .. }
+            Action::WriteLease { .. }
+                | Action::WriteHeartbeat { .. }
+                | Action::DeleteHeartbeat { .. }
+                | Action::DeleteLease { .. }
         ))
     }
 
@@ -331,6 +356,14 @@ impl Action {
                 result: Err(class),
             },
             Action::WriteHeartbeat { op, .. } => Input::HeartbeatWritten {
+                op: *op,
+                result: Err(class),
+            },
+            Action::DeleteHeartbeat { op, .. } => Input::HeartbeatDeleted {
+                op: *op,
+                result: Err(class),
+            },
+            Action::DeleteLease { op, .. } => Input::LeaseDeleted {
                 op: *op,
                 result: Err(class),
             },
@@ -432,6 +465,22 @@ pub enum Input {
         /// Ok or how it failed.
         result: Result<(), ErrorClass>,
     },
+    /// Answer to [`Action::DeleteLease`] (`ConditionalFailed`: the row
+    /// changed or is gone).
+    LeaseDeleted {
+        /// From the action.
+        op: OpId,
+        /// Ok or how it failed.
+        result: Result<(), ErrorClass>,
+    },
+    /// Answer to [`Action::DeleteHeartbeat`] (`ConditionalFailed`: the row
+    /// changed or is gone).
+    HeartbeatDeleted {
+        /// From the action.
+        op: OpId,
+        /// Ok or how it failed.
+        result: Result<(), ErrorClass>,
+    },
 }
 
 impl Input {
@@ -471,6 +520,14 @@ impl Input {
                 result: Err(class),
             },
             Input::HeartbeatWritten { op, .. } => Input::HeartbeatWritten {
+                op,
+                result: Err(class),
+            },
+            Input::HeartbeatDeleted { op, .. } => Input::HeartbeatDeleted {
+                op,
+                result: Err(class),
+            },
+            Input::LeaseDeleted { op, .. } => Input::LeaseDeleted {
                 op,
                 result: Err(class),
             },

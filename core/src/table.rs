@@ -94,6 +94,38 @@ pub struct HeartbeatRow {
     pub streams: Vec<StreamId>,
 }
 
+impl LeaseRow {
+    /// Reference semantics of [`crate::Action::DeleteLease`]: a row is
+    /// deleted only while it is free, at `SHARD_END` and on `token` (the
+    /// row as read). Stores (DynamoDB, local, simulated) must behave
+    /// exactly like this.
+    pub fn delete_applies(current: Option<&LeaseRow>, token: FencingToken) -> bool {
+        current.is_some_and(|r| {
+            r.owner.is_none() && r.checkpoint == Some(Checkpoint::ShardEnd) && r.token == token
+        })
+    }
+}
+
+impl HeartbeatRow {
+    /// Reference semantics of [`crate::Action::WriteHeartbeat`]: a put
+    /// replaces the row of its worker id unless that row was written by a
+    /// later incarnation (a second process with the same id, or a
+    /// restart): the earlier process's write is refused
+    /// (`ConditionalFailed`) and it stops, instead of hiding the later
+    /// process's row, and its hand-off requests, from every reader.
+    pub fn put_applies(current: Option<&HeartbeatRow>, row: &HeartbeatRow) -> bool {
+        current.is_none_or(|c| c.owner.incarnation <= row.owner.incarnation)
+    }
+
+    /// Reference semantics of [`crate::Action::DeleteHeartbeat`]: the row
+    /// is deleted only when it still names `owner` with `beat` (a worker
+    /// that beat again, or a later incarnation, keeps its row). Stores
+    /// (DynamoDB, local, simulated) must behave exactly like this.
+    pub fn delete_applies(current: Option<&HeartbeatRow>, owner: &Owner, beat: u64) -> bool {
+        current.is_some_and(|r| r.owner == *owner && r.beat == beat)
+    }
+}
+
 /// Whether a worker whose heartbeat lists `consumed` can read every one
 /// of `streams`. An empty list (a row of an older version) reads anything.
 pub fn consumes_all<'a>(

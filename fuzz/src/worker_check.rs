@@ -483,6 +483,34 @@ impl WorkerHarness {
                 };
                 Input::HeartbeatWritten { op, result }
             }
+            Action::DeleteLease { op, shard, token } => {
+                let result = match fault(self, u, &[Throttled, Transient, Ambiguous]) {
+                    Some(class) => Err(class),
+                    None if LeaseRow::delete_applies(self.table.get(&shard), token) => {
+                        self.table.remove(&shard);
+                        Ok(())
+                    }
+                    None => Err(ConditionalFailed),
+                };
+                Input::LeaseDeleted { op, result }
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                assert_ne!(owner, self.me, "deletes its own heartbeat row");
+                let result = match fault(self, u, &[Throttled, Transient, Ambiguous]) {
+                    Some(class) => Err(class),
+                    None if HeartbeatRow::delete_applies(
+                        self.heartbeats.get(&owner),
+                        &owner,
+                        beat,
+                    ) =>
+                    {
+                        self.heartbeats.remove(&owner);
+                        Ok(())
+                    }
+                    None => Err(ConditionalFailed),
+                };
+                Input::HeartbeatDeleted { op, result }
+            }
         })
     }
 

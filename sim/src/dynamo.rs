@@ -14,10 +14,11 @@
 //! Invariants: a row changes only through [`LeaseWrite::apply`]; the
 //! fencing token of a row never decreases.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use kinesin_core::ids::{ShardRef, StreamId};
+use kinesin_core::ids::{FencingToken, Owner, ShardRef, StreamId};
+use kinesin_core::io::ErrorClass;
 use kinesin_core::table::{ConditionFailed, HeartbeatRow, LeaseRow, LeaseWrite};
 
 /// DynamoDB requests that reached the table, by kind.
@@ -43,6 +44,10 @@ pub struct WriteCounts {
     pub lease_reads: u64,
     /// Heartbeat-row queries.
     pub heartbeat_reads: u64,
+    /// Heartbeat rows of gone workers deleted.
+    pub heartbeat_deletes: u64,
+    /// Lease rows of drained shards deleted.
+    pub lease_deletes: u64,
 }
 
 impl WriteCounts {
@@ -68,6 +73,8 @@ impl WriteCounts {
         self.conditional_failed += o.conditional_failed;
         self.lease_reads += o.lease_reads;
         self.heartbeat_reads += o.heartbeat_reads;
+        self.heartbeat_deletes += o.heartbeat_deletes;
+        self.lease_deletes += o.lease_deletes;
     }
 }
 
@@ -78,6 +85,8 @@ pub struct Dynamo {
     pub leases: BTreeMap<ShardRef, LeaseRow>,
     /// Heartbeat rows by worker id.
     pub beats: BTreeMap<Arc<str>, HeartbeatRow>,
+    /// Lease rows deleted (drained shards whose children checkpointed).
+    pub deleted: BTreeSet<ShardRef>,
     /// Request accounting.
     pub counts: WriteCounts,
 }
@@ -110,10 +119,45 @@ impl Dynamo {
         }
     }
 
-    /// Put a heartbeat row.
-    pub fn put_beat(&mut self, row: HeartbeatRow) {
+    /// Put a heartbeat row, unless a later incarnation wrote the row of
+    /// its worker id ([`HeartbeatRow::put_applies`]).
+    pub fn put_beat(&mut self, row: HeartbeatRow) -> Result<(), ErrorClass> {
         self.counts.heartbeat += 1;
+        if !HeartbeatRow::put_applies(self.beats.get(&row.owner.worker), &row) {
+            return Err(ErrorClass::ConditionalFailed);
+        }
         self.beats.insert(row.owner.worker.clone(), row);
+        Ok(())
+    }
+
+    /// Delete a lease row with the reference semantics
+    /// ([`LeaseRow::delete_applies`]); remembered in `deleted`.
+    pub fn delete_lease(
+        &mut self,
+        shard: &ShardRef,
+        token: FencingToken,
+    ) -> Result<(), ErrorClass> {
+        if LeaseRow::delete_applies(self.leases.get(shard), token) {
+            self.leases.remove(shard);
+            self.deleted.insert(shard.clone());
+            self.counts.lease_deletes += 1;
+            Ok(())
+        } else {
+            Err(ErrorClass::ConditionalFailed)
+        }
+    }
+
+    /// Delete a heartbeat row with the reference semantics
+    /// ([`HeartbeatRow::delete_applies`]).
+    pub fn delete_beat(&mut self, owner: &Owner, beat: u64) -> Result<(), ErrorClass> {
+        let key: &str = &owner.worker;
+        if HeartbeatRow::delete_applies(self.beats.get(key), owner, beat) {
+            self.beats.remove(key);
+            self.counts.heartbeat_deletes += 1;
+            Ok(())
+        } else {
+            Err(ErrorClass::ConditionalFailed)
+        }
     }
 
     /// Query the lease rows of a stream.

@@ -720,9 +720,27 @@ impl World {
         for i in 0..self.kinesis.shards.len() {
             let sref = self.kinesis.shard_ref(i);
             let row = self.dynamo.leases.get(&sref);
-            let ended = row.is_some_and(|r| r.checkpoint == Some(Checkpoint::ShardEnd));
+            let ended = row.is_some_and(|r| r.checkpoint == Some(Checkpoint::ShardEnd))
+                || self.dynamo.deleted.contains(&sref);
             let s = &self.kinesis.shards[i];
             if ended {
+                // A drained shard's row is collected once every child has
+                // checkpointed (KCL's clean-up): rows do not pile up.
+                let children_done = !s.children.is_empty()
+                    && s.children.iter().all(|&c| {
+                        let cref = self.kinesis.shard_ref(c);
+                        self.dynamo.deleted.contains(&cref)
+                            || self
+                                .dynamo
+                                .leases
+                                .get(&cref)
+                                .is_some_and(|r| r.checkpoint.is_some())
+                    });
+                if row.is_some_and(|r| r.owner.is_none()) && children_done {
+                    out.push(format!(
+                        "{sref}: drained and its children checkpointed, row not collected"
+                    ));
+                }
                 continue;
             }
             // Converged includes no hand-off in flight (a hand-off racing the
@@ -753,6 +771,18 @@ impl World {
             out.push(format!("shard {shard}: {n} records not acknowledged"));
         }
         out.extend(self.unfair());
+        // Heartbeat rows of gone workers are collected (10 failover
+        // periods after they stopped, by the smallest live worker): a
+        // fleet has not settled while one is left.
+        for row in self.dynamo.beats.values() {
+            if !(0..self.procs.len()).any(|p| self.running(p) && self.procs[p].owner() == row.owner)
+            {
+                out.push(format!(
+                    "heartbeat row of {} (gone) not collected",
+                    row.owner
+                ));
+            }
+        }
         out
     }
 

@@ -59,7 +59,9 @@ impl Service {
             Input::Leases { .. }
             | Input::LeaseWritten { .. }
             | Input::Heartbeats { .. }
-            | Input::HeartbeatWritten { .. } => Service::Dynamo,
+            | Input::HeartbeatWritten { .. }
+            | Input::HeartbeatDeleted { .. }
+            | Input::LeaseDeleted { .. } => Service::Dynamo,
             _ => Service::Kinesis,
         }
     }
@@ -94,7 +96,8 @@ impl Call {
         match a {
             Action::WriteLease { .. } => Call::DynamoLeaseWrite,
             Action::ReadLeases { .. } | Action::ReadHeartbeats { .. } => Call::DynamoRead,
-            Action::WriteHeartbeat { .. } => Call::Dynamo,
+            Action::WriteHeartbeat { .. } | Action::DeleteHeartbeat { .. } => Call::Dynamo,
+            Action::DeleteLease { .. } => Call::DynamoLeaseWrite,
             Action::ListShards { .. }
             | Action::RegisterConsumer { .. }
             | Action::DescribeConsumer { .. }
@@ -402,7 +405,10 @@ impl Net {
 pub fn degrade(input: Input) -> Input {
     let write = matches!(
         input,
-        Input::LeaseWritten { .. } | Input::HeartbeatWritten { .. }
+        Input::LeaseWritten { .. }
+            | Input::HeartbeatWritten { .. }
+            | Input::HeartbeatDeleted { .. }
+            | Input::LeaseDeleted { .. }
     );
     input.failed(ErrorClass::unknown_outcome(write))
 }

@@ -329,6 +329,12 @@ impl fmt::Display for Brief<'_, Action> {
                 row.held,
                 row.wants.len()
             ),
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                write!(f, "DeleteHeartbeat {op:?} {owner} beat={beat}")
+            }
+            Action::DeleteLease { op, shard, token } => {
+                write!(f, "DeleteLease {op:?} {shard} tok{}", token.0)
+            }
         }
     }
 }
@@ -456,6 +462,12 @@ impl fmt::Display for Brief<'_, Input> {
             Input::Heartbeats { op, result } => write!(f, "Heartbeats {op:?} {}", Len(result)),
             Input::HeartbeatWritten { op, result } => {
                 write!(f, "HeartbeatWritten {op:?} {}", Res(result))
+            }
+            Input::HeartbeatDeleted { op, result } => {
+                write!(f, "HeartbeatDeleted {op:?} {}", Res(result))
+            }
+            Input::LeaseDeleted { op, result } => {
+                write!(f, "LeaseDeleted {op:?} {}", Res(result))
             }
         }
     }

@@ -897,13 +897,37 @@ impl World {
                 );
             }
             Action::WriteHeartbeat { op, row } => {
-                self.dynamo.put_beat(row);
+                let applied = self.dynamo.put_beat(row);
                 let reply = self.net.write_reply(&mut self.rng);
                 if faulted(&reply, true) {
                     self.request_fault(p, inc);
                 }
-                let (result, lat) = reply_to_write(reply, Ok(()));
+                let (result, lat) = reply_to_write(reply, applied);
                 back(self, Input::HeartbeatWritten { op, result }, None, lat);
+            }
+            Action::DeleteLease { op, shard, token } => {
+                let applied = self.dynamo.delete_lease(&shard, token);
+                if applied.is_ok() {
+                    self.trace.line(
+                        self.now,
+                        format_args!("table {shard} deleted (tok{})", token.0),
+                    );
+                }
+                let reply = self.net.write_reply(&mut self.rng);
+                if faulted(&reply, true) {
+                    self.request_fault(p, inc);
+                }
+                let (result, lat) = reply_to_write(reply, applied);
+                back(self, Input::LeaseDeleted { op, result }, None, lat);
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                let applied = self.dynamo.delete_beat(&owner, beat);
+                let reply = self.net.write_reply(&mut self.rng);
+                if faulted(&reply, true) {
+                    self.request_fault(p, inc);
+                }
+                let (result, lat) = reply_to_write(reply, applied);
+                back(self, Input::HeartbeatDeleted { op, result }, None, lat);
             }
             Action::WriteLease { op, write } => {
                 // DynamoDB answers with the row as written (ALL_NEW).

@@ -615,10 +615,14 @@ fn an_owner_whose_reads_fail_stops_before_a_forced_take() -> Result<()> {
 /// (Event::Fatal naming the later one) without two processes delivering
 /// one shard, a restart after the impostor is gone must run, and a
 /// hand-off asked by the superseded process must not block its lease
-/// for good (seed 938: `pending_owner` stayed the superseded taker).
+/// for good (seed 938: `pending_owner` stayed the superseded taker); the
+/// earlier process's heartbeat put must not hide the later one's row
+/// (seeds 2031, 3721: forced take from an owner that never saw the
+/// request), and the later one must not take its earlier incarnation's
+/// leases before that one fenced (seeds 5248, 7198: its reads failed).
 #[test]
 fn a_second_process_with_a_running_workers_id_stops_the_first_and_blocks_nothing() -> Result<()> {
-    for seed in [80, 370, 1521, 938] {
+    for seed in [80, 370, 1521, 938, 2031, 3721, 5248, 7198, 18656] {
         ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
     }
     Ok(())

@@ -404,12 +404,51 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
         ..created
     };
     ensure!(row == expected, "{row:?} != {expected:?}");
+
+    // A drained row is deleted only as read: free, at SHARD_END, on its
+    // token (`LeaseRow::delete_applies`).
+    let refused = store.delete_lease(&s, FencingToken(2)).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete on an old token: {refused:?}"
+    );
+    store.delete_lease(&s, FencingToken(3)).await?;
+    let rows = store.read_leases(&s.stream).await?.rows;
+    ensure!(rows.iter().all(|r| r.shard != s), "{rows:?}");
+    let gone = store.delete_lease(&s, FencingToken(3)).await;
+    ensure!(
+        matches!(&gone, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete of a row that is gone: {gone:?}"
+    );
+    // A held row is never deleted.
+    let held = shard(stream, "shardId-000000000002");
+    write_ok(
+        store,
+        LeaseWrite::Create(LeaseRow::new(held.clone(), vec![], 1)),
+    )
+    .await?;
+    write_ok(
+        store,
+        LeaseWrite::Take {
+            shard: held.clone(),
+            expect_owner: None,
+            expect_token: FencingToken(0),
+            to: a(),
+        },
+    )
+    .await?;
+    let refused = store.delete_lease(&held, FencingToken(1)).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete of a held row: {refused:?}"
+    );
     Ok(())
 }
 
 /// Heartbeat rows: one per worker id, replaced by the next write of that
 /// worker (any incarnation), read back in worker-id order with the streams
-/// each worker consumes, separate from lease rows.
+/// each worker consumes, separate from lease rows; deleted only as read
+/// (`HeartbeatRow::delete_applies`).
 pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Result<()> {
     let beat_a = HeartbeatRow {
         owner: a(),
@@ -451,7 +490,35 @@ pub async fn heartbeats_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
     };
     store.write_heartbeat(&beat_b2).await?;
     let rows = store.read_heartbeats().await?.rows;
-    ensure!(rows == [beat_b2, beat_a], "{rows:?}");
+    ensure!(rows == [beat_b2.clone(), beat_a.clone()], "{rows:?}");
+
+    // An earlier incarnation never writes over a later one's row
+    // (`HeartbeatRow::put_applies`): it is refused and stops.
+    let refused = store.write_heartbeat(&beat_b).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "put of an earlier incarnation over a later row: {refused:?}"
+    );
+    let rows = store.read_heartbeats().await?.rows;
+    ensure!(rows == [beat_b2.clone(), beat_a.clone()], "{rows:?}");
+
+    // Deleting a gone worker's row applies only to the row as read: not
+    // to an earlier incarnation's, not after another beat.
+    for (owner, beat) in [(b(), 0), (Owner::new("b", 8), 1)] {
+        let refused = store.delete_heartbeat(&owner, beat).await;
+        ensure!(
+            matches!(&refused, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+            "delete of {owner} beat {beat}: {refused:?}"
+        );
+    }
+    store.delete_heartbeat(&beat_b2.owner, beat_b2.beat).await?;
+    let rows = store.read_heartbeats().await?.rows;
+    ensure!(rows == [beat_a.clone()], "{rows:?}");
+    let gone = store.delete_heartbeat(&beat_b2.owner, beat_b2.beat).await;
+    ensure!(
+        matches!(&gone, Err(e) if e.class() == ErrorClass::ConditionalFailed),
+        "delete of a row that is gone: {gone:?}"
+    );
     ensure!(
         store
             .read_leases(&StreamId::new(stream))

@@ -12,10 +12,11 @@
 //!   earlier incarnation, counts from the reply of the first read that
 //!   showed it missing; `alive = false` is expired at once; a row of a later
 //!   incarnation of the same worker id (a restart, or a second process with
-//!   that id) expires the earlier one two heartbeat-read intervals after
-//!   the first read that showed it, and the earlier one, if alive, fences
-//!   for good at its next heartbeat read (it stops before anyone may take
-//!   its leases, and never writes over the later row). Wall clocks are never
+//!   that id) leaves the earlier one expired F after its last beat seen,
+//!   and the earlier one, if alive, fences for good at its next heartbeat
+//!   read or at its next put, which the table refuses over the later row
+//!   (`HeartbeatRow::put_applies`): it stops before anyone may take its
+//!   leases, and never writes over the later row. Wall clocks are never
 //!   compared, and a worker that has not read heartbeats judges nobody
 //!   expired. A verdict of heartbeat read `r` holds only for leases that
 //!   existed before `r` (the owner may have come back and taken leases
@@ -45,6 +46,11 @@
 //!   when its view of the row names that taker pending on its own token (a
 //!   want asked of a previous owner is stale); otherwise it reads the row
 //!   first.
+//! - Heartbeat rows of gone workers are collected: a row whose beat has
+//!   not changed for `HEARTBEAT_GC_FAILOVERS` failover periods is deleted
+//!   by the smallest live owner, conditional on the owner and beat read
+//!   (KCL keeps no such rows; without this every worker would read the
+//!   row of every worker ever started, each interval).
 //!
 //! Invariants: at most one heartbeat read in flight, and a heartbeat write
 //! sent at most once per heartbeat interval (a new one only when none is in
@@ -54,13 +60,26 @@
 //! Imports: the table view (owners named by lease rows are observed too)
 //! and, for the fence, the held leases of `write`; nothing of `balance`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Op};
 use crate::ids::{IdMint, Owner, ShardRef, StreamId};
 use crate::io::{Action, ErrorClass, LostReason};
 use crate::table::{consumes_all, HeartbeatRow, LeaseWrite};
+
+/// A row of a later incarnation of `owner`'s worker id is among `rows`.
+fn self_restarted(rows: &[HeartbeatRow], owner: &Owner) -> bool {
+    rows.iter()
+        .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
+}
+
+/// A heartbeat row whose beat has not changed for this many failover
+/// periods is a gone worker's and is deleted (see `collect_heartbeats`).
+pub const HEARTBEAT_GC_FAILOVERS: u32 = 10;
+
+/// Heartbeat deletes in flight at most (per worker).
+const MAX_HEARTBEAT_DELETES: usize = 16;
 
 /// What we know of one owner's heartbeat.
 #[derive(Clone, Debug)]
@@ -99,6 +118,9 @@ pub(super) struct Liveness {
     /// second process with our id): fenced for good, and no heartbeat is
     /// written over its row any more.
     pub(super) superseded: bool,
+    /// [`LeaseEvent::Superseded`] was emitted (once, by the heartbeat read
+    /// that shows the later row).
+    pub(super) superseded_reported: bool,
     pub(super) next_hb_write: Instant,
     pub(super) last_renew_sent: Option<Instant>,
     pub(super) fenced: bool,
@@ -111,6 +133,8 @@ pub(super) struct Liveness {
     /// `seq` when the last successful heartbeat read was sent.
     pub(super) last_hb_read_seq: u64,
     pub(super) observed: BTreeMap<Owner, Observed>,
+    /// Heartbeat rows of gone workers whose delete is in flight.
+    pub(super) collecting: BTreeSet<Owner>,
 }
 
 impl Liveness {
@@ -123,6 +147,7 @@ impl Liveness {
             hb_inflight: None,
             hb_asap: false,
             superseded: false,
+            superseded_reported: false,
             next_hb_write: now,
             last_renew_sent: None,
             fenced: false,
@@ -132,6 +157,7 @@ impl Liveness {
             last_hb_read_sent: None,
             last_hb_read_seq: 0,
             observed: BTreeMap::new(),
+            collecting: BTreeSet::new(),
         }
     }
 
@@ -350,6 +376,17 @@ impl LeaseManager {
                 }
                 self.live.next_hb_write = sent + self.timing.heartbeat;
             }
+            Err(ErrorClass::ConditionalFailed) => {
+                // The store refused to put our row over a later
+                // incarnation's (`HeartbeatRow::put_applies`): another
+                // process runs with our worker id. Stop for good now (two
+                // processes overwriting each other's row could each hide
+                // the other's row, and requests, from every reader); the
+                // read due now names it.
+                self.live.superseded = true;
+                self.live.next_hb_read = self.live.next_hb_read.min(now);
+                self.tick(now);
+            }
             Err(_) if newest => {
                 // Ambiguous or failed: does not renew; try again soon.
                 self.live.next_hb_write = now + self.timing.retry();
@@ -396,25 +433,19 @@ impl LeaseManager {
         }
         // A row of a *later* incarnation of the same worker id means that
         // process restarted, or a second process runs with the same id. The
-        // earlier incarnation stops at its next heartbeat read when it is
-        // alive (below), so it is expired a grace of two heartbeat-read
-        // intervals after the first read that showed the later row, not at
-        // once: a restarted worker's leases still move in seconds, and two
-        // live processes never deliver one shard together.
-        let restarted = |owner: &Owner| {
-            rows.iter()
-                .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
-        };
-        let grace = (self.timing.heartbeat_read * 2).min(failover);
-        let superseded_since = now
-            .checked_sub(failover.saturating_sub(grace))
-            .unwrap_or(now);
+        // earlier incarnation stops at its next heartbeat read or at its
+        // next put (the table refuses it over the later row), and can no
+        // longer renew: it is expired like any silent owner, F after its
+        // last beat was seen, never sooner. (A grace of two read intervals
+        // was not safe: an earlier process whose reads fail kept
+        // delivering past it; kinesin-sim seeds 5248, 7198.)
         if rows
             .iter()
             .any(|r| r.owner.worker == self.me.worker && r.owner.incarnation > self.me.incarnation)
-            && !self.live.superseded
+            && !self.live.superseded_reported
         {
             self.live.superseded = true;
+            self.live.superseded_reported = true;
             self.events.push_back(LeaseEvent::Superseded {
                 by: rows
                     .iter()
@@ -445,10 +476,11 @@ impl LeaseManager {
                 (None, p) if p.beat.is_none() => p.clone(),
                 (None, p) => Observed {
                     beat: None,
-                    // Superseded: expire a grace from now, or sooner when
-                    // its last beat was already that old (never later).
-                    since: if restarted(owner) {
-                        superseded_since.min(p.since)
+                    // Superseded: expired F after its last beat seen (it
+                    // cannot renew over the later row); a row gone for
+                    // another reason counts from now.
+                    since: if self_restarted(rows, owner) {
+                        p.since
                     } else {
                         now
                     },
@@ -483,11 +515,7 @@ impl LeaseManager {
                 {
                     let ob = Observed {
                         beat: None,
-                        since: if restarted(owner) {
-                            superseded_since
-                        } else {
-                            now
-                        },
+                        since: now,
                         dead: false,
                         streams: Vec::new(),
                     };
@@ -508,6 +536,9 @@ impl LeaseManager {
             .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
         self.live.last_hb_read_sent = Some(sent);
         self.live.last_hb_read_seq = sent_seq;
+        if !self.live.fenced && !self.shutting_down {
+            self.collect_heartbeats(now, &by_owner, mint);
+        }
         if self.live.fenced
             && !self.live.superseded
             && !self.shutting_down
@@ -593,6 +624,64 @@ impl LeaseManager {
     }
 
     /// A live taker asked for `shard`: tell the worker once.
+    /// Delete the heartbeat rows of workers gone for
+    /// [`HEARTBEAT_GC_FAILOVERS`] failover periods (a beat unchanged that
+    /// long, dead or silent): every worker reads every row each interval,
+    /// so without this the cost of liveness grows with every worker ever
+    /// started. One collector, the smallest live owner as judged here (two
+    /// that both think so meet a refused condition, nothing worse); each
+    /// delete is conditional on the row's owner and beat as read, so a
+    /// worker that beat again keeps its row.
+    fn collect_heartbeats(
+        &mut self,
+        now: Instant,
+        rows: &BTreeMap<&Owner, &HeartbeatRow>,
+        mint: &mut IdMint,
+    ) {
+        let live = &self.live;
+        if live
+            .observed
+            .keys()
+            .any(|o| *o < live.me && live.is_live(o))
+        {
+            return;
+        }
+        let gc_after = self.timing.failover * HEARTBEAT_GC_FAILOVERS;
+        let mut room = MAX_HEARTBEAT_DELETES.saturating_sub(self.live.collecting.len());
+        for (owner, row) in rows {
+            if room == 0 {
+                break;
+            }
+            if **owner == self.me || self.live.collecting.contains(*owner) {
+                continue;
+            }
+            let stale = self.live.observed.get(*owner).is_some_and(|ob| {
+                ob.beat == Some(row.beat)
+                    && now
+                        .checked_duration_since(ob.since)
+                        .is_some_and(|d| d >= gc_after)
+            });
+            if !stale {
+                continue;
+            }
+            let op = mint.op();
+            let owner = (*owner).clone();
+            self.ops.insert(
+                op,
+                Op::DeleteHeartbeat {
+                    owner: owner.clone(),
+                },
+            );
+            self.live.collecting.insert(owner.clone());
+            self.actions.push_back(Action::DeleteHeartbeat {
+                op,
+                owner,
+                beat: row.beat,
+            });
+            room -= 1;
+        }
+    }
+
     pub(super) fn request_seen(&mut self, shard: &ShardRef, taker: &Owner) {
         let Some(h) = self.writes.held.get_mut(shard) else {
             return;

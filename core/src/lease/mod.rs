@@ -132,6 +132,10 @@ pub struct LeaseStats {
     pub heartbeat_reads: u64,
     /// Lease writes refused by their condition.
     pub conditional_failures: u64,
+    /// Heartbeat rows of gone workers deleted.
+    pub heartbeats_deleted: u64,
+    /// Lease rows of drained shards deleted (their children checkpointed).
+    pub lease_rows_deleted: u64,
 }
 
 /// What an outside caller (a runtime, the simulator, a status view) may see
@@ -208,6 +212,12 @@ enum Op {
         /// The row the write was computed from (our view at send time).
         base: Box<Option<LeaseRow>>,
     },
+    DeleteHeartbeat {
+        owner: Owner,
+    },
+    DeleteLease {
+        shard: ShardRef,
+    },
 }
 
 /// The final heartbeat (alive = false) at shutdown.
@@ -259,6 +269,8 @@ pub struct LeaseManager {
     /// row transferred to us is then released instead of being left to our
     /// dead incarnation.
     final_reads: BTreeMap<StreamId, u64>,
+    /// Lease rows of drained shards whose delete is in flight.
+    deleting: BTreeSet<ShardRef>,
     final_beat: FinalBeat,
 
     actions: VecDeque<Action>,
@@ -326,6 +338,7 @@ impl LeaseManager {
             ops: BTreeMap::new(),
             shutting_down: false,
             final_reads: BTreeMap::new(),
+            deleting: BTreeSet::new(),
             final_beat: FinalBeat::NotYet,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -536,7 +549,9 @@ impl LeaseManager {
             Input::Leases { op, .. }
             | Input::LeaseWritten { op, .. }
             | Input::Heartbeats { op, .. }
-            | Input::HeartbeatWritten { op, .. } => *op,
+            | Input::HeartbeatWritten { op, .. }
+            | Input::HeartbeatDeleted { op, .. }
+            | Input::LeaseDeleted { op, .. } => *op,
             _ => return false,
         };
         let kind_matches = matches!(
@@ -548,6 +563,11 @@ impl LeaseManager {
                     Some(Op::WriteHeartbeat { .. }),
                     Input::HeartbeatWritten { .. }
                 )
+                | (
+                    Some(Op::DeleteHeartbeat { .. }),
+                    Input::HeartbeatDeleted { .. }
+                )
+                | (Some(Op::DeleteLease { .. }), Input::LeaseDeleted { .. })
         );
         if !kind_matches {
             return false;
@@ -574,6 +594,23 @@ impl LeaseManager {
             }
             (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, row, .. }) => {
                 self.on_lease_written(now, op, write, kind, *base, *result, row.as_deref(), mint)
+            }
+            (Op::DeleteLease { shard }, Input::LeaseDeleted { result, .. }) => {
+                self.deleting.remove(&shard);
+                if result.is_ok() {
+                    self.stats.lease_rows_deleted += 1;
+                    if let Some(view) = self.views.get_mut(&shard.stream) {
+                        view.rows.remove(&shard.shard);
+                    }
+                }
+            }
+            (Op::DeleteHeartbeat { owner }, Input::HeartbeatDeleted { result, .. }) => {
+                // Deleted, changed (it beat again) or gone: the next read
+                // shows which; a failure is tried again after the next one.
+                self.live.collecting.remove(&owner);
+                if result.is_ok() {
+                    self.stats.heartbeats_deleted += 1;
+                }
             }
             _ => {}
         }

@@ -35,11 +35,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::liveness::Liveness;
-use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Leaving, RequestState, WriteKind};
-use crate::ids::{IdMint, Owner, ShardId, ShardRef, StreamId};
-use crate::io::{ErrorClass, LostReason};
+use super::{
+    FinalBeat, FinalState, LeaseEvent, LeaseManager, Leaving, Op, RequestState, WriteKind,
+};
+use crate::ids::{FencingToken, IdMint, Owner, ShardId, ShardRef, StreamId};
+use crate::io::{Action, ErrorClass, LostReason};
 use crate::sequence::Checkpoint;
 use crate::table::{LeaseRow, LeaseWrite};
+
+/// Deepest lineage `StreamView::collected` walks (a shard's
+/// descendants through this many reshards).
+const MAX_LINEAGE_DEPTH: u32 = 64;
+
+/// Lease-row deletes in flight at most (per worker).
+const MAX_LEASE_DELETES: usize = 16;
 
 /// This worker's view of one stream's lease rows.
 #[derive(Clone, Debug)]
@@ -81,10 +90,76 @@ impl StreamView {
     /// ended (or gone: neither listed, nor named by a ChildShards since the
     /// last listing, nor in the table).
     pub(super) fn is_active(&self, row: &LeaseRow) -> bool {
-        row.checkpoint != Some(Checkpoint::ShardEnd)
-            && row.parents.iter().all(|p| match self.rows.get(p) {
+        if row.checkpoint == Some(Checkpoint::ShardEnd) {
+            return false;
+        }
+        // A shard with a checkpoint was read: its parents had ended (and
+        // their rows may have been collected since).
+        row.checkpoint.is_some()
+            || row.parents.iter().all(|p| match self.rows.get(p) {
                 Some(pr) => pr.checkpoint == Some(Checkpoint::ShardEnd),
-                None => self.listed && !self.known.contains_key(p) && !self.mentioned.contains(p),
+                None => {
+                    (self.listed && !self.known.contains_key(p) && !self.mentioned.contains(p))
+                        || self.collected(p, 0)
+                }
+            })
+    }
+
+    /// A shard without a row whose row was collected: some child has a
+    /// row with a checkpoint, or was collected itself (a grandparent).
+    /// Such a shard is not created again (it would be read twice).
+    pub(super) fn collected(&self, id: &ShardId, depth: u32) -> bool {
+        if self.rows.contains_key(id) || depth > MAX_LINEAGE_DEPTH {
+            return false;
+        }
+        let children = self
+            .known
+            .iter()
+            .filter(|(_, parents)| parents.contains(id))
+            .map(|(c, _)| c)
+            .chain(
+                self.rows
+                    .values()
+                    .filter(|r| r.parents.contains(id))
+                    .map(|r| &r.shard.shard),
+            );
+        for c in children {
+            let done = match self.rows.get(c) {
+                Some(r) => r.checkpoint.is_some(),
+                None => self.collected(c, depth + 1),
+            };
+            if done {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The row of a drained shard may be deleted: free, at `SHARD_END`,
+    /// and every child (listed, or named by a row) has a row with a
+    /// checkpoint or was collected itself (KCL deletes a parent's lease
+    /// once its children have checkpointed).
+    pub(super) fn collectable(&self, row: &LeaseRow) -> bool {
+        if row.owner.is_some() || row.checkpoint != Some(Checkpoint::ShardEnd) || !self.listed {
+            return false;
+        }
+        let id = &row.shard.shard;
+        let mut children = self
+            .known
+            .iter()
+            .filter(|(_, parents)| parents.contains(id))
+            .map(|(c, _)| c)
+            .chain(
+                self.rows
+                    .values()
+                    .filter(|r| r.parents.contains(id))
+                    .map(|r| &r.shard.shard),
+            )
+            .peekable();
+        children.peek().is_some()
+            && children.all(|c| match self.rows.get(c) {
+                Some(r) => r.checkpoint.is_some(),
+                None => self.collected(c, 0),
             })
     }
 
@@ -104,7 +179,48 @@ impl StreamView {
 
     /// Some shard known to exist has no row in this view.
     pub(super) fn lacks_rows(&self) -> bool {
-        self.known.keys().any(|id| !self.rows.contains_key(id))
+        let mut lacking = self.known.keys().filter(|id| !self.rows.contains_key(*id));
+        if lacking.clone().next().is_none() {
+            return false;
+        }
+        let collected = self.collected_set();
+        lacking.any(|id| !collected.contains(id))
+    }
+
+    /// Every shard [`StreamView::collected`] says was collected, in one
+    /// pass per lineage level.
+    pub(super) fn collected_set(&self) -> BTreeSet<ShardId> {
+        let mut children: BTreeMap<&ShardId, Vec<&ShardId>> = BTreeMap::new();
+        for (c, parents) in &self.known {
+            for p in parents {
+                children.entry(p).or_default().push(c);
+            }
+        }
+        for r in self.rows.values() {
+            for p in &r.parents {
+                children.entry(p).or_default().push(&r.shard.shard);
+            }
+        }
+        let mut set = BTreeSet::new();
+        for _ in 0..=MAX_LINEAGE_DEPTH {
+            let before = set.len();
+            for (id, cs) in &children {
+                if self.rows.contains_key(*id) || set.contains(*id) {
+                    continue;
+                }
+                let done = cs.iter().any(|c| match self.rows.get(*c) {
+                    Some(r) => r.checkpoint.is_some(),
+                    None => set.contains(*c),
+                });
+                if done {
+                    set.insert((*id).clone());
+                }
+            }
+            if set.len() == before {
+                break;
+            }
+        }
+        set
     }
 
     pub(super) fn set_rows(&mut self, rows: BTreeMap<ShardId, LeaseRow>) {
@@ -242,6 +358,7 @@ impl LeaseManager {
 
         self.reconcile(now, stream, mint);
         self.create_missing(now, stream, mint);
+        self.collect_ended(stream, mint);
         self.balance(now, stream, mint);
 
         let fast = self.needs_fast_reads(stream);
@@ -452,10 +569,11 @@ impl LeaseManager {
             return;
         };
         let grace = self.timing.heartbeat_read * 2;
+        let collected = view.collected_set();
         let mut create: Vec<(ShardId, Vec<ShardId>)> = Vec::new();
         let mut deferred = BTreeMap::new();
         for (id, parents) in &view.known {
-            if view.rows.contains_key(id) {
+            if view.rows.contains_key(id) || collected.contains(id) {
                 continue;
             }
             let shard = ShardRef::new(stream.clone(), id.clone());
@@ -482,6 +600,49 @@ impl LeaseManager {
                 .map_or(now_ms, |v| v.lineage_created_ms(&parents, now_ms));
             let row = LeaseRow::new(ShardRef::new(stream.clone(), id), parents, created_ms);
             self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
+        }
+    }
+}
+
+impl LeaseManager {
+    /// Delete the rows of drained shards whose children have all
+    /// checkpointed ([`StreamView::collectable`]); each by the live reader
+    /// the creator ring designates for it, on condition that the row is
+    /// still free, at `SHARD_END` and on the token read. Without this,
+    /// rows pile up with every reshard and every worker reads them all.
+    pub(super) fn collect_ended(&mut self, stream: &StreamId, mint: &mut IdMint) {
+        if self.shutting_down || self.live.fenced {
+            return;
+        }
+        let Some(view) = self.views.get(stream) else {
+            return;
+        };
+        let Some((me, ring)) = creator_ring(&self.live, stream) else {
+            return;
+        };
+        let room = MAX_LEASE_DELETES.saturating_sub(self.deleting.len());
+        let doomed: Vec<(ShardRef, FencingToken)> = view
+            .rows
+            .values()
+            .filter(|r| {
+                shard_spread(&r.shard) % ring == me
+                    && !self.deleting.contains(&r.shard)
+                    && view.collectable(r)
+            })
+            .take(room)
+            .map(|r| (r.shard.clone(), r.token))
+            .collect();
+        for (shard, token) in doomed {
+            let op = mint.op();
+            self.deleting.insert(shard.clone());
+            self.ops.insert(
+                op,
+                Op::DeleteLease {
+                    shard: shard.clone(),
+                },
+            );
+            self.actions
+                .push_back(Action::DeleteLease { op, shard, token });
         }
     }
 }

@@ -451,7 +451,9 @@ impl Worker {
             Input::Leases { .. }
             | Input::LeaseWritten { .. }
             | Input::Heartbeats { .. }
-            | Input::HeartbeatWritten { .. } => {
+            | Input::HeartbeatWritten { .. }
+            | Input::HeartbeatDeleted { .. }
+            | Input::LeaseDeleted { .. } => {
                 self.lease.handle_input(now, &input, &mut self.mint);
             }
         }

@@ -324,7 +324,7 @@ fn beat_counts_from_reply_of_first_read_that_shows_it() {
 }
 
 #[test]
-fn restarted_worker_takes_old_incarnation_leases_at_once_with_next_token() {
+fn restarted_worker_takes_old_incarnation_leases_after_the_failover_time_with_next_token() {
     let mut w = World::with_free_shards(2);
     let a = w.add_node("a", 1);
     w.run_until(secs(5.0));
@@ -333,9 +333,13 @@ fn restarted_worker_takes_old_incarnation_leases_at_once_with_next_token() {
     assert_eq!(w.nodes[a].me, Owner::new("a", 2));
     let restarted = w.t;
     assert_eq!(w.holds(a), 0, "never silently resumed");
-    // The later incarnation's heartbeat row tells that the earlier one
-    // is dead: no need to wait for the failover time.
-    w.run_until(restarted + secs(4.0));
+    // The earlier incarnation may still run (a second process with the
+    // same id whose reads fail): its leases are taken only when it must
+    // have fenced itself, F after its beat was last seen, as any other
+    // silent owner's (kinesin-sim seeds 5248, 7198).
+    w.run_until(restarted + secs(9.0));
+    assert_eq!(w.holds(a), 0, "not before F");
+    w.run_until(restarted + secs(13.0));
     assert_eq!(w.holds(a), 2);
     let acquired: Vec<FencingToken> = w
         .acquired(a)
@@ -436,4 +440,135 @@ fn a_process_superseded_by_a_later_incarnation_of_its_worker_id_stops_at_once() 
     assert_eq!(late_beats, 0, "no heartbeat over the later process's row");
     assert_eq!(w.beats["a"].owner, Owner::new("a", 2));
     assert_eq!(w.holds(a), 0);
+}
+
+fn is_hb_delete(a: &Action) -> bool {
+    matches!(a, Action::DeleteHeartbeat { .. })
+}
+
+/// Nothing was ever deleted: every worker read the heartbeat row of every
+/// worker ever started, each second. A row whose beat stood still for
+/// `HEARTBEAT_GC_FAILOVERS` failover periods (a crash, or a clean
+/// shutdown's `alive = false`) is deleted, by one worker only (the
+/// smallest live owner), conditional on what it read.
+#[test]
+fn heartbeat_rows_of_workers_gone_ten_failover_periods_are_deleted_by_one_worker() {
+    let mut w = World::with_free_shards(4);
+    let a = w.add_node("a", 1);
+    let b = w.add_node("b", 1);
+    let c = w.add_node("c", 1);
+    let d = w.add_node("d", 1);
+    w.run_until(secs(5.0));
+    // c crashes; d shuts down cleanly.
+    w.kill(c);
+    w.with(d, |m, now, mint| m.shutdown(now, mint));
+    w.run_until(secs(30.0));
+    assert!(w.beats.contains_key("c") && w.beats.contains_key("d"));
+    assert!(w.actions(a, is_hb_delete).is_empty(), "not before 10 F");
+    w.run_until(secs(5.0 + 10.0 * 10.0 + 5.0));
+    assert!(
+        !w.beats.contains_key("c"),
+        "the crashed worker's row is gone"
+    );
+    assert!(
+        !w.beats.contains_key("d"),
+        "the shut-down worker's row is gone"
+    );
+    assert!(w.beats.contains_key("a") && w.beats.contains_key("b"));
+    let deletes = w.actions(a, is_hb_delete);
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    for (at, _) in &deletes {
+        assert!(*at >= secs(100.0), "deleted at {at:?}: before 10 F");
+    }
+    assert!(
+        w.actions(b, is_hb_delete).is_empty(),
+        "b is not the collector"
+    );
+    assert_eq!(w.nodes[a].mgr.stats().heartbeats_deleted, 2);
+    // Leases moved as before.
+    assert_eq!(w.holds(a) + w.holds(b), 4);
+}
+
+#[test]
+fn a_heartbeat_delete_applies_only_to_the_row_as_read() {
+    let row = HeartbeatRow {
+        owner: Owner::new("c", 1),
+        beat: 7,
+        held: 0,
+        wants: vec![],
+        alive: true,
+        streams: vec![],
+    };
+    assert!(HeartbeatRow::delete_applies(
+        Some(&row),
+        &Owner::new("c", 1),
+        7
+    ));
+    assert!(
+        !HeartbeatRow::delete_applies(Some(&row), &Owner::new("c", 1), 8),
+        "beat again"
+    );
+    assert!(
+        !HeartbeatRow::delete_applies(Some(&row), &Owner::new("c", 2), 7),
+        "later incarnation"
+    );
+    assert!(
+        !HeartbeatRow::delete_applies(None, &Owner::new("c", 1), 7),
+        "gone"
+    );
+}
+
+/// Kinesin-sim 20,000-seed sweep (seeds 2031, 5248, 3721: a second
+/// process with a running worker's id): the earlier process's heartbeat
+/// put landed over the later one's row before the earlier one read it,
+/// in phase, so it never saw the later row, and readers mostly saw the
+/// earlier row: the later process's hand-off requests were invisible and
+/// its forced take hit a live owner still delivering. The table now
+/// refuses a put over a later incarnation's row, and the refused process
+/// stops at once, before its next heartbeat read.
+#[test]
+fn a_process_whose_heartbeat_put_is_refused_for_a_later_incarnation_stops_at_once() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(7.0));
+    assert_eq!(w.holds(a), 2);
+    // The later process wrote its row; every heartbeat read of ours
+    // fails, so only the refused put can tell.
+    w.beats.insert(
+        "a".into(),
+        HeartbeatRow {
+            owner: Owner::new("a", 2),
+            beat: 1,
+            held: 0,
+            wants: vec![],
+            alive: true,
+            streams: vec![],
+        },
+    );
+    w.rule(a, is_hb_read, Fault::Transient, 1_000);
+    let next_put = w
+        .actions(a, is_hb_write)
+        .last()
+        .map(|(t, _)| *t)
+        .expect("a heartbeat was written")
+        + secs(10.0 / 3.0);
+    w.run_until(next_put + secs(0.1));
+    assert_eq!(w.holds(a), 0, "stopped when its put was refused");
+    assert!(w
+        .lost(a)
+        .iter()
+        .all(|(t, _, r)| *r == LostReason::SelfFenced && *t <= next_put + secs(0.1)));
+    assert_eq!(
+        w.beats["a"].owner,
+        Owner::new("a", 2),
+        "the later row stands"
+    );
+    w.run_until(secs(30.0));
+    assert_eq!(w.holds(a), 0, "for good");
+    let refused = w
+        .actions(a, is_hb_write)
+        .into_iter()
+        .filter(|(t, _)| *t > secs(7.0))
+        .count();
+    assert_eq!(refused, 1, "one refused put, then no more");
 }

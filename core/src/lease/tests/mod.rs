@@ -301,13 +301,43 @@ impl World {
                 result: Ok(self.beats.values().cloned().collect()),
             },
             Action::WriteHeartbeat { op, row } => {
+                let key = row.owner.worker.to_string();
+                if !HeartbeatRow::put_applies(self.beats.get(&key), row) {
+                    return Some(Input::HeartbeatWritten {
+                        op: *op,
+                        result: Err(ErrorClass::ConditionalFailed),
+                    });
+                }
                 if apply {
-                    self.beats.insert(row.owner.worker.to_string(), row.clone());
+                    self.beats.insert(key, row.clone());
                 }
                 Input::HeartbeatWritten {
                     op: *op,
                     result: Ok(()),
                 }
+            }
+            Action::DeleteLease { op, shard, token } => {
+                let result = if LeaseRow::delete_applies(self.rows.get(shard), *token) {
+                    if apply {
+                        self.rows.remove(shard);
+                    }
+                    Ok(())
+                } else {
+                    Err(ErrorClass::ConditionalFailed)
+                };
+                Input::LeaseDeleted { op: *op, result }
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                let key = owner.worker.to_string();
+                let result = if HeartbeatRow::delete_applies(self.beats.get(&key), owner, *beat) {
+                    if apply {
+                        self.beats.remove(&key);
+                    }
+                    Ok(())
+                } else {
+                    Err(ErrorClass::ConditionalFailed)
+                };
+                Input::HeartbeatDeleted { op: *op, result }
             }
             Action::WriteLease { op, write } => {
                 let (result, row) = match write.apply(self.rows.get(write.shard())) {

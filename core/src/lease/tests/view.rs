@@ -422,3 +422,82 @@ fn a_child_whose_parent_was_never_listed_waits_for_it() {
     w.run_until(secs(80.0));
     assert!(w.reading(a).contains(&sref(2)), "{:?}", w.reading(a));
 }
+
+/// Nothing was ever deleted: every reshard left `SHARD_END` rows that
+/// every worker reads at every table read. A drained shard's row is
+/// deleted once all its children have checkpointed (KCL's rule; an ended
+/// child has), by one worker, conditional on the row as read; and no
+/// collected shard is created again while ListShards still lists it
+/// (it would be read twice), its grandchildren's parents included.
+#[test]
+fn drained_rows_are_deleted_once_their_children_checkpointed_and_never_created_again() {
+    let mut w = World::new();
+    // 0 split into 1 and 2; 1 split into 3 and 4.
+    let ended = |i: usize, parents: &[usize]| {
+        let mut r = LeaseRow::new(sref(i), parents.iter().map(|p| sid(*p)).collect(), 1);
+        r.checkpoint = Some(Checkpoint::ShardEnd);
+        r.token = FencingToken(3);
+        r
+    };
+    w.add_row(ended(0, &[]));
+    w.add_row(ended(1, &[0]));
+    let mut two = LeaseRow::new(sref(2), vec![sid(0)], 1);
+    two.checkpoint = Some(cp(20));
+    w.add_row(two);
+    let mut three = LeaseRow::new(sref(3), vec![sid(1)], 1);
+    three.checkpoint = Some(cp(30));
+    w.add_row(three);
+    // 4 has no checkpoint yet: 1 must stay.
+    w.add_row(LeaseRow::new(sref(4), vec![sid(1)], 1));
+    let infos = vec![
+        info(0, &[], true),
+        info(1, &[0], true),
+        info(2, &[0], false),
+        info(3, &[1], false),
+        info(4, &[1], false),
+    ];
+    let nodes: Vec<usize> = (0..3).map(|i| w.add_node(&format!("w{i}"), 1)).collect();
+    for &i in &nodes {
+        w.with(i, |m, now, mint| {
+            m.handle_shards(now, &stream(), &infos, mint)
+        });
+    }
+    w.run_until(secs(20.0));
+    assert!(
+        !w.rows.contains_key(&sref(0)),
+        "0 collected: 1 ended, 2 checkpointed"
+    );
+    assert!(
+        w.rows.contains_key(&sref(1)),
+        "a child of 1 has no checkpoint yet"
+    );
+    // 4 checkpoints: 1 goes too.
+    let holder = w.owner_of(&sref(4)).expect("4 is held");
+    let token = w.rows[&sref(4)].token;
+    let owner = w.nodes[holder].me.clone();
+    w.with(holder, |m, now, mint| {
+        m.write_checkpoint(now, &sref(4), cp(40), mint)
+    });
+    assert_eq!(w.rows[&sref(4)].owner.as_ref(), Some(&owner));
+    assert_eq!(w.rows[&sref(4)].token, token);
+    w.run_for(secs(80.0));
+    assert!(!w.rows.contains_key(&sref(1)), "1 collected");
+    let deletes: usize = nodes
+        .iter()
+        .map(|&i| {
+            w.actions(i, |x| matches!(x, Action::DeleteLease { .. }))
+                .len()
+        })
+        .sum();
+    assert_eq!(deletes, 2, "each row deleted once");
+    let recreated: Vec<ShardRef> = nodes.iter().flat_map(|&i| creates(&w, i)).collect();
+    assert!(
+        recreated.is_empty(),
+        "collected rows created again: {recreated:?}"
+    );
+    assert_eq!(
+        nodes.iter().map(|&i| w.holds(i)).sum::<usize>(),
+        3,
+        "2, 3 and 4 held"
+    );
+}

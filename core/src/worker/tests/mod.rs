@@ -206,8 +206,34 @@ impl World {
                         result: Err(ErrorClass::Transient),
                     });
                 }
-                self.beats.insert(row.owner.worker.to_string(), row);
+                let key = row.owner.worker.to_string();
+                if !HeartbeatRow::put_applies(self.beats.get(&key), &row) {
+                    return Some(Input::HeartbeatWritten {
+                        op,
+                        result: Err(ErrorClass::ConditionalFailed),
+                    });
+                }
+                self.beats.insert(key, row);
                 Some(Input::HeartbeatWritten { op, result: Ok(()) })
+            }
+            Action::DeleteLease { op, shard, token } => {
+                let result = if LeaseRow::delete_applies(self.rows.get(&shard), token) {
+                    self.rows.remove(&shard);
+                    Ok(())
+                } else {
+                    Err(ErrorClass::ConditionalFailed)
+                };
+                Some(Input::LeaseDeleted { op, result })
+            }
+            Action::DeleteHeartbeat { op, owner, beat } => {
+                let key = owner.worker.to_string();
+                let result = if HeartbeatRow::delete_applies(self.beats.get(&key), &owner, beat) {
+                    self.beats.remove(&key);
+                    Ok(())
+                } else {
+                    Err(ErrorClass::ConditionalFailed)
+                };
+                Some(Input::HeartbeatDeleted { op, result })
             }
             Action::GetShardIterator {
                 op,

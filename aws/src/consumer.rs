@@ -25,12 +25,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_types::SdkConfig;
 use futures_core::Stream;
 use kinesin_core::config::{Batching, ConfigError, EfoConsumer, Retrieval, StartFrom};
-use kinesin_core::ids::{Owner, StreamId};
+use kinesin_core::ids::{Owner, ShardId, ShardRef, StreamId};
 use kinesin_core::io::ErrorClass;
 use kinesin_core::table::LeaseRow;
 use kinesin_core::{Config, Worker};
 
-use crate::driver::{Batch, Delivery, Driver, DriverError, DriverHandle, DriverOptions};
+use crate::driver::{
+    Batch, DeadLetter, Delivery, Driver, DriverError, DriverHandle, DriverOptions,
+};
 use crate::error::KinesisError;
 use crate::kinesis::Kinesis;
 use crate::lease_store::{LeaseStore, StoreError};
@@ -144,9 +146,11 @@ enum LeaseChoice {
 /// Configures a [`Consumer`]. Start with `Consumer::builder()`.
 pub struct ConsumerBuilder<R> {
     streams: Vec<String>,
+    explicit: Vec<(String, String)>,
     retrieval: Vec<(&'static str, Retrieval)>,
     lease: Vec<LeaseChoice>,
     create_table: bool,
+    table_capacity: Option<(u64, u64)>,
     start_from: Option<StartFrom>,
     worker_id: Option<String>,
     tweaks: Vec<Tweak>,
@@ -170,9 +174,11 @@ impl<R: Runtime + Default> Default for ConsumerBuilder<R> {
     fn default() -> Self {
         ConsumerBuilder {
             streams: Vec::new(),
+            explicit: Vec::new(),
             retrieval: Vec::new(),
             lease: Vec::new(),
             create_table: false,
+            table_capacity: None,
             start_from: None,
             worker_id: None,
             tweaks: Vec::new(),
@@ -189,6 +195,25 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     /// Consume this stream (name or ARN). Call again for more streams.
     pub fn stream(mut self, name_or_arn: impl Into<String>) -> Self {
         self.streams.push(name_or_arn.into());
+        self
+    }
+
+    /// Read this shard of this stream (name or ARN; the stream is added
+    /// if missing) instead of balancing the streams' shards: Bento's
+    /// explicit shards (`stream:shard`). Once one is given, the worker takes
+    /// only the listed shards (each one free or expired, however many), asks
+    /// no hand-off, and keeps checkpointing them as usual; a shard that
+    /// ends is not followed into its children. Call again for more.
+    pub fn explicit_shard(
+        mut self,
+        stream: impl Into<String>,
+        shard_id: impl Into<String>,
+    ) -> Self {
+        let stream = stream.into();
+        if !self.streams.contains(&stream) {
+            self.streams.push(stream.clone());
+        }
+        self.explicit.push((stream, shard_id.into()));
         self
     }
 
@@ -233,6 +258,14 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     /// ACTIVE (`dynamodb.create`; default false).
     pub fn create_lease_table(mut self, create: bool) -> Self {
         self.create_table = create;
+        self
+    }
+
+    /// A lease table created by [`create_lease_table`](Self::create_lease_table)
+    /// is PROVISIONED with these read and write capacity units (Bento's
+    /// `dynamodb.billing_mode: PROVISIONED`); default PAY_PER_REQUEST.
+    pub fn lease_table_capacity(mut self, read: u64, write: u64) -> Self {
+        self.table_capacity = Some((read, write));
         self
     }
 
@@ -290,6 +323,43 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     /// Global budget of received, unacknowledged bytes (64 MiB).
     pub fn max_pending_bytes(self, bytes: u64) -> Self {
         self.configure(move |c| c.pool_bytes = bytes)
+    }
+
+    /// Poison records: a nacked batch is delivered again after `first`,
+    /// doubled at each further nack of it up to `cap` (default: at once).
+    pub fn redelivery_backoff(self, first: Duration, cap: Duration) -> Self {
+        self.configure(move |c| {
+            c.redelivery.backoff = first;
+            c.redelivery.backoff_cap = cap;
+        })
+    }
+
+    /// Poison records: a batch nacked after this many deliveries goes to
+    /// [`Consumer::dead_letters`] instead of being delivered again, and the
+    /// checkpoint covers it once the handler accepts it (default: no
+    /// limit, redelivered for ever).
+    pub fn max_deliveries(self, deliveries: u32) -> Self {
+        self.configure(move |c| c.redelivery.max_deliveries = Some(deliveries))
+    }
+
+    /// Bento's `auto_replay_nacks`. `true`: a nacked batch is delivered
+    /// again, for ever, after a backoff of 100 ms doubled per nack up to
+    /// 5 s. `false`: a nacked batch is dropped (its records may be
+    /// checkpointed) and counted in `kinesin_dead_letters_dropped_total`,
+    /// with a warning (`max_deliveries(1)` with every dead letter
+    /// accepted). Not calling it keeps the default: redelivered at once,
+    /// for ever.
+    pub fn auto_replay_nacks(mut self, replay: bool) -> Self {
+        self.options.drop_dead_letters = !replay;
+        self.configure(move |c| {
+            if replay {
+                c.redelivery.backoff = Duration::from_millis(100);
+                c.redelivery.backoff_cap = Duration::from_secs(5);
+                c.redelivery.max_deliveries = None;
+            } else {
+                c.redelivery.max_deliveries = Some(1);
+            }
+        })
     }
 
     /// Batching policy (default: one record per batch).
@@ -453,6 +523,14 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
                 Err(e) => return Err(e.into()),
             }
         }
+        for (stream, shard) in &self.explicit {
+            let at = self.streams.iter().position(|s| s == stream).unwrap_or(0);
+            if let Some(arn) = arns.get(at) {
+                config
+                    .explicit_shards
+                    .insert(ShardRef::new(arn.clone(), ShardId::new(shard.as_str())));
+            }
+        }
         config.streams = arns;
 
         let store: Arc<dyn LeaseStore> = match lease {
@@ -460,7 +538,10 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
                 let client = self
                     .dynamodb_client
                     .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(sdk));
-                let store = DynamoLeaseStore::new(client, table.clone());
+                let mut store = DynamoLeaseStore::new(client, table.clone());
+                if let Some((read, write)) = self.table_capacity {
+                    store = store.with_provisioned_capacity(read, write);
+                }
                 if self.create_table {
                     // Creating waits for ACTIVE: a longer deadline.
                     let create = Box::pin(store.create_table_if_missing());
@@ -535,6 +616,17 @@ impl<R: Runtime + Default> Consumer<R> {
         }
     }
 
+    /// Batches nacked `max_deliveries` times, for the dead-letter handler:
+    /// [`DeadLetter::accept`] once stored (the checkpoint may then cover
+    /// them), drop or [`DeadLetter::reject`] to have them offered again.
+    /// Several streams may be taken (each dead letter goes to one). Ends
+    /// after shutdown.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            rx: Box::pin(self.handle.dead_letters()),
+        }
+    }
+
     /// Stop gracefully: read nothing new, wait for in-flight acks (up to the
     /// shutdown timeout), write final checkpoints, release every lease.
     /// Batches not yet taken from the stream are given back.
@@ -557,6 +649,20 @@ impl<R: Runtime + Default> Consumer<R> {
 #[derive(Debug)]
 pub struct Batches {
     rx: Pin<Box<async_channel::Receiver<Delivery>>>,
+}
+
+/// The stream of [`DeadLetter`]s (see [`Consumer::dead_letters`]).
+#[derive(Debug)]
+pub struct DeadLetters {
+    rx: Pin<Box<async_channel::Receiver<DeadLetter>>>,
+}
+
+impl Stream for DeadLetters {
+    type Item = DeadLetter;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.as_mut().poll_next(cx)
+    }
 }
 
 impl Stream for Batches {

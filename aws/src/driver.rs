@@ -10,7 +10,9 @@
 //!    event stream and reads exactly one event per `Pull` credit;
 //! 2. drain `poll_event`: batches become application [`Batch`]es whose
 //!    payload is their range of the stored chunk's records, moved out of
-//!    it (never copied); `ChunkDone` frees what is left of a chunk;
+//!    it (never copied); dead letters (a batch nacked `max_deliveries`
+//!    times) are [`DeadLetter`]s on their own channel; `ChunkDone` frees
+//!    what is left of a chunk;
 //! 3. wait on {reports, application commands (ack, nack, shutdown), one
 //!    reusable timer at `poll_timeout`}, then take every command and report
 //!    already queued (bounded), feed them, call `handle_timeout` when the
@@ -53,6 +55,7 @@ use futures_core::Stream;
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, ShardRef, StreamId, SubId};
 use kinesin_core::io::{Action, Event, Input, LostReason};
 use kinesin_core::kpl::HashRange;
+use kinesin_core::sequence::ExtSeq;
 use kinesin_core::Worker;
 use tracing::{debug, info, warn, Instrument};
 
@@ -243,6 +246,55 @@ impl ChunkPayloads {
     }
 }
 
+/// A batch the application nacked `max_deliveries` times (a poison
+/// record), for the dead-letter handler. The shard goes on meanwhile; its
+/// checkpoint covers these records only once [`DeadLetter::accept`] is
+/// called. Dropping it (or [`DeadLetter::reject`]) offers it again after
+/// the redelivery backoff, while this worker holds the shard.
+#[derive(Debug)]
+pub struct DeadLetter {
+    batch: Batch,
+    attempts: u32,
+}
+
+impl DeadLetter {
+    /// The user records, in shard order.
+    pub fn records(&self) -> &[Record] {
+        self.batch.records()
+    }
+    /// Which shard (stream ARN and shard id) they come from.
+    pub fn shard(&self) -> &ShardRef {
+        self.batch.shard()
+    }
+    /// Positions of the first and last record (sequence and sub-sequence
+    /// numbers): the range the handler is given.
+    pub fn sequence_range(&self) -> Option<(&ExtSeq, &ExtSeq)> {
+        let r = self.batch.records();
+        Some((r.first()?.position(), r.last()?.position()))
+    }
+    /// How many times the records were delivered to the application.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    /// The batch id (logs).
+    pub fn id(&self) -> BatchId {
+        self.batch.id()
+    }
+    /// The lease's fencing token at delivery.
+    pub fn fencing_token(&self) -> u64 {
+        self.batch.fencing_token()
+    }
+    /// The handler stored them: the records may be checkpointed.
+    pub fn accept(self) {
+        self.batch.ack();
+    }
+    /// The handler could not take them: offer them again after the
+    /// redelivery backoff (the checkpoint stays before them).
+    pub fn reject(self) {
+        // Drop does it.
+    }
+}
+
 /// What a spawned call task reports.
 enum Report {
     Input(Input),
@@ -266,12 +318,18 @@ enum Report {
 pub struct DriverOptions {
     /// Deadline of one SDK call (SubscribeToShard: until its first event).
     pub call_timeout: Duration,
+    /// Dead letters are dropped (acknowledged at once: their records may be
+    /// checkpointed) and counted in `kinesin_dead_letters_dropped_total`,
+    /// with a warning each, instead of going to [`DriverHandle::dead_letters`]
+    /// (Bento's `auto_replay_nacks: false`).
+    pub drop_dead_letters: bool,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
             call_timeout: Duration::from_secs(15),
+            drop_dead_letters: false,
         }
     }
 }
@@ -281,9 +339,16 @@ impl Default for DriverOptions {
 pub struct DriverHandle {
     commands: async_channel::Sender<Command>,
     deliveries: async_channel::Receiver<Delivery>,
+    dead_letters: async_channel::Receiver<DeadLetter>,
 }
 
 impl DriverHandle {
+    /// A receiver of dead letters (cloneable; each goes to one receiver).
+    /// Empty unless `max_deliveries` is set. Closed after shutdown.
+    pub fn dead_letters(&self) -> async_channel::Receiver<DeadLetter> {
+        self.dead_letters.clone()
+    }
+
     /// A receiver of batches (cloneable; each batch goes to one receiver).
     pub fn deliveries(&self) -> async_channel::Receiver<Delivery> {
         self.deliveries.clone()
@@ -330,6 +395,9 @@ pub struct Driver<R: Runtime> {
     /// Our own receiver of the deliveries, to take back undelivered batches
     /// at shutdown.
     deliveries_rx: async_channel::Receiver<Delivery>,
+    dead_letters_tx: async_channel::Sender<DeadLetter>,
+    /// Our own receiver, to take back dead letters not taken at shutdown.
+    dead_letters_rx: async_channel::Receiver<DeadLetter>,
     /// Payloads of admitted chunks, until `ChunkDone`.
     chunks: BTreeMap<ChunkId, ChunkPayloads>,
     /// Payloads of nacked batches, until redelivered (or their lease is
@@ -375,9 +443,11 @@ impl<R: Runtime> Driver<R> {
         let (reports_tx, reports_rx) = async_channel::unbounded();
         let (commands_tx, commands_rx) = async_channel::unbounded();
         let (deliveries_tx, deliveries_rx) = async_channel::unbounded();
+        let (dead_letters_tx, dead_letters_rx) = async_channel::unbounded();
         let handle = DriverHandle {
             commands: commands_tx.clone(),
             deliveries: deliveries_rx.clone(),
+            dead_letters: dead_letters_rx.clone(),
         };
         let driver = Driver {
             runtime,
@@ -391,6 +461,8 @@ impl<R: Runtime> Driver<R> {
             commands_rx,
             deliveries_tx,
             deliveries_rx,
+            dead_letters_tx,
+            dead_letters_rx,
             chunks: BTreeMap::new(),
             bad_rows: HashMap::new(),
             nacked: BTreeMap::new(),
@@ -509,6 +581,7 @@ impl<R: Runtime> Driver<R> {
         // Subscription tasks end when their credit senders drop here.
         self.subs.clear();
         self.deliveries_tx.close();
+        self.dead_letters_tx.close();
     }
 
     fn handle_report(&mut self, report: Report) {
@@ -629,6 +702,9 @@ impl<R: Runtime> Driver<R> {
                 while let Ok(delivery) = self.deliveries_rx.try_recv() {
                     drop(delivery);
                 }
+                while let Ok(letter) = self.dead_letters_rx.try_recv() {
+                    drop(letter);
+                }
                 while let Ok(c) = self.commands_rx.try_recv() {
                     self.handle_command(c);
                 }
@@ -708,6 +784,51 @@ impl<R: Runtime> Driver<R> {
                 };
                 if let Err(e) = self.deliveries_tx.try_send(Ok(batch)) {
                     // Closed: the batch comes back as a nack through Drop.
+                    drop(e);
+                }
+            }
+            Event::DeadLetter { batch: b, attempts } => {
+                // A dead letter follows its last nack: the payload came
+                // back with it.
+                let Some((_, records)) = self.nacked.remove(&b.id) else {
+                    warn!(batch = %b.id, "dead letter of a batch whose payload is gone");
+                    return;
+                };
+                metrics::counter!("kinesin_dead_letters_total").increment(1);
+                if self.options.drop_dead_letters {
+                    metrics::counter!("kinesin_dead_letters_dropped_total").increment(1);
+                    warn!(
+                        shard = %b.shard,
+                        batch = %b.id,
+                        attempts,
+                        records = records.len(),
+                        "nacked batch dropped (auto_replay_nacks: false)"
+                    );
+                    let _ = self.commands_tx.try_send(Command::Ack(b.id));
+                    return;
+                }
+                warn!(
+                    shard = %b.shard,
+                    batch = %b.id,
+                    attempts,
+                    records = records.len(),
+                    "batch nacked max_deliveries times: offered to the dead-letter handler"
+                );
+                let letter = DeadLetter {
+                    batch: Batch {
+                        id: b.id,
+                        shard: b.shard,
+                        token: b.token,
+                        records,
+                        millis_behind: b.millis_behind,
+                        redelivery: true,
+                        commands: self.commands_tx.clone(),
+                        done: false,
+                    },
+                    attempts,
+                };
+                if let Err(e) = self.dead_letters_tx.try_send(letter) {
+                    // Closed: it comes back as a nack through Drop.
                     drop(e);
                 }
             }

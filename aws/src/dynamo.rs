@@ -8,7 +8,9 @@
 //! # Table schema
 //!
 //! Partition key `stream` (S), sort key `key` (S), billing mode
-//! PAY_PER_REQUEST ([`DynamoLeaseStore::create_table_if_missing`]).
+//! PAY_PER_REQUEST, or PROVISIONED with the capacity given
+//! ([`DynamoLeaseStore::create_table_if_missing`],
+//! [`DynamoLeaseStore::with_provisioned_capacity`]).
 //!
 //! Lease rows: `stream` = the stream ARN (or name, as the worker is
 //! configured), `key` = `shard#<shard id>`:
@@ -117,6 +119,9 @@ pub struct DynamoLeaseStore {
     client: Client,
     table: String,
     page_limit: Option<i32>,
+    /// Provisioned (read, write) capacity of a table we create; `None`:
+    /// PAY_PER_REQUEST.
+    capacity: Option<(i64, i64)>,
 }
 
 impl DynamoLeaseStore {
@@ -127,7 +132,18 @@ impl DynamoLeaseStore {
             client,
             table: table.into(),
             page_limit: None,
+            capacity: None,
         }
+    }
+
+    /// Create the table PROVISIONED with these read and write capacity
+    /// units instead of PAY_PER_REQUEST (Bento's `dynamodb.billing_mode`;
+    /// only [`create_table_if_missing`](Self::create_table_if_missing) uses
+    /// it). Values are capped at `i64::MAX`; DynamoDB refuses 0.
+    pub fn with_provisioned_capacity(mut self, read: u64, write: u64) -> Self {
+        let cap = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.capacity = Some((cap(read), cap(write)));
+        self
     }
 
     /// Ask for at most `limit` items per Query page (default: DynamoDB's
@@ -227,11 +243,20 @@ impl DynamoLeaseStore {
         let build_err = |e: aws_sdk_dynamodb::error::BuildError| {
             StoreError::new(ErrorClass::InvalidArgument, "CreateTable", e.to_string())
         };
-        let result = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
+        let create = self.client.create_table().table_name(&self.table);
+        let create = match self.capacity {
+            None => create.billing_mode(BillingMode::PayPerRequest),
+            Some((read, write)) => create
+                .billing_mode(BillingMode::Provisioned)
+                .provisioned_throughput(
+                    aws_sdk_dynamodb::types::ProvisionedThroughput::builder()
+                        .read_capacity_units(read)
+                        .write_capacity_units(write)
+                        .build()
+                        .map_err(build_err)?,
+                ),
+        };
+        let result = create
             .attribute_definitions(def(ATTR_STREAM).map_err(build_err)?)
             .attribute_definitions(def(ATTR_KEY).map_err(build_err)?)
             .key_schema(key(ATTR_STREAM, KeyType::Hash).map_err(build_err)?)

@@ -35,8 +35,8 @@ pub mod lease_store;
 pub mod local;
 pub mod runtime;
 
-pub use consumer::{Batches, Consumer, ConsumerBuilder, Error};
-pub use driver::{Batch, Driver, DriverError, DriverHandle, DriverOptions};
+pub use consumer::{Batches, Consumer, ConsumerBuilder, DeadLetters, Error};
+pub use driver::{Batch, DeadLetter, Driver, DriverError, DriverHandle, DriverOptions};
 pub use dynamo::DynamoLeaseStore;
 pub use error::KinesisError;
 pub use kinesis::{Kinesis, Record, Subscription};

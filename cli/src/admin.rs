@@ -13,6 +13,9 @@ use clap::Subcommand;
 
 use crate::produce::{sdk_error, wait_active};
 
+/// The call deadline of the admin operations (as the consumer's).
+const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
     /// Split a shard at the middle of its hash range; waits until the
@@ -68,7 +71,7 @@ async fn list_shards(k: &aws_sdk_kinesis::Client, stream: &str) -> Result<Vec<Sh
 async fn split(stream: &str, shard_id: &str) -> Result<ExitCode> {
     let sdk = crate::aws_config(None).await?;
     let k = aws_sdk_kinesis::Client::new(&sdk);
-    wait_active(&k, stream, false).await?;
+    wait_active(&k, stream, false, DEFAULT_DEADLINE).await?;
     let shards = list_shards(&k, stream).await?;
     let shard = shards
         .iter()
@@ -96,7 +99,7 @@ async fn split(stream: &str, shard_id: &str) -> Result<ExitCode> {
         .await
         .map_err(|e| sdk_error(e, &format!("SplitShard {stream} {shard_id}")))?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    wait_active(&k, stream, false).await?;
+    wait_active(&k, stream, false, DEFAULT_DEADLINE).await?;
     let children: Vec<String> = list_shards(&k, stream)
         .await?
         .into_iter()

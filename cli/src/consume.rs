@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine;
 use futures_lite::StreamExt;
 use kinesin_tokio::{Batch, Batching, Consumer};
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{self, Settings, Start, UsageError};
 use crate::ConsumeArgs;
@@ -57,10 +56,14 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         Some(path) => config::load(path)?,
         None => Settings::default(),
     };
-    let streams = if args.streams.is_empty() {
-        settings.streams.clone()
+    for w in &settings.warnings {
+        warn!("config: {w}");
+    }
+    // --stream replaces the config's streams (and its explicit shards).
+    let (streams, explicit) = if args.streams.is_empty() {
+        (settings.streams.clone(), settings.explicit_shards.clone())
     } else {
-        args.streams.clone()
+        (args.streams.clone(), Vec::new())
     };
     if streams.is_empty() {
         return Err(UsageError(
@@ -94,7 +97,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     }
 
     let stats = crate::stats::install();
-    let sdk = crate::aws_config(settings.region.clone()).await?;
+    let sdk = crate::session::aws_config(&settings.session).await?;
 
     let mut b = Consumer::builder();
     for s in &streams {
@@ -110,8 +113,13 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     b = match &lease_table {
         Some(table) => {
             store_desc = format!("DynamoDB table {table}");
-            b.lease_table(table)
-                .create_lease_table(args.create_table || settings.create_table)
+            let b = b
+                .lease_table(table)
+                .create_lease_table(args.create_table || settings.create_table);
+            match settings.table_capacity {
+                Some(c) => b.lease_table_capacity(c.read, c.write),
+                None => b,
+            }
         }
         None => {
             let dir = args
@@ -159,6 +167,10 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         ..Batching::default()
     }));
 
+    for (stream, shard) in &explicit {
+        b = b.explicit_shard(stream, shard);
+    }
+
     let consumer = b.build(&sdk).await?;
     let mode = match (&args.efo, &settings.efo_name, &settings.efo_arn) {
         (None, None, None) => "polling".to_owned(),
@@ -173,8 +185,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let mut names = StreamNames::new(&streams);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut signals = crate::signals::Signals::install()?;
     let progress_on = std::io::stderr().is_terminal();
     let mut progress = Progress::new();
     // On a terminal a progress line every second (off a terminal, the
@@ -226,8 +237,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         };
         let first = tokio::select! {
             b = batches.next() => b,
-            _ = sigterm.recv() => break Ok(Stop::Signal("SIGTERM")),
-            _ = sigint.recv() => break Ok(Stop::Signal("SIGINT")),
+            s = signals.recv() => break Ok(Stop::Signal(s)),
             _ = sleep_until(idle_at) => {
                 if last_record.is_some() {
                     break Ok(Stop::Idle);
@@ -361,8 +371,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     // A second signal during shutdown stops at once.
     tokio::select! {
         r = consumer.shutdown() => r?,
-        _ = sigterm.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
-        _ = sigint.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
+        _ = signals.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
     }
     let secs = started.elapsed().as_secs_f64();
     info!(

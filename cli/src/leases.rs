@@ -1,5 +1,7 @@
 //! `kinesin leases`: the lease table as a text table on stdout; rows that
-//! do not decode are left out and named on stderr.
+//! do not decode are left out and named on stderr. Every call has the
+//! `--call-timeout` deadline (`deadline`). `import` and `rewind` live in
+//! `import.rs`.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -11,44 +13,54 @@ use kinesin_core::io::ErrorClass;
 use kinesin_core::sequence::Checkpoint;
 use kinesin_core::table::{HeartbeatRow, LeaseRow};
 
+use crate::deadline::call;
 use crate::LeasesArgs;
 
 pub async fn run(args: LeasesArgs) -> Result<ExitCode> {
+    let after = crate::deadline::from_secs(args.call_timeout)?;
+    let table = args.lease_table.clone().unwrap_or_default();
     let sdk = crate::aws_config(None).await?;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let store = DynamoLeaseStore::new(client, &args.lease_table);
-    let heartbeats = match store.read_heartbeats().await {
-        Ok(h) => {
+    let store = DynamoLeaseStore::new(client, &table);
+    let heartbeats = match tokio::time::timeout(after, store.read_heartbeats()).await {
+        Err(_) => anyhow::bail!(
+            "DynamoDB Query (heartbeats) got no answer within {after:?}: check the endpoint, the \
+             network and the region the AWS config points at (--call-timeout sets the deadline)"
+        ),
+        Ok(Ok(h)) => {
             report_bad_rows(&h.bad);
             h.rows
         }
-        Err(e) if e.class() == ErrorClass::ResourceNotFound => {
-            anyhow::bail!("lease table {:?} does not exist", args.lease_table)
+        Ok(Err(e)) if e.class() == ErrorClass::ResourceNotFound => {
+            anyhow::bail!("lease table {table:?} does not exist")
         }
-        Err(e) => return Err(anyhow::Error::new(e).context("reading heartbeats")),
+        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("reading heartbeats")),
     };
-    let mut streams: Vec<String> = store
-        .list_streams()
-        .await
-        .context("listing the streams of the lease table (needs dynamodb:Scan)")?
-        .into_iter()
-        .map(|s| s.as_str().to_owned())
-        .collect();
+    let mut streams: Vec<String> = call(
+        "DynamoDB Scan (streams of the lease table; needs dynamodb:Scan)",
+        after,
+        store.list_streams(),
+    )
+    .await?
+    .into_iter()
+    .map(|s| s.as_str().to_owned())
+    .collect();
     if let Some(want) = &args.stream {
         streams.retain(|s| s == want || s.rsplit_once(":stream/").is_some_and(|(_, n)| n == want));
         if streams.is_empty() {
-            anyhow::bail!(
-                "no lease of stream {want:?} in table {:?}",
-                args.lease_table
-            );
+            anyhow::bail!("no lease of stream {want:?} in table {table:?}");
         }
     }
     let mut rows: Vec<[String; 7]> = Vec::new();
     for s in &streams {
-        let leases = store
-            .read_leases(&StreamId::new(s.as_str()))
-            .await
-            .with_context(|| format!("reading the leases of {s}"))?;
+        let stream = StreamId::new(s.as_str());
+        let leases = call(
+            "DynamoDB Query (lease rows)",
+            after,
+            store.read_leases(&stream),
+        )
+        .await
+        .with_context(|| format!("reading the leases of {s}"))?;
         report_bad_rows(&leases.bad);
         let leases = leases.rows;
         let ended: BTreeSet<&str> = leases

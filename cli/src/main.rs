@@ -9,8 +9,12 @@
 mod admin;
 mod config;
 mod consume;
+mod deadline;
+mod import;
 mod leases;
 mod produce;
+mod session;
+mod signals;
 mod stats;
 
 use std::path::PathBuf;
@@ -38,7 +42,8 @@ enum Command {
     /// Put test records into a stream (summary on stderr).
     Produce(ProduceArgs),
     /// Print a lease table: stream, shard, owner, fencing token, checkpoint,
-    /// parent shards, state.
+    /// parent shards, state; `import` checkpoints from Bento or KCL,
+    /// `rewind` a stopped fleet.
     Leases(LeasesArgs),
     /// Small operations for demos and tests (split a shard, tally outputs).
     #[command(hide = true, subcommand)]
@@ -85,8 +90,10 @@ pub struct ConsumeArgs {
     /// Stop gracefully after N records delivered.
     #[arg(long, value_name = "N")]
     pub max_records: Option<u64>,
-    /// YAML with the Bento aws_kinesis field names (streams, dynamodb.table,
-    /// checkpoint_limit, commit_period, enhanced_fan_out.*, start_from_oldest, ...).
+    /// A Bento config: a whole one (its input.aws_kinesis, also inside
+    /// input.broker.inputs; other sections ignored with a warning), the bare
+    /// `aws_kinesis:` block, or its fields at the top. Every aws_kinesis
+    /// field is honoured (README, Configuration); unknown fields are errors.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -116,17 +123,36 @@ pub struct ProduceArgs {
     /// (the M records of one aggregate share a partition key).
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
     pub aggregate: Option<u64>,
+    /// Deadline of one AWS call.
+    #[arg(long, value_name = "SECS", default_value_t = deadline::DEFAULT_CALL_TIMEOUT_SECS)]
+    pub call_timeout: f64,
 }
 
 /// `kinesin leases`.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LeasesArgs {
+    #[command(subcommand)]
+    pub action: Option<LeasesAction>,
     /// DynamoDB lease/checkpoint table.
-    #[arg(long, value_name = "TABLE")]
-    pub lease_table: String,
+    #[arg(long, value_name = "TABLE", required = true)]
+    pub lease_table: Option<String>,
     /// Only this stream (name or ARN); default: every stream in the table.
     #[arg(long, value_name = "NAME")]
     pub stream: Option<String>,
+    /// Deadline of one AWS call.
+    #[arg(long, value_name = "SECS", default_value_t = deadline::DEFAULT_CALL_TIMEOUT_SECS)]
+    pub call_timeout: f64,
+}
+
+/// `kinesin leases import | rewind`.
+#[derive(Subcommand, Debug)]
+pub enum LeasesAction {
+    /// Carry the checkpoints of a Bento checkpoint table or a KCL lease
+    /// table over into kinesin's lease table (prints each shard).
+    Import(import::ImportArgs),
+    /// Move every shard of a stopped fleet to oldest, latest or a time.
+    Rewind(import::RewindArgs),
 }
 
 fn main() -> ExitCode {
@@ -143,7 +169,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Consume(args) => consume::run(args).await,
             Command::Produce(args) => produce::run(args).await,
-            Command::Leases(args) => leases::run(args).await,
+            Command::Leases(args) => match args.action {
+                Some(LeasesAction::Import(a)) => import::import(a).await,
+                Some(LeasesAction::Rewind(a)) => import::rewind(a).await,
+                None => leases::run(args).await,
+            },
             Command::Admin(cmd) => admin::run(cmd).await,
         }
     });
@@ -187,30 +217,12 @@ fn init_logging() {
         .try_init();
 }
 
-/// The AWS configuration from the standard environment, with credentials
-/// and region checked up front so that their absence is one clear line.
+/// The AWS configuration from the standard environment (and a config's
+/// session fields, see [`session`]).
 pub async fn aws_config(region: Option<String>) -> anyhow::Result<aws_types::SdkConfig> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = region {
-        loader = loader.region(aws_types::region::Region::new(region));
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        anyhow::bail!(
-            "no AWS region: set AWS_REGION (or a region in the AWS profile, or `region` in --config)"
-        );
-    }
-    match sdk.credentials_provider() {
-        None => anyhow::bail!("no AWS credentials provider configured"),
-        Some(p) => {
-            if let Err(e) = p.provide_credentials().await {
-                anyhow::bail!(
-                    "no AWS credentials ({e}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
-                     AWS_PROFILE, or run where an instance or container role is available"
-                );
-            }
-        }
-    }
-    Ok(sdk)
+    session::aws_config(&config::Session {
+        region,
+        ..config::Session::default()
+    })
+    .await
 }

@@ -1,6 +1,9 @@
 //! `kinesin produce`: put N test records; each record's data starts with a
 //! unique id `<run>-<n>` (then a space and padding up to --size), so the
 //! consumers' outputs can be checked for loss and duplicates.
+//!
+//! Every call has the `--call-timeout` deadline (`deadline`): a
+//! black-holed endpoint fails naming the call instead of hanging.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +15,7 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use kinesin_core::kpl::{aggregate, AggRecord};
 use tracing::info;
 
+use crate::deadline::within;
 use crate::ProduceArgs;
 
 /// PutRecords limits: 500 entries, 5 MiB per request.
@@ -19,12 +23,13 @@ const MAX_ENTRIES: usize = 500;
 const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024 - 64 * 1024;
 
 pub async fn run(args: ProduceArgs) -> Result<ExitCode> {
+    let after = crate::deadline::from_secs(args.call_timeout)?;
     let sdk = crate::aws_config(None).await?;
     let k = aws_sdk_kinesis::Client::new(&sdk);
     if args.create {
-        create_stream(&k, &args.stream, args.shards).await?;
+        create_stream(&k, &args.stream, args.shards, after).await?;
     } else {
-        wait_active(&k, &args.stream, false).await?;
+        wait_active(&k, &args.stream, false, after).await?;
     }
     let run_id = run_id();
     let started = Instant::now();
@@ -76,7 +81,7 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode> {
             bytes += b;
             end += 1;
         }
-        let (c, r) = put_all(&k, &args.stream, &entries[start..end]).await?;
+        let (c, r) = put_all(&k, &args.stream, &entries[start..end], after).await?;
         calls += c;
         retried += r;
         start = end;
@@ -128,6 +133,7 @@ async fn put_all(
     k: &aws_sdk_kinesis::Client,
     stream: &str,
     items: &[(String, Vec<u8>, u64)],
+    after: Duration,
 ) -> Result<(u64, u64)> {
     let mut pending: Vec<&(String, Vec<u8>, u64)> = items.iter().collect();
     let mut calls = 0;
@@ -151,7 +157,13 @@ async fn put_all(
             req.stream_name(stream)
         };
         calls += 1;
-        match req.send().await {
+        match within(
+            &format!("Kinesis PutRecords to {stream}"),
+            after,
+            req.send(),
+        )
+        .await?
+        {
             Ok(out) if out.failed_record_count.unwrap_or(0) == 0 => return Ok((calls, retried)),
             Ok(out) => {
                 let failed: Vec<_> = pending
@@ -209,22 +221,22 @@ pub fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'st
     }
 }
 
-async fn create_stream(k: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> Result<()> {
+async fn create_stream(
+    k: &aws_sdk_kinesis::Client,
+    name: &str,
+    shards: u32,
+    after: Duration,
+) -> Result<()> {
     let shards = i32::try_from(shards).context("--shards is too large")?;
-    match k
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
-        .await
-    {
+    let req = k.create_stream().stream_name(name).shard_count(shards);
+    match within("Kinesis CreateStream", after, req.send()).await? {
         Ok(_) => info!("creating stream {name} with {shards} shards"),
         Err(SdkError::ServiceError(s)) if s.err().is_resource_in_use_exception() => {
             info!("stream {name} exists already");
         }
         Err(e) => return Err(sdk_error(e, &format!("CreateStream {name}"))),
     }
-    wait_active(k, name, true).await.map(|_| ())
+    wait_active(k, name, true, after).await.map(|_| ())
 }
 
 /// Wait until the stream is ACTIVE; returns its ARN.
@@ -232,6 +244,7 @@ pub async fn wait_active(
     k: &aws_sdk_kinesis::Client,
     name: &str,
     creating: bool,
+    after: Duration,
 ) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -241,7 +254,7 @@ pub async fn wait_active(
         } else {
             req.stream_name(name)
         };
-        match req.send().await {
+        match within("Kinesis DescribeStreamSummary", after, req.send()).await? {
             Ok(out) => {
                 let s = out
                     .stream_description_summary

@@ -101,8 +101,8 @@ fn a_bad_config_names_the_field() {
         ("streams: [a]\ndynamodb:\n  tabel: x\n", "tabel"),
         ("streams: [a]\ncommit_period: soon\n", "commit_period"),
         (
-            "streams: [a]\nenhanced_fan_out:\n  enabled: true\n",
-            "enhanced_fan_out.consumer_name",
+            "streams: [a]\nbatching:\n  count: 5\n  check: this.end\n",
+            "batching.check",
         ),
     ] {
         let path = temp_file("bad.yaml", yaml);

@@ -11,9 +11,10 @@
 //! budgets and periods and a consistent lease timing; bad values are a
 //! [`ConfigError`] naming the field, never a panic.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::ids::{Owner, StreamId};
+use crate::ids::{Owner, ShardRef, StreamId};
 
 /// Where to start a shard that has no checkpoint (`start_from_oldest`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,12 +117,47 @@ impl Default for Batching {
     }
 }
 
+/// Poison records: what happens to a batch the application nacks again
+/// and again. The default is today's at-least-once rule: redelivered at
+/// once, with no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Redelivery {
+    /// Delay before a nacked batch is delivered again, doubled at each
+    /// further nack of the same batch up to `backoff_cap` (no jitter).
+    /// Zero: at once.
+    pub backoff: Duration,
+    /// Longest redelivery delay.
+    pub backoff_cap: Duration,
+    /// `max_deliveries`: a batch nacked after this many deliveries goes to
+    /// the dead-letter handler ([`crate::io::Event::DeadLetter`]) instead of
+    /// being delivered again; its records are checkpointed once the handler
+    /// accepts it (ack). `None`: no limit.
+    pub max_deliveries: Option<u32>,
+}
+
+impl Redelivery {
+    /// Delay before the next offer of a batch nacked `nacks` times (1 for
+    /// the first nack): `backoff * 2^(nacks-1)`, at most `backoff_cap`.
+    pub fn delay(&self, nacks: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(nacks.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(self.backoff_cap)
+    }
+}
+
 /// Everything a worker needs to know. Build with [`Config::new`], change
 /// fields, then [`Config::validate`] (the worker validates too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// `streams`: stream ARNs (or names) to consume.
     pub streams: Vec<StreamId>,
+    /// Bento's explicit shards (`stream:shard`): when not empty, this
+    /// worker takes only these shards' leases, every one that is free or
+    /// expired, whatever the number of workers, and asks no hand-off (no
+    /// balancing); checkpoints work as usual. Their streams must be in
+    /// `streams`. Empty (the default): every shard is balanced.
+    pub explicit_shards: BTreeSet<ShardRef>,
     /// This process as a lease owner (worker id + incarnation).
     pub owner: Owner,
     /// Seed of every random choice (backoff jitter).
@@ -177,6 +213,8 @@ pub struct Config {
     pub pool_bytes: u64,
     /// Batching policy.
     pub batching: Batching,
+    /// Redelivery backoff and `max_deliveries` (poison records).
+    pub redelivery: Redelivery,
     /// Shutdown: how long to wait for in-flight acks.
     pub shutdown_timeout: Duration,
     /// EFO registration: give up waiting for ACTIVE after this long.
@@ -191,6 +229,7 @@ impl Config {
         let failover_time = Duration::from_secs(10);
         Config {
             streams,
+            explicit_shards: BTreeSet::new(),
             owner,
             seed: 0,
             retrieval,
@@ -211,6 +250,7 @@ impl Config {
             pool_records: 50_000,
             pool_bytes: 64 * 1024 * 1024,
             batching: Batching::default(),
+            redelivery: Redelivery::default(),
             shutdown_timeout: Duration::from_secs(10),
             consumer_active_timeout: Duration::from_secs(120),
             consumer_describe_interval: Duration::from_secs(2),
@@ -234,6 +274,19 @@ impl Config {
         }
         if let Some(s) = self.streams.iter().find(|s| s.as_str().trim().is_empty()) {
             return bad("streams", format!("empty stream name {:?}", s.as_str()));
+        }
+        if let Some(s) = self
+            .explicit_shards
+            .iter()
+            .find(|s| !self.streams.contains(&s.stream))
+        {
+            return bad(
+                "streams",
+                format!(
+                    "explicit shard {} of stream {} whose stream is not consumed",
+                    s.shard, s.stream
+                ),
+            );
         }
         if self.owner.worker.is_empty() {
             return bad("worker_id", "must not be empty".into());
@@ -295,6 +348,21 @@ impl Config {
         }
         if self.batching.count == 0 {
             return bad("batching.count", "must be at least 1".into());
+        }
+        if self.redelivery.max_deliveries == Some(0) {
+            return bad(
+                "max_deliveries",
+                "must be at least 1 (leave it unset for no limit)".into(),
+            );
+        }
+        if self.redelivery.backoff_cap < self.redelivery.backoff {
+            return bad(
+                "redelivery_backoff",
+                format!(
+                    "the cap ({:?}) must not be below the first delay ({:?})",
+                    self.redelivery.backoff_cap, self.redelivery.backoff
+                ),
+            );
         }
         if self.batching.period.is_some_and(|p| p.is_zero()) {
             return bad("batching.period", "must be greater than zero".into());
@@ -374,6 +442,27 @@ mod tests {
             Owner::new("w", 1),
             Retrieval::polling(),
         )
+    }
+
+    #[test]
+    fn redelivery_delay_doubles_per_nack_up_to_the_cap_and_zero_max_deliveries_is_refused() {
+        let r = Redelivery {
+            backoff: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(700),
+            max_deliveries: Some(3),
+        };
+        let delays: Vec<u128> = (1..=5).map(|n| r.delay(n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 700, 700]);
+        assert_eq!(r.delay(u32::MAX), Duration::from_millis(700));
+        assert_eq!(Redelivery::default().delay(9), Duration::ZERO);
+        let mut c = cfg();
+        c.redelivery = r;
+        c.validate().unwrap();
+        c.redelivery.max_deliveries = Some(0);
+        assert_eq!(c.validate().unwrap_err().field, "max_deliveries");
+        c.redelivery.max_deliveries = None;
+        c.redelivery.backoff_cap = Duration::from_millis(50);
+        assert_eq!(c.validate().unwrap_err().field, "redelivery_backoff");
     }
 
     #[test]

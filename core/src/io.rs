@@ -594,6 +594,17 @@ pub enum LostReason {
 pub enum Event {
     /// Records to process; ack or nack by id.
     Batch(BatchMeta),
+    /// A batch nacked after `max_deliveries` deliveries (a poison record):
+    /// hand it to the dead-letter handler, then ack it by id once the
+    /// handler accepted it (its records may then be checkpointed), or nack
+    /// it to have it offered again after the redelivery backoff. The shard
+    /// goes on meanwhile; its checkpoint stays before these records.
+    DeadLetter {
+        /// The batch, as last delivered (`redelivery` is true).
+        batch: BatchMeta,
+        /// How many times it was delivered to the application.
+        attempts: u32,
+    },
     /// The runtime may free the payload of this chunk: no batch will be cut
     /// from it any more (records not yet delivered are dropped and will be
     /// read again by whoever reads the shard next).

@@ -3,4 +3,5 @@
 //! (`core/tests/fuzz_corpus.rs`) run the same code.
 #![forbid(unsafe_code)]
 
+pub mod bento_config;
 pub mod checks;

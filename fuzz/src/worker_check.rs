@@ -640,6 +640,30 @@ impl WorkerHarness {
             );
             match event {
                 Event::Batch(b) => self.on_batch(b),
+                Event::DeadLetter { batch, attempts } => {
+                    assert!(attempts >= 1, "dead letter never delivered: {batch:?}");
+                    assert!(batch.redelivery, "a dead letter was delivered before");
+                    assert_eq!(
+                        self.held.get(&batch.shard),
+                        Some(&batch.token),
+                        "dead letter without its lease: {batch:?}"
+                    );
+                    let seen = self
+                        .seen
+                        .get(&batch.id)
+                        .expect("dead letter of a delivered batch");
+                    assert!(!seen.acked, "dead letter after its ack");
+                    assert_eq!(
+                        seen.batch,
+                        BatchMeta {
+                            redelivery: seen.batch.redelivery,
+                            ..batch.clone()
+                        }
+                    );
+                    if !self.unacked.contains(&batch.id) {
+                        self.unacked.push(batch.id);
+                    }
+                }
                 Event::ChunkDone { chunk } => {
                     self.done_chunks.insert(chunk);
                 }
@@ -833,6 +857,14 @@ fn arb_worker_config(u: &mut Unstructured<'_>, me: &Owner) -> Config {
         byte_size: if chance(u, 30) { int(u, 1, 600) } else { 0 },
         period: chance(u, 30).then(|| Duration::from_millis(int(u, 10, 500))),
     };
+    if chance(u, 30) {
+        let backoff = Duration::from_millis(int(u, 0, 500));
+        c.redelivery = kinesin_core::config::Redelivery {
+            backoff,
+            backoff_cap: backoff + Duration::from_millis(int(u, 0, 2_000)),
+            max_deliveries: Some(int(u, 1, 4) as u32),
+        };
+    }
     c
 }
 

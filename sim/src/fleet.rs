@@ -32,8 +32,9 @@
 //! the oracles and the lease table as much as the processes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use kinesin_core::config::{Batching, Config, EfoConsumer, Retrieval, StartFrom};
+use kinesin_core::config::{Batching, Config, EfoConsumer, Redelivery, Retrieval, StartFrom};
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, SubId};
 use kinesin_core::io::Input;
 use kinesin_core::sequence::Checkpoint;
@@ -48,6 +49,9 @@ use crate::world::{dur, Ev, Phase, World, CONSUMER, UNIX_BASE_MS};
 
 /// How long after its last shutdown the final phase may take.
 const SHUTDOWN_BOUND: Micros = 30 * SEC;
+
+/// Poison scenario: deliveries after which a nacked batch is dead-lettered.
+pub(crate) const MAX_DELIVERIES: u32 = 3;
 /// Every live worker holds its fair share this long after the heal began:
 /// the failover time (10 s: leases of dead workers expire), two rebalance
 /// periods (30 s each) and 5 s for reads and hand-offs in flight.
@@ -161,6 +165,13 @@ impl World {
         c.pool_records = self.p.pool_records;
         c.pool_bytes = self.p.pool_bytes;
         c.max_lease_writes_in_flight = self.p.max_lease_writes;
+        if self.p.poison_every != 0 {
+            c.redelivery = Redelivery {
+                backoff: Duration::from_millis(100),
+                backoff_cap: Duration::from_secs(1),
+                max_deliveries: Some(MAX_DELIVERIES),
+            };
+        }
         if self.p.start_latest {
             c.start_from = StartFrom::Latest;
         }
@@ -853,6 +864,9 @@ impl World {
             // Joiners at their fair share close their samples now, before
             // the fleet shuts down.
             self.check_joins()?;
+            if self.p.check_liveness {
+                self.check_dead_letters()?;
+            }
             self.report.heal = Some(self.now - self.heal_start);
             self.trace.line(self.now, format_args!("caught up"));
             self.phase = Phase::Closing;
@@ -928,6 +942,37 @@ impl World {
             ));
         }
         self.q.push(self.now + SEC, Ev::FinalCheck);
+        Ok(())
+    }
+
+    /// Poison scenario, once caught up: every poisoned record that had to
+    /// be delivered was acknowledged through the dead-letter handler (the
+    /// sink never acks it otherwise), and every record the handler got is
+    /// poisoned (checked at each offer), so the dead letters are exactly
+    /// the poisoned records.
+    fn check_dead_letters(&mut self) -> Check {
+        if self.p.poison_every == 0 {
+            return Ok(());
+        }
+        let missing: Vec<u64> = self
+            .oracles
+            .records
+            .iter()
+            .enumerate()
+            .map(|(id, r)| (id as u64, r))
+            .filter(|(id, r)| self.p.poisoned(*id) && !r.trimmed && !r.excused)
+            .filter(|(id, r)| !r.acked || !self.dead_lettered.contains(id))
+            .map(|(id, _)| id)
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(self.violation(
+                "dead-letter",
+                format!(
+                    "{} poisoned records not acknowledged through the dead-letter handler (first {first})",
+                    missing.len()
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -8,7 +8,11 @@
 //! every step ([`oracle`]). One `u64` seed derives everything; fault rates
 //! are drawn per seed (swarm testing, [`scenario`]); a fault phase is
 //! followed by a heal phase that must reach full progress within a bound.
-//! The same seed gives the same trace hash.
+//! The same seed gives the same trace hash. The `poison` scenario adds a
+//! sink that always nacks some records and a dead-letter handler (the
+//! `dead-letter` oracle: dead letters are exactly the poisoned records, after
+//! exactly `max_deliveries` deliveries, and every one is acknowledged
+//! through the handler by the end of the heal phase).
 //!
 //! The modules, and who may import whom:
 //!

@@ -51,7 +51,7 @@ fn parse() -> Result<Args, String> {
             "--keep-going" => a.keep_going = true,
             "--trace" => a.trace = true,
             "-h" | "--help" => {
-                return Err("usage: kinesin-sim [--seeds N] [--seed S] [--scenario swarm|quiet|perf64|cost|cost100|cost1000] [--threads T] [--keep-going] [--trace]".into())
+                return Err("usage: kinesin-sim [--seeds N] [--seed S] [--scenario swarm|quiet|poison|perf64|cost|cost100|cost1000] [--threads T] [--keep-going] [--trace]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }

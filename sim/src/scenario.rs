@@ -291,9 +291,21 @@ pub struct Params {
     pub check_liveness: bool,
     /// Trace lines kept for a failure report.
     pub trace_tail: usize,
+    /// Poison records: every user record whose id is `poison_every / 2`
+    /// modulo `poison_every` is nacked by the sink at every delivery, and
+    /// the workers dead-letter a batch after 3 deliveries (0: no poison,
+    /// no `max_deliveries`).
+    pub poison_every: u64,
+    /// Probability that the dead-letter handler refuses an offer (nack).
+    pub dead_letter_refuse: f64,
 }
 
 impl Params {
+    /// Whether the user record `id` is poisoned (the sink always nacks it).
+    pub fn poisoned(&self, id: u64) -> bool {
+        self.poison_every != 0 && id % self.poison_every == self.poison_every / 2
+    }
+
     /// A quiet run: `shards` x `workers`, polling, light producer, no faults.
     pub fn quiet(scenario: &str, seed: u64, shards: usize, workers: usize) -> Self {
         Params {
@@ -326,6 +338,8 @@ impl Params {
             max_open_shards: shards * 2,
             check_liveness: true,
             trace_tail: crate::sched::TRACE_TAIL,
+            poison_every: 0,
+            dead_letter_refuse: 0.0,
         }
     }
 
@@ -387,6 +401,19 @@ impl Params {
         let p = match name {
             "swarm" => Params::swarm(seed),
             "quiet" => Params::quiet("quiet", seed, 4, 2),
+            "poison" => {
+                // The swarm's faults with a sink that always nacks some
+                // records: one record per batch (so a dead letter is
+                // exactly its poisoned record) and no random nacks (only
+                // poison is dead-lettered).
+                let mut p = Params::swarm(seed);
+                p.scenario = "poison".into();
+                p.poison_every = 97;
+                p.dead_letter_refuse = 0.3;
+                p.batch_count = 1;
+                p.faults.sink_nack = 0.0;
+                p
+            }
             "perf64" => {
                 let mut p = Params::swarm(seed);
                 p.scenario = "perf64".into();
@@ -417,7 +444,7 @@ impl Params {
 }
 
 /// Names accepted by `--scenario` (besides `cost`, which runs both cost ones).
-pub const SCENARIOS: [&str; 5] = ["swarm", "quiet", "perf64", "cost100", "cost1000"];
+pub const SCENARIOS: [&str; 6] = ["swarm", "quiet", "poison", "perf64", "cost100", "cost1000"];
 
 /// What one run measured.
 #[derive(Clone, Debug, Default)]
@@ -478,6 +505,8 @@ pub struct RunReport {
     /// EFO subscriptions gone silent (the `stall` bound asserts their
     /// shards' progress).
     pub silenced: u64,
+    /// Dead-letter offers (poison scenario), refused ones included.
+    pub dead_letters: u64,
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

@@ -30,7 +30,7 @@
 //! and `kinesin_core`; nothing imports it but `fleet.rs` (its `impl World`)
 //! and [`crate::run`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, Owner, ShardRef, StreamId, SubId};
@@ -135,6 +135,8 @@ pub struct World {
     pub(crate) net: Net,
     pub(crate) keys: Vec<(String, u128)>,
     pub(crate) heal_start: Micros,
+    /// User records the dead-letter handler was offered (poison scenario).
+    pub(crate) dead_lettered: BTreeSet<u64>,
     pub(crate) shutdown_start: Micros,
     pub(crate) open_shards: usize,
     pub(crate) shard_us: u128,
@@ -212,6 +214,7 @@ impl World {
             net,
             keys,
             heal_start: 0,
+            dead_lettered: BTreeSet::new(),
             shutdown_start: 0,
             open_shards: open,
             shard_us: 0,
@@ -526,7 +529,8 @@ impl World {
                 let row = self.dynamo.leases.get(&b.shard);
                 self.oracles
                     .delivered(self.now, &owner, shard, &b, &ids, row)?;
-                let nack = self.faults_on() && self.rng.chance(self.p.faults.sink_nack);
+                let nack = (self.faults_on() && self.rng.chance(self.p.faults.sink_nack))
+                    || ids.iter().any(|&id| self.p.poisoned(id));
                 let delay = exp(&mut self.rng, self.p.faults.sink_ack_mean);
                 let at = self.now.max(self.procs[p].sink_stall_until) + delay;
                 if self.procs[p].sink_stall_until > self.now {
@@ -541,6 +545,62 @@ impl World {
                         inc,
                         batch: b.id,
                         ack: !nack,
+                    },
+                );
+            }
+            Event::DeadLetter { batch, attempts } => {
+                self.trace.line(
+                    self.now,
+                    format_args!(
+                        "{owner} dead-letter {:?} {} x{attempts}",
+                        batch.id, batch.shard
+                    ),
+                );
+                let ids = match self.procs[p].batches.get(&batch.id) {
+                    Some((_, _, ids)) => ids.clone(),
+                    None => {
+                        return Err(self.violation(
+                            "dead-letter",
+                            format!("{owner} dead-lettered {:?}, never delivered", batch.id),
+                        ))
+                    }
+                };
+                if let Some(id) = ids.iter().find(|&&id| !self.p.poisoned(id)) {
+                    return Err(self.violation(
+                        "dead-letter",
+                        format!(
+                            "{owner} dead-lettered {:?} with record {id}, which the sink never nacks",
+                            batch.id
+                        ),
+                    ));
+                }
+                if attempts != crate::fleet::MAX_DELIVERIES {
+                    return Err(self.violation(
+                        "dead-letter",
+                        format!(
+                            "{owner} dead-lettered {:?} after {attempts} deliveries, not {}",
+                            batch.id,
+                            crate::fleet::MAX_DELIVERIES
+                        ),
+                    ));
+                }
+                self.dead_lettered.extend(ids.iter().copied());
+                self.report.dead_letters += 1;
+                let refuse = self.rng.chance(self.p.dead_letter_refuse);
+                let delay = exp(&mut self.rng, self.p.faults.sink_ack_mean);
+                let at = self.now.max(self.procs[p].sink_stall_until) + delay;
+                if self.procs[p].sink_stall_until > self.now {
+                    let pr = &mut self.procs[p];
+                    pr.acks_held_until = pr.acks_held_until.max(at);
+                }
+                let inc = self.procs[p].inc;
+                self.q.push(
+                    at,
+                    Ev::Sink {
+                        p,
+                        inc,
+                        batch: batch.id,
+                        ack: !refuse,
                     },
                 );
             }

@@ -33,6 +33,10 @@
 //! writes, their op ids and every other effect happen there). A change of
 //! the rule touches this file and its tests only.
 //!
+//! - Explicit shards (`Config::explicit_shards`, Bento's `stream:shard`):
+//!   only the listed rows are candidates, every free or expired one is
+//!   taken whatever the target, and no hand-off is asked.
+//!
 //! Invariants: only rows of the stream just read are taken or asked for;
 //! never a row we own, hold, write, adopt, were refused on or quarantined;
 //! every take and request of a plan is on a distinct shard with no write
@@ -40,7 +44,7 @@
 //!
 //! Imports: the table view and the liveness verdicts; nothing of `write`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use super::liveness::Liveness;
@@ -96,6 +100,8 @@ pub(super) struct Load<'a> {
     /// Shards neither taken nor asked for now: held, with a write in
     /// flight, an ambiguous take to adopt, a refused write, quarantined.
     pub(super) blocked: &'a dyn Fn(&ShardRef) -> bool,
+    /// Explicit shards (Bento's `stream:shard`); empty: balanced.
+    pub(super) explicit: &'a BTreeSet<ShardRef>,
 }
 
 /// A lease to take.
@@ -185,6 +191,12 @@ pub(super) fn plan(
     let Some(view) = views.get(stream) else {
         return plan;
     };
+    // Explicit shards: every listed row that is free or expired, no
+    // target, no hand-off asked (Bento reads listed shards unbalanced).
+    let explicit = !load.explicit.is_empty();
+    if explicit {
+        deficit = usize::MAX;
+    }
     // Rows we wrote since the read was sent show our own answered write
     // (newer than the read): fine to act on; every take is conditional
     // anyway. Rows with a write in flight are not (`blocked`).
@@ -194,6 +206,7 @@ pub(super) fn plan(
         .filter(|r| view.is_active(r))
         .filter(|r| r.owner.as_ref() != Some(me))
         .filter(|r| !(load.blocked)(&r.shard))
+        .filter(|r| !explicit || load.explicit.contains(&r.shard))
         .cloned()
         .collect();
     // Workers that balance on the same fresh rows (a fleet starting
@@ -249,7 +262,7 @@ pub(super) fn plan(
     // 2. Ask the most loaded live workers for the rest. Not while orphans
     // wait for a confirming heartbeat read: they come first, and the pass
     // runs again once it is answered.
-    if plan.confirm {
+    if plan.confirm || explicit {
         return plan;
     }
     let mut offer: BTreeMap<Owner, VecDeque<LeaseRow>> = BTreeMap::new();

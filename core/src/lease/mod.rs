@@ -247,6 +247,8 @@ enum FinalBeat {
 #[derive(Debug)]
 pub struct LeaseManager {
     me: Owner,
+    /// `Config::explicit_shards`: empty = balanced.
+    explicit: BTreeSet<ShardRef>,
     timing: Timing,
     start: Instant,
     start_unix_ms: u64,
@@ -321,6 +323,7 @@ impl LeaseManager {
             .collect();
         LeaseManager {
             me: config.owner.clone(),
+            explicit: config.explicit_shards.clone(),
             timing,
             start: now,
             start_unix_ms: unix_ms,
@@ -1016,6 +1019,7 @@ impl LeaseManager {
             taking,
             requests: &self.requests,
             blocked: &blocked,
+            explicit: &self.explicit,
         };
         let plan = balance::plan(&self.views, stream, &self.live, &load);
         for take in plan.takes {

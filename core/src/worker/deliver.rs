@@ -11,8 +11,13 @@
 //! admitted alone into an empty pool; batches are cut by the pure rule of
 //! `batcher` within `checkpoint_limit` (SPEC 2, 3) and delivered with the
 //! lease's fencing token; a nacked batch is redelivered, with the same
-//! checkpoint slot, while the shard is read; `ChunkDone` follows the last
-//! batch cut from a chunk.
+//! checkpoint slot, while the shard is read, once its redelivery backoff
+//! (`Config::redelivery`, doubled per nack of the batch) has passed; a
+//! batch nacked after `max_deliveries` deliveries is offered as a dead
+//! letter instead, and stays unacknowledged in the tracker (so the
+//! checkpoint stays before it) until the handler's ack; the shard's other
+//! batches are delivered meanwhile; `ChunkDone` follows the last batch cut
+//! from a chunk.
 //!
 //! Invariants: pool usage equals the permits of queued chunks plus those
 //! of delivered, unacked batches (`Worker::check_invariants`); a parked
@@ -54,6 +59,15 @@ pub(super) struct Inflight {
     pub(super) batch: BatchMeta,
     /// Nacked and not yet redelivered.
     pub(super) nacked: bool,
+    /// Deliveries to the application so far (dead-letter offers excluded).
+    pub(super) deliveries: u32,
+    /// Nacks so far (the redelivery backoff doubles with each).
+    pub(super) nacks: u32,
+    /// Handed to the dead-letter handler: offered as a dead letter, never
+    /// again as a batch.
+    pub(super) dead: bool,
+    /// When a nacked batch may be offered again.
+    pub(super) due: Instant,
 }
 
 impl Worker {
@@ -243,17 +257,35 @@ impl Worker {
             if st.phase != Phase::Reading {
                 continue;
             }
-            while let Some(id) = st.redeliver.pop_front() {
-                if let Some((_, inf)) = self.batches.get_mut(&id) {
-                    inf.nacked = false;
-                    let mut batch = inf.batch.clone();
-                    batch.redelivery = true;
+            // Nacked batches whose backoff has passed, in nack order; the
+            // others wait (`redeliver_at` wakes the shard up).
+            let mut i = 0;
+            while let Some(&id) = st.redeliver.get(i) {
+                let Some((_, inf)) = self.batches.get_mut(&id) else {
+                    st.redeliver.remove(i);
+                    continue;
+                };
+                if inf.due > now {
+                    i += 1;
+                    continue;
+                }
+                st.redeliver.remove(i);
+                inf.nacked = false;
+                let mut batch = inf.batch.clone();
+                batch.redelivery = true;
+                if inf.dead {
+                    self.events.push_back(Event::DeadLetter {
+                        batch,
+                        attempts: inf.deliveries,
+                    });
+                } else {
+                    inf.deliveries = inf.deliveries.saturating_add(1);
                     self.stats.batches_delivered += 1;
                     self.stats.redeliveries += 1;
                     self.stats.records_delivered += u64::from(batch.len());
                     self.events.push_back(Event::Batch(batch));
-                    progress = true;
                 }
+                progress = true;
             }
             while let Some(q) = st.queue.front_mut() {
                 // Records a re-read brought again (already delivered) are
@@ -348,6 +380,10 @@ impl Worker {
                             permit,
                             batch: batch.clone(),
                             nacked: false,
+                            deliveries: 1,
+                            nacks: 0,
+                            dead: false,
+                            due: now,
                         },
                     ),
                 );
@@ -408,10 +444,12 @@ impl Worker {
         Ok(())
     }
 
-    /// The bookkeeping of a nack: the batch is queued for redelivery while
-    /// the shard is read; a shard leaving drops it (the next reader reads
-    /// it again from the checkpoint).
-    pub(super) fn apply_nack(&mut self, batch: BatchId) -> Result<(), AckError> {
+    /// The bookkeeping of a nack: the batch is queued for redelivery after
+    /// its backoff while the shard is read, or, delivered `max_deliveries`
+    /// times, offered at once as a dead letter (it stays in flight: the
+    /// handler's ack releases it); a shard leaving drops it (the next
+    /// reader reads it again from the checkpoint, counting anew).
+    pub(super) fn apply_nack(&mut self, now: Instant, batch: BatchId) -> Result<(), AckError> {
         let (shard, inf) = self
             .batches
             .get_mut(&batch)
@@ -433,6 +471,24 @@ impl Worker {
             return Err(AckError::UnknownBatch(batch));
         };
         if st.phase == Phase::Reading {
+            let limit = self.config.redelivery.max_deliveries;
+            if !inf.dead && limit.is_some_and(|m| inf.deliveries >= m) {
+                inf.dead = true;
+                self.stats.dead_letters += 1;
+                let mut meta = inf.batch.clone();
+                meta.redelivery = true;
+                self.events.push_back(Event::DeadLetter {
+                    batch: meta,
+                    attempts: inf.deliveries,
+                });
+                return Ok(());
+            }
+            inf.nacks = inf.nacks.saturating_add(1);
+            let delay = self.config.redelivery.delay(inf.nacks);
+            inf.due = now + delay;
+            if !delay.is_zero() {
+                self.redeliver_at.insert((inf.due, batch));
+            }
             inf.nacked = true;
             st.redeliver.push_back(batch);
         } else {
@@ -443,5 +499,23 @@ impl Worker {
             self.pool.release(inf.permit);
         }
         Ok(())
+    }
+
+    /// Wake the shards of nacked batches whose redelivery backoff has
+    /// passed (`deliver` offers them).
+    pub(super) fn redeliveries_due(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.redeliver_at.first() {
+            if at > now {
+                break;
+            }
+            self.redeliver_at.pop_first();
+            if let Some((shard, _)) = self.batches.get(&id) {
+                if let Some(slot) = self.shards.slot_of(shard) {
+                    if let Some((_, st)) = self.shards.at_mut(slot) {
+                        Self::mark_touched(&mut self.dirty, slot, st);
+                    }
+                }
+            }
+        }
     }
 }

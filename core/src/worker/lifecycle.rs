@@ -20,12 +20,16 @@
 //!
 //! Imports: `read` (start and stop readers) and the table (`shards`).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::deliver::Inflight;
+use super::shards::ShardState;
 use super::Worker;
-use crate::ids::{FencingToken, ShardRef};
+use crate::ids::{BatchId, FencingToken, ShardRef};
 use crate::io::{Event, LostReason};
 use crate::lease::LeaseEvent;
+use crate::pool::Pool;
 use crate::sequence::Checkpoint;
 use crate::timer::{Timer, TimerTable};
 
@@ -150,6 +154,7 @@ impl Worker {
                     }
                 }
                 Phase::HandingOff { deadline } => {
+                    Self::drop_queued_redeliveries(&mut self.batches, &mut self.pool, st);
                     if st.inflight.is_empty() || now >= deadline {
                         let shard = shard.clone();
                         self.leave(now, &shard);
@@ -157,6 +162,7 @@ impl Worker {
                     }
                 }
                 Phase::Closing => {
+                    Self::drop_queued_redeliveries(&mut self.batches, &mut self.pool, st);
                     if st.inflight.is_empty() {
                         let shard = shard.clone();
                         self.leave(now, &shard);
@@ -245,6 +251,24 @@ impl Worker {
                 if st.phase == Phase::Reading || matches!(st.phase, Phase::HandingOff { .. }) {
                     st.phase = Phase::Closing;
                 }
+            }
+        }
+    }
+
+    /// A shard leaving: nacked batches queued for redelivery (waiting out
+    /// their backoff) will not be delivered here; they leave the in-flight
+    /// set and give their pool room back, as a nack while leaving does, so
+    /// hand-off and shutdown wait only for batches the application holds.
+    /// The checkpoint stays before them: the next reader reads them again.
+    fn drop_queued_redeliveries(
+        batches: &mut BTreeMap<BatchId, (ShardRef, Inflight)>,
+        pool: &mut Pool<ShardRef>,
+        st: &mut ShardState,
+    ) {
+        for id in std::mem::take(&mut st.redeliver) {
+            st.inflight.remove(&id);
+            if let Some((_, inf)) = batches.remove(&id) {
+                pool.release(inf.permit);
             }
         }
     }

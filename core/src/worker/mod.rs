@@ -105,6 +105,9 @@ pub struct WorkerStats {
     pub records_delivered: u64,
     /// Batches redelivered after a nack.
     pub redeliveries: u64,
+    /// Batches handed to the dead-letter handler (`max_deliveries`
+    /// reached), each counted once.
+    pub dead_letters: u64,
     /// Acks applied.
     pub acks: u64,
     /// Chunks that arrived and waited for pool room.
@@ -148,6 +151,9 @@ pub struct Worker {
     shards: ShardTable,
     pool: Pool<ShardRef>,
     batches: BTreeMap<BatchId, (ShardRef, Inflight)>,
+    /// Nacked batches waiting out a non-zero redelivery backoff, by due
+    /// instant (entries of batches acked or dropped since are skipped).
+    redeliver_at: BTreeSet<(Instant, BatchId)>,
     /// ListShards in flight.
     list_ops: BTreeMap<OpId, StreamId>,
     /// What readers awaited, by op and subscription (`read::route_awaited`,
@@ -242,6 +248,7 @@ impl Worker {
             shards: ShardTable::default(),
             pool,
             batches: BTreeMap::new(),
+            redeliver_at: BTreeSet::new(),
             list_ops: BTreeMap::new(),
             reader_ops: BTreeMap::new(),
             reader_subs: BTreeMap::new(),
@@ -548,11 +555,13 @@ impl Worker {
     }
 
     /// The application could not process a batch: it is delivered again
-    /// (while the lease is held and the shard is being read), and the
-    /// checkpoint stays before it.
+    /// (while the lease is held and the shard is being read) after the
+    /// redelivery backoff, and the checkpoint stays before it. Past
+    /// `max_deliveries` it is offered as [`Event::DeadLetter`] instead (a
+    /// nacked dead letter is offered again after the backoff).
     pub fn nack(&mut self, now: Instant, batch: BatchId) -> Result<(), AckError> {
         self.set_now(now);
-        self.apply_nack(batch)?;
+        self.apply_nack(now, batch)?;
         self.pump(now);
         Ok(())
     }
@@ -599,6 +608,7 @@ impl Worker {
             }
         };
         consider(self.lease.poll_timeout());
+        consider(self.redeliver_at.first().map(|(at, _)| (*at, "redelivery")));
         for reg in self.registrations.values() {
             consider(reg.poll_timeout());
         }
@@ -633,6 +643,7 @@ impl Worker {
     /// reached (plus the credit round over `wanting`): a shard nobody
     /// touched has nothing to do, so this is the same as walking them all.
     fn pump(&mut self, now: Instant) {
+        self.redeliveries_due(now);
         for (at, _, slot) in &self.deadlines {
             if *at > now {
                 break;

@@ -38,6 +38,8 @@ macro_rules! conformance_suite {
             bad_configuration_names_the_field,
             list_shards_follows_next_token_to_the_last_page,
             local_store_consumer_resumes_after_restart,
+            poison_record_goes_to_the_dead_letter_handler_and_the_shard_moves_on,
+            auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_it,
         );
     };
     (@tests $rt:ty; $($name:ident),* $(,)?) => {
@@ -611,6 +613,183 @@ pub async fn local_store_consumer_resumes_after_restart<R: TestRuntime>(
     let got = env.take(&mut batches, 10, Duration::from_secs(15)).await?;
     assert_eq!(ids(&got), (40..50).collect::<Vec<_>>());
     drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+/// The checkpoint of the only lease row of `arn` in `table`.
+async fn only_checkpoint<R: TestRuntime>(
+    env: &Env<R>,
+    table: &str,
+    arn: &str,
+) -> Result<Option<kinesin_core::sequence::Checkpoint>> {
+    let rows = env.leases(table, arn).await?;
+    ensure!(rows.len() == 1, "{} lease rows", rows.len());
+    Ok(rows[0].checkpoint.clone())
+}
+
+/// One record per batch; record 7 is nacked at every delivery. After 3
+/// deliveries (backoff 50 ms, 100 ms) it reaches the dead-letter stream;
+/// every other record is delivered and acked meanwhile; the checkpoint
+/// stays before record 7 until the handler accepts it (a rejected dead
+/// letter is offered again), then covers the whole shard.
+pub async fn poison_record_goes_to_the_dead_letter_handler_and_the_shard_moves_on<
+    R: TestRuntime,
+>(
+    env: &Env<R>,
+) -> Result<()> {
+    use kinesin_core::sequence::Checkpoint;
+    let (stream, arn) = env.create_stream("poison", 1).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..20, 4)).await?;
+    let consumer = env
+        .builder(&stream, &table, "w1")
+        .batching(kinesin_aws::Batching::bento())
+        .max_deliveries(3)
+        .redelivery_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build(&env.sdk)
+        .await?;
+    let mut batches = consumer.batches();
+    let mut letters = consumer.dead_letters();
+    let mut acked = BTreeSet::new();
+    let mut seqs = std::collections::BTreeMap::new();
+    let mut poison_deliveries = 0;
+    let deadline = Instant::now() + T;
+    while poison_deliveries < 3 || acked.len() < 19 {
+        ensure!(
+            Instant::now() < deadline,
+            "{poison_deliveries} deliveries of record 7, {} others acked",
+            acked.len()
+        );
+        let Some(next) = env
+            .timeout(Duration::from_millis(500), batches.next())
+            .await
+        else {
+            continue;
+        };
+        let batch = next.ok_or_else(|| anyhow::anyhow!("batch stream ended"))??;
+        let got: Vec<u64> = batch.records().iter().map(|r| id_of(r.data())).collect();
+        for r in batch.records() {
+            seqs.insert(id_of(r.data()), r.sequence_number().clone());
+        }
+        if got.contains(&7) {
+            ensure!(got == [7], "one record per batch: {got:?}");
+            poison_deliveries += 1;
+            batch.nack();
+        } else {
+            acked.extend(got);
+            batch.ack();
+        }
+    }
+    let letter = env
+        .timeout(Duration::from_secs(10), letters.next())
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no dead letter within 10 s"))?
+        .ok_or_else(|| anyhow::anyhow!("dead-letter stream ended"))?;
+    ensure!(letter.attempts() == 3, "attempts {}", letter.attempts());
+    let ids_in: Vec<u64> = letter.records().iter().map(|r| id_of(r.data())).collect();
+    ensure!(ids_in == [7], "dead letter holds {ids_in:?}");
+    let (first, last) = letter.sequence_range().expect("not empty");
+    ensure!(first.seq == seqs[&7] && last.seq == seqs[&7]);
+    // Not accepted: after a few commit periods the checkpoint is record 6's.
+    env.sleep(Duration::from_secs(3)).await;
+    ensure!(
+        only_checkpoint(env, &table, &arn).await? == Some(Checkpoint::After(seqs[&6].clone())),
+        "checkpoint before the dead letter"
+    );
+    // Rejected: offered again (after the 200 ms backoff), never as a batch.
+    letter.reject();
+    let again = env
+        .timeout(Duration::from_secs(10), letters.next())
+        .await
+        .ok_or_else(|| anyhow::anyhow!("a rejected dead letter is offered again"))?
+        .ok_or_else(|| anyhow::anyhow!("dead-letter stream ended"))?;
+    ensure!(again.attempts() == 3);
+    again.accept();
+    let deadline = Instant::now() + T;
+    loop {
+        if only_checkpoint(env, &table, &arn).await? == Some(Checkpoint::After(seqs[&19].clone())) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "checkpoint never covered the shard"
+        );
+        env.sleep(Duration::from_millis(300)).await;
+    }
+    let more = env.take_for(&mut batches, Duration::from_secs(1)).await?;
+    ensure!(more.is_empty(), "delivered again: {:?}", ids(&more));
+    drop(batches);
+    drop(letters);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+/// Bento's `auto_replay_nacks: false`: a nacked batch is dropped (never
+/// delivered again, nothing on the dead-letter stream) and the checkpoint
+/// passes it.
+pub async fn auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_it<
+    R: TestRuntime,
+>(
+    env: &Env<R>,
+) -> Result<()> {
+    use kinesin_core::sequence::Checkpoint;
+    let (stream, arn) = env.create_stream("drop", 1).await?;
+    let table = env.table();
+    env.put(&stream, &numbered(0..5, 2)).await?;
+    let consumer = env
+        .builder(&stream, &table, "w1")
+        .batching(kinesin_aws::Batching::bento())
+        .auto_replay_nacks(false)
+        .build(&env.sdk)
+        .await?;
+    let mut batches = consumer.batches();
+    let mut letters = consumer.dead_letters();
+    let mut seen = Vec::new();
+    let mut last_seq = None;
+    let deadline = Instant::now() + T;
+    while seen.len() < 5 {
+        ensure!(Instant::now() < deadline, "got {seen:?}");
+        let Some(next) = env
+            .timeout(Duration::from_millis(500), batches.next())
+            .await
+        else {
+            continue;
+        };
+        let batch = next.ok_or_else(|| anyhow::anyhow!("batch stream ended"))??;
+        let got: Vec<u64> = batch.records().iter().map(|r| id_of(r.data())).collect();
+        last_seq = batch.records().last().map(|r| r.sequence_number().clone());
+        seen.extend(got.iter().copied());
+        if got.contains(&2) {
+            batch.nack();
+        } else {
+            batch.ack();
+        }
+    }
+    ensure!(seen == [0, 1, 2, 3, 4], "each record once: {seen:?}");
+    let more = env.take_for(&mut batches, Duration::from_secs(2)).await?;
+    ensure!(
+        more.is_empty(),
+        "a dropped batch came again: {:?}",
+        ids(&more)
+    );
+    ensure!(
+        env.timeout(Duration::from_millis(100), letters.next())
+            .await
+            .is_none(),
+        "dropped, not offered"
+    );
+    let want = Some(Checkpoint::After(last_seq.expect("records")));
+    let deadline = Instant::now() + T;
+    while only_checkpoint(env, &table, &arn).await? != want {
+        ensure!(
+            Instant::now() < deadline,
+            "checkpoint never passed the dropped record"
+        );
+        env.sleep(Duration::from_millis(300)).await;
+    }
+    drop(batches);
+    drop(letters);
     consumer.shutdown().await?;
     Ok(())
 }

@@ -323,3 +323,31 @@ fn hand_off_requests_are_capped_so_the_heartbeat_row_stays_small() {
         .unwrap_or(0);
     assert!(widest <= super::super::balance::MAX_REQUESTS, "{widest}");
 }
+
+#[test]
+fn explicit_shards_are_taken_whatever_the_target_and_nothing_else_is_taken_or_asked() {
+    let mut w = World::with_free_shards(6);
+    let explicit = |name: &str, shards: &[usize]| {
+        let mut c = config(&Owner::new(name, 1));
+        c.explicit_shards = shards.iter().map(|i| sref(*i)).collect();
+        c
+    };
+    let a = w.add_node_config(explicit("a", &[0, 1, 2, 3]), |_| {});
+    let b = w.add_node_config(explicit("b", &[4]), |_| {});
+    w.run_until(secs(60.0));
+    // Four leases on a (the balanced target of two workers is three), one
+    // on b, and shard 5 read by nobody: no balancing in either direction.
+    let held = |w: &World, i: usize| -> BTreeSet<ShardRef> {
+        w.nodes[i].mgr.held().map(|(s, _)| s.clone()).collect()
+    };
+    assert_eq!(held(&w, a), (0..4).map(sref).collect());
+    assert_eq!(held(&w, b), [sref(4)].into_iter().collect());
+    assert_eq!(w.row(5).owner, None);
+    let asks = |x: &Action| matches!(write_of(x), Some(LeaseWrite::RequestHandoff { .. }));
+    assert!(w.actions(a, asks).is_empty() && w.actions(b, asks).is_empty());
+    // A listed shard whose owner dies is taken after the failover time.
+    w.kill(b);
+    let a2 = w.add_node_config(explicit("c", &[4]), |_| {});
+    w.run_until(secs(120.0));
+    assert_eq!(held(&w, a2), [sref(4)].into_iter().collect());
+}

@@ -124,6 +124,95 @@ fn nacked_batch_is_redelivered_and_checkpoint_waits_for_it() {
     );
 }
 
+/// The records of `node`'s dead-letter events, in order: (first seq, attempts).
+fn dead_letters(node: &Node) -> Vec<(SeqNum, u32)> {
+    node.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DeadLetter { batch, attempts } => Some((batch.first.seq.clone(), *attempts)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_poison_batch_nacked_max_deliveries_times_becomes_a_dead_letter_and_the_shard_moves_on() {
+    let mut world = World::new(&[("s0", &[], 3, false)]);
+    let mut c = polling_config("a");
+    c.redelivery = crate::config::Redelivery {
+        backoff: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(4),
+        max_deliveries: Some(3),
+    };
+    let mut node = Node::new(c, &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    assert_eq!(node.batches.len(), 3, "the whole shard is delivered");
+    let poison = node.batches[0].clone();
+    assert_eq!(poison.first.seq, seq(1));
+    for b in &node.batches[1..] {
+        node.w.ack(world.now, b.id).unwrap();
+    }
+    // Nack 1: redelivered after 1 s, not before.
+    node.w.nack(world.now, poison.id).unwrap();
+    node.settle(&mut world);
+    assert_eq!(node.batches.len(), 3, "no redelivery before the backoff");
+    run(&mut world, &mut [&mut node], Duration::from_millis(999));
+    assert_eq!(node.batches.len(), 3, "no redelivery before the backoff");
+    run(&mut world, &mut [&mut node], Duration::from_millis(1));
+    assert_eq!(node.batches.len(), 4);
+    assert!(node.batches[3].redelivery && node.batches[3].id == poison.id);
+    // Nack 2: the backoff doubles (2 s).
+    node.w.nack(world.now, poison.id).unwrap();
+    run(&mut world, &mut [&mut node], Duration::from_millis(1999));
+    assert_eq!(node.batches.len(), 4, "the second backoff is 2 s");
+    run(&mut world, &mut [&mut node], Duration::from_millis(1));
+    assert_eq!(node.batches.len(), 5, "third delivery");
+    assert!(dead_letters(&node).is_empty());
+    // Nack 3 after 3 deliveries: a dead letter at once, never a batch again.
+    node.w.nack(world.now, poison.id).unwrap();
+    node.settle(&mut world);
+    assert_eq!(dead_letters(&node), vec![(seq(1), 3)]);
+    assert_eq!(node.w.stats().dead_letters, 1);
+    // The handler has not accepted it: the checkpoint stays before it.
+    run(&mut world, &mut [&mut node], Duration::from_secs(12));
+    assert_eq!(
+        node.batches.len(),
+        5,
+        "a dead letter is not delivered again"
+    );
+    assert_eq!(world.rows[&sref("s0")].checkpoint, None);
+    // The handler refuses it (nack): offered again after the backoff (4 s).
+    node.w.nack(world.now, poison.id).unwrap();
+    run(&mut world, &mut [&mut node], Duration::from_millis(3999));
+    assert_eq!(dead_letters(&node).len(), 1);
+    run(&mut world, &mut [&mut node], Duration::from_millis(1));
+    assert_eq!(dead_letters(&node), vec![(seq(1), 3), (seq(1), 3)]);
+    assert_eq!(node.w.stats().dead_letters, 1, "one batch, counted once");
+    // Accepted (ack): the checkpoint covers it and everything after it.
+    node.w.ack(world.now, poison.id).unwrap();
+    run(&mut world, &mut [&mut node], Duration::from_secs(6));
+    assert_eq!(
+        world.rows[&sref("s0")].checkpoint,
+        Some(Checkpoint::After(seq(3)))
+    );
+}
+
+#[test]
+fn without_max_deliveries_a_nacked_batch_is_redelivered_for_ever() {
+    let mut world = World::new(&[("s0", &[], 1, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    node.auto_ack = false;
+    run(&mut world, &mut [&mut node], Duration::from_secs(2));
+    let id = node.batches[0].id;
+    for n in 1..=50 {
+        node.w.nack(world.now, id).unwrap();
+        node.settle(&mut world);
+        assert_eq!(node.batches.len(), n + 1, "redelivered at once");
+    }
+    assert!(dead_letters(&node).is_empty());
+}
+
 #[test]
 fn checkpoint_limit_stops_delivery_until_acks() {
     let mut world = World::new(&[("s0", &[], 10, false)]);

@@ -12,6 +12,7 @@ mod consume;
 mod leases;
 mod produce;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,10 @@ enum Command {
     /// Print a lease table: stream, shard, owner, fencing token, checkpoint,
     /// parent shards, state.
     Leases(LeasesArgs),
+    /// One view of a fleet from the lease table and the stream: per shard
+    /// owner, token, checkpoint, parents/children, lag; per worker heartbeat
+    /// age and leases. Reads only.
+    Status(status::StatusArgs),
     /// Small operations for demos and tests (split a shard, tally outputs).
     #[command(hide = true, subcommand)]
     Admin(admin::AdminCommand),
@@ -89,6 +94,10 @@ pub struct ConsumeArgs {
     /// checkpoint_limit, commit_period, enhanced_fan_out.*, start_from_oldest, ...).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics and the worker's
+    /// health on http://ADDR/healthz (200 ready, 503 starting or failing).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `kinesin produce`.
@@ -144,6 +153,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume::run(args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Leases(args) => leases::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Admin(cmd) => admin::run(cmd).await,
         }
     });

@@ -491,6 +491,14 @@ impl<R: Runtime + Default> Consumer<R> {
     pub fn abort(self) {
         self.handle.abort();
     }
+
+    /// This consumer's metrics: per-shard series while a lease is held
+    /// (lag, records and bytes delivered and acked), per-worker counters,
+    /// [`crate::Metrics::render`] for Prometheus and
+    /// [`crate::Metrics::health`] for a readiness probe. Cheap to clone.
+    pub fn metrics(&self) -> &crate::Metrics {
+        self.handle.metrics()
+    }
 }
 
 /// The stream of [`Batch`]es (see [`Consumer::batches`]).

@@ -174,6 +174,7 @@ impl Default for DriverOptions {
 pub struct DriverHandle {
     commands: async_channel::Sender<Command>,
     deliveries: async_channel::Receiver<Delivery>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl DriverHandle {
@@ -194,6 +195,12 @@ impl DriverHandle {
     /// released: others take them after the failover time).
     pub fn abort(&self) {
         let _ = self.commands.try_send(Command::Abort);
+    }
+
+    /// The driver's metrics registry (per-shard series while a lease is
+    /// held, per-worker counters, health).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 }
 
@@ -235,6 +242,8 @@ pub struct Driver<R: Runtime> {
     /// each is reported once, and again only after a read without it
     /// (repaired or deleted) and a later one with it.
     bad_rows: HashMap<Option<StreamId>, BTreeSet<RowError>>,
+    /// The registry behind `DriverHandle::metrics`.
+    metrics: crate::metrics::Metrics,
 }
 
 impl<R: Runtime> std::fmt::Debug for Driver<R> {
@@ -261,9 +270,15 @@ impl<R: Runtime> Driver<R> {
         let (reports_tx, reports_rx) = async_channel::unbounded();
         let (commands_tx, commands_rx) = async_channel::unbounded();
         let (deliveries_tx, deliveries_rx) = async_channel::unbounded();
+        let config = worker.config();
+        let metrics = crate::metrics::Metrics::new(
+            config.failover_time,
+            (config.pool_records, config.pool_bytes),
+        );
         let handle = DriverHandle {
             commands: commands_tx.clone(),
             deliveries: deliveries_rx.clone(),
+            metrics: metrics.clone(),
         };
         let driver = Driver {
             runtime,
@@ -284,6 +299,7 @@ impl<R: Runtime> Driver<R> {
             shutdown_waiters: Vec::new(),
             leases_held: 0,
             pool_shown: (0, 0),
+            metrics,
         };
         (driver, handle)
     }
@@ -401,11 +417,13 @@ impl<R: Runtime> Driver<R> {
                 payloads,
                 input,
             } => {
+                self.metrics.records_read(payloads.len() as u64);
                 self.chunks.insert(chunk, payloads);
                 input
             }
         };
         self.forget_ended_subscription(&input);
+        self.metrics.observe_input(&input);
         self.worker.handle_input(now, input);
     }
 
@@ -419,6 +437,7 @@ impl<R: Runtime> Driver<R> {
         let before = self.bad_rows.remove(&partition).unwrap_or_default();
         for e in now.iter().filter(|e| !before.contains(*e)) {
             metrics::counter!("kinesin_lease_bad_rows_total").increment(1);
+            self.metrics.bad_row();
             if partition.is_none() {
                 warn!(
                     "skipping a heartbeat row that does not decode ({e}): other workers' \
@@ -441,6 +460,10 @@ impl<R: Runtime> Driver<R> {
         let now = self.runtime.now();
         match command {
             Command::Ack(id) => {
+                if let Some((shard, records)) = self.delivered.get(&id) {
+                    let bytes = records.iter().map(|r| r.data().len() as u64).sum();
+                    self.metrics.acked(shard, records.len() as u64, bytes);
+                }
                 if let Err(e) = self.worker.ack(now, id) {
                     debug!("{e}");
                 }
@@ -501,6 +524,7 @@ impl<R: Runtime> Driver<R> {
             self.pool_shown = (records, bytes);
             metrics::gauge!("kinesin_pool_records").set(records as f64);
             metrics::gauge!("kinesin_pool_bytes").set(bytes as f64);
+            self.metrics.pool(records, bytes);
         }
     }
 
@@ -530,8 +554,15 @@ impl<R: Runtime> Driver<R> {
                 metrics::counter!("kinesin_records_delivered_total")
                     .increment(records.len() as u64);
                 metrics::counter!("kinesin_bytes_delivered_total").increment(b.bytes);
-                metrics::gauge!("kinesin_millis_behind_latest", "shard" => b.shard.shard.to_string())
+                metrics::gauge!("kinesin_millis_behind_latest", "stream" => b.shard.stream.to_string(), "shard" => b.shard.shard.to_string())
                     .set(b.millis_behind as f64);
+                self.metrics.delivered(
+                    &b.shard,
+                    records.len() as u64,
+                    b.bytes,
+                    b.millis_behind,
+                    b.redelivery,
+                );
                 let batch = Batch {
                     id: b.id,
                     shard: b.shard,
@@ -553,6 +584,7 @@ impl<R: Runtime> Driver<R> {
             Event::LeaseAcquired { shard, token } => {
                 self.leases_held += 1;
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                self.metrics.lease_gained(&shard, token.0);
                 info!(%shard, token = token.0, "lease acquired");
             }
             Event::LeaseLost {
@@ -562,6 +594,7 @@ impl<R: Runtime> Driver<R> {
             } => {
                 self.leases_held = self.leases_held.saturating_sub(1);
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                self.metrics.lease_lost(&shard, reason);
                 self.delivered.retain(|_, (s, _)| *s != shard);
                 if reason == LostReason::Taken || reason == LostReason::SelfFenced {
                     warn!(%shard, token = token.0, ?reason, "lease lost");
@@ -579,6 +612,7 @@ impl<R: Runtime> Driver<R> {
             },
             Event::Fatal { message } => {
                 warn!("fatal: {message}");
+                self.metrics.fatal(&message);
                 let _ = self
                     .deliveries_tx
                     .try_send(Err(DriverError::Fatal(message)));
@@ -675,6 +709,7 @@ impl<R: Runtime> Driver<R> {
                 let tx = self.reports_tx.clone();
                 let span = shard_span(&shard);
                 metrics::counter!("kinesin_subscribe_total").increment(1);
+                self.metrics.subscription_started();
                 debug!(parent: &span, %sub, ?position, "SubscribeToShard");
                 self.runtime.spawn(Box::pin(
                     subscription_task(

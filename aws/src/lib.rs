@@ -33,6 +33,7 @@ pub mod error;
 pub mod kinesis;
 pub mod lease_store;
 pub mod local;
+pub mod metrics;
 pub mod runtime;
 
 pub use consumer::{Batches, Consumer, ConsumerBuilder, Error};
@@ -42,6 +43,7 @@ pub use error::KinesisError;
 pub use kinesis::{Kinesis, Record, Subscription};
 pub use lease_store::{LeaseStore, RowError, Rows, StoreError, StoreFuture};
 pub use local::{LocalLeaseStore, LocalStoreError};
+pub use metrics::{Health, Metrics};
 pub use runtime::{AsyncTimer, Runtime, Task};
 
 /// How records are cut into batches (the core's setting, re-exported so the

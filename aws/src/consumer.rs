@@ -499,6 +499,16 @@ impl<R: Runtime + Default> Consumer<R> {
     pub fn metrics(&self) -> &crate::Metrics {
         self.handle.metrics()
     }
+
+    /// Lease events as a `futures::Stream`: first a
+    /// [`LeaseEvent::Gained`](crate::LeaseEvent::Gained) for every lease held
+    /// now, then every gain (shard, fencing token, start position), loss
+    /// (with its reason) and shard end, so a sink can open and close
+    /// per-shard resources. Several streams may be taken; each sees every
+    /// event. Ends once the consumer has shut down.
+    pub fn lease_events(&self) -> crate::LeaseEvents {
+        self.handle.lease_events()
+    }
 }
 
 /// The stream of [`Batch`]es (see [`Consumer::batches`]).

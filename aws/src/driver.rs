@@ -175,6 +175,7 @@ pub struct DriverHandle {
     commands: async_channel::Sender<Command>,
     deliveries: async_channel::Receiver<Delivery>,
     metrics: crate::metrics::Metrics,
+    events: crate::events::EventHub,
 }
 
 impl DriverHandle {
@@ -201,6 +202,12 @@ impl DriverHandle {
     /// held, per-worker counters, health).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
+    }
+
+    /// A stream of lease events: the leases held now, then every gain,
+    /// loss and shard end (see [`crate::events`]).
+    pub fn lease_events(&self) -> crate::events::LeaseEvents {
+        self.events.subscribe()
     }
 }
 
@@ -244,6 +251,8 @@ pub struct Driver<R: Runtime> {
     bad_rows: HashMap<Option<StreamId>, BTreeSet<RowError>>,
     /// The registry behind `DriverHandle::metrics`.
     metrics: crate::metrics::Metrics,
+    /// The fan-out behind `DriverHandle::lease_events`.
+    events: crate::events::EventHub,
 }
 
 impl<R: Runtime> std::fmt::Debug for Driver<R> {
@@ -275,10 +284,12 @@ impl<R: Runtime> Driver<R> {
             config.failover_time,
             (config.pool_records, config.pool_bytes),
         );
+        let events = crate::events::EventHub::default();
         let handle = DriverHandle {
             commands: commands_tx.clone(),
             deliveries: deliveries_rx.clone(),
             metrics: metrics.clone(),
+            events: events.clone(),
         };
         let driver = Driver {
             runtime,
@@ -300,6 +311,7 @@ impl<R: Runtime> Driver<R> {
             leases_held: 0,
             pool_shown: (0, 0),
             metrics,
+            events,
         };
         (driver, handle)
     }
@@ -581,7 +593,16 @@ impl<R: Runtime> Driver<R> {
             Event::ChunkDone { chunk } => {
                 self.chunks.remove(&chunk);
             }
-            Event::LeaseAcquired { shard, token } => {
+            Event::LeaseAcquired {
+                shard,
+                token,
+                start,
+            } => {
+                self.events.publish(crate::events::LeaseEvent::Gained {
+                    shard: shard.clone(),
+                    token: token.0,
+                    start,
+                });
                 self.leases_held += 1;
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
                 self.metrics.lease_gained(&shard, token.0);
@@ -595,6 +616,11 @@ impl<R: Runtime> Driver<R> {
                 self.leases_held = self.leases_held.saturating_sub(1);
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
                 self.metrics.lease_lost(&shard, reason);
+                self.events.publish(crate::events::LeaseEvent::Lost {
+                    shard: shard.clone(),
+                    token: token.0,
+                    reason,
+                });
                 self.delivered.retain(|_, (s, _)| *s != shard);
                 if reason == LostReason::Taken || reason == LostReason::SelfFenced {
                     warn!(%shard, token = token.0, ?reason, "lease lost");
@@ -602,7 +628,11 @@ impl<R: Runtime> Driver<R> {
                     info!(%shard, token = token.0, ?reason, "lease given up");
                 }
             }
-            Event::ShardEnded { shard } => info!(%shard, "shard read to its end"),
+            Event::ShardEnded { shard } => {
+                info!(%shard, "shard read to its end");
+                self.events
+                    .publish(crate::events::LeaseEvent::ShardEnded { shard });
+            }
             Event::ShardFailed { shard, class } => {
                 warn!(%shard, ?class, "shard cannot be read; lease released")
             }
@@ -619,6 +649,7 @@ impl<R: Runtime> Driver<R> {
             }
             Event::ShutdownComplete => {
                 info!("shutdown complete");
+                self.events.close();
                 self.chunks.clear();
                 self.delivered.clear();
             }

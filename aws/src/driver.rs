@@ -154,6 +154,16 @@ enum Report {
     },
 }
 
+impl Report {
+    fn input(&self) -> &Input {
+        match self {
+            Report::Input(input)
+            | Report::WithBadRows { input, .. }
+            | Report::WithPayload { input, .. } => input,
+        }
+    }
+}
+
 /// Driver settings that the core does not know about.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
@@ -474,7 +484,7 @@ impl<R: Runtime> Driver<R> {
             Command::Ack(id) => {
                 if let Some((shard, records)) = self.delivered.get(&id) {
                     let bytes = records.iter().map(|r| r.data().len() as u64).sum();
-                    self.metrics.acked(shard, records.len() as u64, bytes);
+                    self.metrics.acked(shard, id, records.len() as u64, bytes);
                 }
                 if let Err(e) = self.worker.ack(now, id) {
                     debug!("{e}");
@@ -570,6 +580,7 @@ impl<R: Runtime> Driver<R> {
                     .set(b.millis_behind as f64);
                 self.metrics.delivered(
                     &b.shard,
+                    b.id,
                     records.len() as u64,
                     b.bytes,
                     b.millis_behind,
@@ -660,10 +671,15 @@ impl<R: Runtime> Driver<R> {
     where
         F: std::future::Future<Output = Report> + Send + 'static,
     {
-        let tx = self.reports_tx.clone();
+        let (tx, metrics, sent) = (
+            self.reports_tx.clone(),
+            self.metrics.clone(),
+            Instant::now(),
+        );
         self.runtime.spawn(Box::pin(
             async move {
                 let report = call.await;
+                metrics.call_took(report.input(), sent.elapsed());
                 let _ = tx.send(report).await;
             }
             .instrument(span),
@@ -835,6 +851,7 @@ impl<R: Runtime> Driver<R> {
             }
             Action::WriteLease { op, write } => {
                 metrics::counter!("kinesin_lease_writes_total").increment(1);
+                self.metrics.lease_write(op, &write);
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = store.write_lease(&write);
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {

@@ -15,6 +15,12 @@
 //! for the lookup only; counters by API and error class are a fixed array
 //! of atomics (no allocation, no label formatting until a scrape).
 //!
+//! Ages and latencies: a shard's checkpoint age counts from its last
+//! successful checkpoint write (from the lease gain before the first), the
+//! heartbeat age from the last successful heartbeat write; call latency
+//! (from the call's spawn to its answer, by API) and batch ack latency
+//! (from a batch's delivery to its ack) are histograms with fixed buckets.
+//!
 //! Health rule (for `/healthz`): failing with a reason when the worker got
 //! a fatal event (e.g. superseded by a later incarnation of its id), when
 //! no lease-table read has succeeded for longer than the failover time (the
@@ -30,8 +36,58 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kinesin_core::ids::ShardRef;
+use kinesin_core::ids::{BatchId, OpId, ShardRef};
 use kinesin_core::io::{ErrorClass, Input, LostReason};
+use kinesin_core::table::LeaseWrite;
+
+/// Upper bounds of the latency histograms' buckets (seconds); `+Inf` is
+/// implied.
+pub const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A latency histogram: counts per bucket (not cumulative; rendered
+/// cumulative), the sum in microseconds and the count.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; 12],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines, `labels` already
+    /// formatted (`api="GetRecords",` or empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", l.trim_end_matches(','))
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum:.6}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    }
+}
 
 /// The APIs whose calls are counted (label `api`).
 pub const APIS: [&str; 10] = [
@@ -105,9 +161,19 @@ pub struct ShardMetrics {
     records_acked: AtomicU64,
     bytes_acked: AtomicU64,
     redeliveries: AtomicU64,
+    /// Last successful checkpoint write (the lease gain before the first).
+    checkpointed: Mutex<Option<Instant>>,
+    /// Batches delivered and not acked yet, with their delivery time; gone
+    /// with the lease (at most the shard's in-flight limit).
+    unacked: Mutex<HashMap<u64, Instant>>,
 }
 
 impl ShardMetrics {
+    /// Time since the last successful checkpoint write of the shard (since
+    /// the lease gain before the first).
+    pub fn checkpoint_age(&self) -> Duration {
+        lock(&self.checkpointed).map_or(Duration::ZERO, |t| t.elapsed())
+    }
     /// MillisBehindLatest of the last batch delivered.
     pub fn millis_behind_latest(&self) -> u64 {
         self.millis_behind.load(Ordering::Relaxed)
@@ -137,6 +203,13 @@ struct Counters {
     pool_records: AtomicU64,
     pool_bytes: AtomicU64,
     bad_rows: AtomicU64,
+    call_latency: [Histogram; 10],
+    ack_latency: Histogram,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere never makes metrics unreadable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +223,10 @@ struct State {
     /// The message of a fatal event.
     fatal: Option<String>,
     self_fenced: bool,
+    /// Last successful heartbeat write.
+    heartbeat_ok: Option<Instant>,
+    /// Checkpoint writes awaiting their answer.
+    checkpoints: HashMap<u64, ShardRef>,
 }
 
 /// Health for a readiness probe.
@@ -188,8 +265,7 @@ impl Metrics {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere never makes metrics unreadable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Lease gained: the shard's series start.
@@ -197,6 +273,7 @@ impl Metrics {
         self.counters.leases_gained.fetch_add(1, Ordering::Relaxed);
         let m = Arc::new(ShardMetrics::default());
         m.token.store(token, Ordering::Relaxed);
+        *lock(&m.checkpointed) = Some(Instant::now());
         let mut st = self.state();
         st.shards.insert(shard.clone(), m);
         st.self_fenced = false;
@@ -240,6 +317,19 @@ impl Metrics {
     pub fn delivered(
         &self,
         shard: &ShardRef,
+        id: BatchId,
+        records: u64,
+        bytes: u64,
+        millis_behind: u64,
+        redelivery: bool,
+    ) {
+        self.delivered_raw(shard, id.raw(), records, bytes, millis_behind, redelivery);
+    }
+
+    fn delivered_raw(
+        &self,
+        shard: &ShardRef,
+        id: u64,
         records: u64,
         bytes: u64,
         millis_behind: u64,
@@ -252,6 +342,7 @@ impl Metrics {
             c.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(m) = self.shard(shard) {
+            lock(&m.unacked).insert(id, Instant::now());
             m.millis_behind.store(millis_behind, Ordering::Relaxed);
             m.records_delivered.fetch_add(records, Ordering::Relaxed);
             m.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
@@ -261,12 +352,19 @@ impl Metrics {
         }
     }
 
-    /// A batch acknowledged by the application.
-    pub fn acked(&self, shard: &ShardRef, records: u64, bytes: u64) {
+    /// A batch acknowledged by the application (its ack latency observed).
+    pub fn acked(&self, shard: &ShardRef, id: BatchId, records: u64, bytes: u64) {
+        self.acked_raw(shard, id.raw(), records, bytes);
+    }
+
+    fn acked_raw(&self, shard: &ShardRef, id: u64, records: u64, bytes: u64) {
         self.counters
             .records_acked
             .fetch_add(records, Ordering::Relaxed);
         if let Some(m) = self.shard(shard) {
+            if let Some(at) = lock(&m.unacked).remove(&id) {
+                self.counters.ack_latency.observe(at.elapsed());
+            }
             m.records_acked.fetch_add(records, Ordering::Relaxed);
             m.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -309,22 +407,57 @@ impl Metrics {
         )
     }
 
+    /// A lease write was sent: a checkpoint's answer resets its shard's
+    /// checkpoint age.
+    pub fn lease_write(&self, op: OpId, write: &LeaseWrite) {
+        if let LeaseWrite::Checkpoint { shard, .. } = write {
+            self.checkpoint_sent(op.raw(), shard);
+        }
+    }
+
+    fn checkpoint_sent(&self, op: u64, shard: &ShardRef) {
+        self.state().checkpoints.insert(op, shard.clone());
+    }
+
+    /// A lease write answered: a checkpoint that applied resets its
+    /// shard's checkpoint age.
+    fn lease_answered(&self, op: u64, ok: bool) {
+        let shard = self.state().checkpoints.remove(&op);
+        if let (Some(shard), true) = (shard, ok) {
+            if let Some(m) = self.shard(&shard) {
+                *lock(&m.checkpointed) = Some(Instant::now());
+            }
+        }
+    }
+
+    /// A call's answer arrived `took` after it was spawned.
+    pub fn call_took(&self, input: &Input, took: Duration) {
+        if let Some(api) = api_of(input) {
+            self.counters.call_latency[api].observe(took);
+        }
+    }
+
     /// Calls answered: counted by API and, when failed, by error class
     /// (throttles are the `Throttled` class). Also tracks the lease
     /// table's reachability for [`Metrics::health`].
     pub fn observe_input(&self, input: &Input) {
-        let (api, err) = match input {
-            Input::Shards { result, .. } => (0, result.as_ref().err()),
-            Input::Consumer { result, .. } => (1, result.as_ref().err()),
-            Input::SubscriptionError { class, .. } => (2, Some(class)),
-            Input::SubscriptionEnded { .. } => return,
-            Input::SubscriptionEvent { .. } => (9, None),
-            Input::Iterator { result, .. } => (3, result.as_ref().err()),
-            Input::Records { result, .. } => (4, result.as_ref().err()),
-            Input::Leases { result, .. } => (5, result.as_ref().err()),
-            Input::LeaseWritten { result, .. } => (6, result.as_ref().err()),
-            Input::Heartbeats { result, .. } => (7, result.as_ref().err()),
-            Input::HeartbeatWritten { result, .. } => (8, result.as_ref().err()),
+        let Some(api) = api_of(input) else {
+            return;
+        };
+        let err = match input {
+            Input::Shards { result, .. } => result.as_ref().err(),
+            Input::Consumer { result, .. } => result.as_ref().err(),
+            Input::SubscriptionError { class, .. } => Some(class),
+            Input::SubscriptionEnded { .. } | Input::SubscriptionEvent { .. } => None,
+            Input::Iterator { result, .. } => result.as_ref().err(),
+            Input::Records { result, .. } => result.as_ref().err(),
+            Input::Leases { result, .. } => result.as_ref().err(),
+            Input::LeaseWritten { op, result } => {
+                self.lease_answered(op.raw(), result.is_ok());
+                result.as_ref().err()
+            }
+            Input::Heartbeats { result, .. } => result.as_ref().err(),
+            Input::HeartbeatWritten { result, .. } => result.as_ref().err(),
         };
         self.call(api, err.copied());
     }
@@ -334,6 +467,9 @@ impl Metrics {
         self.counters.calls[api].fetch_add(1, Ordering::Relaxed);
         if let Some(class) = err {
             self.counters.errors[api][class_index(class)].fetch_add(1, Ordering::Relaxed);
+        }
+        if api == 8 && err.is_none() {
+            self.state().heartbeat_ok = Some(Instant::now());
         }
         if api == 5 || api == 7 {
             let mut st = self.state();
@@ -607,7 +743,78 @@ impl Metrics {
             "Time since the last successful lease-table read (seconds; NaN before the first).",
         );
         let _ = writeln!(out, "kinesin_lease_table_read_age_seconds {age:.3}");
+        let heartbeat = self
+            .state()
+            .heartbeat_ok
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(f64::NAN);
+        head(
+            out,
+            "kinesin_heartbeat_age_seconds",
+            "gauge",
+            "Time since this worker's last successful heartbeat write (seconds; NaN before the first). \
+             Past the failover time minus a margin the worker fences itself.",
+        );
+        let _ = writeln!(out, "kinesin_heartbeat_age_seconds {heartbeat:.3}");
+        head(
+            out,
+            "kinesin_shard_checkpoint_age_seconds",
+            "gauge",
+            "Time since the shard's last successful checkpoint write, or since the lease gain \
+             before the first (seconds). Grows while nothing new is acknowledged.",
+        );
+        for (s, m) in &shards {
+            let _ = writeln!(
+                out,
+                "kinesin_shard_checkpoint_age_seconds{{stream=\"{}\",shard=\"{}\"}} {:.3}",
+                label(s.stream.as_str()),
+                label(s.shard.as_str()),
+                m.checkpoint_age().as_secs_f64()
+            );
+        }
+        head(
+            out,
+            "kinesin_call_duration_seconds",
+            "histogram",
+            "Latency of AWS calls by API, from the call's start to its answer, timeouts included \
+             (seconds; APIs not called yet are left out; SubscribeToShard, a long-lived \
+             stream, is not timed).",
+        );
+        for (api, h) in APIS.iter().zip(&c.call_latency) {
+            if h.count.load(Ordering::Relaxed) > 0 {
+                h.render(
+                    out,
+                    "kinesin_call_duration_seconds",
+                    &format!("api=\"{api}\","),
+                );
+            }
+        }
+        head(
+            out,
+            "kinesin_batch_ack_seconds",
+            "histogram",
+            "Time from a batch's delivery to the application until its ack (seconds).",
+        );
+        c.ack_latency.render(out, "kinesin_batch_ack_seconds", "");
     }
+}
+
+/// The index in [`APIS`] of the call an input answers (None: a
+/// subscription's end, which answers no call).
+fn api_of(input: &Input) -> Option<usize> {
+    Some(match input {
+        Input::Shards { .. } => 0,
+        Input::Consumer { .. } => 1,
+        Input::SubscriptionError { .. } => 2,
+        Input::SubscriptionEnded { .. } => return None,
+        Input::SubscriptionEvent { .. } => 9,
+        Input::Iterator { .. } => 3,
+        Input::Records { .. } => 4,
+        Input::Leases { .. } => 5,
+        Input::LeaseWritten { .. } => 6,
+        Input::Heartbeats { .. } => 7,
+        Input::HeartbeatWritten { .. } => 8,
+    })
 }
 
 /// A label value escaped as the text format requires (backslash, double
@@ -641,7 +848,7 @@ mod tests {
         let m = Metrics::new(Duration::from_secs(10), (100, 1000));
         m.lease_gained(&shard(0), 3);
         m.lease_gained(&shard(1), 4);
-        m.delivered(&shard(0), 5, 50, 1234, false);
+        m.delivered_raw(&shard(0), 1, 5, 50, 1234, false);
         let t = text(&m);
         assert!(t.contains("kinesin_shard_millis_behind_latest{stream=\"arn:aws:kinesis:r:1:stream/s\",shard=\"shardId-000000000000\"} 1234"), "{t}");
         assert!(t.contains("shard=\"shardId-000000000001\"} 0"), "{t}");
@@ -707,6 +914,72 @@ mod tests {
         assert!(matches!(m.health(), Health::Failing(w) if w.contains("fenced")));
         m.lease_gained(&shard(0), 2);
         assert_eq!(m.health(), Health::Ready);
+    }
+
+    #[test]
+    fn ages_reset_on_a_successful_checkpoint_or_heartbeat_write_only() {
+        let m = Metrics::new(Duration::from_secs(10), (100, 1000));
+        assert!(text(&m).contains("kinesin_heartbeat_age_seconds NaN"));
+        m.call(8, None);
+        let t = text(&m);
+        let hb = t
+            .lines()
+            .find(|l| l.starts_with("kinesin_heartbeat_age_seconds "))
+            .unwrap();
+        let age: f64 = hb.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((0.0..1.0).contains(&age), "{hb}");
+        m.lease_gained(&shard(0), 1);
+        std::thread::sleep(Duration::from_millis(30));
+        let h = m.shard(&shard(0)).unwrap();
+        let before = h.checkpoint_age();
+        assert!(before >= Duration::from_millis(30), "{before:?}");
+        // A refused checkpoint leaves the age; an applied one resets it;
+        // writes of other kinds are not tracked.
+        m.checkpoint_sent(7, &shard(0));
+        m.lease_answered(7, false);
+        assert!(h.checkpoint_age() >= before);
+        m.checkpoint_sent(8, &shard(0));
+        m.lease_answered(8, true);
+        assert!(h.checkpoint_age() < before, "{:?}", h.checkpoint_age());
+        m.lease_answered(9, true);
+        assert!(m.state().checkpoints.is_empty());
+        assert!(text(&m).contains("kinesin_shard_checkpoint_age_seconds{stream=\"arn:aws:kinesis:r:1:stream/s\",shard=\"shardId-000000000000\"} "));
+    }
+
+    #[test]
+    fn ack_and_call_latencies_land_in_cumulative_buckets() {
+        let m = Metrics::new(Duration::from_secs(10), (100, 1000));
+        m.lease_gained(&shard(0), 1);
+        m.delivered_raw(&shard(0), 1, 2, 20, 0, false);
+        m.delivered_raw(&shard(0), 2, 2, 20, 0, false);
+        std::thread::sleep(Duration::from_millis(12));
+        m.acked_raw(&shard(0), 1, 2, 20);
+        // An ack of an unknown batch (delivered before a lease change)
+        // observes nothing.
+        m.acked_raw(&shard(0), 99, 2, 20);
+        m.counters.call_latency[4].observe(Duration::from_millis(70));
+        m.counters.call_latency[4].observe(Duration::from_secs(60));
+        let t = text(&m);
+        for want in [
+            "kinesin_batch_ack_seconds_bucket{le=\"0.01\"} 0",
+            "kinesin_batch_ack_seconds_bucket{le=\"30\"} 1",
+            "kinesin_batch_ack_seconds_bucket{le=\"+Inf\"} 1",
+            "kinesin_batch_ack_seconds_count 1",
+            "kinesin_call_duration_seconds_bucket{api=\"GetRecords\",le=\"0.05\"} 0",
+            "kinesin_call_duration_seconds_bucket{api=\"GetRecords\",le=\"0.1\"} 1",
+            "kinesin_call_duration_seconds_bucket{api=\"GetRecords\",le=\"30\"} 1",
+            "kinesin_call_duration_seconds_bucket{api=\"GetRecords\",le=\"+Inf\"} 2",
+            "kinesin_call_duration_seconds_sum{api=\"GetRecords\"} 60.070000",
+            "kinesin_call_duration_seconds_count{api=\"GetRecords\"} 2",
+        ] {
+            assert!(t.contains(want), "{want} not in\n{t}");
+        }
+        assert!(
+            !t.contains("api=\"ListShards\",le"),
+            "uncalled APIs left out"
+        );
+        // The batch still unacked goes with the lease.
+        assert_eq!(lock(&m.shard(&shard(0)).unwrap().unacked).len(), 1);
     }
 
     #[test]

@@ -161,6 +161,15 @@ fn lag_shards(body: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The value of the sample line starting with `prefix` (name and labels).
+fn sample(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}in\n{body}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{prefix}: {e}"))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -224,6 +233,23 @@ fn metrics_show_lag_per_held_shard_drop_handed_off_series_and_health_fails_witho
         "series carry the stream label: {body}"
     );
     let both = lag_shards(&body);
+    // Ages and latencies of a working worker: a recent heartbeat, a
+    // checkpoint age per held shard, lease-table calls timed.
+    let heartbeat: f64 = sample(&body, "kinesin_heartbeat_age_seconds ");
+    assert!((0.0..10.0).contains(&heartbeat), "{body}");
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("kinesin_shard_checkpoint_age_seconds{"))
+            .count(),
+        2,
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "kinesin_call_duration_seconds_count{api=\"ReadLeases\"} "
+        ) >= 1.0
+    );
     let (code, health) = get(port, "/healthz").expect("/healthz answers");
     assert_eq!((code, health.as_str()), (200, "ready\n"));
 
@@ -243,6 +269,11 @@ fn metrics_show_lag_per_held_shard_drop_handed_off_series_and_health_fails_witho
         gone[0]
     );
     assert!(body.contains("kinesin_leases_held 1"), "{body}");
+    // By now `kinesin consume` has flushed and acked batches.
+    assert!(
+        sample(&body, "kinesin_batch_ack_seconds_count ") >= 1.0,
+        "{body}"
+    );
     assert!(
         body.contains("kinesin_leases_lost_total{reason=\"handed_off\"} 1"),
         "{body}"

@@ -98,6 +98,32 @@ enum LeaseChoice {
 }
 
 /// Configures a [`Consumer`]. Start with `Consumer::builder()`.
+///
+/// Every setting has a default but the stream and the lease store;
+/// [`ConsumerBuilder::build`] checks them all and names the field at fault.
+///
+/// ```
+/// use std::time::Duration;
+/// use kinesin_aws::{Batching, Consumer, ConsumerBuilder, Runtime};
+///
+/// /// One process, leases and checkpoints in a local directory, polling
+/// /// from the newest records, batches of at most 100 records or 1 MiB,
+/// /// a partial batch flushed after 200 ms.
+/// fn local<R: Runtime + Default>() -> ConsumerBuilder<R> {
+///     Consumer::<R>::builder()
+///         .stream("arn:aws:kinesis:eu-west-1:123456789012:stream/orders")
+///         .polling()
+///         .local_store("/var/lib/orders-consumer")
+///         .start_from_latest()
+///         .batching(Batching {
+///             count: 100,
+///             byte_size: 1 << 20,
+///             period: Some(Duration::from_millis(200)),
+///         })
+///         .commit_period(Duration::from_secs(5))
+///         .max_pending_records(50_000)
+/// }
+/// ```
 pub struct ConsumerBuilder<R> {
     streams: Vec<String>,
     retrieval: Vec<(&'static str, Retrieval)>,
@@ -455,6 +481,34 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
 /// [`Consumer::shutdown`]. Dropping it without `shutdown` starts the same
 /// graceful shutdown without waiting for it (final checkpoints, leases
 /// released); [`Consumer::abort`] stops at once, like a crash.
+///
+/// Applications name it through a runtime crate
+/// (`kinesin_tokio::Consumer`, `kinesin_async_std::Consumer`); code that
+/// stays generic over the runtime reads:
+///
+/// ```
+/// use futures_lite::StreamExt;
+/// use kinesin_aws::{Consumer, Error, Runtime};
+///
+/// async fn consume<R: Runtime + Default>(sdk: &aws_types::SdkConfig) -> Result<(), Error> {
+///     let consumer = Consumer::<R>::builder()
+///         .stream("orders")
+///         .enhanced_fan_out("orders-app") // or .polling()
+///         .lease_table("orders-leases")
+///         .create_lease_table(true)
+///         .build(sdk)
+///         .await?; // bad configuration: an error naming the field
+///     let mut batches = consumer.batches();
+///     while let Some(batch) = batches.next().await {
+///         let batch = batch?;
+///         for record in batch.records() {
+///             println!("{} {} bytes", record.partition_key(), record.data().len());
+///         }
+///         batch.ack(); // dropped without ack: delivered again
+///     }
+///     consumer.shutdown().await // final checkpoints, leases released
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Consumer<R> {
     handle: DriverHandle,

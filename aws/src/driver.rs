@@ -79,6 +79,26 @@ pub(crate) enum Command {
 /// Dropping a batch without [`Batch::ack`] is a nack: the same records are
 /// delivered again (while this worker holds the shard), and the checkpoint
 /// stays before them.
+///
+/// ```
+/// use kinesin_aws::Batch;
+///
+/// /// Write a batch to a sink that refuses writes under an older fencing
+/// /// token than it has seen for the shard; ack only what was written.
+/// fn write(batch: Batch, sink: &mut Vec<(String, u64, Vec<u8>)>) -> std::io::Result<()> {
+///     let shard = batch.shard().to_string();
+///     let newest = sink.iter().filter(|w| w.0 == shard).map(|w| w.1).max();
+///     if newest.is_some_and(|t| t > batch.fencing_token()) {
+///         batch.nack(); // a later owner wrote already: this worker lost the shard
+///         return Ok(());
+///     }
+///     for r in batch.records() {
+///         sink.push((shard.clone(), batch.fencing_token(), r.data().to_vec()));
+///     }
+///     batch.ack();
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Batch {
     id: BatchId,

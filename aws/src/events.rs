@@ -125,6 +125,31 @@ impl EventHub {
 
 /// A `futures::Stream` of [`LeaseEvent`]s (see the module doc); ends when
 /// the consumer stopped.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use futures_lite::StreamExt;
+/// use kinesin_aws::{LeaseEvent, LeaseEvents};
+///
+/// /// Keep one open "file" per held shard, named after its fencing token.
+/// async fn files(mut events: LeaseEvents) -> BTreeMap<String, String> {
+///     let mut open = BTreeMap::new();
+///     while let Some(event) = events.next().await {
+///         match event {
+///             LeaseEvent::Gained { shard, token, start } => {
+///                 open.insert(shard.to_string(), format!("{}.{token}", shard.shard));
+///                 println!("{shard}: reading from {start:?}");
+///             }
+///             LeaseEvent::Lost { shard, reason, .. } => {
+///                 open.remove(&shard.to_string());
+///                 println!("{shard}: lost ({reason:?})");
+///             }
+///             LeaseEvent::ShardEnded { shard } => println!("{shard}: ended"),
+///         }
+///     }
+///     open // empty once the consumer has shut down
+/// }
+/// ```
 #[derive(Debug)]
 pub struct LeaseEvents {
     rx: Pin<Box<async_channel::Receiver<LeaseEvent>>>,

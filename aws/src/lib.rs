@@ -22,6 +22,12 @@
 //!   [`LocalLeaseStore`] (one process; format in [`local`]).
 //! - [`error`]: every SDK error mapped to the core's
 //!   [`kinesin_core::io::ErrorClass`] in one place.
+//! - [`LeaseEvents`] (lease gained, lost, shard ended) and [`Metrics`]
+//!   (the registry `kinesin consume --metrics-addr` serves).
+//!
+//! [`Consumer`], [`ConsumerBuilder`], [`Batch`], [`LeaseEvents`],
+//! [`Metrics`] and [`DynamoLeaseStore`] carry compiled examples; whole
+//! programs are in `runtime-tokio/examples` and `runtime-async-std/examples`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

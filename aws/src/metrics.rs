@@ -241,6 +241,29 @@ pub enum Health {
 }
 
 /// The registry of one driver (cheap to clone: shared).
+///
+/// ```
+/// use std::time::Duration;
+/// use kinesin_aws::{Health, Metrics};
+///
+/// /// A scrape body and a readiness answer, as `kinesin consume
+/// /// --metrics-addr` serves them (take the registry from
+/// /// `Consumer::metrics()`).
+/// fn scrape(metrics: &Metrics) -> (String, u16) {
+///     let mut body = String::new();
+///     metrics.render(&mut body); // Prometheus text format 0.0.4
+///     let status = match metrics.health() {
+///         Health::Ready => 200,
+///         Health::Starting | Health::Failing(_) => 503,
+///     };
+///     (body, status)
+/// }
+///
+/// let m = Metrics::new(Duration::from_secs(10), (100_000, 64 << 20));
+/// let (body, status) = scrape(&m);
+/// assert!(body.contains("kinesin_leases_held 0"));
+/// assert_eq!(status, 503); // starting: no lease-table read yet
+/// ```
 #[derive(Clone, Debug)]
 pub struct Metrics {
     counters: Arc<Counters>,

@@ -35,6 +35,7 @@ use crate::kinesis::Kinesis;
 use crate::lease_store::{LeaseStore, StoreError};
 use crate::local::{LocalLeaseStore, LocalStoreError};
 use crate::runtime::{with_deadline, Runtime};
+#[cfg(feature = "dynamodb")]
 use crate::DynamoLeaseStore;
 
 /// Why a consumer could not be built or stopped.
@@ -134,6 +135,7 @@ pub struct ConsumerBuilder<R> {
     tweaks: Vec<Tweak>,
     options: DriverOptions,
     kinesis_client: Option<aws_sdk_kinesis::Client>,
+    #[cfg(feature = "dynamodb")]
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     list_page_limit: Option<i32>,
     _runtime: PhantomData<fn() -> R>,
@@ -160,6 +162,7 @@ impl<R: Runtime + Default> Default for ConsumerBuilder<R> {
             tweaks: Vec::new(),
             options: DriverOptions::default(),
             kinesis_client: None,
+            #[cfg(feature = "dynamodb")]
             dynamodb_client: None,
             list_page_limit: None,
             _runtime: PhantomData,
@@ -330,6 +333,7 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     }
 
     /// Use this DynamoDB client instead of one built from the `SdkConfig`.
+    #[cfg(feature = "dynamodb")]
     pub fn dynamodb_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
         self.dynamodb_client = Some(client);
         self
@@ -386,6 +390,13 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
             if table.trim().is_empty() {
                 return Err(bad("dynamodb.table", "must not be empty"));
             }
+            if !cfg!(feature = "dynamodb") {
+                return Err(bad(
+                    "dynamodb.table",
+                    "kinesin-aws was built without its `dynamodb` feature (the runtime crates \
+                     enable it by default): enable it, or use `.local_store(dir)`",
+                ));
+            }
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let owner = Owner::new(&worker_id, incarnation());
@@ -434,6 +445,12 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         config.streams = arns;
 
         let store: Arc<dyn LeaseStore> = match lease {
+            // Refused above when the feature is off.
+            #[cfg(not(feature = "dynamodb"))]
+            LeaseChoice::Dynamo { .. } => {
+                return Err(bad("dynamodb.table", "built without the `dynamodb` feature"))
+            }
+            #[cfg(feature = "dynamodb")]
             LeaseChoice::Dynamo { table } => {
                 let client = self
                     .dynamodb_client

@@ -34,6 +34,7 @@
 mod codec;
 pub mod consumer;
 pub mod driver;
+#[cfg(feature = "dynamodb")]
 pub mod dynamo;
 pub mod error;
 pub mod events;
@@ -45,6 +46,7 @@ pub mod runtime;
 
 pub use consumer::{Batches, Consumer, ConsumerBuilder, Error};
 pub use driver::{Batch, Driver, DriverError, DriverHandle, DriverOptions};
+#[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoLeaseStore;
 pub use error::KinesisError;
 pub use events::{LeaseEvent, LeaseEvents, LostReason, StartPosition};

@@ -448,7 +448,10 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
             // Refused above when the feature is off.
             #[cfg(not(feature = "dynamodb"))]
             LeaseChoice::Dynamo { .. } => {
-                return Err(bad("dynamodb.table", "built without the `dynamodb` feature"))
+                return Err(bad(
+                    "dynamodb.table",
+                    "built without the `dynamodb` feature",
+                ))
             }
             #[cfg(feature = "dynamodb")]
             LeaseChoice::Dynamo { table } => {

@@ -475,7 +475,7 @@ impl Metrics {
             Input::Iterator { result, .. } => result.as_ref().err(),
             Input::Records { result, .. } => result.as_ref().err(),
             Input::Leases { result, .. } => result.as_ref().err(),
-            Input::LeaseWritten { op, result } => {
+            Input::LeaseWritten { op, result, .. } => {
                 self.lease_answered(op.raw(), result.is_ok());
                 result.as_ref().err()
             }

@@ -5,8 +5,8 @@
 //! strings.
 //!
 //! Rules encoded: the attribute names of the README's table schema
-//! (`owner`, `token`, `checkpoint`, `sub_sequence`, `pending_owner`,
-//! `parents`, `created_ms`; `owner`, `beat`, `held`, `wants`, `alive`,
+//! (`owner`, `token`, `checkpoint`, `sub_sequence`, `checkpoint_serial`,
+//! `pending_owner`, `parents`, `created_ms`; `owner`, `beat`, `held`, `wants`, `alive`,
 //! `streams`); a Java KCL sentinel checkpoint reads as "no checkpoint"; a
 //! heartbeat row without `streams` (written by an older version) reads as
 //! an empty list, which counts as consuming every stream.
@@ -89,6 +89,8 @@ pub(crate) fn decode_lease_row<'a>(
             .map(ShardId::new)
             .collect(),
         created_ms: f.u64("created_ms")?,
+        // Absent on rows of older versions and after a change of owner.
+        checkpoint_serial: f.opt_u64("checkpoint_serial")?.unwrap_or(0),
     })
 }
 

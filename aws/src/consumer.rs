@@ -27,6 +27,7 @@ use futures_core::Stream;
 use kinesin_core::config::{Batching, ConfigError, EfoConsumer, Retrieval, StartFrom};
 use kinesin_core::ids::{Owner, StreamId};
 use kinesin_core::io::ErrorClass;
+use kinesin_core::table::LeaseRow;
 use kinesin_core::{Config, Worker};
 
 use crate::driver::{Batch, Delivery, Driver, DriverError, DriverHandle, DriverOptions};
@@ -64,6 +65,28 @@ pub enum Error {
         /// The table name.
         table: String,
     },
+    /// The lease table holds rows of an earlier stream of the same name:
+    /// the stream was deleted and recreated (it keeps its ARN), and the old
+    /// rows' checkpoints (`SHARD_END` on `shardId-000000000000`, sequence
+    /// numbers of the old stream) would keep the new stream's shards from
+    /// being read.
+    #[error(
+        "the lease table holds {rows} lease rows of stream {stream:?} created before the stream \
+         itself (created at unix ms {stream_created_ms}; oldest row at {oldest_row_ms}): the \
+         stream was deleted and recreated under the same name, and the old rows would keep the \
+         new stream's shards unread. Delete the rows whose `stream` is {stream:?} and whose `key` \
+         starts with `shard#` (or use a new lease table), then start again"
+    )]
+    StaleLeases {
+        /// The stream ARN.
+        stream: String,
+        /// How many rows predate the stream.
+        rows: usize,
+        /// The stream's creation time (unix ms).
+        stream_created_ms: u64,
+        /// The oldest such row's `created_ms`.
+        oldest_row_ms: u64,
+    },
     /// A call made while building got no answer within the call timeout
     /// (an unreachable or black-holed endpoint).
     #[error(
@@ -88,6 +111,27 @@ pub enum Error {
     /// The consumer stopped (reported through the batch stream).
     #[error(transparent)]
     Stopped(#[from] DriverError),
+}
+
+/// Rows are stamped with their writer's wall clock: a row up to this much
+/// older than the stream is clock skew, not an earlier stream.
+const STALE_ROW_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// [`Error::StaleLeases`] when rows of `stream` were created before the
+/// stream itself (by more than the clock skew allowed).
+fn stale_leases(stream: &StreamId, stream_created_ms: u64, rows: &[LeaseRow]) -> Option<Error> {
+    let stale: Vec<u64> = rows
+        .iter()
+        .map(|r| r.created_ms)
+        .filter(|ms| ms.saturating_add(STALE_ROW_SKEW_MS) < stream_created_ms)
+        .collect();
+    let oldest_row_ms = *stale.iter().min()?;
+    Some(Error::StaleLeases {
+        stream: stream.as_str().to_owned(),
+        rows: stale.len(),
+        stream_created_ms,
+        oldest_row_ms,
+    })
 }
 
 /// A change to the core configuration, applied at build.
@@ -424,15 +468,19 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         let after = self.options.call_timeout;
         let timeout = |operation: &'static str| Error::Timeout { operation, after };
         let mut arns = Vec::with_capacity(self.streams.len());
+        let mut created = Vec::with_capacity(self.streams.len());
         for stream in &self.streams {
             // Boxed: SDK futures are large; on the heap they do not grow the
             // caller's stack (async-std runs `build` on the test thread).
-            let call = Box::pin(kinesis.resolve_stream(stream));
+            let call = Box::pin(kinesis.describe_stream(stream));
             let resolved = with_deadline(&*runtime, runtime.now() + after, call)
                 .await
                 .ok_or_else(|| timeout("Kinesis DescribeStreamSummary"))?;
             match resolved {
-                Ok(arn) => arns.push(StreamId::new(arn)),
+                Ok((arn, created_ms)) => {
+                    arns.push(StreamId::new(arn));
+                    created.push(created_ms);
+                }
                 Err(e) if e.class == ErrorClass::ResourceNotFound => {
                     return Err(Error::StreamNotFound {
                         stream: stream.clone(),
@@ -482,6 +530,18 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
             }
             LeaseChoice::Local(dir) => Arc::new(LocalLeaseStore::open(dir)?),
         };
+        for (stream, created_ms) in config.streams.iter().zip(&created) {
+            let Some(created_ms) = *created_ms else {
+                continue;
+            };
+            let read = Box::pin(store.read_leases(stream));
+            let rows = with_deadline(&*runtime, runtime.now() + after, read)
+                .await
+                .ok_or_else(|| timeout("DynamoDB Query (lease table)"))??;
+            if let Some(err) = stale_leases(stream, created_ms, &rows.rows) {
+                return Err(err);
+            }
+        }
 
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -625,4 +685,45 @@ fn incarnation() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinesin_core::ids::{ShardId, ShardRef};
+
+    fn row(created_ms: u64) -> LeaseRow {
+        let stream = StreamId::new("arn:aws:kinesis:us-east-1:1:stream/s");
+        LeaseRow::new(
+            ShardRef::new(stream, ShardId::new("shardId-0")),
+            vec![],
+            created_ms,
+        )
+    }
+
+    #[test]
+    fn rows_older_than_the_stream_beyond_clock_skew_are_stale() {
+        let stream = StreamId::new("arn:aws:kinesis:us-east-1:1:stream/s");
+        let created = 1_800_000_000_000;
+        // Within the skew allowed for writers' wall clocks: the same stream.
+        let skewed = [row(created - STALE_ROW_SKEW_MS), row(created + 5)];
+        assert!(stale_leases(&stream, created, &skewed).is_none());
+        // A day older: rows of an earlier stream of that name.
+        let old = [
+            row(created - 86_400_000),
+            row(created - 86_400_001),
+            row(created),
+        ];
+        match stale_leases(&stream, created, &old) {
+            Some(Error::StaleLeases {
+                rows,
+                oldest_row_ms,
+                ..
+            }) => {
+                assert_eq!(rows, 2);
+                assert_eq!(oldest_row_ms, created - 86_400_001);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -873,13 +873,14 @@ impl<R: Runtime> Driver<R> {
                 metrics::counter!("kinesin_lease_writes_total").increment(1);
                 self.metrics.lease_write(op, &write);
                 self.spawn_call(tracing::Span::current(), async move {
-                    let call = store.write_lease(&write);
-                    let result = match with_deadline(&*rt, deadline(&rt), call).await {
-                        Some(r) => r.map_err(store_class),
+                    let call = store.write_lease_returning(&write);
+                    let (result, row) = match with_deadline(&*rt, deadline(&rt), call).await {
+                        Some(Ok(row)) => (Ok(()), row.map(Box::new)),
+                        Some(Err(e)) => (Err(store_class(e)), None),
                         // Sent, no answer: it may have applied.
-                        None => Err(timed_out("lease write")),
+                        None => (Err(timed_out("lease write")), None),
                     };
-                    Report::Input(Input::LeaseWritten { op, result })
+                    Report::Input(Input::LeaseWritten { op, result, row })
                 });
             }
             Action::ReadHeartbeats { op } => {

@@ -22,6 +22,7 @@
 //! | `pending_owner` | S | the taker of a requested graceful hand-off; absent = none |
 //! | `parents` | L of S | parent shard ids (an SS is accepted when reading) |
 //! | `created_ms` | N | creation time, unix ms (LATEST is anchored to it) |
+//! | `checkpoint_serial` | N | number of the holder's last checkpoint write; absent = 0 (removed on every change of owner) |
 //!
 //! Heartbeat rows: `stream` = `#workers` (no stream name or ARN starts
 //! with `#`), `key` = `worker#<worker id>`; one row per worker id, rewritten
@@ -48,7 +49,8 @@
 //! | Take | UpdateItem | row exists, `token = expected`, `owner = expected` (or `attribute_not_exists(owner)` when expected free) |
 //! | RequestHandoff | UpdateItem | `owner`, `token`, and `pending_owner` absent or already the same taker |
 //! | Transfer | UpdateItem | `owner`, `token`, `pending_owner = to` |
-//! | Checkpoint, Release | UpdateItem | `owner`, `token` |
+//! | Checkpoint | UpdateItem | `owner`, `token`, `checkpoint_serial` absent or below the write's (a write applied after a newer one is refused) |
+//! | Release | UpdateItem | `owner`, `token` |
 //!
 //! Every attribute is named through ExpressionAttributeNames (`owner`,
 //! `token`, `key` are reserved words). An UpdateItem whose condition fails
@@ -78,7 +80,7 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::AsyncSleep;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableDescription, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
@@ -364,7 +366,7 @@ impl DynamoLeaseStore {
         Ok(out.into_iter().map(StreamId::new).collect())
     }
 
-    async fn write_lease_inner(&self, write: &LeaseWrite) -> Result<(), StoreError> {
+    async fn write_lease_inner(&self, write: &LeaseWrite) -> Result<Option<LeaseRow>, StoreError> {
         // No SDK retries for conditional writes: see the module doc.
         let no_retries =
             aws_sdk_dynamodb::config::Builder::new().retry_config(RetryConfig::disabled());
@@ -385,6 +387,11 @@ impl DynamoLeaseStore {
                     .send()
                     .await
                     .map_err(|e| classify("PutItem", e, true))?;
+                // A Create stores exactly its row.
+                Ok(match write {
+                    LeaseWrite::Create(row) => Some(row.clone()),
+                    _ => None,
+                })
             }
             WriteRequest::Update {
                 key,
@@ -393,7 +400,8 @@ impl DynamoLeaseStore {
                 names,
                 values,
             } => {
-                self.client
+                let out = self
+                    .client
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(key))
@@ -401,14 +409,19 @@ impl DynamoLeaseStore {
                     .condition_expression(condition)
                     .set_expression_attribute_names(Some(names))
                     .set_expression_attribute_values(Some(values))
+                    .return_values(ReturnValue::AllNew)
                     .customize()
                     .config_override(no_retries)
                     .send()
                     .await
                     .map_err(|e| classify("UpdateItem", e, true))?;
+                // The row as written; one that does not decode is no
+                // answer (the worker falls back to its own view).
+                Ok(out
+                    .attributes()
+                    .and_then(|item| decode_lease(&self.table, &write.shard().stream, item).ok()))
             }
         }
-        Ok(())
     }
 
     async fn read_leases_inner(&self, stream: &StreamId) -> Result<Rows<LeaseRow>, StoreError> {
@@ -449,6 +462,13 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     fn write_lease<'a>(&'a self, write: &'a LeaseWrite) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.write_lease_inner(write).await.map(|_| ()) })
+    }
+
+    fn write_lease_returning<'a>(
+        &'a self,
+        write: &'a LeaseWrite,
+    ) -> StoreFuture<'a, Option<LeaseRow>> {
         Box::pin(self.write_lease_inner(write))
     }
 
@@ -527,6 +547,9 @@ fn encode_lease(row: &LeaseRow) -> Item {
         if let Some(sub) = sub {
             item.insert("sub_sequence".to_owned(), n(sub));
         }
+    }
+    if row.checkpoint_serial != 0 {
+        item.insert("checkpoint_serial".to_owned(), n(row.checkpoint_serial));
     }
     item
 }
@@ -679,6 +702,7 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             u.set("owner", "to", s(to.encode()));
             u.set("token", "next_token", n(expect_token.next().0));
             u.remove("pending_owner");
+            u.remove("checkpoint_serial");
         }
         LeaseWrite::RequestHandoff {
             owner,
@@ -706,6 +730,7 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             u.set("owner", "to", s(to.encode()));
             u.set("token", "next_token", n(token.next().0));
             u.remove("pending_owner");
+            u.remove("checkpoint_serial");
             if let Some(cp) = checkpoint {
                 u.set_checkpoint(cp);
             }
@@ -714,9 +739,16 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             owner,
             token,
             checkpoint,
+            serial,
             ..
         } => {
             u.require_held(owner, *token);
+            let name = u.name("checkpoint_serial");
+            let value = u.value("serial", n(*serial));
+            u.condition(format!(
+                "(attribute_not_exists({name}) OR {name} < {value})"
+            ));
+            u.set.push(format!("{name} = {value}"));
             u.set_checkpoint(checkpoint);
         }
         LeaseWrite::Release {
@@ -729,6 +761,7 @@ fn encode_write(write: &LeaseWrite) -> WriteRequest {
             u.set("token", "next_token", n(token.next().0));
             u.remove("owner");
             u.remove("pending_owner");
+            u.remove("checkpoint_serial");
             if let Some(cp) = checkpoint {
                 u.set_checkpoint(cp);
             }
@@ -954,6 +987,7 @@ mod tests {
                 owner: a.clone(),
                 token: FencingToken(1),
                 checkpoint: Checkpoint::ShardEnd,
+                serial: 4,
             },
             LeaseWrite::Release {
                 shard: sref(),
@@ -974,6 +1008,7 @@ mod tests {
         row.pending_owner = Some(Owner::new("other", 4));
         row.token = FencingToken(9);
         row.checkpoint = Some(Checkpoint::ShardEnd);
+        row.checkpoint_serial = 5;
         let item = encode_lease(&row);
         assert_eq!(decode_lease("t", &row.shard.stream, &item), Ok(row));
     }

@@ -133,6 +133,17 @@ impl Kinesis {
     /// The ARN of a stream given by name or ARN (DescribeStreamSummary).
     /// A missing stream is [`ErrorClass::ResourceNotFound`].
     pub async fn resolve_stream(&self, name_or_arn: &str) -> Result<String, KinesisError> {
+        self.describe_stream(name_or_arn).await.map(|(arn, _)| arn)
+    }
+
+    /// The ARN of a stream given by name or ARN, and its creation time
+    /// (unix ms; `None` when the answer has none), from
+    /// DescribeStreamSummary. A stream deleted and recreated under the same
+    /// name keeps its ARN: only the creation time tells them apart.
+    pub async fn describe_stream(
+        &self,
+        name_or_arn: &str,
+    ) -> Result<(String, Option<u64>), KinesisError> {
         const OP: &str = "DescribeStreamSummary";
         let req = self.client.describe_stream_summary();
         let req = if is_arn(name_or_arn) {
@@ -145,8 +156,13 @@ impl Kinesis {
             .await
             .map_err(|e| KinesisError::from_sdk(OP, &e))?;
         out.stream_description_summary
-            .map(|s| s.stream_arn)
-            .filter(|arn| !arn.is_empty())
+            .map(|s| {
+                let created = u64::try_from(s.stream_creation_timestamp.to_millis().unwrap_or(0))
+                    .ok()
+                    .filter(|ms| *ms > 0);
+                (s.stream_arn, created)
+            })
+            .filter(|(arn, _)| !arn.is_empty())
             .ok_or_else(|| KinesisError::new(ErrorClass::Transient, OP, "no StreamARN in response"))
     }
 

@@ -69,6 +69,19 @@ pub trait LeaseStore: Send + Sync {
     /// [`ErrorClass::ConditionalFailed`].
     fn write_lease<'a>(&'a self, write: &'a LeaseWrite) -> StoreFuture<'a, ()>;
 
+    /// As [`Self::write_lease`], answering with the row as the write left
+    /// it when the store can return it atomically with the write
+    /// (DynamoDB: `ReturnValues: ALL_NEW`). A take then starts from the
+    /// checkpoint the previous owner wrote after the taker's last read,
+    /// not from that read. The default answers `None` (the worker applies
+    /// the write to the row it last read).
+    fn write_lease_returning<'a>(
+        &'a self,
+        write: &'a LeaseWrite,
+    ) -> StoreFuture<'a, Option<LeaseRow>> {
+        Box::pin(async move { self.write_lease(write).await.map(|()| None) })
+    }
+
     /// Every worker's heartbeat row, strongly consistent, in worker-id
     /// order; rows that do not decode in [`Rows::bad`].
     fn read_heartbeats(&self) -> StoreFuture<'_, Rows<HeartbeatRow>>;

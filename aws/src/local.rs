@@ -25,7 +25,8 @@
 //!       "owner": "host-1#17", "token": 3,
 //!       "checkpoint": "49590338271490256608559692538361571095921575989136588898",
 //!       "sub_sequence": 2, "pending_owner": null,
-//!       "parents": [], "created_ms": 1767225600000 }
+//!       "parents": [], "created_ms": 1767225600000,
+//!       "checkpoint_serial": 4 }
 //!   ],
 //!   "heartbeats": [
 //!     { "owner": "host-1#17", "beat": 42, "held": 1,
@@ -561,6 +562,12 @@ struct LeaseOut<'a> {
     pending_owner: Option<String>,
     parents: Vec<&'a str>,
     created_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    checkpoint_serial: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -592,6 +599,7 @@ fn encode_file(tables: &Tables) -> serde_json::Result<Vec<u8>> {
                 pending_owner: row.pending_owner.as_ref().map(|o| o.encode()),
                 parents: row.parents.iter().map(|p| p.as_str()).collect(),
                 created_ms: row.created_ms,
+                checkpoint_serial: row.checkpoint_serial,
             })
         })
         .chain(tables.bad_leases.iter().map(|k| Entry::Kept(&k.value)))

@@ -241,3 +241,57 @@ async fn dynamo_create_table_is_idempotent_and_checks_the_schema() -> Result<()>
     ensure!(err.to_string().contains("key schema"), "{err}");
     Ok(())
 }
+
+/// A take conditions on owner and token only, so the row it wins may hold
+/// a checkpoint newer than the taker's last read: DynamoDB answers with
+/// the row as written (ALL_NEW), and the taker starts from that.
+#[tokio::test]
+async fn dynamo_store_answers_a_take_with_the_row_as_written() -> Result<()> {
+    use kinesin_core::ids::{FencingToken, Owner, ShardRef};
+    use kinesin_core::sequence::{Checkpoint, SeqNum};
+    let store = fresh_store(client().await, "returning").await?;
+    let shard = ShardRef::new(
+        StreamId::new("returning"),
+        ShardId::new("shardId-000000000000"),
+    );
+    let (a, b) = (Owner::new("a", 1), Owner::new("b", 1));
+    let created = store
+        .write_lease_returning(&LeaseWrite::Create(LeaseRow::new(shard.clone(), vec![], 7)))
+        .await?;
+    ensure!(created.is_some_and(|r| r.token == FencingToken(0)));
+    store
+        .write_lease(&LeaseWrite::Take {
+            shard: shard.clone(),
+            expect_owner: None,
+            expect_token: FencingToken(0),
+            to: a.clone(),
+        })
+        .await?;
+    let cp = Checkpoint::After(SeqNum::parse("4200")?);
+    store
+        .write_lease(&LeaseWrite::Checkpoint {
+            shard: shard.clone(),
+            owner: a.clone(),
+            token: FencingToken(1),
+            checkpoint: cp.clone(),
+            serial: 1,
+        })
+        .await?;
+    let taken = store
+        .write_lease_returning(&LeaseWrite::Take {
+            shard: shard.clone(),
+            expect_owner: Some(a),
+            expect_token: FencingToken(1),
+            to: b.clone(),
+        })
+        .await?
+        .context("DynamoDB answers an UpdateItem with the row as written")?;
+    ensure!(
+        taken.owner == Some(b)
+            && taken.token == FencingToken(2)
+            && taken.checkpoint == Some(cp)
+            && taken.checkpoint_serial == 0,
+        "{taken:?}"
+    );
+    Ok(())
+}

@@ -102,6 +102,7 @@ async fn local_store_survives_reopen() -> Result<()> {
                 owner,
                 token: FencingToken(1),
                 checkpoint: Checkpoint::ShardEnd,
+                serial: 1,
             })
             .await?;
         store.write_heartbeat(&beat).await?;

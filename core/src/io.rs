@@ -324,6 +324,7 @@ impl Action {
             Action::WriteLease { op, .. } => Input::LeaseWritten {
                 op: *op,
                 result: Err(class),
+                row: None,
             },
             Action::ReadHeartbeats { op } => Input::Heartbeats {
                 op: *op,
@@ -410,6 +411,12 @@ pub enum Input {
         op: OpId,
         /// Ok, ConditionalFailed, Ambiguous, ...
         result: Result<(), ErrorClass>,
+        /// The row as the write left it, when the store returns it
+        /// (DynamoDB's `ReturnValues: ALL_NEW`): a take learns the
+        /// checkpoint the old owner wrote after the taker's last read.
+        /// `None`: the manager applies the write to its view's row.
+        /// Boxed: most inputs are small.
+        row: Option<Box<LeaseRow>>,
     },
     /// Answer to [`Action::ReadHeartbeats`].
     Heartbeats {
@@ -457,6 +464,7 @@ impl Input {
             Input::LeaseWritten { op, .. } => Input::LeaseWritten {
                 op,
                 result: Err(class),
+                row: None,
             },
             Input::Heartbeats { op, .. } => Input::Heartbeats {
                 op,

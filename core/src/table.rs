@@ -45,6 +45,12 @@ pub struct LeaseRow {
     /// Wall-clock creation time (unix ms): LATEST is anchored once as
     /// AT_TIMESTAMP(created_ms), so a retry never skips records.
     pub created_ms: u64,
+    /// The number of the holder's last checkpoint write (0: none since the
+    /// owner last changed). A checkpoint write numbered no higher than
+    /// this is refused, so a write that reaches the table after its caller
+    /// gave up on it (and sent a newer one) never moves the checkpoint
+    /// back. Every change of owner resets it.
+    pub checkpoint_serial: u64,
 }
 
 impl LeaseRow {
@@ -58,6 +64,7 @@ impl LeaseRow {
             pending_owner: None,
             parents,
             created_ms,
+            checkpoint_serial: 0,
         }
     }
 }
@@ -142,7 +149,8 @@ pub enum LeaseWrite {
         /// Final checkpoint.
         checkpoint: Option<Checkpoint>,
     },
-    /// Checkpoint: condition `owner`, `token`. Sets `checkpoint`.
+    /// Checkpoint: condition `owner`, `token`, `checkpoint_serial <
+    /// serial`. Sets `checkpoint` and `checkpoint_serial = serial`.
     Checkpoint {
         /// Which lease.
         shard: ShardRef,
@@ -152,6 +160,9 @@ pub enum LeaseWrite {
         token: FencingToken,
         /// New checkpoint.
         checkpoint: Checkpoint,
+        /// Numbers the holder's checkpoint writes, increasing: a late one
+        /// never overwrites a newer one.
+        serial: u64,
     },
     /// Release: condition `owner`, `token`. Sets `owner = None`, `token + 1`,
     /// `checkpoint` (if Some), clears `pending_owner`.
@@ -221,6 +232,7 @@ impl LeaseWrite {
                 next.owner = Some(to.clone());
                 next.token = row.token.next();
                 next.pending_owner = None;
+                next.checkpoint_serial = 0;
                 Ok(next)
             }
             LeaseWrite::RequestHandoff {
@@ -259,6 +271,7 @@ impl LeaseWrite {
                 next.owner = Some(to.clone());
                 next.token = row.token.next();
                 next.pending_owner = None;
+                next.checkpoint_serial = 0;
                 if let Some(cp) = checkpoint {
                     next.checkpoint = Some(cp.clone());
                 }
@@ -268,14 +281,19 @@ impl LeaseWrite {
                 owner,
                 token,
                 checkpoint,
+                serial,
                 ..
             } => {
                 let row = current.ok_or(ConditionFailed("no row"))?;
                 if !held_by(row, owner, *token) {
                     return Err(ConditionFailed("owner or token changed"));
                 }
+                if row.checkpoint_serial >= *serial {
+                    return Err(ConditionFailed("a newer checkpoint write applied"));
+                }
                 let mut next = row.clone();
                 next.checkpoint = Some(checkpoint.clone());
+                next.checkpoint_serial = *serial;
                 Ok(next)
             }
             LeaseWrite::Release {
@@ -293,6 +311,7 @@ impl LeaseWrite {
                 next.owner = None;
                 next.token = row.token.next();
                 next.pending_owner = None;
+                next.checkpoint_serial = 0;
                 if let Some(cp) = checkpoint {
                     next.checkpoint = Some(cp.clone());
                 }
@@ -348,8 +367,41 @@ mod tests {
             owner: a,
             token: FencingToken(2),
             checkpoint: Checkpoint::ShardEnd,
+            serial: 1,
         };
         assert!(w.apply(Some(&row)).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_write_applied_after_a_newer_one_is_refused() {
+        let a = Owner::new("a", 1);
+        let mut row = LeaseRow::new(sref(), vec![], 0);
+        row.owner = Some(a.clone());
+        row.token = FencingToken(1);
+        let write = |n: u64, serial: u64| LeaseWrite::Checkpoint {
+            shard: sref(),
+            owner: a.clone(),
+            token: FencingToken(1),
+            checkpoint: Checkpoint::After(crate::sequence::SeqNum::parse(&n.to_string()).unwrap()),
+            serial,
+        };
+        // Serial 2 (the newer checkpoint) lands first; serial 1, sent
+        // earlier and given up on, lands late.
+        let newer = write(200, 2).apply(Some(&row)).unwrap();
+        assert_eq!(newer.checkpoint_serial, 2);
+        assert!(write(100, 1).apply(Some(&newer)).is_err());
+        assert!(write(300, 2).apply(Some(&newer)).is_err(), "equal serial");
+        assert!(write(300, 3).apply(Some(&newer)).is_ok());
+        // A new owner starts counting again.
+        let taken = LeaseWrite::Take {
+            shard: sref(),
+            expect_owner: Some(a.clone()),
+            expect_token: FencingToken(1),
+            to: Owner::new("b", 1),
+        }
+        .apply(Some(&newer))
+        .unwrap();
+        assert_eq!(taken.checkpoint_serial, 0);
     }
 
     #[test]

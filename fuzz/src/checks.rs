@@ -913,6 +913,9 @@ fn arb_row(u: &mut Unstructured<'_>, shard: &ShardRef) -> LeaseRow {
     if chance(u, 20) {
         row.parents = vec![ShardId::new("shardId-000000000001")];
     }
+    if chance(u, 50) {
+        row.checkpoint_serial = int(u, 0, 4);
+    }
     row
 }
 
@@ -961,6 +964,11 @@ fn arb_write(u: &mut Unstructured<'_>, shard: &ShardRef, row: Option<&LeaseRow>)
             owner,
             token,
             checkpoint: arb_checkpoint(u),
+            // Usually the holder's next write; sometimes a late one.
+            serial: match row {
+                Some(r) if aimed && chance(u, 80) => r.checkpoint_serial.saturating_add(1),
+                _ => int(u, 0, 5),
+            },
         },
         _ => LeaseWrite::Release {
             shard,
@@ -992,6 +1000,7 @@ fn model_apply(write: &LeaseWrite, current: Option<&LeaseRow>) -> Option<LeaseRo
                 owner: Some(to.clone()),
                 token: r.token.next(),
                 pending_owner: None,
+                checkpoint_serial: 0,
                 ..r.clone()
             },
         ),
@@ -1024,6 +1033,7 @@ fn model_apply(write: &LeaseWrite, current: Option<&LeaseRow>) -> Option<LeaseRo
                     token: r.token.next(),
                     pending_owner: None,
                     checkpoint: checkpoint.clone().or(r.checkpoint.clone()),
+                    checkpoint_serial: 0,
                     ..r.clone()
                 })
         }
@@ -1032,11 +1042,13 @@ fn model_apply(write: &LeaseWrite, current: Option<&LeaseRow>) -> Option<LeaseRo
                 owner,
                 token,
                 checkpoint,
+                serial,
                 ..
             },
             Some(r),
-        ) => held(r, owner, *token).then(|| LeaseRow {
+        ) => (held(r, owner, *token) && r.checkpoint_serial < *serial).then(|| LeaseRow {
             checkpoint: Some(checkpoint.clone()),
+            checkpoint_serial: *serial,
             ..r.clone()
         }),
         (
@@ -1052,6 +1064,7 @@ fn model_apply(write: &LeaseWrite, current: Option<&LeaseRow>) -> Option<LeaseRo
             token: r.token.next(),
             pending_owner: None,
             checkpoint: checkpoint.clone().or(r.checkpoint.clone()),
+            checkpoint_serial: 0,
             ..r.clone()
         }),
     }

@@ -457,7 +457,13 @@ impl WorkerHarness {
                     Some(class) => Err(class),
                     None => self.apply(&write).map_err(|()| ConditionalFailed),
                 };
-                Input::LeaseWritten { op, result }
+                // Like DynamoDB (ALL_NEW), or like a store that returns
+                // nothing.
+                let row = match result {
+                    Ok(()) if chance(u, 50) => self.table.get(write.shard()).cloned().map(Box::new),
+                    _ => None,
+                };
+                Input::LeaseWritten { op, result, row }
             }
             Action::ReadHeartbeats { op } => Input::Heartbeats {
                 op,

@@ -270,7 +270,9 @@ impl World {
             5 => Op::Shutdown(w),
             6 => Op::Join,
             7 => Op::Split(self.rng.below(64) as usize),
-            _ => Op::Merge(self.rng.below(64) as usize),
+            8 => Op::Merge(self.rng.below(64) as usize),
+            9 => Op::CutDynamoOneWay(w, between(&mut self.rng, SEC, 4 * f), self.rng.chance(0.5)),
+            _ => Op::Impostor(w),
         };
         self.apply(op)?;
         let mean = (3600.0 * SEC as f64 / total) as Micros;
@@ -324,7 +326,12 @@ impl World {
                 {
                     return Ok(());
                 }
-                self.procs[p].inc += 1;
+                // A restart is later than every earlier process of its
+                // worker id (an impostor's included), as the driver's
+                // clock-based incarnation is.
+                let name = &self.procs[p].name;
+                let latest = self.procs.iter().filter(|q| q.name == *name).map(|q| q.inc);
+                self.procs[p].inc = latest.max().unwrap_or(0) + 1;
                 self.start(p)?;
                 self.open_join(p);
             }
@@ -352,6 +359,16 @@ impl World {
                 if w % n < self.procs.len() {
                     self.disrupt(w % n, self.now + d);
                     self.net.cut(w % n, Service::Kinesis, self.now + d);
+                }
+            }
+            Op::CutDynamoOneWay(w, d, reads) => {
+                if w % n < self.procs.len() {
+                    if self.running(w % n) && !reads {
+                        // No heartbeat renews: its leases fail over.
+                        self.open_failovers(w % n, Cause::Partition, BTreeSet::new());
+                    }
+                    self.disrupt(w % n, self.now + d);
+                    self.net.cut_one_way(w % n, reads, self.now + d);
                 }
             }
             Op::SinkStall(w, d) => {
@@ -399,6 +416,24 @@ impl World {
             }
             Op::Split(i) => self.split(i)?,
             Op::Merge(i) => self.merge(i)?,
+            Op::Impostor(w) => {
+                let p = w % n;
+                if !self.running(p) || self.phase == Phase::Closing {
+                    return Ok(());
+                }
+                let q = self.procs.len();
+                let offset = self.rng.below(3600 * SEC);
+                let skew = self.rng.below(4001) as i64 - 2000;
+                let clock = Clock {
+                    offset_us: offset,
+                    drift_ppm: 0,
+                };
+                let mut pr = Proc::new(self.procs[p].name.clone(), clock, skew);
+                // Far above the original's: its restarts stay earlier.
+                pr.inc = self.procs[p].inc + 1_000;
+                self.procs.push(pr);
+                self.start(q)?;
+            }
         }
         Ok(())
     }
@@ -406,12 +441,7 @@ impl World {
     /// Joined workers that reached fair share: record the time it took;
     /// an asserted join past its bound is a violation.
     pub(crate) fn check_joins(&mut self) -> Check {
-        let active = self
-            .dynamo
-            .leases
-            .values()
-            .filter(|r| r.checkpoint != Some(Checkpoint::ShardEnd))
-            .count();
+        let active = self.active_leases();
         let live = (0..self.procs.len())
             .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
             .count()
@@ -500,6 +530,7 @@ impl World {
                 f.dynamo_throttle,
                 f.dynamo_error,
                 f.dynamo_ambiguous,
+                f.dynamo_late,
                 f.dynamo_spike,
                 f.kinesis_error,
                 f.efo_stream_error,
@@ -714,15 +745,29 @@ impl World {
         out
     }
 
+    /// Leases that can be read now, as balancing counts them (SPEC 4): not
+    /// ended, and every parent's row ended (a parent without a row is
+    /// gone: trimmed before any worker listed it). A child waiting for its
+    /// parent is no one's share yet: a worker cannot hold it.
+    pub(crate) fn active_leases(&self) -> usize {
+        let leases = &self.dynamo.leases;
+        leases
+            .values()
+            .filter(|r| {
+                r.checkpoint != Some(Checkpoint::ShardEnd)
+                    && r.parents.iter().all(|p| {
+                        leases
+                            .get(&ShardRef::new(r.shard.stream.clone(), p.clone()))
+                            .is_none_or(|pr| pr.checkpoint == Some(Checkpoint::ShardEnd))
+                    })
+            })
+            .count()
+    }
+
     /// Live workers holding fewer than their fair share, `floor(active
     /// leases / live workers)` (SPEC 4: a joining worker gets its share).
     pub(crate) fn unfair(&self) -> Vec<String> {
-        let active = self
-            .dynamo
-            .leases
-            .values()
-            .filter(|r| r.checkpoint != Some(Checkpoint::ShardEnd))
-            .count();
+        let active = self.active_leases();
         let live: Vec<usize> = (0..self.procs.len())
             .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
             .collect();

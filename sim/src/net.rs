@@ -68,8 +68,13 @@ impl Service {
 /// What a request is, as far as the network cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// Any DynamoDB request.
+    /// A DynamoDB heartbeat write.
     Dynamo,
+    /// A DynamoDB read (lease rows or heartbeats).
+    DynamoRead,
+    /// A conditional lease write (may also arrive late:
+    /// [`Delivery::Late`]).
+    DynamoLeaseWrite,
     /// A Kinesis control-plane call (ListShards, RegisterStreamConsumer,
     /// DescribeStreamConsumer, GetShardIterator, SubscribeToShard): may be
     /// throttled or fail.
@@ -87,10 +92,9 @@ impl Call {
     /// The kind of `a`.
     pub fn of(a: &Action) -> Self {
         match a {
-            Action::ReadLeases { .. }
-            | Action::WriteLease { .. }
-            | Action::ReadHeartbeats { .. }
-            | Action::WriteHeartbeat { .. } => Call::Dynamo,
+            Action::WriteLease { .. } => Call::DynamoLeaseWrite,
+            Action::ReadLeases { .. } | Action::ReadHeartbeats { .. } => Call::DynamoRead,
+            Action::WriteHeartbeat { .. } => Call::Dynamo,
             Action::ListShards { .. }
             | Action::RegisterConsumer { .. }
             | Action::DescribeConsumer { .. }
@@ -105,7 +109,7 @@ impl Call {
     /// The service it goes to.
     pub fn service(self) -> Service {
         match self {
-            Call::Dynamo => Service::Dynamo,
+            Call::Dynamo | Call::DynamoRead | Call::DynamoLeaseWrite => Service::Dynamo,
             _ => Service::Kinesis,
         }
     }
@@ -134,6 +138,15 @@ pub enum Delivery {
         /// When the caller gives up.
         after: Micros,
     },
+    /// A lease write held up on the way: the caller gives up after
+    /// `after` (the SDK timeout, outcome unknown), and the write reaches
+    /// the table `apply_after` (later than that); its answer goes nowhere.
+    Late {
+        /// When it applies.
+        apply_after: Micros,
+        /// When the caller gives up.
+        after: Micros,
+    },
 }
 
 /// A response leg, for its latency ([`Net::reply_latency`]).
@@ -157,6 +170,10 @@ pub enum Reply {
 struct Cuts {
     dynamo_until: Micros,
     kinesis_until: Micros,
+    /// DynamoDB reads fail (writes pass) until then.
+    dynamo_reads_until: Micros,
+    /// DynamoDB writes fail (reads pass) until then.
+    dynamo_writes_until: Micros,
 }
 
 impl Cuts {
@@ -176,6 +193,7 @@ pub struct Net {
     dynamo_throttle: f64,
     dynamo_error: f64,
     dynamo_ambiguous: f64,
+    dynamo_late: f64,
     dynamo_spike: f64,
     kinesis_error: f64,
     efo_stream_error: f64,
@@ -191,6 +209,7 @@ impl Net {
             dynamo_throttle: faults.dynamo_throttle,
             dynamo_error: faults.dynamo_error,
             dynamo_ambiguous: faults.dynamo_ambiguous,
+            dynamo_late: faults.dynamo_late,
             dynamo_spike: faults.dynamo_spike,
             kinesis_error: faults.kinesis_error,
             efo_stream_error: faults.efo_stream_error,
@@ -205,6 +224,30 @@ impl Net {
         }
         let end = self.cuts[p].until(service);
         *end = (*end).max(until);
+    }
+
+    /// Fail process `p`'s DynamoDB reads (`reads`) or writes until at
+    /// least `until`; the other direction still works.
+    pub fn cut_one_way(&mut self, p: usize, reads: bool, until: Micros) {
+        if self.cuts.len() <= p {
+            self.cuts.resize(p + 1, Cuts::default());
+        }
+        let c = &mut self.cuts[p];
+        let end = if reads {
+            &mut c.dynamo_reads_until
+        } else {
+            &mut c.dynamo_writes_until
+        };
+        *end = (*end).max(until);
+    }
+
+    /// Whether one direction of DynamoDB fails for `call` of process `p`.
+    fn is_cut_one_way(&self, now: Micros, p: usize, call: Call) -> bool {
+        self.cuts.get(p).is_some_and(|c| match call {
+            Call::DynamoRead => now < c.dynamo_reads_until,
+            Call::Dynamo | Call::DynamoLeaseWrite => now < c.dynamo_writes_until,
+            _ => false,
+        })
     }
 
     /// Whether process `p` cannot reach `service` at `now`.
@@ -231,13 +274,13 @@ impl Net {
     /// half a round trip; for a Kinesis control-plane call the error, its
     /// class and latency, else the request latency of its kind.
     pub fn route(&self, rng: &mut Rng, now: Micros, p: usize, call: Call) -> Delivery {
-        if self.is_cut(now, p, call.service()) {
+        if self.is_cut(now, p, call.service()) || self.is_cut_one_way(now, p, call) {
             return Delivery::Fail {
                 class: ErrorClass::Transient,
                 after: REQUEST_TIMEOUT,
             };
         }
-        if call == Call::Dynamo {
+        if call.service() == Service::Dynamo {
             if self.on && rng.chance(self.dynamo_throttle) {
                 return Delivery::Fail {
                     class: ErrorClass::Throttled,
@@ -248,6 +291,16 @@ impl Net {
                 return Delivery::Fail {
                     class: ErrorClass::Transient,
                     after: self.dynamo_latency(rng),
+                };
+            }
+            if call == Call::DynamoLeaseWrite
+                && self.on
+                && self.dynamo_late > 0.0
+                && rng.chance(self.dynamo_late)
+            {
+                return Delivery::Late {
+                    apply_after: between(rng, REQUEST_TIMEOUT + SEC / 2, 20 * SEC),
+                    after: REQUEST_TIMEOUT,
                 };
             }
             return Delivery::Deliver {
@@ -268,7 +321,11 @@ impl Net {
         let latency = match call {
             Call::Pull => between(rng, MS, 5 * MS),
             Call::GetRecords => between(rng, 20 * MS, 120 * MS),
-            Call::Dynamo | Call::Control | Call::Cancel => between(rng, 10 * MS, 40 * MS),
+            Call::Dynamo
+            | Call::DynamoRead
+            | Call::DynamoLeaseWrite
+            | Call::Control
+            | Call::Cancel => between(rng, 10 * MS, 40 * MS),
         };
         Delivery::Deliver { latency }
     }
@@ -540,7 +597,15 @@ mod tests {
         let mut net = Net::new(&Faults::none());
         net.cut(0, Service::Dynamo, 10 * SEC);
         let op = some_op();
-        let (written, intact) = net.receive(SEC, 0, Input::LeaseWritten { op, result: Ok(()) });
+        let (written, intact) = net.receive(
+            SEC,
+            0,
+            Input::LeaseWritten {
+                op,
+                result: Ok(()),
+                row: None,
+            },
+        );
         assert!(!intact);
         assert!(matches!(
             written,

@@ -30,6 +30,11 @@ pub enum Op {
     CutDynamo(usize, Micros),
     /// The process cannot reach Kinesis for this long.
     CutKinesis(usize, Micros),
+    /// One direction of DynamoDB fails for this long: its reads (`true`;
+    /// its writes, heartbeats included, still succeed) or its writes
+    /// (`false`; its reads still succeed). A half-broken path: a proxy,
+    /// IAM denying one action, a throttled index.
+    CutDynamoOneWay(usize, Micros, bool),
     /// The process's sink stops acknowledging for this long.
     SinkStall(usize, Micros),
     /// Graceful shutdown of the process.
@@ -40,6 +45,10 @@ pub enum Op {
     Split(usize),
     /// Merge the pair of adjacent open shards with this index among pairs.
     Merge(usize),
+    /// A second live process starts with this process's worker id (a
+    /// copy-pasted config, a deployment that overlapped): a later
+    /// incarnation of the same id while the first still runs.
+    Impostor(usize),
 }
 
 /// Fault rates (per simulated hour for ops, probabilities per request).
@@ -84,6 +93,15 @@ pub struct Faults {
     pub sink_ack_mean: Micros,
     /// Max clock rate drift (ppm).
     pub drift_ppm_max: i64,
+    /// DynamoDB: a lease write held up on the way (a retransmit queue, a
+    /// slow node) and applied 2.5-20 s later, long after its caller gave
+    /// up on it (Ambiguous at the SDK timeout).
+    pub dynamo_late: f64,
+    /// One-way DynamoDB failures per hour ([`Op::CutDynamoOneWay`]).
+    pub cut_dynamo_one_way: f64,
+    /// Second processes with a running worker's id, per hour
+    /// ([`Op::Impostor`]).
+    pub impostor: f64,
 }
 
 impl Faults {
@@ -109,6 +127,9 @@ impl Faults {
             sink_nack: 0.0,
             sink_ack_mean: 5 * MS,
             drift_ppm_max: 10_000,
+            dynamo_late: 0.0,
+            cut_dynamo_one_way: 0.0,
+            impostor: 0.0,
         }
     }
 
@@ -121,7 +142,7 @@ impl Faults {
                 rng.unit_f64() * hi
             }
         };
-        Faults {
+        let mut faults = Faults {
             crash: pick(20.0),
             restart_prob: 0.7,
             stall: pick(20.0),
@@ -147,11 +168,32 @@ impl Faults {
                 MS + rng.below(100) * MS
             },
             drift_ppm_max: 10_000,
-        }
+            dynamo_late: 0.0,
+            cut_dynamo_one_way: 0.0,
+            impostor: 0.0,
+        };
+        // Drawn last: the draws of the kinds before it are those of the
+        // seeds that predate it.
+        faults.dynamo_late = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 0.02
+        };
+        faults.cut_dynamo_one_way = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 20.0
+        };
+        faults.impostor = if rng.chance(0.5) {
+            0.0
+        } else {
+            rng.unit_f64() * 4.0
+        };
+        faults
     }
 
     /// Ops per hour, by kind (for the fault clock).
-    pub(crate) fn op_rates(&self) -> [f64; 9] {
+    pub(crate) fn op_rates(&self) -> [f64; 11] {
         [
             self.crash,
             self.stall,
@@ -162,6 +204,8 @@ impl Faults {
             self.join,
             self.split,
             self.merge,
+            self.cut_dynamo_one_way,
+            self.impostor,
         ]
     }
 }

@@ -374,6 +374,7 @@ impl fmt::Display for Brief<'_, LeaseWrite> {
                 owner,
                 token,
                 checkpoint,
+                ..
             } => write!(
                 f,
                 "Checkpoint {shard} {owner}/tok{} {}",
@@ -449,7 +450,9 @@ impl fmt::Display for Brief<'_, Input> {
                 Err(c) => write!(f, "Records {op:?} {c:?}"),
             },
             Input::Leases { op, result } => write!(f, "Leases {op:?} {}", Len(result)),
-            Input::LeaseWritten { op, result } => write!(f, "LeaseWritten {op:?} {}", Res(result)),
+            Input::LeaseWritten { op, result, .. } => {
+                write!(f, "LeaseWritten {op:?} {}", Res(result))
+            }
             Input::Heartbeats { op, result } => write!(f, "Heartbeats {op:?} {}", Len(result)),
             Input::HeartbeatWritten { op, result } => {
                 write!(f, "HeartbeatWritten {op:?} {}", Res(result))

@@ -45,7 +45,7 @@ use crate::bounds::Bounds;
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
-use crate::net::{Call, Delivery, Net, Reply};
+use crate::net::{Call, Delivery, Net, Reply, Service};
 use crate::oracle::{Check, Oracles, Violation};
 use crate::scenario::{Op, Params, RunReport};
 use crate::sched::{between, exp, Micros, Queue, Trace, MS, SEC};
@@ -70,6 +70,13 @@ pub(crate) enum Ev {
         p: usize,
         inc: u64,
         action: Action,
+        /// A late write ([`Delivery::Late`]): it applies, its answer goes
+        /// nowhere (the caller gave up on it).
+        late: bool,
+        /// A Transfer sent when its owner's deliveries of the lease were
+        /// all acknowledged: a graceful hand-off (judged when sent, as
+        /// its checkpoint was fixed then, not when it arrives).
+        graceful: bool,
     },
     Respond {
         p: usize,
@@ -138,6 +145,11 @@ pub struct World {
     pub(crate) last_disruption: Option<Micros>,
     pub(crate) report: RunReport,
     pub(crate) violation: Option<Violation>,
+    /// The request arriving now is a late one ([`Delivery::Late`]): it
+    /// applies, and its answer is dropped.
+    pub(crate) late: bool,
+    /// The Transfer arriving now was sent gracefully (see `Ev::Arrive`).
+    pub(crate) graceful: bool,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -200,6 +212,8 @@ impl World {
             next_bounds_check: 0,
             last_disruption: None,
             violation: None,
+            late: false,
+            graceful: false,
         }
     }
 
@@ -337,7 +351,24 @@ impl World {
                 }
                 self.step(p, |w, now| w.handle_timeout(now))
             }
-            Ev::Arrive { p, inc, action } => self.arrive(p, inc, action),
+            Ev::Arrive {
+                p,
+                inc,
+                action,
+                late,
+                graceful,
+            } => {
+                self.late = late;
+                self.graceful = graceful;
+                if late {
+                    self.trace
+                        .line(self.now, format_args!("late write arrives: {action:?}"));
+                }
+                let r = self.arrive(p, inc, action);
+                self.late = false;
+                self.graceful = false;
+                r
+            }
             Ev::Respond {
                 p,
                 inc,
@@ -546,7 +577,19 @@ impl World {
                 );
             }
             Event::Fatal { message } => {
-                return Err(self.violation("fatal", format!("{owner}: {message}")));
+                // A process whose worker id a later process took (its
+                // heartbeat row outlives it) stops for good, as the CLI
+                // exits; any other fatal error is a violation.
+                let (name, inc) = (&self.procs[p].name, self.procs[p].inc);
+                let later = self.procs.iter().any(|q| q.name == *name && q.inc > inc);
+                if !(later && message.contains("in use by a later process")) {
+                    return Err(self.violation("fatal", format!("{owner}: {message}")));
+                }
+                self.trace
+                    .line(self.now, format_args!("{owner} exits: {message}"));
+                self.procs[p].state = ProcState::Crashed;
+                self.leave(p);
+                return Ok(());
             }
             Event::ShutdownComplete => {
                 self.trace
@@ -674,18 +717,46 @@ impl World {
             }
             _ => {}
         }
+        let graceful = match &a {
+            Action::WriteLease {
+                write: write @ LeaseWrite::Transfer { owner, token, .. },
+                ..
+            } => self.acks_complete(owner, write.shard(), *token),
+            _ => false,
+        };
         let delivery = self.net.route(&mut self.rng, self.now, p, Call::of(&a));
-        if faulted(&delivery, Call::of(&a) == Call::Dynamo) {
+        if faulted(&delivery, Call::of(&a).service() == Service::Dynamo) {
             self.request_fault(p, inc);
         }
         let (class, after) = match delivery {
             Delivery::Deliver { latency } => {
-                self.q
-                    .push(self.now + latency, Ev::Arrive { p, inc, action: a });
+                self.q.push(
+                    self.now + latency,
+                    Ev::Arrive {
+                        p,
+                        inc,
+                        action: a,
+                        late: false,
+                        graceful,
+                    },
+                );
                 return Ok(());
             }
             Delivery::Fail { class, after } => (class, after),
             Delivery::Lose { after } => (a.timeout_class(), after),
+            Delivery::Late { apply_after, after } => {
+                self.q.push(
+                    self.now + apply_after,
+                    Ev::Arrive {
+                        p,
+                        inc,
+                        action: a.clone(),
+                        late: true,
+                        graceful,
+                    },
+                );
+                (a.timeout_class(), after)
+            }
         };
         if let Action::Pull { sub, .. } = &a {
             // Only a partition fails a Pull: the connection breaks, an
@@ -719,6 +790,9 @@ impl World {
                     input: Input,
                     payload: Option<(ChunkId, usize, Vec<u64>)>,
                     lat: Micros| {
+            if w.late {
+                return;
+            }
             w.q.push(
                 now + lat,
                 Ev::Respond {
@@ -772,15 +846,14 @@ impl World {
                 back(self, Input::HeartbeatWritten { op, result }, None, lat);
             }
             Action::WriteLease { op, write } => {
+                // DynamoDB answers with the row as written (ALL_NEW).
+                let mut written = None;
                 let result = match self.dynamo.write_lease(&write) {
                     Ok((before, after)) => {
+                        written = Some(after.clone());
                         let shard = shard_index(&write.shard().shard).unwrap_or(usize::MAX);
-                        let graceful = match &write {
-                            LeaseWrite::Transfer { owner, token, .. } => {
-                                self.acks_complete(owner, write.shard(), *token)
-                            }
-                            _ => false,
-                        };
+                        let graceful =
+                            self.graceful && matches!(write, LeaseWrite::Transfer { .. });
                         self.trace.line(
                             self.now,
                             format_args!(
@@ -843,7 +916,8 @@ impl World {
                     self.request_fault(p, inc);
                 }
                 let (result, lat) = reply_to_write(reply, result);
-                back(self, Input::LeaseWritten { op, result }, None, lat);
+                let row = written.filter(|_| result.is_ok()).map(Box::new);
+                back(self, Input::LeaseWritten { op, result, row }, None, lat);
             }
             Action::ListShards { op, stream } => {
                 let result = if stream == self.stream {
@@ -1361,7 +1435,7 @@ const SPIKE: Micros = 100 * MS;
 fn faulted(d: &Delivery, dynamo: bool) -> bool {
     match d {
         Delivery::Deliver { latency } => dynamo && *latency >= SPIKE,
-        Delivery::Fail { .. } | Delivery::Lose { .. } => true,
+        Delivery::Fail { .. } | Delivery::Lose { .. } | Delivery::Late { .. } => true,
     }
 }
 
@@ -1374,6 +1448,8 @@ fn reply_to_write(
     match reply {
         Delivery::Deliver { latency } => (applied, latency),
         Delivery::Fail { class, after } => (Err(class), after),
-        Delivery::Lose { after } => (Err(ErrorClass::unknown_outcome(true)), after),
+        Delivery::Lose { after } | Delivery::Late { after, .. } => {
+            (Err(ErrorClass::unknown_outcome(true)), after)
+        }
     }
 }

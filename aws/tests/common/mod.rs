@@ -87,6 +87,13 @@ fn befores(s: &ShardRef) -> Vec<(&'static str, Option<LeaseRow>)> {
         ),
         ("b t3", Some(row(s, Some(b()), 3, None, None))),
         (
+            "a t3 after, checkpoint serial 3",
+            Some(LeaseRow {
+                checkpoint_serial: 3,
+                ..row(s, Some(a()), 3, Some(after()), Some(b()))
+            }),
+        ),
+        (
             "a t4 shard end",
             Some(row(s, Some(a()), 4, Some(Checkpoint::ShardEnd), None)),
         ),
@@ -119,6 +126,14 @@ fn writes(s: &ShardRef) -> Vec<LeaseWrite> {
         owner,
         token: FencingToken(token),
         checkpoint,
+        serial: 1,
+    };
+    let numbered = |serial: u64| LeaseWrite::Checkpoint {
+        shard: s.clone(),
+        owner: a(),
+        token: FencingToken(3),
+        checkpoint: within(),
+        serial,
     };
     let release = |owner: Owner, token: u64, checkpoint| LeaseWrite::Release {
         shard: s.clone(),
@@ -150,6 +165,8 @@ fn writes(s: &ShardRef) -> Vec<LeaseWrite> {
         checkpoint(a(), 3, Checkpoint::ShardEnd),
         checkpoint(a(), 4, after()),
         checkpoint(b(), 3, after()),
+        numbered(3),
+        numbered(4),
         release(a(), 3, None),
         release(a(), 3, Some(within())),
         release(a(), 4, Some(after())),
@@ -182,14 +199,17 @@ pub async fn check_store_matches_apply(
                     .with_context(|| format!("setting up {before_name}"))?;
             }
             let expected = write.apply(before.as_ref());
-            let got = store.write_lease(&write).await;
+            let got = store.write_lease_returning(&write).await;
             let stored = store.read_leases(&s.stream).await?.rows;
             let case = format!("before [{before_name}], write {write:?}");
             match (&expected, &got) {
-                (Ok(next), Ok(())) => {
+                (Ok(next), Ok(returned)) => {
                     accepted += 1;
                     if stored != [next.clone()] {
                         failures.push(format!("{case}: stored {stored:?}, apply gives {next:?}"));
+                    }
+                    if returned.as_ref().is_some_and(|r| r != next) {
+                        failures.push(format!("{case}: answered {returned:?}, stored {next:?}"));
                     }
                 }
                 (Err(_), Err(e)) if e.class() == ErrorClass::ConditionalFailed => {
@@ -314,6 +334,7 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
             owner: a(),
             token: FencingToken(1),
             checkpoint: within(),
+            serial: 1,
         },
     )
     .await?;
@@ -359,6 +380,7 @@ pub async fn lease_life_round_trip(store: &dyn LeaseStore, stream: &str) -> Resu
             owner: a(),
             token: FencingToken(1),
             checkpoint: Checkpoint::ShardEnd,
+            serial: 2,
         },
     )
     .await?;

@@ -59,8 +59,8 @@ pub(super) const MAX_REQUESTS: usize = 1_000;
 pub(super) enum RequestState {
     /// RequestHandoff in flight.
     Sending,
-    /// Waiting for the owner's transfer; forced after `2 * handoff` from
-    /// `since`.
+    /// Waiting for the owner's transfer; forced `2 * handoff` after the
+    /// request was published (`Request::published`).
     Waiting { since: Instant },
     /// Forced take in flight.
     Forcing { since: Instant },
@@ -76,6 +76,13 @@ pub(super) struct Request {
     /// The table (or the write's answer) shows `pending_owner = me`: listed
     /// in our heartbeat's `wants`.
     pub(super) confirmed: bool,
+    /// When a heartbeat write listing it in `wants` was first answered
+    /// (our clock): the owner can see the request from then on, and the
+    /// take is forced only `2 * handoff` after it. An owner whose
+    /// heartbeat reads fail cannot see it: it fences `2 * handoff -
+    /// margin` after its last successful read was sent, before this
+    /// deadline can pass.
+    pub(super) published: Option<Instant>,
 }
 
 /// What this worker holds or has under way, as the rule counts it.

@@ -170,6 +170,16 @@ impl Liveness {
             })
     }
 
+    /// A later incarnation of `owner`'s worker id wrote a heartbeat row we
+    /// read: `owner` stopped (or stops at its next read) and is forgotten
+    /// once no lease row names it, so it is judged neither live nor
+    /// expired; a mark it left (`pending_owner`) is stale.
+    pub(super) fn is_superseded(&self, owner: &Owner) -> bool {
+        self.observed
+            .keys()
+            .any(|o| o.worker == owner.worker && o.incarnation > owner.incarnation)
+    }
+
     pub(super) fn is_expired(&self, owner: &Owner) -> bool {
         if *owner == self.me {
             return false;
@@ -216,8 +226,15 @@ impl Liveness {
 }
 
 impl LeaseManager {
+    /// When we stop delivering: before anyone may judge us expired (our
+    /// last renewal), and before a hand-off request we could not see may
+    /// be forced (our last successful heartbeat read: a worker whose
+    /// reads fail while its writes succeed renews, but is blind to
+    /// requests).
     pub(super) fn fence_deadline(&self) -> Instant {
-        self.live.last_renew_sent.unwrap_or(self.start) + self.timing.fence_after
+        let renewed = self.live.last_renew_sent.unwrap_or(self.start) + self.timing.fence_after;
+        let saw = self.live.last_hb_read_sent.unwrap_or(self.start) + self.timing.blind_after;
+        renewed.min(saw)
     }
 
     /// Self-fence when the deadline passed; runs first in every entry point.
@@ -280,7 +297,15 @@ impl LeaseManager {
         self.live.hb_inflight = Some(now);
         self.live.hb_asap = false;
         self.stats.heartbeat_writes += 1;
-        self.ops.insert(op, Op::WriteHeartbeat { sent: now, alive });
+        let wants = row.wants.clone();
+        self.ops.insert(
+            op,
+            Op::WriteHeartbeat {
+                sent: now,
+                alive,
+                wants,
+            },
+        );
         self.actions.push_back(Action::WriteHeartbeat { op, row });
     }
 
@@ -289,6 +314,7 @@ impl LeaseManager {
         now: Instant,
         sent: Instant,
         alive: bool,
+        wants: &[ShardRef],
         result: &Result<(), ErrorClass>,
     ) {
         let newest = self.live.hb_inflight == Some(sent);
@@ -302,6 +328,11 @@ impl LeaseManager {
         }
         match result {
             Ok(()) => {
+                for shard in wants {
+                    if let Some(r) = self.requests.get_mut(shard) {
+                        r.published.get_or_insert(now);
+                    }
+                }
                 let first_renewal = self.live.last_renew_sent.is_none();
                 let renewed = self.live.last_renew_sent.map_or(sent, |l| l.max(sent));
                 self.live.last_renew_sent = Some(renewed);
@@ -477,6 +508,16 @@ impl LeaseManager {
             .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
         self.live.last_hb_read_sent = Some(sent);
         self.live.last_hb_read_seq = sent_seq;
+        if self.live.fenced
+            && !self.live.superseded
+            && !self.shutting_down
+            && now < self.fence_deadline()
+        {
+            // Fenced while blind to requests, and seeing again: take
+            // leases afresh (token + 1).
+            self.live.fenced = false;
+            self.read_all_now(now);
+        }
         // The next read is due a read interval after this one, or at the
         // instant an owner whose beat stopped becomes expired, whichever is
         // first: its leases are taken about F after its last beat, not up to

@@ -169,6 +169,10 @@ struct Timing {
     heartbeat: Duration,
     heartbeat_read: Duration,
     fence_after: Duration,
+    /// A worker whose last successful heartbeat read was sent this long
+    /// ago may have missed a hand-off request that a taker will force
+    /// `2 * handoff` after publishing it: it fences first.
+    blind_after: Duration,
     rebalance: Duration,
     handoff: Duration,
 }
@@ -195,6 +199,8 @@ enum Op {
     WriteHeartbeat {
         sent: Instant,
         alive: bool,
+        /// The hand-off requests it lists (published once it succeeds).
+        wants: Vec<ShardRef>,
     },
     WriteLease {
         write: LeaseWrite,
@@ -271,6 +277,7 @@ impl LeaseManager {
             fence_after: config
                 .failover_time
                 .saturating_sub(config.self_fence_margin),
+            blind_after: (config.handoff_timeout * 2).saturating_sub(config.self_fence_margin),
             rebalance: config.rebalance_period,
             handoff: config.handoff_timeout,
         };
@@ -559,11 +566,11 @@ impl LeaseManager {
             (Op::ReadHeartbeats { sent, sent_seq }, Input::Heartbeats { result, .. }) => {
                 self.on_heartbeats(now, sent, sent_seq, result, mint)
             }
-            (Op::WriteHeartbeat { sent, alive }, Input::HeartbeatWritten { result, .. }) => {
-                self.on_heartbeat_written(now, sent, alive, result)
+            (Op::WriteHeartbeat { sent, alive, wants }, Input::HeartbeatWritten { result, .. }) => {
+                self.on_heartbeat_written(now, sent, alive, &wants, result)
             }
-            (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, .. }) => {
-                self.on_lease_written(now, op, write, kind, *base, *result, mint)
+            (Op::WriteLease { write, kind, base }, Input::LeaseWritten { result, row, .. }) => {
+                self.on_lease_written(now, op, write, kind, *base, *result, row.as_deref(), mint)
             }
             _ => {}
         }
@@ -667,6 +674,25 @@ impl LeaseManager {
         self.drive(now, mint);
     }
 
+    /// Acknowledgements that came in after a leaving lease's final
+    /// checkpoint was fixed (a transfer or release decided, not yet
+    /// applied): the next attempt of the final write carries `cp` (never
+    /// moving it back), so a retried hand-off does not hand over records
+    /// the application has acknowledged meanwhile. Ignored when the lease
+    /// is not leaving or is finishing (`SHARD_END`).
+    pub(crate) fn fold_final_checkpoint(&mut self, shard: &ShardRef, cp: Checkpoint) {
+        let Some(h) = self.writes.held.get_mut(shard) else {
+            return;
+        };
+        if matches!(
+            h.leaving,
+            Some((Leaving::Transfer { .. } | Leaving::Release { .. }, _))
+        ) && h.cp_queued.as_ref().is_none_or(|q| cp > *q)
+        {
+            h.cp_queued = Some(cp);
+        }
+    }
+
     /// Graceful hand-off after [`LeaseEvent::HandoffRequested`]: Transfer
     /// with the final checkpoint -> `Lost{HandedOff}` (`Lost{Taken}` if
     /// refused); a Release instead (-> `Lost{Released}`) when the taker is
@@ -687,7 +713,7 @@ impl LeaseManager {
             return;
         };
         if h.leaving.is_none() {
-            let taker_gone = self.live.is_expired(&to);
+            let taker_gone = self.live.is_expired(&to) || self.live.is_superseded(&to);
             let leaving = if taker_gone {
                 Leaving::Release {
                     checkpoint: final_cp,
@@ -987,6 +1013,7 @@ impl LeaseManager {
                             token: row.token,
                             state: RequestState::Waiting { since: now },
                             confirmed: true,
+                            published: None,
                         },
                     );
                     self.live.hb_asap = true;
@@ -1008,6 +1035,7 @@ impl LeaseManager {
                                 token,
                                 state: RequestState::Sending,
                                 confirmed: false,
+                                published: None,
                             },
                         );
                     }

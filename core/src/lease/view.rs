@@ -335,12 +335,16 @@ impl LeaseManager {
                     // gone (it shut down or died right after asking) would
                     // block every later hand-off of the lease: the lease is
                     // given up the same graceful way (`transfer` releases
-                    // it instead), which clears the mark.
+                    // it instead), which clears the mark; so is one whose
+                    // worker id a later process took (forgotten, so
+                    // neither live nor expired).
                     if let Some(p) = row.and_then(|r| r.pending_owner.clone()) {
                         if p != self.me
                             && !self.live.fenced
                             && !self.shutting_down
-                            && (self.live.is_live(&p) || self.live.is_expired(&p))
+                            && (self.live.is_live(&p)
+                                || self.live.is_expired(&p)
+                                || self.live.is_superseded(&p))
                         {
                             self.request_seen(&shard, &p);
                         }
@@ -394,7 +398,7 @@ impl LeaseManager {
             let Some(req) = self.requests.get(&shard).cloned() else {
                 continue;
             };
-            let RequestState::Waiting { since } = req.state else {
+            let RequestState::Waiting { .. } = req.state else {
                 continue;
             };
             let row = row_of(&shard);
@@ -411,7 +415,10 @@ impl LeaseManager {
             if let Some(r) = self.requests.get_mut(&shard) {
                 r.confirmed = true;
             }
-            if now.saturating_duration_since(since) >= self.timing.handoff * 2 {
+            let published = self.requests.get(&shard).and_then(|r| r.published);
+            if published
+                .is_some_and(|p| now.saturating_duration_since(p) >= self.timing.handoff * 2)
+            {
                 self.force_take(&shard, mint);
             }
         }

@@ -79,6 +79,9 @@ pub(super) struct Held {
     pub(super) cp_sent: Option<Checkpoint>,
     /// Newest checkpoint asked while one was in flight.
     pub(super) cp_queued: Option<Checkpoint>,
+    /// The serial of our last checkpoint write
+    /// ([`LeaseRow::checkpoint_serial`]): the next one is higher.
+    pub(super) cp_serial: u64,
     /// Set when the lease is being given up.
     pub(super) leaving: Option<(Leaving, FinalState)>,
 }
@@ -239,11 +242,13 @@ impl LeaseManager {
             return;
         }
         h.cp_sent = Some(cp.clone());
+        h.cp_serial += 1;
         let write = LeaseWrite::Checkpoint {
             shard: shard.clone(),
             owner: me,
             token,
             checkpoint: cp,
+            serial: h.cp_serial,
         };
         self.send_write(mint, write, WriteKind::Checkpoint, base);
     }
@@ -295,6 +300,7 @@ impl LeaseManager {
         kind: WriteKind,
         base: Option<LeaseRow>,
         result: Result<(), ErrorClass>,
+        written: Option<&LeaseRow>,
         mint: &mut IdMint,
     ) {
         let shard = write.shard().clone();
@@ -309,9 +315,21 @@ impl LeaseManager {
         }
         let applied = match result {
             Ok(()) => {
-                let next = match &write {
-                    LeaseWrite::Create(row) => Some(row.clone()),
-                    w => base.as_ref().and_then(|b| w.apply(Some(b)).ok()),
+                // The row as written when the store returned it (and it is
+                // the row this write made: same shard, owner and token as
+                // applying the write to any row would give), else the
+                // write applied to our view's row.
+                let ours = base.as_ref().and_then(|b| write.apply(Some(b)).ok());
+                let returned = written.filter(|r| {
+                    r.shard == shard
+                        && ours
+                            .as_ref()
+                            .is_none_or(|o| o.owner == r.owner && o.token == r.token)
+                });
+                let next = match (&write, returned) {
+                    (_, Some(r)) => Some(r.clone()),
+                    (LeaseWrite::Create(row), None) => Some(row.clone()),
+                    (_, None) => ours,
                 };
                 if let (Some(next), Some(view)) = (&next, self.views.get_mut(&shard.stream)) {
                     let keep_existing = matches!(write, LeaseWrite::Create(_))
@@ -535,6 +553,7 @@ impl LeaseManager {
                 confirmed: row.checkpoint.clone(),
                 cp_sent: None,
                 cp_queued: None,
+                cp_serial: row.checkpoint_serial,
                 leaving: None,
             },
         );

@@ -163,7 +163,14 @@ impl Worker {
                         progress = true;
                     }
                 }
-                Phase::Leaving => {}
+                Phase::Leaving => {
+                    // Acks after the final checkpoint was fixed ride on a
+                    // retry of the final write.
+                    if let Some(cp) = st.tracker.watermark().cloned() {
+                        let shard = shard.clone();
+                        self.lease.fold_final_checkpoint(&shard, cp);
+                    }
+                }
             }
         }
         self.sorted = slots;

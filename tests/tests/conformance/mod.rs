@@ -34,6 +34,7 @@ macro_rules! conformance_suite {
             split_shard_is_read_parent_first_over_efo,
             stalled_sink_with_a_small_pool_stays_bounded_and_keeps_leases,
             missing_stream_is_a_clear_error,
+            leases_of_an_earlier_stream_of_the_same_name_are_a_clear_error,
             bad_configuration_names_the_field,
             list_shards_follows_next_token_to_the_last_page,
             local_store_consumer_resumes_after_restart,
@@ -182,6 +183,48 @@ pub async fn shutdown_releases_every_lease_and_restart_resumes_from_checkpoints<
     assert_eq!(all.len(), 60, "no duplicates after a graceful restart");
     drop(batches);
     consumer.shutdown().await?;
+    Ok(())
+}
+
+/// A stream deleted and recreated under the same name keeps its ARN: the
+/// lease table's rows of the earlier stream (here one written a day
+/// before the stream was created, `SHARD_END` on its first shard) would
+/// keep the new stream's shards unread. `build` refuses with an error that
+/// says so and what to delete, instead of consuming nothing.
+pub async fn leases_of_an_earlier_stream_of_the_same_name_are_a_clear_error<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    use kinesin_aws::LeaseStore;
+    use kinesin_core::ids::{ShardId, ShardRef, StreamId};
+    use kinesin_core::sequence::Checkpoint;
+    use kinesin_core::table::{LeaseRow, LeaseWrite};
+    let (stream, arn) = env.create_stream("recreated", 1).await?;
+    let table = env.table();
+    let store = kinesin_aws::DynamoLeaseStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &table);
+    store.create_table_if_missing().await?;
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        - 86_400_000;
+    let mut old = LeaseRow::new(
+        ShardRef::new(StreamId::new(&arn), ShardId::new("shardId-000000000000")),
+        vec![],
+        day_ago,
+    );
+    old.checkpoint = Some(Checkpoint::ShardEnd);
+    store.write_lease(&LeaseWrite::Create(old)).await?;
+    match env.builder(&stream, &table, "w1").build(&env.sdk).await {
+        Err(e @ Error::StaleLeases { .. }) => {
+            let msg = e.to_string();
+            ensure!(msg.contains(&arn) && msg.contains("recreated"), "{msg}");
+            let Error::StaleLeases { rows, .. } = e else {
+                unreachable!()
+            };
+            ensure!(rows == 1, "{rows} stale rows");
+        }
+        Err(e) => anyhow::bail!("expected StaleLeases, got: {e}"),
+        Ok(_) => anyhow::bail!("built over the rows of an earlier stream"),
+    }
     Ok(())
 }
 

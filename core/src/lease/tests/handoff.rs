@@ -199,6 +199,51 @@ fn request_of_a_departed_taker_is_cleared_by_the_owner() {
     assert_eq!(w.holds(a), 2);
 }
 
+/// Kinesin-sim seed 938 (a second process took the taker's worker id
+/// right after it asked): the taker's heartbeat row now belongs to the
+/// later incarnation, so the owner forgot the taker, judged it neither
+/// live nor expired, and the row kept `pending_owner` = the superseded
+/// taker for good, blocking every later hand-off of the lease.
+#[test]
+fn request_of_a_superseded_taker_is_cleared_by_the_owner() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(10.0));
+    assert_eq!(w.holds(a), 2);
+    let b = w.add_node("b", 1);
+    let shard = w
+        .rows
+        .values()
+        .find(|r| r.pending_owner == Some(Owner::new("b", 1)))
+        .map(|r| r.shard.clone())
+        .expect("b asked at once");
+    // b stops; a later process with its id writes its heartbeat row.
+    w.kill(b);
+    w.beats.insert(
+        "b".into(),
+        HeartbeatRow {
+            owner: Owner::new("b", 2),
+            beat: 1,
+            held: 0,
+            wants: vec![],
+            alive: true,
+            streams: vec![],
+        },
+    );
+    w.run_for(secs(40.0));
+    let row = &w.rows[&shard];
+    assert_eq!(row.pending_owner, None, "the superseded request is cleared");
+    assert_eq!(row.owner, Some(Owner::new("a", 1)));
+    assert!(
+        w.actions(a, |x| matches!(
+            write_of(x),
+            Some(LeaseWrite::Transfer { .. })
+        ))
+        .is_empty(),
+        "nothing handed to the superseded worker"
+    );
+}
+
 #[test]
 fn a_stale_want_for_a_lease_just_taken_starts_no_handoff() {
     // A taker's heartbeat still lists a shard it asked of the previous
@@ -232,4 +277,79 @@ fn a_stale_want_for_a_lease_just_taken_starts_no_handoff() {
     );
     assert!(w.lost(a).is_empty(), "{:?}", w.lost(a));
     assert_eq!(w.holds(a), 1);
+}
+
+/// A live owner whose DynamoDB reads fail while its writes succeed keeps
+/// renewing its heartbeat, but cannot see a hand-off request: the taker
+/// forces the take `2 * handoff_timeout` after publishing it. The owner
+/// must have stopped (fenced) before that, not learn it at its next
+/// checkpoint write while both deliver the shard.
+#[test]
+fn an_owner_blind_to_requests_stops_before_the_forced_take() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(2.0));
+    assert_eq!(w.holds(a), 2);
+    // From now on a's reads fail; its heartbeat and lease writes succeed.
+    w.rule(a, is_hb_read, Fault::Transient, usize::MAX);
+    w.rule(a, is_read, Fault::Transient, usize::MAX);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(90.0));
+    let takes: Vec<(Duration, ShardRef)> = w
+        .actions(b, is_take)
+        .into_iter()
+        .filter_map(|(t, a)| write_of(&a).map(|wr| (t, wr.shard().clone())))
+        .collect();
+    assert!(!takes.is_empty(), "b takes its share by force");
+    for (t_take, shard) in &takes {
+        let stopped = w.events(a).any(|(t, e)| {
+            matches!(e, LeaseEvent::Lost { shard: s, .. } if s == shard) && t <= t_take
+        });
+        assert!(
+            stopped,
+            "a still delivered {shard:?} when b took it at {t_take:?}"
+        );
+    }
+}
+
+/// Kinesin-sim seed 9676 (20,000-seed sweep): the owner's sink was
+/// stalled past the hand-off timeout, so the transfer was decided with the
+/// checkpoint it had; its first attempt was lost, and the acks that came
+/// in before the retry were not carried: the taker redelivered records
+/// the application had acknowledged before the lease moved.
+#[test]
+fn a_retried_transfer_carries_the_acks_that_came_in_before_it() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(10.0));
+    assert_eq!(w.holds(a), 2);
+    w.rule(
+        a,
+        |x| matches!(write_of(x), Some(LeaseWrite::Transfer { .. })),
+        Fault::Transient,
+        1,
+    );
+    let _b = w.add_node("b", 1);
+    // Until a decided the transfer (with cp 100, the harness's) and its
+    // first attempt failed (sent again after a retry delay).
+    let mut shard = None;
+    for _ in 0..400 {
+        w.run_for(secs(0.05));
+        shard = w
+            .actions(a, |x| {
+                matches!(write_of(x), Some(LeaseWrite::Transfer { .. }))
+            })
+            .first()
+            .and_then(|(_, x)| write_of(x).map(|wr| wr.shard().clone()));
+        if shard.is_some() {
+            break;
+        }
+    }
+    let shard = shard.expect("a transfer was sent");
+    // The application acknowledges more before the retry.
+    w.with(a, |m, _, _| m.fold_final_checkpoint(&shard, cp(150)));
+    w.run_for(secs(30.0));
+    let row = &w.rows[&shard];
+    assert_eq!(row.owner, Some(Owner::new("b", 1)), "handed off");
+    assert_eq!(row.checkpoint, Some(cp(150)), "with the acks of meanwhile");
 }

@@ -310,16 +310,20 @@ impl World {
                 }
             }
             Action::WriteLease { op, write } => {
-                let result = match write.apply(self.rows.get(write.shard())) {
+                let (result, row) = match write.apply(self.rows.get(write.shard())) {
                     Ok(next) => {
                         if apply {
-                            self.rows.insert(next.shard.clone(), next);
+                            self.rows.insert(next.shard.clone(), next.clone());
                         }
-                        Ok(())
+                        (Ok(()), Some(Box::new(next)))
                     }
-                    Err(_) => Err(ErrorClass::ConditionalFailed),
+                    Err(_) => (Err(ErrorClass::ConditionalFailed), None),
                 };
-                Input::LeaseWritten { op: *op, result }
+                Input::LeaseWritten {
+                    op: *op,
+                    result,
+                    row,
+                }
             }
             _ => return None,
         })

@@ -25,6 +25,7 @@ fn check_invariants_reports_each_corruption() {
         token: FencingToken(1),
         state: RequestState::Sending,
         confirmed: false,
+        published: None,
     };
     type Corrupt = Box<dyn Fn(&mut LeaseManager)>;
     let corruptions: Vec<(&str, Corrupt)> = vec![
@@ -125,6 +126,7 @@ fn foreign_inputs_are_not_consumed() {
         Input::LeaseWritten {
             op: other.op(),
             result: Ok(()),
+            row: None,
         },
         Input::Heartbeats {
             op: other.op(),

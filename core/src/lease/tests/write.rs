@@ -88,6 +88,7 @@ fn checkpoint_write_is_conditional_on_owner_and_token() {
             owner: Owner::new("a", 1),
             token: FencingToken(1),
             checkpoint: cp(42),
+            serial: 1,
         })
     );
     assert_eq!(w.row(0).checkpoint, Some(cp(42)));
@@ -297,4 +298,42 @@ fn transient_final_write_is_retried() {
         vec![(secs(3.0), sref(0), LostReason::ShardEnded)]
     );
     assert_eq!(w.row(0).checkpoint, Some(Checkpoint::ShardEnd));
+}
+
+/// A take conditions on owner and token only, so a checkpoint the old
+/// owner wrote after the taker's last table read is in the row the take
+/// wins. The taker must start from the row as written (the store returns
+/// it), not from its older view: starting from the view re-reads records
+/// and its first checkpoint moves the table's backwards.
+#[test]
+fn a_take_starts_from_the_checkpoint_in_the_row_it_won_not_from_its_view() {
+    let mut w = World::with_free_shards(1);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(1.0));
+    assert_eq!(w.holds(a), 1);
+    w.with(a, |m, now, mint| {
+        m.write_checkpoint(now, &sref(0), cp(10), mint)
+    });
+    assert_eq!(w.row(0).checkpoint, Some(cp(10)));
+    // b's take request is held on the way; a dies.
+    let b = w.nodes.len();
+    w.rule(b, is_take, Fault::HoldRequest, 1);
+    let b = w.add_node("b", 1);
+    w.kill(a);
+    w.run_until(secs(30.0));
+    assert_eq!(w.actions(b, is_take).len(), 1, "b sent its take");
+    // a's last checkpoint write lands before b's take does.
+    let row = w.rows.get_mut(&sref(0)).unwrap();
+    row.checkpoint = Some(cp(20));
+    row.checkpoint_serial += 1;
+    w.deliver(b);
+    assert_eq!(w.row(0).owner, Some(Owner::new("b", 1)));
+    let acquired: Vec<_> = w
+        .events(b)
+        .filter_map(|(_, e)| match e {
+            LeaseEvent::Acquired { checkpoint, .. } => Some(checkpoint.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acquired, vec![Some(cp(20))]);
 }

@@ -186,14 +186,14 @@ impl World {
             }),
             Action::WriteLease { op, write } => {
                 self.lease_writes.push(write.clone());
-                let result = match write.apply(self.rows.get(write.shard())) {
+                let (result, row) = match write.apply(self.rows.get(write.shard())) {
                     Ok(row) => {
-                        self.rows.insert(row.shard.clone(), row);
-                        Ok(())
+                        self.rows.insert(row.shard.clone(), row.clone());
+                        (Ok(()), Some(Box::new(row)))
                     }
-                    Err(_) => Err(ErrorClass::ConditionalFailed),
+                    Err(_) => (Err(ErrorClass::ConditionalFailed), None),
                 };
-                Some(Input::LeaseWritten { op, result })
+                Some(Input::LeaseWritten { op, result, row })
             }
             Action::ReadHeartbeats { op } => Some(Input::Heartbeats {
                 op,

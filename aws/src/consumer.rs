@@ -38,6 +38,7 @@ use crate::kinesis::Kinesis;
 use crate::lease_store::{LeaseStore, StoreError};
 use crate::local::{LocalLeaseStore, LocalStoreError};
 use crate::runtime::{with_deadline, Runtime};
+#[cfg(feature = "dynamodb")]
 use crate::DynamoLeaseStore;
 
 /// Why a consumer could not be built or stopped.
@@ -144,6 +145,32 @@ enum LeaseChoice {
 }
 
 /// Configures a [`Consumer`]. Start with `Consumer::builder()`.
+///
+/// Every setting has a default but the stream and the lease store;
+/// [`ConsumerBuilder::build`] checks them all and names the field at fault.
+///
+/// ```
+/// use std::time::Duration;
+/// use kinesin_aws::{Batching, Consumer, ConsumerBuilder, Runtime};
+///
+/// /// One process, leases and checkpoints in a local directory, polling
+/// /// from the newest records, batches of at most 100 records or 1 MiB,
+/// /// a partial batch flushed after 200 ms.
+/// fn local<R: Runtime + Default>() -> ConsumerBuilder<R> {
+///     Consumer::<R>::builder()
+///         .stream("arn:aws:kinesis:eu-west-1:123456789012:stream/orders")
+///         .polling()
+///         .local_store("/var/lib/orders-consumer")
+///         .start_from_latest()
+///         .batching(Batching {
+///             count: 100,
+///             byte_size: 1 << 20,
+///             period: Some(Duration::from_millis(200)),
+///         })
+///         .commit_period(Duration::from_secs(5))
+///         .max_pending_records(50_000)
+/// }
+/// ```
 pub struct ConsumerBuilder<R> {
     streams: Vec<String>,
     explicit: Vec<(String, String)>,
@@ -156,6 +183,7 @@ pub struct ConsumerBuilder<R> {
     tweaks: Vec<Tweak>,
     options: DriverOptions,
     kinesis_client: Option<aws_sdk_kinesis::Client>,
+    #[cfg(feature = "dynamodb")]
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     list_page_limit: Option<i32>,
     _runtime: PhantomData<fn() -> R>,
@@ -184,6 +212,7 @@ impl<R: Runtime + Default> Default for ConsumerBuilder<R> {
             tweaks: Vec::new(),
             options: DriverOptions::default(),
             kinesis_client: None,
+            #[cfg(feature = "dynamodb")]
             dynamodb_client: None,
             list_page_limit: None,
             _runtime: PhantomData,
@@ -418,6 +447,7 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
     }
 
     /// Use this DynamoDB client instead of one built from the `SdkConfig`.
+    #[cfg(feature = "dynamodb")]
     pub fn dynamodb_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
         self.dynamodb_client = Some(client);
         self
@@ -473,6 +503,13 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         if let LeaseChoice::Dynamo { table } = &lease {
             if table.trim().is_empty() {
                 return Err(bad("dynamodb.table", "must not be empty"));
+            }
+            if !cfg!(feature = "dynamodb") {
+                return Err(bad(
+                    "dynamodb.table",
+                    "kinesin-aws was built without its `dynamodb` feature (the runtime crates \
+                     enable it by default): enable it, or use `.local_store(dir)`",
+                ));
             }
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
@@ -534,6 +571,15 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
         config.streams = arns;
 
         let store: Arc<dyn LeaseStore> = match lease {
+            // Refused above when the feature is off.
+            #[cfg(not(feature = "dynamodb"))]
+            LeaseChoice::Dynamo { .. } => {
+                return Err(bad(
+                    "dynamodb.table",
+                    "built without the `dynamodb` feature",
+                ))
+            }
+            #[cfg(feature = "dynamodb")]
             LeaseChoice::Dynamo { table } => {
                 let client = self
                     .dynamodb_client
@@ -596,6 +642,34 @@ impl<R: Runtime + Default> ConsumerBuilder<R> {
 /// [`Consumer::shutdown`]. Dropping it without `shutdown` starts the same
 /// graceful shutdown without waiting for it (final checkpoints, leases
 /// released); [`Consumer::abort`] stops at once, like a crash.
+///
+/// Applications name it through a runtime crate
+/// (`kinesin_tokio::Consumer`, `kinesin_async_std::Consumer`); code that
+/// stays generic over the runtime reads:
+///
+/// ```
+/// use futures_lite::StreamExt;
+/// use kinesin_aws::{Consumer, Error, Runtime};
+///
+/// async fn consume<R: Runtime + Default>(sdk: &aws_types::SdkConfig) -> Result<(), Error> {
+///     let consumer = Consumer::<R>::builder()
+///         .stream("orders")
+///         .enhanced_fan_out("orders-app") // or .polling()
+///         .lease_table("orders-leases")
+///         .create_lease_table(true)
+///         .build(sdk)
+///         .await?; // bad configuration: an error naming the field
+///     let mut batches = consumer.batches();
+///     while let Some(batch) = batches.next().await {
+///         let batch = batch?;
+///         for record in batch.records() {
+///             println!("{} {} bytes", record.partition_key(), record.data().len());
+///         }
+///         batch.ack(); // dropped without ack: delivered again
+///     }
+///     consumer.shutdown().await // final checkpoints, leases released
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Consumer<R> {
     handle: DriverHandle,
@@ -642,6 +716,24 @@ impl<R: Runtime + Default> Consumer<R> {
     /// workers take the shards after the failover time).
     pub fn abort(self) {
         self.handle.abort();
+    }
+
+    /// This consumer's metrics: per-shard series while a lease is held
+    /// (lag, records and bytes delivered and acked), per-worker counters,
+    /// [`crate::Metrics::render`] for Prometheus and
+    /// [`crate::Metrics::health`] for a readiness probe. Cheap to clone.
+    pub fn metrics(&self) -> &crate::Metrics {
+        self.handle.metrics()
+    }
+
+    /// Lease events as a `futures::Stream`: first a
+    /// [`LeaseEvent::Gained`](crate::LeaseEvent::Gained) for every lease held
+    /// now, then every gain (shard, fencing token, start position), loss
+    /// (with its reason) and shard end, so a sink can open and close
+    /// per-shard resources. Several streams may be taken; each sees every
+    /// event. Ends once the consumer has shut down.
+    pub fn lease_events(&self) -> crate::LeaseEvents {
+        self.handle.lease_events()
     }
 }
 

@@ -86,7 +86,8 @@ pub enum DriverError {
 /// A command from the application (or a batch handle) to the driver.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Ack(BatchId),
+    /// With its shard, for the per-shard acked counters.
+    Ack(BatchId, ShardRef),
     /// A batch comes back: its payload with it, kept for the redelivery.
     Nack {
         id: BatchId,
@@ -103,6 +104,26 @@ pub(crate) enum Command {
 /// Dropping a batch without [`Batch::ack`] is a nack: the same records are
 /// delivered again (while this worker holds the shard), and the checkpoint
 /// stays before them.
+///
+/// ```
+/// use kinesin_aws::Batch;
+///
+/// /// Write a batch to a sink that refuses writes under an older fencing
+/// /// token than it has seen for the shard; ack only what was written.
+/// fn write(batch: Batch, sink: &mut Vec<(String, u64, Vec<u8>)>) -> std::io::Result<()> {
+///     let shard = batch.shard().to_string();
+///     let newest = sink.iter().filter(|w| w.0 == shard).map(|w| w.1).max();
+///     if newest.is_some_and(|t| t > batch.fencing_token()) {
+///         batch.nack(); // a later owner wrote already: this worker lost the shard
+///         return Ok(());
+///     }
+///     for r in batch.records() {
+///         sink.push((shard.clone(), batch.fencing_token(), r.data().to_vec()));
+///     }
+///     batch.ack();
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Batch {
     id: BatchId,
@@ -144,7 +165,9 @@ impl Batch {
     /// The records were processed: they may be checkpointed.
     pub fn ack(mut self) {
         self.done = true;
-        let _ = self.commands.try_send(Command::Ack(self.id));
+        let _ = self
+            .commands
+            .try_send(Command::Ack(self.id, self.shard.clone()));
     }
     /// The records could not be processed: deliver them again.
     pub fn nack(self) {
@@ -171,7 +194,7 @@ impl Drop for Batch {
 /// recorder installed when the consumer is built) instead of per batch:
 /// `kinesin_millis_behind_latest{shard}` once per shard, and set once per
 /// chunk (every batch of a chunk carries the same value).
-struct Metrics {
+struct FacadeMetrics {
     records_delivered: metrics::Counter,
     bytes_delivered: metrics::Counter,
     millis_behind: HashMap<ShardRef, metrics::Gauge>,
@@ -179,9 +202,9 @@ struct Metrics {
     millis_chunk: Option<ChunkId>,
 }
 
-impl Metrics {
+impl FacadeMetrics {
     fn register() -> Self {
-        Metrics {
+        FacadeMetrics {
             records_delivered: metrics::counter!("kinesin_records_delivered_total"),
             bytes_delivered: metrics::counter!("kinesin_bytes_delivered_total"),
             millis_behind: HashMap::new(),
@@ -199,7 +222,7 @@ impl Metrics {
                 .millis_behind
                 .entry(b.shard.clone())
                 .or_insert_with(|| {
-                    metrics::gauge!("kinesin_millis_behind_latest", "shard" => b.shard.shard.to_string())
+                    metrics::gauge!("kinesin_millis_behind_latest", "stream" => b.shard.stream.to_string(), "shard" => b.shard.shard.to_string())
                 });
             gauge.set(b.millis_behind as f64);
         }
@@ -313,6 +336,16 @@ enum Report {
     },
 }
 
+impl Report {
+    fn input(&self) -> &Input {
+        match self {
+            Report::Input(input)
+            | Report::WithBadRows { input, .. }
+            | Report::WithPayload { input, .. } => input,
+        }
+    }
+}
+
 /// Driver settings that the core does not know about.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
@@ -340,6 +373,8 @@ pub struct DriverHandle {
     commands: async_channel::Sender<Command>,
     deliveries: async_channel::Receiver<Delivery>,
     dead_letters: async_channel::Receiver<DeadLetter>,
+    metrics: crate::metrics::Metrics,
+    events: crate::events::EventHub,
 }
 
 impl DriverHandle {
@@ -366,6 +401,18 @@ impl DriverHandle {
     /// released: others take them after the failover time).
     pub fn abort(&self) {
         let _ = self.commands.try_send(Command::Abort);
+    }
+
+    /// The driver's metrics registry (per-shard series while a lease is
+    /// held, per-worker counters, health).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// A stream of lease events: the leases held now, then every gain,
+    /// loss and shard end (see [`crate::events`]).
+    pub fn lease_events(&self) -> crate::events::LeaseEvents {
+        self.events.subscribe()
     }
 }
 
@@ -404,9 +451,10 @@ pub struct Driver<R: Runtime> {
     /// lost): a delivered batch carries its payload, and a nack brings it
     /// back, so acked batches cost no bookkeeping here.
     nacked: BTreeMap<BatchId, (ShardRef, Arc<[Record]>)>,
-    metrics: Metrics,
+    /// Facade (`metrics` crate) handles of the hot path.
+    facade: FacadeMetrics,
     /// The acks taken in one run of queued commands (reused).
-    ack_run: Vec<BatchId>,
+    ack_run: Vec<(BatchId, ShardRef)>,
     subs: HashMap<SubId, async_channel::Sender<ChunkId>>,
     shutdown_waiters: Vec<async_channel::Sender<()>>,
     leases_held: usize,
@@ -417,6 +465,10 @@ pub struct Driver<R: Runtime> {
     /// each is reported once, and again only after a read without it
     /// (repaired or deleted) and a later one with it.
     bad_rows: HashMap<Option<StreamId>, BTreeSet<RowError>>,
+    /// The registry behind `DriverHandle::metrics`.
+    metrics: crate::metrics::Metrics,
+    /// The fan-out behind `DriverHandle::lease_events`.
+    events: crate::events::EventHub,
 }
 
 impl<R: Runtime> std::fmt::Debug for Driver<R> {
@@ -444,10 +496,18 @@ impl<R: Runtime> Driver<R> {
         let (commands_tx, commands_rx) = async_channel::unbounded();
         let (deliveries_tx, deliveries_rx) = async_channel::unbounded();
         let (dead_letters_tx, dead_letters_rx) = async_channel::unbounded();
+        let config = worker.config();
+        let metrics = crate::metrics::Metrics::new(
+            config.failover_time,
+            (config.pool_records, config.pool_bytes),
+        );
+        let events = crate::events::EventHub::default();
         let handle = DriverHandle {
             commands: commands_tx.clone(),
             deliveries: deliveries_rx.clone(),
             dead_letters: dead_letters_rx.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
         };
         let driver = Driver {
             runtime,
@@ -466,12 +526,14 @@ impl<R: Runtime> Driver<R> {
             chunks: BTreeMap::new(),
             bad_rows: HashMap::new(),
             nacked: BTreeMap::new(),
-            metrics: Metrics::register(),
+            facade: FacadeMetrics::register(),
             ack_run: Vec::new(),
             subs: HashMap::new(),
             shutdown_waiters: Vec::new(),
             leases_held: 0,
             pool_shown: (0, 0),
+            metrics,
+            events,
         };
         (driver, handle)
     }
@@ -548,7 +610,7 @@ impl<R: Runtime> Driver<R> {
             match wake {
                 Wake::Report(r) => self.handle_report(r),
                 Wake::Command(Command::Abort) | Wake::Closed => stop = true,
-                Wake::Command(Command::Ack(id)) => self.ack_run.push(id),
+                Wake::Command(Command::Ack(id, shard)) => self.ack_run.push((id, shard)),
                 Wake::Command(c) => self.handle_command(c),
                 // Fired: armed again on the next turn, even for the same
                 // deadline.
@@ -607,11 +669,13 @@ impl<R: Runtime> Driver<R> {
                 payloads,
                 input,
             } => {
+                self.metrics.records_read(payloads.len() as u64);
                 self.chunks.insert(chunk, ChunkPayloads::new(payloads));
                 input
             }
         };
         self.forget_ended_subscription(&input);
+        self.metrics.observe_input(&input);
         self.worker.handle_input(now, input);
     }
 
@@ -625,6 +689,7 @@ impl<R: Runtime> Driver<R> {
         let before = self.bad_rows.remove(&partition).unwrap_or_default();
         for e in now.iter().filter(|e| !before.contains(*e)) {
             metrics::counter!("kinesin_lease_bad_rows_total").increment(1);
+            self.metrics.bad_row();
             if partition.is_none() {
                 warn!(
                     "skipping a heartbeat row that does not decode ({e}): other workers' \
@@ -652,7 +717,7 @@ impl<R: Runtime> Driver<R> {
         let mut abort = false;
         for _ in 0..4096 {
             match self.commands_rx.try_recv() {
-                Ok(Command::Ack(id)) => acks.push(id),
+                Ok(Command::Ack(id, shard)) => acks.push((id, shard)),
                 Ok(Command::Abort) => {
                     abort = true;
                     break;
@@ -670,18 +735,24 @@ impl<R: Runtime> Driver<R> {
         abort
     }
 
-    fn apply_acks(&mut self, acks: &mut Vec<BatchId>) {
+    fn apply_acks(&mut self, acks: &mut Vec<(BatchId, ShardRef)>) {
         if acks.is_empty() {
             return;
         }
         let now = self.runtime.now();
-        self.worker.ack_many(now, acks.drain(..), |e| debug!("{e}"));
+        let metrics = &self.metrics;
+        let ids = acks.drain(..).map(|(id, shard)| {
+            metrics.acked(&shard, id);
+            id
+        });
+        self.worker.ack_many(now, ids, |e| debug!("{e}"));
     }
 
     fn handle_command(&mut self, command: Command) {
         let now = self.runtime.now();
         match command {
-            Command::Ack(id) => {
+            Command::Ack(id, shard) => {
+                self.metrics.acked(&shard, id);
                 if let Err(e) = self.worker.ack(now, id) {
                     debug!("{e}");
                 }
@@ -744,6 +815,7 @@ impl<R: Runtime> Driver<R> {
             self.pool_shown = (records, bytes);
             metrics::gauge!("kinesin_pool_records").set(records as f64);
             metrics::gauge!("kinesin_pool_bytes").set(bytes as f64);
+            self.metrics.pool(records, bytes);
         }
     }
 
@@ -771,7 +843,15 @@ impl<R: Runtime> Driver<R> {
                         }
                     }
                 };
-                self.metrics.delivered(&b, records.len());
+                self.facade.delivered(&b, records.len());
+                self.metrics.delivered(
+                    &b.shard,
+                    b.id,
+                    records.len() as u64,
+                    b.bytes,
+                    b.millis_behind,
+                    b.redelivery,
+                );
                 let batch = Batch {
                     id: b.id,
                     shard: b.shard,
@@ -804,7 +884,9 @@ impl<R: Runtime> Driver<R> {
                         records = records.len(),
                         "nacked batch dropped (auto_replay_nacks: false)"
                     );
-                    let _ = self.commands_tx.try_send(Command::Ack(b.id));
+                    let _ = self
+                        .commands_tx
+                        .try_send(Command::Ack(b.id, b.shard.clone()));
                     return;
                 }
                 warn!(
@@ -835,9 +917,19 @@ impl<R: Runtime> Driver<R> {
             Event::ChunkDone { chunk } => {
                 self.chunks.remove(&chunk);
             }
-            Event::LeaseAcquired { shard, token } => {
+            Event::LeaseAcquired {
+                shard,
+                token,
+                start,
+            } => {
+                self.events.publish(crate::events::LeaseEvent::Gained {
+                    shard: shard.clone(),
+                    token: token.0,
+                    start,
+                });
                 self.leases_held += 1;
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                self.metrics.lease_gained(&shard, token.0);
                 info!(%shard, token = token.0, "lease acquired");
             }
             Event::LeaseLost {
@@ -848,14 +940,24 @@ impl<R: Runtime> Driver<R> {
                 self.leases_held = self.leases_held.saturating_sub(1);
                 metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
                 self.nacked.retain(|_, (s, _)| *s != shard);
-                self.metrics.forget_shard(&shard);
+                self.facade.forget_shard(&shard);
+                self.metrics.lease_lost(&shard, reason);
+                self.events.publish(crate::events::LeaseEvent::Lost {
+                    shard: shard.clone(),
+                    token: token.0,
+                    reason,
+                });
                 if reason == LostReason::Taken || reason == LostReason::SelfFenced {
                     warn!(%shard, token = token.0, ?reason, "lease lost");
                 } else {
                     info!(%shard, token = token.0, ?reason, "lease given up");
                 }
             }
-            Event::ShardEnded { shard } => info!(%shard, "shard read to its end"),
+            Event::ShardEnded { shard } => {
+                info!(%shard, "shard read to its end");
+                self.events
+                    .publish(crate::events::LeaseEvent::ShardEnded { shard });
+            }
             Event::ShardFailed { shard, class } => {
                 warn!(%shard, ?class, "shard cannot be read; lease released")
             }
@@ -878,12 +980,14 @@ impl<R: Runtime> Driver<R> {
             }
             Event::Fatal { message } => {
                 warn!("fatal: {message}");
+                self.metrics.fatal(&message);
                 let _ = self
                     .deliveries_tx
                     .try_send(Err(DriverError::Fatal(message)));
             }
             Event::ShutdownComplete => {
                 info!("shutdown complete");
+                self.events.close();
                 self.chunks.clear();
                 self.nacked.clear();
             }
@@ -894,10 +998,15 @@ impl<R: Runtime> Driver<R> {
     where
         F: std::future::Future<Output = Report> + Send + 'static,
     {
-        let tx = self.reports_tx.clone();
+        let (tx, metrics, sent) = (
+            self.reports_tx.clone(),
+            self.metrics.clone(),
+            Instant::now(),
+        );
         self.runtime.spawn(Box::pin(
             async move {
                 let report = call.await;
+                metrics.call_took(report.input(), sent.elapsed());
                 let _ = tx.send(report).await;
             }
             .instrument(span),
@@ -974,6 +1083,7 @@ impl<R: Runtime> Driver<R> {
                 let tx = self.reports_tx.clone();
                 let span = shard_span(&shard);
                 metrics::counter!("kinesin_subscribe_total").increment(1);
+                self.metrics.subscription_started();
                 debug!(parent: &span, %sub, ?position, "SubscribeToShard");
                 self.runtime.spawn(Box::pin(
                     subscription_task(
@@ -1068,6 +1178,7 @@ impl<R: Runtime> Driver<R> {
             }
             Action::WriteLease { op, write } => {
                 metrics::counter!("kinesin_lease_writes_total").increment(1);
+                self.metrics.lease_write(op, &write);
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = store.write_lease_returning(&write);
                     let (result, row) = match with_deadline(&*rt, deadline(&rt), call).await {

@@ -114,6 +114,22 @@ type Item = HashMap<String, AttributeValue>;
 ///
 /// The client must be built with an HTTP client and a sleep implementation
 /// (the runtime crates do this); the store adds no executor of its own.
+///
+/// ```
+/// use kinesin_aws::{DynamoLeaseStore, LeaseStore, StoreError};
+/// use kinesin_core::ids::StreamId;
+///
+/// /// Print who holds each shard of a stream (what `kinesin leases` shows).
+/// async fn owners(client: aws_sdk_dynamodb::Client, stream_arn: &str) -> Result<(), StoreError> {
+///     let store = DynamoLeaseStore::new(client, "orders-leases");
+///     let rows = store.read_leases(&StreamId::new(stream_arn)).await?;
+///     for row in &rows.rows {
+///         let owner = row.owner.as_ref().map_or("free".to_owned(), ToString::to_string);
+///         println!("{} {owner} token {} checkpoint {:?}", row.shard, row.token.0, row.checkpoint);
+///     }
+///     Ok(())
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct DynamoLeaseStore {
     client: Client,

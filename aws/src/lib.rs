@@ -22,26 +22,38 @@
 //!   [`LocalLeaseStore`] (one process; format in [`local`]).
 //! - [`error`]: every SDK error mapped to the core's
 //!   [`kinesin_core::io::ErrorClass`] in one place.
+//! - [`LeaseEvents`] (lease gained, lost, shard ended) and [`Metrics`]
+//!   (the registry `kinesin consume --metrics-addr` serves).
+//!
+//! [`Consumer`], [`ConsumerBuilder`], [`Batch`], [`LeaseEvents`],
+//! [`Metrics`] and [`DynamoLeaseStore`] carry compiled examples; whole
+//! programs are in `runtime-tokio/examples` and `runtime-async-std/examples`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod codec;
 pub mod consumer;
 pub mod driver;
+#[cfg(feature = "dynamodb")]
 pub mod dynamo;
 pub mod error;
+pub mod events;
 pub mod kinesis;
 pub mod lease_store;
 pub mod local;
+pub mod metrics;
 pub mod runtime;
 
 pub use consumer::{Batches, Consumer, ConsumerBuilder, DeadLetters, Error};
 pub use driver::{Batch, DeadLetter, Driver, DriverError, DriverHandle, DriverOptions};
+#[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoLeaseStore;
 pub use error::KinesisError;
+pub use events::{LeaseEvent, LeaseEvents, LostReason, StartPosition};
 pub use kinesis::{Kinesis, Record, Subscription};
 pub use lease_store::{LeaseStore, RowError, Rows, StoreError, StoreFuture};
 pub use local::{LocalLeaseStore, LocalStoreError};
+pub use metrics::{Health, Metrics};
 pub use runtime::{AsyncTimer, Runtime, Task};
 
 /// How records are cut into batches (the core's setting, re-exported so the

@@ -96,7 +96,10 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         .into());
     }
 
-    let stats = crate::stats::install();
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(crate::stats::bind(addr).await?),
+        None => None,
+    };
     let sdk = crate::session::aws_config(&settings.session).await?;
 
     let mut b = Consumer::builder();
@@ -172,6 +175,10 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     }
 
     let consumer = b.build(&sdk).await?;
+    // The progress line, the logs and --metrics-addr read one registry.
+    let stats = crate::stats::Stats(consumer.metrics().clone());
+    let metrics_server =
+        metrics_listener.map(|l| tokio::spawn(crate::stats::serve(l, consumer.metrics().clone())));
     let mode = match (&args.efo, &settings.efo_name, &settings.efo_arn) {
         (None, None, None) => "polling".to_owned(),
         (Some(n), _, _) | (None, Some(n), _) => format!("Enhanced Fan-Out consumer {n}"),
@@ -200,6 +207,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let shared_delivered = Arc::new(AtomicU64::new(0));
     let progress_log = (!progress_on).then(|| {
         let delivered = shared_delivered.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.tick().await;
@@ -356,6 +364,9 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         eprintln!();
     }
     if let Some(task) = progress_log {
+        task.abort();
+    }
+    if let Some(task) = metrics_server {
         task.abort();
     }
     let stop = match outcome {

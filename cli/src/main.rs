@@ -16,6 +16,7 @@ mod produce;
 mod session;
 mod signals;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
     /// parent shards, state; `import` checkpoints from Bento or KCL,
     /// `rewind` a stopped fleet.
     Leases(LeasesArgs),
+    /// One view of a fleet from the lease table and the stream: per shard
+    /// owner, token, checkpoint, parents/children, lag; per worker heartbeat
+    /// age and leases. Reads only.
+    Status(status::StatusArgs),
     /// Small operations for demos and tests (split a shard, tally outputs).
     #[command(hide = true, subcommand)]
     Admin(admin::AdminCommand),
@@ -96,6 +101,10 @@ pub struct ConsumeArgs {
     /// field is honoured (README, Configuration); unknown fields are errors.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics and the worker's
+    /// health on http://ADDR/healthz (200 ready, 503 starting or failing).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `kinesin produce`.
@@ -174,6 +183,7 @@ fn main() -> ExitCode {
                 Some(LeasesAction::Rewind(a)) => import::rewind(a).await,
                 None => leases::run(args).await,
             },
+            Command::Status(args) => status::run(args).await,
             Command::Admin(cmd) => admin::run(cmd).await,
         }
     });

@@ -618,6 +618,9 @@ pub enum Event {
         shard: ShardRef,
         /// Its new fencing token.
         token: FencingToken,
+        /// Where reading starts: after the checkpoint, or the configured
+        /// initial position when the shard has none.
+        start: StartPosition,
     },
     /// A lease was lost or given up.
     LeaseLost {

@@ -667,7 +667,7 @@ impl WorkerHarness {
                 Event::ChunkDone { chunk } => {
                     self.done_chunks.insert(chunk);
                 }
-                Event::LeaseAcquired { shard, token } => {
+                Event::LeaseAcquired { shard, token, .. } => {
                     assert!(!self.held.contains_key(&shard), "{shard:?} acquired twice");
                     for parent in self.shard(&shard).map_or(&[][..], |s| &s.parents[..]) {
                         let parent = ShardRef::new(shard.stream.clone(), parent.clone());

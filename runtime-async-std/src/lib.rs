@@ -83,6 +83,7 @@ mod runtime;
 pub use http::{AsyncStdHttpClient, ConnectionStats, HttpClientBuilder, HttpClientError};
 pub use kinesin_aws::Batching;
 pub use kinesin_aws::{Batch, Batches, Error, Record};
+pub use kinesin_aws::{Health, LeaseEvent, LeaseEvents, LostReason, Metrics, StartPosition};
 pub use runtime::{AsyncIoSleep, AsyncStdRuntime};
 
 /// The consumer on async-std: see [`kinesin_aws::Consumer`].

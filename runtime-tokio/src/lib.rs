@@ -56,6 +56,7 @@ use std::time::Instant;
 
 pub use kinesin_aws::Batching;
 pub use kinesin_aws::{Batch, Batches, Error, Record};
+pub use kinesin_aws::{Health, LeaseEvent, LeaseEvents, LostReason, Metrics, StartPosition};
 
 /// The consumer on tokio: see [`kinesin_aws::Consumer`].
 pub type Consumer = kinesin_aws::Consumer<TokioRuntime>;

@@ -607,7 +607,7 @@ impl World {
             Event::ChunkDone { chunk } => {
                 self.procs[p].chunks.remove(&chunk);
             }
-            Event::LeaseAcquired { shard, token } => {
+            Event::LeaseAcquired { shard, token, .. } => {
                 self.trace.line(
                     self.now,
                     format_args!("{owner} acquired {shard} tok{}", token.0),

@@ -124,6 +124,7 @@ impl Worker {
             .and_then(|r| r.arn().map(str::to_owned));
         let mode = ReaderMode::from_config(&self.config, consumer_arn);
         let seed = self.rng.next_u64();
+        let start_event = start.clone();
         let mut reader = ShardReader::new(shard.clone(), start, mode, seed, now);
         if let Some((last, riu)) = self.spacing.remove(&shard) {
             reader.carry_subscribe_spacing(now, last, riu);
@@ -139,6 +140,7 @@ impl Worker {
         self.events.push_back(Event::LeaseAcquired {
             shard: shard.clone(),
             token,
+            start: start_event,
         });
         let slot = self.shards.insert(
             shard.clone(),

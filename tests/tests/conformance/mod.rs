@@ -6,7 +6,7 @@
 //! fresh stream and table names (deleted at the end) and asserts on the
 //! delivered records.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
@@ -40,6 +40,8 @@ macro_rules! conformance_suite {
             local_store_consumer_resumes_after_restart,
             poison_record_goes_to_the_dead_letter_handler_and_the_shard_moves_on,
             auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_it,
+            lease_events_report_gains_with_tokens_and_releases_at_shutdown,
+            lease_events_report_shard_end_and_hand_off_with_a_larger_token,
         );
     };
     (@tests $rt:ty; $($name:ident),* $(,)?) => {
@@ -791,5 +793,228 @@ pub async fn auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_i
     drop(batches);
     drop(letters);
     consumer.shutdown().await?;
+    Ok(())
+}
+
+/// `Consumer::lease_events`: a Gained per shard (token and start position)
+/// before its records, the same token on every batch of the lease, a
+/// late stream starting with the leases held, and a Lost (released) per
+/// shard at shutdown, after which the streams end.
+pub async fn lease_events_report_gains_with_tokens_and_releases_at_shutdown<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    use kinesin_aws::{LeaseEvent, LostReason, StartPosition};
+    let (stream, _arn) = env.create_stream("events", 2).await?;
+    env.put(&stream, &numbered(0..40, 8)).await?;
+    let consumer = env
+        .builder(&stream, &env.table(), "w1")
+        .build(&env.sdk)
+        .await?;
+    let mut events = consumer.lease_events();
+    let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
+    while tokens.len() < 2 {
+        let Some(Some(e)) = env.timeout(T, events.next()).await else {
+            anyhow::bail!("no lease gained within {T:?}: {tokens:?}");
+        };
+        match e {
+            LeaseEvent::Gained {
+                shard,
+                token,
+                start,
+            } => {
+                ensure!(token >= 1, "token {token}");
+                ensure!(
+                    start == StartPosition::TrimHorizon,
+                    "no checkpoint: {start:?}"
+                );
+                tokens.insert(shard.shard.as_str().to_owned(), token);
+            }
+            other => anyhow::bail!("unexpected before both gains: {other:?}"),
+        }
+    }
+    let mut batches = consumer.batches();
+    let got = env.take(&mut batches, 40, T).await?;
+    for g in &got {
+        ensure!(
+            tokens.get(&g.shard) == Some(&g.token),
+            "batch token {} of {} is not the gained token {:?}",
+            g.token,
+            g.shard,
+            tokens.get(&g.shard)
+        );
+    }
+    // A stream taken now starts with the leases held.
+    let mut late = consumer.lease_events();
+    let mut late_tokens = BTreeMap::new();
+    for _ in 0..2 {
+        match env.timeout(Duration::from_secs(5), late.next()).await {
+            Some(Some(LeaseEvent::Gained { shard, token, .. })) => {
+                late_tokens.insert(shard.shard.as_str().to_owned(), token);
+            }
+            other => anyhow::bail!("late stream: {other:?}"),
+        }
+    }
+    ensure!(late_tokens == tokens, "{late_tokens:?} != {tokens:?}");
+    drop(batches);
+    consumer.shutdown().await?;
+    for s in [&mut events, &mut late] {
+        let mut lost = BTreeMap::new();
+        while let Some(Some(e)) = env.timeout(Duration::from_secs(10), s.next()).await {
+            match e {
+                LeaseEvent::Lost {
+                    shard,
+                    token,
+                    reason,
+                } => {
+                    ensure!(reason == LostReason::Released, "{reason:?}");
+                    lost.insert(shard.shard.as_str().to_owned(), token);
+                }
+                other => anyhow::bail!("unexpected at shutdown: {other:?}"),
+            }
+        }
+        ensure!(lost == tokens, "released {lost:?}, held {tokens:?}");
+    }
+    Ok(())
+}
+
+/// Reads `events` until `done` says the events seen so far suffice, or the
+/// timeout passes (an error naming what was seen).
+async fn events_until<R: TestRuntime>(
+    env: &Env<R>,
+    events: &mut kinesin_aws::LeaseEvents,
+    limit: Duration,
+    mut done: impl FnMut(&[kinesin_aws::LeaseEvent]) -> bool,
+) -> Result<Vec<kinesin_aws::LeaseEvent>> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match env.timeout(left, events.next()).await {
+            Some(Some(e)) => seen.push(e),
+            Some(None) => anyhow::bail!("event stream ended; seen {seen:?}"),
+            None => anyhow::bail!("timed out after {limit:?}; seen {seen:?}"),
+        }
+    }
+    Ok(seen)
+}
+
+/// A split stream read by one worker: `ShardEnded` for the parent, then
+/// its `Lost` with reason `ShardEnded`, then the children gained. A second
+/// worker joins: the first reports `Lost { HandedOff }` for a child and the
+/// second `Gained` for it with a larger token, starting after the first's
+/// checkpoint.
+pub async fn lease_events_report_shard_end_and_hand_off_with_a_larger_token<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    use kinesin_aws::{LeaseEvent, LostReason, StartPosition};
+    let k = &env.k;
+    let (stream, _arn) = env.create_stream("evsplit", 1).await?;
+    env.put(&stream, &numbered(0..40, 8)).await?;
+    let parent = k
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await?
+        .shards
+        .unwrap_or_default()
+        .remove(0)
+        .shard_id;
+    k.split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&parent)
+        .new_starting_hash_key((u128::MAX / 2).to_string())
+        .send()
+        .await?;
+    env.wait_active(&stream).await?;
+    env.put(&stream, &numbered(40..80, 8)).await?;
+    let table = env.table();
+
+    let a = env.builder(&stream, &table, "a").build(&env.sdk).await?;
+    let mut events_a = a.lease_events();
+    let mut batches_a = a.batches();
+    let got_a = env.take(&mut batches_a, 80, T).await?;
+    let children_gained = |seen: &[LeaseEvent]| {
+        seen.iter()
+            .filter(
+                |e| matches!(e, LeaseEvent::Gained { shard, .. } if shard.shard.as_str() != parent),
+            )
+            .count()
+            == 2
+    };
+    let seen_a = events_until(env, &mut events_a, T, children_gained).await?;
+    let at = |want: &dyn Fn(&LeaseEvent) -> bool| seen_a.iter().position(want);
+    let ended =
+        at(&|e| matches!(e, LeaseEvent::ShardEnded { shard } if shard.shard.as_str() == parent))
+            .ok_or_else(|| anyhow::anyhow!("no ShardEnded for {parent}: {seen_a:?}"))?;
+    let lost = at(&|e| {
+        matches!(e, LeaseEvent::Lost { shard, reason: LostReason::ShardEnded, .. }
+            if shard.shard.as_str() == parent)
+    })
+    .ok_or_else(|| anyhow::anyhow!("no Lost(ShardEnded) for {parent}: {seen_a:?}"))?;
+    ensure!(ended < lost, "ShardEnded after its Lost: {seen_a:?}");
+    let child_tokens: BTreeMap<String, u64> = seen_a
+        .iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Gained { shard, token, .. } if shard.shard.as_str() != parent => {
+                Some((shard.shard.as_str().to_owned(), *token))
+            }
+            _ => None,
+        })
+        .collect();
+
+    // b joins; the fleet rebalances one child to it.
+    let b = env.builder(&stream, &table, "b").build(&env.sdk).await?;
+    let mut events_b = b.lease_events();
+    let batches_b = b.batches();
+    let handed = events_until(env, &mut events_a, T, |seen| {
+        seen.iter().any(|e| matches!(e, LeaseEvent::Lost { .. }))
+    })
+    .await?;
+    let Some(LeaseEvent::Lost {
+        shard: moved,
+        token: old,
+        reason,
+    }) = handed.last().cloned()
+    else {
+        anyhow::bail!("no Lost on a: {handed:?}");
+    };
+    ensure!(
+        reason == LostReason::HandedOff,
+        "a lost {moved} by {reason:?}"
+    );
+    ensure!(
+        child_tokens.get(moved.shard.as_str()) == Some(&old),
+        "lost token {old} of {moved} is not the gained {child_tokens:?}"
+    );
+    // b's gain of it: keep b's stream read while b's batches are drained.
+    let seen_b = events_until(env, &mut events_b, T, |seen| {
+        seen.iter()
+            .any(|e| matches!(e, LeaseEvent::Gained { shard, .. } if *shard == moved))
+    })
+    .await?;
+    let Some(LeaseEvent::Gained { token, start, .. }) = seen_b
+        .iter()
+        .find(|e| matches!(e, LeaseEvent::Gained { shard, .. } if *shard == moved))
+        .cloned()
+    else {
+        unreachable!("events_until returned on it");
+    };
+    ensure!(token > old, "b's token {token} not above a's {old}");
+    // pk0..pk7 hash to both halves, so a read (and checkpointed) records
+    // of either child before handing it off.
+    ensure!(
+        got_a.iter().any(|g| g.shard == moved.shard.as_str()),
+        "a read no record of {moved}"
+    );
+    ensure!(
+        matches!(
+            start,
+            StartPosition::AfterSequence(_) | StartPosition::AtSubSequence(_)
+        ),
+        "b starts {moved} at {start:?}, not after a's checkpoint"
+    );
+    drop((batches_a, batches_b));
+    a.shutdown().await?;
+    b.shutdown().await?;
     Ok(())
 }

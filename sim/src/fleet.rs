@@ -434,6 +434,9 @@ impl World {
                 if !self.running(p) || self.phase == Phase::Closing {
                     return Ok(());
                 }
+                // The original is doomed (it stops at its next heartbeat
+                // read or put): a fault for it, not a fleet failover.
+                self.disrupt(p, self.now + 20 * SEC);
                 let q = self.procs.len();
                 let offset = self.rng.below(3600 * SEC);
                 let skew = self.rng.below(4001) as i64 - 2000;

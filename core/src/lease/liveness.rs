@@ -12,7 +12,9 @@
 //!   earlier incarnation, counts from the reply of the first read that
 //!   showed it missing; `alive = false` is expired at once; a row of a later
 //!   incarnation of the same worker id (a restart, or a second process with
-//!   that id) leaves the earlier one expired F after its last beat seen,
+//!   that id) leaves the earlier one expired F after its last beat seen
+//!   (after the first read that showed its row replaced when our own reads
+//!   had a gap),
 //!   and the earlier one, if alive, fences for good at its next heartbeat
 //!   read or at its next put, which the table refuses over the later row
 //!   (`HeartbeatRow::put_applies`): it stops before anyone may take its
@@ -67,12 +69,6 @@ use super::{FinalBeat, FinalState, LeaseEvent, LeaseManager, Op};
 use crate::ids::{IdMint, Owner, ShardRef, StreamId};
 use crate::io::{Action, ErrorClass, LostReason};
 use crate::table::{consumes_all, HeartbeatRow, LeaseWrite};
-
-/// A row of a later incarnation of `owner`'s worker id is among `rows`.
-fn self_restarted(rows: &[HeartbeatRow], owner: &Owner) -> bool {
-    rows.iter()
-        .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
-}
 
 /// A heartbeat row whose beat has not changed for this many failover
 /// periods is a gone worker's and is deleted (see `collect_heartbeats`).
@@ -435,10 +431,10 @@ impl LeaseManager {
         // process restarted, or a second process runs with the same id. The
         // earlier incarnation stops at its next heartbeat read or at its
         // next put (the table refuses it over the later row), and can no
-        // longer renew: it is expired like any silent owner, F after its
-        // last beat was seen, never sooner. (A grace of two read intervals
-        // was not safe: an earlier process whose reads fail kept
-        // delivering past it; kinesin-sim seeds 5248, 7198.)
+        // longer renew: it is expired F after its last beat seen (see the
+        // `(None, p)` case below). (A grace of two read intervals was not
+        // safe: an earlier process whose reads fail kept delivering past
+        // it; kinesin-sim seeds 5248, 7198.)
         if rows
             .iter()
             .any(|r| r.owner.worker == self.me.worker && r.owner.incarnation > self.me.incarnation)
@@ -456,6 +452,12 @@ impl LeaseManager {
             });
             self.tick(now);
         }
+        let replaced = |owner: &Owner| {
+            rows.iter()
+                .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
+        };
+        let reads_unbroken = judged_before
+            .is_some_and(|j| sent.saturating_duration_since(j) <= self.timing.heartbeat_read * 2);
         // Owners judged expired by this read and not by the previous one.
         let mut turned: Vec<Owner> = Vec::new();
         // Owners known already: update in place.
@@ -476,10 +478,15 @@ impl LeaseManager {
                 (None, p) if p.beat.is_none() => p.clone(),
                 (None, p) => Observed {
                     beat: None,
-                    // Superseded: expired F after its last beat seen (it
-                    // cannot renew over the later row); a row gone for
-                    // another reason counts from now.
-                    since: if self_restarted(rows, owner) {
+                    // Superseded by a later incarnation while our reads
+                    // went on (the previous one succeeded within two read
+                    // intervals): from its last beat seen (it renews no
+                    // more: the table refuses its puts, and its next one
+                    // stops it). After a gap in our reads it may have
+                    // renewed unseen (kinesin-sim seed 1492), and a row
+                    // gone for another reason (deleted) counts from the
+                    // first read that misses it.
+                    since: if replaced(owner) && reads_unbroken {
                         p.since
                     } else {
                         now

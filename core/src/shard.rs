@@ -179,6 +179,9 @@ pub struct PoolRoom {
     /// A fair share for one read: the budget over the shards read, or the
     /// room left over the readers asking now when that is more.
     pub share: (u64, u64),
+    /// The budget over the shards read (no more than that for a read
+    /// that may stay outstanding: an EFO Pull).
+    pub fair: (u64, u64),
 }
 
 /// What one read reserves in the pool before it is sent.
@@ -648,9 +651,14 @@ impl ShardReader {
         let clip = |(r, b): (u64, u64)| (r.min(room.max.0).max(1), b.min(room.max.1).max(1));
         match &self.state {
             State::Efo { .. } => {
+                // The budget's fair share, not the room left: a Pull waits
+                // for the shard's next event (seconds on a quiet shard),
+                // and one that took all the free room starved the shards
+                // asking after it (kinesin-sim seed 843: three shards
+                // without a Pull for 30 s).
                 let (records, bytes) = clip((
-                    self.size.records_per_read.max(room.share.0),
-                    self.size.bytes_per_read.max(room.share.1),
+                    self.size.records_per_read.max(room.fair.0),
+                    self.size.bytes_per_read.max(room.fair.1),
                 ));
                 fits(records, bytes).then_some(ReadPlan {
                     limit: 0,
@@ -2547,6 +2555,33 @@ mod tests {
             }
         );
     }
+    /// Kinesin-sim seed 843: a Pull reserved all the free room when it was
+    /// the only reader asking (the boosted share); Pulls of quiet shards
+    /// wait seconds for an event, so three shards asking after it had no
+    /// room for 30 s. A Pull reserves the shard's largest recent event or
+    /// the budget's fair share, never the boost.
+    #[test]
+    fn an_efo_pull_reserves_the_fair_share_not_all_the_free_room() {
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        h.r.size.records_per_read = 10;
+        h.r.size.bytes_per_read = 1_000;
+        let room = PoolRoom {
+            free: (40_000, 3 << 20),
+            max: (50_000, 4 << 20),
+            share: (40_000, 3 << 20),
+            fair: (6_250, 512 << 10),
+        };
+        assert_eq!(
+            h.r.read_plan(room),
+            Some(ReadPlan {
+                limit: 0,
+                records: 6_250,
+                bytes: 512 << 10
+            })
+        );
+    }
+
     #[test]
     fn a_kpl_read_is_sized_by_its_expanded_size_not_its_kinesis_record_count() {
         let t0 = crate::test_epoch();
@@ -2554,6 +2589,7 @@ mod tests {
             free,
             max: (50_000, 1 << 20),
             share: (50_000, 1 << 20),
+            fair: (50_000, 1 << 20),
         };
         let h = H::polling(StartPosition::TrimHorizon, t0);
         // Unobserved: a Kinesis record may be 1 MiB, so one fits the budget.

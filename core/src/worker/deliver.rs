@@ -199,7 +199,13 @@ impl Worker {
                 (max.0 / held).max(free.0 / wanting).max(1),
                 (max.1 / held).max(free.1 / wanting).max(1),
             );
-            let room = PoolRoom { free, max, share };
+            let fair = ((max.0 / held).max(1), (max.1 / held).max(1));
+            let room = PoolRoom {
+                free,
+                max,
+                share,
+                fair,
+            };
             let Some((shard, st)) = self.shards.at_mut(slot) else {
                 continue;
             };

@@ -112,27 +112,29 @@ impl StreamView {
         if self.rows.contains_key(id) || depth > MAX_LINEAGE_DEPTH {
             return false;
         }
-        let children = self
-            .known
+        self.children(id).any(|c| self.child_done(c, depth + 1))
+    }
+
+    /// The shards that name `id` as a parent: listed, or named by a row.
+    fn children<'a>(&'a self, id: &'a ShardId) -> impl Iterator<Item = &'a ShardId> + 'a {
+        self.known
             .iter()
-            .filter(|(_, parents)| parents.contains(id))
+            .filter(move |(_, parents)| parents.contains(id))
             .map(|(c, _)| c)
             .chain(
                 self.rows
                     .values()
-                    .filter(|r| r.parents.contains(id))
+                    .filter(move |r| r.parents.contains(id))
                     .map(|r| &r.shard.shard),
-            );
-        for c in children {
-            let done = match self.rows.get(c) {
-                Some(r) => r.checkpoint.is_some(),
-                None => self.collected(c, depth + 1),
-            };
-            if done {
-                return true;
-            }
+            )
+    }
+
+    /// A child has a row with a checkpoint, or was collected itself.
+    fn child_done(&self, child: &ShardId, depth: u32) -> bool {
+        match self.rows.get(child) {
+            Some(r) => r.checkpoint.is_some(),
+            None => self.collected(child, depth),
         }
-        false
     }
 
     /// The row of a drained shard may be deleted: free, at `SHARD_END`,
@@ -143,24 +145,8 @@ impl StreamView {
         if row.owner.is_some() || row.checkpoint != Some(Checkpoint::ShardEnd) || !self.listed {
             return false;
         }
-        let id = &row.shard.shard;
-        let mut children = self
-            .known
-            .iter()
-            .filter(|(_, parents)| parents.contains(id))
-            .map(|(c, _)| c)
-            .chain(
-                self.rows
-                    .values()
-                    .filter(|r| r.parents.contains(id))
-                    .map(|r| &r.shard.shard),
-            )
-            .peekable();
-        children.peek().is_some()
-            && children.all(|c| match self.rows.get(c) {
-                Some(r) => r.checkpoint.is_some(),
-                None => self.collected(c, 0),
-            })
+        let mut children = self.children(&row.shard.shard).peekable();
+        children.peek().is_some() && children.all(|c| self.child_done(c, 0))
     }
 
     /// The `created_ms` of a new row with these parents: the earliest of

@@ -138,11 +138,19 @@ impl StreamView {
     }
 
     /// The row of a drained shard may be deleted: free, at `SHARD_END`,
-    /// and every child (listed, or named by a row) has a row with a
-    /// checkpoint or was collected itself (KCL deletes a parent's lease
-    /// once its children have checkpointed).
+    /// some child is known (listed by ListShards or named by a ChildShards:
+    /// each names every child of the split or merge, where a child row
+    /// names only itself), and every child (known, or named by a row) has
+    /// a row with a checkpoint or was collected itself (KCL deletes a
+    /// parent's lease once its children have checkpointed). A listing
+    /// older than the split knows no child: the rows alone may miss one
+    /// whose create is still in flight (swarm seeds 5044, 7598, 9970).
     pub(super) fn collectable(&self, row: &LeaseRow) -> bool {
         if row.owner.is_some() || row.checkpoint != Some(Checkpoint::ShardEnd) || !self.listed {
+            return false;
+        }
+        let id = &row.shard.shard;
+        if !self.known.values().any(|parents| parents.contains(id)) {
             return false;
         }
         let mut children = self.children(&row.shard.shard).peekable();

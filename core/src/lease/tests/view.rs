@@ -501,3 +501,38 @@ fn drained_rows_are_deleted_once_their_children_checkpointed_and_never_created_a
         "2, 3 and 4 held"
     );
 }
+
+#[test]
+fn a_parent_row_stays_while_a_listing_older_than_its_split_hides_a_child_without_a_row() {
+    // Swarm seeds 5044, 7598, 9970: 0 split into 1 and 2; the reader of 0
+    // wrote SHARD_END and created 1, its create of 2 hung. A worker whose
+    // last ListShards predates the split saw only the row of 1 (with a
+    // checkpoint) name 0 as parent, deleted 0, and 2 was then created
+    // anchored at its creation: records written to 2 before were lost.
+    let mut w = World::new();
+    let mut zero = LeaseRow::new(sref(0), vec![], 1);
+    zero.checkpoint = Some(Checkpoint::ShardEnd);
+    zero.token = FencingToken(3);
+    w.add_row(zero);
+    let mut one = LeaseRow::new(sref(1), vec![sid(0)], 1);
+    one.checkpoint = Some(cp(10));
+    w.add_row(one);
+    // The listing from before the split: 0 open, no children.
+    let infos = vec![info(0, &[], false)];
+    let nodes: Vec<usize> = (0..3).map(|i| w.add_node(&format!("w{i}"), 1)).collect();
+    for &i in &nodes {
+        w.with(i, |m, now, mint| {
+            m.handle_shards(now, &stream(), &infos, mint)
+        });
+    }
+    w.run_until(secs(60.0));
+    let deletes: usize = nodes
+        .iter()
+        .map(|&i| {
+            w.actions(i, |x| matches!(x, Action::DeleteLease { .. }))
+                .len()
+        })
+        .sum();
+    assert_eq!(deletes, 0, "0 deleted while its child 2 may lack a row");
+    assert!(w.rows.contains_key(&sref(0)));
+}

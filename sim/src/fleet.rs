@@ -450,8 +450,19 @@ impl World {
                     drift_ppm: 0,
                 };
                 let mut pr = Proc::new(self.procs[p].name.clone(), clock, skew);
-                // Far above the original's: its restarts stay earlier.
-                pr.inc = self.procs[p].inc + 1_000;
+                // Far above every incarnation of this id so far (the
+                // original's restarts stay earlier), and never one an
+                // earlier impostor of the same id took: two processes
+                // started apart never share an incarnation (seed 10496).
+                let name = &self.procs[p].name;
+                pr.inc = self
+                    .procs
+                    .iter()
+                    .filter(|o| &o.name == name)
+                    .map(|o| o.inc)
+                    .max()
+                    .unwrap_or(0)
+                    + 1_000;
                 self.procs.push(pr);
                 self.start(q)?;
             }

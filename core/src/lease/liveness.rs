@@ -536,11 +536,19 @@ impl LeaseManager {
             }
             self.live.observed.insert(owner, ob);
         }
-        // Forget owners nobody mentions any more.
+        // Forget owners nobody mentions any more, but not before they are
+        // long expired: an owner whose row vanished (replaced by a later
+        // incarnation, or deleted) may hold leases taken since our last
+        // table read; its expiry triggers the read that shows them
+        // (kinesin-sim seed 17066: forgotten at once, its lease waited for
+        // the next rebalance read, failover 12.1 s).
         let views = &self.views;
-        self.live
-            .observed
-            .retain(|o, ob| ob.beat.is_some() || views.values().any(|v| v.owners.contains_key(o)));
+        let forget_after = failover * HEARTBEAT_GC_FAILOVERS;
+        self.live.observed.retain(|o, ob| {
+            ob.beat.is_some()
+                || views.values().any(|v| v.owners.contains_key(o))
+                || sent.saturating_duration_since(ob.since) < forget_after
+        });
         self.live.last_hb_read_sent = Some(sent);
         self.live.last_hb_read_seq = sent_seq;
         if !self.live.fenced && !self.shutting_down {

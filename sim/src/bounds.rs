@@ -32,7 +32,10 @@
 //!   parent at SHARD_END or gone), not at SHARD_END and with no hand-off
 //!   pending, makes progress (a batch delivered, or a read answered with
 //!   `millis_behind == 0`: it is caught up) at least every
-//!   [`STALL_BOUND`], in both phases. A subscription that goes silent
+//!   [`STALL_BOUND`], in both phases, except while its reader waits for
+//!   pool room (`Worker::waits_for_pool`: the budget is held by the
+//!   worker's other shards, and the sink is the bottleneck; a shard starved
+//!   for good is the heal bound's to catch). A subscription that goes silent
 //!   (`Faults::efo_silent`) restarts its shard's clock: the shard must make
 //!   progress within the idle watchdog plus backoff of the silence (or of
 //!   a later fault of its resubscription, before that progress).

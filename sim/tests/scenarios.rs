@@ -656,10 +656,12 @@ fn a_worker_restarted_late_in_the_heal_is_judged_from_its_own_start() -> Result<
 /// impostor's incarnation: two processes as one owner); 15260 and 17066
 /// (an owner whose heartbeat row a restart replaced was forgotten at once
 /// by workers whose table view predated its lease: the lease waited for
-/// the next rebalance read, failover 12.1-12.4 s).
+/// the next rebalance read, failover 12.1-12.4 s); 3100 (an oracle
+/// defect: a shard waiting its turn for pool room, 9 shards of KPL bombs
+/// on a 4 MiB budget, was counted as stalled).
 #[test]
 fn seeds_the_20000_seed_sweep_failed_pass() -> Result<()> {
-    for seed in [5044, 7598, 9970, 10496, 14687, 15260, 17066] {
+    for seed in [3100, 5044, 7598, 9970, 10496, 14687, 15260, 17066] {
         ok(Params::swarm(seed))?;
     }
     Ok(())

@@ -168,9 +168,15 @@ impl Worker {
                 Self::release_idle_reservation(&mut self.pool, st);
             }
         }
-        if !self.pool.has_room() || self.wanting.is_empty() {
+        if self.wanting.is_empty() {
+            self.credit_blocked = false;
             return false;
         }
+        if !self.pool.has_room() {
+            self.credit_blocked = true;
+            return false;
+        }
+        self.credit_blocked = false;
         let mut order = std::mem::take(&mut self.scratch);
         order.clear();
         order.extend_from_slice(&self.wanting);
@@ -186,6 +192,7 @@ impl Worker {
         let mut progress = false;
         for &slot in &order {
             if !self.pool.has_room() {
+                self.credit_blocked = true;
                 break;
             }
             let free = (
@@ -219,9 +226,11 @@ impl Worker {
             // and starts with it when room appears (no starvation of a
             // shard with large reads by shards with small ones).
             let Some(plan) = reader.read_plan(room) else {
+                self.credit_blocked = true;
                 break;
             };
             let Ok(permit) = self.pool.try_admit(plan.records, plan.bytes) else {
+                self.credit_blocked = true;
                 break;
             };
             let Some(action) = reader.grant(now, plan.limit, &mut self.mint) else {

@@ -184,6 +184,9 @@ pub struct Worker {
     shutting_down: bool,
     done: bool,
     credit_cursor: Option<ShardRef>,
+    /// The last credit round stopped for want of pool room with readers
+    /// still asking (their reads wait for acks to free the budget).
+    credit_blocked: bool,
     /// Shards touched since the last [`Worker::settle`]: inputs routed to
     /// them, commands, lease events, deadlines reached. `pump` visits only
     /// these (in key order, so outputs are in the same order as a walk of
@@ -263,6 +266,7 @@ impl Worker {
             shutting_down: false,
             done: false,
             credit_cursor: None,
+            credit_blocked: false,
             dirty: Vec::new(),
             wanting: Vec::new(),
             credit_outstanding: 0,
@@ -326,6 +330,19 @@ impl Worker {
                 .and_then(|r| r.resume_position().cloned()),
             millis_behind: st.millis_behind,
         })
+    }
+
+    /// Whether `shard`'s reader waits for pool room: it asks for credit
+    /// and the last credit round stopped because the budget was used up
+    /// (by this worker's other shards' reads and unacknowledged batches).
+    /// Such a shard waits for the sink, not for a hung request; the
+    /// simulator's stall oracle does not count it due.
+    pub fn waits_for_pool(&self, shard: &ShardRef, now: Instant) -> bool {
+        self.credit_blocked
+            && self
+                .shards
+                .get(shard)
+                .is_some_and(|st| st.wants_credit(now))
     }
 
     /// Pool usage: (records, bytes).

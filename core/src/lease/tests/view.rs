@@ -96,6 +96,17 @@ fn creates_rows_only_for_shards_missing_from_view() {
     assert_eq!(w.nodes[a].mgr.stats().other_lease_writes, 3);
 }
 
+/// Lease-row deletes sent by these nodes.
+fn lease_deletes(w: &World, nodes: &[usize]) -> usize {
+    nodes
+        .iter()
+        .map(|&i| {
+            w.actions(i, |x| matches!(x, Action::DeleteLease { .. }))
+                .len()
+        })
+        .sum()
+}
+
 fn creates(w: &World, i: usize) -> Vec<ShardRef> {
     w.actions(i, |x| matches!(write_of(x), Some(LeaseWrite::Create(_))))
         .iter()
@@ -482,13 +493,7 @@ fn drained_rows_are_deleted_once_their_children_checkpointed_and_never_created_a
     assert_eq!(w.rows[&sref(4)].token, token);
     w.run_for(secs(80.0));
     assert!(!w.rows.contains_key(&sref(1)), "1 collected");
-    let deletes: usize = nodes
-        .iter()
-        .map(|&i| {
-            w.actions(i, |x| matches!(x, Action::DeleteLease { .. }))
-                .len()
-        })
-        .sum();
+    let deletes = lease_deletes(&w, &nodes);
     assert_eq!(deletes, 2, "each row deleted once");
     let recreated: Vec<ShardRef> = nodes.iter().flat_map(|&i| creates(&w, i)).collect();
     assert!(
@@ -526,13 +531,7 @@ fn a_parent_row_stays_while_a_listing_older_than_its_split_hides_a_child_without
         });
     }
     w.run_until(secs(60.0));
-    let deletes: usize = nodes
-        .iter()
-        .map(|&i| {
-            w.actions(i, |x| matches!(x, Action::DeleteLease { .. }))
-                .len()
-        })
-        .sum();
+    let deletes = lease_deletes(&w, &nodes);
     assert_eq!(deletes, 0, "0 deleted while its child 2 may lack a row");
     assert!(w.rows.contains_key(&sref(0)));
 }

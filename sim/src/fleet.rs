@@ -179,6 +179,11 @@ impl World {
         if self.p.start_latest {
             c.start_from = StartFrom::Latest;
         }
+        if let Some(t) = self.p.start_at_us {
+            c.start_from = StartFrom::Timestamp {
+                unix_ms: UNIX_BASE_MS + t / MS,
+            };
+        }
         c
     }
 

@@ -160,6 +160,9 @@ pub struct Oracles {
     /// before a shard's anchor are excused (`no-loss` still holds for every
     /// record after it).
     pub latest: bool,
+    /// The fleet starts shards without a checkpoint AT_TIMESTAMP of this
+    /// unix time: every shard's anchor, whenever its row was created.
+    pub start_at_ms: Option<u64>,
 }
 
 impl Oracles {
@@ -212,14 +215,15 @@ impl Oracles {
             return;
         }
         self.shards[shard].row_created_ms = Some(created_ms);
-        if !self.latest {
-            return;
-        }
-        let anchor = self.shards[shard]
-            .parents
-            .iter()
-            .filter_map(|&p| self.shards[p].row_created_ms)
-            .fold(created_ms, u64::min);
+        let anchor = match self.start_at_ms {
+            Some(t) => t,
+            None if self.latest => self.shards[shard]
+                .parents
+                .iter()
+                .filter_map(|&p| self.shards[p].row_created_ms)
+                .fold(created_ms, u64::min),
+            None => return,
+        };
         let book = &mut self.shards[shard];
         book.anchor_ms = Some(anchor);
         for &id in &book.users {

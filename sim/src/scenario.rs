@@ -261,6 +261,13 @@ pub struct Params {
     /// Shards without a checkpoint start at LATEST (else TRIM_HORIZON);
     /// records before a shard's anchor are excused from `no-loss`.
     pub start_latest: bool,
+    /// Shards without a checkpoint start AT_TIMESTAMP of this simulated
+    /// time (µs from the run's start, before the fleet, which then starts
+    /// at 10 s with the producer running from 0; exclusive with
+    /// `start_latest`):
+    /// records that arrived before it are excused from `no-loss`, every
+    /// later one is due, in parents and children alike.
+    pub start_at_us: Option<Micros>,
     /// Batching count.
     pub batch_count: u32,
     /// `checkpoint_limit`.
@@ -326,6 +333,7 @@ impl Params {
             efo_empty_first_event: false,
             empty_get_records: false,
             start_latest: false,
+            start_at_us: None,
             batch_count: 10,
             checkpoint_limit: 1024,
             pool_records: 50_000,
@@ -400,6 +408,13 @@ impl Params {
             rng.unit_f64() * 0.01
         };
         p.max_open_shards = shards * 2 + 2;
+        // Drawn last (earlier draws stay as they were): an AT_TIMESTAMP
+        // start in the 10 s the producer runs before the fleet starts
+        // (Kinesis refuses a timestamp in the future), then the fault
+        // phase's splits and merges under load.
+        if !p.start_latest && rng.chance(0.2) {
+            p.start_at_us = Some(rng.below(10 * SEC));
+        }
         p
     }
 

@@ -177,6 +177,7 @@ impl World {
         kinesis.empty_get_records = p.empty_get_records;
         let mut oracles = Oracles::default();
         oracles.latest = p.start_latest;
+        oracles.start_at_ms = p.start_at_us.map(|t| UNIX_BASE_MS + t / MS);
         for _ in 0..kinesis.shards.len() {
             oracles.add_shard(Vec::new());
         }
@@ -233,7 +234,11 @@ impl World {
 
     /// Run to the end (or the first violation) and report.
     pub fn run(mut self) -> RunReport {
-        let start = if self.p.pre_split { 10 * SEC } else { 0 };
+        let start = if self.p.pre_split || self.p.start_at_us.is_some() {
+            10 * SEC
+        } else {
+            0
+        };
         if self.p.pre_split {
             self.q.push(0, Ev::Produce);
             self.q.push(2 * SEC, Ev::Op(Op::Split(0)));

@@ -337,6 +337,15 @@ fn parse_text(text: &str) -> Result<Settings> {
         if path.starts_with("input_resources") {
             ignored.retain(|k| k != "input_resources");
         }
+        if path.starts_with("resources.inputs.") {
+            // Read from it; its other kinds of resources are ignored.
+            let others = top["resources"]
+                .as_mapping()
+                .is_some_and(|m| m.keys().any(|k| key_name(k) != "inputs"));
+            if !others {
+                ignored.retain(|k| k != "resources");
+            }
+        }
         let mut s = parse_block(&path, block)?;
         if !ignored.is_empty() {
             warnings.insert(
@@ -390,9 +399,20 @@ fn resource<'a>(top: &'a Mapping, path: String, m: &'a Mapping) -> Result<(Strin
         .flatten()
         .enumerate()
         .find(|(_, v)| v.get("label").and_then(Value::as_str) == Some(name));
-    match found {
-        Some((i, Value::Mapping(rm))) => Ok((format!("input_resources[{i}]"), rm)),
-        _ => bail!("{path}.resource: no entry of input_resources has the label {name:?}"),
+    if let Some((i, Value::Mapping(rm))) = found {
+        return Ok((format!("input_resources[{i}]"), rm));
+    }
+    // Benthos v3: `resources.inputs` is a mapping from label to input.
+    let v3 = top
+        .get("resources")
+        .and_then(|r| r.get("inputs"))
+        .and_then(|i| i.get(name));
+    match v3 {
+        Some(Value::Mapping(rm)) => Ok((format!("resources.inputs.{name}"), rm)),
+        _ => bail!(
+            "{path}.resource: no entry of input_resources has the label {name:?} (nor of \
+             Benthos v3's resources.inputs)"
+        ),
     }
 }
 

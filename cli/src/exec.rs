@@ -166,6 +166,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     fn env() -> BatchEnv<'static> {
         BatchEnv {
             stream: "s",

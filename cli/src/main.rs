@@ -64,6 +64,9 @@ stdout: JSON Lines, one object per user record (KPL sub-records de-aggregated):
   {\"stream\":\"...\",\"shard\":\"shardId-000000000001\",\"sequence\":\"4959...\",\"sub_sequence\":0,
    \"partition_key\":\"...\",\"data\":\"<base64>\",\"arrival_ms\":1764090000000,\"fencing_token\":7}
 stderr: logs and, on a terminal, a progress line (records/s, shards held, lag).
+--exec CMD: each batch's lines go to CMD's stdin instead; exit 0 acks, anything else nacks
+  (redelivered after the backoff; with --max-deliveries N, the N-th nack sends the batch to
+  --dead-letter FILE|kinesis:STREAM and the shard moves on once it is stored).
 SIGINT / SIGTERM: stop reading, flush output, write final checkpoints, release leases, exit 0.")]
 pub struct ConsumeArgs {
     /// Stream name or ARN; repeatable.

@@ -60,6 +60,7 @@ use kinesin_core::Worker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::KinesisError;
+use crate::facade;
 use crate::kinesis::{Kinesis, Payloads, Record};
 use crate::lease_store::{LeaseStore, RowError};
 use crate::runtime::{with_deadline, Runtime};
@@ -195,9 +196,9 @@ impl Drop for Batch {
 /// `kinesin_millis_behind_latest{shard}` once per shard, and set once per
 /// chunk (every batch of a chunk carries the same value).
 struct FacadeMetrics {
-    records_delivered: metrics::Counter,
-    bytes_delivered: metrics::Counter,
-    millis_behind: HashMap<ShardRef, metrics::Gauge>,
+    records_delivered: facade::Counter,
+    bytes_delivered: facade::Counter,
+    millis_behind: HashMap<ShardRef, facade::Gauge>,
     /// The chunk whose MillisBehindLatest was set last.
     millis_chunk: Option<ChunkId>,
 }
@@ -205,8 +206,8 @@ struct FacadeMetrics {
 impl FacadeMetrics {
     fn register() -> Self {
         FacadeMetrics {
-            records_delivered: metrics::counter!("kinesin_records_delivered_total"),
-            bytes_delivered: metrics::counter!("kinesin_bytes_delivered_total"),
+            records_delivered: facade::counter("kinesin_records_delivered_total"),
+            bytes_delivered: facade::counter("kinesin_bytes_delivered_total"),
             millis_behind: HashMap::new(),
             millis_chunk: None,
         }
@@ -222,7 +223,11 @@ impl FacadeMetrics {
                 .millis_behind
                 .entry(b.shard.clone())
                 .or_insert_with(|| {
-                    metrics::gauge!("kinesin_millis_behind_latest", "stream" => b.shard.stream.to_string(), "shard" => b.shard.shard.to_string())
+                    facade::shard_gauge(
+                        "kinesin_millis_behind_latest",
+                        b.shard.stream.as_str(),
+                        b.shard.shard.as_str(),
+                    )
                 });
             gauge.set(b.millis_behind as f64);
         }
@@ -688,7 +693,7 @@ impl<R: Runtime> Driver<R> {
         let now: BTreeSet<RowError> = bad.into_iter().collect();
         let before = self.bad_rows.remove(&partition).unwrap_or_default();
         for e in now.iter().filter(|e| !before.contains(*e)) {
-            metrics::counter!("kinesin_lease_bad_rows_total").increment(1);
+            facade::counter("kinesin_lease_bad_rows_total").increment(1);
             self.metrics.bad_row();
             if partition.is_none() {
                 warn!(
@@ -813,8 +818,8 @@ impl<R: Runtime> Driver<R> {
         let (records, bytes) = self.worker.pool_used();
         if (records, bytes) != self.pool_shown {
             self.pool_shown = (records, bytes);
-            metrics::gauge!("kinesin_pool_records").set(records as f64);
-            metrics::gauge!("kinesin_pool_bytes").set(bytes as f64);
+            facade::gauge("kinesin_pool_records").set(records as f64);
+            facade::gauge("kinesin_pool_bytes").set(bytes as f64);
             self.metrics.pool(records, bytes);
         }
     }
@@ -874,9 +879,9 @@ impl<R: Runtime> Driver<R> {
                     warn!(batch = %b.id, "dead letter of a batch whose payload is gone");
                     return;
                 };
-                metrics::counter!("kinesin_dead_letters_total").increment(1);
+                facade::counter("kinesin_dead_letters_total").increment(1);
                 if self.options.drop_dead_letters {
-                    metrics::counter!("kinesin_dead_letters_dropped_total").increment(1);
+                    facade::counter("kinesin_dead_letters_dropped_total").increment(1);
                     warn!(
                         shard = %b.shard,
                         batch = %b.id,
@@ -928,7 +933,7 @@ impl<R: Runtime> Driver<R> {
                     start,
                 });
                 self.leases_held += 1;
-                metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                facade::gauge("kinesin_leases_held").set(self.leases_held as f64);
                 self.metrics.lease_gained(&shard, token.0);
                 info!(%shard, token = token.0, "lease acquired");
             }
@@ -938,7 +943,7 @@ impl<R: Runtime> Driver<R> {
                 reason,
             } => {
                 self.leases_held = self.leases_held.saturating_sub(1);
-                metrics::gauge!("kinesin_leases_held").set(self.leases_held as f64);
+                facade::gauge("kinesin_leases_held").set(self.leases_held as f64);
                 self.nacked.retain(|_, (s, _)| *s != shard);
                 self.facade.forget_shard(&shard);
                 self.metrics.lease_lost(&shard, reason);
@@ -1082,7 +1087,7 @@ impl<R: Runtime> Driver<R> {
                 self.subs.insert(sub, credit_tx);
                 let tx = self.reports_tx.clone();
                 let span = shard_span(&shard);
-                metrics::counter!("kinesin_subscribe_total").increment(1);
+                facade::counter("kinesin_subscribe_total").increment(1);
                 self.metrics.subscription_started();
                 debug!(parent: &span, %sub, ?position, "SubscribeToShard");
                 self.runtime.spawn(Box::pin(
@@ -1139,7 +1144,7 @@ impl<R: Runtime> Driver<R> {
                         k.get_records(&shard, &iterator, limit, range, skip_through.as_ref());
                     match with_deadline(&*rt, deadline(&rt), call).await {
                         Some(Ok((data, payloads, next))) => {
-                            metrics::counter!("kinesin_records_read_total")
+                            facade::counter("kinesin_records_read_total")
                                 .increment(payloads.len() as u64);
                             Report::WithPayload {
                                 chunk,
@@ -1177,7 +1182,7 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Action::WriteLease { op, write } => {
-                metrics::counter!("kinesin_lease_writes_total").increment(1);
+                facade::counter("kinesin_lease_writes_total").increment(1);
                 self.metrics.lease_write(op, &write);
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = store.write_lease_returning(&write);
@@ -1206,7 +1211,7 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Action::WriteHeartbeat { op, row } => {
-                metrics::counter!("kinesin_lease_writes_total").increment(1);
+                facade::counter("kinesin_lease_writes_total").increment(1);
                 self.spawn_call(tracing::Span::current(), async move {
                     let call = store.write_heartbeat(&row);
                     let result = match with_deadline(&*rt, deadline(&rt), call).await {
@@ -1331,7 +1336,7 @@ async fn subscription_task<R: Runtime>(
         let report = match event {
             None => return,
             Some(Ok(Some((data, payloads)))) => {
-                metrics::counter!("kinesin_records_read_total").increment(payloads.len() as u64);
+                facade::counter("kinesin_records_read_total").increment(payloads.len() as u64);
                 Report::WithPayload {
                     chunk,
                     payloads,

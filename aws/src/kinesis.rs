@@ -451,7 +451,7 @@ pub fn expand(
         if dropped > 0 {
             // KPL sub-records of another shard (an aggregate built with a
             // stale shard map): counted, never silently.
-            metrics::counter!("kinesin_kpl_records_dropped_total").increment(dropped as u64);
+            crate::facade::counter("kinesin_kpl_records_dropped_total").increment(dropped as u64);
         }
         if let Some(meta) = whole {
             payloads.push(Record {

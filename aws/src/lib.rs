@@ -38,6 +38,7 @@ pub mod driver;
 pub mod dynamo;
 pub mod error;
 pub mod events;
+mod facade;
 pub mod kinesis;
 pub mod lease_store;
 pub mod local;

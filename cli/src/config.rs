@@ -148,6 +148,14 @@ pub struct Settings {
     pub session: Session,
     pub shard_sync_period: Option<Duration>,
     pub shutdown_timeout: Option<Duration>,
+    /// `poll_period` (newer versions): least time between two GetRecords
+    /// of one shard.
+    pub poll_period: Option<Duration>,
+    /// `enhanced_fan_out.consumer_activation_timeout` (newer versions).
+    pub efo_activation_timeout: Option<Duration>,
+    /// `dynamodb.region` / `endpoint` / `credentials` (newer versions): the
+    /// lease table's own session; `None`: the input's.
+    pub dynamodb_session: Option<Session>,
     /// What was accepted but ignored, one line each (logged as warnings).
     pub warnings: Vec<String>,
 }
@@ -174,6 +182,9 @@ impl Default for Settings {
             session: Session::default(),
             shard_sync_period: None,
             shutdown_timeout: None,
+            poll_period: None,
+            efo_activation_timeout: None,
+            dynamodb_session: None,
             warnings: Vec::new(),
         }
     }
@@ -326,6 +337,15 @@ fn parse_text(text: &str) -> Result<Settings> {
         if path.starts_with("input_resources") {
             ignored.retain(|k| k != "input_resources");
         }
+        if path.starts_with("resources.inputs.") {
+            // Read from it; its other kinds of resources are ignored.
+            let others = top["resources"]
+                .as_mapping()
+                .is_some_and(|m| m.keys().any(|k| key_name(k) != "inputs"));
+            if !others {
+                ignored.retain(|k| k != "resources");
+            }
+        }
         let mut s = parse_block(&path, block)?;
         if !ignored.is_empty() {
             warnings.insert(
@@ -379,9 +399,20 @@ fn resource<'a>(top: &'a Mapping, path: String, m: &'a Mapping) -> Result<(Strin
         .flatten()
         .enumerate()
         .find(|(_, v)| v.get("label").and_then(Value::as_str) == Some(name));
-    match found {
-        Some((i, Value::Mapping(rm))) => Ok((format!("input_resources[{i}]"), rm)),
-        _ => bail!("{path}.resource: no entry of input_resources has the label {name:?}"),
+    if let Some((i, Value::Mapping(rm))) = found {
+        return Ok((format!("input_resources[{i}]"), rm));
+    }
+    // Benthos v3: `resources.inputs` is a mapping from label to input.
+    let v3 = top
+        .get("resources")
+        .and_then(|r| r.get("inputs"))
+        .and_then(|i| i.get(name));
+    match v3 {
+        Some(Value::Mapping(rm)) => Ok((format!("resources.inputs.{name}"), rm)),
+        _ => bail!(
+            "{path}.resource: no entry of input_resources has the label {name:?} (nor of \
+             Benthos v3's resources.inputs)"
+        ),
     }
 }
 
@@ -399,6 +430,7 @@ fn find_input<'a>(top: &'a Mapping, warnings: &mut Vec<String>) -> Result<(Strin
         for k in m.keys() {
             match key_name(k).as_str() {
                 "broker" | "label" => {}
+                "type" => expect_type("input.type", &m[k], "broker")?,
                 "processors" => refuse_processors("input.processors", &m[k])?,
                 other => bail!(
                     "input.{other}: an input has one type; this one is a broker (kinesin reads \
@@ -446,7 +478,7 @@ fn find_input<'a>(top: &'a Mapping, warnings: &mut Vec<String>) -> Result<(Strin
                 let kind = im
                     .keys()
                     .map(key_name)
-                    .find(|k| k != "label" && k != "processors")
+                    .find(|k| k != "label" && k != "processors" && k != "type")
                     .unwrap_or_else(|| "(empty)".into());
                 others.push(format!("{path}.{kind}"));
             }
@@ -475,11 +507,40 @@ fn find_input<'a>(top: &'a Mapping, warnings: &mut Vec<String>) -> Result<(Strin
     let kind = m
         .keys()
         .map(key_name)
-        .find(|k| k != "label" && k != "processors")
+        .find(|k| k != "label" && k != "processors" && k != "type")
         .unwrap_or_else(|| "(none)".into());
+    if let Some(v3) = V3_KINESIS_INPUTS.iter().find(|(k, _)| *k == kind) {
+        bail!(
+            "input.{kind}: Benthos v3's {kind} input was replaced by aws_kinesis in Benthos v4 \
+             and Bento; write it as aws_kinesis ({}), which kinesin reads",
+            v3.1
+        );
+    }
     bail!(
         "input.{kind}: kinesin reads only aws_kinesis inputs (directly or in input.broker.inputs)"
     )
+}
+
+/// Benthos v3's Kinesis inputs and how their fields map to aws_kinesis.
+const V3_KINESIS_INPUTS: &[(&str, &str)] = &[
+    (
+        "kinesis_balanced",
+        "stream -> streams: [NAME], dynamodb_table -> dynamodb.table, start_from_oldest stays",
+    ),
+    (
+        "kinesis",
+        "stream and shard -> streams: [NAME:SHARD], dynamodb_table -> dynamodb.table, \
+         start_from_oldest stays",
+    ),
+];
+
+/// `type: X` beside the block (Benthos v3): must name the block's type.
+fn expect_type(field: &str, v: &Value, want: &str) -> Result<()> {
+    match v.as_str().map(str::trim) {
+        Some(t) if t == want || t.is_empty() => Ok(()),
+        Some(t) => bail!("{field}: {t:?} does not match the {want} block beside it"),
+        None => bail!("{field}: expected the input type, {want}"),
+    }
 }
 
 /// The keys around an `aws_kinesis` block in an input: `label` is
@@ -489,6 +550,8 @@ fn input_wrapper<'a>(path: &str, m: &'a Mapping, _warnings: &mut Vec<String>) ->
     for k in m.keys() {
         match key_name(k).as_str() {
             "aws_kinesis" | "label" => {}
+            // Benthos v3 named the input type again in `type`.
+            "type" => expect_type(&format!("{path}{dot}type"), &m[k], "aws_kinesis")?,
             "processors" => refuse_processors(&format!("{path}{dot}processors"), &m[k])?,
             other => bail!(
                 "unknown field `{path}{dot}{other}` beside aws_kinesis (an input has one type; \
@@ -583,6 +646,8 @@ impl<'a> Section<'a> {
         match self.raw(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
+            // Newer docs write `from_ec2_role: ""` (no default).
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
             Some(Value::String(s)) if s == "true" => Ok(Some(true)),
             Some(Value::String(s)) if s == "false" => Ok(Some(false)),
             Some(_) => bail!("{field}: expected true or false"),
@@ -773,21 +838,39 @@ fn parse_block(path: &str, v: &Value) -> Result<Settings> {
         None => {}
     }
     s.create_table = create;
-    d.finish("table, create, billing_mode, read_capacity_units, write_capacity_units")?;
+    // Newer versions give the lease table its own session fields.
+    let region = d.string("region")?;
+    let endpoint = d.string("endpoint")?;
+    let credentials = parse_credentials(d.section("credentials")?, &mut w)?;
+    ignore_tcp(&mut d, &mut w)?;
+    if region.is_some() || endpoint.is_some() || credentials != Credentials::default() {
+        s.dynamodb_session = Some(Session {
+            region,
+            endpoint,
+            credentials,
+        });
+    }
+    d.finish(
+        "table, create, billing_mode, read_capacity_units, write_capacity_units, region, \
+         endpoint, credentials, tcp",
+    )?;
 
     s.checkpoint_limit = b.u32("checkpoint_limit")?;
     if s.checkpoint_limit == Some(0) {
         bail!("{}: must be at least 1", b.field("checkpoint_limit"));
     }
+    // Its meaning needs a source of nacks: `--exec` (consume.rs says so
+    // when there is none).
     s.auto_replay_nacks = b.boolean("auto_replay_nacks")?.unwrap_or(true);
-    if !s.auto_replay_nacks {
+    s.commit_period = b.duration("commit_period")?;
+    if b.duration("steal_grace_period")?.is_some() {
         w.push(format!(
-            "{}: false is accepted; kinesin's CLI nacks a record only when it could not write it \
-             to stdout, and then stops: such records are read again by the next run, never dropped",
-            b.field("auto_replay_nacks")
+            "{} is ignored: kinesin never steals a lease from a live owner; a hand-off waits for \
+             the owner's final checkpoint (it asks, the owner stops and writes it)",
+            b.field("steal_grace_period")
         ));
     }
-    s.commit_period = b.duration("commit_period")?;
+    s.poll_period = b.duration("poll_period")?.filter(|p| !p.is_zero());
     s.rebalance_period = b.duration("rebalance_period")?;
     s.lease_period = b.duration("lease_period")?;
     s.start =
@@ -806,6 +889,14 @@ fn parse_block(path: &str, v: &Value) -> Result<Settings> {
     let name = e.string("consumer_name")?;
     let arn = e.string("consumer_arn")?;
     s.max_pending_records = e.uint("max_pending_records")?;
+    s.efo_activation_timeout = e
+        .duration("consumer_activation_timeout")?
+        .filter(|d| !d.is_zero());
+    e.ignored(
+        "max_resubscribe_interval",
+        "kinesin resubscribes a shard with its own backoff (at most a few seconds)",
+        &mut w,
+    );
     e.ignored(
         "record_buffer_cap",
         "kinesin bounds the records it holds with one budget for all shards \
@@ -834,56 +925,15 @@ fn parse_block(path: &str, v: &Value) -> Result<Settings> {
             }
         }
     }
-    e.finish("enabled, consumer_name, consumer_arn, max_pending_records, record_buffer_cap")?;
+    e.finish(
+        "enabled, consumer_name, consumer_arn, max_pending_records, record_buffer_cap, \
+         consumer_activation_timeout, max_resubscribe_interval",
+    )?;
 
     s.session.region = b.string("region")?;
     s.session.endpoint = b.string("endpoint")?;
-    let mut c = b.section("credentials")?;
-    s.session.credentials.profile = c.string("profile")?;
-    let id = c.string("id")?;
-    let secret = c.string("secret")?;
-    let token = c.string("token")?;
-    s.session.credentials.from_ec2_role = c.boolean("from_ec2_role")?.unwrap_or(false);
-    s.session.credentials.role = c.string("role")?;
-    s.session.credentials.role_external_id = c.string("role_external_id")?;
-    if let Some(v) = c.raw("expiry_window") {
-        if duration_value(&c.field("expiry_window"), v)?.is_some() {
-            w.push(format!(
-                "{} is ignored: the AWS SDK refreshes credentials before they expire by itself",
-                c.field("expiry_window")
-            ));
-        }
-    }
-    match (id, secret) {
-        (Some(id), Some(secret)) => {
-            s.session.credentials.static_keys = Some(StaticKeys { id, secret, token })
-        }
-        (None, None) if token.is_none() => {}
-        _ => bail!(
-            "{}: id and secret go together (token is optional, with them)",
-            c.field("id")
-        ),
-    }
-    let creds = &s.session.credentials;
-    let sources = [
-        creds.profile.is_some(),
-        creds.static_keys.is_some(),
-        creds.from_ec2_role,
-    ];
-    if sources.iter().filter(|x| **x).count() > 1 {
-        bail!(
-            "{}: profile, id/secret and from_ec2_role each choose where the credentials come \
-             from; set one",
-            c.field("profile")
-        );
-    }
-    if creds.role_external_id.is_some() && creds.role.is_none() {
-        bail!(
-            "{}: needs credentials.role (the role to assume)",
-            c.field("role_external_id")
-        );
-    }
-    c.finish("profile, id, secret, token, from_ec2_role, role, role_external_id, expiry_window")?;
+    s.session.credentials = parse_credentials(b.section("credentials")?, &mut w)?;
+    ignore_tcp(&mut b, &mut w)?;
 
     let mut bt = b.section("batching")?;
     let count = bt.u32("count")?;
@@ -927,11 +977,82 @@ fn parse_block(path: &str, v: &Value) -> Result<Settings> {
 
     b.finish(
         "streams, dynamodb, checkpoint_limit, auto_replay_nacks, commit_period, \
-         rebalance_period, lease_period, start_from_oldest, enhanced_fan_out, region, endpoint, \
-         credentials, batching; kinesin's shard_sync_period, shutdown_timeout, max_pending_bytes",
+         steal_grace_period, rebalance_period, lease_period, start_from_oldest, poll_period, \
+         enhanced_fan_out, region, endpoint, credentials, tcp, batching; kinesin's \
+         shard_sync_period, shutdown_timeout, max_pending_bytes",
     )?;
     s.warnings = w;
     Ok(s)
+}
+
+/// A `credentials` section (the input's, or the lease table's in newer
+/// versions): where the AWS SDK gets its keys.
+fn parse_credentials(mut c: Section<'_>, w: &mut Vec<String>) -> Result<Credentials> {
+    let mut creds = Credentials {
+        profile: c.string("profile")?,
+        ..Credentials::default()
+    };
+    let id = c.string("id")?;
+    let secret = c.string("secret")?;
+    let token = c.string("token")?;
+    creds.from_ec2_role = c.boolean("from_ec2_role")?.unwrap_or(false);
+    creds.role = c.string("role")?;
+    creds.role_external_id = c.string("role_external_id")?;
+    if let Some(v) = c.raw("expiry_window") {
+        if duration_value(&c.field("expiry_window"), v)?.is_some() {
+            w.push(format!(
+                "{} is ignored: the AWS SDK refreshes credentials before they expire by itself",
+                c.field("expiry_window")
+            ));
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) => creds.static_keys = Some(StaticKeys { id, secret, token }),
+        (None, None) if token.is_none() => {}
+        _ => bail!(
+            "{}: id and secret go together (token is optional, with them)",
+            c.field("id")
+        ),
+    }
+    let sources = [
+        creds.profile.is_some(),
+        creds.static_keys.is_some(),
+        creds.from_ec2_role,
+    ];
+    if sources.iter().filter(|x| **x).count() > 1 {
+        bail!(
+            "{}: profile, id/secret and from_ec2_role each choose where the credentials come \
+             from; set one",
+            c.field("profile")
+        );
+    }
+    if creds.role_external_id.is_some() && creds.role.is_none() {
+        bail!(
+            "{}: needs credentials.role (the role to assume)",
+            c.field("role_external_id")
+        );
+    }
+    c.finish("profile, id, secret, token, from_ec2_role, role, role_external_id, expiry_window")?;
+    Ok(creds)
+}
+
+/// `tcp` (newer versions' session fields): accepted, keys checked, and
+/// ignored with one warning when set.
+fn ignore_tcp(b: &mut Section<'_>, w: &mut Vec<String>) -> Result<()> {
+    let field = b.field("tcp");
+    let mut t = b.section("tcp")?;
+    let values: Vec<Option<&Value>> = ["connect_timeout", "keep_alive", "tcp_user_timeout"]
+        .into_iter()
+        .map(|k| t.raw(k))
+        .collect();
+    let set = values.into_iter().flatten().any(|v| !is_empty(v));
+    if set {
+        w.push(format!(
+            "{field} is ignored: the AWS SDK's HTTP client keeps its own connect timeout and TCP \
+             keep-alive"
+        ));
+    }
+    t.finish("connect_timeout, keep_alive, tcp_user_timeout")
 }
 
 /// Explicit shards: `(stream, shard id)`.
@@ -1273,6 +1394,20 @@ mod tests {
                     "external_id" => s.session.credentials.role_external_id.clone().unwrap(),
                     "static_id" => s.session.credentials.static_keys.clone().unwrap().id,
                     "auto_replay_nacks" => s.auto_replay_nacks.to_string(),
+                    "checkpoint_limit" => s.checkpoint_limit.unwrap().to_string(),
+                    "poll_period" => format!("{:?}", s.poll_period.unwrap()),
+                    "efo_activation_timeout" => {
+                        format!("{:?}", s.efo_activation_timeout.unwrap())
+                    }
+                    "dynamodb_region" => s.dynamodb_session.clone().unwrap().region.unwrap(),
+                    "dynamodb_endpoint" => s.dynamodb_session.clone().unwrap().endpoint.unwrap(),
+                    "dynamodb_profile" => s
+                        .dynamodb_session
+                        .clone()
+                        .unwrap()
+                        .credentials
+                        .profile
+                        .unwrap(),
                     other => panic!("{name}: unknown check {other}"),
                 };
                 assert_eq!(got, v, "{name}: {k}");

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use base64::Engine;
 use futures_lite::StreamExt;
-use kinesin_tokio::{Batch, Batching, Consumer};
+use kinesin_tokio::{Batch, Batching, Consumer, Record};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{self, Settings, Start, UsageError};
+use crate::exec::Verdict;
 use crate::ConsumeArgs;
 
 /// Batches written before a flush and their acks, at most.
@@ -30,17 +31,49 @@ const MAX_UNFLUSHED_BATCHES: usize = 256;
 const IDLE_START_CHECK: Duration = Duration::from_millis(250);
 /// Default batch size of the CLI (the library's default is 1, as Bento).
 const CLI_BATCH_COUNT: u32 = 500;
+/// Redelivery backoff of a batch nacked by `--exec`, doubled per nack up
+/// to the max: Bento's `auto_replay_nacks` backoff.
+const DEFAULT_REDELIVERY_BACKOFF: Duration = Duration::from_millis(100);
+const DEFAULT_REDELIVERY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// One output line: a user record as JSON.
 #[derive(Serialize)]
-struct Line<'a> {
-    stream: &'a str,
-    shard: &'a str,
-    sequence: &'a str,
-    sub_sequence: u32,
-    partition_key: &'a str,
-    data: &'a str,
-    arrival_ms: u64,
-    fencing_token: u64,
+pub(crate) struct Line<'a> {
+    pub stream: &'a str,
+    pub shard: &'a str,
+    pub sequence: &'a str,
+    pub sub_sequence: u32,
+    pub partition_key: &'a str,
+    pub data: &'a str,
+    pub arrival_ms: u64,
+    pub fencing_token: u64,
+}
+
+impl<'a> Line<'a> {
+    /// The line of `r`, its data already base64-encoded in `data`.
+    pub(crate) fn new(
+        stream: &'a str,
+        shard: &'a str,
+        r: &'a Record,
+        data: &'a str,
+        fencing_token: u64,
+    ) -> Self {
+        Line {
+            stream,
+            shard,
+            sequence: r.sequence_number().as_str(),
+            sub_sequence: r.sub_sequence_number(),
+            partition_key: r.partition_key(),
+            data,
+            arrival_ms: r.arrival_unix_ms(),
+            fencing_token,
+        }
+    }
+}
+
+/// Standard base64 of a record's data.
+pub(crate) fn base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[derive(Debug)]
@@ -165,6 +198,34 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     if let Some(v) = settings.shutdown_timeout {
         b = b.shutdown_timeout(v);
     }
+    if let Some(p) = settings.poll_period {
+        b = b.configure(move |c| {
+            if let kinesin_core::config::Retrieval::Polling { min_interval, .. } = &mut c.retrieval
+            {
+                *min_interval = (*min_interval).max(p);
+            }
+        });
+    }
+    if let Some(t) = settings.efo_activation_timeout {
+        b = b.configure(move |c| c.consumer_active_timeout = t);
+    }
+    if let Some(dynamo) = &settings.dynamodb_session {
+        // The lease table's own session: its fields, the input's for the rest.
+        let session = config::Session {
+            region: dynamo.region.clone().or(settings.session.region.clone()),
+            endpoint: dynamo
+                .endpoint
+                .clone()
+                .or(settings.session.endpoint.clone()),
+            credentials: if dynamo.credentials == config::Credentials::default() {
+                settings.session.credentials.clone()
+            } else {
+                dynamo.credentials.clone()
+            },
+        };
+        let dynamo_sdk = crate::session::aws_config(&session).await?;
+        b = b.dynamodb_client(aws_sdk_dynamodb::Client::new(&dynamo_sdk));
+    }
     b = b.batching(settings.batching.unwrap_or(Batching {
         count: CLI_BATCH_COUNT,
         ..Batching::default()
@@ -173,6 +234,51 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     for (stream, shard) in &explicit {
         b = b.explicit_shard(stream, shard);
     }
+
+    // Poison records (--exec is the CLI's one source of nacks).
+    let exec = args
+        .exec
+        .as_deref()
+        .map(|line| crate::exec::Exec::new(line, args.exec_timeout));
+    if exec.is_some() {
+        match args.max_deliveries {
+            Some(n) => {
+                if !settings.auto_replay_nacks {
+                    warn!(
+                        "config: auto_replay_nacks: false is overridden by --max-deliveries {n} \
+                         (batches nacked {n} times go to --dead-letter, not dropped)"
+                    );
+                }
+                b = b.max_deliveries(n);
+            }
+            None if !settings.auto_replay_nacks => b = b.auto_replay_nacks(false),
+            None => {}
+        }
+        if settings.auto_replay_nacks || args.max_deliveries.is_some() {
+            let first = args
+                .redelivery_backoff
+                .unwrap_or(DEFAULT_REDELIVERY_BACKOFF);
+            let cap = args
+                .redelivery_backoff_max
+                .unwrap_or(DEFAULT_REDELIVERY_BACKOFF_MAX)
+                .max(first);
+            b = b.redelivery_backoff(first, cap);
+        }
+    } else if !settings.auto_replay_nacks {
+        warn!(
+            "config: auto_replay_nacks: false has no effect without --exec: printing to stdout, \
+             kinesin nacks a batch only when it could not write it, and then stops (the next run \
+             reads it again)"
+        );
+    }
+    let dead_letter_writer = match &args.dead_letter {
+        Some(t) => Some(crate::deadletter::Writer::open(
+            t,
+            &sdk,
+            crate::deadline::from_secs(args.call_timeout)?,
+        )?),
+        None => None,
+    };
 
     let consumer = b.build(&sdk).await?;
     // The progress line, the logs and --metrics-addr read one registry.
@@ -190,6 +296,13 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     );
 
     let mut names = StreamNames::new(&streams);
+    let dead_letter_task = dead_letter_writer.map(|w| {
+        tokio::spawn(crate::deadletter::run(
+            w,
+            consumer.dead_letters(),
+            names.clone(),
+        ))
+    });
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut signals = crate::signals::Signals::install()?;
@@ -233,130 +346,227 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let mut unflushed: Vec<Batch> = Vec::new();
     let mut batches = consumer.batches();
 
-    let outcome: Result<Stop> = loop {
-        if last_record.is_none() && stats.leases_held() > 0 {
-            last_record = Some(Instant::now());
-        }
-        let idle_at = match (idle, last_record) {
-            (Some(d), Some(from)) => Some(from + d),
-            // Not reading yet: look again shortly.
-            (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
-            (None, _) => None,
-        };
-        let first = tokio::select! {
-            b = batches.next() => b,
-            s = signals.recv() => break Ok(Stop::Signal(s)),
-            _ = sleep_until(idle_at) => {
-                if last_record.is_some() {
-                    break Ok(Stop::Idle);
-                }
-                continue;
-            }
-            _ = tick.tick(), if progress_on => {
-                progress.show(delivered, stats.leases_held());
-                continue;
-            }
-        };
-        let mut next = first;
-        let mut stop = None;
-        let mut ended = false;
-        // Write every batch that is ready now, then flush once and ack.
+    let mut input: Vec<u8> = Vec::new();
+    let outcome: Result<Stop> = if let Some(exec) = &exec {
         loop {
-            let batch = match next {
-                None => {
-                    ended = true;
-                    break;
-                }
-                Some(Err(e)) => {
-                    let _ = out.flush();
-                    return finish_err(consumer, batches, e.into()).await;
-                }
-                Some(Ok(batch)) => batch,
-            };
-            let n = batch.records().len() as u64;
-            if n > 0 || last_record.is_none() {
+            if last_record.is_none() && stats.leases_held() > 0 {
                 last_record = Some(Instant::now());
             }
-            let take = match args.max_records {
-                Some(max) => n.min(max.saturating_sub(delivered)),
-                None => n,
+            let idle_at = match (idle, last_record) {
+                (Some(d), Some(from)) => Some(from + d),
+                (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
+                (None, _) => None,
             };
-            let shard = batch.shard();
-            let stream = names.display(shard.stream.as_str()).to_owned();
-            if !shards_seen.contains_key(shard.shard.as_str()) {
-                shards_seen.insert(shard.shard.as_str().to_owned(), ());
-            }
-            progress.lag(shard.shard.as_str(), batch.millis_behind_latest());
-            let token = batch.fencing_token();
-            let mut write_err = None;
-            for r in &batch.records()[..take as usize] {
+            let next = tokio::select! {
+                b = batches.next() => b,
+                s = signals.recv() => break Ok(Stop::Signal(s)),
+                _ = sleep_until(idle_at) => {
+                    if last_record.is_some() {
+                        break Ok(Stop::Idle);
+                    }
+                    continue;
+                }
+                _ = tick.tick(), if progress_on => {
+                    progress.show(delivered, stats.leases_held());
+                    continue;
+                }
+            };
+            let batch = match next {
+                None => break Err(anyhow::anyhow!("the consumer stopped unexpectedly")),
+                Some(Err(e)) => break Err(e.into()),
+                Some(Ok(batch)) => batch,
+            };
+            last_record = Some(Instant::now());
+            let n = batch.records().len() as u64;
+            let shard = batch.shard().shard.as_str().to_owned();
+            let stream = names.display(batch.shard().stream.as_str()).to_owned();
+            shards_seen.entry(shard.clone()).or_insert(());
+            progress.lag(&shard, batch.millis_behind_latest());
+            input.clear();
+            for r in batch.records() {
                 b64.clear();
                 base64::engine::general_purpose::STANDARD.encode_string(r.data(), &mut b64);
-                let line = Line {
-                    stream: &stream,
-                    shard: shard.shard.as_str(),
-                    sequence: r.sequence_number().as_str(),
-                    sub_sequence: r.sub_sequence_number(),
-                    partition_key: r.partition_key(),
-                    data: &b64,
-                    arrival_ms: r.arrival_unix_ms(),
-                    fencing_token: token,
+                serde_json::to_writer(
+                    &mut input,
+                    &Line::new(&stream, &shard, r, &b64, batch.fencing_token()),
+                )?;
+                input.push(b'\n');
+            }
+            let env = crate::exec::BatchEnv {
+                stream: &stream,
+                shard: &shard,
+                fencing_token: batch.fencing_token(),
+                records: batch.records().len(),
+                redelivery: batch.is_redelivery(),
+            };
+            // A first signal lets the running command finish (its batch is
+            // acked or nacked as it says); a second one kills it (nack).
+            let mut signalled = None;
+            let verdict = {
+                let run = exec.run(&input, &env);
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        v = &mut run => break v,
+                        s = signals.recv() => {
+                            if signalled.is_some() {
+                                break Ok(Verdict::Nack(format!("killed on a second signal ({s})")));
+                            }
+                            info!("{s}: waiting for the running --exec command (a second signal kills it)");
+                            signalled = Some(s);
+                        }
+                    }
+                }
+            };
+            match verdict {
+                Ok(Verdict::Ack) => {
+                    batch.ack();
+                    delivered += n;
+                    shared_delivered.store(delivered, Ordering::Relaxed);
+                }
+                Ok(Verdict::Nack(why)) => {
+                    let range = match (batch.records().first(), batch.records().last()) {
+                        (Some(a), Some(z)) => format!(
+                            " {}/{}..{}/{}",
+                            a.sequence_number().as_str(),
+                            a.sub_sequence_number(),
+                            z.sequence_number().as_str(),
+                            z.sub_sequence_number()
+                        ),
+                        _ => String::new(),
+                    };
+                    warn!("--exec: {why}: {n} records of {stream} {shard}{range} nacked");
+                    batch.nack();
+                }
+                Err(e) => {
+                    drop(batch);
+                    break Err(e);
+                }
+            }
+            if let Some(s) = signalled {
+                break Ok(Stop::Signal(s));
+            }
+            if args.max_records.is_some_and(|max| delivered >= max) {
+                break Ok(Stop::MaxRecords);
+            }
+        }
+    } else {
+        loop {
+            if last_record.is_none() && stats.leases_held() > 0 {
+                last_record = Some(Instant::now());
+            }
+            let idle_at = match (idle, last_record) {
+                (Some(d), Some(from)) => Some(from + d),
+                // Not reading yet: look again shortly.
+                (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
+                (None, _) => None,
+            };
+            let first = tokio::select! {
+                b = batches.next() => b,
+                s = signals.recv() => break Ok(Stop::Signal(s)),
+                _ = sleep_until(idle_at) => {
+                    if last_record.is_some() {
+                        break Ok(Stop::Idle);
+                    }
+                    continue;
+                }
+                _ = tick.tick(), if progress_on => {
+                    progress.show(delivered, stats.leases_held());
+                    continue;
+                }
+            };
+            let mut next = first;
+            let mut stop = None;
+            let mut ended = false;
+            // Write every batch that is ready now, then flush once and ack.
+            loop {
+                let batch = match next {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        let _ = out.flush();
+                        return finish_err(consumer, batches, e.into()).await;
+                    }
+                    Some(Ok(batch)) => batch,
                 };
-                if let Err(e) = serde_json::to_writer(&mut out, &line)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| out.write_all(b"\n"))
-                {
-                    write_err = Some(e);
+                let n = batch.records().len() as u64;
+                if n > 0 || last_record.is_none() {
+                    last_record = Some(Instant::now());
+                }
+                let take = match args.max_records {
+                    Some(max) => n.min(max.saturating_sub(delivered)),
+                    None => n,
+                };
+                let shard = batch.shard();
+                let stream = names.display(shard.stream.as_str()).to_owned();
+                if !shards_seen.contains_key(shard.shard.as_str()) {
+                    shards_seen.insert(shard.shard.as_str().to_owned(), ());
+                }
+                progress.lag(shard.shard.as_str(), batch.millis_behind_latest());
+                let token = batch.fencing_token();
+                let mut write_err = None;
+                for r in &batch.records()[..take as usize] {
+                    b64.clear();
+                    base64::engine::general_purpose::STANDARD.encode_string(r.data(), &mut b64);
+                    let line = Line::new(&stream, shard.shard.as_str(), r, &b64, token);
+                    if let Err(e) = serde_json::to_writer(&mut out, &line)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| out.write_all(b"\n"))
+                    {
+                        write_err = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = write_err {
+                    drop(batch); // nack: not written
+                    stop = Some(stdout_error(e));
                     break;
                 }
+                delivered += take;
+                shared_delivered.store(delivered, Ordering::Relaxed);
+                if take < n {
+                    // Partly written: nack, so the rest is delivered again later.
+                    drop(batch);
+                    stop = Some(Ok(Stop::MaxRecords));
+                    break;
+                }
+                unflushed.push(batch);
+                if args.max_records.is_some_and(|max| delivered >= max) {
+                    stop = Some(Ok(Stop::MaxRecords));
+                    break;
+                }
+                if unflushed.len() >= MAX_UNFLUSHED_BATCHES {
+                    break;
+                }
+                next = match futures_lite::future::poll_once(batches.next()).await {
+                    Some(n) => n,
+                    None => break,
+                };
             }
-            if let Some(e) = write_err {
-                drop(batch); // nack: not written
-                stop = Some(stdout_error(e));
-                break;
-            }
-            delivered += take;
-            shared_delivered.store(delivered, Ordering::Relaxed);
-            if take < n {
-                // Partly written: nack, so the rest is delivered again later.
-                drop(batch);
-                stop = Some(Ok(Stop::MaxRecords));
-                break;
-            }
-            unflushed.push(batch);
-            if args.max_records.is_some_and(|max| delivered >= max) {
-                stop = Some(Ok(Stop::MaxRecords));
-                break;
-            }
-            if unflushed.len() >= MAX_UNFLUSHED_BATCHES {
-                break;
-            }
-            next = match futures_lite::future::poll_once(batches.next()).await {
-                Some(n) => n,
-                None => break,
-            };
-        }
-        match out.flush() {
-            Ok(()) => {
-                for b in unflushed.drain(..) {
-                    b.ack();
+            match out.flush() {
+                Ok(()) => {
+                    for b in unflushed.drain(..) {
+                        b.ack();
+                    }
+                }
+                Err(e) => {
+                    unflushed.clear(); // nack
+                    break stdout_error(e);
                 }
             }
-            Err(e) => {
-                unflushed.clear(); // nack
-                break stdout_error(e);
+            if let Some(stop) = stop {
+                break stop;
             }
-        }
-        if let Some(stop) = stop {
-            break stop;
-        }
-        if ended {
-            return finish_err(
-                consumer,
-                batches,
-                anyhow::anyhow!("the consumer stopped unexpectedly"),
-            )
-            .await;
+            if ended {
+                return finish_err(
+                    consumer,
+                    batches,
+                    anyhow::anyhow!("the consumer stopped unexpectedly"),
+                )
+                .await;
+            }
         }
     };
     if progress_on {
@@ -383,6 +593,16 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     tokio::select! {
         r = consumer.shutdown() => r?,
         _ = signals.recv() => { eprintln!("kinesin: second signal: stopped without releasing leases"); return Ok(ExitCode::from(130)); }
+    }
+    if let Some(task) = dead_letter_task {
+        // The dead-letter stream ends once the consumer has shut down.
+        match tokio::time::timeout(Duration::from_secs(15), task).await {
+            Ok(Ok(stored)) if stored > 0 => {
+                info!("{stored} dead letters stored");
+            }
+            Ok(_) => {}
+            Err(_) => warn!("the dead-letter writer did not finish within 15 s"),
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     info!(
@@ -429,7 +649,8 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Prints streams as configured (a name stays a name) although the
 /// consumer works on ARNs.
-struct StreamNames {
+#[derive(Clone)]
+pub(crate) struct StreamNames {
     configured: Vec<String>,
     cache: HashMap<String, String>,
 }
@@ -442,7 +663,7 @@ impl StreamNames {
         }
     }
 
-    fn display(&mut self, arn: &str) -> &str {
+    pub(crate) fn display(&mut self, arn: &str) -> &str {
         if !self.cache.contains_key(arn) {
             let name = arn.rsplit_once(":stream/").map(|(_, n)| n).unwrap_or(arn);
             let shown = self

@@ -9,7 +9,9 @@
 mod admin;
 mod config;
 mod consume;
+mod deadletter;
 mod deadline;
+mod exec;
 mod import;
 mod leases;
 mod produce;
@@ -62,6 +64,9 @@ stdout: JSON Lines, one object per user record (KPL sub-records de-aggregated):
   {\"stream\":\"...\",\"shard\":\"shardId-000000000001\",\"sequence\":\"4959...\",\"sub_sequence\":0,
    \"partition_key\":\"...\",\"data\":\"<base64>\",\"arrival_ms\":1764090000000,\"fencing_token\":7}
 stderr: logs and, on a terminal, a progress line (records/s, shards held, lag).
+--exec CMD: each batch's lines go to CMD's stdin instead; exit 0 acks, anything else nacks
+  (redelivered after the backoff; with --max-deliveries N, the N-th nack sends the batch to
+  --dead-letter FILE|kinesis:STREAM and the shard moves on once it is stored).
 SIGINT / SIGTERM: stop reading, flush output, write final checkpoints, release leases, exit 0.")]
 pub struct ConsumeArgs {
     /// Stream name or ARN; repeatable.
@@ -105,6 +110,55 @@ pub struct ConsumeArgs {
     /// health on http://ADDR/healthz (200 ready, 503 starting or failing).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// Hand each batch to CMD instead of printing it: CMD runs through the
+    /// shell (`sh -c`; `cmd /C` on Windows) once per batch with the batch's
+    /// JSON Lines on its stdin and KINESIN_STREAM, KINESIN_SHARD,
+    /// KINESIN_FENCING_TOKEN, KINESIN_RECORDS, KINESIN_REDELIVERY (0/1) in
+    /// its environment. Exit status 0 acknowledges the batch; any other
+    /// status nacks it: delivered again after the redelivery backoff.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Kill a command of --exec still running after SECS and nack its batch.
+    #[arg(long, value_name = "SECS", requires = "exec", value_parser = positive_secs)]
+    pub exec_timeout: Option<std::time::Duration>,
+    /// A batch nacked N times by --exec goes to --dead-letter and its shard
+    /// moves on (default: redelivered for ever).
+    #[arg(long, value_name = "N", requires_all = ["exec", "dead_letter"],
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: Option<u32>,
+    /// Where batches nacked --max-deliveries times go: a file (JSON Lines, one
+    /// object per batch, fsynced before the checkpoint may cover it) or
+    /// kinesis:STREAM (one record per user record, original partition key).
+    #[arg(long, value_name = "FILE|kinesis:STREAM", requires = "max_deliveries",
+          value_parser = deadletter::parse_target)]
+    pub dead_letter: Option<deadletter::Target>,
+    /// Delay before a nacked batch is delivered again, doubled at each
+    /// further nack of it (default 0.1, Bento's).
+    #[arg(long, value_name = "SECS", requires = "exec", value_parser = nonnegative_secs)]
+    pub redelivery_backoff: Option<std::time::Duration>,
+    /// Longest redelivery delay (default 5, Bento's).
+    #[arg(long, value_name = "SECS", requires = "exec", value_parser = positive_secs)]
+    pub redelivery_backoff_max: Option<std::time::Duration>,
+    /// Deadline of one PutRecords call of --dead-letter kinesis:STREAM.
+    #[arg(long, value_name = "SECS", default_value_t = deadline::DEFAULT_CALL_TIMEOUT_SECS)]
+    pub call_timeout: f64,
+}
+
+/// A positive number of seconds, as a duration.
+fn positive_secs(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+    }
+}
+
+/// Zero or a positive number of seconds, as a duration.
+fn nonnegative_secs(s: &str) -> Result<std::time::Duration, String> {
+    if s.parse::<f64>().is_ok_and(|v| v == 0.0) {
+        Ok(std::time::Duration::ZERO)
+    } else {
+        positive_secs(s)
+    }
 }
 
 /// `kinesin produce`.

@@ -129,7 +129,7 @@ fn run_id() -> String {
 }
 
 /// Put one request's entries, retrying failed entries with backoff.
-async fn put_all(
+pub(crate) async fn put_all(
     k: &aws_sdk_kinesis::Client,
     stream: &str,
     items: &[(String, Vec<u8>, u64)],

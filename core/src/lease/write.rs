@@ -205,13 +205,12 @@ impl LeaseManager {
         if !self.send_write(mint, write, WriteKind::Take { forced: true }, base) {
             return false;
         }
-        // While the take is in flight, `busy` already keeps views from
-        // judging the request and a second write from being sent, so
-        // `Forcing` changes no output then. The cargo-mutants mutant that
-        // deletes the `!` above (state left `Waiting`, set `Forcing` only
-        // by a later call that finds the shard busy) survives every test:
-        // it differs only if a request is forced while another write is in
-        // flight on its shard, which no path we know of does.
+        // While the take is in flight its shard is `busy`: views skip the
+        // request (`is_fresh`), the plan offers no forced take on it
+        // (`blocked`), so nothing reads `Forcing` before the answer, which
+        // removes the request (Ok, Ambiguous) or restores `Waiting { since }`.
+        // The cargo-mutants mutant deleting the `!` above (state left
+        // `Waiting`, result ignored by both callers) is thus equivalent.
         if let Some(r) = self.requests.get_mut(shard) {
             r.state = RequestState::Forcing { since };
         }

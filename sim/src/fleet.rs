@@ -896,6 +896,11 @@ impl World {
                         self.p.heal_us
                     }
         {
+            let held = (0..self.procs.len())
+                .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+                .map(|p| self.oracles.held_by(&self.procs[p].owner()))
+                .collect();
+            self.report.settled = Some((self.active_leases(), held));
             // Joiners at their fair share close their samples now, before
             // the fleet shuts down.
             self.check_joins()?;

@@ -508,6 +508,10 @@ pub struct RunReport {
     pub convergence_other: Vec<Micros>,
     /// Heal start -> caught up.
     pub heal: Option<Micros>,
+    /// When the heal phase caught up (the fleet settled, just before it
+    /// shuts down): the active leases and what each live worker held, in
+    /// process order.
+    pub settled: Option<(usize, Vec<usize>)>,
     /// Leases lost, by reason (`Taken`, `SelfFenced`, `HandedOff`, ...).
     pub lost: std::collections::BTreeMap<String, u64>,
     /// Lease rows still owned by a worker incarnation when it completed a

@@ -667,6 +667,37 @@ fn seeds_the_20000_seed_sweep_failed_pass() -> Result<()> {
     Ok(())
 }
 
+/// Every worker of a settled fleet holds floor or ceil of the active leases
+/// over the live workers (none above ceil, none below floor), all held.
+fn assert_settled_at_floor_or_ceil(r: &RunReport, what: &str) {
+    let Some((active, held)) = &r.settled else {
+        panic!("{what}: the heal never caught up");
+    };
+    let (floor, ceil) = (active / held.len(), active.div_ceil(held.len()));
+    assert_eq!(held.iter().sum::<usize>(), *active, "{what}: {held:?}");
+    assert!(
+        held.iter().all(|h| (floor..=ceil).contains(h)),
+        "{what}: {held:?} not within {floor}..={ceil} of {active} leases"
+    );
+}
+
+/// Issue 11, uneven shapes: a fleet of 1 to 50 workers started together on
+/// a prime number of shards settles with every worker at floor or ceil of
+/// the leases over the workers, by free takes and hand-offs alone.
+#[test]
+fn a_fleet_started_together_on_a_prime_shard_count_settles_at_floor_or_ceil() -> Result<()> {
+    for shards in [7, 13, 31, 53, 97] {
+        for workers in [1, 2, 3, 5, 8, 13, 24, 50] {
+            let what = format!("{shards} shards, {workers} workers");
+            let mut p = quiet("start-prime", shards, workers);
+            p.fault_us = 180 * SEC;
+            let r = ok(p).map_err(|e| e.context(what.clone()))?;
+            assert_settled_at_floor_or_ceil(&r, &what);
+        }
+    }
+    Ok(())
+}
+
 /// AT_TIMESTAMP start (`StartFrom::Timestamp`) 4 s into 10 s of records
 /// written before the fleet starts, then splits and a merge under load:
 /// every record from the timestamp on is delivered, in parents and
@@ -687,6 +718,31 @@ fn start_at_timestamp_loses_no_record_after_it_through_reshards() -> Result<()> 
         ];
         let r = ok(p).map_err(|e| e.context(format!("efo {efo}")))?;
         assert!(r.records > 0, "nothing written");
+    }
+    Ok(())
+}
+
+/// Issue 11, uneven shapes: a worker joining a settled fleet (1 to 49
+/// workers, so 2 to 50 with it) on a prime number of shards holds
+/// floor(active leases / live workers) within 2 rebalance periods with no
+/// fault active, and the fleet settles at floor or ceil again.
+#[test]
+fn a_worker_joining_a_prime_shard_count_fleet_of_up_to_50_gets_its_floor_share() -> Result<()> {
+    for shards in [7, 13, 31, 53, 97] {
+        for workers in [1, 2, 4, 6, 12, 16, 30, 49] {
+            let what = format!("{shards} shards, {workers} workers + 1");
+            let mut p = quiet("join-prime", shards, workers);
+            p.fault_us = 240 * SEC;
+            p.script = vec![(90 * SEC, Op::Join)];
+            let r = ok(p).map_err(|e| e.context(what.clone()))?;
+            assert_eq!(r.convergence.len(), 1, "{what}: {:?}", r.convergence);
+            assert!(
+                r.convergence[0] <= 60 * SEC,
+                "{what}: joined worker at its floor share after {}us",
+                r.convergence[0]
+            );
+            assert_settled_at_floor_or_ceil(&r, &what);
+        }
     }
     Ok(())
 }

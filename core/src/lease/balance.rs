@@ -212,6 +212,10 @@ pub(super) fn plan(
     // Workers that balance on the same fresh rows (a fleet starting
     // together) would all take the same first free rows: each takes
     // the rows the ring designates to it first, then its neighbours'.
+    // The spread is reduced modulo the ring first so the sum cannot
+    // overflow (adding it whole gives the same key for every hash more
+    // than 2 * ring below u64::MAX: the one cargo-mutants mutant of this
+    // line no test can catch).
     if let Some((at, ring)) = creator_ring(live, stream) {
         candidates.sort_by_cached_key(|r| (shard_spread(&r.shard) % ring + ring - at) % ring);
     }
@@ -238,6 +242,10 @@ pub(super) fn plan(
                 // (the workers below the target had their pass) is taken
                 // by whoever sees it, however many.
                 let stale = live.expired_for(o).is_some_and(|d| d >= live.failover / 10);
+                // `overflow` is true while `deficit > 0` (it turns false
+                // only on a take at deficit 0, and the deficit never grows),
+                // so `deficit > 0` here is for the reader: mutating it to
+                // `deficit < 0` (never) changes nothing.
                 let take = confirmed && (deficit > 0 || overflow || stale);
                 plan.orphans_left |= confirmed && !take;
                 take

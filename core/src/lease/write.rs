@@ -205,6 +205,12 @@ impl LeaseManager {
         if !self.send_write(mint, write, WriteKind::Take { forced: true }, base) {
             return false;
         }
+        // While the take is in flight its shard is `busy`: views skip the
+        // request (`is_fresh`), the plan offers no forced take on it
+        // (`blocked`), so nothing reads `Forcing` before the answer, which
+        // removes the request (Ok, Ambiguous) or restores `Waiting { since }`.
+        // The cargo-mutants mutant deleting the `!` above (state left
+        // `Waiting`, result ignored by both callers) is thus equivalent.
         if let Some(r) = self.requests.get_mut(shard) {
             r.state = RequestState::Forcing { since };
         }

@@ -572,3 +572,77 @@ fn a_process_whose_heartbeat_put_is_refused_for_a_later_incarnation_stops_at_onc
         .count();
     assert_eq!(refused, 1, "one refused put, then no more");
 }
+
+#[test]
+fn live_workers_counts_each_live_worker_once_and_no_expired_one() {
+    let mut w = World::with_free_shards(6);
+    let nodes: Vec<usize> = ["a", "b", "c"].iter().map(|n| w.add_node(n, 1)).collect();
+    w.run_until(secs(20.0));
+    for &n in &nodes {
+        assert_eq!(w.nodes[n].mgr.live_workers(), 3);
+        assert_eq!(w.nodes[n].mgr.view().live_workers(), 3, "the outside view");
+    }
+    // c dies: still observed (its row is read), no longer counted.
+    w.kill(nodes[2]);
+    w.run_for(secs(13.0));
+    for &n in &nodes[..2] {
+        assert_eq!(w.nodes[n].mgr.live_workers(), 2);
+        assert_eq!(w.nodes[n].mgr.view().live_workers(), 2);
+    }
+}
+
+/// A heartbeat row whose owner process is not modelled (its beat fixed
+/// unless the test changes it), holding shard 0 and listing `streams`.
+fn ghost_row(w: &mut World, streams: Vec<StreamId>) -> Owner {
+    let ghost = Owner::new("ghost", 3);
+    w.beats.insert(
+        "ghost".into(),
+        HeartbeatRow {
+            owner: ghost.clone(),
+            beat: 5,
+            held: 1,
+            wants: vec![],
+            alive: true,
+            streams,
+        },
+    );
+    ghost
+}
+
+#[test]
+fn a_heartbeat_row_turning_alive_false_without_a_new_beat_marks_its_owner_dead_at_once() {
+    // The row is the truth, beat moved or not (two processes sharing one
+    // worker id and incarnation write the same beats): alive = false is
+    // dead now, not F after the beat last moved.
+    let mut w = World::new();
+    let ghost = ghost_row(&mut w, vec![]);
+    let mut row = LeaseRow::new(sref(0), vec![], 1);
+    row.owner = Some(ghost);
+    row.token = FencingToken(5);
+    w.add_row(row);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(3.0));
+    assert!(w.acquired(b).is_empty(), "ghost is live");
+    w.beats.get_mut("ghost").expect("row").alive = false;
+    w.run_until(secs(7.0));
+    let acquired = w.acquired(b);
+    assert_eq!(acquired.len(), 1, "taken well before F");
+    assert!(acquired[0].0 > secs(3.0));
+}
+
+#[test]
+fn a_heartbeat_row_whose_stream_list_changes_without_a_new_beat_is_judged_by_the_new_list() {
+    // ghost consumes orders: b's target is 2 of 4. Its row then lists
+    // payments only (same beat): b's next pass counts b alone.
+    let mut w = World::with_free_shards(4);
+    ghost_row(&mut w, vec![stream()]);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(2.0));
+    assert_eq!(w.holds(b), 2);
+    let payments = StreamId::new("arn:aws:kinesis:us-east-1:000000000000:stream/payments");
+    w.beats.get_mut("ghost").expect("row").streams = vec![payments];
+    w.run_until(secs(4.0));
+    w.with(b, |m, now, _| m.read_now(&stream(), now));
+    w.run_until(secs(5.0));
+    assert_eq!(w.holds(b), 4, "ghost (still live) no longer counted");
+}

@@ -23,6 +23,9 @@
 //!   null continuation and the ChildShards. With `empty_first_event`, every
 //!   subscription opens with an event without records whose continuation
 //!   is the record before its starting point (behind an AT_SEQUENCE start).
+//!   With `ragged_events`, two events in three hold only 1 to 3 Kinesis
+//!   records although more are available (so a closed shard's event may
+//!   hold nothing a consumer keeps, with a continuation before its end).
 //! - GetShardIterator / GetRecords: an iterator expires 5 minutes after it
 //!   was issued; at most 5 GetRecords/s per shard (Throttled); at the end of
 //!   a closed shard the response has no NextShardIterator and names the
@@ -252,6 +255,12 @@ pub struct Kinesis {
     /// as the service may when the iterator points at a stretch of the
     /// shard without data.
     pub empty_get_records: bool,
+    /// Two EFO events in three hold only 1 to 3 Kinesis records although
+    /// more are available (AWS pushes records as they arrive; an event is
+    /// no whole backlog).
+    pub ragged_events: bool,
+    /// EFO events answered (the ragged ones are drawn from it).
+    events_answered: u64,
     /// SubscribeToShard calls that reached the service.
     pub subscribe_calls: u64,
     /// SubscribeToShard calls refused (LimitExceeded, ResourceInUse) by a
@@ -321,6 +330,8 @@ impl Kinesis {
             idle_event_interval: SEC,
             empty_first_event: false,
             empty_get_records: false,
+            ragged_events: false,
+            events_answered: 0,
             subscribe_calls: 0,
             subscribe_refused_own: 0,
             subscribe_refused_fleet: 0,
@@ -731,8 +742,14 @@ impl Kinesis {
             let shard = &self.shards[index];
             let cursor = cursor.max(shard.trimmed);
             let available = shard.records.len() - cursor;
+            let n = self.events_answered;
+            let most = if self.ragged_events && n % 3 != 0 {
+                1 + (n / 3 % 3) as usize
+            } else {
+                self.max_event_records
+            };
             let at_end = !shard.is_open()
-                && available <= self.max_event_records
+                && available <= most
                 && shard.end_within(cursor, shard.records.len()) == shard.records.len();
             let idle_due = sub
                 .last_event
@@ -746,7 +763,7 @@ impl Kinesis {
             let to = if self.empty_first_event && sub.last_event.is_none() && !at_end {
                 cursor
             } else {
-                shard.end_within(cursor, cursor + available.min(self.max_event_records))
+                shard.end_within(cursor, cursor + available.min(most))
             };
             let (continuation, children) = if at_end {
                 (None, self.children_of(index))
@@ -768,6 +785,7 @@ impl Kinesis {
             PullAnswer::Event {
                 to, continuation, ..
             } => {
+                self.events_answered += 1;
                 sub.cursor = *to;
                 sub.last_event = Some(now);
                 sub.done = continuation.is_none();

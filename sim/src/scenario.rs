@@ -298,6 +298,19 @@ pub struct Params {
     pub poison_every: u64,
     /// Probability that the dead-letter handler refuses an offer (nack).
     pub dead_letter_refuse: f64,
+    /// Probability per producer tick of one misrouted KPL aggregate: built
+    /// with the shard map from before the last split or merge (its
+    /// sub-records' hash keys fall partly outside the shard it lands on),
+    /// or put with an explicit hash key that routes it where its
+    /// sub-records do not belong. Every consumer drops such sub-records
+    /// (KCL's deaggregate filters them by the shard's hash range): they
+    /// are excused from `no-loss`, every other one is not.
+    pub kpl_stale: f64,
+    /// Some EFO events hold only 1 to 3 Kinesis records although more are
+    /// available (events come as records arrive, not as whole backlogs):
+    /// a closed shard's event may then hold nothing but sub-records every
+    /// consumer drops, and must not be taken for the shard's end.
+    pub ragged_events: bool,
 }
 
 impl Params {
@@ -340,6 +353,8 @@ impl Params {
             trace_tail: crate::sched::TRACE_TAIL,
             poison_every: 0,
             dead_letter_refuse: 0.0,
+            kpl_stale: 0.0,
+            ragged_events: false,
         }
     }
 
@@ -400,6 +415,17 @@ impl Params {
             rng.unit_f64() * 0.01
         };
         p.max_open_shards = shards * 2 + 2;
+        // Drawn last, as above.
+        p.kpl_stale = if rng.chance(0.7) {
+            0.0
+        } else {
+            0.05 + rng.unit_f64() * 0.3
+        };
+        p.ragged_events = rng.chance(0.3);
+        if p.kpl_stale > 0.0 {
+            // Misrouted aggregates are aggregates: the budget rule above.
+            p.pool_records = p.pool_records.max(300);
+        }
         p
     }
 
@@ -514,6 +540,13 @@ pub struct RunReport {
     pub silenced: u64,
     /// Dead-letter offers (poison scenario), refused ones included.
     pub dead_letters: u64,
+    /// User records written in misrouted KPL aggregates outside the hash
+    /// range of the shard they landed on (`Params::kpl_stale`): dropped by
+    /// every consumer, excused from `no-loss`.
+    pub kpl_foreign: u64,
+    /// EFO events of a closed shard, not its last, whose Kinesis records
+    /// held only such sub-records (nothing a consumer keeps).
+    pub foreign_only_events: u64,
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

@@ -6,7 +6,10 @@
 //! sink that acks out of order, nacks and stalls), the glue between the
 //! requests and the services' answers (EFO reads woken when records
 //! arrive, GetRecords, lease-table writes checked by the oracles), the
-//! producer, and resharding. What it delegates: what the network does to
+//! producer (plain records, KPL aggregates, and misrouted aggregates: built
+//! with the shard map from before the last reshard, or put with an explicit
+//! hash key routing them elsewhere, whose sub-records outside the landing
+//! shard's range every consumer drops), and resharding. What it delegates: what the network does to
 //! each message to [`crate::net::Net`], processes coming and going and the
 //! heal and closing phases to `fleet.rs` (`impl World`), the services'
 //! rules to [`crate::kinesis`] and [`crate::dynamo`], the trace text to
@@ -35,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, Owner, ShardRef, StreamId, SubId};
 use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, LostReason, RecordMeta};
-use kinesin_core::kpl::{self, UserPayload};
+use kinesin_core::kpl::{self, HashRange, UserPayload};
 use kinesin_core::rng::Rng;
 use kinesin_core::sequence::{ExtSeq, StartPosition};
 use kinesin_core::table::LeaseWrite;
@@ -160,6 +163,10 @@ pub struct World {
     pub(crate) late: bool,
     /// The Transfer arriving now was sent gracefully (see `Ev::Arrive`).
     pub(crate) graceful: bool,
+    /// The open shards' hash ranges before the latest split or merge: the
+    /// shard map of a KPL producer that has not refreshed it
+    /// (`Params::kpl_stale`).
+    pub(crate) stale_map: Vec<HashRange>,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -175,6 +182,8 @@ impl World {
         kinesis.idle_event_interval = p.efo_idle_event;
         kinesis.empty_first_event = p.efo_empty_first_event;
         kinesis.empty_get_records = p.empty_get_records;
+        kinesis.ragged_events = p.ragged_events;
+        let stale_map = kinesis.shards.iter().map(|s| s.range).collect();
         let mut oracles = Oracles::default();
         oracles.latest = p.start_latest;
         for _ in 0..kinesis.shards.len() {
@@ -228,6 +237,7 @@ impl World {
             silenced: 0,
             late: false,
             graceful: false,
+            stale_map,
         }
     }
 
@@ -305,6 +315,7 @@ impl World {
         r.records = self.oracles.stats.records;
         r.duplicates = self.oracles.stats.duplicates;
         r.idle_checkpoints = self.oracles.stats.idle_checkpoints;
+        r.kpl_foreign = self.oracles.stats.foreign;
         r.reads_over_reservation = self.memory.over_reservation;
         r.max_over_budget_bytes = self.memory.max_over_bytes;
         r.black_holed = self.stuck.black_holed;
@@ -1388,6 +1399,14 @@ impl World {
             }) => {
                 let shard = self.kinesis.subs[&key].shard;
                 let (records, ids) = self.chunk_records(shard, from, to, Some(&position))?;
+                if to > from
+                    && records.is_empty()
+                    && continuation.is_some()
+                    && !self.kinesis.shards[shard].is_open()
+                {
+                    // Not the shard's end, though nothing in it is kept.
+                    self.report.foreign_only_events += 1;
+                }
                 let data = Chunk {
                     records,
                     millis_behind,
@@ -1523,7 +1542,9 @@ impl World {
             .filter(|&s| self.kinesis.shards[s].is_open())
             .collect();
         let shard = open[i % open.len()];
+        let map = self.open_ranges();
         if let Some(children) = self.kinesis.split(shard, self.now) {
+            self.stale_map = map;
             self.oracles.shards[shard].closed = true;
             for _ in children {
                 self.oracles.add_shard(vec![shard]);
@@ -1542,7 +1563,9 @@ impl World {
             return Ok(());
         }
         let (l, r) = pairs[i % pairs.len()];
+        let map = self.open_ranges();
         if self.kinesis.merge(l, r, self.now).is_some() {
+            self.stale_map = map;
             self.oracles.shards[l].closed = true;
             self.oracles.shards[r].closed = true;
             self.oracles.add_shard(vec![l, r]);
@@ -1551,6 +1574,12 @@ impl World {
             self.wake_shard(r)?;
         }
         Ok(())
+    }
+
+    /// The hash ranges of the open shards (the current shard map).
+    fn open_ranges(&self) -> Vec<HashRange> {
+        let open = self.kinesis.shards.iter().filter(|s| s.is_open());
+        open.map(|s| s.range).collect()
     }
 
     pub(crate) fn wake_shard(&mut self, shard: usize) -> Check {
@@ -1615,6 +1644,9 @@ impl World {
             }
             self.wake_shard(shard)?;
         }
+        if self.p.kpl_stale > 0.0 && self.rng.chance(self.p.kpl_stale) {
+            self.produce_misrouted()?;
+        }
         if self.faults_on() {
             self.produce_adversarial()?;
         }
@@ -1628,6 +1660,94 @@ impl World {
 }
 
 impl World {
+    /// One misrouted KPL aggregate (`Params::kpl_stale`): either built
+    /// from the shard map before the latest split or merge (its keys are
+    /// those of one old shard; it lands where its first key routes now) or
+    /// put with an explicit hash key of a random point (it lands wherever
+    /// that routes). Some sub-records carry their own explicit hash key.
+    /// The sub-records whose hash key lies outside the range of the shard
+    /// it landed on are recorded as foreign: every consumer drops them.
+    fn produce_misrouted(&mut self) -> Check {
+        let n = 2 + self.rng.below(7) as usize;
+        let explicit = self.rng.chance(0.3);
+        let random_key =
+            |rng: &mut Rng| (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+        let keys: Vec<usize> = if explicit {
+            (0..n)
+                .map(|_| self.rng.below(self.keys.len() as u64) as usize)
+                .collect()
+        } else {
+            let old = self.stale_map[self.rng.below(self.stale_map.len() as u64) as usize];
+            let inside: Vec<usize> = (0..self.keys.len())
+                .filter(|&k| old.contains(self.keys[k].1))
+                .collect();
+            let from = if inside.is_empty() {
+                (0..self.keys.len()).collect()
+            } else {
+                inside
+            };
+            (0..n)
+                .map(|_| from[self.rng.below(from.len() as u64) as usize])
+                .collect()
+        };
+        // (partition key, own explicit hash key, hash key) per sub-record.
+        let subs: Vec<(String, Option<String>, u128)> = keys
+            .iter()
+            .map(|&k| {
+                let (pk, hash) = self.keys[k].clone();
+                if self.rng.chance(0.2) {
+                    let ehk = random_key(&mut self.rng);
+                    (pk, Some(ehk.to_string()), ehk)
+                } else {
+                    (pk, None, hash)
+                }
+            })
+            .collect();
+        let route = if explicit {
+            random_key(&mut self.rng)
+        } else {
+            subs[0].2
+        };
+        let shard = self.kinesis.route(route);
+        let range = self.kinesis.shards[shard].range;
+        let foreign: Vec<bool> = subs.iter().map(|s| !range.contains(s.2)).collect();
+        let first_id = self.oracles.records.len() as u64;
+        let payloads: Vec<[u8; 8]> = (first_id..first_id + n as u64)
+            .map(u64::to_le_bytes)
+            .collect();
+        let recs: Vec<kpl::AggRecord<'_>> = subs
+            .iter()
+            .zip(&payloads)
+            .map(|((pk, ehk, _), d)| kpl::AggRecord {
+                partition_key: pk.as_bytes(),
+                explicit_hash_key: ehk.as_ref().map(String::as_bytes),
+                data: d,
+            })
+            .collect();
+        let data = kpl::aggregate(&recs);
+        let gap = self.rng.below(1000);
+        let pk = subs[0].0.clone();
+        let kidx = self.kinesis.put(shard, pk, data, self.now, gap);
+        let rec = &self.kinesis.shards[shard].records[kidx];
+        let (seq, arrival_ms) = (rec.seq.clone(), rec.arrival_ms);
+        let dropped = foreign.iter().filter(|&&f| f).count();
+        self.trace.line(
+            self.now,
+            format_args!(
+                "kpl misrouted to shard {shard} ({}): {dropped} of {n} sub-records outside its range",
+                if explicit { "explicit hash key" } else { "stale map" }
+            ),
+        );
+        let got = self.oracles.written_kpl(
+            shard,
+            arrival_ms,
+            (0..n as u32).map(|s| ExtSeq::new(seq.clone(), s)),
+            &foreign,
+        );
+        debug_assert_eq!(got.len(), n);
+        self.wake_shard(shard)
+    }
+
     /// The memory faults of the fault phase: a burst of up to 10,000
     /// records of up to 1 KiB on one shard (`big_records`: GetRecords
     /// answers of 10,000 records or 10 MiB), and KPL aggregates of hundreds

@@ -648,3 +648,72 @@ fn a_worker_restarted_late_in_the_heal_is_judged_from_its_own_start() -> Result<
     }
     Ok(())
 }
+
+/// Issue 11 (a world as hard as AWS): KPL aggregates built with a shard map
+/// from before the last split or merge, or put with an explicit hash key
+/// that routes them elsewhere, land on a shard whose range excludes some of
+/// their sub-records. Every consumer drops those (KCL's deaggregate filters
+/// by the shard's range; the `kpl-range` oracle fails a delivery of one),
+/// every other sub-record of the aggregate is delivered (`no-loss`), and
+/// a closed shard's event holding only dropped sub-records (ragged events)
+/// is not its end: no SHARD_END over the records after it.
+#[test]
+fn misrouted_kpl_sub_records_are_dropped_and_every_other_one_delivered() -> Result<()> {
+    for efo in [false, true] {
+        let mut p = quiet("kpl-stale", 4, 2);
+        p.efo = efo;
+        p.kpl_stale = 0.5;
+        p.ragged_events = true;
+        p.records_per_tick = 8;
+        p.script = vec![
+            (20 * SEC, Op::Split(0)),
+            (40 * SEC, Op::Split(2)),
+            (70 * SEC, Op::Merge(0)),
+            (90 * SEC, Op::Split(1)),
+        ];
+        let r = ok(p).map_err(|e| e.context(format!("efo {efo}")))?;
+        assert!(
+            r.kpl_foreign >= 20,
+            "efo {efo}: only {} sub-records outside their shard",
+            r.kpl_foreign
+        );
+    }
+    Ok(())
+}
+
+/// Issue 11: an EFO event of a closed shard (ListShards reported it closed)
+/// that holds only sub-records every consumer drops is not the shard's
+/// end. A sink stall builds a backlog on shards closed by splits; once it
+/// ends, ragged events (1 to 3 Kinesis records each, every third event)
+/// bring misrouted aggregates alone. Ending there would write SHARD_END
+/// over the records after them (`checkpoint-covers-unacked`, `no-loss`).
+/// Mutation check: ending on `records.is_empty()` of a closed shard (the
+/// old rule) fails this test.
+#[test]
+fn a_closed_shards_event_of_only_dropped_sub_records_is_not_its_end() -> Result<()> {
+    // Seed 44: the old rule wrote SHARD_END on shard 2 at 155.2 s over a
+    // record nobody had acknowledged.
+    let mut p = Params::quiet("kpl-stale-closed", 44, 4, 1);
+    p.faults = Faults {
+        restart_prob: 0.0,
+        ..Faults::none()
+    };
+    p.efo = true;
+    p.kpl_stale = 1.0;
+    p.ragged_events = true;
+    p.pool_records = 300;
+    p.fault_us = 240 * SEC;
+    p.script = vec![
+        (5 * SEC, Op::SinkStall(0, 150 * SEC)),
+        (50 * SEC, Op::Split(0)),
+        (52 * SEC, Op::Split(1)),
+        (54 * SEC, Op::Split(2)),
+        (56 * SEC, Op::Split(3)),
+    ];
+    let r = ok(p)?;
+    assert!(
+        r.foreign_only_events >= 1,
+        "no closed shard's event held only dropped sub-records: pick another seed"
+    );
+    Ok(())
+}

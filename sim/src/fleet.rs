@@ -14,6 +14,13 @@
 //! record acknowledged within the bound; then every process shuts down
 //! gracefully and no lease row may keep an owner.
 //!
+//! Applications (`Params::apps`) share the one lease table, each its own
+//! processes and streams: a process belongs to one application for good
+//! (a join goes to the application with the fewest running processes),
+//! the heal phase keeps one live process per application, and balancing
+//! (the fair share), joins and failover survivors are judged per
+//! application.
+//!
 //! AWS (and KCL) rules encoded: a crash loses the process's memory but not
 //! the lease table; a restarted process is a new incarnation (a new owner
 //! to the table) and its heartbeat row overwrites its predecessor's; a
@@ -35,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kinesin_core::config::{Batching, Config, EfoConsumer, Redelivery, Retrieval, StartFrom};
-use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, SubId};
+use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, StreamId, SubId};
 use kinesin_core::io::Input;
 use kinesin_core::sequence::Checkpoint;
 use kinesin_core::worker::Worker;
@@ -78,6 +85,9 @@ pub(crate) enum Pending {
 /// worker, and the runtime state a real runtime would keep for it.
 pub(crate) struct Proc {
     pub(crate) name: String,
+    /// The application it belongs to (`Params::apps`): it consumes that
+    /// application's streams.
+    pub(crate) app: usize,
     pub(crate) inc: u64,
     pub(crate) clock: Clock,
     pub(crate) wall_skew_ms: i64,
@@ -111,9 +121,10 @@ pub(crate) struct Proc {
 
 impl Proc {
     /// A process that has just joined: incarnation 1, not yet started.
-    fn new(name: String, clock: Clock, wall_skew_ms: i64) -> Self {
+    fn new(name: String, app: usize, clock: Clock, wall_skew_ms: i64) -> Self {
         Proc {
             name,
+            app,
             inc: 1,
             clock,
             wall_skew_ms,
@@ -151,7 +162,21 @@ impl Proc {
 impl World {
     // ----- lifecycle -----------------------------------------------------------
 
-    fn config(&mut self, name: &str, inc: u64) -> Config {
+    /// The streams application `app` consumes.
+    pub(crate) fn app_streams(&self, app: usize) -> Vec<StreamId> {
+        let k = self.p.streams_per_app.max(1);
+        (app * k..(app + 1) * k)
+            .map(|s| self.kinesis.streams[s].clone())
+            .collect()
+    }
+
+    /// The application that consumes `stream`.
+    pub(crate) fn app_of(&self, stream: &StreamId) -> Option<usize> {
+        let s = self.kinesis.stream_index(stream)?;
+        Some(s / self.p.streams_per_app.max(1))
+    }
+
+    fn config(&mut self, app: usize, name: &str, inc: u64) -> Config {
         let retrieval = if self.p.efo {
             Retrieval::Efo {
                 consumer: EfoConsumer::Name(CONSUMER.into()),
@@ -159,7 +184,8 @@ impl World {
         } else {
             Retrieval::polling()
         };
-        let mut c = Config::new(vec![self.stream.clone()], Owner::new(name, inc), retrieval);
+        let streams = self.app_streams(app);
+        let mut c = Config::new(streams, Owner::new(name, inc), retrieval);
         c.seed = self.rng.next_u64();
         c.batching = Batching {
             count: self.p.batch_count,
@@ -186,7 +212,7 @@ impl World {
     pub(crate) fn start(&mut self, p: usize) -> Check {
         let inc = self.procs[p].inc;
         let name = self.procs[p].name.clone();
-        let config = self.config(&name, inc);
+        let config = self.config(self.procs[p].app, &name, inc);
         let pr = &mut self.procs[p];
         let local = pr.clock.local(self.now).max(pr.last_local);
         pr.last_local = local;
@@ -319,8 +345,9 @@ impl World {
                 if !self.running(p) {
                     return Ok(());
                 }
+                let app = self.procs[p].app;
                 let survivors: BTreeSet<ProcId> = (0..self.procs.len())
-                    .filter(|&q| q != p && self.healthy(q))
+                    .filter(|&q| q != p && self.procs[q].app == app && self.healthy(q))
                     .map(|q| (q, self.procs[q].inc))
                     .collect();
                 self.open_failovers(p, Cause::CrashWithSurvivor, survivors);
@@ -418,6 +445,14 @@ impl World {
             Op::Join if self.phase == Phase::Closing => {}
             Op::Join => {
                 let p = self.procs.len();
+                // The application with the fewest running processes.
+                let app = (0..self.p.apps.max(1))
+                    .min_by_key(|&a| {
+                        (0..self.procs.len())
+                            .filter(|&q| self.procs[q].app == a && self.running(q))
+                            .count()
+                    })
+                    .unwrap_or(0);
                 let offset = self.rng.below(3600 * SEC);
                 let dmax = self.p.faults.drift_ppm_max.max(0) as u64;
                 let drift = self.rng.below(2 * dmax + 1) as i64 - dmax as i64;
@@ -426,9 +461,10 @@ impl World {
                     offset_us: offset,
                     drift_ppm: drift,
                 };
-                self.procs.push(Proc::new(format!("w{p}"), clock, skew));
+                self.procs
+                    .push(Proc::new(format!("w{p}"), app, clock, skew));
                 self.start(p)?;
-                if self.now > 0 && self.procs.len() > self.p.workers {
+                if self.now > 0 && self.procs.len() > self.p.workers * self.p.apps.max(1) {
                     self.open_join(p);
                 }
             }
@@ -449,7 +485,7 @@ impl World {
                     offset_us: offset,
                     drift_ppm: 0,
                 };
-                let mut pr = Proc::new(self.procs[p].name.clone(), clock, skew);
+                let mut pr = Proc::new(self.procs[p].name.clone(), self.procs[p].app, clock, skew);
                 // Far above the original's: its restarts stay earlier.
                 pr.inc = self.procs[p].inc + 1_000;
                 self.procs.push(pr);
@@ -462,16 +498,21 @@ impl World {
     /// Joined workers that reached fair share: record the time it took;
     /// an asserted join past its bound is a violation.
     pub(crate) fn check_joins(&mut self) -> Check {
-        let active = self.active_leases();
-        let live = (0..self.procs.len())
-            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
-            .count()
-            .max(1);
-        let fair = active / live;
+        let fair: Vec<usize> = (0..self.p.apps.max(1))
+            .map(|app| {
+                let live = (0..self.procs.len())
+                    .filter(|&p| {
+                        self.procs[p].app == app && self.running(p) && !self.procs[p].shutting_down
+                    })
+                    .count()
+                    .max(1);
+                self.active_leases(app) / live
+            })
+            .collect();
         let (oracles, procs) = (&self.oracles, &self.procs);
         self.bounds.check_joins(
             self.now,
-            fair,
+            |(p, _)| procs.get(p).map_or(0, |pr| fair[pr.app]),
             |o| oracles.held_by(o),
             |(p, inc)| {
                 procs.get(p).is_some_and(|pr| {
@@ -709,14 +750,22 @@ impl World {
                 self.q.push(self.now, Ev::Resume { p, inc });
             }
         }
-        let live = (0..self.procs.len())
-            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
-            .count();
-        if live == 0 {
-            if let Some(p) = (0..self.procs.len()).find(|&p| !self.running(p)) {
-                self.apply(Op::Restart(p))?;
-            } else {
-                self.apply(Op::Join)?;
+        for app in 0..self.p.apps.max(1) {
+            let of_app = |p: &usize| self.procs[*p].app == app;
+            let live = (0..self.procs.len())
+                .filter(of_app)
+                .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+                .count();
+            if live == 0 {
+                let down = (0..self.procs.len())
+                    .filter(of_app)
+                    .find(|&p| !self.running(p));
+                if let Some(p) = down {
+                    self.apply(Op::Restart(p))?;
+                } else {
+                    // Joins the application with the fewest running.
+                    self.apply(Op::Join)?;
+                }
             }
         }
         self.q.push(self.now + SEC, Ev::HealCheck);
@@ -803,12 +852,13 @@ impl World {
     /// ended, and every parent's row ended (a parent without a row is
     /// gone: trimmed before any worker listed it). A child waiting for its
     /// parent is no one's share yet: a worker cannot hold it.
-    pub(crate) fn active_leases(&self) -> usize {
+    pub(crate) fn active_leases(&self, app: usize) -> usize {
         let leases = &self.dynamo.leases;
         leases
             .values()
             .filter(|r| {
-                r.checkpoint != Some(Checkpoint::ShardEnd)
+                self.app_of(&r.shard.stream) == Some(app)
+                    && r.checkpoint != Some(Checkpoint::ShardEnd)
                     && r.parents.iter().all(|p| {
                         leases
                             .get(&ShardRef::new(r.shard.stream.clone(), p.clone()))
@@ -823,9 +873,20 @@ impl World {
     /// joining worker gets its share). Every live worker counts in the
     /// share; `started_by` only picks whose holdings are judged.
     pub(crate) fn unfair(&self, started_by: Micros) -> Vec<String> {
-        let active = self.active_leases();
+        (0..self.p.apps.max(1))
+            .flat_map(|app| self.unfair_in(app, started_by))
+            .collect()
+    }
+
+    /// [`Self::unfair`] for application `app`: its leases over its live
+    /// workers (the other applications' workers share the table, not the
+    /// leases).
+    fn unfair_in(&self, app: usize, started_by: Micros) -> Vec<String> {
+        let active = self.active_leases(app);
         let live: Vec<usize> = (0..self.procs.len())
-            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+            .filter(|&p| {
+                self.procs[p].app == app && self.running(p) && !self.procs[p].shutting_down
+            })
             .collect();
         let Some(fair) = active.checked_div(live.len()) else {
             return Vec::new();

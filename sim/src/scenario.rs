@@ -231,8 +231,16 @@ pub struct Params {
     pub seed: u64,
     /// Initial open shards.
     pub shards: usize,
-    /// Initial workers.
+    /// Initial workers (of each application).
     pub workers: usize,
+    /// Applications sharing the one lease table, each its own fleet (of
+    /// `workers` initial processes, distinct worker ids) and its own
+    /// streams (Bento's schema makes a shared table natural). Balancing,
+    /// failover and the fair share are judged per application.
+    pub apps: usize,
+    /// Streams each application consumes (one `Config` listing them all),
+    /// each of `shards` initial shards.
+    pub streams_per_app: usize,
     /// Enhanced Fan-Out (else polling).
     pub efo: bool,
     /// Split some shards before the fleet starts (closed parents with data).
@@ -319,6 +327,11 @@ impl Params {
         self.poison_every != 0 && id % self.poison_every == self.poison_every / 2
     }
 
+    /// Streams of the run (every application's).
+    pub fn streams(&self) -> usize {
+        self.apps.max(1) * self.streams_per_app.max(1)
+    }
+
     /// A quiet run: `shards` x `workers`, polling, light producer, no faults.
     pub fn quiet(scenario: &str, seed: u64, shards: usize, workers: usize) -> Self {
         Params {
@@ -326,6 +339,8 @@ impl Params {
             seed,
             shards,
             workers,
+            apps: 1,
+            streams_per_app: 1,
             efo: false,
             pre_split: false,
             fault_us: 120 * SEC,
@@ -426,6 +441,13 @@ impl Params {
             // Misrouted aggregates are aggregates: the budget rule above.
             p.pool_records = p.pool_records.max(300);
         }
+        p.apps = if rng.chance(0.8) {
+            1
+        } else {
+            2 + rng.below(2) as usize
+        };
+        p.streams_per_app = if rng.chance(0.8) { 1 } else { 2 };
+        p.max_open_shards *= p.apps * p.streams_per_app;
         p
     }
 

@@ -47,7 +47,7 @@ use kinesin_core::worker::Worker;
 use crate::bounds::Bounds;
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
-use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
+use crate::kinesis::{Kinesis, PullAnswer, SubKey};
 use crate::memory::Memory;
 use crate::net::{Call, Delivery, Net, Reply, Service, CALL_DEADLINE};
 use crate::oracle::{Check, Oracles, Violation};
@@ -58,6 +58,16 @@ use crate::trace_fmt::{self, Brief, OptCp};
 
 /// The stream every run consumes.
 pub const STREAM: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/sim";
+/// The ARN of stream `s` of a run: [`STREAM`] for the first, then
+/// `STREAM-{s}`.
+pub fn stream_name(s: usize) -> String {
+    if s == 0 {
+        STREAM.to_owned()
+    } else {
+        format!("{STREAM}-{s}")
+    }
+}
+
 /// The EFO consumer name (stable, shared by the fleet).
 pub const CONSUMER: &str = "kinesin-sim";
 /// Wall clock at true time 0.
@@ -134,7 +144,6 @@ pub struct World {
     pub(crate) sub_ids: BTreeMap<SubKey, SubId>,
     pub(crate) early_pulls: BTreeMap<SubKey, ChunkId>,
     pub(crate) phase: Phase,
-    pub(crate) stream: StreamId,
     pub(crate) net: Net,
     pub(crate) keys: Vec<(String, u128)>,
     pub(crate) heal_start: Micros,
@@ -163,10 +172,10 @@ pub struct World {
     pub(crate) late: bool,
     /// The Transfer arriving now was sent gracefully (see `Ev::Arrive`).
     pub(crate) graceful: bool,
-    /// The open shards' hash ranges before the latest split or merge: the
-    /// shard map of a KPL producer that has not refreshed it
+    /// Per stream, the open shards' hash ranges before its latest split or
+    /// merge: the shard map of a KPL producer that has not refreshed it
     /// (`Params::kpl_stale`).
-    pub(crate) stale_map: Vec<HashRange>,
+    pub(crate) stale_map: Vec<Vec<HashRange>>,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -178,12 +187,20 @@ impl World {
     pub fn new(p: Params) -> Self {
         let mut rng = Rng::new(p.seed);
         let stream = StreamId::new(STREAM);
-        let mut kinesis = Kinesis::new(stream.clone(), p.shards, p.retention, UNIX_BASE_MS);
+        let mut kinesis = Kinesis::new(stream, p.shards, p.retention, UNIX_BASE_MS);
         kinesis.idle_event_interval = p.efo_idle_event;
         kinesis.empty_first_event = p.efo_empty_first_event;
         kinesis.empty_get_records = p.empty_get_records;
         kinesis.ragged_events = p.ragged_events;
-        let stale_map = kinesis.shards.iter().map(|s| s.range).collect();
+        for s in 1..p.streams() {
+            kinesis.add_stream(StreamId::new(stream_name(s)), p.shards);
+        }
+        let stale_map = (0..kinesis.streams.len())
+            .map(|s| {
+                let shards = kinesis.stream_shards[s].iter();
+                shards.map(|&i| kinesis.shards[i].range).collect()
+            })
+            .collect();
         let mut oracles = Oracles::default();
         oracles.latest = p.start_latest;
         for _ in 0..kinesis.shards.len() {
@@ -219,7 +236,6 @@ impl World {
             sub_ids: BTreeMap::new(),
             early_pulls: BTreeMap::new(),
             phase: Phase::Faults,
-            stream,
             net,
             keys,
             heal_start: 0,
@@ -258,7 +274,7 @@ impl World {
         } else {
             self.q.push(0, Ev::Produce);
         }
-        for _ in 0..self.p.workers {
+        for _ in 0..self.p.workers * self.p.apps.max(1) {
             self.q.push(start, Ev::Op(Op::Join));
         }
         let script = std::mem::take(&mut self.p.script);
@@ -510,7 +526,7 @@ impl World {
         match e {
             Event::Batch(b) => {
                 trace_fmt::batch_line(&mut self.trace, self.now, &owner, &b);
-                let shard = shard_index(&b.shard.shard).ok_or_else(|| {
+                let shard = self.kinesis.index_of(&b.shard).ok_or_else(|| {
                     self.violation("batch-metadata", format!("unknown shard {}", b.shard))
                 })?;
                 let pr = &mut self.procs[p];
@@ -777,7 +793,7 @@ impl World {
     /// Worker `p` performs an action.
     fn send(&mut self, p: usize, a: Action) -> Check {
         let owner = self.procs[p].owner();
-        trace_fmt::action_line(&mut self.trace, self.now, p, &owner, &a);
+        trace_fmt::action_line(&mut self.trace, &self.kinesis, self.now, p, &owner, &a);
         let inc = self.procs[p].inc;
         if let Action::Subscribe { shard, .. }
         | Action::GetRecords { shard, .. }
@@ -1015,7 +1031,7 @@ impl World {
                 let result = match self.dynamo.write_lease(&write) {
                     Ok((before, after)) => {
                         written = Some(after.clone());
-                        let shard = shard_index(&write.shard().shard).unwrap_or(usize::MAX);
+                        let shard = self.kinesis.index_of(write.shard()).unwrap_or(usize::MAX);
                         let graceful =
                             self.graceful && matches!(write, LeaseWrite::Transfer { .. });
                         self.trace.line(
@@ -1084,22 +1100,29 @@ impl World {
                 back(self, Input::LeaseWritten { op, result, row }, None, lat);
             }
             Action::ListShards { op, stream } => {
-                let result = if stream == self.stream {
-                    Ok(self.kinesis.list_shards(now))
+                let result = if let Some(s) = self.kinesis.stream_index(&stream) {
+                    Ok(self.kinesis.list_shards(s, now))
                 } else {
                     Err(ErrorClass::ResourceNotFound)
                 };
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Shards { op, result }, None, lat);
             }
-            Action::RegisterConsumer { op, name, .. } => {
+            Action::RegisterConsumer { op, name, stream } => {
                 let delay = between(&mut self.rng, 2 * SEC, 20 * SEC);
-                let result = self.kinesis.register_consumer(&name, now, delay);
+                let result = self.kinesis.register_consumer(&stream, &name, now, delay);
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Register);
                 back(self, Input::Consumer { op, result }, None, lat);
             }
-            Action::DescribeConsumer { op, name, arn, .. } => {
-                let result = self.kinesis.describe_consumer(&name, arn.as_deref(), now);
+            Action::DescribeConsumer {
+                op,
+                name,
+                arn,
+                stream,
+            } => {
+                let result = self
+                    .kinesis
+                    .describe_consumer(&stream, &name, arn.as_deref(), now);
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Consumer { op, result }, None, lat);
             }
@@ -1222,7 +1245,7 @@ impl World {
 
     /// Whether every batch `owner` delivered for `shard` under `token` was acked.
     fn acks_complete(&self, owner: &Owner, shard: &ShardRef, token: FencingToken) -> bool {
-        let Some(idx) = shard_index(&shard.shard) else {
+        let Some(idx) = self.kinesis.index_of(shard) else {
             return false;
         };
         self.procs
@@ -1542,9 +1565,10 @@ impl World {
             .filter(|&s| self.kinesis.shards[s].is_open())
             .collect();
         let shard = open[i % open.len()];
-        let map = self.open_ranges();
+        let stream = self.kinesis.shards[shard].stream;
+        let map = self.open_ranges(stream);
         if let Some(children) = self.kinesis.split(shard, self.now) {
-            self.stale_map = map;
+            self.stale_map[stream] = map;
             self.oracles.shards[shard].closed = true;
             for _ in children {
                 self.oracles.add_shard(vec![shard]);
@@ -1563,9 +1587,10 @@ impl World {
             return Ok(());
         }
         let (l, r) = pairs[i % pairs.len()];
-        let map = self.open_ranges();
+        let stream = self.kinesis.shards[l].stream;
+        let map = self.open_ranges(stream);
         if self.kinesis.merge(l, r, self.now).is_some() {
-            self.stale_map = map;
+            self.stale_map[stream] = map;
             self.oracles.shards[l].closed = true;
             self.oracles.shards[r].closed = true;
             self.oracles.add_shard(vec![l, r]);
@@ -1576,9 +1601,12 @@ impl World {
         Ok(())
     }
 
-    /// The hash ranges of the open shards (the current shard map).
-    fn open_ranges(&self) -> Vec<HashRange> {
-        let open = self.kinesis.shards.iter().filter(|s| s.is_open());
+    /// The hash ranges of a stream's open shards (its current shard map).
+    fn open_ranges(&self, stream: usize) -> Vec<HashRange> {
+        let shards = self.kinesis.stream_shards[stream].iter();
+        let open = shards
+            .map(|&i| &self.kinesis.shards[i])
+            .filter(|s| s.is_open());
         open.map(|s| s.range).collect()
     }
 
@@ -1592,11 +1620,30 @@ impl World {
     // ----- producer ----------------------------------------------------------
 
     fn produce(&mut self) -> Check {
+        for stream in 0..self.kinesis.streams.len() {
+            self.produce_stream(stream)?;
+        }
+        if self.p.kpl_stale > 0.0 && self.rng.chance(self.p.kpl_stale) {
+            self.produce_misrouted()?;
+        }
+        if self.faults_on() {
+            self.produce_adversarial()?;
+        }
+        if self.p.retention < 24 * 3600 * SEC {
+            for (shard, range) in self.kinesis.trim(self.now) {
+                self.oracles.trimmed(self.now, shard, range)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One producer tick's plain records and KPL aggregates on a stream.
+    fn produce_stream(&mut self, stream: usize) -> Check {
         let n = self.p.records_per_tick as usize;
         let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for _ in 0..n {
             let k = self.rng.below(self.keys.len() as u64) as usize;
-            let shard = self.kinesis.route(self.keys[k].1);
+            let shard = self.kinesis.route(stream, self.keys[k].1);
             by_shard.entry(shard).or_default().push(k);
         }
         for (shard, keys) in by_shard {
@@ -1644,17 +1691,6 @@ impl World {
             }
             self.wake_shard(shard)?;
         }
-        if self.p.kpl_stale > 0.0 && self.rng.chance(self.p.kpl_stale) {
-            self.produce_misrouted()?;
-        }
-        if self.faults_on() {
-            self.produce_adversarial()?;
-        }
-        if self.p.retention < 24 * 3600 * SEC {
-            for (shard, range) in self.kinesis.trim(self.now) {
-                self.oracles.trimmed(self.now, shard, range)?;
-            }
-        }
         Ok(())
     }
 }
@@ -1670,6 +1706,12 @@ impl World {
     fn produce_misrouted(&mut self) -> Check {
         let n = 2 + self.rng.below(7) as usize;
         let explicit = self.rng.chance(0.3);
+        let streams = self.kinesis.streams.len() as u64;
+        let stream = if streams > 1 {
+            self.rng.below(streams) as usize
+        } else {
+            0
+        };
         let random_key =
             |rng: &mut Rng| (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
         let keys: Vec<usize> = if explicit {
@@ -1677,7 +1719,8 @@ impl World {
                 .map(|_| self.rng.below(self.keys.len() as u64) as usize)
                 .collect()
         } else {
-            let old = self.stale_map[self.rng.below(self.stale_map.len() as u64) as usize];
+            let map = &self.stale_map[stream];
+            let old = map[self.rng.below(map.len() as u64) as usize];
             let inside: Vec<usize> = (0..self.keys.len())
                 .filter(|&k| old.contains(self.keys[k].1))
                 .collect();
@@ -1708,7 +1751,7 @@ impl World {
         } else {
             subs[0].2
         };
-        let shard = self.kinesis.route(route);
+        let shard = self.kinesis.route(stream, route);
         let range = self.kinesis.shards[shard].range;
         let foreign: Vec<bool> = subs.iter().map(|s| !range.contains(s.2)).collect();
         let first_id = self.oracles.records.len() as u64;
@@ -1768,7 +1811,7 @@ impl World {
         }
         let k = self.rng.below(self.keys.len() as u64) as usize;
         let (key, hash) = self.keys[k].clone();
-        let shard = self.kinesis.route(hash);
+        let shard = self.kinesis.route(0, hash);
         if burst {
             let n = 1000 + self.rng.below(9001);
             for _ in 0..n {

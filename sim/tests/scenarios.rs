@@ -717,3 +717,40 @@ fn a_closed_shards_event_of_only_dropped_sub_records_is_not_its_end() -> Result<
     );
     Ok(())
 }
+
+/// Issue 11 (a world as hard as AWS): applications sharing one lease table
+/// (Bento's schema makes it natural), each its own fleet and streams. Every
+/// oracle holds per application: no loss, one holder, each worker's fair
+/// share counted over its own application's workers and leases, failover
+/// to a survivor of the same application. A worker that counted every live
+/// heartbeat row of the table had a target too low: two single-worker
+/// applications on two 4-shard streams each read 2 of their 4 shards
+/// (mutation check: counting every live row fails this test with
+/// `balance`).
+#[test]
+fn applications_sharing_a_lease_table_each_read_and_balance_their_own_shards() -> Result<()> {
+    // Two single-worker applications on two 4-shard streams.
+    let mut p = quiet("apps-2x1", 4, 1);
+    p.apps = 2;
+    ok(p).map_err(|e| e.context("2 apps x 1 worker x 4 shards"))?;
+    // Three applications of two workers, one of them on two streams each;
+    // a worker joins the first, a worker of the second crashes.
+    for (apps, streams, efo) in [(3, 1, false), (2, 2, true)] {
+        let mut p = quiet("apps-join-crash", 5, 2);
+        p.apps = apps;
+        p.streams_per_app = streams;
+        p.efo = efo;
+        // Processes 0.. are spread over the applications in turn: 1 is
+        // the second application's first worker.
+        p.script = vec![(60 * SEC, Op::Join), (150 * SEC, Op::Crash(1))];
+        p.fault_us = 240 * SEC;
+        let r = ok(p).map_err(|e| e.context(format!("{apps} apps x {streams} streams")))?;
+        assert_eq!(r.convergence.len(), 1, "{:?}", r.convergence);
+        assert!(
+            !r.failovers.is_empty() && r.failovers.iter().all(|&f| f <= F + 2 * SEC),
+            "{apps} apps: failovers {:?}",
+            r.failovers
+        );
+    }
+    Ok(())
+}

@@ -469,6 +469,7 @@ impl World {
                 }
             }
             Op::Split(i) => self.split(i)?,
+            Op::RecreateStream(s) => self.recreate_stream(s)?,
             Op::Merge(i) => self.merge(i)?,
             Op::Impostor(w) => {
                 let p = w % n;
@@ -785,6 +786,10 @@ impl World {
             let ended = row.is_some_and(|r| r.checkpoint == Some(Checkpoint::ShardEnd))
                 || self.dynamo.deleted.contains(&sref);
             let s = &self.kinesis.shards[i];
+            if s.deleted {
+                // Gone with its stream: its ShardId names a new shard.
+                continue;
+            }
             if ended {
                 // A drained shard's row is collected once every child has
                 // checkpointed (KCL's clean-up): rows do not pile up.

@@ -102,6 +102,10 @@ pub struct Shard {
     pub id: ShardId,
     /// The stream (index into [`Kinesis::streams`]).
     pub stream: usize,
+    /// Its stream was deleted (and perhaps recreated under the same name:
+    /// its ShardId then names a shard of the new stream): every read of it
+    /// is ResourceNotFound.
+    pub deleted: bool,
     /// Parent shard ids.
     pub parents: Vec<usize>,
     /// Children (set when closed).
@@ -206,6 +210,8 @@ pub enum PullAnswer {
     Ended,
     /// Taken over by another subscription.
     TakenOver,
+    /// The shard's stream was deleted (ResourceNotFound).
+    Gone,
     /// Not yet: wake up again at this time.
     Later(Micros),
 }
@@ -378,6 +384,7 @@ impl Kinesis {
         self.shards.push(Shard {
             id: shard_id(n),
             stream,
+            deleted: false,
             parents,
             children: Vec::new(),
             range,
@@ -403,6 +410,34 @@ impl Kinesis {
         let s = self.streams.iter().position(|id| *id == shard.stream)?;
         let n = shard_number(&shard.shard)?;
         self.stream_shards[s].get(n).copied()
+    }
+
+    /// DeleteStream then CreateStream under the same name (the same ARN):
+    /// every shard of the stream is deleted (reads of it fail with
+    /// ResourceNotFound, its subscriptions end with it) and the new stream
+    /// opens `shards` shards named from `shardId-000000000000` again. Its
+    /// consumers are kept (a simplification: AWS deletes them with the
+    /// stream). Returns the deleted shards.
+    pub fn recreate_stream(&mut self, stream: usize, shards: usize, now: Micros) -> Vec<usize> {
+        let old = std::mem::take(&mut self.stream_shards[stream]);
+        for &i in &old {
+            if self.shards[i].is_open() {
+                self.close(i, now);
+            }
+            self.shards[i].deleted = true;
+        }
+        let n = shards.max(1) as u128;
+        let width = u128::MAX / n;
+        for i in 0..n {
+            let start = i * width;
+            let end = if i + 1 == n {
+                u128::MAX
+            } else {
+                (i + 1) * width - 1
+            };
+            self.add_shard(stream, Vec::new(), HashRange { start, end });
+        }
+        old
     }
 
     /// The index of a stream, if it exists.
@@ -539,9 +574,10 @@ impl Kinesis {
     }
 
     fn shard_expired(&self, shard: usize, now: Micros) -> bool {
-        self.shards[shard]
-            .closed_at
-            .is_some_and(|c| now >= c + self.retention)
+        self.shards[shard].deleted
+            || self.shards[shard]
+                .closed_at
+                .is_some_and(|c| now >= c + self.retention)
     }
 
     fn lookup(&self, shard: &ShardRef) -> Result<usize, ErrorClass> {
@@ -782,7 +818,9 @@ impl Kinesis {
             return None;
         }
         let (index, cursor) = (sub.shard, sub.cursor);
-        let answer = if sub.taken_over {
+        let answer = if self.shards[index].deleted {
+            PullAnswer::Gone
+        } else if sub.taken_over {
             PullAnswer::TakenOver
         } else if now >= sub.started + SUBSCRIPTION_LIFETIME {
             PullAnswer::Ended
@@ -838,7 +876,7 @@ impl Kinesis {
                 sub.last_event = Some(now);
                 sub.done = continuation.is_none();
             }
-            PullAnswer::Ended | PullAnswer::TakenOver => sub.done = true,
+            PullAnswer::Ended | PullAnswer::TakenOver | PullAnswer::Gone => sub.done = true,
             PullAnswer::Later(_) => {}
         }
         Some(answer)
@@ -928,7 +966,7 @@ impl Kinesis {
             return Err(ErrorClass::InvalidArgument);
         };
         let (shard, cursor) = (shard as usize, cursor as usize);
-        if shard >= self.shards.len() {
+        if shard >= self.shards.len() || self.shards[shard].deleted {
             return Err(ErrorClass::ResourceNotFound);
         }
         if now >= issued + ITERATOR_LIFETIME {

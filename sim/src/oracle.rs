@@ -263,6 +263,23 @@ impl Oracles {
         self.advance(shard);
     }
 
+    /// The shard's stream was deleted: its records not yet delivered are
+    /// gone with it (excused), and it is closed.
+    pub fn deleted(&mut self, shard: usize) {
+        let book = &mut self.shards[shard];
+        book.closed = true;
+        for &id in &book.users {
+            let r = &mut self.records[id as usize];
+            if !r.excused && r.first_delivery.is_none() {
+                r.excused = true;
+                book.delivered += 1;
+            } else {
+                r.excused = true;
+            }
+        }
+        self.advance(shard);
+    }
+
     /// Kinesis records `krecs` of a shard left retention.
     pub fn trimmed(&mut self, now: Micros, shard: usize, krecs: std::ops::Range<usize>) -> Check {
         let book = &self.shards[shard];

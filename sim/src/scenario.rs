@@ -49,6 +49,13 @@ pub enum Op {
     /// copy-pasted config, a deployment that overlapped): a later
     /// incarnation of the same id while the first still runs.
     Impostor(usize),
+    /// DeleteStream then CreateStream under the same name (the same ARN,
+    /// a new creation time) for the stream with this index (wrapping): the
+    /// old stream's shards and unread records are gone (excused), the new
+    /// stream's shards are named from `shardId-000000000000` again and
+    /// every record written to them must be delivered; no row of the old
+    /// stream may be applied to them.
+    RecreateStream(usize),
 }
 
 /// Fault rates (per simulated hour for ops, probabilities per request).

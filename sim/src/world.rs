@@ -176,6 +176,10 @@ pub struct World {
     /// merge: the shard map of a KPL producer that has not refreshed it
     /// (`Params::kpl_stale`).
     pub(crate) stale_map: Vec<Vec<HashRange>>,
+    /// Streams deleted and recreated ([`Op::RecreateStream`]): a read of
+    /// one of their shards may fail for good (ResourceNotFound on a shard
+    /// gone with the old stream), as it must.
+    pub(crate) recreated: BTreeSet<usize>,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -254,6 +258,7 @@ impl World {
             late: false,
             graceful: false,
             stale_map,
+            recreated: BTreeSet::new(),
         }
     }
 
@@ -526,13 +531,25 @@ impl World {
         match e {
             Event::Batch(b) => {
                 trace_fmt::batch_line(&mut self.trace, self.now, &owner, &b);
-                let shard = self.kinesis.index_of(&b.shard).ok_or_else(|| {
+                let by_ref = self.kinesis.index_of(&b.shard).ok_or_else(|| {
                     self.violation("batch-metadata", format!("unknown shard {}", b.shard))
                 })?;
+                // A chunk read before its stream was deleted and recreated
+                // comes from the old shard its ShardId named then.
+                let shard = match self.procs[p].chunks.get(&b.chunk) {
+                    Some((s, _))
+                        if !b.redelivery
+                            && self.kinesis.shards[*s].deleted
+                            && self.kinesis.shard_ref(*s) == b.shard =>
+                    {
+                        *s
+                    }
+                    _ => by_ref,
+                };
                 let pr = &mut self.procs[p];
-                let ids = if b.redelivery {
+                let (shard, ids) = if b.redelivery {
                     match pr.batches.get(&b.id) {
-                        Some((_, _, ids)) => ids.clone(),
+                        Some((s, _, ids)) => (*s, ids.clone()),
                         None => {
                             return Err(self.violation(
                                 "batch-metadata",
@@ -542,7 +559,7 @@ impl World {
                     }
                 } else {
                     match pr.chunks.get(&b.chunk) {
-                        Some((s, ids)) if *s == shard && (b.range.end as usize) <= ids.len() => ids[b.range.start as usize..b.range.end as usize].to_vec(),
+                        Some((s, ids)) if *s == shard && (b.range.end as usize) <= ids.len() => (shard, ids[b.range.start as usize..b.range.end as usize].to_vec()),
                         _ => {
                             return Err(self.violation(
                                 "batch-metadata",
@@ -687,6 +704,17 @@ impl World {
                     .line(self.now, format_args!("{owner} shard-ended {shard}"));
             }
             Event::ShardFailed { shard, class } => {
+                let gone = self
+                    .kinesis
+                    .stream_index(&shard.stream)
+                    .is_some_and(|s| self.recreated.contains(&s));
+                if gone {
+                    self.trace.line(
+                        self.now,
+                        format_args!("{owner} shard-failed {shard} {class:?} (stream recreated)"),
+                    );
+                    return Ok(());
+                }
                 return Err(self.violation(
                     "shard-failed",
                     format!("{owner}: {shard} failed with {class:?}"),
@@ -1398,6 +1426,20 @@ impl World {
                     },
                 );
             }
+            Some(PullAnswer::Gone) => {
+                self.q.push(
+                    self.now + lat,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input: Input::SubscriptionError {
+                            sub,
+                            class: ErrorClass::ResourceNotFound,
+                        },
+                        payload: None,
+                    },
+                );
+            }
             Some(PullAnswer::TakenOver) => {
                 self.q.push(
                     self.now + lat,
@@ -1575,6 +1617,33 @@ impl World {
             }
             self.open_shards += 1;
             self.wake_shard(shard)?;
+        }
+        Ok(())
+    }
+
+    /// Delete stream `s` (wrapping) and create it again under the same name
+    /// ([`Op::RecreateStream`]).
+    pub(crate) fn recreate_stream(&mut self, s: usize) -> Check {
+        let stream = s % self.kinesis.streams.len();
+        let before = self.kinesis.shards.len();
+        let deleted = self
+            .kinesis
+            .recreate_stream(stream, self.p.shards, self.now);
+        for &i in &deleted {
+            self.oracles.deleted(i);
+        }
+        self.open_shards = self.open_shards + (self.kinesis.shards.len() - before)
+            - deleted
+                .iter()
+                .filter(|&&i| self.kinesis.shards[i].closed_at == Some(self.now))
+                .count();
+        for _ in before..self.kinesis.shards.len() {
+            self.oracles.add_shard(Vec::new());
+        }
+        self.stale_map[stream] = self.open_ranges(stream);
+        self.recreated.insert(stream);
+        for i in deleted {
+            self.wake_shard(i)?;
         }
         Ok(())
     }

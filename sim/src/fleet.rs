@@ -558,6 +558,12 @@ impl World {
         self.stuck.fault((p, inc), self.now);
     }
 
+    /// The operator stops process `p` (`World::operator_clears_stale_rows`):
+    /// a fault for the timed bounds, as a crash is.
+    pub(crate) fn disrupt_for_operator(&mut self, p: usize) {
+        self.disrupt(p, self.now);
+    }
+
     /// A fault hits process `p` until `until`: it is no failover survivor
     /// any more, and open joins are not fault-free.
     fn disrupt(&mut self, p: usize, until: Micros) {

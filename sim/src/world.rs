@@ -732,6 +732,11 @@ impl World {
                 // exits; any other fatal error is a violation.
                 let (name, inc) = (&self.procs[p].name, self.procs[p].inc);
                 let later = self.procs.iter().any(|q| q.name == *name && q.inc > inc);
+                if !self.recreated.is_empty() && message.contains("deleted and recreated") {
+                    self.trace
+                        .line(self.now, format_args!("{owner} exits: {message}"));
+                    return self.operator_clears_stale_rows(p);
+                }
                 if !(later && message.contains("in use by a later process")) {
                     return Err(self.violation("fatal", format!("{owner}: {message}")));
                 }
@@ -1645,6 +1650,46 @@ impl World {
         for i in deleted {
             self.wake_shard(i)?;
         }
+        Ok(())
+    }
+
+    /// A worker of process `p` stopped because its lease table holds rows
+    /// of an earlier stream of the same name; the operator does what its
+    /// error says: every process of its application is stopped, the lease
+    /// rows of the application's recreated streams are deleted, and the
+    /// processes start again 5 s later (reading the new streams from their
+    /// start).
+    fn operator_clears_stale_rows(&mut self, p: usize) -> Check {
+        let app = self.procs[p].app;
+        let streams = self.app_streams(app);
+        for q in 0..self.procs.len() {
+            if self.procs[q].app != app || self.procs[q].state != ProcState::Running {
+                continue;
+            }
+            self.disrupt_for_operator(q);
+            self.procs[q].state = ProcState::Crashed;
+            self.leave(q);
+            self.q.push(self.now + 5 * SEC, Ev::Op(Op::Restart(q)));
+        }
+        let recreated: Vec<&StreamId> = streams
+            .iter()
+            .filter(|s| {
+                self.kinesis
+                    .stream_index(s)
+                    .is_some_and(|i| self.recreated.contains(&i))
+            })
+            .collect();
+        let before = self.dynamo.leases.len();
+        self.dynamo
+            .leases
+            .retain(|shard, _| !recreated.contains(&&shard.stream));
+        self.trace.line(
+            self.now,
+            format_args!(
+                "operator deletes {} lease rows of {recreated:?}",
+                before - self.dynamo.leases.len()
+            ),
+        );
         Ok(())
     }
 

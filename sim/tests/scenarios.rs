@@ -765,20 +765,17 @@ fn applications_sharing_a_lease_table_each_read_and_balance_their_own_shards() -
 /// (`checkpoint-covers-unacked`), and the old stream's unread records are
 /// excused (gone with it).
 ///
-/// Fails on today's core (found by this scenario, not yet fixed; the
-/// swarm does not draw `Op::RecreateStream` until it passes): a running
-/// fleet applies the old rows. The new `shardId-000000000000` is never
-/// read (its row is the old split parent's SHARD_END); the rows of the old
-/// children `shardId-000000000004`/`5` name shards the new stream lacks,
-/// fail with ResourceNotFound after every quarantine and count as active
-/// leases in the fair share (`balance`: "w1#1 holds 1 of 5 leases"); the
-/// other new shards are read from TRIM_HORIZON only because the old
-/// checkpoint is refused as "past retention". The aws consumer refuses
-/// such rows at start (`Error::StaleLeases`); the core must refuse or
-/// ignore them while running too (e.g. a row at SHARD_END for a shard
-/// ListShards reports open is proof of a recreated stream).
+/// Core bug found by this scenario (core test
+/// `an_open_shard_whose_row_is_at_shard_end_stops_the_worker_as_a_recreated_stream`):
+/// a running fleet applied the old rows: the new `shardId-000000000000`
+/// was never read (its row was the old split parent's SHARD_END), the rows
+/// of the old children `shardId-000000000004`/`5` named shards the new
+/// stream lacks and counted in the fair share (`balance`: "w1#1 holds 1 of
+/// 5 leases"). Now a worker whose ListShards shows an open shard with a
+/// SHARD_END row stops with an error naming the rows to delete; the
+/// simulated operator deletes them and restarts the fleet, which reads the
+/// new stream from its start.
 #[test]
-#[ignore = "core bug: a running fleet applies a recreated stream's old rows (issue 11)"]
 fn a_recreated_stream_is_read_from_its_creation_and_inherits_no_old_row() -> Result<()> {
     for efo in [false, true] {
         let mut p = quiet("recreate", 4, 2);

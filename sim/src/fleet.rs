@@ -52,7 +52,7 @@ use crate::net::Service;
 use crate::oracle::{Check, Violation};
 use crate::scenario::Op;
 use crate::sched::{between, exp, Clock, Micros, MS, SEC};
-use crate::world::{dur, Ev, Phase, World, CONSUMER, UNIX_BASE_MS};
+use crate::world::{dur, Ev, Phase, World, CONSUMER, QUARANTINE, UNIX_BASE_MS};
 
 /// How long after its last shutdown the final phase may take.
 const SHUTDOWN_BOUND: Micros = 30 * SEC;
@@ -316,7 +316,8 @@ impl World {
             7 => Op::Split(self.rng.below(64) as usize),
             8 => Op::Merge(self.rng.below(64) as usize),
             9 => Op::CutDynamoOneWay(w, between(&mut self.rng, SEC, 4 * f), self.rng.chance(0.5)),
-            _ => Op::Impostor(w),
+            10 => Op::Impostor(w),
+            _ => Op::RecreateStream(w),
         };
         self.apply(op)?;
         let mean = (3600.0 * SEC as f64 / total) as Micros;
@@ -971,7 +972,13 @@ impl World {
         // BALANCE_BOUND after its own start, not the heal's: the bound
         // runs from the later of the two (swarm seeds 761, 3362, ...: a
         // restart 84 s into the heal was judged 0.7 s after it started).
-        if self.p.check_liveness && self.now >= self.heal_start + BALANCE_BOUND {
+        // A recreated stream's shards may be quarantined (their ids failed
+        // with the old stream) up to QUARANTINE after the recreation: the
+        // bounds run from the later of the heal and that.
+        let settled = self
+            .last_recreation
+            .map_or(self.heal_start, |t| self.heal_start.max(t + QUARANTINE));
+        if self.p.check_liveness && self.now >= settled + BALANCE_BOUND {
             let unfair = self.unfair(self.now - BALANCE_BOUND);
             if !unfair.is_empty() {
                 return Err(self.violation(
@@ -984,7 +991,7 @@ impl World {
                 ));
             }
         }
-        if self.now >= self.heal_start + self.p.heal_us {
+        if self.now >= settled + self.p.heal_us {
             let shown: Vec<&str> = lagging.iter().take(8).map(String::as_str).collect();
             return Err(self.violation(
                 "liveness",

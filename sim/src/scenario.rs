@@ -115,6 +115,9 @@ pub struct Faults {
     /// Second processes with a running worker's id, per hour
     /// ([`Op::Impostor`]).
     pub impostor: f64,
+    /// Streams deleted and recreated under the same name per hour
+    /// ([`Op::RecreateStream`]).
+    pub recreate_stream: f64,
 }
 
 impl Faults {
@@ -145,6 +148,7 @@ impl Faults {
             dynamo_late: 0.0,
             cut_dynamo_one_way: 0.0,
             impostor: 0.0,
+            recreate_stream: 0.0,
         }
     }
 
@@ -190,6 +194,7 @@ impl Faults {
             dynamo_late: 0.0,
             cut_dynamo_one_way: 0.0,
             impostor: 0.0,
+            recreate_stream: 0.0,
         };
         // Drawn last: the draws of the kinds before it are those of the
         // seeds that predate it.
@@ -212,7 +217,7 @@ impl Faults {
     }
 
     /// Ops per hour, by kind (for the fault clock).
-    pub(crate) fn op_rates(&self) -> [f64; 11] {
+    pub(crate) fn op_rates(&self) -> [f64; 12] {
         [
             self.crash,
             self.stall,
@@ -225,6 +230,7 @@ impl Faults {
             self.merge,
             self.cut_dynamo_one_way,
             self.impostor,
+            self.recreate_stream,
         ]
     }
 }
@@ -455,6 +461,11 @@ impl Params {
         };
         p.streams_per_app = if rng.chance(0.8) { 1 } else { 2 };
         p.max_open_shards *= p.apps * p.streams_per_app;
+        p.faults.recreate_stream = if rng.chance(0.85) {
+            0.0
+        } else {
+            rng.unit_f64() * 6.0
+        };
         p
     }
 
@@ -576,6 +587,10 @@ pub struct RunReport {
     /// EFO events of a closed shard, not its last, whose Kinesis records
     /// held only such sub-records (nothing a consumer keeps).
     pub foreign_only_events: u64,
+    /// Streams deleted and recreated ([`Op::RecreateStream`]), and how
+    /// many times the operator deleted their old rows after a worker's
+    /// error.
+    pub recreated: (u64, u64),
     /// Trace hash.
     pub trace_hash: u64,
     /// Trace lines.

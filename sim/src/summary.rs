@@ -77,6 +77,8 @@ pub struct Summary {
     /// KPL sub-records of misrouted aggregates outside their shard's range
     /// (dropped by every consumer), all runs.
     pub kpl_foreign: u64,
+    /// Streams recreated, and operator clean-ups after a worker's error.
+    pub recreated: (u64, u64),
 }
 
 fn pct(v: &mut [Micros], p: f64) -> Option<Micros> {
@@ -113,6 +115,8 @@ impl Summary {
         self.black_holed_beats += r.black_holed_beats;
         self.silenced += r.silenced;
         self.kpl_foreign += r.kpl_foreign;
+        self.recreated.0 += r.recreated.0;
+        self.recreated.1 += r.recreated.1;
         self.failovers.extend(&r.failovers);
         for &(cause, us) in &r.failovers_other {
             self.failovers_other
@@ -173,7 +177,7 @@ impl fmt::Display for Summary {
         let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={} | kpl sub-records outside their shard (dropped)={}",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={} | kpl sub-records outside their shard (dropped)={} | streams recreated={} (old rows deleted after a worker's error: {})",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -208,6 +212,8 @@ impl fmt::Display for Summary {
             self.black_holed_beats,
             self.silenced,
             self.kpl_foreign,
+            self.recreated.0,
+            self.recreated.1,
         )
     }
 }

@@ -72,6 +72,9 @@ pub fn stream_name(s: usize) -> String {
 pub const CONSUMER: &str = "kinesin-sim";
 /// Wall clock at true time 0.
 pub(crate) const UNIX_BASE_MS: u64 = 1_700_000_000_000;
+/// The core quarantines a failed shard this long (`worker/read.rs`): a
+/// recreated stream's shards whose ids failed with the old stream.
+pub(crate) const QUARANTINE: Micros = 300 * SEC;
 /// Timer firings at one instant that mean a busy loop.
 const SPIN_LIMIT: u32 = 10_000;
 
@@ -180,6 +183,10 @@ pub struct World {
     /// one of their shards may fail for good (ResourceNotFound on a shard
     /// gone with the old stream), as it must.
     pub(crate) recreated: BTreeSet<usize>,
+    /// When a stream was last recreated: the old stream's shards failed
+    /// (ResourceNotFound) and the worker quarantines a failed shard's id
+    /// for 5 minutes, the new shard of that id included.
+    pub(crate) last_recreation: Option<Micros>,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -259,6 +266,7 @@ impl World {
             graceful: false,
             stale_map,
             recreated: BTreeSet::new(),
+            last_recreation: None,
         }
     }
 
@@ -531,21 +539,22 @@ impl World {
         match e {
             Event::Batch(b) => {
                 trace_fmt::batch_line(&mut self.trace, self.now, &owner, &b);
-                let by_ref = self.kinesis.index_of(&b.shard).ok_or_else(|| {
-                    self.violation("batch-metadata", format!("unknown shard {}", b.shard))
-                })?;
                 // A chunk read before its stream was deleted and recreated
                 // comes from the old shard its ShardId named then.
-                let shard = match self.procs[p].chunks.get(&b.chunk) {
+                let old = match self.procs[p].chunks.get(&b.chunk) {
                     Some((s, _))
                         if !b.redelivery
                             && self.kinesis.shards[*s].deleted
                             && self.kinesis.shard_ref(*s) == b.shard =>
                     {
-                        *s
+                        Some(*s)
                     }
-                    _ => by_ref,
+                    _ => None,
                 };
+                let shard = old.or_else(|| self.kinesis.index_of(&b.shard));
+                let shard = shard.ok_or_else(|| {
+                    self.violation("batch-metadata", format!("unknown shard {}", b.shard))
+                })?;
                 let pr = &mut self.procs[p];
                 let (shard, ids) = if b.redelivery {
                     match pr.batches.get(&b.id) {
@@ -1647,6 +1656,13 @@ impl World {
         }
         self.stale_map[stream] = self.open_ranges(stream);
         self.recreated.insert(stream);
+        self.last_recreation = Some(self.now);
+        // A fault until its quarantines end: joins meanwhile are not
+        // judged fault-free.
+        self.bounds.disrupted();
+        let until = self.now + QUARANTINE;
+        self.last_disruption = Some(self.last_disruption.unwrap_or(0).max(until));
+        self.report.recreated.0 += 1;
         for i in deleted {
             self.wake_shard(i)?;
         }
@@ -1679,6 +1695,7 @@ impl World {
                     .is_some_and(|i| self.recreated.contains(&i))
             })
             .collect();
+        self.report.recreated.1 += 1;
         let before = self.dynamo.leases.len();
         self.dynamo
             .leases

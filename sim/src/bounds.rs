@@ -284,13 +284,14 @@ impl Bounds {
         });
     }
 
-    /// Joined workers that reach `fair` close their sample; an asserted one
+    /// Joined workers that reach their `fair` share (of their application)
+    /// close their sample; an asserted one
     /// past [`JOIN_BOUND`] is a violation. `running` says whether a process
     /// incarnation still runs (a departed joiner's sample is dropped).
     pub fn check_joins(
         &mut self,
         now: Micros,
-        fair: usize,
+        fair: impl Fn(ProcId) -> usize,
         held: impl Fn(&Owner) -> usize,
         running: impl Fn(ProcId) -> bool,
     ) -> Check {
@@ -300,6 +301,7 @@ impl Bounds {
             if !running(j.proc) {
                 return false;
             }
+            let fair = fair(j.proc);
             let h = held(&j.owner);
             if h >= fair {
                 samples.push((j.asserted, now - j.at));
@@ -575,13 +577,15 @@ mod tests {
         let mut b = Bounds::default();
         let o = Owner::new("w3", 1);
         b.open_join(0, (3, 1), o.clone(), true);
-        assert!(b.check_joins(JOIN_BOUND, 2, |_| 1, |_| true).is_ok());
+        assert!(b.check_joins(JOIN_BOUND, |_| 2, |_| 1, |_| true).is_ok());
         let v = b
-            .check_joins(JOIN_BOUND + 1, 2, |_| 1, |_| true)
+            .check_joins(JOIN_BOUND + 1, |_| 2, |_| 1, |_| true)
             .unwrap_err();
         assert_eq!(v.oracle, "join-bound");
         assert_eq!(b.end(JOIN_BOUND + 1).unwrap_err().oracle, "join-bound");
-        assert!(b.check_joins(JOIN_BOUND + 2, 2, |_| 2, |_| true).is_ok());
+        assert!(b
+            .check_joins(JOIN_BOUND + 2, |_| 2, |_| 2, |_| true)
+            .is_ok());
         assert_eq!(b.join_samples, vec![(true, JOIN_BOUND + 2)]);
     }
 
@@ -590,7 +594,9 @@ mod tests {
         let mut b = Bounds::default();
         b.open_join(0, (3, 1), Owner::new("w3", 1), true);
         b.disrupted();
-        assert!(b.check_joins(10 * JOIN_BOUND, 2, |_| 0, |_| true).is_ok());
+        assert!(b
+            .check_joins(10 * JOIN_BOUND, |_| 2, |_| 0, |_| true)
+            .is_ok());
         assert!(b.end(10 * JOIN_BOUND).is_ok());
     }
 

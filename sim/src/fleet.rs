@@ -14,6 +14,13 @@
 //! record acknowledged within the bound; then every process shuts down
 //! gracefully and no lease row may keep an owner.
 //!
+//! Applications (`Params::apps`) share the one lease table, each its own
+//! processes and streams: a process belongs to one application for good
+//! (a join goes to the application with the fewest running processes),
+//! the heal phase keeps one live process per application, and balancing
+//! (the fair share), joins and failover survivors are judged per
+//! application.
+//!
 //! AWS (and KCL) rules encoded: a crash loses the process's memory but not
 //! the lease table; a restarted process is a new incarnation (a new owner
 //! to the table) and its heartbeat row overwrites its predecessor's; a
@@ -35,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kinesin_core::config::{Batching, Config, EfoConsumer, Redelivery, Retrieval, StartFrom};
-use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, SubId};
+use kinesin_core::ids::{BatchId, ChunkId, FencingToken, OpId, Owner, ShardRef, StreamId, SubId};
 use kinesin_core::io::Input;
 use kinesin_core::sequence::Checkpoint;
 use kinesin_core::worker::Worker;
@@ -45,7 +52,7 @@ use crate::net::Service;
 use crate::oracle::{Check, Violation};
 use crate::scenario::Op;
 use crate::sched::{between, exp, Clock, Micros, MS, SEC};
-use crate::world::{dur, Ev, Phase, World, CONSUMER, UNIX_BASE_MS};
+use crate::world::{dur, Ev, Phase, World, CONSUMER, QUARANTINE, UNIX_BASE_MS};
 
 /// How long after its last shutdown the final phase may take.
 const SHUTDOWN_BOUND: Micros = 30 * SEC;
@@ -78,6 +85,9 @@ pub(crate) enum Pending {
 /// worker, and the runtime state a real runtime would keep for it.
 pub(crate) struct Proc {
     pub(crate) name: String,
+    /// The application it belongs to (`Params::apps`): it consumes that
+    /// application's streams.
+    pub(crate) app: usize,
     pub(crate) inc: u64,
     pub(crate) clock: Clock,
     pub(crate) wall_skew_ms: i64,
@@ -111,9 +121,10 @@ pub(crate) struct Proc {
 
 impl Proc {
     /// A process that has just joined: incarnation 1, not yet started.
-    fn new(name: String, clock: Clock, wall_skew_ms: i64) -> Self {
+    fn new(name: String, app: usize, clock: Clock, wall_skew_ms: i64) -> Self {
         Proc {
             name,
+            app,
             inc: 1,
             clock,
             wall_skew_ms,
@@ -151,7 +162,21 @@ impl Proc {
 impl World {
     // ----- lifecycle -----------------------------------------------------------
 
-    fn config(&mut self, name: &str, inc: u64) -> Config {
+    /// The streams application `app` consumes.
+    pub(crate) fn app_streams(&self, app: usize) -> Vec<StreamId> {
+        let k = self.p.streams_per_app.max(1);
+        (app * k..(app + 1) * k)
+            .map(|s| self.kinesis.streams[s].clone())
+            .collect()
+    }
+
+    /// The application that consumes `stream`.
+    pub(crate) fn app_of(&self, stream: &StreamId) -> Option<usize> {
+        let s = self.kinesis.stream_index(stream)?;
+        Some(s / self.p.streams_per_app.max(1))
+    }
+
+    fn config(&mut self, app: usize, name: &str, inc: u64) -> Config {
         let retrieval = if self.p.efo {
             Retrieval::Efo {
                 consumer: EfoConsumer::Name(CONSUMER.into()),
@@ -159,7 +184,8 @@ impl World {
         } else {
             Retrieval::polling()
         };
-        let mut c = Config::new(vec![self.stream.clone()], Owner::new(name, inc), retrieval);
+        let streams = self.app_streams(app);
+        let mut c = Config::new(streams, Owner::new(name, inc), retrieval);
         c.seed = self.rng.next_u64();
         c.batching = Batching {
             count: self.p.batch_count,
@@ -191,7 +217,7 @@ impl World {
     pub(crate) fn start(&mut self, p: usize) -> Check {
         let inc = self.procs[p].inc;
         let name = self.procs[p].name.clone();
-        let config = self.config(&name, inc);
+        let config = self.config(self.procs[p].app, &name, inc);
         let pr = &mut self.procs[p];
         let local = pr.clock.local(self.now).max(pr.last_local);
         pr.last_local = local;
@@ -295,7 +321,8 @@ impl World {
             7 => Op::Split(self.rng.below(64) as usize),
             8 => Op::Merge(self.rng.below(64) as usize),
             9 => Op::CutDynamoOneWay(w, between(&mut self.rng, SEC, 4 * f), self.rng.chance(0.5)),
-            _ => Op::Impostor(w),
+            10 => Op::Impostor(w),
+            _ => Op::RecreateStream(w),
         };
         self.apply(op)?;
         let mean = (3600.0 * SEC as f64 / total) as Micros;
@@ -324,8 +351,9 @@ impl World {
                 if !self.running(p) {
                     return Ok(());
                 }
+                let app = self.procs[p].app;
                 let survivors: BTreeSet<ProcId> = (0..self.procs.len())
-                    .filter(|&q| q != p && self.healthy(q))
+                    .filter(|&q| q != p && self.procs[q].app == app && self.healthy(q))
                     .map(|q| (q, self.procs[q].inc))
                     .collect();
                 self.open_failovers(p, Cause::CrashWithSurvivor, survivors);
@@ -423,6 +451,14 @@ impl World {
             Op::Join if self.phase == Phase::Closing => {}
             Op::Join => {
                 let p = self.procs.len();
+                // The application with the fewest running processes.
+                let app = (0..self.p.apps.max(1))
+                    .min_by_key(|&a| {
+                        (0..self.procs.len())
+                            .filter(|&q| self.procs[q].app == a && self.running(q))
+                            .count()
+                    })
+                    .unwrap_or(0);
                 let offset = self.rng.below(3600 * SEC);
                 let dmax = self.p.faults.drift_ppm_max.max(0) as u64;
                 let drift = self.rng.below(2 * dmax + 1) as i64 - dmax as i64;
@@ -431,13 +467,15 @@ impl World {
                     offset_us: offset,
                     drift_ppm: drift,
                 };
-                self.procs.push(Proc::new(format!("w{p}"), clock, skew));
+                self.procs
+                    .push(Proc::new(format!("w{p}"), app, clock, skew));
                 self.start(p)?;
-                if self.now > 0 && self.procs.len() > self.p.workers {
+                if self.now > 0 && self.procs.len() > self.p.workers * self.p.apps.max(1) {
                     self.open_join(p);
                 }
             }
             Op::Split(i) => self.split(i)?,
+            Op::RecreateStream(s) => self.recreate_stream(s)?,
             Op::Merge(i) => self.merge(i)?,
             Op::Impostor(w) => {
                 let p = w % n;
@@ -454,7 +492,7 @@ impl World {
                     offset_us: offset,
                     drift_ppm: 0,
                 };
-                let mut pr = Proc::new(self.procs[p].name.clone(), clock, skew);
+                let mut pr = Proc::new(self.procs[p].name.clone(), self.procs[p].app, clock, skew);
                 // Far above every incarnation of this id so far (the
                 // original's restarts stay earlier), and never one an
                 // earlier impostor of the same id took: two processes
@@ -478,16 +516,21 @@ impl World {
     /// Joined workers that reached fair share: record the time it took;
     /// an asserted join past its bound is a violation.
     pub(crate) fn check_joins(&mut self) -> Check {
-        let active = self.active_leases();
-        let live = (0..self.procs.len())
-            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
-            .count()
-            .max(1);
-        let fair = active / live;
+        let fair: Vec<usize> = (0..self.p.apps.max(1))
+            .map(|app| {
+                let live = (0..self.procs.len())
+                    .filter(|&p| {
+                        self.procs[p].app == app && self.running(p) && !self.procs[p].shutting_down
+                    })
+                    .count()
+                    .max(1);
+                self.active_leases(app) / live
+            })
+            .collect();
         let (oracles, procs) = (&self.oracles, &self.procs);
         self.bounds.check_joins(
             self.now,
-            fair,
+            |(p, _)| procs.get(p).map_or(0, |pr| fair[pr.app]),
             |o| oracles.held_by(o),
             |(p, inc)| {
                 procs.get(p).is_some_and(|pr| {
@@ -530,6 +573,12 @@ impl World {
     pub(crate) fn request_fault(&mut self, p: usize, inc: u64) {
         self.bounds.unhealthy((p, inc));
         self.stuck.fault((p, inc), self.now);
+    }
+
+    /// The operator stops process `p` (`World::operator_clears_stale_rows`):
+    /// a fault for the timed bounds, as a crash is.
+    pub(crate) fn disrupt_for_operator(&mut self, p: usize) {
+        self.disrupt(p, self.now);
     }
 
     /// A fault hits process `p` until `until`: it is no failover survivor
@@ -733,14 +782,22 @@ impl World {
                 self.q.push(self.now, Ev::Resume { p, inc });
             }
         }
-        let live = (0..self.procs.len())
-            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
-            .count();
-        if live == 0 {
-            if let Some(p) = (0..self.procs.len()).find(|&p| !self.running(p)) {
-                self.apply(Op::Restart(p))?;
-            } else {
-                self.apply(Op::Join)?;
+        for app in 0..self.p.apps.max(1) {
+            let of_app = |p: &usize| self.procs[*p].app == app;
+            let live = (0..self.procs.len())
+                .filter(of_app)
+                .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+                .count();
+            if live == 0 {
+                let down = (0..self.procs.len())
+                    .filter(of_app)
+                    .find(|&p| !self.running(p));
+                if let Some(p) = down {
+                    self.apply(Op::Restart(p))?;
+                } else {
+                    // Joins the application with the fewest running.
+                    self.apply(Op::Join)?;
+                }
             }
         }
         self.q.push(self.now + SEC, Ev::HealCheck);
@@ -760,6 +817,10 @@ impl World {
             let ended = row.is_some_and(|r| r.checkpoint == Some(Checkpoint::ShardEnd))
                 || self.dynamo.deleted.contains(&sref);
             let s = &self.kinesis.shards[i];
+            if s.deleted {
+                // Gone with its stream: its ShardId names a new shard.
+                continue;
+            }
             if ended {
                 // A drained shard's row is collected once every child has
                 // checkpointed (KCL's clean-up): rows do not pile up.
@@ -827,12 +888,13 @@ impl World {
     /// ended, and every parent's row ended (a parent without a row is
     /// gone: trimmed before any worker listed it). A child waiting for its
     /// parent is no one's share yet: a worker cannot hold it.
-    pub(crate) fn active_leases(&self) -> usize {
+    pub(crate) fn active_leases(&self, app: usize) -> usize {
         let leases = &self.dynamo.leases;
         leases
             .values()
             .filter(|r| {
-                r.checkpoint != Some(Checkpoint::ShardEnd)
+                self.app_of(&r.shard.stream) == Some(app)
+                    && r.checkpoint != Some(Checkpoint::ShardEnd)
                     && r.parents.iter().all(|p| {
                         leases
                             .get(&ShardRef::new(r.shard.stream.clone(), p.clone()))
@@ -847,9 +909,20 @@ impl World {
     /// joining worker gets its share). Every live worker counts in the
     /// share; `started_by` only picks whose holdings are judged.
     pub(crate) fn unfair(&self, started_by: Micros) -> Vec<String> {
-        let active = self.active_leases();
+        (0..self.p.apps.max(1))
+            .flat_map(|app| self.unfair_in(app, started_by))
+            .collect()
+    }
+
+    /// [`Self::unfair`] for application `app`: its leases over its live
+    /// workers (the other applications' workers share the table, not the
+    /// leases).
+    fn unfair_in(&self, app: usize, started_by: Micros) -> Vec<String> {
+        let active = self.active_leases(app);
         let live: Vec<usize> = (0..self.procs.len())
-            .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+            .filter(|&p| {
+                self.procs[p].app == app && self.running(p) && !self.procs[p].shutting_down
+            })
             .collect();
         let Some(fair) = active.checked_div(live.len()) else {
             return Vec::new();
@@ -896,11 +969,14 @@ impl World {
                         self.p.heal_us
                     }
         {
+            // The first application's (the only one in the shape tests).
             let held = (0..self.procs.len())
-                .filter(|&p| self.running(p) && !self.procs[p].shutting_down)
+                .filter(|&p| {
+                    self.procs[p].app == 0 && self.running(p) && !self.procs[p].shutting_down
+                })
                 .map(|p| self.oracles.held_by(&self.procs[p].owner()))
                 .collect();
-            self.report.settled = Some((self.active_leases(), held));
+            self.report.settled = Some((self.active_leases(0), held));
             // Joiners at their fair share close their samples now, before
             // the fleet shuts down.
             self.check_joins()?;
@@ -928,7 +1004,13 @@ impl World {
         // BALANCE_BOUND after its own start, not the heal's: the bound
         // runs from the later of the two (swarm seeds 761, 3362, ...: a
         // restart 84 s into the heal was judged 0.7 s after it started).
-        if self.p.check_liveness && self.now >= self.heal_start + BALANCE_BOUND {
+        // A recreated stream's shards may be quarantined (their ids failed
+        // with the old stream) up to QUARANTINE after the recreation: the
+        // bounds run from the later of the heal and that.
+        let settled = self
+            .last_recreation
+            .map_or(self.heal_start, |t| self.heal_start.max(t + QUARANTINE));
+        if self.p.check_liveness && self.now >= settled + BALANCE_BOUND {
             let unfair = self.unfair(self.now - BALANCE_BOUND);
             if !unfair.is_empty() {
                 return Err(self.violation(
@@ -941,7 +1023,7 @@ impl World {
                 ));
             }
         }
-        if self.now >= self.heal_start + self.p.heal_us {
+        if self.now >= settled + self.p.heal_us {
             let shown: Vec<&str> = lagging.iter().take(8).map(String::as_str).collect();
             return Err(self.violation(
                 "liveness",

@@ -1,7 +1,10 @@
-//! Simulated Kinesis Data Streams: one stream, its shards and records, EFO
-//! consumers and subscriptions, and shard iterators.
+//! Simulated Kinesis Data Streams: one or more streams, their shards and
+//! records, EFO consumers and subscriptions, and shard iterators.
 //!
 //! AWS rules encoded (SPEC section 1):
+//! - Shard ids count the shards of their stream (`shardId-000000000000`
+//!   first in every stream); a consumer is registered to one stream; a
+//!   merge joins two adjacent shards of one stream.
 //! - Sequence numbers are 56-digit decimal strings, increasing within a
 //!   shard (and across a reshard: children's are above their parents').
 //! - A split closes the parent (EndingSequenceNumber set) and opens two
@@ -23,6 +26,9 @@
 //!   null continuation and the ChildShards. With `empty_first_event`, every
 //!   subscription opens with an event without records whose continuation
 //!   is the record before its starting point (behind an AT_SEQUENCE start).
+//!   With `ragged_events`, two events in three hold only 1 to 3 Kinesis
+//!   records although more are available (so a closed shard's event may
+//!   hold nothing a consumer keeps, with a continuation before its end).
 //! - GetShardIterator / GetRecords: an iterator expires 5 minutes after it
 //!   was issued; at most 5 GetRecords/s per shard (Throttled); at the end of
 //!   a closed shard the response has no NextShardIterator and names the
@@ -92,8 +98,14 @@ impl KRecord {
 /// One shard.
 #[derive(Clone, Debug)]
 pub struct Shard {
-    /// ShardId.
+    /// ShardId (`shardId-{n}`, `n` counting the shards of its stream).
     pub id: ShardId,
+    /// The stream (index into [`Kinesis::streams`]).
+    pub stream: usize,
+    /// Its stream was deleted (and perhaps recreated under the same name:
+    /// its ShardId then names a shard of the new stream): every read of it
+    /// is ResourceNotFound.
+    pub deleted: bool,
     /// Parent shard ids.
     pub parents: Vec<usize>,
     /// Children (set when closed).
@@ -198,6 +210,8 @@ pub enum PullAnswer {
     Ended,
     /// Taken over by another subscription.
     TakenOver,
+    /// The shard's stream was deleted (ResourceNotFound).
+    Gone,
     /// Not yet: wake up again at this time.
     Later(Micros),
 }
@@ -219,14 +233,17 @@ pub struct RecordsAnswer {
     pub millis_behind: u64,
 }
 
-/// The simulated service (one stream).
+/// The simulated service: one or more streams.
 pub struct Kinesis {
-    /// The stream.
-    pub stream: StreamId,
-    /// Every shard ever created, by index; ShardId encodes the index.
+    /// The streams, by index.
+    pub streams: Vec<StreamId>,
+    /// Per stream, its shards' indices into `shards` in creation order
+    /// (the `n` of `shardId-{n}`).
+    pub stream_shards: Vec<Vec<usize>>,
+    /// Every shard ever created, of every stream, by (global) index.
     pub shards: Vec<Shard>,
-    /// Registered consumers by name.
-    pub consumers: BTreeMap<String, Consumer>,
+    /// Registered consumers by (stream index, name).
+    pub consumers: BTreeMap<(usize, String), Consumer>,
     /// Subscriptions by owner key.
     pub subs: BTreeMap<SubKey, Subscription>,
     /// Last SubscribeToShard call per (consumer, shard).
@@ -252,6 +269,12 @@ pub struct Kinesis {
     /// as the service may when the iterator points at a stretch of the
     /// shard without data.
     pub empty_get_records: bool,
+    /// Two EFO events in three hold only 1 to 3 Kinesis records although
+    /// more are available (AWS pushes records as they arrive; an event is
+    /// no whole backlog).
+    pub ragged_events: bool,
+    /// EFO events answered (the ragged ones are drawn from it).
+    events_answered: u64,
     /// SubscribeToShard calls that reached the service.
     pub subscribe_calls: u64,
     /// SubscribeToShard calls refused (LimitExceeded, ResourceInUse) by a
@@ -264,12 +287,12 @@ pub struct Kinesis {
     pub get_records_calls: u64,
 }
 
-fn shard_id(index: usize) -> ShardId {
-    ShardId::new(format!("shardId-{index:012}"))
+fn shard_id(n: usize) -> ShardId {
+    ShardId::new(format!("shardId-{n:012}"))
 }
 
-/// The shard index encoded in a ShardId of this simulator.
-pub fn shard_index(id: &ShardId) -> Option<usize> {
+/// The `n` of a ShardId `shardId-{n}` of this simulator.
+fn shard_number(id: &ShardId) -> Option<usize> {
     id.as_str().strip_prefix("shardId-")?.parse().ok()
 }
 
@@ -308,7 +331,8 @@ impl Kinesis {
     /// A stream with `shards` open shards splitting the hash key space evenly.
     pub fn new(stream: StreamId, shards: usize, retention: Micros, unix_base_ms: u64) -> Self {
         let mut k = Kinesis {
-            stream,
+            streams: Vec::new(),
+            stream_shards: Vec::new(),
             shards: Vec::new(),
             consumers: BTreeMap::new(),
             subs: BTreeMap::new(),
@@ -321,11 +345,23 @@ impl Kinesis {
             idle_event_interval: SEC,
             empty_first_event: false,
             empty_get_records: false,
+            ragged_events: false,
+            events_answered: 0,
             subscribe_calls: 0,
             subscribe_refused_own: 0,
             subscribe_refused_fleet: 0,
             get_records_calls: 0,
         };
+        k.add_stream(stream, shards);
+        k
+    }
+
+    /// Another stream with `shards` open shards splitting the hash key
+    /// space evenly. Returns its index.
+    pub fn add_stream(&mut self, stream: StreamId, shards: usize) -> usize {
+        let s = self.streams.len();
+        self.streams.push(stream);
+        self.stream_shards.push(Vec::new());
         let n = shards.max(1) as u128;
         let width = u128::MAX / n;
         for i in 0..n {
@@ -335,16 +371,20 @@ impl Kinesis {
             } else {
                 (i + 1) * width - 1
             };
-            k.add_shard(Vec::new(), HashRange { start, end }, 0);
+            self.add_shard(s, Vec::new(), HashRange { start, end });
         }
-        k
+        s
     }
 
-    fn add_shard(&mut self, parents: Vec<usize>, range: HashRange, _now: Micros) -> usize {
+    fn add_shard(&mut self, stream: usize, parents: Vec<usize>, range: HashRange) -> usize {
         let index = self.shards.len();
+        let n = self.stream_shards[stream].len();
+        self.stream_shards[stream].push(index);
         self.next_ord += 7;
         self.shards.push(Shard {
-            id: shard_id(index),
+            id: shard_id(n),
+            stream,
+            deleted: false,
             parents,
             children: Vec::new(),
             range,
@@ -361,14 +401,56 @@ impl Kinesis {
 
     /// The ShardRef of shard `index`.
     pub fn shard_ref(&self, index: usize) -> ShardRef {
-        ShardRef::new(self.stream.clone(), self.shards[index].id.clone())
+        let s = &self.shards[index];
+        ShardRef::new(self.streams[s.stream].clone(), s.id.clone())
     }
 
-    /// The open shard whose range holds `hash_key`.
-    pub fn route(&self, hash_key: u128) -> usize {
-        self.shards
+    /// The index of the shard a ShardRef names, if it exists.
+    pub fn index_of(&self, shard: &ShardRef) -> Option<usize> {
+        let s = self.streams.iter().position(|id| *id == shard.stream)?;
+        let n = shard_number(&shard.shard)?;
+        self.stream_shards[s].get(n).copied()
+    }
+
+    /// DeleteStream then CreateStream under the same name (the same ARN):
+    /// every shard of the stream is deleted (reads of it fail with
+    /// ResourceNotFound, its subscriptions end with it) and the new stream
+    /// opens `shards` shards named from `shardId-000000000000` again. Its
+    /// consumers are kept (a simplification: AWS deletes them with the
+    /// stream). Returns the deleted shards.
+    pub fn recreate_stream(&mut self, stream: usize, shards: usize, now: Micros) -> Vec<usize> {
+        let old = std::mem::take(&mut self.stream_shards[stream]);
+        for &i in &old {
+            if self.shards[i].is_open() {
+                self.close(i, now);
+            }
+            self.shards[i].deleted = true;
+        }
+        let n = shards.max(1) as u128;
+        let width = u128::MAX / n;
+        for i in 0..n {
+            let start = i * width;
+            let end = if i + 1 == n {
+                u128::MAX
+            } else {
+                (i + 1) * width - 1
+            };
+            self.add_shard(stream, Vec::new(), HashRange { start, end });
+        }
+        old
+    }
+
+    /// The index of a stream, if it exists.
+    pub fn stream_index(&self, stream: &StreamId) -> Option<usize> {
+        self.streams.iter().position(|id| id == stream)
+    }
+
+    /// The open shard of stream `stream` whose range holds `hash_key`.
+    pub fn route(&self, stream: usize, hash_key: u128) -> usize {
+        self.stream_shards[stream]
             .iter()
-            .position(|s| s.is_open() && s.range.contains(hash_key))
+            .copied()
+            .find(|&i| self.shards[i].is_open() && self.shards[i].range.contains(hash_key))
             .expect("open shards cover the hash key space")
     }
 
@@ -409,24 +491,24 @@ impl Kinesis {
         if !s.is_open() || s.range.end - s.range.start < 2 {
             return None;
         }
-        let range = s.range;
+        let (range, stream) = (s.range, s.stream);
         let mid = range.start + (range.end - range.start) / 2;
         self.close(shard, now);
         let a = self.add_shard(
+            stream,
             vec![shard],
             HashRange {
                 start: range.start,
                 end: mid,
             },
-            now,
         );
         let b = self.add_shard(
+            stream,
             vec![shard],
             HashRange {
                 start: mid + 1,
                 end: range.end,
             },
-            now,
         );
         self.shards[shard].children = vec![a, b];
         Some([a, b])
@@ -435,30 +517,37 @@ impl Kinesis {
     /// Merge two adjacent open shards. Returns the child.
     pub fn merge(&mut self, left: usize, right: usize, now: Micros) -> Option<usize> {
         let (l, r) = (&self.shards[left], &self.shards[right]);
-        if !l.is_open() || !r.is_open() || l.range.end.checked_add(1) != Some(r.range.start) {
+        if !l.is_open()
+            || !r.is_open()
+            || l.stream != r.stream
+            || l.range.end.checked_add(1) != Some(r.range.start)
+        {
             return None;
         }
+        let stream = l.stream;
         let range = HashRange {
             start: l.range.start,
             end: r.range.end,
         };
         self.close(left, now);
         self.close(right, now);
-        let c = self.add_shard(vec![left, right], range, now);
+        let c = self.add_shard(stream, vec![left, right], range);
         self.shards[left].children = vec![c];
         self.shards[right].children = vec![c];
         Some(c)
     }
 
-    /// Pairs of adjacent open shards (merge candidates), in hash order.
+    /// Pairs of adjacent open shards of one stream (merge candidates), by
+    /// stream and in hash order.
     pub fn adjacent_open(&self) -> Vec<(usize, usize)> {
         let mut open: Vec<usize> = (0..self.shards.len())
             .filter(|&i| self.shards[i].is_open())
             .collect();
-        open.sort_by_key(|&i| self.shards[i].range.start);
+        open.sort_by_key(|&i| (self.shards[i].stream, self.shards[i].range.start));
         open.windows(2)
             .filter(|w| {
-                self.shards[w[0]].range.end.checked_add(1) == Some(self.shards[w[1]].range.start)
+                let (l, r) = (&self.shards[w[0]], &self.shards[w[1]]);
+                l.stream == r.stream && l.range.end.checked_add(1) == Some(r.range.start)
             })
             .map(|w| (w[0], w[1]))
             .collect()
@@ -485,18 +574,14 @@ impl Kinesis {
     }
 
     fn shard_expired(&self, shard: usize, now: Micros) -> bool {
-        self.shards[shard]
-            .closed_at
-            .is_some_and(|c| now >= c + self.retention)
+        self.shards[shard].deleted
+            || self.shards[shard]
+                .closed_at
+                .is_some_and(|c| now >= c + self.retention)
     }
 
     fn lookup(&self, shard: &ShardRef) -> Result<usize, ErrorClass> {
-        if shard.stream != self.stream {
-            return Err(ErrorClass::ResourceNotFound);
-        }
-        shard_index(&shard.shard)
-            .filter(|&i| i < self.shards.len())
-            .ok_or(ErrorClass::ResourceNotFound)
+        self.index_of(shard).ok_or(ErrorClass::ResourceNotFound)
     }
 
     fn children_of(&self, shard: usize) -> Vec<ChildShard> {
@@ -515,9 +600,11 @@ impl Kinesis {
             .collect()
     }
 
-    /// ListShards (every page).
-    pub fn list_shards(&self, now: Micros) -> Vec<ShardInfo> {
-        (0..self.shards.len())
+    /// ListShards of stream `stream` (every page).
+    pub fn list_shards(&self, stream: usize, now: Micros) -> Vec<ShardInfo> {
+        self.stream_shards[stream]
+            .iter()
+            .copied()
             .filter(|&i| !self.shard_expired(i, now))
             .map(|i| {
                 let s = &self.shards[i];
@@ -592,22 +679,26 @@ impl Kinesis {
     /// RegisterStreamConsumer.
     pub fn register_consumer(
         &mut self,
+        stream: &StreamId,
         name: &str,
         now: Micros,
         delay: Micros,
     ) -> Result<ConsumerInfo, ErrorClass> {
-        if let Some(c) = self.consumers.get(name) {
-            let _ = c;
+        let s = self
+            .stream_index(stream)
+            .ok_or(ErrorClass::ResourceNotFound)?;
+        let key = (s, name.to_owned());
+        if self.consumers.contains_key(&key) {
             return Err(ErrorClass::ResourceInUse);
         }
         let arn = format!(
             "{}/consumer/{}:{}",
-            self.stream.as_str(),
+            stream.as_str(),
             name,
             self.unix_base_ms / 1000
         );
         self.consumers.insert(
-            name.to_owned(),
+            key,
             Consumer {
                 arn: arn.clone(),
                 active_at: now + delay,
@@ -622,13 +713,17 @@ impl Kinesis {
     /// DescribeStreamConsumer by name or ARN.
     pub fn describe_consumer(
         &self,
+        stream: &StreamId,
         name: &str,
         arn: Option<&str>,
         now: Micros,
     ) -> Result<ConsumerInfo, ErrorClass> {
+        let s = self
+            .stream_index(stream)
+            .ok_or(ErrorClass::ResourceNotFound)?;
         let c = match arn {
             Some(arn) => self.consumers.values().find(|c| c.arn == arn),
-            None => self.consumers.get(name),
+            None => self.consumers.get(&(s, name.to_owned())),
         }
         .ok_or(ErrorClass::ResourceNotFound)?;
         Ok(ConsumerInfo {
@@ -723,7 +818,9 @@ impl Kinesis {
             return None;
         }
         let (index, cursor) = (sub.shard, sub.cursor);
-        let answer = if sub.taken_over {
+        let answer = if self.shards[index].deleted {
+            PullAnswer::Gone
+        } else if sub.taken_over {
             PullAnswer::TakenOver
         } else if now >= sub.started + SUBSCRIPTION_LIFETIME {
             PullAnswer::Ended
@@ -731,8 +828,14 @@ impl Kinesis {
             let shard = &self.shards[index];
             let cursor = cursor.max(shard.trimmed);
             let available = shard.records.len() - cursor;
+            let n = self.events_answered;
+            let most = if self.ragged_events && n % 3 != 0 {
+                1 + (n / 3 % 3) as usize
+            } else {
+                self.max_event_records
+            };
             let at_end = !shard.is_open()
-                && available <= self.max_event_records
+                && available <= most
                 && shard.end_within(cursor, shard.records.len()) == shard.records.len();
             let idle_due = sub
                 .last_event
@@ -746,7 +849,7 @@ impl Kinesis {
             let to = if self.empty_first_event && sub.last_event.is_none() && !at_end {
                 cursor
             } else {
-                shard.end_within(cursor, cursor + available.min(self.max_event_records))
+                shard.end_within(cursor, cursor + available.min(most))
             };
             let (continuation, children) = if at_end {
                 (None, self.children_of(index))
@@ -768,11 +871,12 @@ impl Kinesis {
             PullAnswer::Event {
                 to, continuation, ..
             } => {
+                self.events_answered += 1;
                 sub.cursor = *to;
                 sub.last_event = Some(now);
                 sub.done = continuation.is_none();
             }
-            PullAnswer::Ended | PullAnswer::TakenOver => sub.done = true,
+            PullAnswer::Ended | PullAnswer::TakenOver | PullAnswer::Gone => sub.done = true,
             PullAnswer::Later(_) => {}
         }
         Some(answer)
@@ -862,7 +966,7 @@ impl Kinesis {
             return Err(ErrorClass::InvalidArgument);
         };
         let (shard, cursor) = (shard as usize, cursor as usize);
-        if shard >= self.shards.len() {
+        if shard >= self.shards.len() || self.shards[shard].deleted {
             return Err(ErrorClass::ResourceNotFound);
         }
         if now >= issued + ITERATOR_LIFETIME {
@@ -957,8 +1061,8 @@ mod tests {
     #[test]
     fn subscribe_within_five_seconds_is_resource_in_use_and_later_takes_over() {
         let mut k = k();
-        k.register_consumer("c", 0, 0).unwrap();
-        let arn = k.consumers["c"].arn.clone();
+        k.register_consumer(&StreamId::new("s"), "c", 0, 0).unwrap();
+        let arn = k.consumers[&(0, "c".to_owned())].arn.clone();
         let sref = k.shard_ref(0);
         let a: SubKey = (0, 1, 1);
         let b: SubKey = (1, 1, 1);

@@ -33,7 +33,11 @@
 //!   starts at LATEST is excused the records that arrived before the
 //!   anchor of their shard's lineage (the earliest `created_ms` of the
 //!   shard's row and of its parents' rows when it was created), never a
-//!   record after it.
+//!   record after it. A sub-record of a misrouted KPL aggregate whose hash
+//!   key lies outside the range of the shard it landed on is excused (every
+//!   consumer drops it, as KCL's deaggregate does); every other sub-record
+//!   of the aggregate is not.
+//! - `kpl-range` (8): such a sub-record is never delivered.
 //! - pool accounting and shutdown (7, 9) are checked by the world through
 //!   `Worker::check_invariants` and `pool_used`.
 //!
@@ -92,8 +96,11 @@ pub struct UserRecord {
     /// ApproximateArrivalTimestamp (unix ms).
     pub arrival_ms: u64,
     /// Excused from delivery: the fleet starts at LATEST and the record
-    /// arrived before its shard's anchor.
+    /// arrived before its shard's anchor, or it is `foreign`.
     pub excused: bool,
+    /// A KPL sub-record whose hash key lies outside its shard's range
+    /// (a misrouted aggregate): every consumer drops it.
+    pub foreign: bool,
 }
 
 /// Per-shard bookkeeping.
@@ -141,6 +148,8 @@ pub struct OracleStats {
     pub duplicates: u64,
     /// Checkpoint writes that did not move the row's checkpoint.
     pub idle_checkpoints: u64,
+    /// User records outside their shard's hash range (`foreign`).
+    pub foreign: u64,
 }
 
 /// Every oracle's state.
@@ -181,11 +190,30 @@ impl Oracles {
         arrival_ms: u64,
         exts: impl IntoIterator<Item = ExtSeq>,
     ) -> Vec<u64> {
+        self.written_kpl(shard, arrival_ms, exts, &[])
+    }
+
+    /// A KPL aggregate was written: `foreign[i]` says whether its `i`th
+    /// sub-record's hash key lies outside the shard's range (missing:
+    /// inside). Those are excused from `no-loss` and must never be
+    /// delivered; every other one must.
+    pub fn written_kpl(
+        &mut self,
+        shard: usize,
+        arrival_ms: u64,
+        exts: impl IntoIterator<Item = ExtSeq>,
+        foreign: &[bool],
+    ) -> Vec<u64> {
         let book = &mut self.shards[shard];
         book.krec_start.push(book.users.len());
-        let excused = book.anchor_ms.is_some_and(|a| arrival_ms < a);
+        let before_anchor = book.anchor_ms.is_some_and(|a| arrival_ms < a);
         let mut ids = Vec::new();
-        for ext in exts {
+        let mut any_excused = false;
+        for (i, ext) in exts.into_iter().enumerate() {
+            let foreign = foreign.get(i).copied().unwrap_or(false);
+            let excused = before_anchor || foreign;
+            any_excused |= excused;
+            self.stats.foreign += u64::from(foreign);
             let id = self.records.len() as u64;
             self.records.push(UserRecord {
                 shard,
@@ -196,13 +224,14 @@ impl Oracles {
                 holder: None,
                 arrival_ms,
                 excused,
+                foreign,
             });
             book.delivered += usize::from(excused);
             book.users.push(id);
             ids.push(id);
         }
         self.stats.records += ids.len() as u64;
-        if excused {
+        if any_excused {
             // Settled from the start: a checkpoint may cover them.
             self.advance(shard);
         }
@@ -233,6 +262,23 @@ impl Oracles {
                 if r.first_delivery.is_none() {
                     book.delivered += 1;
                 }
+            }
+        }
+        self.advance(shard);
+    }
+
+    /// The shard's stream was deleted: its records not yet delivered are
+    /// gone with it (excused), and it is closed.
+    pub fn deleted(&mut self, shard: usize) {
+        let book = &mut self.shards[shard];
+        book.closed = true;
+        for &id in &book.users {
+            let r = &mut self.records[id as usize];
+            if !r.excused && r.first_delivery.is_none() {
+                r.excused = true;
+                book.delivered += 1;
+            } else {
+                r.excused = true;
             }
         }
         self.advance(shard);
@@ -329,6 +375,16 @@ impl Oracles {
         let holder = (owner.clone(), batch.token);
         for &id in ids {
             let r = &self.records[id as usize];
+            if r.foreign {
+                return fail(
+                    now,
+                    "kpl-range",
+                    format!(
+                        "{owner} delivered {} of shard {shard}, a KPL sub-record whose hash key is outside the shard's range",
+                        r.ext
+                    ),
+                );
+            }
             if r.shard != shard {
                 return fail(
                     now,

@@ -10,7 +10,8 @@
 //! records, and the memory oracle's figures (reads whose answer exceeded
 //! the pool room reserved for it, the most held above the byte budget),
 //! the DynamoDB requests black-holed for the stuck-request oracle and the
-//! EFO subscriptions gone silent for the `stall` bound.
+//! EFO subscriptions gone silent for the `stall` bound, and the KPL
+//! sub-records of misrouted aggregates every consumer drops.
 //!
 //! Invariants: pure arithmetic over the reports; percentiles are
 //! nearest-rank over every sample of every run.
@@ -73,6 +74,11 @@ pub struct Summary {
     pub black_holed_beats: u64,
     /// EFO subscriptions gone silent, all runs.
     pub silenced: u64,
+    /// KPL sub-records of misrouted aggregates outside their shard's range
+    /// (dropped by every consumer), all runs.
+    pub kpl_foreign: u64,
+    /// Streams recreated, and operator clean-ups after a worker's error.
+    pub recreated: (u64, u64),
 }
 
 fn pct(v: &mut [Micros], p: f64) -> Option<Micros> {
@@ -108,6 +114,9 @@ impl Summary {
         self.black_holed += r.black_holed;
         self.black_holed_beats += r.black_holed_beats;
         self.silenced += r.silenced;
+        self.kpl_foreign += r.kpl_foreign;
+        self.recreated.0 += r.recreated.0;
+        self.recreated.1 += r.recreated.1;
         self.failovers.extend(&r.failovers);
         for &(cause, us) in &r.failovers_other {
             self.failovers_other
@@ -168,7 +177,7 @@ impl fmt::Display for Summary {
         let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={}",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={} | kpl sub-records outside their shard (dropped)={} | streams recreated={} (old rows deleted after a worker's error: {})",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -202,6 +211,9 @@ impl fmt::Display for Summary {
             self.black_holed,
             self.black_holed_beats,
             self.silenced,
+            self.kpl_foreign,
+            self.recreated.0,
+            self.recreated.1,
         )
     }
 }

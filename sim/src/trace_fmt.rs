@@ -26,12 +26,19 @@ use kinesin_core::io::{Action, BatchMeta, ErrorClass, Input};
 use kinesin_core::sequence::{Checkpoint, StartPosition};
 use kinesin_core::table::LeaseWrite;
 
-use crate::kinesis::{shard_index, Kinesis};
+use crate::kinesis::Kinesis;
 use crate::sched::{Micros, Packed, Trace, TraceLine};
 
 /// Worker `p` (its `owner`) sends `a`: `{owner} > {action}`, GetRecords
 /// [`Packed`].
-pub(crate) fn action_line(trace: &mut Trace, now: Micros, p: usize, owner: &Owner, a: &Action) {
+pub(crate) fn action_line(
+    trace: &mut Trace,
+    kinesis: &Kinesis,
+    now: Micros,
+    p: usize,
+    owner: &Owner,
+    a: &Action,
+) {
     match a {
         Action::GetRecords {
             op,
@@ -39,8 +46,8 @@ pub(crate) fn action_line(trace: &mut Trace, now: Micros, p: usize, owner: &Owne
             limit,
             chunk,
             ..
-        } if shard_index(&shard.shard).is_some() => {
-            let index = shard_index(&shard.shard).unwrap_or_default();
+        } if kinesis.index_of(shard).is_some() => {
+            let index = kinesis.index_of(shard).unwrap_or_default();
             let words = [
                 p as u64,
                 owner.incarnation,

@@ -6,7 +6,10 @@
 //! sink that acks out of order, nacks and stalls), the glue between the
 //! requests and the services' answers (EFO reads woken when records
 //! arrive, GetRecords, lease-table writes checked by the oracles), the
-//! producer, and resharding. What it delegates: what the network does to
+//! producer (plain records, KPL aggregates, and misrouted aggregates: built
+//! with the shard map from before the last reshard, or put with an explicit
+//! hash key routing them elsewhere, whose sub-records outside the landing
+//! shard's range every consumer drops), and resharding. What it delegates: what the network does to
 //! each message to [`crate::net::Net`], processes coming and going and the
 //! heal and closing phases to `fleet.rs` (`impl World`), the services'
 //! rules to [`crate::kinesis`] and [`crate::dynamo`], the trace text to
@@ -35,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use kinesin_core::ids::{BatchId, ChunkId, FencingToken, Owner, ShardRef, StreamId, SubId};
 use kinesin_core::io::{Action, Chunk, ErrorClass, Event, Input, LostReason, RecordMeta};
-use kinesin_core::kpl::{self, UserPayload};
+use kinesin_core::kpl::{self, HashRange, UserPayload};
 use kinesin_core::rng::Rng;
 use kinesin_core::sequence::{ExtSeq, StartPosition};
 use kinesin_core::table::LeaseWrite;
@@ -44,7 +47,7 @@ use kinesin_core::worker::Worker;
 use crate::bounds::Bounds;
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
-use crate::kinesis::{shard_index, Kinesis, PullAnswer, SubKey};
+use crate::kinesis::{Kinesis, PullAnswer, SubKey};
 use crate::memory::Memory;
 use crate::net::{Call, Delivery, Net, Reply, Service, CALL_DEADLINE};
 use crate::oracle::{Check, Oracles, Violation};
@@ -55,10 +58,23 @@ use crate::trace_fmt::{self, Brief, OptCp};
 
 /// The stream every run consumes.
 pub const STREAM: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/sim";
+/// The ARN of stream `s` of a run: [`STREAM`] for the first, then
+/// `STREAM-{s}`.
+pub fn stream_name(s: usize) -> String {
+    if s == 0 {
+        STREAM.to_owned()
+    } else {
+        format!("{STREAM}-{s}")
+    }
+}
+
 /// The EFO consumer name (stable, shared by the fleet).
 pub const CONSUMER: &str = "kinesin-sim";
 /// Wall clock at true time 0.
 pub(crate) const UNIX_BASE_MS: u64 = 1_700_000_000_000;
+/// The core quarantines a failed shard this long (`worker/read.rs`): a
+/// recreated stream's shards whose ids failed with the old stream.
+pub(crate) const QUARANTINE: Micros = 300 * SEC;
 /// Timer firings at one instant that mean a busy loop.
 const SPIN_LIMIT: u32 = 10_000;
 
@@ -131,7 +147,6 @@ pub struct World {
     pub(crate) sub_ids: BTreeMap<SubKey, SubId>,
     pub(crate) early_pulls: BTreeMap<SubKey, ChunkId>,
     pub(crate) phase: Phase,
-    pub(crate) stream: StreamId,
     pub(crate) net: Net,
     pub(crate) keys: Vec<(String, u128)>,
     pub(crate) heal_start: Micros,
@@ -160,6 +175,18 @@ pub struct World {
     pub(crate) late: bool,
     /// The Transfer arriving now was sent gracefully (see `Ev::Arrive`).
     pub(crate) graceful: bool,
+    /// Per stream, the open shards' hash ranges before its latest split or
+    /// merge: the shard map of a KPL producer that has not refreshed it
+    /// (`Params::kpl_stale`).
+    pub(crate) stale_map: Vec<Vec<HashRange>>,
+    /// Streams deleted and recreated ([`Op::RecreateStream`]): a read of
+    /// one of their shards may fail for good (ResourceNotFound on a shard
+    /// gone with the old stream), as it must.
+    pub(crate) recreated: BTreeSet<usize>,
+    /// When a stream was last recreated: the old stream's shards failed
+    /// (ResourceNotFound) and the worker quarantines a failed shard's id
+    /// for 5 minutes, the new shard of that id included.
+    pub(crate) last_recreation: Option<Micros>,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -171,10 +198,20 @@ impl World {
     pub fn new(p: Params) -> Self {
         let mut rng = Rng::new(p.seed);
         let stream = StreamId::new(STREAM);
-        let mut kinesis = Kinesis::new(stream.clone(), p.shards, p.retention, UNIX_BASE_MS);
+        let mut kinesis = Kinesis::new(stream, p.shards, p.retention, UNIX_BASE_MS);
         kinesis.idle_event_interval = p.efo_idle_event;
         kinesis.empty_first_event = p.efo_empty_first_event;
         kinesis.empty_get_records = p.empty_get_records;
+        kinesis.ragged_events = p.ragged_events;
+        for s in 1..p.streams() {
+            kinesis.add_stream(StreamId::new(stream_name(s)), p.shards);
+        }
+        let stale_map = (0..kinesis.streams.len())
+            .map(|s| {
+                let shards = kinesis.stream_shards[s].iter();
+                shards.map(|&i| kinesis.shards[i].range).collect()
+            })
+            .collect();
         let mut oracles = Oracles::default();
         oracles.latest = p.start_latest;
         oracles.start_at_ms = p.start_at_us.map(|t| UNIX_BASE_MS + t / MS);
@@ -211,7 +248,6 @@ impl World {
             sub_ids: BTreeMap::new(),
             early_pulls: BTreeMap::new(),
             phase: Phase::Faults,
-            stream,
             net,
             keys,
             heal_start: 0,
@@ -229,6 +265,9 @@ impl World {
             silenced: 0,
             late: false,
             graceful: false,
+            stale_map,
+            recreated: BTreeSet::new(),
+            last_recreation: None,
         }
     }
 
@@ -253,7 +292,7 @@ impl World {
         } else {
             self.q.push(0, Ev::Produce);
         }
-        for _ in 0..self.p.workers {
+        for _ in 0..self.p.workers * self.p.apps.max(1) {
             self.q.push(start, Ev::Op(Op::Join));
         }
         let script = std::mem::take(&mut self.p.script);
@@ -310,6 +349,7 @@ impl World {
         r.records = self.oracles.stats.records;
         r.duplicates = self.oracles.stats.duplicates;
         r.idle_checkpoints = self.oracles.stats.idle_checkpoints;
+        r.kpl_foreign = self.oracles.stats.foreign;
         r.reads_over_reservation = self.memory.over_reservation;
         r.max_over_budget_bytes = self.memory.max_over_bytes;
         r.black_holed = self.stuck.black_holed;
@@ -504,13 +544,26 @@ impl World {
         match e {
             Event::Batch(b) => {
                 trace_fmt::batch_line(&mut self.trace, self.now, &owner, &b);
-                let shard = shard_index(&b.shard.shard).ok_or_else(|| {
+                // A chunk read before its stream was deleted and recreated
+                // comes from the old shard its ShardId named then.
+                let old = match self.procs[p].chunks.get(&b.chunk) {
+                    Some((s, _))
+                        if !b.redelivery
+                            && self.kinesis.shards[*s].deleted
+                            && self.kinesis.shard_ref(*s) == b.shard =>
+                    {
+                        Some(*s)
+                    }
+                    _ => None,
+                };
+                let shard = old.or_else(|| self.kinesis.index_of(&b.shard));
+                let shard = shard.ok_or_else(|| {
                     self.violation("batch-metadata", format!("unknown shard {}", b.shard))
                 })?;
                 let pr = &mut self.procs[p];
-                let ids = if b.redelivery {
+                let (shard, ids) = if b.redelivery {
                     match pr.batches.get(&b.id) {
-                        Some((_, _, ids)) => ids.clone(),
+                        Some((s, _, ids)) => (*s, ids.clone()),
                         None => {
                             return Err(self.violation(
                                 "batch-metadata",
@@ -520,7 +573,7 @@ impl World {
                     }
                 } else {
                     match pr.chunks.get(&b.chunk) {
-                        Some((s, ids)) if *s == shard && (b.range.end as usize) <= ids.len() => ids[b.range.start as usize..b.range.end as usize].to_vec(),
+                        Some((s, ids)) if *s == shard && (b.range.end as usize) <= ids.len() => (shard, ids[b.range.start as usize..b.range.end as usize].to_vec()),
                         _ => {
                             return Err(self.violation(
                                 "batch-metadata",
@@ -665,6 +718,17 @@ impl World {
                     .line(self.now, format_args!("{owner} shard-ended {shard}"));
             }
             Event::ShardFailed { shard, class } => {
+                let gone = self
+                    .kinesis
+                    .stream_index(&shard.stream)
+                    .is_some_and(|s| self.recreated.contains(&s));
+                if gone {
+                    self.trace.line(
+                        self.now,
+                        format_args!("{owner} shard-failed {shard} {class:?} (stream recreated)"),
+                    );
+                    return Ok(());
+                }
                 return Err(self.violation(
                     "shard-failed",
                     format!("{owner}: {shard} failed with {class:?}"),
@@ -682,6 +746,11 @@ impl World {
                 // exits; any other fatal error is a violation.
                 let (name, inc) = (&self.procs[p].name, self.procs[p].inc);
                 let later = self.procs.iter().any(|q| q.name == *name && q.inc > inc);
+                if !self.recreated.is_empty() && message.contains("deleted and recreated") {
+                    self.trace
+                        .line(self.now, format_args!("{owner} exits: {message}"));
+                    return self.operator_clears_stale_rows(p);
+                }
                 if !(later && message.contains("in use by a later process")) {
                     return Err(self.violation("fatal", format!("{owner}: {message}")));
                 }
@@ -771,7 +840,7 @@ impl World {
     /// Worker `p` performs an action.
     fn send(&mut self, p: usize, a: Action) -> Check {
         let owner = self.procs[p].owner();
-        trace_fmt::action_line(&mut self.trace, self.now, p, &owner, &a);
+        trace_fmt::action_line(&mut self.trace, &self.kinesis, self.now, p, &owner, &a);
         let inc = self.procs[p].inc;
         if let Action::Subscribe { shard, .. }
         | Action::GetRecords { shard, .. }
@@ -1009,7 +1078,7 @@ impl World {
                 let result = match self.dynamo.write_lease(&write) {
                     Ok((before, after)) => {
                         written = Some(after.clone());
-                        let shard = shard_index(&write.shard().shard).unwrap_or(usize::MAX);
+                        let shard = self.kinesis.index_of(write.shard()).unwrap_or(usize::MAX);
                         let graceful =
                             self.graceful && matches!(write, LeaseWrite::Transfer { .. });
                         self.trace.line(
@@ -1078,22 +1147,29 @@ impl World {
                 back(self, Input::LeaseWritten { op, result, row }, None, lat);
             }
             Action::ListShards { op, stream } => {
-                let result = if stream == self.stream {
-                    Ok(self.kinesis.list_shards(now))
+                let result = if let Some(s) = self.kinesis.stream_index(&stream) {
+                    Ok(self.kinesis.list_shards(s, now))
                 } else {
                     Err(ErrorClass::ResourceNotFound)
                 };
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Shards { op, result }, None, lat);
             }
-            Action::RegisterConsumer { op, name, .. } => {
+            Action::RegisterConsumer { op, name, stream } => {
                 let delay = between(&mut self.rng, 2 * SEC, 20 * SEC);
-                let result = self.kinesis.register_consumer(&name, now, delay);
+                let result = self.kinesis.register_consumer(&stream, &name, now, delay);
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Register);
                 back(self, Input::Consumer { op, result }, None, lat);
             }
-            Action::DescribeConsumer { op, name, arn, .. } => {
-                let result = self.kinesis.describe_consumer(&name, arn.as_deref(), now);
+            Action::DescribeConsumer {
+                op,
+                name,
+                arn,
+                stream,
+            } => {
+                let result = self
+                    .kinesis
+                    .describe_consumer(&stream, &name, arn.as_deref(), now);
                 let lat = self.net.reply_latency(&mut self.rng, Reply::Control);
                 back(self, Input::Consumer { op, result }, None, lat);
             }
@@ -1216,7 +1292,7 @@ impl World {
 
     /// Whether every batch `owner` delivered for `shard` under `token` was acked.
     fn acks_complete(&self, owner: &Owner, shard: &ShardRef, token: FencingToken) -> bool {
-        let Some(idx) = shard_index(&shard.shard) else {
+        let Some(idx) = self.kinesis.index_of(shard) else {
             return false;
         };
         self.procs
@@ -1369,6 +1445,20 @@ impl World {
                     },
                 );
             }
+            Some(PullAnswer::Gone) => {
+                self.q.push(
+                    self.now + lat,
+                    Ev::Respond {
+                        p,
+                        inc,
+                        input: Input::SubscriptionError {
+                            sub,
+                            class: ErrorClass::ResourceNotFound,
+                        },
+                        payload: None,
+                    },
+                );
+            }
             Some(PullAnswer::TakenOver) => {
                 self.q.push(
                     self.now + lat,
@@ -1393,6 +1483,14 @@ impl World {
             }) => {
                 let shard = self.kinesis.subs[&key].shard;
                 let (records, ids) = self.chunk_records(shard, from, to, Some(&position))?;
+                if to > from
+                    && records.is_empty()
+                    && continuation.is_some()
+                    && !self.kinesis.shards[shard].is_open()
+                {
+                    // Not the shard's end, though nothing in it is kept.
+                    self.report.foreign_only_events += 1;
+                }
                 let data = Chunk {
                     records,
                     millis_behind,
@@ -1528,7 +1626,10 @@ impl World {
             .filter(|&s| self.kinesis.shards[s].is_open())
             .collect();
         let shard = open[i % open.len()];
+        let stream = self.kinesis.shards[shard].stream;
+        let map = self.open_ranges(stream);
         if let Some(children) = self.kinesis.split(shard, self.now) {
+            self.stale_map[stream] = map;
             self.oracles.shards[shard].closed = true;
             for _ in children {
                 self.oracles.add_shard(vec![shard]);
@@ -1536,6 +1637,81 @@ impl World {
             self.open_shards += 1;
             self.wake_shard(shard)?;
         }
+        Ok(())
+    }
+
+    /// Delete stream `s` (wrapping) and create it again under the same name
+    /// ([`Op::RecreateStream`]).
+    pub(crate) fn recreate_stream(&mut self, s: usize) -> Check {
+        let stream = s % self.kinesis.streams.len();
+        let before = self.kinesis.shards.len();
+        let deleted = self
+            .kinesis
+            .recreate_stream(stream, self.p.shards, self.now);
+        for &i in &deleted {
+            self.oracles.deleted(i);
+        }
+        self.open_shards = self.open_shards + (self.kinesis.shards.len() - before)
+            - deleted
+                .iter()
+                .filter(|&&i| self.kinesis.shards[i].closed_at == Some(self.now))
+                .count();
+        for _ in before..self.kinesis.shards.len() {
+            self.oracles.add_shard(Vec::new());
+        }
+        self.stale_map[stream] = self.open_ranges(stream);
+        self.recreated.insert(stream);
+        self.last_recreation = Some(self.now);
+        // A fault until its quarantines end: joins meanwhile are not
+        // judged fault-free.
+        self.bounds.disrupted();
+        let until = self.now + QUARANTINE;
+        self.last_disruption = Some(self.last_disruption.unwrap_or(0).max(until));
+        self.report.recreated.0 += 1;
+        for i in deleted {
+            self.wake_shard(i)?;
+        }
+        Ok(())
+    }
+
+    /// A worker of process `p` stopped because its lease table holds rows
+    /// of an earlier stream of the same name; the operator does what its
+    /// error says: every process of its application is stopped, the lease
+    /// rows of the application's recreated streams are deleted, and the
+    /// processes start again 5 s later (reading the new streams from their
+    /// start).
+    fn operator_clears_stale_rows(&mut self, p: usize) -> Check {
+        let app = self.procs[p].app;
+        let streams = self.app_streams(app);
+        for q in 0..self.procs.len() {
+            if self.procs[q].app != app || self.procs[q].state != ProcState::Running {
+                continue;
+            }
+            self.disrupt_for_operator(q);
+            self.procs[q].state = ProcState::Crashed;
+            self.leave(q);
+            self.q.push(self.now + 5 * SEC, Ev::Op(Op::Restart(q)));
+        }
+        let recreated: Vec<&StreamId> = streams
+            .iter()
+            .filter(|s| {
+                self.kinesis
+                    .stream_index(s)
+                    .is_some_and(|i| self.recreated.contains(&i))
+            })
+            .collect();
+        self.report.recreated.1 += 1;
+        let before = self.dynamo.leases.len();
+        self.dynamo
+            .leases
+            .retain(|shard, _| !recreated.contains(&&shard.stream));
+        self.trace.line(
+            self.now,
+            format_args!(
+                "operator deletes {} lease rows of {recreated:?}",
+                before - self.dynamo.leases.len()
+            ),
+        );
         Ok(())
     }
 
@@ -1547,7 +1723,10 @@ impl World {
             return Ok(());
         }
         let (l, r) = pairs[i % pairs.len()];
+        let stream = self.kinesis.shards[l].stream;
+        let map = self.open_ranges(stream);
         if self.kinesis.merge(l, r, self.now).is_some() {
+            self.stale_map[stream] = map;
             self.oracles.shards[l].closed = true;
             self.oracles.shards[r].closed = true;
             self.oracles.add_shard(vec![l, r]);
@@ -1556,6 +1735,15 @@ impl World {
             self.wake_shard(r)?;
         }
         Ok(())
+    }
+
+    /// The hash ranges of a stream's open shards (its current shard map).
+    fn open_ranges(&self, stream: usize) -> Vec<HashRange> {
+        let shards = self.kinesis.stream_shards[stream].iter();
+        let open = shards
+            .map(|&i| &self.kinesis.shards[i])
+            .filter(|s| s.is_open());
+        open.map(|s| s.range).collect()
     }
 
     pub(crate) fn wake_shard(&mut self, shard: usize) -> Check {
@@ -1568,11 +1756,30 @@ impl World {
     // ----- producer ----------------------------------------------------------
 
     fn produce(&mut self) -> Check {
+        for stream in 0..self.kinesis.streams.len() {
+            self.produce_stream(stream)?;
+        }
+        if self.p.kpl_stale > 0.0 && self.rng.chance(self.p.kpl_stale) {
+            self.produce_misrouted()?;
+        }
+        if self.faults_on() {
+            self.produce_adversarial()?;
+        }
+        if self.p.retention < 24 * 3600 * SEC {
+            for (shard, range) in self.kinesis.trim(self.now) {
+                self.oracles.trimmed(self.now, shard, range)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One producer tick's plain records and KPL aggregates on a stream.
+    fn produce_stream(&mut self, stream: usize) -> Check {
         let n = self.p.records_per_tick as usize;
         let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for _ in 0..n {
             let k = self.rng.below(self.keys.len() as u64) as usize;
-            let shard = self.kinesis.route(self.keys[k].1);
+            let shard = self.kinesis.route(stream, self.keys[k].1);
             by_shard.entry(shard).or_default().push(k);
         }
         for (shard, keys) in by_shard {
@@ -1620,19 +1827,106 @@ impl World {
             }
             self.wake_shard(shard)?;
         }
-        if self.faults_on() {
-            self.produce_adversarial()?;
-        }
-        if self.p.retention < 24 * 3600 * SEC {
-            for (shard, range) in self.kinesis.trim(self.now) {
-                self.oracles.trimmed(self.now, shard, range)?;
-            }
-        }
         Ok(())
     }
 }
 
 impl World {
+    /// One misrouted KPL aggregate (`Params::kpl_stale`): either built
+    /// from the shard map before the latest split or merge (its keys are
+    /// those of one old shard; it lands where its first key routes now) or
+    /// put with an explicit hash key of a random point (it lands wherever
+    /// that routes). Some sub-records carry their own explicit hash key.
+    /// The sub-records whose hash key lies outside the range of the shard
+    /// it landed on are recorded as foreign: every consumer drops them.
+    fn produce_misrouted(&mut self) -> Check {
+        let n = 2 + self.rng.below(7) as usize;
+        let explicit = self.rng.chance(0.3);
+        let streams = self.kinesis.streams.len() as u64;
+        let stream = if streams > 1 {
+            self.rng.below(streams) as usize
+        } else {
+            0
+        };
+        let random_key =
+            |rng: &mut Rng| (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+        let keys: Vec<usize> = if explicit {
+            (0..n)
+                .map(|_| self.rng.below(self.keys.len() as u64) as usize)
+                .collect()
+        } else {
+            let map = &self.stale_map[stream];
+            let old = map[self.rng.below(map.len() as u64) as usize];
+            let inside: Vec<usize> = (0..self.keys.len())
+                .filter(|&k| old.contains(self.keys[k].1))
+                .collect();
+            let from = if inside.is_empty() {
+                (0..self.keys.len()).collect()
+            } else {
+                inside
+            };
+            (0..n)
+                .map(|_| from[self.rng.below(from.len() as u64) as usize])
+                .collect()
+        };
+        // (partition key, own explicit hash key, hash key) per sub-record.
+        let subs: Vec<(String, Option<String>, u128)> = keys
+            .iter()
+            .map(|&k| {
+                let (pk, hash) = self.keys[k].clone();
+                if self.rng.chance(0.2) {
+                    let ehk = random_key(&mut self.rng);
+                    (pk, Some(ehk.to_string()), ehk)
+                } else {
+                    (pk, None, hash)
+                }
+            })
+            .collect();
+        let route = if explicit {
+            random_key(&mut self.rng)
+        } else {
+            subs[0].2
+        };
+        let shard = self.kinesis.route(stream, route);
+        let range = self.kinesis.shards[shard].range;
+        let foreign: Vec<bool> = subs.iter().map(|s| !range.contains(s.2)).collect();
+        let first_id = self.oracles.records.len() as u64;
+        let payloads: Vec<[u8; 8]> = (first_id..first_id + n as u64)
+            .map(u64::to_le_bytes)
+            .collect();
+        let recs: Vec<kpl::AggRecord<'_>> = subs
+            .iter()
+            .zip(&payloads)
+            .map(|((pk, ehk, _), d)| kpl::AggRecord {
+                partition_key: pk.as_bytes(),
+                explicit_hash_key: ehk.as_ref().map(String::as_bytes),
+                data: d,
+            })
+            .collect();
+        let data = kpl::aggregate(&recs);
+        let gap = self.rng.below(1000);
+        let pk = subs[0].0.clone();
+        let kidx = self.kinesis.put(shard, pk, data, self.now, gap);
+        let rec = &self.kinesis.shards[shard].records[kidx];
+        let (seq, arrival_ms) = (rec.seq.clone(), rec.arrival_ms);
+        let dropped = foreign.iter().filter(|&&f| f).count();
+        self.trace.line(
+            self.now,
+            format_args!(
+                "kpl misrouted to shard {shard} ({}): {dropped} of {n} sub-records outside its range",
+                if explicit { "explicit hash key" } else { "stale map" }
+            ),
+        );
+        let got = self.oracles.written_kpl(
+            shard,
+            arrival_ms,
+            (0..n as u32).map(|s| ExtSeq::new(seq.clone(), s)),
+            &foreign,
+        );
+        debug_assert_eq!(got.len(), n);
+        self.wake_shard(shard)
+    }
+
     /// The memory faults of the fault phase: a burst of up to 10,000
     /// records of up to 1 KiB on one shard (`big_records`: GetRecords
     /// answers of 10,000 records or 10 MiB), and KPL aggregates of hundreds
@@ -1653,7 +1947,7 @@ impl World {
         }
         let k = self.rng.below(self.keys.len() as u64) as usize;
         let (key, hash) = self.keys[k].clone();
-        let shard = self.kinesis.route(hash);
+        let shard = self.kinesis.route(0, hash);
         if burst {
             let n = 1000 + self.rng.below(9001);
             for _ in 0..n {

@@ -722,6 +722,38 @@ fn start_at_timestamp_loses_no_record_after_it_through_reshards() -> Result<()> 
     Ok(())
 }
 
+/// Issue 11 (a world as hard as AWS): KPL aggregates built with a shard map
+/// from before the last split or merge, or put with an explicit hash key
+/// that routes them elsewhere, land on a shard whose range excludes some of
+/// their sub-records. Every consumer drops those (KCL's deaggregate filters
+/// by the shard's range; the `kpl-range` oracle fails a delivery of one),
+/// every other sub-record of the aggregate is delivered (`no-loss`), and
+/// a closed shard's event holding only dropped sub-records (ragged events)
+/// is not its end: no SHARD_END over the records after it.
+#[test]
+fn misrouted_kpl_sub_records_are_dropped_and_every_other_one_delivered() -> Result<()> {
+    for efo in [false, true] {
+        let mut p = quiet("kpl-stale", 4, 2);
+        p.efo = efo;
+        p.kpl_stale = 0.5;
+        p.ragged_events = true;
+        p.records_per_tick = 8;
+        p.script = vec![
+            (20 * SEC, Op::Split(0)),
+            (40 * SEC, Op::Split(2)),
+            (70 * SEC, Op::Merge(0)),
+            (90 * SEC, Op::Split(1)),
+        ];
+        let r = ok(p).map_err(|e| e.context(format!("efo {efo}")))?;
+        assert!(
+            r.kpl_foreign >= 20,
+            "efo {efo}: only {} sub-records outside their shard",
+            r.kpl_foreign
+        );
+    }
+    Ok(())
+}
+
 /// Issue 11, uneven shapes: a worker joining a settled fleet (1 to 49
 /// workers, so 2 to 50 with it) on a prime number of shards holds
 /// floor(active leases / live workers) within 2 rebalance periods with no
@@ -743,6 +775,112 @@ fn a_worker_joining_a_prime_shard_count_fleet_of_up_to_50_gets_its_floor_share()
             );
             assert_settled_at_floor_or_ceil(&r, &what);
         }
+    }
+    Ok(())
+}
+
+/// Issue 11: an EFO event of a closed shard (ListShards reported it closed)
+/// that holds only sub-records every consumer drops is not the shard's
+/// end. A sink stall builds a backlog on shards closed by splits; once it
+/// ends, ragged events (1 to 3 Kinesis records each, every third event)
+/// bring misrouted aggregates alone. Ending there would write SHARD_END
+/// over the records after them (`checkpoint-covers-unacked`, `no-loss`).
+/// Mutation check: ending on `records.is_empty()` of a closed shard (the
+/// old rule) fails this test.
+#[test]
+fn a_closed_shards_event_of_only_dropped_sub_records_is_not_its_end() -> Result<()> {
+    // Seed 44: the old rule wrote SHARD_END on shard 2 at 155.2 s over a
+    // record nobody had acknowledged.
+    let mut p = Params::quiet("kpl-stale-closed", 44, 4, 1);
+    p.faults = Faults {
+        restart_prob: 0.0,
+        ..Faults::none()
+    };
+    p.efo = true;
+    p.kpl_stale = 1.0;
+    p.ragged_events = true;
+    p.pool_records = 300;
+    p.fault_us = 240 * SEC;
+    p.script = vec![
+        (5 * SEC, Op::SinkStall(0, 150 * SEC)),
+        (50 * SEC, Op::Split(0)),
+        (52 * SEC, Op::Split(1)),
+        (54 * SEC, Op::Split(2)),
+        (56 * SEC, Op::Split(3)),
+    ];
+    let r = ok(p)?;
+    assert!(
+        r.foreign_only_events >= 1,
+        "no closed shard's event held only dropped sub-records: pick another seed"
+    );
+    Ok(())
+}
+
+/// Issue 11 (a world as hard as AWS): applications sharing one lease table
+/// (Bento's schema makes it natural), each its own fleet and streams. Every
+/// oracle holds per application: no loss, one holder, each worker's fair
+/// share counted over its own application's workers and leases, failover
+/// to a survivor of the same application. A worker that counted every live
+/// heartbeat row of the table had a target too low: two single-worker
+/// applications on two 4-shard streams each read 2 of their 4 shards
+/// (mutation check: counting every live row fails this test with
+/// `balance`).
+#[test]
+fn applications_sharing_a_lease_table_each_read_and_balance_their_own_shards() -> Result<()> {
+    // Two single-worker applications on two 4-shard streams.
+    let mut p = quiet("apps-2x1", 4, 1);
+    p.apps = 2;
+    ok(p).map_err(|e| e.context("2 apps x 1 worker x 4 shards"))?;
+    // Three applications of two workers, one of them on two streams each;
+    // a worker joins the first, a worker of the second crashes.
+    for (apps, streams, efo) in [(3, 1, false), (2, 2, true)] {
+        let mut p = quiet("apps-join-crash", 5, 2);
+        p.apps = apps;
+        p.streams_per_app = streams;
+        p.efo = efo;
+        // Processes 0.. are spread over the applications in turn: 1 is
+        // the second application's first worker.
+        p.script = vec![(60 * SEC, Op::Join), (150 * SEC, Op::Crash(1))];
+        p.fault_us = 240 * SEC;
+        let r = ok(p).map_err(|e| e.context(format!("{apps} apps x {streams} streams")))?;
+        assert_eq!(r.convergence.len(), 1, "{:?}", r.convergence);
+        assert!(
+            !r.failovers.is_empty() && r.failovers.iter().all(|&f| f <= F + 2 * SEC),
+            "{apps} apps: failovers {:?}",
+            r.failovers
+        );
+    }
+    Ok(())
+}
+
+/// Issue 11 (a world as hard as AWS): a stream deleted and recreated under
+/// the same name keeps its ARN, and its new shards are named from
+/// `shardId-000000000000` again. The old stream's rows (SHARD_END on the
+/// split parent `shardId-000000000000`, checkpoints of sequence numbers
+/// the new shards never had) must not apply to the new stream: every
+/// record written to it from its creation is delivered (`no-loss`), no
+/// SHARD_END is written over one of its open shards
+/// (`checkpoint-covers-unacked`), and the old stream's unread records are
+/// excused (gone with it).
+///
+/// Core bug found by this scenario (core test
+/// `an_open_shard_whose_row_is_at_shard_end_stops_the_worker_as_a_recreated_stream`):
+/// a running fleet applied the old rows: the new `shardId-000000000000`
+/// was never read (its row was the old split parent's SHARD_END), the rows
+/// of the old children `shardId-000000000004`/`5` named shards the new
+/// stream lacks and counted in the fair share (`balance`: "w1#1 holds 1 of
+/// 5 leases"). Now a worker whose ListShards shows an open shard with a
+/// SHARD_END row stops with an error naming the rows to delete; the
+/// simulated operator deletes them and restarts the fleet, which reads the
+/// new stream from its start.
+#[test]
+fn a_recreated_stream_is_read_from_its_creation_and_inherits_no_old_row() -> Result<()> {
+    for efo in [false, true] {
+        let mut p = quiet("recreate", 4, 2);
+        p.efo = efo;
+        p.script = vec![(30 * SEC, Op::Split(0)), (90 * SEC, Op::RecreateStream(0))];
+        p.fault_us = 240 * SEC;
+        ok(p).map_err(|e| e.context(format!("efo {efo}")))?;
     }
     Ok(())
 }

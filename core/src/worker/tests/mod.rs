@@ -252,6 +252,14 @@ impl World {
                 };
                 Some(Input::HeartbeatDeleted { op, result })
             }
+            Action::GetShardIterator { op, shard, .. }
+                if !self.shards.contains_key(shard.shard.as_str()) =>
+            {
+                Some(Input::Iterator {
+                    op,
+                    result: Err(ErrorClass::ResourceNotFound),
+                })
+            }
             Action::GetShardIterator {
                 op,
                 shard,

@@ -85,3 +85,48 @@ fn child_not_read_before_parent_reaches_shard_end() {
         .events
         .contains(&Event::ShardEnded { shard: sref("p") }));
 }
+
+/// Issue 11 (found by the simulator, `a_recreated_stream_is_read_from_its_
+/// creation_and_inherits_no_old_row`): a stream deleted and recreated under
+/// the same name keeps its ARN, and its first shard is `shardId-...0` again.
+/// The old stream's row for that id is at SHARD_END (an old split parent):
+/// applied to the new stream, the new shard would never be read. A shard
+/// ListShards reports open cannot have ended, so the worker stops with an
+/// error naming the stream and what to delete, and reads nothing of it.
+#[test]
+fn an_open_shard_whose_row_is_at_shard_end_stops_the_worker_as_a_recreated_stream() {
+    // The old split parent's row at SHARD_END; or the parent's row
+    // collected and its child's row (a shard the new stream lacks) left.
+    let mut ended = LeaseRow::new(sref("s0"), Vec::new(), 1_700_000_000_000);
+    ended.checkpoint = Some(Checkpoint::ShardEnd);
+    ended.token = FencingToken(3);
+    let mut child = LeaseRow::new(
+        sref("s9"),
+        vec![crate::ids::ShardId::new("s0")],
+        1_700_000_000_000,
+    );
+    child.checkpoint = Some(Checkpoint::After(seq(90)));
+    for old in [ended, child] {
+        let mut world = World::new(&[("s0", &[], 5, false)]);
+        let key = old.shard.clone();
+        world.rows.insert(key.clone(), old.clone());
+        let mut node = Node::new(polling_config("a"), &world);
+        run(&mut world, &mut [&mut node], Duration::from_secs(70));
+        let fatal: Vec<&String> = node
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Fatal { message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fatal.len(), 1, "{key}: {:?}", node.events);
+        assert!(
+            fatal[0].contains("recreated") && fatal[0].contains(stream().as_str()),
+            "{}",
+            fatal[0]
+        );
+        assert!(node.batches.is_empty(), "{key}: {:?}", node.batches);
+        assert_eq!(world.rows[&key].checkpoint, old.checkpoint, "{key}");
+    }
+}

@@ -63,6 +63,7 @@ use crate::error::KinesisError;
 use crate::facade;
 use crate::kinesis::{Kinesis, Payloads, Record};
 use crate::lease_store::{LeaseStore, RowError};
+use crate::metrics::Delivered;
 use crate::runtime::{with_deadline, Runtime};
 
 /// What the driver hands to the application: a batch, or why the consumer
@@ -87,8 +88,9 @@ pub enum DriverError {
 /// A command from the application (or a batch handle) to the driver.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// With its shard, for the per-shard acked counters.
-    Ack(BatchId, ShardRef),
+    /// With what the metrics registry noted at its delivery (its ack is
+    /// counted from it).
+    Ack(BatchId, Option<Delivered>),
     /// A batch comes back: its payload with it, kept for the redelivery.
     Nack {
         id: BatchId,
@@ -135,6 +137,8 @@ pub struct Batch {
     redelivery: bool,
     commands: async_channel::Sender<Command>,
     done: bool,
+    /// For the metrics registry, handed back with the ack.
+    delivered: Option<Delivered>,
 }
 
 impl Batch {
@@ -168,7 +172,7 @@ impl Batch {
         self.done = true;
         let _ = self
             .commands
-            .try_send(Command::Ack(self.id, self.shard.clone()));
+            .try_send(Command::Ack(self.id, self.delivered.take()));
     }
     /// The records could not be processed: deliver them again.
     pub fn nack(self) {
@@ -459,7 +463,9 @@ pub struct Driver<R: Runtime> {
     /// Facade (`metrics` crate) handles of the hot path.
     facade: FacadeMetrics,
     /// The acks taken in one run of queued commands (reused).
-    ack_run: Vec<(BatchId, ShardRef)>,
+    ack_run: Vec<(BatchId, Option<Delivered>)>,
+    /// The registry handle of the shard of the chunk delivered from last.
+    shard_metrics: Option<(ChunkId, Option<Arc<crate::metrics::ShardMetrics>>)>,
     subs: HashMap<SubId, async_channel::Sender<ChunkId>>,
     shutdown_waiters: Vec<async_channel::Sender<()>>,
     leases_held: usize,
@@ -533,6 +539,7 @@ impl<R: Runtime> Driver<R> {
             nacked: BTreeMap::new(),
             facade: FacadeMetrics::register(),
             ack_run: Vec::new(),
+            shard_metrics: None,
             subs: HashMap::new(),
             shutdown_waiters: Vec::new(),
             leases_held: 0,
@@ -615,7 +622,7 @@ impl<R: Runtime> Driver<R> {
             match wake {
                 Wake::Report(r) => self.handle_report(r),
                 Wake::Command(Command::Abort) | Wake::Closed => stop = true,
-                Wake::Command(Command::Ack(id, shard)) => self.ack_run.push((id, shard)),
+                Wake::Command(Command::Ack(id, delivered)) => self.ack_run.push((id, delivered)),
                 Wake::Command(c) => self.handle_command(c),
                 // Fired: armed again on the next turn, even for the same
                 // deadline.
@@ -722,7 +729,7 @@ impl<R: Runtime> Driver<R> {
         let mut abort = false;
         for _ in 0..4096 {
             match self.commands_rx.try_recv() {
-                Ok(Command::Ack(id, shard)) => acks.push((id, shard)),
+                Ok(Command::Ack(id, delivered)) => acks.push((id, delivered)),
                 Ok(Command::Abort) => {
                     abort = true;
                     break;
@@ -740,14 +747,16 @@ impl<R: Runtime> Driver<R> {
         abort
     }
 
-    fn apply_acks(&mut self, acks: &mut Vec<(BatchId, ShardRef)>) {
+    fn apply_acks(&mut self, acks: &mut Vec<(BatchId, Option<Delivered>)>) {
         if acks.is_empty() {
             return;
         }
         let now = self.runtime.now();
         let metrics = &self.metrics;
-        let ids = acks.drain(..).map(|(id, shard)| {
-            metrics.acked(&shard, id);
+        let ids = acks.drain(..).map(|(id, delivered)| {
+            if let Some(d) = delivered {
+                metrics.acked(d);
+            }
             id
         });
         self.worker.ack_many(now, ids, |e| debug!("{e}"));
@@ -756,8 +765,10 @@ impl<R: Runtime> Driver<R> {
     fn handle_command(&mut self, command: Command) {
         let now = self.runtime.now();
         match command {
-            Command::Ack(id, shard) => {
-                self.metrics.acked(&shard, id);
+            Command::Ack(id, delivered) => {
+                if let Some(d) = delivered {
+                    self.metrics.acked(d);
+                }
                 if let Err(e) = self.worker.ack(now, id) {
                     debug!("{e}");
                 }
@@ -849,9 +860,22 @@ impl<R: Runtime> Driver<R> {
                     }
                 };
                 self.facade.delivered(&b, records.len());
-                self.metrics.delivered(
-                    &b.shard,
-                    b.id,
+                // The shard's registry handle, looked up once per chunk
+                // (every batch of a chunk has the same shard and lease).
+                let cached = self
+                    .shard_metrics
+                    .as_ref()
+                    .filter(|(chunk, _)| !b.redelivery && *chunk == b.chunk);
+                let handle = match cached {
+                    Some((_, handle)) => handle.clone(),
+                    None => {
+                        let handle = self.metrics.shard(&b.shard);
+                        self.shard_metrics = Some((b.chunk, handle.clone()));
+                        handle
+                    }
+                };
+                let delivered = self.metrics.delivered(
+                    handle.as_ref(),
                     records.len() as u64,
                     b.bytes,
                     b.millis_behind,
@@ -866,6 +890,7 @@ impl<R: Runtime> Driver<R> {
                     redelivery: b.redelivery,
                     commands: self.commands_tx.clone(),
                     done: false,
+                    delivered,
                 };
                 if let Err(e) = self.deliveries_tx.try_send(Ok(batch)) {
                     // Closed: the batch comes back as a nack through Drop.
@@ -889,9 +914,7 @@ impl<R: Runtime> Driver<R> {
                         records = records.len(),
                         "nacked batch dropped (auto_replay_nacks: false)"
                     );
-                    let _ = self
-                        .commands_tx
-                        .try_send(Command::Ack(b.id, b.shard.clone()));
+                    let _ = self.commands_tx.try_send(Command::Ack(b.id, None));
                     return;
                 }
                 warn!(
@@ -911,6 +934,7 @@ impl<R: Runtime> Driver<R> {
                         redelivery: true,
                         commands: self.commands_tx.clone(),
                         done: false,
+                        delivered: None,
                     },
                     attempts,
                 };
@@ -946,6 +970,7 @@ impl<R: Runtime> Driver<R> {
                 facade::gauge("kinesin_leases_held").set(self.leases_held as f64);
                 self.nacked.retain(|_, (s, _)| *s != shard);
                 self.facade.forget_shard(&shard);
+                self.shard_metrics = None;
                 self.metrics.lease_lost(&shard, reason);
                 self.events.publish(crate::events::LeaseEvent::Lost {
                     shard: shard.clone(),

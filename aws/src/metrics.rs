@@ -11,8 +11,9 @@
 //! [`Metrics::health`] answers a readiness probe.
 //!
 //! Cost on the hot path: a delivery updates a few relaxed atomics of the
-//! shard's handle, found once per batch in a `HashMap` under a mutex held
-//! for the lookup only; counters by API and error class are a fixed array
+//! shard's handle, which the driver looks up once per chunk (not per
+//! batch), and the batch carries the handle and its delivery time to its
+//! ack (no map insert or lookup per batch); counters by API and error class are a fixed array
 //! of atomics (no allocation, no label formatting until a scrape).
 //!
 //! Ages and latencies: a shard's checkpoint age counts from its last
@@ -32,11 +33,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kinesin_core::ids::{BatchId, OpId, ShardRef};
+use kinesin_core::ids::{OpId, ShardRef};
 use kinesin_core::io::{ErrorClass, Input, LostReason};
 use kinesin_core::table::LeaseWrite;
 
@@ -164,10 +165,21 @@ pub struct ShardMetrics {
     redeliveries: AtomicU64,
     /// Last successful checkpoint write (the lease gain before the first).
     checkpointed: Mutex<Option<Instant>>,
-    /// Batches delivered and not acked yet, with their delivery time; gone
-    /// with the lease (at most the shard's in-flight limit).
-    /// Delivered batches not yet acked: when, records, bytes.
-    unacked: Mutex<HashMap<u64, (Instant, u64, u64)>>,
+    /// Cleared at the lease's loss: a batch delivered under the lease and
+    /// acked after it is not counted (its lease's series are gone).
+    held: AtomicBool,
+}
+
+/// What the registry noted at a batch's delivery, carried by the batch and
+/// handed back with its ack ([`Metrics::acked`]): the ack is counted
+/// without looking its shard or batch up (no map insert per delivery, no
+/// lookup per ack).
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    shard: Arc<ShardMetrics>,
+    at: Instant,
+    records: u64,
+    bytes: u64,
 }
 
 impl ShardMetrics {
@@ -298,6 +310,7 @@ impl Metrics {
         self.counters.leases_gained.fetch_add(1, Ordering::Relaxed);
         let m = Arc::new(ShardMetrics::default());
         m.token.store(token, Ordering::Relaxed);
+        m.held.store(true, Ordering::Relaxed);
         *lock(&m.checkpointed) = Some(Instant::now());
         let mut st = self.state();
         st.shards.insert(shard.clone(), m);
@@ -308,7 +321,9 @@ impl Metrics {
     pub fn lease_lost(&self, shard: &ShardRef, reason: LostReason) {
         self.counters.leases_lost[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
         let mut st = self.state();
-        st.shards.remove(shard);
+        if let Some(m) = st.shards.remove(shard) {
+            m.held.store(false, Ordering::Relaxed);
+        }
         if reason == LostReason::SelfFenced {
             st.self_fenced = true;
         }
@@ -339,63 +354,53 @@ impl Metrics {
     }
 
     /// A batch handed to the application.
-    pub fn delivered(
+    /// A batch of `records` records was delivered from the shard whose
+    /// handle is `shard` (`None`: a shard not held, counted per worker
+    /// only). What it returns goes with the batch to [`Metrics::acked`].
+    pub(crate) fn delivered(
         &self,
-        shard: &ShardRef,
-        id: BatchId,
+        shard: Option<&Arc<ShardMetrics>>,
         records: u64,
         bytes: u64,
         millis_behind: u64,
         redelivery: bool,
-    ) {
-        self.delivered_raw(shard, id.raw(), records, bytes, millis_behind, redelivery);
-    }
-
-    fn delivered_raw(
-        &self,
-        shard: &ShardRef,
-        id: u64,
-        records: u64,
-        bytes: u64,
-        millis_behind: u64,
-        redelivery: bool,
-    ) {
+    ) -> Option<Delivered> {
         let c = &self.counters;
         c.records_delivered.fetch_add(records, Ordering::Relaxed);
         c.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
         if redelivery {
             c.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(m) = self.shard(shard) {
-            lock(&m.unacked).insert(id, (Instant::now(), records, bytes));
-            m.millis_behind.store(millis_behind, Ordering::Relaxed);
-            m.records_delivered.fetch_add(records, Ordering::Relaxed);
-            m.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
-            if redelivery {
-                m.redeliveries.fetch_add(1, Ordering::Relaxed);
-            }
+        let m = shard?;
+        m.millis_behind.store(millis_behind, Ordering::Relaxed);
+        m.records_delivered.fetch_add(records, Ordering::Relaxed);
+        m.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
+        if redelivery {
+            m.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
+        Some(Delivered {
+            shard: m.clone(),
+            at: Instant::now(),
+            records,
+            bytes,
+        })
     }
 
-    /// A batch acknowledged by the application (its ack latency observed).
-    /// (Its records and bytes are those recorded at its delivery.)
-    pub fn acked(&self, shard: &ShardRef, id: BatchId) {
-        self.acked_raw(shard, id.raw());
-    }
-
-    fn acked_raw(&self, shard: &ShardRef, id: u64) {
-        let Some(m) = self.shard(shard) else {
+    /// A batch acknowledged by the application (its ack latency observed),
+    /// with what [`Metrics::delivered`] noted at its delivery; nothing when
+    /// the lease it was delivered under is gone.
+    pub(crate) fn acked(&self, d: Delivered) {
+        if !d.shard.held.load(Ordering::Relaxed) {
             return;
-        };
-        let Some((at, records, bytes)) = lock(&m.unacked).remove(&id) else {
-            return;
-        };
-        self.counters.ack_latency.observe(at.elapsed());
+        }
+        self.counters.ack_latency.observe(d.at.elapsed());
         self.counters
             .records_acked
-            .fetch_add(records, Ordering::Relaxed);
-        m.records_acked.fetch_add(records, Ordering::Relaxed);
-        m.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
+            .fetch_add(d.records, Ordering::Relaxed);
+        d.shard
+            .records_acked
+            .fetch_add(d.records, Ordering::Relaxed);
+        d.shard.bytes_acked.fetch_add(d.bytes, Ordering::Relaxed);
     }
 
     /// Records read from Kinesis (before delivery).
@@ -879,7 +884,7 @@ mod tests {
         let m = Metrics::new(Duration::from_secs(10), (100, 1000));
         m.lease_gained(&shard(0), 3);
         m.lease_gained(&shard(1), 4);
-        m.delivered_raw(&shard(0), 1, 5, 50, 1234, false);
+        m.delivered(m.shard(&shard(0)).as_ref(), 5, 50, 1234, false);
         let t = text(&m);
         assert!(t.contains("kinesin_shard_millis_behind_latest{stream=\"arn:aws:kinesis:r:1:stream/s\",shard=\"shardId-000000000000\"} 1234"), "{t}");
         assert!(t.contains("shard=\"shardId-000000000001\"} 0"), "{t}");
@@ -981,13 +986,15 @@ mod tests {
     fn ack_and_call_latencies_land_in_cumulative_buckets() {
         let m = Metrics::new(Duration::from_secs(10), (100, 1000));
         m.lease_gained(&shard(0), 1);
-        m.delivered_raw(&shard(0), 1, 2, 20, 0, false);
-        m.delivered_raw(&shard(0), 2, 2, 20, 0, false);
+        let first = m.delivered(m.shard(&shard(0)).as_ref(), 2, 20, 0, false);
+        m.lease_gained(&shard(1), 1);
+        let other = m.delivered(m.shard(&shard(1)).as_ref(), 2, 20, 0, false);
         std::thread::sleep(Duration::from_millis(12));
-        m.acked_raw(&shard(0), 1);
-        // An ack of an unknown batch (delivered before a lease change)
+        m.acked(first.expect("shard 0 is held"));
+        // An ack of a batch delivered under a lease that is gone since
         // observes nothing.
-        m.acked_raw(&shard(0), 99);
+        m.lease_lost(&shard(1), LostReason::HandedOff);
+        m.acked(other.expect("shard 1 was held"));
         m.counters.call_latency[4].observe(Duration::from_millis(70));
         m.counters.call_latency[4].observe(Duration::from_secs(60));
         let t = text(&m);
@@ -1009,8 +1016,10 @@ mod tests {
             !t.contains("api=\"ListShards\",le"),
             "uncalled APIs left out"
         );
-        // The batch still unacked goes with the lease.
-        assert_eq!(lock(&m.shard(&shard(0)).unwrap().unacked).len(), 1);
+        // The acked batch counts for its shard; the one acked after its
+        // lease went counts nowhere.
+        assert_eq!(m.shard(&shard(0)).unwrap().records_acked(), 2);
+        assert_eq!(m.counters.records_acked.load(Ordering::Relaxed), 2);
     }
 
     #[test]

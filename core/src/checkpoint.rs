@@ -48,10 +48,11 @@ pub enum TrackerError {
          starting after the lease's checkpoint"
     )]
     NotAfterPrevious {
-        /// Last record of the refused batch.
-        last: ExtSeq,
+        /// Last record of the refused batch (boxed: a sequence number is
+        /// kept inline, and every `Result` of the tracker would carry it).
+        last: Box<ExtSeq>,
         /// End of the previously delivered batch, or the start checkpoint.
-        previous: Checkpoint,
+        previous: Box<Checkpoint>,
     },
     /// Delivering the batch would exceed `checkpoint_limit`.
     #[error(
@@ -167,8 +168,8 @@ impl CheckpointTracker {
         if let Some(previous) = previous {
             if previous.covers(&last) {
                 return Err(TrackerError::NotAfterPrevious {
-                    last,
-                    previous: previous.clone(),
+                    last: Box::new(last),
+                    previous: Box::new(previous.clone()),
                 });
             }
         }

@@ -33,9 +33,24 @@ use std::sync::Arc;
 
 /// Validated Kinesis sequence number: decimal string matching `0|[1-9][0-9]{0,128}`.
 ///
-/// Does not fit u128; ordered by (length, bytes). Cheap to clone (`Arc<str>` inside).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SeqNum(Arc<str>);
+/// Does not fit u128; ordered by (length, bytes). The digits of a sequence
+/// number as Kinesis issues them (56) are kept inline, so parsing one and
+/// cloning it allocate nothing (every record carries one); a longer one
+/// (up to 129 digits, which AWS allows) is kept in an `Arc<str>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeqNum(Repr);
+
+/// Most digits kept inline: the enum is then 64 bytes.
+const INLINE: usize = 62;
+
+/// Canonical: a sequence number of at most [`INLINE`] digits is always
+/// `Inline`, with zeros past `len`, so the derived equality is value
+/// equality.
+#[derive(Clone, PartialEq, Eq)]
+enum Repr {
+    Inline { len: u8, digits: [u8; INLINE] },
+    Heap(Arc<str>),
+}
 
 impl SeqNum {
     /// Most digits a Kinesis sequence number may have (AWS limit).
@@ -71,22 +86,48 @@ impl SeqNum {
         if bytes.len() > 1 && bytes.first() == Some(&b'0') {
             return Err(SeqNumError::LeadingZero);
         }
-        Ok(SeqNum(Arc::from(s)))
+        Ok(SeqNum(match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE => {
+                let mut digits = [0u8; INLINE];
+                digits[..bytes.len()].copy_from_slice(bytes);
+                Repr::Inline { len, digits }
+            }
+            _ => Repr::Heap(Arc::from(s)),
+        }))
     }
 
     /// The decimal digits, as Kinesis returned them.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ASCII digits are ever stored (`parse` checked them), so
+            // this never falls back.
+            Repr::Inline { len, digits } => {
+                std::str::from_utf8(&digits[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Heap(s) => s,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, digits } => &digits[..usize::from(*len)],
+            Repr::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl std::hash::Hash for SeqNum {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the digits' `str` hashes, whichever way they are stored.
+        self.as_str().hash(state)
     }
 }
 
 impl Ord for SeqNum {
     fn cmp(&self, other: &Self) -> Ordering {
         // Canonical decimals (no leading zeros): more digits is a larger number.
-        self.0
-            .len()
-            .cmp(&other.0.len())
-            .then_with(|| self.0.as_bytes().cmp(other.0.as_bytes()))
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
     }
 }
 
@@ -98,13 +139,13 @@ impl PartialOrd for SeqNum {
 
 impl fmt::Display for SeqNum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for SeqNum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SeqNum({})", self.0)
+        write!(f, "SeqNum({})", self.as_str())
     }
 }
 
@@ -475,6 +516,34 @@ mod tests {
                     a.cmp(&b),
                     "{a} vs {b}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn seqnum_keeps_value_order_and_equality_across_inline_and_long_digits() {
+        // 62 digits are kept inline, 63 and more in an Arc<str>: order,
+        // equality and hashing must not see where the digits live.
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        let hash = |v: &dyn Fn(&mut DefaultHasher)| {
+            let mut h = DefaultHasher::new();
+            v(&mut h);
+            h.finish()
+        };
+        let lens = [1usize, 55, 56, 61, 62, 63, 64, 128, 129];
+        let nums: Vec<SeqNum> = lens
+            .iter()
+            .flat_map(|&n| [format!("1{}", "0".repeat(n - 1)), "9".repeat(n)])
+            .map(|d| seq(&d))
+            .collect();
+        for (i, a) in nums.iter().enumerate() {
+            assert_eq!(a.clone(), *a);
+            assert_eq!(a.to_string().len(), a.as_str().len());
+            assert_eq!(hash(&|h| a.hash(h)), hash(&|h| a.as_str().hash(h)), "{a:?}");
+            for (j, b) in nums.iter().enumerate() {
+                assert_eq!(a.cmp(b), i.cmp(&j), "{a:?} vs {b:?}");
+                assert_eq!(a == b, i == j);
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The two sides of `scripts/bench.sh library`, written once for both
 //! runtimes (included by path into `cli/examples/{count_sink,bare_count}.rs`
 //! on tokio and `runtime-async-std/examples/{count_sink,bare_count}_async_std.rs` on
-//! async-std):
+//! async-std), and the shard readers of every bare loop (also
+//! `cli/examples/bare_sdk.rs`, the baseline of `scripts/bench.sh throughput`,
+//! which hands what they read to its JSON Lines writer):
 //!
 //! - [`library`]: a consumer built on kinesin's public API, as the README's
 //!   quick start builds it (`Consumer::builder()`, a local store), whose
@@ -207,6 +209,17 @@ pub async fn library<R: Runtime + Default>(
     Ok(tally)
 }
 
+/// Where the shard tasks of a bare loop put what each read brought.
+pub trait Sink: Clone + Send + Sync + 'static {
+    /// Takes one response's records (never empty) of `shard`; false stops
+    /// the shard's task.
+    fn take(
+        &self,
+        shard: &str,
+        records: Vec<aws_sdk_kinesis::types::Record>,
+    ) -> impl Future<Output = bool> + Send;
+}
+
 /// What the shard tasks of the bare loop share: the tally, and the waker
 /// of `bare` waiting for it to complete.
 struct Shared {
@@ -229,6 +242,18 @@ impl Shared {
     }
 }
 
+impl Sink for Arc<Shared> {
+    fn take(
+        &self,
+        _shard: &str,
+        records: Vec<aws_sdk_kinesis::types::Record>,
+    ) -> impl Future<Output = bool> + Send {
+        // Counted in the task that read them.
+        self.add(records.iter().map(|r| r.data.as_ref()));
+        std::future::ready(true)
+    }
+}
+
 struct Done(Arc<Shared>);
 
 impl Future for Done {
@@ -248,6 +273,36 @@ impl Future for Done {
 /// record was seen (the shard tasks are left running: exit the process).
 pub async fn bare(rt: Arc<dyn Runtime>, sdk: &aws_config::SdkConfig, args: &Args) -> Result<Tally> {
     let started = Instant::now();
+    let shared = Arc::new(Shared {
+        tally: Mutex::new(Tally::new(args.expect)),
+        done: AtomicBool::new(false),
+        waiter: Mutex::new(None),
+    });
+    let shards = read_shards(rt, sdk, args, shared.clone()).await?;
+    Done(shared.clone()).await;
+    let tally = std::mem::replace(
+        &mut *shared.tally.lock().expect("not poisoned"),
+        Tally::new(1),
+    );
+    eprintln!(
+        "bare_count: {} from {shards} shards in {:.2} s ({})",
+        tally.summary(),
+        started.elapsed().as_secs_f64(),
+        if args.efo { "efo" } else { "polling" }
+    );
+    Ok(tally)
+}
+
+/// Start reading every shard of `args.stream` from TRIM_HORIZON, one task
+/// per shard on `rt` (GetRecords in a loop, or SubscribeToShard
+/// re-subscribed from the continuation sequence number), each handing what
+/// a read brought to `sink`. Returns the number of shards.
+pub async fn read_shards<S: Sink>(
+    rt: Arc<dyn Runtime>,
+    sdk: &aws_config::SdkConfig,
+    args: &Args,
+    sink: S,
+) -> Result<usize> {
     let client = Client::new(sdk);
     let stream_arn = client
         .describe_stream_summary()
@@ -259,11 +314,6 @@ pub async fn bare(rt: Arc<dyn Runtime>, sdk: &aws_config::SdkConfig, args: &Args
         .context("no stream summary")?
         .stream_arn;
     let shards = list_shards(&client, &stream_arn).await?;
-    let shared = Arc::new(Shared {
-        tally: Mutex::new(Tally::new(args.expect)),
-        done: AtomicBool::new(false),
-        waiter: Mutex::new(None),
-    });
     if args.efo {
         let consumer_arn = register(&*rt, &client, &stream_arn, &args.consumer).await?;
         for shard in &shards {
@@ -272,7 +322,7 @@ pub async fn bare(rt: Arc<dyn Runtime>, sdk: &aws_config::SdkConfig, args: &Args
                 client.clone(),
                 consumer_arn.clone(),
                 shard.clone(),
-                shared.clone(),
+                sink.clone(),
             )));
         }
     } else {
@@ -282,23 +332,11 @@ pub async fn bare(rt: Arc<dyn Runtime>, sdk: &aws_config::SdkConfig, args: &Args
                 client.clone(),
                 stream_arn.clone(),
                 shard.clone(),
-                shared.clone(),
+                sink.clone(),
             )));
         }
     }
-    Done(shared.clone()).await;
-    let tally = std::mem::replace(
-        &mut *shared.tally.lock().expect("not poisoned"),
-        Tally::new(1),
-    );
-    eprintln!(
-        "bare_count: {} from {} shards in {:.2} s ({})",
-        tally.summary(),
-        shards.len(),
-        started.elapsed().as_secs_f64(),
-        if args.efo { "efo" } else { "polling" }
-    );
-    Ok(tally)
+    Ok(shards.len())
 }
 
 async fn sleep(rt: &dyn Runtime, d: Duration) {
@@ -373,12 +411,12 @@ async fn register(
     bail!("consumer {name} not ACTIVE after 2 minutes")
 }
 
-async fn poll_loop(
+async fn poll_loop<S: Sink>(
     rt: Arc<dyn Runtime>,
     client: Client,
     stream_arn: String,
     shard: String,
-    shared: Arc<Shared>,
+    sink: S,
 ) {
     let mut iterator = loop {
         match client
@@ -391,7 +429,7 @@ async fn poll_loop(
         {
             Ok(out) => break out.shard_iterator,
             Err(e) => {
-                eprintln!("bare_count: GetShardIterator {shard}: {e}");
+                eprintln!("bare: GetShardIterator {shard}: {e}");
                 sleep(&*rt, Duration::from_secs(1)).await;
             }
         }
@@ -407,8 +445,8 @@ async fn poll_loop(
         {
             Ok(out) => {
                 let caught_up = out.records.is_empty() && out.millis_behind_latest == Some(0);
-                if !out.records.is_empty() {
-                    shared.add(out.records.iter().map(|r| r.data.as_ref()));
+                if !out.records.is_empty() && !sink.take(&shard, out.records).await {
+                    return;
                 }
                 iterator = out.next_shard_iterator;
                 // The service allows 5 GetRecords per second and shard.
@@ -416,7 +454,7 @@ async fn poll_loop(
                 sleep(&*rt, Duration::from_millis(pause)).await;
             }
             Err(e) => {
-                eprintln!("bare_count: GetRecords {shard}: {e}");
+                eprintln!("bare: GetRecords {shard}: {e}");
                 iterator = Some(it);
                 sleep(&*rt, Duration::from_secs(1)).await;
             }
@@ -424,12 +462,12 @@ async fn poll_loop(
     }
 }
 
-async fn subscribe_loop(
+async fn subscribe_loop<S: Sink>(
     rt: Arc<dyn Runtime>,
     client: Client,
     consumer_arn: String,
     shard: String,
-    shared: Arc<Shared>,
+    sink: S,
 ) {
     let mut after: Option<String> = None;
     loop {
@@ -449,7 +487,7 @@ async fn subscribe_loop(
         let mut events = match sub {
             Ok(out) => out.event_stream,
             Err(e) => {
-                eprintln!("bare_count: SubscribeToShard {shard}: {e}");
+                eprintln!("bare: SubscribeToShard {shard}: {e}");
                 sleep(&*rt, Duration::from_secs(5)).await;
                 continue;
             }
@@ -460,14 +498,14 @@ async fn subscribe_loop(
                     if !ev.continuation_sequence_number.is_empty() {
                         after = Some(ev.continuation_sequence_number.clone());
                     }
-                    if !ev.records.is_empty() {
-                        shared.add(ev.records.iter().map(|r| r.data.as_ref()));
+                    if !ev.records.is_empty() && !sink.take(&shard, ev.records).await {
+                        return;
                     }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("bare_count: SubscribeToShard {shard} event: {e}");
+                    eprintln!("bare: SubscribeToShard {shard} event: {e}");
                     break;
                 }
             }

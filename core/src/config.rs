@@ -197,12 +197,9 @@ pub struct Config {
     pub subscription_idle_timeout: Duration,
     /// At most this many lease writes in flight before a checkpoint write
     /// waits (a waiting shard keeps only its newest checkpoint): a commit
-    /// tick at 1,000 shards does not send 1,000 UpdateItems at once. At
-    /// most this many ownership writes (every kind but checkpoints, those
-    /// unanswered for a heartbeat interval not counted) before a create, a
-    /// free take or a hand-off request waits: a cold start at 1,000 shards
-    /// does not send 1,000 PutItems at once. Final writes and forced takes
-    /// never wait; heartbeats are never counted.
+    /// tick at 1,000 shards does not send 1,000 UpdateItems at once.
+    /// Takes, creates and final writes are not held back (they change
+    /// ownership); heartbeats are never counted.
     pub max_lease_writes_in_flight: usize,
     /// Past this long with every call to a service refused with an error
     /// retrying cannot fix (credentials, access, KMS), the worker is

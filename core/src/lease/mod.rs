@@ -335,10 +335,7 @@ impl LeaseManager {
                 now,
             ),
             views,
-            writes: Writes {
-                now: Some(now),
-                ..Writes::default()
-            },
+            writes: Writes::default(),
             requests: BTreeMap::new(),
             quarantined: BTreeMap::new(),
             ops: BTreeMap::new(),
@@ -581,7 +578,6 @@ impl LeaseManager {
         let Some(pending) = self.ops.remove(&op) else {
             return false;
         };
-        self.writes.own_sent.remove(&op);
         self.tick(now);
         if self.final_beat == FinalBeat::Done {
             if let Op::WriteLease { write, .. } = &pending {
@@ -690,9 +686,6 @@ impl LeaseManager {
                     c.parents.clone(),
                     view.lineage_created_ms(&c.parents, now_ms),
                 );
-                if !self.room_or_wait(stream) {
-                    break;
-                }
                 self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
             }
         }
@@ -873,9 +866,7 @@ impl LeaseManager {
         if self.final_beat == FinalBeat::Done {
             return;
         }
-        // Creates, takes and requests that waited for room, then
-        // checkpoints that did.
-        self.resume_held_back(now, mint);
+        // Checkpoints that waited for room.
         self.pump_waiting(mint);
         // Final writes that failed without being applied.
         if self.writes.retry_at.is_some_and(|at| at <= now) {
@@ -1037,9 +1028,6 @@ impl LeaseManager {
                     self.force_take(&shard, mint);
                 }
                 Take::Free(row) => {
-                    if !self.room_or_wait(stream) {
-                        continue;
-                    }
                     let write = LeaseWrite::Take {
                         shard: row.shard.clone(),
                         expect_owner: row.owner.clone(),
@@ -1077,9 +1065,6 @@ impl LeaseManager {
                     self.live.hb_asap = true;
                 }
                 Ask::Request { row, owner } => {
-                    if !self.room_or_wait(stream) {
-                        continue;
-                    }
                     let write = LeaseWrite::RequestHandoff {
                         shard: row.shard.clone(),
                         owner: owner.clone(),

@@ -580,9 +580,6 @@ impl LeaseManager {
         }
         let now_ms = self.unix_ms(now);
         for (id, parents) in create {
-            if !self.room_or_wait(stream) {
-                break;
-            }
             let created_ms = self
                 .views
                 .get(stream)

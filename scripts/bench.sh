@@ -4,6 +4,10 @@
 #   scripts/bench.sh                 throughput, then memory
 #   scripts/bench.sh throughput      (a) bare aws-sdk-kinesis loop vs (b) kinesin consume
 #   scripts/bench.sh memory          200 shards, stalled sink, 64 MiB pool budget
+#   scripts/bench.sh memory-cold     cold starts of 200 and 1,000 shards against a
+#                                    fake endpoint serving 10 MB GetRecords pages,
+#                                    RSS <= budget + 64 MiB checked (not part of
+#                                    `all`; needs no emulators)
 #   scripts/bench.sh instructions    the throughput runs counted in instructions
 #                                    (valgrind callgrind; not part of `all`)
 #   scripts/bench.sh library         kinesin as a library (a counting sink) vs a
@@ -69,6 +73,21 @@
 #   (2) kinesin consume with stdout a pipe nobody reads (writes block):
 #       peak RSS, and the leases and heartbeats it kept while blocked.
 #
+# memory-cold: what the budget bounds when every read could bring 10 MB.
+#   cli/examples/fake_kinesis.rs serves one stream of
+#   KINESIN_COLD_SHARDS="200 1000" shards, each with an endless backlog of
+#   KINESIN_COLD_SIZE=1000-byte records, every GetRecords answered with as
+#   many records as its Limit asks up to AWS's 10,000 records / 10 MiB (a
+#   reader asking Limit 10,000 gets a 10 MB page, ~13 MB of JSON). Against
+#   it, cli/examples/stalled_sink.rs (local lease store, 64 MiB pool budget)
+#   starts cold, for KINESIN_COLD_SECONDS=30 s each: (1) never acknowledging
+#   (the pool fills, reads stop) and (2) with --ack (acknowledging at once:
+#   reads never stop, so what is bounded is the reads in flight). Checked:
+#   peak RSS <= budget + 64 MiB = 128 MiB, and every shard was read; the
+#   1,000-shard runs go under `ulimit -n 1024` (the consumer's sockets
+#   must fit the default descriptor limit). A missed check prints FAIL and
+#   the script exits 1.
+#
 # instructions: the same (a)/(b) runs at N/4 and N records, once each, under
 #   valgrind --tool=callgrind, which counts executed instructions: unlike CPU
 #   seconds, the count does not move with what else the machine is doing
@@ -91,8 +110,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHAT=${1:-all}
-case $WHAT in throughput | memory | instructions | library | all) ;; *)
-  echo "usage: scripts/bench.sh [throughput|memory|instructions|library|all]" >&2
+case $WHAT in throughput | memory | memory-cold | instructions | library | all) ;; *)
+  echo "usage: scripts/bench.sh [throughput|memory|memory-cold|instructions|library|all]" >&2
   exit 2
   ;;
 esac
@@ -113,6 +132,89 @@ LIB_SHARDS=${KINESIN_LIB_SHARDS:-8}
 LIB_RECORDS=${KINESIN_LIB_RECORDS:-40000}
 
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+MEASURE=$PWD/scripts/measure.py
+field() { # json key
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+
+COLD_SHARDS=${KINESIN_COLD_SHARDS:-200 1000}
+COLD_SIZE=${KINESIN_COLD_SIZE:-1000}
+COLD_SECONDS=${KINESIN_COLD_SECONDS:-30}
+if [ "$WHAT" = memory-cold ]; then
+  say "building release binaries (examples fake_kinesis and stalled_sink)"
+  cargo build -q --release -p kinesin-cli --example fake_kinesis --example stalled_sink
+  WORK=$(mktemp -d /tmp/kinesin-bench.XXXXXX)
+  FAKE_PID=
+  trap '[ -n "$FAKE_PID" ] && kill "$FAKE_PID" 2>/dev/null; true' EXIT
+  COLD=()
+  COLD_FAILS=0
+  budget_mb=64
+  for shards in $COLD_SHARDS; do
+    # The endpoint takes one connection per shard read at once: its own
+    # descriptor limit as high as allowed (the consumer's is what is tested).
+    (
+      ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+      exec "$TARGET/release/examples/fake_kinesis" --shards "$shards" --record-size "$COLD_SIZE"
+    ) >"$WORK/fake-$shards.out" 2>"$WORK/fake-$shards.log" &
+    FAKE_PID=$!
+    for _ in $(seq 100); do
+      grep -q listening "$WORK/fake-$shards.out" 2>/dev/null && break
+      sleep 0.1
+    done
+    url=$(awk '/listening on/ { print $3 }' "$WORK/fake-$shards.out")
+    [ -n "$url" ] || { echo "bench: fake_kinesis did not start (log $WORK/fake-$shards.log)" >&2; exit 1; }
+    nofile=$(ulimit -n)
+    [ "$shards" -ge 1000 ] && nofile=1024
+    for mode in hold ack; do
+      ack=()
+      [ "$mode" = ack ] && ack=(--ack)
+      say "memory-cold: $shards shards of 10 MB pages, sink $mode, budget $budget_mb MiB, ulimit -n $nofile, $COLD_SECONDS s"
+      out=$(
+        ulimit -n "$nofile"
+        AWS_ENDPOINT_URL_KINESIS=$url AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=fake AWS_SECRET_ACCESS_KEY=fake \
+          AWS_EC2_METADATA_DISABLED=true \
+          python3 "$MEASURE" --out "$WORK/cold-$shards-$mode.json" --err "$WORK/cold-$shards-$mode.log" -- \
+          "$TARGET/release/examples/stalled_sink" --stream bench --budget-mib "$budget_mb" \
+          --seconds "$COLD_SECONDS" --local-store "$WORK/state-cold-$shards-$mode" "${ack[@]}"
+      )
+      sink=$(cat "$WORK/cold-$shards-$mode.json" 2>/dev/null || true)
+      rss=$(field "$out" peak_rss_mb)
+      verdict=ok
+      if [ "$(field "$out" exit)" != 0 ] || [ -z "$sink" ]; then
+        verdict="FAIL (the sink failed: log $WORK/cold-$shards-$mode.log)"
+      elif awk -v r="$rss" -v b=$((budget_mb + 64)) 'BEGIN { exit !(r > b) }'; then
+        verdict="FAIL (peak RSS over budget + 64 MiB)"
+      elif [ "$(field "$sink" shards)" != "$shards" ]; then
+        verdict="FAIL (only $(field "$sink" shards) of $shards shards read)"
+      fi
+      case $verdict in FAIL*) COLD_FAILS=$((COLD_FAILS + 1)) ;; esac
+      if [ "$mode" = hold ]; then
+        detail="held unacknowledged $(field "$sink" held_mib 2>/dev/null || echo ?) MiB, $(field "$sink" held_records 2>/dev/null || echo ?) records"
+      else
+        detail="acked $(field "$sink" acked_mib 2>/dev/null || echo ?) MiB, $(field "$sink" acked_records 2>/dev/null || echo ?) records"
+      fi
+      COLD+=("$(printf '%5s shards, sink %-4s, ulimit -n %5s: peak RSS %6s MiB (bound %s MiB), %s from %s shards, CPU %s s: %s' \
+        "$shards" "$mode" "$nofile" "$rss" $((budget_mb + 64)) "$detail" "$(field "$sink" shards 2>/dev/null || echo ?)" \
+        "$(field "$out" cpu_s)" "$verdict")")
+      echo "${COLD[-1]}" >&2
+    done
+    kill "$FAKE_PID" 2>/dev/null || true
+    wait "$FAKE_PID" 2>/dev/null || true
+    FAKE_PID=
+  done
+  echo
+  echo "================ kinesin cold-start memory ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores) ================"
+  echo "fake endpoint: records of $COLD_SIZE bytes, GetRecords pages up to 10,000 records / 10 MiB; pool budget $budget_mb MiB; $COLD_SECONDS s per run"
+  printf '%s\n' "${COLD[@]}"
+  if [ "$COLD_FAILS" -gt 0 ]; then
+    echo "FAIL: $COLD_FAILS cold-start run(s) missed their check"
+    exit 1
+  fi
+  echo "PASS: every cold start within budget + 64 MiB, every shard read"
+  rm -rf "$WORK"
+  exit 0
+fi
+
 say "building release binaries (kinesin, examples bare_sdk and stalled_sink)"
 cargo build -q --release -p kinesin-cli --bin kinesin --example bare_sdk --example stalled_sink
 if [ "$WHAT" = library ]; then
@@ -123,7 +225,6 @@ fi
 K=$TARGET/release/kinesin
 BARE=$TARGET/release/examples/bare_sdk
 STALL=$TARGET/release/examples/stalled_sink
-MEASURE=$PWD/scripts/measure.py
 
 STARTED_EMULATORS=0
 # `running`, not `status`: a kinesis-mock busy with old subscriptions may
@@ -146,10 +247,6 @@ cleanup() {
 trap cleanup EXIT
 RUN=bench-$(date +%s)-$$
 say "work dir: $WORK"
-
-field() { # json key
-  python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
-}
 per_m() { # cpu_s records
   awk -v c="$1" -v n="$2" 'BEGIN { printf "%.2f", c * 1e6 / n }'
 }

@@ -55,7 +55,9 @@
 //!
 //! The directory, `lock` and `leases.json` must not be symbolic links
 //! ([`LocalStoreError::Symlink`]): a link would let whoever controls it
-//! redirect the table and its lock. A writer thread that dies (a panic)
+//! redirect the table and its lock. On Unix they must also belong to the
+//! process's effective user ([`LocalStoreError::NotOwned`]): the owner of
+//! a directory can replace the table in it under the process's feet. A writer thread that dies (a panic)
 //! fails the writes it held (`Ambiguous`) and every later write at once
 //! (`Transient`), never leaving them to the caller's deadline.
 //!
@@ -137,6 +139,19 @@ pub enum LocalStoreError {
     Symlink {
         /// The link.
         path: PathBuf,
+    },
+    /// The directory, or one of the store's files in it, belongs to another
+    /// user (Unix): whoever owns it could replace the lease table.
+    #[error(
+        "local lease store: {path} belongs to uid {owner}, not to this process's user (uid {uid});          use a directory of your own, or give it to this user (chown {uid} {path})"
+    )]
+    NotOwned {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The process's effective user.
+        uid: u32,
     },
 }
 
@@ -226,6 +241,28 @@ impl CommitFailure {
     }
 }
 
+/// Refuses `path` (whose metadata is `meta`) unless the process's
+/// effective user owns it.
+#[cfg(unix)]
+fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), LocalStoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(LocalStoreError::NotOwned {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    Ok(())
+}
+
+/// Ownership is not checked off Unix (ACLs decide there).
+#[cfg(not(unix))]
+fn check_owner(_path: &Path, _meta: &fs::Metadata) -> Result<(), LocalStoreError> {
+    Ok(())
+}
+
 impl LocalLeaseStore {
     /// Open the store in `dir` (created if missing), taking its lock and
     /// loading `leases.json` if it exists.
@@ -245,7 +282,7 @@ impl LocalLeaseStore {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(LocalStoreError::Symlink { path });
                 }
-                Ok(_) => {}
+                Ok(m) => check_owner(&path, &m)?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("inspect", &path)(e)),
             }

@@ -338,3 +338,65 @@ fn local_store_refuses_a_directory_reached_through_a_symlink() -> Result<()> {
     }
     Ok(())
 }
+
+/// A directory (or a table file in it) owned by another user is refused
+/// before anything is written in it, with an error naming it and saying
+/// what to do: its owner could replace the table under the process.
+#[cfg(unix)]
+#[test]
+fn local_store_refuses_a_directory_owned_by_another_user() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("not-owned");
+    let store = dir.0.join("store");
+    std::fs::create_dir_all(&store)?;
+    let me = std::fs::metadata(&store)?.uid();
+    // Another user's directory: as root, chown a fresh one to `nobody`;
+    // otherwise the root directory is one (owned by root).
+    let (theirs, owner) = if me == 0 {
+        std::os::unix::fs::chown(&store, Some(65534), None)?;
+        (store.clone(), 65534)
+    } else {
+        (PathBuf::from("/"), 0)
+    };
+    match LocalLeaseStore::open(&theirs) {
+        Err(e) => {
+            let message = e.to_string();
+            match e {
+                LocalStoreError::NotOwned {
+                    path,
+                    owner: o,
+                    uid,
+                } => ensure!(
+                    path == theirs && o == owner && uid == me,
+                    "names {path:?}, owner {o}, uid {uid}"
+                ),
+                other => bail!("expected NotOwned, got {other:?}"),
+            }
+            ensure!(
+                message.contains("belongs to uid") && message.contains("chown"),
+                "{message}"
+            );
+        }
+        Ok(_) => bail!("opened a directory owned by uid {owner}"),
+    }
+    if me == 0 {
+        ensure!(
+            !store.join("lock").exists(),
+            "a lock file was created in the refused directory"
+        );
+        // Our directory again, with another user's table file in it.
+        std::os::unix::fs::chown(&store, Some(0), None)?;
+        let data = store.join("leases.json");
+        std::fs::write(&data, b"")?;
+        std::os::unix::fs::chown(&data, Some(65534), None)?;
+        match LocalLeaseStore::open(&store) {
+            Err(LocalStoreError::NotOwned { path, .. }) => {
+                ensure!(path == data, "names {path:?}")
+            }
+            other => bail!("expected NotOwned for the table file, got {other:?}"),
+        }
+        std::fs::remove_file(&data)?;
+        LocalLeaseStore::open(&store)?;
+    }
+    Ok(())
+}

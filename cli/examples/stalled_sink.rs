@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! cargo run --release -p kinesin-cli --example stalled_sink -- \
-//!     --stream NAME --efo CONSUMER --budget-mib 64 --seconds 60 --local-store DIR
+//!     --stream NAME --efo CONSUMER --budget-mib 64 --seconds 60 --local-store DIR [--ack]
 //! ```
+//!
+//! `--ack`: acknowledge every batch at once instead (reads never stop, so
+//! the reads in flight, not the held batches, are what the budget bounds).
 //!
 //! Prints every 5 s, and at the end, the records and bytes it holds
 //! unacknowledged (the pool's use, counted as the pool counts: data plus
@@ -27,11 +30,12 @@ struct Args {
     budget_mib: u64,
     seconds: u64,
     local_store: String,
+    ack: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let (mut stream, mut efo, mut budget_mib, mut seconds, mut local_store) =
-        (None, None, 64, 60, None);
+    let (mut stream, mut efo, mut budget_mib, mut seconds, mut local_store, mut ack) =
+        (None, None, 64, 60, None, false);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -41,6 +45,7 @@ fn parse_args() -> Result<Args> {
             "--budget-mib" => budget_mib = val()?.parse().context("--budget-mib: a number")?,
             "--seconds" => seconds = val()?.parse().context("--seconds: a number")?,
             "--local-store" => local_store = Some(val()?),
+            "--ack" => ack = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -50,6 +55,7 @@ fn parse_args() -> Result<Args> {
         budget_mib,
         seconds,
         local_store: local_store.context("--local-store DIR is required")?,
+        ack,
     })
 }
 
@@ -84,12 +90,15 @@ async fn main() -> Result<()> {
     let end = started + Duration::from_secs(args.seconds);
     let mut held: Vec<Batch> = Vec::new();
     let (mut records, mut bytes, mut max_bytes) = (0u64, 0u64, 0u64);
+    // --ack: the shards read from (nothing is held).
+    let mut shards_read = std::collections::BTreeSet::new();
     let mut report = tokio::time::interval(Duration::from_secs(5));
     report.tick().await;
     let show = |records: u64, bytes: u64, shards: usize| {
         eprintln!(
-            "stalled_sink: {:5.1} s: holding {records} records, {:.1} MiB unacknowledged, from {shards} shards (budget {} MiB)",
+            "stalled_sink: {:5.1} s: {} {records} records, {:.1} MiB, from {shards} shards (budget {} MiB)",
             started.elapsed().as_secs_f64(),
+            if args.ack { "acked" } else { "holding unacknowledged" },
             bytes as f64 / (1024.0 * 1024.0),
             args.budget_mib
         );
@@ -114,19 +123,36 @@ async fn main() -> Result<()> {
                     .map(|r| (r.data().len() + r.partition_key().len()) as u64)
                     .sum::<u64>();
                 max_bytes = max_bytes.max(bytes);
-                held.push(batch); // never acknowledged
+                if args.ack {
+                    // Counted as taken, not held.
+                    shards_read.insert(batch.shard().shard.to_string());
+                    batch.ack();
+                } else {
+                    held.push(batch); // never acknowledged
+                }
             }
-            _ = report.tick() => show(records, bytes, shards(&held)),
+            _ = report.tick() => show(records, bytes, if args.ack { shards_read.len() } else { shards(&held) }),
             _ = tokio::time::sleep_until(end.into()) => break,
         }
     }
-    show(records, bytes, shards(&held));
-    println!(
-        "{{\"held_records\": {records}, \"held_mib\": {:.1}, \"max_held_mib\": {:.1}, \"shards\": {}}}",
-        bytes as f64 / (1024.0 * 1024.0),
-        max_bytes as f64 / (1024.0 * 1024.0),
+    let shards_seen = if args.ack {
+        shards_read.len()
+    } else {
         shards(&held)
-    );
+    };
+    show(records, bytes, shards_seen);
+    if args.ack {
+        println!(
+            "{{\"acked_records\": {records}, \"acked_mib\": {:.1}, \"shards\": {shards_seen}}}",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    } else {
+        println!(
+            "{{\"held_records\": {records}, \"held_mib\": {:.1}, \"max_held_mib\": {:.1}, \"shards\": {shards_seen}}}",
+            bytes as f64 / (1024.0 * 1024.0),
+            max_bytes as f64 / (1024.0 * 1024.0),
+        );
+    }
     // Held batches cannot be acknowledged: stop without a graceful shutdown.
     std::process::exit(0);
 }

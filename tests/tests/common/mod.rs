@@ -198,6 +198,13 @@ pub fn run_within<R: TestRuntime>(
     limit: Duration,
     scenario: impl AsyncFnOnce(&Env<R>) -> Result<()>,
 ) -> Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // kinesin's logs with the test's output (`--nocapture` shows them).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     R::block_on(async {
         R::check_runtime().await;
         let env = Env::<R>::new().await;

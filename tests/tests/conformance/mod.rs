@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use futures_lite::StreamExt;
 use kinesin_aws::Error;
 use kinesin_core::kpl::{aggregate, AggRecord};
@@ -42,6 +42,8 @@ macro_rules! conformance_suite {
             auto_replay_nacks_false_drops_a_nacked_batch_and_checkpoints_past_it,
             lease_events_report_gains_with_tokens_and_releases_at_shutdown,
             lease_events_report_shard_end_and_hand_off_with_a_larger_token,
+            frozen_efo_connection_recovers_within_the_idle_watchdog,
+            frozen_dynamodb_connection_costs_no_lease,
         );
     };
     (@tests $rt:ty; $($name:ident),* $(,)?) => {
@@ -1016,5 +1018,213 @@ pub async fn lease_events_report_shard_end_and_hand_off_with_a_larger_token<R: T
     drop((batches_a, batches_b));
     a.shutdown().await?;
     b.shutdown().await?;
+    Ok(())
+}
+
+/// A metric of the consumer's registry (`Metrics::render`), 0 when absent.
+fn metric<R: TestRuntime>(consumer: &kinesin_aws::Consumer<R::Runtime>, name: &str) -> u64 {
+    let mut text = String::new();
+    consumer.metrics().render(&mut text);
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| rest.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The EFO connection goes half-open (the proxy freezes it: no FIN, no
+/// RST, no byte either way) while new connections work: the idle watchdog
+/// cancels the silent subscription and resubscribes from the last
+/// continuation over a fresh connection, so the records put after the
+/// freeze arrive, and only through a new subscription.
+///
+/// Kinesis (AWS and kinesis-mock alike) refuses a second subscription of
+/// one consumer to one shard while the first is open on its side
+/// ("Another active subscription exists"), so nobody recovers before the
+/// server lets go of the dead connection (AWS: at the latest at the
+/// subscription's 5-minute end). The proxy closes the server's side soon
+/// after the freeze, as a server does once its writes to a vanished peer
+/// fail; the client's side stays silent, and only the watchdog notices it.
+pub async fn frozen_efo_connection_recovers_within_the_idle_watchdog<R: TestRuntime>(
+    env: &Env<R>,
+) -> Result<()> {
+    const IDLE: Duration = Duration::from_secs(10);
+    const CALL: Duration = Duration::from_secs(5);
+    let (stream, _arn) = env.create_stream("frozen-efo", 1).await?;
+    let upstream = std::env::var("AWS_ENDPOINT_URL_KINESIS")?;
+    let proxy = kinesin_tests::fault_proxy::FaultProxy::start(&upstream)?;
+    let client = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&env.sdk)
+            .endpoint_url(proxy.url())
+            .build(),
+    );
+    env.put(&stream, &numbered(0..20, 4)).await?;
+    let consumer = env
+        .builder(&stream, &env.table(), "w1")
+        .enhanced_fan_out(unique("app"))
+        .kinesis_client(client)
+        .call_timeout(CALL)
+        .configure(|c| c.subscription_idle_timeout = IDLE)
+        .build(&env.sdk)
+        .await?;
+    let mut batches = consumer.batches();
+    let got = env.take(&mut batches, 20, T).await?;
+    assert_eq!(ids(&got), (0..20).collect::<Vec<_>>());
+    // Let the subscription settle on its next read (an event every few
+    // seconds keeps it alive), then cut it.
+    env.sleep(Duration::from_secs(2)).await;
+    let subscribed = metric::<R>(&consumer, "kinesin_subscriptions_started_total");
+    let frozen = proxy.freeze();
+    ensure!(frozen > 0, "no connection to freeze");
+    let frozen_at = Instant::now();
+    env.put(&stream, &numbered(20..40, 4)).await?;
+    env.sleep(Duration::from_secs(2)).await;
+    proxy.close_frozen_upstreams();
+    let mut seen = BTreeSet::new();
+    let deadline = IDLE + CALL + Duration::from_secs(20);
+    while seen.len() < 20 {
+        let left = deadline.saturating_sub(frozen_at.elapsed());
+        let batch = match env.timeout(left, batches.next()).await {
+            None => {
+                let mut text = String::new();
+                consumer.metrics().render(&mut text);
+                let errors: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("kinesin_call_errors_total{")
+                            || l.starts_with("kinesin_calls_total{")
+                    })
+                    .collect();
+                anyhow::bail!(
+                    "{} of the 20 records put after the freeze arrived within {deadline:?} \
+                     (subscriptions started: {} before, {} now; {errors:#?})",
+                    seen.len(),
+                    subscribed,
+                    metric::<R>(&consumer, "kinesin_subscriptions_started_total")
+                )
+            }
+            Some(None) => anyhow::bail!("the batch stream ended"),
+            Some(Some(b)) => b?,
+        };
+        for r in batch.records() {
+            let id = id_of(r.data());
+            if id >= 20 {
+                let now = metric::<R>(&consumer, "kinesin_subscriptions_started_total");
+                ensure!(
+                    now > subscribed,
+                    "record {id} arrived {:?} after the freeze without a new subscription",
+                    frozen_at.elapsed()
+                );
+                seen.insert(id);
+            }
+        }
+        batch.ack();
+    }
+    let took = frozen_at.elapsed();
+    ensure!(
+        took >= IDLE - Duration::from_secs(1),
+        "records arrived {took:?} after the freeze, before the watchdog could fire"
+    );
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        (20..40).collect::<Vec<_>>()
+    );
+    ensure!(
+        proxy.accepted() > frozen as u64,
+        "no fresh connection after the freeze"
+    );
+    drop(batches);
+    consumer.shutdown().await?;
+    Ok(())
+}
+
+/// The worker's open DynamoDB connections go half-open (frozen: no FIN, no
+/// RST) while new ones work: the hung heartbeat is retried on a fresh
+/// connection, so the worker keeps every lease, never fences itself, and
+/// goes on reading, for several failover times.
+pub async fn frozen_dynamodb_connection_costs_no_lease<R: TestRuntime>(env: &Env<R>) -> Result<()> {
+    use kinesin_aws::{LeaseEvent, LeaseStore};
+    const FAILOVER: Duration = Duration::from_secs(3);
+    let (stream, arn) = env.create_stream("frozen-ddb", 2).await?;
+    let table = env.table();
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")?;
+    let proxy = kinesin_tests::fault_proxy::FaultProxy::start(&upstream)?;
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&env.sdk)
+            .endpoint_url(proxy.url())
+            .build(),
+    );
+    env.put(&stream, &numbered(0..20, 8)).await?;
+    let consumer = env
+        .builder(&stream, &table, "w1")
+        .failover_time(FAILOVER)
+        .dynamodb_client(ddb)
+        .build(&env.sdk)
+        .await?;
+    let mut events = consumer.lease_events();
+    let mut batches = consumer.batches();
+    env.take(&mut batches, 20, T).await?;
+    let rows = env.leases(&table, &arn).await?;
+    ensure!(
+        held_by_worker(&rows).get("w1") == Some(&2),
+        "both leases held before the freeze: {rows:?}"
+    );
+    let tokens: Vec<_> = rows.iter().map(|r| r.token).collect();
+    // A direct store (not through the proxy) to watch the heartbeat row.
+    let direct =
+        kinesin_aws::DynamoLeaseStore::new(aws_sdk_dynamodb::Client::new(&env.sdk), &table);
+    let beat = async || -> Result<u64> {
+        let rows = direct.read_heartbeats().await?.rows;
+        rows.iter()
+            .find(|h| &*h.owner.worker == "w1")
+            .map(|h| h.beat)
+            .context("no heartbeat row of w1")
+    };
+    let beat_before = beat().await?;
+    let accepted = proxy.accepted();
+    let frozen = proxy.freeze();
+    ensure!(frozen > 0, "no DynamoDB connection to freeze");
+    // Records put after the freeze are still delivered: no fence.
+    env.put(&stream, &numbered(20..40, 8)).await?;
+    let got = env.take(&mut batches, 20, T).await?;
+    ensure!(ids(&got).iter().all(|id| *id >= 20), "only the new records");
+    // Watch for 4 failover times.
+    let watch = Instant::now();
+    let mut beats = vec![beat_before];
+    while watch.elapsed() < FAILOVER * 4 {
+        env.sleep(Duration::from_millis(500)).await;
+        beats.push(beat().await?);
+        let rows = env.leases(&table, &arn).await?;
+        ensure!(
+            held_by_worker(&rows).get("w1") == Some(&2)
+                && rows.iter().map(|r| r.token).collect::<Vec<_>>() == tokens,
+            "a lease changed hands {:?} after the freeze: {rows:?}",
+            watch.elapsed()
+        );
+    }
+    let renewed = beats.windows(2).filter(|w| w[1] != w[0]).count();
+    ensure!(
+        renewed >= 4,
+        "the heartbeat was renewed {renewed} times in {:?} after the freeze: {beats:?}",
+        FAILOVER * 4
+    );
+    ensure!(
+        proxy.accepted() > accepted,
+        "no fresh DynamoDB connection after the freeze"
+    );
+    while let Some(Some(e)) = env.timeout(Duration::from_millis(100), events.next()).await {
+        ensure!(
+            !matches!(e, LeaseEvent::Lost { .. }),
+            "a lease was lost: {e:?}"
+        );
+    }
+    ensure!(
+        !matches!(consumer.metrics().health(), kinesin_aws::Health::Failing(_)),
+        "health: {:?}",
+        consumer.metrics().health()
+    );
+    drop(batches);
+    drop(events);
+    consumer.shutdown().await?;
     Ok(())
 }

@@ -419,26 +419,34 @@ pub async fn split_shard_is_read_parent_first_over_efo<R: TestRuntime>(env: &Env
     split_parent_first(env, true).await
 }
 
-async fn split_parent_first<R: TestRuntime>(env: &Env<R>, efo: bool) -> Result<()> {
-    let k = &env.k;
-    let (stream, _arn) = env.create_stream("split", 1).await?;
-    env.put(&stream, &numbered(0..60, 8)).await?;
-    let parent = k
+/// Split a one-shard stream's shard at the middle of the hash range, wait
+/// until the stream is active again, and return the parent's shard id.
+async fn split_the_one_shard<R: TestRuntime>(env: &Env<R>, stream: &str) -> Result<String> {
+    let parent = env
+        .k
         .list_shards()
-        .stream_name(&stream)
+        .stream_name(stream)
         .send()
         .await?
         .shards
         .unwrap_or_default()
         .remove(0)
         .shard_id;
-    k.split_shard()
-        .stream_name(&stream)
+    env.k
+        .split_shard()
+        .stream_name(stream)
         .shard_to_split(&parent)
         .new_starting_hash_key((u128::MAX / 2).to_string())
         .send()
         .await?;
-    env.wait_active(&stream).await?;
+    env.wait_active(stream).await?;
+    Ok(parent)
+}
+
+async fn split_parent_first<R: TestRuntime>(env: &Env<R>, efo: bool) -> Result<()> {
+    let (stream, _arn) = env.create_stream("split", 1).await?;
+    env.put(&stream, &numbered(0..60, 8)).await?;
+    let parent = split_the_one_shard(env, &stream).await?;
     env.put(&stream, &numbered(60..120, 8)).await?;
 
     let mut b = env.builder(&stream, &env.table(), "w1");
@@ -909,25 +917,9 @@ pub async fn lease_events_report_shard_end_and_hand_off_with_a_larger_token<R: T
     env: &Env<R>,
 ) -> Result<()> {
     use kinesin_aws::{LeaseEvent, LostReason, StartPosition};
-    let k = &env.k;
     let (stream, _arn) = env.create_stream("evsplit", 1).await?;
     env.put(&stream, &numbered(0..40, 8)).await?;
-    let parent = k
-        .list_shards()
-        .stream_name(&stream)
-        .send()
-        .await?
-        .shards
-        .unwrap_or_default()
-        .remove(0)
-        .shard_id;
-    k.split_shard()
-        .stream_name(&stream)
-        .shard_to_split(&parent)
-        .new_starting_hash_key((u128::MAX / 2).to_string())
-        .send()
-        .await?;
-    env.wait_active(&stream).await?;
+    let parent = split_the_one_shard(env, &stream).await?;
     env.put(&stream, &numbered(40..80, 8)).await?;
     let table = env.table();
 

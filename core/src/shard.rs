@@ -735,6 +735,13 @@ impl ShardReader {
         self.closed = Some(ending);
     }
 
+    /// A later ListShards reports this shard open: a closed mark came from
+    /// an earlier stream of the same name (deleted and recreated), and no
+    /// longer counts as evidence of the end.
+    pub fn unmark_closed(&mut self) {
+        self.closed = None;
+    }
+
     /// The shard's hash range (from ListShards or a parent's ChildShards):
     /// every later read carries it.
     pub fn set_range(&mut self, range: HashRange) {
@@ -1128,7 +1135,15 @@ impl ShardReader {
         // brought no Kinesis record at all, not its subscription's first,
         // whose continuation reached ListShards' EndingSequenceNumber. An
         // event whose records were all filtered out (KPL sub-records of
-        // another shard) is not empty.
+        // another shard) is not empty. A record past that ending number
+        // proves the listing was not of this shard (a stream deleted and
+        // recreated under the same name reuses the shard ids): the mark is
+        // dropped, not trusted.
+        if let (Some(ending), Some(last)) = (&self.closed, data.records.last()) {
+            if &last.ext.seq > ending {
+                self.closed = None;
+            }
+        }
         let end = data.continuation.is_none()
             || !data.child_shards.is_empty()
             || (data.kinesis_records == 0
@@ -1972,6 +1987,25 @@ mod tests {
         let c = h.pull(t0 + secs(3), sub);
         let ev = h.event(t0 + secs(4), sub, c, chunk(vec![], Some("9")));
         assert_eq!(ev.last(), Some(&ReaderEvent::End { children: vec![] }));
+    }
+
+    #[test]
+    fn a_record_past_the_listed_ending_number_unmarks_the_shard_closed() {
+        // A listing of an earlier stream of the same name (deleted and
+        // recreated since) says shardId-0 closed at 6; the shard read now
+        // is the new one, whose records go past 6. Its later empty events
+        // are not its end (SHARD_END there would lose the rest).
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        h.r.mark_closed(seq("6"));
+        let sub = h.subscribed(t0, StartPosition::TrimHorizon);
+        let c = h.pull(t0, sub);
+        let data = chunk(vec![rec("9", 0, true)], Some("9"));
+        assert_eq!(h.event(t0 + secs(1), sub, c, data).len(), 1);
+        h.r.admitted(c);
+        let c = h.pull(t0 + secs(1), sub);
+        let ev = h.event(t0 + secs(2), sub, c, chunk(vec![], Some("10")));
+        assert_eq!(ev.len(), 1, "an empty event, not the end: {ev:?}");
     }
 
     #[test]

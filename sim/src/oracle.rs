@@ -239,6 +239,14 @@ impl Oracles {
     }
 
     /// A shard's lease row was created (LATEST: its anchor is set once).
+    /// An operator deleted the lease row of `shard` (its stream was
+    /// recreated and the core stopped with an error naming the old rows):
+    /// the row created next is the shard's new start, anchored again
+    /// (a LATEST start then begins at it, as the configuration says).
+    pub fn row_deleted(&mut self, shard: usize) {
+        self.shards[shard].row_created_ms = None;
+    }
+
     fn anchored(&mut self, shard: usize, created_ms: u64) {
         if self.shards[shard].row_created_ms.is_some() {
             return;

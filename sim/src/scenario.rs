@@ -116,7 +116,7 @@ pub struct Faults {
     /// ([`Op::Impostor`]).
     pub impostor: f64,
     /// Streams deleted and recreated under the same name per hour
-    /// ([`Op::RecreateStream`]; 0 in the swarm, see `Params::swarm`).
+    /// ([`Op::RecreateStream`]; drawn in 15% of swarm seeds).
     pub recreate_stream: f64,
 }
 
@@ -469,13 +469,6 @@ impl Params {
         };
         p.streams_per_app = if rng.chance(0.8) { 1 } else { 2 };
         p.max_open_shards *= p.apps * p.streams_per_app;
-        // `faults.recreate_stream` stays 0 in the swarm for now: drawn
-        // (15% of seeds, up to 6 an hour), 10 of 2,000 seeds failed on
-        // writes of the old stream's readers landing after the recreation
-        // on the row key the new stream reuses (SHARD_END judged against
-        // the new shard: 890, 1023, 1056, 1629, 1659, 1756; 670, 595,
-        // 364, 1393). The oracles must first attribute a write to the
-        // stream incarnation of the lease it was made under (its token).
         // Drawn last (earlier draws stay as they were): an AT_TIMESTAMP
         // start in the 10 s the producer runs before the fleet starts
         // (Kinesis refuses a timestamp in the future), then the fault
@@ -483,6 +476,17 @@ impl Params {
         if !p.start_latest && rng.chance(0.2) {
             p.start_at_us = Some(rng.below(10 * SEC));
         }
+        // Streams deleted and recreated under the same name (15% of
+        // seeds, up to 6 an hour), drawn after everything else so earlier
+        // draws stay as they were. The oracles attribute a batch to the
+        // shard it was read from (a chunk of a deleted shard, a
+        // redelivery to its first delivery's shard) and re-anchor a shard
+        // whose row an operator deleted.
+        p.faults.recreate_stream = if rng.chance(0.85) {
+            0.0
+        } else {
+            rng.unit_f64() * 6.0
+        };
         p
     }
 

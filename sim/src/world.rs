@@ -556,7 +556,12 @@ impl World {
                     }
                     _ => None,
                 };
-                let shard = old.or_else(|| self.kinesis.index_of(&b.shard));
+                // A redelivery is of the shard its first delivery was.
+                let first = b
+                    .redelivery
+                    .then(|| self.procs[p].batches.get(&b.id).map(|(s, _, _)| *s))
+                    .flatten();
+                let shard = first.or(old).or_else(|| self.kinesis.index_of(&b.shard));
                 let shard = shard.ok_or_else(|| {
                     self.violation("batch-metadata", format!("unknown shard {}", b.shard))
                 })?;
@@ -1702,6 +1707,16 @@ impl World {
             .collect();
         self.report.recreated.1 += 1;
         let before = self.dynamo.leases.len();
+        let deleted: Vec<usize> = self
+            .dynamo
+            .leases
+            .keys()
+            .filter(|shard| recreated.contains(&&shard.stream))
+            .filter_map(|shard| self.kinesis.index_of(shard))
+            .collect();
+        for i in deleted {
+            self.oracles.row_deleted(i);
+        }
         self.dynamo
             .leases
             .retain(|shard, _| !recreated.contains(&&shard.stream));

@@ -156,6 +156,11 @@ pub struct Worker {
     redeliver_at: BTreeSet<(Instant, BatchId)>,
     /// ListShards in flight.
     list_ops: BTreeMap<OpId, StreamId>,
+    /// Shards whose read failed with ResourceNotFound, held (not read)
+    /// until a ListShards sent after the failure (op id at least this one)
+    /// answers: a shard it lacks is gone (trimmed past retention, or of a
+    /// stream deleted and recreated) and ends; a listed one failed.
+    gone_checks: BTreeMap<ShardRef, OpId>,
     /// What readers awaited, by op and subscription (`read::route_awaited`,
     /// after every action a reader emits): routes answers to their shard
     /// and frees the chunks of stale ones.
@@ -253,6 +258,7 @@ impl Worker {
             batches: BTreeMap::new(),
             redeliver_at: BTreeSet::new(),
             list_ops: BTreeMap::new(),
+            gone_checks: BTreeMap::new(),
             reader_ops: BTreeMap::new(),
             reader_subs: BTreeMap::new(),
             closed: BTreeMap::new(),

@@ -13,7 +13,11 @@
 //! same shard (AWS: 1 s between calls, 5 s after ResourceInUse); what was
 //! received but not delivered is dropped at stop (the next reader reads it
 //! again from the checkpoint, SPEC 3); a reader that fails fatally gives
-//! its lease up and the shard is quarantined for `QUARANTINE` (SPEC 5);
+//! its lease up and the shard is quarantined for `QUARANTINE` (SPEC 5),
+//! except a ResourceNotFound on a shard that a ListShards sent after it
+//! no longer lists: that shard is gone (trimmed past retention, or of a
+//! deleted stream) and ends like a shard read to its end (KCL does the
+//! same), so its row reaches SHARD_END and its children start;
 //! a ListShards answer naming an open shard whose lease row is at
 //! SHARD_END, or that a lease row names as its parent, proves the stream
 //! was deleted and recreated under the same
@@ -40,7 +44,7 @@ use super::Worker;
 use crate::checkpoint::CheckpointTracker;
 use crate::config::{Retrieval, StartFrom};
 use crate::ids::{ChunkId, FencingToken, OpId, ShardId, ShardRef, StreamId, SubId};
-use crate::io::{ErrorClass, Event, Input, ShardInfo};
+use crate::io::{Action, ErrorClass, Event, Input, ShardInfo};
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::shard::{Asked, ReaderEvent, ReaderMode, ShardReader};
 use crate::timer::Timer;
@@ -327,6 +331,9 @@ impl Worker {
                             }
                         }
                     }
+                    ReaderEvent::Failed {
+                        class: ErrorClass::ResourceNotFound,
+                    } if !self.shutting_down => self.check_gone(&shard),
                     ReaderEvent::Failed { class } => self.fail_shard(now, &shard, class),
                     ReaderEvent::Warning(message) => self.events.push_back(Event::Warning {
                         shard: Some(shard),
@@ -337,6 +344,70 @@ impl Worker {
         }
         self.sorted = slots;
         progress
+    }
+
+    /// A read of `shard` failed with ResourceNotFound: stop reading it and
+    /// list its stream now. The answer decides (`settle_gone_checks`): a
+    /// shard the listing lacks no longer exists and ends like a shard read
+    /// to its end (SHARD_END once its delivered records are acknowledged,
+    /// so its children start), as KCL does; a listed one failed
+    /// (`fail_shard`). Without this a parent trimmed past retention with an
+    /// unfinished row, or a row of a deleted stream's shard that the new
+    /// stream lacks, was failed, quarantined and taken again every
+    /// `QUARANTINE`, for ever, and its children never started.
+    fn check_gone(&mut self, shard: &ShardRef) {
+        self.stop_reading(shard);
+        if self.gone_checks.contains_key(shard) {
+            return;
+        }
+        let op = self.mint.op();
+        self.list_ops.insert(op, shard.stream.clone());
+        self.actions.push_back(Action::ListShards {
+            op,
+            stream: shard.stream.clone(),
+        });
+        self.gone_checks.insert(shard.clone(), op);
+    }
+
+    /// A ListShards of `stream` (op `op`) answered: settle the gone checks
+    /// it was sent after (`listed`: the shard ids it reported; `None`: it
+    /// failed).
+    fn settle_gone_checks(
+        &mut self,
+        now: Instant,
+        stream: &StreamId,
+        op: OpId,
+        listed: Option<&[ShardInfo]>,
+    ) {
+        let due: Vec<ShardRef> = self
+            .gone_checks
+            .iter()
+            .filter(|(s, after)| &s.stream == stream && **after <= op)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in due {
+            self.gone_checks.remove(&shard);
+            if !self.shards.contains_key(&shard) {
+                continue;
+            }
+            let gone = listed.is_some_and(|l| l.iter().all(|i| i.shard != shard.shard));
+            if !gone {
+                self.fail_shard(now, &shard, ErrorClass::ResourceNotFound);
+                continue;
+            }
+            self.events.push_back(Event::Warning {
+                shard: Some(shard.clone()),
+                message: format!(
+                    "{shard} does not exist any more (ResourceNotFound, and ListShards does not \
+                     list it: trimmed past retention, or its stream was deleted and recreated): \
+                     ending it once its delivered records are acknowledged"
+                ),
+            });
+            if let Some(st) = self.shards.get_mut(&shard) {
+                st.end_seen = true;
+            }
+            self.touch(&shard);
+        }
     }
 
     /// The shard cannot be read: stop, quarantine it here, and release its
@@ -484,6 +555,17 @@ impl Worker {
                             reader.set_range(info.hash_range);
                         }
                         self.ranges.insert(r.clone(), info.hash_range);
+                        if info.ending_seq.is_none() && self.closed.remove(&r).is_some() {
+                            // Listed open after a listing said closed: the
+                            // stream was deleted and recreated under its
+                            // name (shard ids are reused); the old ending
+                            // is no evidence for the new shard.
+                            if let Some(reader) =
+                                self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
+                            {
+                                reader.unmark_closed();
+                            }
+                        }
                         if let Some(ending) = &info.ending_seq {
                             if let Some(reader) =
                                 self.shards.get_mut(&r).and_then(|s| s.reader.as_mut())
@@ -497,13 +579,18 @@ impl Worker {
                     if !self.shutting_down {
                         self.lease.handle_shards(now, &stream, list, &mut self.mint);
                     }
+                    self.settle_gone_checks(now, &stream, op, Some(list));
                 }
-                Err(class) => self.events.push_back(Event::Warning {
-                    shard: None,
-                    message: format!(
-                        "ListShards on {stream} failed ({class:?}); retrying at the next shard sync"
-                    ),
-                }),
+                Err(class) => {
+                    self.events.push_back(Event::Warning {
+                        shard: None,
+                        message: format!(
+                            "ListShards on {stream} failed ({class:?}); retrying at the next \
+                             shard sync"
+                        ),
+                    });
+                    self.settle_gone_checks(now, &stream, op, None);
+                }
             }
         }
     }

@@ -69,6 +69,8 @@ struct World {
     /// GetRecords answers start this many records before the iterator (a
     /// re-read overlapping what was already delivered).
     pub(super) overlap: usize,
+    /// Listed shards whose iterator requests answer ResourceNotFound.
+    not_found: std::collections::BTreeSet<String>,
 }
 
 impl World {
@@ -107,6 +109,7 @@ impl World {
             ddb_down: false,
             kinesis_denied: false,
             overlap: 0,
+            not_found: Default::default(),
         }
     }
 
@@ -253,7 +256,8 @@ impl World {
                 Some(Input::HeartbeatDeleted { op, result })
             }
             Action::GetShardIterator { op, shard, .. }
-                if !self.shards.contains_key(shard.shard.as_str()) =>
+                if !self.shards.contains_key(shard.shard.as_str())
+                    || self.not_found.contains(shard.shard.as_str()) =>
             {
                 Some(Input::Iterator {
                     op,

@@ -130,3 +130,60 @@ fn an_open_shard_whose_row_is_at_shard_end_stops_the_worker_as_a_recreated_strea
         assert_eq!(world.rows[&key].checkpoint, old.checkpoint, "{key}");
     }
 }
+
+/// A fleet down for longer than the retention period after a split: the
+/// parent's row has a checkpoint short of SHARD_END, but the parent is
+/// gone (ListShards no longer lists it; reading it answers
+/// ResourceNotFound). Its data is lost either way; its child must still be
+/// read. Before, the parent was failed, quarantined and taken again every
+/// `QUARANTINE` for ever, and the child waited for it for ever. KCL ends a
+/// shard that ResourceNotFound and the listing both say is gone; so does
+/// kinesin, once a ListShards sent after the failure lacks it.
+#[test]
+fn a_parent_trimmed_past_retention_ends_and_its_child_is_read() {
+    let mut world = World::new(&[("c", &["p"], 4, false)]);
+    let mut parent = LeaseRow::new(sref("p"), Vec::new(), 1_700_000_000_000);
+    parent.checkpoint = Some(Checkpoint::After(seq(1)));
+    parent.token = FencingToken(2);
+    world.rows.insert(sref("p"), parent);
+    let mut node = Node::new(polling_config("a"), &world);
+    run(&mut world, &mut [&mut node], Duration::from_secs(30));
+    assert_eq!(
+        world.rows[&sref("p")].checkpoint,
+        Some(Checkpoint::ShardEnd),
+        "{:?}",
+        node.events
+    );
+    assert_eq!(delivered_seqs(&node, "c"), world.shards["c"].records);
+    assert!(
+        !node
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ShardFailed { .. })),
+        "{:?}",
+        node.events
+    );
+}
+
+/// The same ResourceNotFound on a shard ListShards still lists (an access
+/// rule, a race with a deletion): the shard is not ended, only failed and
+/// quarantined as before, its row left as it was.
+#[test]
+fn a_listed_shard_answering_not_found_fails_without_ending() {
+    let mut world = World::new(&[("p", &[], 3, false)]);
+    let mut node = Node::new(polling_config("a"), &world);
+    // Listed, but every iterator request answers ResourceNotFound.
+    world.not_found.insert("p".to_owned());
+    run(&mut world, &mut [&mut node], Duration::from_secs(10));
+    assert!(
+        node.events
+            .iter()
+            .any(|e| matches!(e, Event::ShardFailed { .. })),
+        "{:?}",
+        node.events
+    );
+    assert_ne!(
+        world.rows[&sref("p")].checkpoint,
+        Some(Checkpoint::ShardEnd)
+    );
+}

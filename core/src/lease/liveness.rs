@@ -588,14 +588,21 @@ impl LeaseManager {
         // of the previous owner, cleared by our take).
         if !self.live.fenced && !self.shutting_down {
             let mut confirm: Vec<StreamId> = Vec::new();
+            let since = judged_before.unwrap_or(self.start);
+            let mut listed: BTreeSet<(&ShardRef, &Owner)> = BTreeSet::new();
             for (owner, row) in &by_owner {
                 if **owner == self.me || !row.alive || !self.live.is_live(owner) {
                     continue;
                 }
                 for shard in &row.wants {
-                    let Some(held) = self.writes.held.get(shard) else {
+                    listed.insert((shard, *owner));
+                    let Some(held) = self.writes.held.get_mut(shard) else {
                         continue;
                     };
+                    if held.want_watch.is_none() && held.handoff_to.is_none() {
+                        held.want_watch = Some(((*owner).clone(), since));
+                    }
+                    let held = &*held;
                     let asked = self
                         .views
                         .get(&shard.stream)
@@ -612,9 +619,19 @@ impl LeaseManager {
                     }
                 }
             }
+            // A want no longer listed is watched no more.
+            for (shard, h) in self.writes.held.iter_mut() {
+                if h.want_watch
+                    .as_ref()
+                    .is_some_and(|(taker, _)| !listed.contains(&(shard, taker)))
+                {
+                    h.want_watch = None;
+                }
+            }
             for stream in confirm {
                 self.read_now(&stream, now);
             }
+            self.watch_wants(now);
         }
         let newly_expired = turned.iter().any(|o| self.live.observed.contains_key(o));
         if first_read || newly_expired {
@@ -694,6 +711,42 @@ impl LeaseManager {
                 beat: row.beat,
             });
             room -= 1;
+        }
+    }
+
+    /// The earliest instant a watched want must be acted upon unconfirmed
+    /// (see `Held::want_watch`).
+    pub(super) fn want_deadline(&self) -> Option<Instant> {
+        self.writes
+            .held
+            .values()
+            .filter(|h| h.handoff_to.is_none() && h.leaving.is_none())
+            .filter_map(|h| h.want_watch.as_ref())
+            .map(|(_, since)| *since + self.timing.blind_after)
+            .min()
+    }
+
+    /// Hand off every lease whose watched want went unconfirmed until
+    /// `since + blind_after`: the taker may force its take from
+    /// `since + 2 * handoff` on, so reading stops before (a want that was
+    /// stale costs a hand-off that was not asked for, nothing worse).
+    pub(super) fn watch_wants(&mut self, now: Instant) {
+        if self.live.fenced || self.shutting_down {
+            return;
+        }
+        let blind = self.timing.blind_after;
+        let due: Vec<(ShardRef, Owner)> = self
+            .writes
+            .held
+            .iter()
+            .filter(|(_, h)| h.handoff_to.is_none() && h.leaving.is_none())
+            .filter_map(|(s, h)| {
+                let (taker, since) = h.want_watch.as_ref()?;
+                (now >= *since + blind).then(|| (s.clone(), taker.clone()))
+            })
+            .collect();
+        for (shard, taker) in due {
+            self.request_seen(&shard, &taker);
         }
     }
 

@@ -196,6 +196,7 @@ impl Timing {
 enum Op {
     ReadLeases {
         stream: StreamId,
+        sent: Instant,
         sent_seq: u64,
     },
     ReadHeartbeats {
@@ -531,6 +532,11 @@ impl LeaseManager {
         }
         if !self.live.fenced {
             consider(self.fence_deadline(), "self-fence deadline");
+            if !self.shutting_down {
+                if let Some(at) = self.want_deadline() {
+                    consider(at, "unconfirmed hand-off request");
+                }
+            }
         }
         if let Some(at) = self.writes.retry_at {
             consider(at, "lease write retry");
@@ -586,9 +592,14 @@ impl LeaseManager {
             return true;
         }
         match (pending, input) {
-            (Op::ReadLeases { stream, sent_seq }, Input::Leases { result, .. }) => {
-                self.on_leases(now, &stream, sent_seq, result, mint)
-            }
+            (
+                Op::ReadLeases {
+                    stream,
+                    sent,
+                    sent_seq,
+                },
+                Input::Leases { result, .. },
+            ) => self.on_leases(now, &stream, sent, sent_seq, result, mint),
             (Op::ReadHeartbeats { sent, sent_seq }, Input::Heartbeats { result, .. }) => {
                 self.on_heartbeats(now, sent, sent_seq, result, mint)
             }
@@ -866,6 +877,7 @@ impl LeaseManager {
         if self.final_beat == FinalBeat::Done {
             return;
         }
+        self.watch_wants(now);
         // Checkpoints that waited for room.
         self.pump_waiting(mint);
         // Final writes that failed without being applied.
@@ -967,6 +979,7 @@ impl LeaseManager {
                 op,
                 Op::ReadLeases {
                     stream: stream.clone(),
+                    sent: now,
                     sent_seq,
                 },
             );

@@ -298,6 +298,7 @@ impl LeaseManager {
         &mut self,
         now: Instant,
         stream: &StreamId,
+        sent: Instant,
         sent_seq: u64,
         result: &Result<Vec<LeaseRow>, ErrorClass>,
         mint: &mut IdMint,
@@ -343,6 +344,24 @@ impl LeaseManager {
         for shard in self.writes.changed.keys().filter(|s| s.stream == *stream) {
             if let Some(local) = view.rows.get(&shard.shard) {
                 fresh.insert(shard.shard.clone(), local.clone());
+            }
+        }
+        // A watched want that this read shows not pending on our token:
+        // no request of that taker was published before it was sent.
+        for (shard, h) in self.writes.held.iter_mut() {
+            if shard.stream != *stream {
+                continue;
+            }
+            let Some((taker, since)) = h.want_watch.as_mut() else {
+                continue;
+            };
+            let stale = fresh.get(&shard.shard).is_some_and(|r| {
+                r.owner.as_ref() == Some(&self.me)
+                    && r.token == h.token
+                    && r.pending_owner.as_ref() != Some(&*taker)
+            });
+            if stale && sent > *since {
+                *since = sent;
             }
         }
         view.set_rows(fresh);

@@ -92,6 +92,16 @@ pub(super) struct Held {
     pub(super) cp_serial: u64,
     /// Set when the lease is being given up.
     pub(super) leaving: Option<(Leaving, FinalState)>,
+    /// A live taker lists this shard in its heartbeat `wants`, and no
+    /// table read has confirmed the request yet: (taker, `since`), where
+    /// `since` is a send instant before which no request of that taker on
+    /// our token was published (the last heartbeat read that did not show
+    /// the want, or a table read showing the row not pending for it). The
+    /// taker forces the take `2 * handoff` after publishing, so by
+    /// `since + blind_after` the shard is handed off unconfirmed
+    /// (`Liveness::watch_wants`): a confirming read that hangs must not let
+    /// the forced take land while we read.
+    pub(super) want_watch: Option<(Owner, Instant)>,
 }
 
 /// What a lease write was for.
@@ -597,6 +607,7 @@ impl LeaseManager {
                 cp_queued: None,
                 cp_serial: row.checkpoint_serial,
                 leaving: None,
+                want_watch: None,
             },
         );
         // The LATEST anchor: the row's own, or an earlier parent's (rows

@@ -312,6 +312,43 @@ fn an_owner_blind_to_requests_stops_before_the_forced_take() {
     }
 }
 
+/// The owner sees the taker's want in its heartbeat row, but the lease
+/// table read that would confirm it (the row naming the taker pending on
+/// the owner's token) hangs: kinesin-sim seed 1621 (a 20,000-seed sweep
+/// with stream recreation drawn), a lease read unanswered for 15 s. The
+/// taker forces the take `2 * handoff_timeout` after publishing the want;
+/// the owner must have stopped reading the shard by then.
+#[test]
+fn an_owner_whose_confirming_read_hangs_stops_before_the_forced_take() {
+    let mut w = World::with_free_shards(2);
+    let a = w.add_node("a", 1);
+    w.run_until(secs(2.0));
+    assert_eq!(w.holds(a), 2);
+    // From now on a's lease table reads hang; heartbeats work both ways.
+    w.rule(a, is_read, Fault::HoldRequest, usize::MAX);
+    let b = w.add_node("b", 1);
+    w.run_until(secs(90.0));
+    let takes: Vec<(Duration, ShardRef)> = w
+        .actions(b, is_take)
+        .into_iter()
+        .filter_map(|(t, a)| write_of(&a).map(|wr| (t, wr.shard().clone())))
+        .collect();
+    // b gets its share (handed off unconfirmed, or forced), and the
+    // harness's strict check found no instant where both read one shard.
+    assert_eq!(w.holds(b), 1, "b holds its share");
+    for (t_take, shard) in &takes {
+        let stopped = w.events(a).any(|(t, e)| {
+            matches!(e, LeaseEvent::Lost { shard: s, .. } | LeaseEvent::HandoffRequested { shard: s, .. } if s == shard)
+                && t <= t_take
+        });
+        assert!(
+            stopped,
+            "a still read {shard:?} when b took it at {t_take:?}: {:?}",
+            w.events(a).collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Kinesin-sim seed 9676 (20,000-seed sweep): the owner's sink was
 /// stalled past the hand-off timeout, so the transfer was decided with the
 /// checkpoint it had; its first attempt was lost, and the acks that came

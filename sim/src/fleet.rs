@@ -604,8 +604,19 @@ impl World {
             .map(|(s, _)| s.clone())
             .collect();
         for shard in shards {
+            // A survivor that quarantined the shard (it failed with a
+            // recreated stream) cannot take it over before that ends.
+            let able: BTreeSet<ProcId> = survivors
+                .iter()
+                .filter(|id| {
+                    self.quarantines
+                        .get(&(**id, shard.clone()))
+                        .is_none_or(|until| self.now >= *until)
+                })
+                .copied()
+                .collect();
             self.bounds
-                .open_failover(self.now, shard, owner.clone(), cause, survivors.clone());
+                .open_failover(self.now, shard, owner.clone(), cause, able);
         }
     }
 

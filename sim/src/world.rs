@@ -44,7 +44,7 @@ use kinesin_core::sequence::{ExtSeq, StartPosition};
 use kinesin_core::table::LeaseWrite;
 use kinesin_core::worker::Worker;
 
-use crate::bounds::Bounds;
+use crate::bounds::{Bounds, ProcId};
 use crate::dynamo::Dynamo;
 use crate::fleet::{Pending, Proc, ProcState};
 use crate::kinesis::{Kinesis, PullAnswer, SubKey};
@@ -187,6 +187,9 @@ pub struct World {
     /// (ResourceNotFound) and the worker quarantines a failed shard's id
     /// for 5 minutes, the new shard of that id included.
     pub(crate) last_recreation: Option<Micros>,
+    /// Shards a process failed (a recreated stream's) and quarantines
+    /// until the instant (SPEC 5): it cannot take them over meanwhile.
+    pub(crate) quarantines: BTreeMap<(ProcId, ShardRef), Micros>,
 }
 
 pub(crate) fn dur(us: Micros) -> Duration {
@@ -268,6 +271,7 @@ impl World {
             stale_map,
             recreated: BTreeSet::new(),
             last_recreation: None,
+            quarantines: BTreeMap::new(),
         }
     }
 
@@ -732,6 +736,11 @@ impl World {
                         self.now,
                         format_args!("{owner} shard-failed {shard} {class:?} (stream recreated)"),
                     );
+                    // SPEC 5: this worker leaves the shard alone for
+                    // QUARANTINE; it is no survivor for that shard's
+                    // failover meanwhile.
+                    let id = (p, self.procs[p].inc);
+                    self.quarantines.insert((id, shard), self.now + QUARANTINE);
                     return Ok(());
                 }
                 return Err(self.violation(

@@ -261,6 +261,7 @@ impl LeaseManager {
 
     /// Self-fence when the deadline passed; runs first in every entry point.
     pub(super) fn tick(&mut self, now: Instant) {
+        self.writes.now = Some(now);
         if !self.live.fenced && (now >= self.fence_deadline() || self.live.superseded) {
             self.live.fenced = true;
             for (shard, mut h) in std::mem::take(&mut self.writes.held) {

@@ -336,7 +336,10 @@ impl LeaseManager {
                 now,
             ),
             views,
-            writes: Writes::default(),
+            writes: Writes {
+                now: Some(now),
+                ..Writes::default()
+            },
             requests: BTreeMap::new(),
             quarantined: BTreeMap::new(),
             ops: BTreeMap::new(),
@@ -584,6 +587,7 @@ impl LeaseManager {
         let Some(pending) = self.ops.remove(&op) else {
             return false;
         };
+        self.writes.own_sent.remove(&op);
         self.tick(now);
         if self.final_beat == FinalBeat::Done {
             if let Op::WriteLease { write, .. } = &pending {
@@ -697,6 +701,9 @@ impl LeaseManager {
                     c.parents.clone(),
                     view.lineage_created_ms(&c.parents, now_ms),
                 );
+                if !self.room_or_wait(stream) {
+                    break;
+                }
                 self.send_write(mint, LeaseWrite::Create(row), WriteKind::Create, None);
             }
         }
@@ -878,7 +885,9 @@ impl LeaseManager {
             return;
         }
         self.watch_wants(now);
-        // Checkpoints that waited for room.
+        // Creates, takes and requests that waited for room, then
+        // checkpoints that did.
+        self.resume_held_back(now, mint);
         self.pump_waiting(mint);
         // Final writes that failed without being applied.
         if self.writes.retry_at.is_some_and(|at| at <= now) {
@@ -1041,6 +1050,9 @@ impl LeaseManager {
                     self.force_take(&shard, mint);
                 }
                 Take::Free(row) => {
+                    if !self.room_or_wait(stream) {
+                        continue;
+                    }
                     let write = LeaseWrite::Take {
                         shard: row.shard.clone(),
                         expect_owner: row.owner.clone(),
@@ -1078,6 +1090,9 @@ impl LeaseManager {
                     self.live.hb_asap = true;
                 }
                 Ask::Request { row, owner } => {
+                    if !self.room_or_wait(stream) {
+                        continue;
+                    }
                     let write = LeaseWrite::RequestHandoff {
                         shard: row.shard.clone(),
                         owner: owner.clone(),

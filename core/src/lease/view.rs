@@ -607,6 +607,9 @@ impl LeaseManager {
         }
         let now_ms = self.unix_ms(now);
         for (id, parents) in create {
+            if !self.room_or_wait(stream) {
+                break;
+            }
             let created_ms = self
                 .views
                 .get(stream)

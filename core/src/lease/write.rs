@@ -17,15 +17,30 @@
 //! - A checkpoint asked while one is in flight waits and is sent next (the
 //!   newest only); a final write folds the queued checkpoint in, never
 //!   moving the stored one backwards.
-//! - Bounded DynamoDB concurrency: a checkpoint write waits while
-//!   `max_lease_writes_in_flight` lease writes are in flight (a commit
-//!   tick at 1,000 shards would otherwise send 1,000 UpdateItems at once);
-//!   the waiting shards go in arrival order as answers come back, each with
-//!   its newest checkpoint only. Writes that change ownership (takes,
-//!   creates, final writes) are not held back.
+//! - Bounded DynamoDB concurrency, in priority order (heartbeats are not
+//!   lease writes and never wait):
+//!   1. final writes (hand-off transfer, release, `SHARD_END`), forced
+//!      takes and releases of orphan rows never wait: each is one per
+//!      lease, on a timer other workers count on (a delayed hand-off
+//!      delays the taker, a delayed release the shutdown);
+//!   2. creates, free takes and hand-off requests wait while
+//!      `max_lease_writes_in_flight` ownership writes (every kind but
+//!      checkpoints) are in flight, so a cold start at 1,000 shards does
+//!      not send 1,000 PutItems at once; writes unanswered for a heartbeat
+//!      interval no longer count (a hung request holds a connection, not
+//!      table capacity, and must not stall a failover). A stream whose
+//!      writes waited is created and balanced again, on the view it has,
+//!      as soon as room is back; they never wait behind checkpoints;
+//!   3. a checkpoint write waits while `max_lease_writes_in_flight` lease
+//!      writes of any kind are in flight (a commit tick at 1,000 shards
+//!      would otherwise send 1,000 UpdateItems at once); the waiting
+//!      shards go in arrival order as answers come back, each with its
+//!      newest checkpoint only.
 //!
 //! Invariants: checkpoint writes are sent only while fewer than
-//! `max_lease_writes_in_flight` lease writes are in flight; at most one
+//! `max_lease_writes_in_flight` lease writes are in flight; creates, free
+//! takes and requests only while fewer than that many ownership writes
+//! sent less than a heartbeat interval ago are in flight; at most one
 //! lease write per shard in flight (`busy`), so the
 //! answers of one lease apply in order; never a take of a row we own; the
 //! token in [`LeaseEvent::Acquired`] is the row's token after the write.
@@ -39,7 +54,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use super::{LeaseEvent, LeaseManager, Op, RequestState};
-use crate::ids::{FencingToken, IdMint, OpId, Owner, ShardRef};
+use crate::ids::{FencingToken, IdMint, OpId, Owner, ShardRef, StreamId};
 use crate::io::{Action, ErrorClass, LostReason};
 use crate::sequence::Checkpoint;
 use crate::table::{LeaseRow, LeaseWrite};
@@ -149,6 +164,14 @@ pub(super) struct Writes {
     /// sent (once each, when no other write of the lease is in flight)
     /// before the final heartbeat.
     pub(super) departing: BTreeMap<ShardRef, LeaseWrite>,
+    /// Ownership writes in flight (every kind but checkpoints) and when
+    /// each was sent.
+    pub(super) own_sent: BTreeMap<OpId, Instant>,
+    /// Streams whose creates, free takes or hand-off requests waited for
+    /// room: created and balanced again once there is.
+    pub(super) held_back: BTreeSet<StreamId>,
+    /// The time of the manager's latest entry point (`tick`).
+    pub(super) now: Option<Instant>,
 }
 
 impl LeaseManager {
@@ -177,7 +200,12 @@ impl LeaseManager {
         let op = mint.op();
         match kind {
             WriteKind::Checkpoint => self.stats.checkpoint_writes += 1,
-            _ => self.stats.other_lease_writes += 1,
+            _ => {
+                self.stats.other_lease_writes += 1;
+                if let Some(now) = self.writes.now {
+                    self.writes.own_sent.insert(op, now);
+                }
+            }
         }
         self.writes.busy.insert(shard, op);
         self.ops.insert(
@@ -190,6 +218,43 @@ impl LeaseManager {
         );
         self.actions.push_back(Action::WriteLease { op, write });
         true
+    }
+
+    /// Room for a create, a free take or a hand-off request: fewer than
+    /// `max_lease_writes_in_flight` ownership writes in flight, not
+    /// counting those unanswered for a heartbeat interval.
+    pub(super) fn ownership_room(&self) -> bool {
+        let own = &self.writes.own_sent;
+        if own.len() < self.timing.max_writes {
+            return true;
+        }
+        let Some(now) = self.writes.now else {
+            return true;
+        };
+        let hung = self.timing.heartbeat;
+        own.values().filter(|sent| now < **sent + hung).count() < self.timing.max_writes
+    }
+
+    /// [`Self::ownership_room`]; without room, `stream` is remembered to be
+    /// created and balanced again once there is.
+    pub(super) fn room_or_wait(&mut self, stream: &StreamId) -> bool {
+        if self.ownership_room() {
+            return true;
+        }
+        self.writes.held_back.insert(stream.clone());
+        false
+    }
+
+    /// Create and balance again the streams whose writes waited for room,
+    /// if there is room now (before any checkpoint waiting for room).
+    pub(super) fn resume_held_back(&mut self, now: Instant, mint: &mut IdMint) {
+        if self.writes.held_back.is_empty() || !self.ownership_room() {
+            return;
+        }
+        for stream in std::mem::take(&mut self.writes.held_back) {
+            self.create_missing(now, &stream, mint);
+            self.balance(now, &stream, mint);
+        }
     }
 
     /// Take a requested lease by force, conditional on the observed token.

@@ -535,3 +535,49 @@ fn a_parent_row_stays_while_a_listing_older_than_its_split_hides_a_child_without
     assert_eq!(deletes, 0, "0 deleted while its child 2 may lack a row");
     assert!(w.rows.contains_key(&sref(0)));
 }
+
+fn is_create_or_take(a: &Action) -> bool {
+    matches!(
+        write_of(a),
+        Some(LeaseWrite::Create(_) | LeaseWrite::Take { .. })
+    )
+}
+
+/// A cold start at many shards does not send one PutItem per shard at
+/// once, nor one take per shard (issue 12: ~1,000 of each at 1,000
+/// shards): creates and free takes wait while `max_lease_writes_in_flight`
+/// ownership writes are in flight, and every row is created and taken all
+/// the same.
+#[test]
+fn cold_start_creates_and_takes_in_flight_are_bounded() {
+    let n = 200;
+    let mut w = World::new();
+    let a = w.add_node("a", 1);
+    let limit = config(&Owner::new("a", 1)).max_lease_writes_in_flight;
+    assert!(limit < n);
+    w.rule(a, is_create_or_take, Fault::HoldRequest, usize::MAX);
+    let infos: Vec<ShardInfo> = (0..n).map(|i| info(i, &[], false)).collect();
+    w.with(a, |m, now, mint| {
+        m.handle_shards(now, &stream(), &infos, mint)
+    });
+    w.run_until(secs(2.0));
+    let mut most = 0;
+    for _ in 0..1_000 {
+        most = most.max(w.nodes[a].stash.len());
+        if w.holds(a) == n {
+            break;
+        }
+        w.deliver(a);
+        w.run_for(secs(0.1));
+    }
+    assert!(
+        most <= limit,
+        "{most} creates and takes in flight at once (limit {limit})"
+    );
+    assert_eq!(creates(&w, a).len(), n, "every row created once");
+    assert_eq!(w.holds(a), n, "every lease taken");
+    // Held for good: heartbeats were never held back.
+    w.run_for(secs(30.0));
+    assert_eq!(w.holds(a), n);
+    assert!(w.lost(a).is_empty());
+}

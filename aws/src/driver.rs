@@ -47,7 +47,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -91,15 +91,56 @@ pub(crate) enum Command {
     /// With what the metrics registry noted at its delivery (its ack is
     /// counted from it).
     Ack(BatchId, Option<Delivered>),
+    /// Acks are waiting in the [`Link`]: sent by the ack that found it
+    /// empty, so one wake-up serves every ack made until the driver takes
+    /// them.
+    Acks,
     /// A batch comes back: its payload with it, kept for the redelivery.
     Nack {
         id: BatchId,
         shard: ShardRef,
-        records: Arc<[Record]>,
+        records: Vec<Record>,
     },
     Shutdown(async_channel::Sender<()>),
     /// Stop at once, like a crash: no final checkpoints, no release.
     Abort,
+}
+
+/// What every batch (and dead letter) of a driver shares with it: the
+/// command channel (nacks) and the acks made since the driver last took
+/// them. An ack is pushed here under an uncontended lock; only the ack that
+/// finds the queue empty sends [`Command::Acks`] (a channel send and a
+/// wake-up of the driver), so acks made while the driver is busy or not
+/// yet scheduled cost no wake-up each and are applied in one burst.
+#[derive(Debug)]
+pub(crate) struct Link {
+    commands: async_channel::Sender<Command>,
+    acks: Mutex<Vec<(BatchId, Option<Delivered>)>>,
+}
+
+impl Link {
+    fn ack(&self, id: BatchId, delivered: Option<Delivered>) {
+        let first = {
+            let mut q = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
+            q.push((id, delivered));
+            q.len() == 1
+        };
+        if first {
+            // Closed: the driver is gone, nothing is checkpointed any more.
+            let _ = self.commands.try_send(Command::Acks);
+        }
+    }
+
+    /// Moves the queued acks to the end of `into`.
+    fn take_acks(&self, into: &mut Vec<(BatchId, Option<Delivered>)>) {
+        let mut q = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
+        if into.is_empty() {
+            // Swapped, not copied: both vectors keep their capacity.
+            std::mem::swap(&mut *q, into);
+        } else {
+            into.append(&mut q);
+        }
+    }
 }
 
 /// Records delivered to the application, to `ack` when processed.
@@ -132,10 +173,10 @@ pub struct Batch {
     id: BatchId,
     shard: ShardRef,
     token: FencingToken,
-    records: Arc<[Record]>,
+    records: Vec<Record>,
     millis_behind: u64,
     redelivery: bool,
-    commands: async_channel::Sender<Command>,
+    link: Arc<Link>,
     done: bool,
     /// For the metrics registry, handed back with the ack.
     delivered: Option<Delivered>,
@@ -170,9 +211,7 @@ impl Batch {
     /// The records were processed: they may be checkpointed.
     pub fn ack(mut self) {
         self.done = true;
-        let _ = self
-            .commands
-            .try_send(Command::Ack(self.id, self.delivered.take()));
+        self.link.ack(self.id, self.delivered.take());
     }
     /// The records could not be processed: deliver them again.
     pub fn nack(self) {
@@ -185,8 +224,8 @@ impl Drop for Batch {
         if !self.done {
             // The payload goes back with the nack: the driver keeps only
             // nacked payloads (for their redelivery), never delivered ones.
-            let records = std::mem::replace(&mut self.records, Arc::from(Vec::new()));
-            let _ = self.commands.try_send(Command::Nack {
+            let records = std::mem::take(&mut self.records);
+            let _ = self.link.commands.try_send(Command::Nack {
                 id: self.id,
                 shard: self.shard.clone(),
                 records,
@@ -266,13 +305,19 @@ impl ChunkPayloads {
     /// Moves records `range` out (those before it are dropped: the core
     /// skipped them). None when the range starts before what is left (a
     /// batch cut twice from the same records: a bug of the core).
-    fn take(&mut self, range: std::ops::Range<u32>) -> Option<Arc<[Record]>> {
+    fn take(&mut self, range: std::ops::Range<u32>) -> Option<Vec<Record>> {
         let skip = range.start.checked_sub(self.next)?;
         if skip > 0 {
             self.records.by_ref().take(skip as usize).for_each(drop);
         }
-        let n = range.end.saturating_sub(range.start);
-        let records: Arc<[Record]> = self.records.by_ref().take(n as usize).collect();
+        let n = range.end.saturating_sub(range.start) as usize;
+        let records: Vec<Record> = if n >= self.records.len() {
+            // The rest of the chunk (a whole-read batch): collected in
+            // place, in the chunk's own allocation, nothing copied.
+            std::mem::take(&mut self.records).collect()
+        } else {
+            self.records.by_ref().take(n).collect()
+        };
         self.next = range.start + records.len() as u32;
         Some(records)
     }
@@ -447,6 +492,8 @@ pub struct Driver<R: Runtime> {
     reports_rx: async_channel::Receiver<Report>,
     commands_tx: async_channel::Sender<Command>,
     commands_rx: async_channel::Receiver<Command>,
+    /// Shared with every batch: their acks.
+    link: Arc<Link>,
     deliveries_tx: async_channel::Sender<Delivery>,
     /// Our own receiver of the deliveries, to take back undelivered batches
     /// at shutdown.
@@ -459,7 +506,7 @@ pub struct Driver<R: Runtime> {
     /// Payloads of nacked batches, until redelivered (or their lease is
     /// lost): a delivered batch carries its payload, and a nack brings it
     /// back, so acked batches cost no bookkeeping here.
-    nacked: BTreeMap<BatchId, (ShardRef, Arc<[Record]>)>,
+    nacked: BTreeMap<BatchId, (ShardRef, Vec<Record>)>,
     /// Facade (`metrics` crate) handles of the hot path.
     facade: FacadeMetrics,
     /// The acks taken in one run of queued commands (reused).
@@ -528,6 +575,10 @@ impl<R: Runtime> Driver<R> {
             options,
             reports_tx,
             reports_rx,
+            link: Arc::new(Link {
+                commands: commands_tx.clone(),
+                acks: Mutex::new(Vec::new()),
+            }),
             commands_tx,
             commands_rx,
             deliveries_tx,
@@ -623,6 +674,8 @@ impl<R: Runtime> Driver<R> {
                 Wake::Report(r) => self.handle_report(r),
                 Wake::Command(Command::Abort) | Wake::Closed => stop = true,
                 Wake::Command(Command::Ack(id, delivered)) => self.ack_run.push((id, delivered)),
+                // `take_commands` takes the queued acks next.
+                Wake::Command(Command::Acks) => {}
                 Wake::Command(c) => self.handle_command(c),
                 // Fired: armed again on the next turn, even for the same
                 // deadline.
@@ -726,10 +779,12 @@ impl<R: Runtime> Driver<R> {
     fn take_commands(&mut self) -> bool {
         // Holds the ack that woke the loop, if one did.
         let mut acks = std::mem::take(&mut self.ack_run);
+        self.link.take_acks(&mut acks);
         let mut abort = false;
         for _ in 0..4096 {
             match self.commands_rx.try_recv() {
                 Ok(Command::Ack(id, delivered)) => acks.push((id, delivered)),
+                Ok(Command::Acks) => self.link.take_acks(&mut acks),
                 Ok(Command::Abort) => {
                     abort = true;
                     break;
@@ -772,6 +827,12 @@ impl<R: Runtime> Driver<R> {
                 if let Err(e) = self.worker.ack(now, id) {
                     debug!("{e}");
                 }
+            }
+            Command::Acks => {
+                let mut acks = std::mem::take(&mut self.ack_run);
+                self.link.take_acks(&mut acks);
+                self.apply_acks(&mut acks);
+                self.ack_run = acks;
             }
             Command::Nack { id, shard, records } => match self.worker.nack(now, id) {
                 Ok(()) => {
@@ -888,7 +949,7 @@ impl<R: Runtime> Driver<R> {
                     records,
                     millis_behind: b.millis_behind,
                     redelivery: b.redelivery,
-                    commands: self.commands_tx.clone(),
+                    link: self.link.clone(),
                     done: false,
                     delivered,
                 };
@@ -932,7 +993,7 @@ impl<R: Runtime> Driver<R> {
                         records,
                         millis_behind: b.millis_behind,
                         redelivery: true,
-                        commands: self.commands_tx.clone(),
+                        link: self.link.clone(),
                         done: false,
                         delivered: None,
                     },

@@ -390,7 +390,7 @@ impl Worker {
                     id,
                     (
                         shard.clone(),
-                        Inflight {
+                        Box::new(Inflight {
                             slot,
                             permit,
                             batch: batch.clone(),
@@ -399,7 +399,7 @@ impl Worker {
                             nacks: 0,
                             dead: false,
                             due: now,
-                        },
+                        }),
                     ),
                 );
                 self.events.push_back(Event::Batch(batch));

@@ -70,6 +70,24 @@ use crate::runtime::{with_deadline, Runtime};
 /// stopped.
 pub type Delivery = Result<Batch, DriverError>;
 
+/// What one message of the delivery channel carries. With one batch
+/// stream taken, the deliveries of one pass of the driver over the core's
+/// events go as one burst (one channel send, one wake-up of the
+/// application's task for all of them); with several streams, one by one,
+/// so that they spread over the streams.
+#[derive(Debug)]
+pub enum Deliveries {
+    /// One delivery.
+    One(Delivery),
+    /// Several, in order.
+    Burst(Vec<Delivery>),
+}
+
+/// Receivers of the delivery channel while at most one batch stream is
+/// taken: the driver's own (taking back what was not taken at shutdown)
+/// and the [`DriverHandle`]'s, plus the stream's.
+const BURST_RECEIVERS: usize = 3;
+
 /// A failure reported to the application through the batch stream.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DriverError {
@@ -425,7 +443,7 @@ impl Default for DriverOptions {
 #[derive(Debug)]
 pub struct DriverHandle {
     commands: async_channel::Sender<Command>,
-    deliveries: async_channel::Receiver<Delivery>,
+    deliveries: async_channel::Receiver<Deliveries>,
     dead_letters: async_channel::Receiver<DeadLetter>,
     metrics: crate::metrics::Metrics,
     events: crate::events::EventHub,
@@ -439,7 +457,9 @@ impl DriverHandle {
     }
 
     /// A receiver of batches (cloneable; each batch goes to one receiver).
-    pub fn deliveries(&self) -> async_channel::Receiver<Delivery> {
+    /// While at most one receiver is taken from here, batches come in
+    /// bursts ([`Deliveries::Burst`]); with more, one by one.
+    pub fn deliveries(&self) -> async_channel::Receiver<Deliveries> {
         self.deliveries.clone()
     }
 
@@ -494,10 +514,13 @@ pub struct Driver<R: Runtime> {
     commands_rx: async_channel::Receiver<Command>,
     /// Shared with every batch: their acks.
     link: Arc<Link>,
-    deliveries_tx: async_channel::Sender<Delivery>,
+    deliveries_tx: async_channel::Sender<Deliveries>,
+    /// Deliveries of the current pass over the core's events, sent as one
+    /// burst at its end (see [`Deliveries`]).
+    outbox: Vec<Delivery>,
     /// Our own receiver of the deliveries, to take back undelivered batches
     /// at shutdown.
-    deliveries_rx: async_channel::Receiver<Delivery>,
+    deliveries_rx: async_channel::Receiver<Deliveries>,
     dead_letters_tx: async_channel::Sender<DeadLetter>,
     /// Our own receiver, to take back dead letters not taken at shutdown.
     dead_letters_rx: async_channel::Receiver<DeadLetter>,
@@ -582,6 +605,7 @@ impl<R: Runtime> Driver<R> {
             commands_tx,
             commands_rx,
             deliveries_tx,
+            outbox: Vec::new(),
             deliveries_rx,
             dead_letters_tx,
             dead_letters_rx,
@@ -617,10 +641,10 @@ impl<R: Runtime> Driver<R> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".to_owned());
                 tracing::error!("the kinesin driver panicked: {what}");
-                let _ = deliveries.try_send(Err(DriverError::Fatal(format!(
+                let _ = deliveries.try_send(Deliveries::One(Err(DriverError::Fatal(format!(
                     "the kinesin driver panicked ({what}); this is a bug: please report it. \
                      Leases are left to expire; restart the consumer"
-                ))));
+                )))));
                 deliveries.close();
             }
         }));
@@ -707,6 +731,7 @@ impl<R: Runtime> Driver<R> {
         }
         // Subscription tasks end when their credit senders drop here.
         self.subs.clear();
+        self.flush_outbox();
         self.deliveries_tx.close();
         self.dead_letters_tx.close();
     }
@@ -869,7 +894,32 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Drain actions and events until both are empty.
+    /// Hands a delivery to the application: into the outbox while at most
+    /// one batch stream is taken, else sent at once (after the outbox, to
+    /// keep the order).
+    fn emit(&mut self, delivery: Delivery) {
+        if self.deliveries_tx.receiver_count() <= BURST_RECEIVERS {
+            self.outbox.push(delivery);
+        } else {
+            self.flush_outbox();
+            // Closed: a batch comes back as a nack through Drop.
+            let _ = self.deliveries_tx.try_send(Deliveries::One(delivery));
+        }
+    }
+
+    /// Sends what the outbox holds, as one message.
+    fn flush_outbox(&mut self) {
+        let message = match self.outbox.len() {
+            0 => return,
+            1 => Deliveries::One(self.outbox.pop().expect("one")),
+            _ => Deliveries::Burst(std::mem::take(&mut self.outbox)),
+        };
+        // Closed: the batches come back as nacks through Drop.
+        let _ = self.deliveries_tx.try_send(message);
+    }
+
+    /// Drain actions and events until both are empty, then send the
+    /// deliveries they made.
     fn drain(&mut self) {
         loop {
             let mut progress = false;
@@ -885,6 +935,7 @@ impl<R: Runtime> Driver<R> {
                 break;
             }
         }
+        self.flush_outbox();
         // Pool gauges: what is received and not yet acknowledged (also
         // visible while the application's sink is stalled).
         let (records, bytes) = self.worker.pool_used();
@@ -953,10 +1004,7 @@ impl<R: Runtime> Driver<R> {
                     done: false,
                     delivered,
                 };
-                if let Err(e) = self.deliveries_tx.try_send(Ok(batch)) {
-                    // Closed: the batch comes back as a nack through Drop.
-                    drop(e);
-                }
+                self.emit(Ok(batch));
             }
             Event::DeadLetter { batch: b, attempts } => {
                 // A dead letter follows its last nack: the payload came
@@ -1064,17 +1112,13 @@ impl<R: Runtime> Driver<R> {
                     // Not fatal: calls are still retried, batches resume
                     // when access comes back.
                     tracing::error!("{message}");
-                    let _ = self
-                        .deliveries_tx
-                        .try_send(Err(DriverError::Unhealthy(message)));
+                    self.emit(Err(DriverError::Unhealthy(message)));
                 }
             }
             Event::Fatal { message } => {
                 warn!("fatal: {message}");
                 self.metrics.fatal(&message);
-                let _ = self
-                    .deliveries_tx
-                    .try_send(Err(DriverError::Fatal(message)));
+                self.emit(Err(DriverError::Fatal(message)));
             }
             Event::ShutdownComplete => {
                 info!("shutdown complete");

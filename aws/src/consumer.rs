@@ -850,4 +850,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn a_burst_of_deliveries_is_handed_out_one_at_a_time_in_order_then_the_stream_ends() {
+        let (tx, rx) = async_channel::unbounded();
+        let fatal = |m: &str| Err(DriverError::Fatal(m.to_owned()));
+        tx.try_send(Deliveries::Burst(vec![fatal("a"), fatal("b"), fatal("c")]))
+            .unwrap();
+        tx.try_send(Deliveries::One(fatal("d"))).unwrap();
+        tx.close();
+        let batches = Batches {
+            rx: Box::pin(rx),
+            burst: std::collections::VecDeque::new(),
+        };
+        let got: Vec<String> =
+            futures_lite::future::block_on(futures_lite::StreamExt::collect::<Vec<_>>(batches))
+                .into_iter()
+                .map(|d| match d {
+                    Err(e) => e.to_string(),
+                    Ok(b) => panic!("unexpected batch {}", b.id()),
+                })
+                .collect();
+        let want: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|m| Error::from(DriverError::Fatal((*m).to_owned())).to_string())
+            .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -31,7 +31,7 @@ use kinesin_core::table::LeaseRow;
 use kinesin_core::{Config, Worker};
 
 use crate::driver::{
-    Batch, DeadLetter, Delivery, Driver, DriverError, DriverHandle, DriverOptions,
+    Batch, DeadLetter, Deliveries, Delivery, Driver, DriverError, DriverHandle, DriverOptions,
 };
 use crate::error::KinesisError;
 use crate::kinesis::Kinesis;
@@ -687,6 +687,7 @@ impl<R: Runtime + Default> Consumer<R> {
     pub fn batches(&self) -> Batches {
         Batches {
             rx: Box::pin(self.handle.deliveries()),
+            burst: std::collections::VecDeque::new(),
         }
     }
 
@@ -740,7 +741,11 @@ impl<R: Runtime + Default> Consumer<R> {
 /// The stream of [`Batch`]es (see [`Consumer::batches`]).
 #[derive(Debug)]
 pub struct Batches {
-    rx: Pin<Box<async_channel::Receiver<Delivery>>>,
+    rx: Pin<Box<async_channel::Receiver<Deliveries>>>,
+    /// The rest of the last burst received, handed out before the channel
+    /// is polled again. Dropping the stream drops them: nacks, delivered
+    /// again.
+    burst: std::collections::VecDeque<Delivery>,
 }
 
 /// The stream of [`DeadLetter`]s (see [`Consumer::dead_letters`]).
@@ -761,10 +766,23 @@ impl Stream for Batches {
     type Item = Result<Batch, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx
-            .as_mut()
-            .poll_next(cx)
-            .map(|d| d.map(|d| d.map_err(Error::from)))
+        if let Some(d) = self.burst.pop_front() {
+            return Poll::Ready(Some(d.map_err(Error::from)));
+        }
+        let d = match self.rx.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Deliveries::One(d))) => d,
+            Poll::Ready(Some(Deliveries::Burst(burst))) => {
+                self.burst = burst.into();
+                match self.burst.pop_front() {
+                    Some(d) => d,
+                    // Never sent empty; read on.
+                    None => return self.poll_next(cx),
+                }
+            }
+        };
+        Poll::Ready(Some(d.map_err(Error::from)))
     }
 }
 
@@ -831,5 +849,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_burst_of_deliveries_is_handed_out_one_at_a_time_in_order_then_the_stream_ends() {
+        let (tx, rx) = async_channel::unbounded();
+        let fatal = |m: &str| Err(DriverError::Fatal(m.to_owned()));
+        tx.try_send(Deliveries::Burst(vec![fatal("a"), fatal("b"), fatal("c")]))
+            .unwrap();
+        tx.try_send(Deliveries::One(fatal("d"))).unwrap();
+        tx.close();
+        let batches = Batches {
+            rx: Box::pin(rx),
+            burst: std::collections::VecDeque::new(),
+        };
+        let got: Vec<String> =
+            futures_lite::future::block_on(futures_lite::StreamExt::collect::<Vec<_>>(batches))
+                .into_iter()
+                .map(|d| match d {
+                    Err(e) => e.to_string(),
+                    Ok(b) => panic!("unexpected batch {}", b.id()),
+                })
+                .collect();
+        let want: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|m| Error::from(DriverError::Fatal((*m).to_owned())).to_string())
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -47,7 +47,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,24 @@ use crate::runtime::{with_deadline, Runtime};
 /// stopped.
 pub type Delivery = Result<Batch, DriverError>;
 
+/// What one message of the delivery channel carries. With one batch
+/// stream taken, the deliveries of one pass of the driver over the core's
+/// events go as one burst (one channel send, one wake-up of the
+/// application's task for all of them); with several streams, one by one,
+/// so that they spread over the streams.
+#[derive(Debug)]
+pub enum Deliveries {
+    /// One delivery.
+    One(Delivery),
+    /// Several, in order.
+    Burst(Vec<Delivery>),
+}
+
+/// Receivers of the delivery channel while at most one batch stream is
+/// taken: the driver's own (taking back what was not taken at shutdown)
+/// and the [`DriverHandle`]'s, plus the stream's.
+const BURST_RECEIVERS: usize = 3;
+
 /// A failure reported to the application through the batch stream.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DriverError {
@@ -91,15 +109,56 @@ pub(crate) enum Command {
     /// With what the metrics registry noted at its delivery (its ack is
     /// counted from it).
     Ack(BatchId, Option<Delivered>),
+    /// Acks are waiting in the [`Link`]: sent by the ack that found it
+    /// empty, so one wake-up serves every ack made until the driver takes
+    /// them.
+    Acks,
     /// A batch comes back: its payload with it, kept for the redelivery.
     Nack {
         id: BatchId,
         shard: ShardRef,
-        records: Arc<[Record]>,
+        records: Vec<Record>,
     },
     Shutdown(async_channel::Sender<()>),
     /// Stop at once, like a crash: no final checkpoints, no release.
     Abort,
+}
+
+/// What every batch (and dead letter) of a driver shares with it: the
+/// command channel (nacks) and the acks made since the driver last took
+/// them. An ack is pushed here under an uncontended lock; only the ack that
+/// finds the queue empty sends [`Command::Acks`] (a channel send and a
+/// wake-up of the driver), so acks made while the driver is busy or not
+/// yet scheduled cost no wake-up each and are applied in one burst.
+#[derive(Debug)]
+pub(crate) struct Link {
+    commands: async_channel::Sender<Command>,
+    acks: Mutex<Vec<(BatchId, Option<Delivered>)>>,
+}
+
+impl Link {
+    fn ack(&self, id: BatchId, delivered: Option<Delivered>) {
+        let first = {
+            let mut q = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
+            q.push((id, delivered));
+            q.len() == 1
+        };
+        if first {
+            // Closed: the driver is gone, nothing is checkpointed any more.
+            let _ = self.commands.try_send(Command::Acks);
+        }
+    }
+
+    /// Moves the queued acks to the end of `into`.
+    fn take_acks(&self, into: &mut Vec<(BatchId, Option<Delivered>)>) {
+        let mut q = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
+        if into.is_empty() {
+            // Swapped, not copied: both vectors keep their capacity.
+            std::mem::swap(&mut *q, into);
+        } else {
+            into.append(&mut q);
+        }
+    }
 }
 
 /// Records delivered to the application, to `ack` when processed.
@@ -132,10 +191,10 @@ pub struct Batch {
     id: BatchId,
     shard: ShardRef,
     token: FencingToken,
-    records: Arc<[Record]>,
+    records: Vec<Record>,
     millis_behind: u64,
     redelivery: bool,
-    commands: async_channel::Sender<Command>,
+    link: Arc<Link>,
     done: bool,
     /// For the metrics registry, handed back with the ack.
     delivered: Option<Delivered>,
@@ -170,9 +229,7 @@ impl Batch {
     /// The records were processed: they may be checkpointed.
     pub fn ack(mut self) {
         self.done = true;
-        let _ = self
-            .commands
-            .try_send(Command::Ack(self.id, self.delivered.take()));
+        self.link.ack(self.id, self.delivered.take());
     }
     /// The records could not be processed: deliver them again.
     pub fn nack(self) {
@@ -185,8 +242,8 @@ impl Drop for Batch {
         if !self.done {
             // The payload goes back with the nack: the driver keeps only
             // nacked payloads (for their redelivery), never delivered ones.
-            let records = std::mem::replace(&mut self.records, Arc::from(Vec::new()));
-            let _ = self.commands.try_send(Command::Nack {
+            let records = std::mem::take(&mut self.records);
+            let _ = self.link.commands.try_send(Command::Nack {
                 id: self.id,
                 shard: self.shard.clone(),
                 records,
@@ -266,13 +323,19 @@ impl ChunkPayloads {
     /// Moves records `range` out (those before it are dropped: the core
     /// skipped them). None when the range starts before what is left (a
     /// batch cut twice from the same records: a bug of the core).
-    fn take(&mut self, range: std::ops::Range<u32>) -> Option<Arc<[Record]>> {
+    fn take(&mut self, range: std::ops::Range<u32>) -> Option<Vec<Record>> {
         let skip = range.start.checked_sub(self.next)?;
         if skip > 0 {
             self.records.by_ref().take(skip as usize).for_each(drop);
         }
-        let n = range.end.saturating_sub(range.start);
-        let records: Arc<[Record]> = self.records.by_ref().take(n as usize).collect();
+        let n = range.end.saturating_sub(range.start) as usize;
+        let records: Vec<Record> = if n >= self.records.len() {
+            // The rest of the chunk (a whole-read batch): collected in
+            // place, in the chunk's own allocation, nothing copied.
+            std::mem::take(&mut self.records).collect()
+        } else {
+            self.records.by_ref().take(n).collect()
+        };
         self.next = range.start + records.len() as u32;
         Some(records)
     }
@@ -380,7 +443,7 @@ impl Default for DriverOptions {
 #[derive(Debug)]
 pub struct DriverHandle {
     commands: async_channel::Sender<Command>,
-    deliveries: async_channel::Receiver<Delivery>,
+    deliveries: async_channel::Receiver<Deliveries>,
     dead_letters: async_channel::Receiver<DeadLetter>,
     metrics: crate::metrics::Metrics,
     events: crate::events::EventHub,
@@ -394,7 +457,9 @@ impl DriverHandle {
     }
 
     /// A receiver of batches (cloneable; each batch goes to one receiver).
-    pub fn deliveries(&self) -> async_channel::Receiver<Delivery> {
+    /// While at most one receiver is taken from here, batches come in
+    /// bursts ([`Deliveries::Burst`]); with more, one by one.
+    pub fn deliveries(&self) -> async_channel::Receiver<Deliveries> {
         self.deliveries.clone()
     }
 
@@ -447,10 +512,15 @@ pub struct Driver<R: Runtime> {
     reports_rx: async_channel::Receiver<Report>,
     commands_tx: async_channel::Sender<Command>,
     commands_rx: async_channel::Receiver<Command>,
-    deliveries_tx: async_channel::Sender<Delivery>,
+    /// Shared with every batch: their acks.
+    link: Arc<Link>,
+    deliveries_tx: async_channel::Sender<Deliveries>,
+    /// Deliveries of the current pass over the core's events, sent as one
+    /// burst at its end (see [`Deliveries`]).
+    outbox: Vec<Delivery>,
     /// Our own receiver of the deliveries, to take back undelivered batches
     /// at shutdown.
-    deliveries_rx: async_channel::Receiver<Delivery>,
+    deliveries_rx: async_channel::Receiver<Deliveries>,
     dead_letters_tx: async_channel::Sender<DeadLetter>,
     /// Our own receiver, to take back dead letters not taken at shutdown.
     dead_letters_rx: async_channel::Receiver<DeadLetter>,
@@ -459,7 +529,7 @@ pub struct Driver<R: Runtime> {
     /// Payloads of nacked batches, until redelivered (or their lease is
     /// lost): a delivered batch carries its payload, and a nack brings it
     /// back, so acked batches cost no bookkeeping here.
-    nacked: BTreeMap<BatchId, (ShardRef, Arc<[Record]>)>,
+    nacked: BTreeMap<BatchId, (ShardRef, Vec<Record>)>,
     /// Facade (`metrics` crate) handles of the hot path.
     facade: FacadeMetrics,
     /// The acks taken in one run of queued commands (reused).
@@ -528,9 +598,14 @@ impl<R: Runtime> Driver<R> {
             options,
             reports_tx,
             reports_rx,
+            link: Arc::new(Link {
+                commands: commands_tx.clone(),
+                acks: Mutex::new(Vec::new()),
+            }),
             commands_tx,
             commands_rx,
             deliveries_tx,
+            outbox: Vec::new(),
             deliveries_rx,
             dead_letters_tx,
             dead_letters_rx,
@@ -566,10 +641,10 @@ impl<R: Runtime> Driver<R> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".to_owned());
                 tracing::error!("the kinesin driver panicked: {what}");
-                let _ = deliveries.try_send(Err(DriverError::Fatal(format!(
+                let _ = deliveries.try_send(Deliveries::One(Err(DriverError::Fatal(format!(
                     "the kinesin driver panicked ({what}); this is a bug: please report it. \
                      Leases are left to expire; restart the consumer"
-                ))));
+                )))));
                 deliveries.close();
             }
         }));
@@ -623,6 +698,8 @@ impl<R: Runtime> Driver<R> {
                 Wake::Report(r) => self.handle_report(r),
                 Wake::Command(Command::Abort) | Wake::Closed => stop = true,
                 Wake::Command(Command::Ack(id, delivered)) => self.ack_run.push((id, delivered)),
+                // `take_commands` takes the queued acks next.
+                Wake::Command(Command::Acks) => {}
                 Wake::Command(c) => self.handle_command(c),
                 // Fired: armed again on the next turn, even for the same
                 // deadline.
@@ -654,6 +731,7 @@ impl<R: Runtime> Driver<R> {
         }
         // Subscription tasks end when their credit senders drop here.
         self.subs.clear();
+        self.flush_outbox();
         self.deliveries_tx.close();
         self.dead_letters_tx.close();
     }
@@ -726,10 +804,12 @@ impl<R: Runtime> Driver<R> {
     fn take_commands(&mut self) -> bool {
         // Holds the ack that woke the loop, if one did.
         let mut acks = std::mem::take(&mut self.ack_run);
+        self.link.take_acks(&mut acks);
         let mut abort = false;
         for _ in 0..4096 {
             match self.commands_rx.try_recv() {
                 Ok(Command::Ack(id, delivered)) => acks.push((id, delivered)),
+                Ok(Command::Acks) => self.link.take_acks(&mut acks),
                 Ok(Command::Abort) => {
                     abort = true;
                     break;
@@ -773,6 +853,12 @@ impl<R: Runtime> Driver<R> {
                     debug!("{e}");
                 }
             }
+            Command::Acks => {
+                let mut acks = std::mem::take(&mut self.ack_run);
+                self.link.take_acks(&mut acks);
+                self.apply_acks(&mut acks);
+                self.ack_run = acks;
+            }
             Command::Nack { id, shard, records } => match self.worker.nack(now, id) {
                 Ok(()) => {
                     self.nacked.insert(id, (shard, records));
@@ -808,7 +894,32 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Drain actions and events until both are empty.
+    /// Hands a delivery to the application: into the outbox while at most
+    /// one batch stream is taken, else sent at once (after the outbox, to
+    /// keep the order).
+    fn emit(&mut self, delivery: Delivery) {
+        if self.deliveries_tx.receiver_count() <= BURST_RECEIVERS {
+            self.outbox.push(delivery);
+        } else {
+            self.flush_outbox();
+            // Closed: a batch comes back as a nack through Drop.
+            let _ = self.deliveries_tx.try_send(Deliveries::One(delivery));
+        }
+    }
+
+    /// Sends what the outbox holds, as one message.
+    fn flush_outbox(&mut self) {
+        let message = match self.outbox.len() {
+            0 => return,
+            1 => Deliveries::One(self.outbox.pop().expect("one")),
+            _ => Deliveries::Burst(std::mem::take(&mut self.outbox)),
+        };
+        // Closed: the batches come back as nacks through Drop.
+        let _ = self.deliveries_tx.try_send(message);
+    }
+
+    /// Drain actions and events until both are empty, then send the
+    /// deliveries they made.
     fn drain(&mut self) {
         loop {
             let mut progress = false;
@@ -824,6 +935,7 @@ impl<R: Runtime> Driver<R> {
                 break;
             }
         }
+        self.flush_outbox();
         // Pool gauges: what is received and not yet acknowledged (also
         // visible while the application's sink is stalled).
         let (records, bytes) = self.worker.pool_used();
@@ -888,14 +1000,11 @@ impl<R: Runtime> Driver<R> {
                     records,
                     millis_behind: b.millis_behind,
                     redelivery: b.redelivery,
-                    commands: self.commands_tx.clone(),
+                    link: self.link.clone(),
                     done: false,
                     delivered,
                 };
-                if let Err(e) = self.deliveries_tx.try_send(Ok(batch)) {
-                    // Closed: the batch comes back as a nack through Drop.
-                    drop(e);
-                }
+                self.emit(Ok(batch));
             }
             Event::DeadLetter { batch: b, attempts } => {
                 // A dead letter follows its last nack: the payload came
@@ -932,7 +1041,7 @@ impl<R: Runtime> Driver<R> {
                         records,
                         millis_behind: b.millis_behind,
                         redelivery: true,
-                        commands: self.commands_tx.clone(),
+                        link: self.link.clone(),
                         done: false,
                         delivered: None,
                     },
@@ -1003,17 +1112,13 @@ impl<R: Runtime> Driver<R> {
                     // Not fatal: calls are still retried, batches resume
                     // when access comes back.
                     tracing::error!("{message}");
-                    let _ = self
-                        .deliveries_tx
-                        .try_send(Err(DriverError::Unhealthy(message)));
+                    self.emit(Err(DriverError::Unhealthy(message)));
                 }
             }
             Event::Fatal { message } => {
                 warn!("fatal: {message}");
                 self.metrics.fatal(&message);
-                let _ = self
-                    .deliveries_tx
-                    .try_send(Err(DriverError::Fatal(message)));
+                self.emit(Err(DriverError::Fatal(message)));
             }
             Event::ShutdownComplete => {
                 info!("shutdown complete");

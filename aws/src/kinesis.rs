@@ -423,6 +423,30 @@ pub fn expand(
             .unwrap_or(0);
         let data = Bytes::from(r.data.into_inner());
         let pk = r.partition_key.unwrap_or_default();
+        if !data.starts_with(&kpl::MAGIC) {
+            // Not a KPL aggregate (what `kpl::expand` finds without the
+            // magic prefix): one user record, built here without the
+            // de-aggregation's intermediate metadata; its sequence number
+            // is moved into the core's metadata and copied once, into the
+            // record.
+            let ext = ExtSeq::new(seq, 0);
+            if admits(&ext) {
+                let bytes = u32::try_from(data.len() + pk.len()).unwrap_or(u32::MAX);
+                payloads.push(Record {
+                    data,
+                    partition_key: pk,
+                    ext: ext.clone(),
+                    arrival_ms,
+                });
+                metas.push(RecordMeta {
+                    ext,
+                    last_sub: true,
+                    bytes,
+                    arrival_ms,
+                });
+            }
+            continue;
+        }
         let mut whole = None;
         let dropped = kpl::expand(
             &seq,
@@ -602,6 +626,52 @@ mod tests {
         assert_eq!(&payloads[1].data()[..], b"d1");
         assert_eq!(payloads[1].partition_key(), "k1");
         assert_eq!(&payloads[3].data()[..], b"x");
+    }
+
+    /// What `kpl::expand` (the core's rule) makes of one Kinesis record.
+    fn core_expansion(
+        seq: &str,
+        pk: &str,
+        data: &[u8],
+        admits: impl Fn(&ExtSeq) -> bool,
+    ) -> Vec<RecordMeta> {
+        let mut out = Vec::new();
+        let seq = SeqNum::parse(seq).unwrap();
+        kpl::expand(&seq, data, pk.len(), 0, HashRange::FULL, admits, |m, _| {
+            out.push(m)
+        });
+        out
+    }
+
+    #[test]
+    fn records_without_the_kpl_magic_expand_as_the_core_expands_them() {
+        let mut bad_digest = agg(2);
+        *bad_digest.last_mut().unwrap() ^= 1;
+        let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+            ("7", "plain", b"payload".to_vec()),
+            ("8", "", Vec::new()),
+            // The magic without a valid aggregate: one whole record too.
+            ("9", "m", kpl::MAGIC.to_vec()),
+            ("10", "bad", bad_digest),
+        ];
+        for (seq, pk, data) in cases {
+            for admit in [true, false] {
+                let (metas, payloads) = expand(
+                    "t",
+                    vec![krecord(seq, pk, data.clone())],
+                    HashRange::FULL,
+                    |_| admit,
+                )
+                .unwrap();
+                assert_eq!(metas, core_expansion(seq, pk, &data, |_| admit), "{seq}");
+                assert_eq!(payloads.len(), metas.len());
+                for (p, m) in payloads.iter().zip(&metas) {
+                    assert_eq!(p.position(), &m.ext);
+                    assert_eq!(&p.data()[..], &data[..]);
+                    assert_eq!(p.partition_key(), pk);
+                }
+            }
+        }
     }
 
     #[test]

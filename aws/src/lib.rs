@@ -46,7 +46,7 @@ pub mod metrics;
 pub mod runtime;
 
 pub use consumer::{Batches, Consumer, ConsumerBuilder, DeadLetters, Error};
-pub use driver::{Batch, DeadLetter, Driver, DriverError, DriverHandle, DriverOptions};
+pub use driver::{Batch, DeadLetter, Deliveries, Driver, DriverError, DriverHandle, DriverOptions};
 #[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoLeaseStore;
 pub use error::KinesisError;

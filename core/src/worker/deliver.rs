@@ -390,7 +390,7 @@ impl Worker {
                     id,
                     (
                         shard.clone(),
-                        Inflight {
+                        Box::new(Inflight {
                             slot,
                             permit,
                             batch: batch.clone(),
@@ -399,7 +399,7 @@ impl Worker {
                             nacks: 0,
                             dead: false,
                             due: now,
-                        },
+                        }),
                     ),
                 );
                 self.events.push_back(Event::Batch(batch));
@@ -446,15 +446,20 @@ impl Worker {
             .batches
             .remove(&batch)
             .ok_or(AckError::UnknownBatch(batch))?;
-        let st = self
+        // The shard is looked up once (its slot serves the touch too).
+        let slot = self
             .shards
-            .get_mut(&shard)
+            .slot_of(&shard)
+            .ok_or(AckError::UnknownBatch(batch))?;
+        let (_, st) = self
+            .shards
+            .at_mut(slot)
             .ok_or(AckError::UnknownBatch(batch))?;
         st.inflight.remove(&batch);
         st.redeliver.retain(|b| *b != batch);
         let _ = st.tracker.ack(inf.slot);
         self.pool.release(inf.permit);
-        self.touch(&shard);
+        Self::mark_touched(&mut self.dirty, slot, st);
         self.stats.acks += 1;
         Ok(())
     }

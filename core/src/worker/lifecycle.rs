@@ -261,7 +261,7 @@ impl Worker {
     /// hand-off and shutdown wait only for batches the application holds.
     /// The checkpoint stays before them: the next reader reads them again.
     fn drop_queued_redeliveries(
-        batches: &mut BTreeMap<BatchId, (ShardRef, Inflight)>,
+        batches: &mut BTreeMap<BatchId, (ShardRef, Box<Inflight>)>,
         pool: &mut Pool<ShardRef>,
         st: &mut ShardState,
     ) {

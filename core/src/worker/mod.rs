@@ -150,7 +150,9 @@ pub struct Worker {
     registrations: BTreeMap<StreamId, Registration>,
     shards: ShardTable,
     pool: Pool<ShardRef>,
-    batches: BTreeMap<BatchId, (ShardRef, Inflight)>,
+    /// Boxed: a map value stays two words, so inserting and removing a
+    /// batch (once each per batch) moves no large values inside the B-tree.
+    batches: BTreeMap<BatchId, (ShardRef, Box<Inflight>)>,
     /// Nacked batches waiting out a non-zero redelivery backoff, by due
     /// instant (entries of batches acked or dropped since are skipped).
     redeliver_at: BTreeSet<(Instant, BatchId)>,

@@ -279,64 +279,32 @@ fn a_stale_want_for_a_lease_just_taken_starts_no_handoff() {
     assert_eq!(w.holds(a), 1);
 }
 
-/// A live owner whose DynamoDB reads fail while its writes succeed keeps
-/// renewing its heartbeat, but cannot see a hand-off request: the taker
-/// forces the take `2 * handoff_timeout` after publishing it. The owner
-/// must have stopped (fenced) before that, not learn it at its next
-/// checkpoint write while both deliver the shard.
-#[test]
-fn an_owner_blind_to_requests_stops_before_the_forced_take() {
+/// Owner `a` holds both of two leases, `fault` is put on its actions
+/// matching `pred`, and `b` joins: after 90 s, what `b` took and when.
+fn join_against_a_handicapped_owner(
+    faults: &[(fn(&Action) -> bool, Fault)],
+) -> (World, usize, usize, Vec<(Duration, ShardRef)>) {
     let mut w = World::with_free_shards(2);
     let a = w.add_node("a", 1);
     w.run_until(secs(2.0));
     assert_eq!(w.holds(a), 2);
-    // From now on a's reads fail; its heartbeat and lease writes succeed.
-    w.rule(a, is_hb_read, Fault::Transient, usize::MAX);
-    w.rule(a, is_read, Fault::Transient, usize::MAX);
+    for (pred, fault) in faults {
+        w.rule(a, *pred, *fault, usize::MAX);
+    }
     let b = w.add_node("b", 1);
     w.run_until(secs(90.0));
-    let takes: Vec<(Duration, ShardRef)> = w
+    let takes = w
         .actions(b, is_take)
         .into_iter()
         .filter_map(|(t, a)| write_of(&a).map(|wr| (t, wr.shard().clone())))
         .collect();
-    assert!(!takes.is_empty(), "b takes its share by force");
-    for (t_take, shard) in &takes {
-        let stopped = w.events(a).any(|(t, e)| {
-            matches!(e, LeaseEvent::Lost { shard: s, .. } if s == shard) && t <= t_take
-        });
-        assert!(
-            stopped,
-            "a still delivered {shard:?} when b took it at {t_take:?}"
-        );
-    }
+    (w, a, b, takes)
 }
 
-/// The owner sees the taker's want in its heartbeat row, but the lease
-/// table read that would confirm it (the row naming the taker pending on
-/// the owner's token) hangs: kinesin-sim seed 1621 (a 20,000-seed sweep
-/// with stream recreation drawn), a lease read unanswered for 15 s. The
-/// taker forces the take `2 * handoff_timeout` after publishing the want;
-/// the owner must have stopped reading the shard by then.
-#[test]
-fn an_owner_whose_confirming_read_hangs_stops_before_the_forced_take() {
-    let mut w = World::with_free_shards(2);
-    let a = w.add_node("a", 1);
-    w.run_until(secs(2.0));
-    assert_eq!(w.holds(a), 2);
-    // From now on a's lease table reads hang; heartbeats work both ways.
-    w.rule(a, is_read, Fault::HoldRequest, usize::MAX);
-    let b = w.add_node("b", 1);
-    w.run_until(secs(90.0));
-    let takes: Vec<(Duration, ShardRef)> = w
-        .actions(b, is_take)
-        .into_iter()
-        .filter_map(|(t, a)| write_of(&a).map(|wr| (t, wr.shard().clone())))
-        .collect();
-    // b gets its share (handed off unconfirmed, or forced), and the
-    // harness's strict check found no instant where both read one shard.
-    assert_eq!(w.holds(b), 1, "b holds its share");
-    for (t_take, shard) in &takes {
+/// Every take of `takes` came after `a` stopped reading that shard (lost
+/// it, or began handing it off).
+fn assert_a_stopped_before_each_take(w: &World, a: usize, takes: &[(Duration, ShardRef)]) {
+    for (t_take, shard) in takes {
         let stopped = w.events(a).any(|(t, e)| {
             matches!(e, LeaseEvent::Lost { shard: s, .. } | LeaseEvent::HandoffRequested { shard: s, .. } if s == shard)
                 && t <= t_take
@@ -347,6 +315,38 @@ fn an_owner_whose_confirming_read_hangs_stops_before_the_forced_take() {
             w.events(a).collect::<Vec<_>>()
         );
     }
+}
+
+/// A live owner whose DynamoDB reads fail while its writes succeed keeps
+/// renewing its heartbeat, but cannot see a hand-off request: the taker
+/// forces the take `2 * handoff_timeout` after publishing it. The owner
+/// must have stopped (fenced) before that, not learn it at its next
+/// checkpoint write while both deliver the shard.
+#[test]
+fn an_owner_blind_to_requests_stops_before_the_forced_take() {
+    // From b's start a's reads fail; its heartbeat and lease writes succeed.
+    let (w, a, _, takes) = join_against_a_handicapped_owner(&[
+        (is_hb_read, Fault::Transient),
+        (is_read, Fault::Transient),
+    ]);
+    assert!(!takes.is_empty(), "b takes its share by force");
+    assert_a_stopped_before_each_take(&w, a, &takes);
+}
+
+/// The owner sees the taker's want in its heartbeat row, but the lease
+/// table read that would confirm it (the row naming the taker pending on
+/// the owner's token) hangs: kinesin-sim seed 1621 (a 20,000-seed sweep
+/// with stream recreation drawn), a lease read unanswered for 15 s. The
+/// taker forces the take `2 * handoff_timeout` after publishing the want;
+/// the owner must have stopped reading the shard by then.
+#[test]
+fn an_owner_whose_confirming_read_hangs_stops_before_the_forced_take() {
+    // From b's start a's lease table reads hang; heartbeats work both ways.
+    let (w, a, b, takes) = join_against_a_handicapped_owner(&[(is_read, Fault::HoldRequest)]);
+    // b gets its share (handed off unconfirmed, or forced), and the
+    // harness's strict check found no instant where both read one shard.
+    assert_eq!(w.holds(b), 1, "b holds its share");
+    assert_a_stopped_before_each_take(&w, a, &takes);
 }
 
 /// Kinesin-sim seed 9676 (20,000-seed sweep): the owner's sink was

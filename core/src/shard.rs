@@ -102,9 +102,10 @@ pub const UNOBSERVED_EVENT_BYTES: u64 = 10 << 20;
 
 /// What a shard's reads brought, to size the next read's reservation: the
 /// largest Kinesis record (expanded) and the largest read seen recently,
-/// each decaying by a sixteenth per answer towards what answers bring now
-/// (a larger record raises them at once; a 1 MiB record is forgotten to a
-/// tenth in about 36 answers). Every value is at least 1.
+/// each decaying by a sixteenth per answer (at least one unit) towards
+/// what answers bring now (a larger record raises them at once; a 1 MiB
+/// record is forgotten to a tenth in about 36 answers, a 13-record event
+/// in 12). Every value is at least 1.
 ///
 /// The largest record, not the average: a read sized by the average
 /// brings the occasional large record over its reservation (kinesin-sim,
@@ -142,7 +143,10 @@ impl ReadSize {
             if first {
                 new
             } else {
-                new.max(old - old / 16)
+                // At least one unit per answer: `old / 16` is 0 below 16,
+                // and a largest-recent of 13 records then never decayed
+                // (kinesin-sim seeds 7770, 19650).
+                new.max(old - (old / 16).max(1))
             }
         };
         let first = !self.observed;
@@ -2580,6 +2584,31 @@ mod tests {
                 bytes: 512 << 10
             })
         );
+    }
+
+    /// Kinesin-sim seeds 7770 and 19650: a sixteenth of a value below 16
+    /// is 0, so a largest-recent event of 13 records never decayed and a
+    /// busy EFO shard whose events now bring 1-3 records kept reserving 13
+    /// of a 20-record budget.
+    #[test]
+    fn a_largest_recent_event_below_sixteen_records_decays() {
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let big = chunk(
+            (0..13)
+                .map(|i| rec(&format!("49590000{:02}", 10 + i), 0, true))
+                .collect(),
+            None,
+        );
+        h.r.size.observe(&big);
+        assert_eq!(h.r.size.records_per_read, 13);
+        let one = chunk(vec![rec("4959000099", 0, true)], None);
+        let mut seen = Vec::new();
+        for _ in 0..13 {
+            h.r.size.observe(&one);
+            seen.push(h.r.size.records_per_read);
+        }
+        assert_eq!(seen, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 1]);
     }
 
     #[test]

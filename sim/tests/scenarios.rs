@@ -682,6 +682,34 @@ fn a_small_largest_recent_event_decays_so_busy_efo_shards_pull_together() -> Res
     Ok(())
 }
 
+/// Issue 12, "bytes held <= budget": a GetRecords answer is in memory as
+/// its JSON and its decoded records at once (`kinesin_sim::memory`), so a
+/// read reserves that, not its decoded size. Plain records of one size, a
+/// byte budget of a few reads and a producer ahead of the readers: every
+/// answer fills its `Limit`. Charged at the decoded size, each answer held
+/// about three times its reservation while decoded and the pool went over
+/// the budget while it was.
+#[test]
+fn a_read_in_flight_is_charged_what_its_answer_holds_while_decoded() -> Result<()> {
+    let mut p = quiet("memory-wire", 3, 1);
+    p.agg_prob = 0.0;
+    p.pool_bytes = 16 << 10;
+    p.records_per_tick = 20;
+    p.produce_every = 100 * MS;
+    let r = ok(p)?;
+    assert!(r.records >= 20_000, "{} records", r.records);
+    assert_eq!(
+        (
+            r.reads_over_reservation,
+            r.max_decoding_over_budget_bytes,
+            r.max_over_budget_bytes
+        ),
+        (0, 0, 0),
+        "answers over their reservation, peak over the budget while decoding, usage over it"
+    );
+    Ok(())
+}
+
 /// Every worker of a settled fleet holds floor or ceil of the active leases
 /// over the live workers (none above ceil, none below floor), all held.
 fn assert_settled_at_floor_or_ceil(r: &RunReport, what: &str) {

@@ -30,7 +30,8 @@
 //! Reads are paid for before they are sent: the worker reserves a read's
 //! expected size with [`Pool::try_admit`] and, when the answer comes,
 //! [`Pool::exchange`]s the reservation for the chunk's real size. Usage
-//! therefore counts reads in flight, and the budget bounds what is
+//! therefore counts reads in flight (at what their answers hold until
+//! decoded: `shard::in_flight_bytes`), and the budget bounds what is
 //! admitted plus what the network may still bring.
 
 use std::collections::BTreeMap;

@@ -100,11 +100,53 @@ pub const UNOBSERVED_RECORD_BYTES: u64 = 1 << 20;
 /// over the budget).
 pub const UNOBSERVED_EVENT_BYTES: u64 = 10 << 20;
 
+/// Pool bytes charged per user record of a read in flight, on top of
+/// [`IN_FLIGHT_FACTOR`] times its payload: the record's JSON fields
+/// (SequenceNumber, ApproximateArrivalTimestamp, the field names) and the
+/// structure it decodes into.
+pub const RECORD_IN_FLIGHT_BYTES: u64 = 256;
+
+/// How many times its payload a read in flight is charged until its answer
+/// is decoded. A GetRecords answer or an EFO event is JSON, the data base64
+/// (4/3 of it) plus each record's fields; the HTTP body arrives in pieces
+/// that are joined, and while it is decoded the JSON and the records are
+/// in memory at once: 2.4 times the records at the least, and what the
+/// runtime's buffers and the allocator keep besides. Measured
+/// (`scripts/bench.sh memory-cold`, 1,000-byte records, 200 shards, a sink
+/// acknowledging at once, 64 MiB budget): peak RSS 233 MiB charged at the
+/// decoded size, 179 MiB at 5/2, 133 MiB at 4, that is 5.6 MiB of RSS per
+/// MiB of records in flight.
+pub const IN_FLIGHT_FACTOR: u64 = 6;
+
+/// What a read in flight is charged in the pool for `records` user records
+/// of `bytes` payload bytes (their decoded size, what the pool holds once
+/// they arrive): [`IN_FLIGHT_FACTOR`] times the payload plus
+/// [`RECORD_IN_FLIGHT_BYTES`] per record. The reservation is exchanged for
+/// the decoded size when the answer arrives (after decoding).
+pub fn in_flight_bytes(records: u64, bytes: u64) -> u64 {
+    bytes
+        .saturating_mul(IN_FLIGHT_FACTOR)
+        .saturating_add(records.saturating_mul(RECORD_IN_FLIGHT_BYTES))
+}
+
+/// The bytes a reader's first read reserves (nothing observed yet): one
+/// Kinesis record of the AWS ceiling for a GetRecords, a maximal event for
+/// a Pull ([`UNOBSERVED_EVENT_BYTES`] is taken as its size in memory, JSON
+/// included).
+pub fn first_read_bytes(efo: bool) -> u64 {
+    if efo {
+        UNOBSERVED_EVENT_BYTES
+    } else {
+        in_flight_bytes(1, UNOBSERVED_RECORD_BYTES)
+    }
+}
+
 /// What a shard's reads brought, to size the next read's reservation: the
 /// largest Kinesis record (expanded) and the largest read seen recently,
-/// each decaying by a sixteenth per answer towards what answers bring now
-/// (a larger record raises them at once; a 1 MiB record is forgotten to a
-/// tenth in about 36 answers). Every value is at least 1.
+/// each decaying by a sixteenth per answer (at least one unit) towards
+/// what answers bring now (a larger record raises them at once; a 1 MiB
+/// record is forgotten to a tenth in about 36 answers, a 13-record event
+/// in 12). Every value is at least 1.
 ///
 /// The largest record, not the average: a read sized by the average
 /// brings the occasional large record over its reservation (kinesin-sim,
@@ -142,7 +184,10 @@ impl ReadSize {
             if first {
                 new
             } else {
-                new.max(old - old / 16)
+                // At least one unit per answer: `old / 16` is 0 below 16,
+                // and a largest-recent of 13 records then never decayed
+                // (kinesin-sim seeds 7770, 19650).
+                new.max(old - (old / 16).max(1))
             }
         };
         let first = !self.observed;
@@ -641,6 +686,8 @@ impl ShardReader {
     /// `room.free` (wait for room; an empty pool always fits one, since no
     /// reservation exceeds the budget).
     ///
+    /// Bytes are charged in flight ([`in_flight_bytes`]: what the answer
+    /// holds until it is decoded, not its decoded size).
     /// EFO: a Pull reserves the largest recent event, and at least a fair
     /// share (so reads of quiet shards never reserve less than their part of
     /// the budget between them). Polling: one Kinesis record must fit; the
@@ -656,9 +703,14 @@ impl ShardReader {
                 // and one that took all the free room starved the shards
                 // asking after it (kinesin-sim seed 843: three shards
                 // without a Pull for 30 s).
+                let wire = if self.size.observed {
+                    in_flight_bytes(self.size.records_per_read, self.size.bytes_per_read)
+                } else {
+                    first_read_bytes(true)
+                };
                 let (records, bytes) = clip((
                     self.size.records_per_read.max(room.fair.0),
-                    self.size.bytes_per_read.max(room.fair.1),
+                    wire.max(room.fair.1),
                 ));
                 fits(records, bytes).then_some(ReadPlan {
                     limit: 0,
@@ -667,8 +719,11 @@ impl ShardReader {
                 })
             }
             State::Polling { max_records, .. } => {
+                // Charged in flight (`in_flight_bytes`): the Limit counts
+                // records by what they cost while their answer is decoded.
+                let per_r = self.size.records_per_record;
                 let (per_r, per_b) =
-                    clip((self.size.records_per_record, self.size.bytes_per_record));
+                    clip((per_r, in_flight_bytes(per_r, self.size.bytes_per_record)));
                 if !fits(per_r, per_b) {
                     return None;
                 }
@@ -2600,6 +2655,7 @@ mod tests {
         let mut h = H::efo(StartPosition::TrimHorizon, t0);
         h.r.size.records_per_read = 10;
         h.r.size.bytes_per_read = 1_000;
+        h.r.size.observed = true;
         let room = PoolRoom {
             free: (40_000, 3 << 20),
             max: (50_000, 4 << 20),
@@ -2616,6 +2672,31 @@ mod tests {
         );
     }
 
+    /// Kinesin-sim seeds 7770 and 19650: a sixteenth of a value below 16
+    /// is 0, so a largest-recent event of 13 records never decayed and a
+    /// busy EFO shard whose events now bring 1-3 records kept reserving 13
+    /// of a 20-record budget.
+    #[test]
+    fn a_largest_recent_event_below_sixteen_records_decays() {
+        let t0 = crate::test_epoch();
+        let mut h = H::efo(StartPosition::TrimHorizon, t0);
+        let big = chunk(
+            (0..13)
+                .map(|i| rec(&format!("49590000{:02}", 10 + i), 0, true))
+                .collect(),
+            None,
+        );
+        h.r.size.observe(&big);
+        assert_eq!(h.r.size.records_per_read, 13);
+        let one = chunk(vec![rec("4959000099", 0, true)], None);
+        let mut seen = Vec::new();
+        for _ in 0..13 {
+            h.r.size.observe(&one);
+            seen.push(h.r.size.records_per_read);
+        }
+        assert_eq!(seen, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 1]);
+    }
+
     #[test]
     fn a_kpl_read_is_sized_by_its_expanded_size_not_its_kinesis_record_count() {
         let t0 = crate::test_epoch();
@@ -2626,7 +2707,8 @@ mod tests {
             fair: (50_000, 1 << 20),
         };
         let h = H::polling(StartPosition::TrimHorizon, t0);
-        // Unobserved: a Kinesis record may be 1 MiB, so one fits the budget.
+        // Unobserved: a Kinesis record may be 1 MiB (6 MiB in flight,
+        // clipped to the budget), so one fits the budget.
         assert_eq!(
             h.r.read_plan(room((50_000, 1 << 20))),
             Some(ReadPlan {
@@ -2638,7 +2720,8 @@ mod tests {
         assert_eq!(h.r.read_plan(room((50_000, (1 << 20) - 1))), None);
         // One Kinesis record (a tiny aggregate on the wire) expanded into
         // 500 user records of 10 bytes: the next Limit counts 5,000 bytes
-        // and 500 records per Kinesis record.
+        // and 500 records per Kinesis record, charged in flight at
+        // 5,000 * 6 + 500 * 256 = 158,000 bytes.
         let mut h = h;
         let recs: Vec<RecordMeta> = (0..500).map(|i| rec("4959000001", i, i == 499)).collect();
         let mut data = chunk(recs, None);
@@ -2651,9 +2734,23 @@ mod tests {
         assert_eq!(
             h.r.read_plan(room((50_000, 1 << 20))),
             Some(ReadPlan {
+                limit: 6,
+                records: 3_000,
+                bytes: 948_000
+            }),
+            "6 aggregates in flight fill the byte budget"
+        );
+        assert_eq!(
+            h.r.read_plan(PoolRoom {
+                free: (50_000, 64 << 20),
+                max: (50_000, 64 << 20),
+                share: (50_000, 64 << 20),
+                fair: (50_000, 64 << 20),
+            }),
+            Some(ReadPlan {
                 limit: 100,
                 records: 50_000,
-                bytes: 500_000
+                bytes: 15_800_000
             }),
             "100 aggregates fill the record budget; max_records is 100 too"
         );
@@ -2682,9 +2779,10 @@ mod tests {
             (h.r.size.bytes_per_record, h.r.size.bytes_per_read),
             (1000, 1090)
         );
+        // 1,000 bytes are 6,256 in flight: 3 fit in 20,000.
         assert_eq!(
             h.r.read_plan(room((50_000, 20_000))).map(|p| p.limit),
-            Some(20)
+            Some(3)
         );
     }
 }

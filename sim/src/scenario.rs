@@ -595,6 +595,9 @@ pub struct RunReport {
     /// The most pool bytes held above the byte budget (only ever through
     /// such answers; asserted by the memory oracle).
     pub max_over_budget_bytes: u64,
+    /// The largest peak above the byte budget while an answer was decoded
+    /// (`crate::memory::decoding_bytes`; measured).
+    pub max_decoding_over_budget_bytes: u64,
     /// DynamoDB requests black-holed until the call deadline
     /// (`crate::stuck`; measured).
     pub black_holed: u64,

@@ -68,6 +68,9 @@ pub struct Summary {
     pub reads_over_reservation: u64,
     /// The most pool bytes held above the byte budget in any run.
     pub max_over_budget_bytes: u64,
+    /// The largest peak above the byte budget while an answer was decoded,
+    /// in any run.
+    pub max_decoding_over_budget_bytes: u64,
     /// DynamoDB requests black-holed, all runs.
     pub black_holed: u64,
     /// Of which heartbeat writes.
@@ -111,6 +114,9 @@ impl Summary {
         self.duplicates += r.duplicates;
         self.reads_over_reservation += r.reads_over_reservation;
         self.max_over_budget_bytes = self.max_over_budget_bytes.max(r.max_over_budget_bytes);
+        self.max_decoding_over_budget_bytes = self
+            .max_decoding_over_budget_bytes
+            .max(r.max_decoding_over_budget_bytes);
         self.black_holed += r.black_holed;
         self.black_holed_beats += r.black_holed_beats;
         self.silenced += r.silenced;
@@ -177,7 +183,7 @@ impl fmt::Display for Summary {
         let mut conv_other = self.convergence_other.clone();
         write!(
             f,
-            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={} | kpl sub-records outside their shard (dropped)={} | streams recreated={} (old rows deleted after a worker's error: {})",
+            "seeds={} violations={} seeds/s={:.1} sim-h/s={:.1} | dynamo/shard-h: liveness={:.1} (KCL/{:.0}) checkpoint={:.1} other={:.1} failed-cond={:.1} | failover (asserted, crash-with-survivor) p50={} p99={} max={} (n={}) | failover other: {} | rebalance (asserted, fault-free joins) p50={} max={} (n={}) other max={} (n={}) | heal max={} | subscribe/efo-shard-h={:.2} refused own={} fleet={} | dup/M={:.0} | memory: reads over reservation={} max over budget={} KiB (while decoding {} KiB) | stuck: black-holed dynamo requests={} (heartbeat writes={}) | efo subscriptions gone silent={} | kpl sub-records outside their shard (dropped)={} | streams recreated={} (old rows deleted after a worker's error: {})",
             self.seeds,
             self.violations,
             self.seeds as f64 / wall,
@@ -208,6 +214,7 @@ impl fmt::Display for Summary {
             self.duplicates as f64 * 1e6 / (self.records.max(1)) as f64,
             self.reads_over_reservation,
             self.max_over_budget_bytes.div_ceil(1024),
+            self.max_decoding_over_budget_bytes.div_ceil(1024),
             self.black_holed,
             self.black_holed_beats,
             self.silenced,

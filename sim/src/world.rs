@@ -356,6 +356,7 @@ impl World {
         r.kpl_foreign = self.oracles.stats.foreign;
         r.reads_over_reservation = self.memory.over_reservation;
         r.max_over_budget_bytes = self.memory.max_over_bytes;
+        r.max_decoding_over_budget_bytes = self.memory.max_decoding_over_bytes;
         r.black_holed = self.stuck.black_holed;
         r.black_holed_beats = self.stuck.black_holed_beats;
         r.silenced = self.silenced;
@@ -1565,7 +1566,9 @@ impl World {
         ) = (&payload, &input)
         {
             let inc = self.procs[p].inc;
-            self.memory.answer(p, inc, *chunk, data);
+            if let Some(w) = self.procs[p].worker.as_ref() {
+                self.memory.answer(p, inc, *chunk, data, w);
+            }
         }
         let pr = &mut self.procs[p];
         if let Some((chunk, shard, ids)) = payload {

@@ -7,7 +7,11 @@
 //! the pool before it is sent (`ShardReader::read_plan`: the GetRecords
 //! `Limit` from the room left and the shard's observed record size, a Pull
 //! the shard's largest recent event), the reservation is exchanged for the
-//! chunk's real size when it arrives, and credit is given round robin; an oversized chunk is
+//! chunk's real size when it arrives (a read in flight is charged what its
+//! answer holds until decoded, `shard::in_flight_bytes`), and credit is
+//! given round robin; shards not read yet count as asking when the room
+//! left is shared, and while one waits for its first answer the others
+//! leave room for its first read (up to half the budget); an oversized chunk is
 //! admitted alone into an empty pool; batches are cut by the pure rule of
 //! `batcher` within `checkpoint_limit` (SPEC 2, 3) and delivered with the
 //! lease's fencing token; a nacked batch is redelivered, with the same
@@ -32,10 +36,11 @@ use super::batcher::{self, Backlog};
 use super::lifecycle::Phase;
 use super::{AckError, Worker};
 use crate::checkpoint::Slot;
+use crate::config::Retrieval;
 use crate::ids::{BatchId, ChunkId, ShardRef};
 use crate::io::{BatchMeta, Chunk, ErrorClass, Event, RecordMeta};
 use crate::pool::Permit;
-use crate::shard::PoolRoom;
+use crate::shard::{self, PoolRoom};
 
 /// An admitted chunk whose records are not all delivered yet.
 pub(super) struct Queued {
@@ -82,6 +87,9 @@ impl Worker {
             return;
         };
         Self::mark_touched(&mut self.dirty, slot, st);
+        if std::mem::take(&mut st.fresh) {
+            self.fresh -= 1;
+        }
         st.millis_behind = data.millis_behind;
         let (records, bytes) = (data.records.len() as u64, data.bytes());
         let reserved = match &st.reservation {
@@ -188,7 +196,24 @@ impl Worker {
         }
         let max = (self.pool.max_records(), self.pool.max_bytes());
         let held = (self.shards.len() as u64).max(1);
-        let wanting = (order.len() as u64).max(1);
+        // Shards not read yet count as asking: at a cold start they get
+        // their iterators one by one, and the first few asking must not
+        // share the whole budget between them.
+        let wanting = (order.len() as u64).saturating_add(self.fresh).max(1);
+        // While a shard waits for its first answer, the others leave room
+        // for its first read (up to half the budget): with a sink that
+        // never acknowledges, the shards read first filled the budget and
+        // 843 of 1,000 shards never got a read (scripts/bench.sh
+        // memory-cold).
+        let reserve = if self.fresh > 0 {
+            let efo = matches!(self.config.retrieval, Retrieval::Efo { .. });
+            (
+                u64::from(max.0 >= 2),
+                shard::first_read_bytes(efo).min(max.1 / 2),
+            )
+        } else {
+            (0, 0)
+        };
         let mut progress = false;
         for &slot in &order {
             if !self.pool.has_room() {
@@ -207,7 +232,7 @@ impl Worker {
                 (max.1 / held).max(free.1 / wanting).max(1),
             );
             let fair = ((max.0 / held).max(1), (max.1 / held).max(1));
-            let room = PoolRoom {
+            let mut room = PoolRoom {
                 free,
                 max,
                 share,
@@ -222,10 +247,21 @@ impl Worker {
             let Some(reader) = st.reader.as_mut() else {
                 continue;
             };
+            if !st.fresh {
+                room.free = (
+                    free.0.saturating_sub(reserve.0),
+                    free.1.saturating_sub(reserve.1),
+                );
+            }
             // A read that does not fit keeps its turn: the round stops here
             // and starts with it when room appears (no starvation of a
-            // shard with large reads by shards with small ones).
+            // shard with large reads by shards with small ones). One that
+            // only misses the room kept for first reads lets them pass.
             let Some(plan) = reader.read_plan(room) else {
+                if room.free != free && reader.read_plan(PoolRoom { free, ..room }).is_some() {
+                    self.credit_blocked = true;
+                    continue;
+                }
                 self.credit_blocked = true;
                 break;
             };

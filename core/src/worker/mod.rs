@@ -205,6 +205,9 @@ pub struct Worker {
     wanting: Vec<StateSlot>,
     /// Readers holding credit (sum of `ShardState::holds_credit`).
     credit_outstanding: u64,
+    /// Shards read whose reader got no answer yet (sum of
+    /// `ShardState::fresh`).
+    fresh: u64,
     /// Every shard's cached `ShardState::deadline`, ordered by instant (then
     /// by shard, as a walk of every shard breaks ties).
     deadlines: BTreeSet<(Instant, ShardRef, StateSlot)>,
@@ -278,6 +281,7 @@ impl Worker {
             dirty: Vec::new(),
             wanting: Vec::new(),
             credit_outstanding: 0,
+            fresh: 0,
             deadlines: BTreeSet::new(),
             awaiting_arn: BTreeSet::new(),
             dirty_epoch: 1,
@@ -394,10 +398,12 @@ impl Worker {
         let mut records = 0u64;
         let mut bytes = 0u64;
         let mut inflight = 0usize;
+        let mut fresh = 0u64;
         // Both maps are ordered by shard: walk them side by side.
         let mut held = self.lease.held();
         let mut next_held = held.next();
         for (shard, st) in self.shards.iter() {
+            fresh += u64::from(st.fresh);
             if let Some((_, permit)) = &st.reservation {
                 records += permit.records();
                 bytes += permit.bytes();
@@ -422,6 +428,12 @@ impl Worker {
                     st.token,
                 ));
             }
+        }
+        if fresh != self.fresh {
+            return Err(format!(
+                "{fresh} shards without an answer yet, counted {}",
+                self.fresh
+            ));
         }
         // Every batch in flight belongs to a shard read (each shard listed
         // its own above).

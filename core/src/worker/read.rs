@@ -171,9 +171,11 @@ impl Worker {
                 holds_credit: false,
                 reservation: None,
                 touched: false,
+                fresh: true,
                 listed: false,
             },
         );
+        self.fresh += 1;
         if matches!(self.config.retrieval, Retrieval::Efo { .. })
             && self
                 .shards
@@ -199,6 +201,9 @@ impl Worker {
             return;
         };
         Self::mark_touched(&mut self.dirty, slot, st);
+        if std::mem::take(&mut st.fresh) {
+            self.fresh -= 1;
+        }
         if let Some(mut reader) = st.reader.take() {
             if let Some(a) = reader.stop() {
                 self.actions.push_back(a);

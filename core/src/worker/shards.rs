@@ -63,6 +63,10 @@ pub(super) struct ShardState {
     pub(super) reservation: Option<(ChunkId, Permit)>,
     /// Listed in `Worker::dirty`.
     pub(super) touched: bool,
+    /// No answer of its reader arrived yet (counted in `Worker::fresh`):
+    /// its first read is sized for an unknown record, and the credit round
+    /// keeps room for it (a cold start reads every shard).
+    pub(super) fresh: bool,
     /// Listed in `Worker::wanting` (the reader wanted credit at the last
     /// visit).
     pub(super) listed: bool,

@@ -279,10 +279,13 @@ fn a_stale_want_for_a_lease_just_taken_starts_no_handoff() {
     assert_eq!(w.holds(a), 1);
 }
 
-/// Owner `a` holds both of two leases, `fault` is put on its actions
-/// matching `pred`, and `b` joins: after 90 s, what `b` took and when.
+/// A fault on the actions a predicate matches.
+type Handicap = (fn(&Action) -> bool, Fault);
+
+/// Owner `a` holds both of two leases, each fault of `faults` is put on
+/// its actions, and `b` joins: after 90 s, what `b` took and when.
 fn join_against_a_handicapped_owner(
-    faults: &[(fn(&Action) -> bool, Fault)],
+    faults: &[Handicap],
 ) -> (World, usize, usize, Vec<(Duration, ShardRef)>) {
     let mut w = World::with_free_shards(2);
     let a = w.add_node("a", 1);

@@ -1677,6 +1677,11 @@ impl World {
             self.oracles.add_shard(Vec::new());
         }
         self.stale_map[stream] = self.open_ranges(stream);
+        // Rows the old stream's workers collected named shards of the old
+        // stream; the new one reuses the ids (its shards' rows are judged
+        // on their own).
+        let id = self.kinesis.streams[stream].clone();
+        self.dynamo.deleted.retain(|shard| shard.stream != id);
         self.recreated.insert(stream);
         self.last_recreation = Some(self.now);
         // A fault until its quarantines end: joins meanwhile are not
@@ -1732,6 +1737,9 @@ impl World {
         self.dynamo
             .leases
             .retain(|shard, _| !recreated.contains(&&shard.stream));
+        self.dynamo
+            .deleted
+            .retain(|shard| !recreated.contains(&&shard.stream));
         self.trace.line(
             self.now,
             format_args!(

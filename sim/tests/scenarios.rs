@@ -953,3 +953,18 @@ fn a_recreated_stream_is_read_from_its_creation_and_inherits_no_old_row() -> Res
     }
     Ok(())
 }
+
+/// Seeds 11507 and 12739 of the final 20,000-seed sweep
+/// (delivery-requires-lease): a take answered Ambiguous had applied, so the
+/// row named the worker while it did not know; a taker asked for the lease
+/// on that token and published its want; the worker adopted the lease from
+/// a view that showed the taker pending, and read it until the forced take
+/// landed (its heartbeat reads hung, so it never saw the want). A lease
+/// adopted with a taker pending is handed off at once.
+#[test]
+fn a_lease_adopted_with_a_taker_pending_is_handed_off_at_once() -> Result<()> {
+    for seed in [11507, 12739] {
+        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
+    }
+    Ok(())
+}

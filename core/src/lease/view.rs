@@ -500,6 +500,16 @@ impl LeaseManager {
             self.writes.adoptable.remove(&row.shard);
             if adopt && !self.live.fenced && !self.shutting_down {
                 self.acquire(&row);
+                // A taker asked for it (on our token) while we did not know
+                // we held it: its want may have been published long ago and
+                // its forced take may be close, so hand off now rather than
+                // wait to see the want in a heartbeat read (kinesin-sim seed
+                // 11507: adopted 10 s before the forced take, heartbeat reads
+                // hung meanwhile).
+                if let Some(taker) = row.pending_owner.as_ref().filter(|t| **t != self.me) {
+                    let taker = taker.clone();
+                    self.request_seen(&row.shard, &taker);
+                }
             } else {
                 self.release_orphan(&row, mint);
             }

@@ -362,6 +362,13 @@ impl Kinesis {
         let s = self.streams.len();
         self.streams.push(stream);
         self.stream_shards.push(Vec::new());
+        self.open_even_shards(s, shards);
+        s
+    }
+
+    /// Open `shards` (at least one) shards of stream `stream` splitting the
+    /// hash key space evenly, in key order.
+    fn open_even_shards(&mut self, stream: usize, shards: usize) {
         let n = shards.max(1) as u128;
         let width = u128::MAX / n;
         for i in 0..n {
@@ -371,9 +378,8 @@ impl Kinesis {
             } else {
                 (i + 1) * width - 1
             };
-            self.add_shard(s, Vec::new(), HashRange { start, end });
+            self.add_shard(stream, Vec::new(), HashRange { start, end });
         }
-        s
     }
 
     fn add_shard(&mut self, stream: usize, parents: Vec<usize>, range: HashRange) -> usize {
@@ -426,17 +432,7 @@ impl Kinesis {
             }
             self.shards[i].deleted = true;
         }
-        let n = shards.max(1) as u128;
-        let width = u128::MAX / n;
-        for i in 0..n {
-            let start = i * width;
-            let end = if i + 1 == n {
-                u128::MAX
-            } else {
-                (i + 1) * width - 1
-            };
-            self.add_shard(stream, Vec::new(), HashRange { start, end });
-        }
+        self.open_even_shards(stream, shards);
         old
     }
 

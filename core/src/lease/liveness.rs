@@ -718,13 +718,21 @@ impl LeaseManager {
     /// The earliest instant a watched want must be acted upon unconfirmed
     /// (see `Held::want_watch`).
     pub(super) fn want_deadline(&self) -> Option<Instant> {
+        self.watched_wants().map(|(_, _, due)| due).min()
+    }
+
+    /// Held leases with a watched want not yet acted upon: (shard, taker,
+    /// when it is handed off unconfirmed).
+    fn watched_wants(&self) -> impl Iterator<Item = (&ShardRef, &Owner, Instant)> + '_ {
+        let blind = self.timing.blind_after;
         self.writes
             .held
-            .values()
-            .filter(|h| h.handoff_to.is_none() && h.leaving.is_none())
-            .filter_map(|h| h.want_watch.as_ref())
-            .map(|(_, since)| *since + self.timing.blind_after)
-            .min()
+            .iter()
+            .filter(|(_, h)| h.handoff_to.is_none() && h.leaving.is_none())
+            .filter_map(move |(s, h)| {
+                let (taker, since) = h.want_watch.as_ref()?;
+                Some((s, taker, *since + blind))
+            })
     }
 
     /// Hand off every lease whose watched want went unconfirmed until
@@ -735,16 +743,10 @@ impl LeaseManager {
         if self.live.fenced || self.shutting_down {
             return;
         }
-        let blind = self.timing.blind_after;
         let due: Vec<(ShardRef, Owner)> = self
-            .writes
-            .held
-            .iter()
-            .filter(|(_, h)| h.handoff_to.is_none() && h.leaving.is_none())
-            .filter_map(|(s, h)| {
-                let (taker, since) = h.want_watch.as_ref()?;
-                (now >= *since + blind).then(|| (s.clone(), taker.clone()))
-            })
+            .watched_wants()
+            .filter(|(_, _, due)| now >= *due)
+            .map(|(s, taker, _)| (s.clone(), taker.clone()))
             .collect();
         for (shard, taker) in due {
             self.request_seen(&shard, &taker);

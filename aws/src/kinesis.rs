@@ -526,18 +526,20 @@ fn shard_info(
         .filter(|p| !p.is_empty())
         .map(ShardId::new)
         .collect();
-    let ending_seq = match s
-        .sequence_number_range
-        .and_then(|r| r.ending_sequence_number)
-    {
-        Some(e) if !e.is_empty() => Some(parse_seq(operation, &e)?),
-        _ => None,
+    let (starting, ending) = match s.sequence_number_range {
+        Some(r) => (Some(r.starting_sequence_number), r.ending_sequence_number),
+        None => (None, None),
+    };
+    let parse = |v: Option<String>| match v {
+        Some(v) if !v.is_empty() => parse_seq(operation, &v).map(Some),
+        _ => Ok(None),
     };
     Ok(ShardInfo {
         shard: ShardId::new(s.shard_id),
         parents,
         hash_range: hash_range(operation, s.hash_key_range)?,
-        ending_seq,
+        ending_seq: parse(ending)?,
+        starting_seq: parse(starting)?,
     })
 }
 

@@ -838,6 +838,7 @@ mod tests {
             parents: parents.iter().map(|p| ShardId::new(*p)).collect(),
             hash_range: kinesin_core::kpl::HashRange { start: 0, end: 1 },
             ending_seq: None,
+            starting_seq: None,
         };
         let listed = vec![
             info("shardId-1", &["shardId-0"]),

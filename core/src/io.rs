@@ -74,6 +74,9 @@ pub struct ShardInfo {
     pub hash_range: HashRange,
     /// SequenceNumberRange.EndingSequenceNumber: present once the shard is closed.
     pub ending_seq: Option<SeqNum>,
+    /// SequenceNumberRange.StartingSequenceNumber: no record of the shard,
+    /// and so no checkpoint of its row, is below it (`None`: not given).
+    pub starting_seq: Option<SeqNum>,
 }
 
 /// A child shard announced at shard end (SubscribeToShard event or

@@ -43,6 +43,8 @@ impl ModelShard {
                     .last()
                     .map_or_else(|| seq_of(1), |r| r[0].ext.seq.clone())
             }),
+            // No sequence number is below zero: never flags a row.
+            starting_seq: Some(seq_of(0)),
         }
     }
 

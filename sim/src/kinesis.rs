@@ -613,6 +613,7 @@ impl Kinesis {
                         .collect(),
                     hash_range: s.range,
                     ending_seq: s.ending.clone(),
+                    starting_seq: Some(s.starting.clone()),
                 }
             })
             .collect()

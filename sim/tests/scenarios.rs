@@ -679,10 +679,16 @@ fn seeds_the_20000_seed_sweep_failed_pass() -> Result<()> {
 /// rows were judged against the first rows' anchor); 3943 (a sim defect:
 /// rows the old stream's workers collected counted as the new stream's
 /// children of the same ids, so a parent whose new children had no
-/// checkpoint yet was judged collectable).
+/// checkpoint yet was judged collectable); 15419 (a core bug: the new
+/// stream was merged the same way as the old one, so no row contradicted
+/// the listing's shape; the old child's row, checkpointed, had the new
+/// parents' rows collected and the new child read first. A checkpoint
+/// below its shard's StartingSequenceNumber now proves an earlier stream).
 #[test]
 fn seeds_with_a_recreated_stream_pass() -> Result<()> {
-    for seed in [78, 97, 131, 451, 522, 670, 1043, 1056, 1428, 1756, 3943] {
+    for seed in [
+        78, 97, 131, 451, 522, 670, 1043, 1056, 1428, 1756, 3943, 15419,
+    ] {
         let p = Params::swarm(seed);
         assert!(
             p.faults.recreate_stream > 0.0,
@@ -966,5 +972,17 @@ fn a_lease_adopted_with_a_taker_pending_is_handed_off_at_once() -> Result<()> {
     for seed in [11507, 12739] {
         ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
     }
+    Ok(())
+}
+
+/// Seed 10236 of the final 20,000-seed sweep (failover-bound, 12.07 s):
+/// the only survivor took its share of a crashed worker's leases plus one
+/// at expiry, leaving the rest for a restarted incarnation of the crashed
+/// worker, which cannot judge its predecessor expired until F after its own
+/// start. The rest waited F/10 plus a whole heartbeat-read interval. Now
+/// they wait F/20 and the table is read again the moment they turn stale.
+#[test]
+fn orphans_left_for_a_restarted_incarnation_are_taken_within_the_failover_bound() -> Result<()> {
+    ok(Params::swarm(10236)).map_err(|e| e.context("swarm seed 10236"))?;
     Ok(())
 }

@@ -11,7 +11,8 @@
 //!   flight (not hand-offs asked for, so an orphan never waits behind a
 //!   request), and one dead owner's row more per pass past the target (the
 //!   worker below it may be unable to take it), and every dead owner's row
-//!   still untaken F/10 after its owner expired; no hand-off is asked while an orphan waits for a confirming
+//!   still untaken F/20 after its owner expired (the table read again at that
+//!   instant); no hand-off is asked while an orphan waits for a confirming
 //!   heartbeat read; then hand-offs are asked from the
 //!   most loaded live workers in the same pass (`pending_owner`, announced
 //!   in the taker's heartbeat `wants`), one per lease while we are below
@@ -139,6 +140,10 @@ pub(super) struct Plan {
     /// overflow take of this pass): read the table again soon and take the
     /// next, rather than a rebalance period later.
     pub(super) orphans_left: bool,
+    /// The earliest instant an orphan left untaken becomes stale (taken by
+    /// whoever sees it): the table is read again then, so a failover
+    /// waits for no read cadence on top of the grace.
+    pub(super) stale_at: Option<Instant>,
     /// Hand-offs to ask for, in the order to send them.
     pub(super) asks: Vec<Ask>,
 }
@@ -241,13 +246,21 @@ pub(super) fn plan(
                 // An orphan still untaken a while after its owner expired
                 // (the workers below the target had their pass) is taken
                 // by whoever sees it, however many.
-                let stale = live.expired_for(o).is_some_and(|d| d >= live.failover / 10);
+                let stale = live
+                    .expired_for(o)
+                    .is_some_and(|d| d >= live.orphan_grace());
                 // `overflow` is true while `deficit > 0` (it turns false
                 // only on a take at deficit 0, and the deficit never grows),
                 // so `deficit > 0` here is for the reader: mutating it to
                 // `deficit < 0` (never) changes nothing.
                 let take = confirmed && (deficit > 0 || overflow || stale);
-                plan.orphans_left |= confirmed && !take;
+                if confirmed && !take {
+                    plan.orphans_left = true;
+                    plan.stale_at = match (plan.stale_at, live.stale_at(o)) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
                 take
             }
             Some(_) => false,

@@ -238,6 +238,22 @@ impl Liveness {
         )
     }
 
+    /// How long a dead owner's rows wait for the workers below the target
+    /// before whoever sees them takes them all (F/20: every observer
+    /// judges an expiry within one heartbeat-read interval of the others,
+    /// and failover must stay within F + about 2 s, SPEC 4).
+    pub(super) fn orphan_grace(&self) -> Duration {
+        self.failover / 20
+    }
+
+    /// When `owner`'s rows become stale orphans (expired for
+    /// [`Self::orphan_grace`]) on our clock; `None` for an owner never
+    /// observed.
+    pub(super) fn stale_at(&self, owner: &Owner) -> Option<Instant> {
+        let ob = self.observed.get(owner)?;
+        Some(ob.since + self.failover + self.orphan_grace())
+    }
+
     pub(super) fn is_live(&self, owner: &Owner) -> bool {
         *owner == self.me
             || self

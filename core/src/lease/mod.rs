@@ -108,6 +108,15 @@ pub enum LeaseEvent {
         /// The taker.
         to: Owner,
     },
+    /// The table holds rows of an earlier stream of the same name
+    /// (`StreamView::earlier_stream`): nothing is taken, created or
+    /// collected on this stream; the worker stops with `message`.
+    EarlierStream {
+        /// The stream.
+        stream: StreamId,
+        /// What was found and which rows to delete.
+        message: String,
+    },
     /// A conditional checkpoint write succeeded.
     CheckpointWritten {
         /// Which shard.
@@ -274,6 +283,9 @@ pub struct LeaseManager {
     final_reads: BTreeMap<StreamId, u64>,
     /// Lease rows of drained shards whose delete is in flight.
     deleting: BTreeSet<ShardRef>,
+    /// Streams whose table showed rows of an earlier stream of the same
+    /// name ([`LeaseEvent::EarlierStream`] sent once each).
+    earlier: BTreeSet<StreamId>,
     final_beat: FinalBeat,
 
     actions: VecDeque<Action>,
@@ -317,6 +329,7 @@ impl LeaseManager {
                         listed: false,
                         known: BTreeMap::new(),
                         mentioned: BTreeSet::new(),
+                        listing: BTreeMap::new(),
                         deferred: BTreeMap::new(),
                     },
                 )
@@ -346,6 +359,7 @@ impl LeaseManager {
             shutting_down: false,
             final_reads: BTreeMap::new(),
             deleting: BTreeSet::new(),
+            earlier: BTreeSet::new(),
             final_beat: FinalBeat::NotYet,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -654,6 +668,19 @@ impl LeaseManager {
             .iter()
             .map(|s| (s.shard.clone(), s.parents.clone()))
             .collect();
+        view.listing = shards
+            .iter()
+            .map(|s| {
+                let open = s.ending_seq.is_none();
+                (s.shard.clone(), (open, s.starting_seq.clone()))
+            })
+            .collect();
+        if self.earlier_stream(stream, true) {
+            return;
+        }
+        let Some(view) = self.views.get_mut(stream) else {
+            return;
+        };
         // The listing is newer than every ChildShards before it.
         view.mentioned.clear();
         // Rows are created from a table view read after this answer (every
@@ -1073,6 +1100,9 @@ impl LeaseManager {
         }
         if plan.orphans_left {
             self.read_soon(stream, now);
+            if let Some(at) = plan.stale_at {
+                self.read_at(stream, at.max(now));
+            }
         }
         for ask in plan.asks {
             match ask {

@@ -18,6 +18,11 @@
 //!   create it only if a view two heartbeat-read intervals later still
 //!   lacks it. Free rows are taken in the same spread (`balance`), so a
 //!   fleet starting together neither races on creates nor on takes.
+//! - A row belongs to one stream incarnation (SPEC 4): rows the last
+//!   listing proves to be of an earlier stream of the same name (at
+//!   SHARD_END on an open shard, naming an open shard as parent, or
+//!   checkpointed below the shard's starting sequence number) are acted on
+//!   in no way; the worker stops with an error naming the rows to delete.
 //! - Reads run at `rebalance_period`, at heartbeat-read cadence while a
 //!   request, an ambiguous take or an ambiguous final write waits on them,
 //!   and at once when something just changed (a free row, a shard end).
@@ -40,7 +45,7 @@ use super::{
 };
 use crate::ids::{FencingToken, IdMint, Owner, ShardId, ShardRef, StreamId};
 use crate::io::{Action, ErrorClass, LostReason};
-use crate::sequence::Checkpoint;
+use crate::sequence::{Checkpoint, SeqNum};
 use crate::table::{LeaseRow, LeaseWrite};
 
 /// Deepest lineage `StreamView::collected` walks (a shard's
@@ -79,6 +84,9 @@ pub(super) struct StreamView {
     /// to it (they appeared after it): they exist, so a child waits for
     /// them; the next ListShards decides (listed, or gone: trimmed).
     pub(super) mentioned: BTreeSet<ShardId>,
+    /// The last ListShards: each listed shard, open (no ending sequence
+    /// number) or not, and its starting sequence number.
+    pub(super) listing: BTreeMap<ShardId, (bool, Option<SeqNum>)>,
     /// Known shards the view lacked, left to their designated creator,
     /// with when: created by us if a view two heartbeat-read intervals
     /// later still lacks them (the designated creator may be dead).
@@ -155,6 +163,60 @@ impl StreamView {
         }
         let mut children = self.children(&row.shard.shard).peekable();
         children.peek().is_some() && children.all(|c| self.child_done(c, 0))
+    }
+
+    /// Rows of an earlier stream of the same name (SPEC 4: a row belongs
+    /// to one stream incarnation), judged against the last listing: no
+    /// row of a shard checkpoints below the shard's starting sequence
+    /// number (an earlier stream's shard of the same id, even one
+    /// resharded the same way); and, with `shapes` (a listing just
+    /// answered, newer than the rows), an open shard cannot have a row at
+    /// SHARD_END, nor be named as a parent by a row (a split or merge
+    /// closes its parents). Rows newer than the listing may show both
+    /// shapes (the shard ended since), never the first. Applied, such rows
+    /// keep the new stream's shards unread or read a child before its
+    /// parents (a parent's row is collected once its children have
+    /// checkpoints). The error says which rows to delete.
+    pub(super) fn earlier_stream(&self, stream: &StreamId, shapes: bool) -> Option<String> {
+        if !self.listed {
+            return None;
+        }
+        let open = |id: &ShardId| shapes && self.listing.get(id).is_some_and(|(open, _)| *open);
+        let (shard, why) = self.rows.values().find_map(|r| {
+            let id = &r.shard.shard;
+            let seq = match &r.checkpoint {
+                Some(Checkpoint::ShardEnd) if open(id) => {
+                    return Some((id.clone(), "has a lease row at SHARD_END".to_owned()));
+                }
+                Some(Checkpoint::After(seq)) => Some(seq),
+                Some(Checkpoint::Within(ext)) => Some(&ext.seq),
+                _ => None,
+            };
+            let starting = self.listing.get(id).and_then(|(_, s)| s.as_ref());
+            if let (Some(seq), Some(starting)) = (seq, starting) {
+                if seq < starting {
+                    return Some((
+                        id.clone(),
+                        format!(
+                            "has a lease row checkpointed at {seq}, below its first sequence \
+                             number {starting}"
+                        ),
+                    ));
+                }
+            }
+            let parent = r.parents.iter().find(|p| open(p))?;
+            Some((
+                parent.clone(),
+                format!("is named as a parent by the lease row of {id}"),
+            ))
+        })?;
+        Some(format!(
+            "stream {stream} was deleted and recreated under the same name: its shard {shard} \
+             {why}, a row of the earlier stream, and applied to the new stream the old rows \
+             would leave its shards unread or read them out of order. Stop every consumer of it, delete the rows whose `stream` is \
+             {stream} and whose `key` starts with `shard#` (or use a new lease table), then \
+             start again"
+        ))
     }
 
     /// The `created_ms` of a new row with these parents: the earliest of
@@ -267,10 +329,38 @@ impl LeaseManager {
     /// Read this stream at heartbeat-read cadence (outstanding request or
     /// unresolved write).
     pub(super) fn read_soon(&mut self, stream: &StreamId, now: Instant) {
-        let at = now + self.timing.heartbeat_read;
+        self.read_at(stream, now + self.timing.heartbeat_read);
+    }
+
+    /// Read the table of `stream` at `at` at the latest.
+    pub(super) fn read_at(&mut self, stream: &StreamId, at: Instant) {
         if let Some(v) = self.views.get_mut(stream) {
             v.next_read = v.next_read.min(at);
         }
+    }
+
+    /// The view of `stream` shows rows of an earlier stream of the same
+    /// name: report it once ([`LeaseEvent::EarlierStream`]) and act on
+    /// nothing of it. Not while shutting down (the rows are then only
+    /// released).
+    pub(super) fn earlier_stream(&mut self, stream: &StreamId, shapes: bool) -> bool {
+        if self.shutting_down {
+            return false;
+        }
+        let Some(message) = self
+            .views
+            .get(stream)
+            .and_then(|v| v.earlier_stream(stream, shapes))
+        else {
+            return false;
+        };
+        if self.earlier.insert(stream.clone()) {
+            self.events.push_back(LeaseEvent::EarlierStream {
+                stream: stream.clone(),
+                message,
+            });
+        }
+        true
     }
 
     /// Shutting down: hold the final heartbeat until a read of `stream`
@@ -368,11 +458,14 @@ impl LeaseManager {
         view.have_view = true;
         self.seq += 1;
         view.reply_seq = self.seq;
-
-        self.reconcile(now, stream, mint);
-        self.create_missing(now, stream, mint);
-        self.collect_ended(stream, mint);
-        self.balance(now, stream, mint);
+        // The rows may be newer than the listing (a shard ended since):
+        // only a checkpoint below a shard's start proves them older.
+        if !self.earlier_stream(stream, false) {
+            self.reconcile(now, stream, mint);
+            self.create_missing(now, stream, mint);
+            self.collect_ended(stream, mint);
+            self.balance(now, stream, mint);
+        }
 
         let fast = self.needs_fast_reads(stream);
         let period = if fast {

@@ -69,6 +69,10 @@ impl Worker {
                         ),
                     });
                 }
+                LeaseEvent::EarlierStream { message, .. } => {
+                    self.events.push_back(Event::Fatal { message });
+                    self.shutdown(now);
+                }
                 LeaseEvent::Lost {
                     shard,
                     token,

@@ -18,12 +18,10 @@
 //! no longer lists: that shard is gone (trimmed past retention, or of a
 //! deleted stream) and ends like a shard read to its end (KCL does the
 //! same), so its row reaches SHARD_END and its children start;
-//! a ListShards answer naming an open shard whose lease row is at
-//! SHARD_END, or that a lease row names as its parent, proves the stream
-//! was deleted and recreated under the same
-//! name (SPEC 4: a row belongs to one stream incarnation): the worker
-//! stops with an error saying which rows to delete (`Event::Fatal`)
-//! instead of applying them to the new stream;
+//! rows of an earlier stream of the same name (the lease view judges them
+//! against each listing, `StreamView::earlier_stream`) stop the worker
+//! with an error saying which rows to delete (`Event::Fatal`) instead of
+//! applying them to the new stream;
 //! an EFO reader started before its consumer ARN is known gets it as soon
 //! as the registration has it.
 //!
@@ -43,7 +41,7 @@ use super::shards::{ShardState, ShardTable, StateSlot};
 use super::Worker;
 use crate::checkpoint::CheckpointTracker;
 use crate::config::{Retrieval, StartFrom};
-use crate::ids::{ChunkId, FencingToken, OpId, ShardId, ShardRef, StreamId, SubId};
+use crate::ids::{ChunkId, FencingToken, OpId, ShardRef, StreamId, SubId};
 use crate::io::{Action, ErrorClass, Event, Input, ShardInfo};
 use crate::sequence::{Checkpoint, StartPosition};
 use crate::shard::{Asked, ReaderEvent, ReaderMode, ShardReader};
@@ -496,43 +494,6 @@ impl Worker {
         }
     }
 
-    /// The error that stops the worker when the lease table holds rows of
-    /// an earlier stream of the same name (SPEC 4: a row belongs to one
-    /// stream incarnation): a shard ListShards reports open cannot have a
-    /// row at SHARD_END, nor be named as a parent by a row (a split or
-    /// merge closes its parents), in this stream. Applied, such rows keep
-    /// the new stream's shards unread (a parent's row collected after its
-    /// children checkpointed is never created again).
-    fn recreated_stream(&self, stream: &StreamId, list: &[ShardInfo]) -> Option<String> {
-        if self.shutting_down {
-            return None;
-        }
-        let open = |id: &ShardId| {
-            list.iter()
-                .any(|i| i.shard == *id && i.ending_seq.is_none())
-        };
-        let (shard, why) = self.lease.table(stream).find_map(|r| {
-            if r.checkpoint == Some(Checkpoint::ShardEnd) && open(&r.shard.shard) {
-                return Some((
-                    r.shard.shard.clone(),
-                    "has a lease row at SHARD_END".to_owned(),
-                ));
-            }
-            let parent = r.parents.iter().find(|p| open(p))?;
-            Some((
-                parent.clone(),
-                format!("is named as a parent by the lease row of {}", r.shard.shard),
-            ))
-        })?;
-        Some(format!(
-            "stream {stream} was deleted and recreated under the same name: its open shard \
-             {shard} {why}, a row of the earlier stream, and the old rows would keep the new \
-             stream's shards unread. Stop every consumer of it, delete the rows whose `stream` \
-             is {stream} and whose `key` starts with `shard#` (or use a new lease table), then \
-             start again"
-        ))
-    }
-
     /// A ListShards answer: the stream's hash ranges are replaced (readers
     /// get theirs), closed shards are marked, and the lease manager learns
     /// the shard list (unless shutting down); a failure waits for the next
@@ -546,11 +507,6 @@ impl Worker {
         if let Some(stream) = self.list_ops.remove(&op) {
             match result {
                 Ok(list) => {
-                    if let Some(message) = self.recreated_stream(&stream, list) {
-                        self.events.push_back(Event::Fatal { message });
-                        self.shutdown(now);
-                        return;
-                    }
                     self.ranges.retain(|r, _| r.stream != stream);
                     for info in list {
                         let r = ShardRef::new(stream.clone(), info.shard.clone());

@@ -131,6 +131,7 @@ impl Shape {
             listed: true,
             known: BTreeMap::new(),
             mentioned: BTreeSet::new(),
+            listing: BTreeMap::new(),
             deferred: BTreeMap::new(),
         };
         let views = BTreeMap::from([(stream(), view)]);
@@ -320,14 +321,17 @@ fn past_the_target_one_orphan_more_per_pass_until_they_are_stale() {
             .owns("me", 0..2)
             .owns("x", 2..4)
     };
-    for d in [Duration::ZERO, F / 10 - Duration::from_millis(1)] {
-        let p = shape(d).plan();
+    for d in [Duration::ZERO, F / 20 - Duration::from_millis(1)] {
+        let s = shape(d);
+        let p = s.plan();
         assert_eq!(taken(&p), vec![2], "expired for {d:?}");
         assert!(p.orphans_left && !p.confirm);
+        // The table is read again the moment the orphan turns stale.
+        assert_eq!(p.stale_at, Some(s.judged - d + F / 20), "expired for {d:?}");
     }
-    // Expired for F/10 or longer: the workers below the target had their
+    // Expired for F/20 or longer: the workers below the target had their
     // pass; whoever sees the orphans takes them all.
-    for d in [F / 10, F] {
+    for d in [F / 20, F] {
         let p = shape(d).plan();
         assert_eq!(taken(&p), vec![2, 3], "expired for {d:?}");
         assert!(!p.orphans_left && !p.confirm);

@@ -58,6 +58,7 @@ fn info(i: usize, parents: &[usize], closed: bool) -> ShardInfo {
         parents: parents.iter().map(|p| sid(*p)).collect(),
         hash_range: HashRange::FULL,
         ending_seq: closed.then(|| SeqNum::parse("900").unwrap()),
+        starting_seq: None,
     }
 }
 

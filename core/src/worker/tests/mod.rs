@@ -79,6 +79,9 @@ impl World {
         let mut n = 0u64;
         let mut map = BTreeMap::new();
         for (id, parents, count, closed) in shards {
+            // A shard's records, and so its rows' checkpoints, start at or
+            // after its StartingSequenceNumber.
+            let starting = seq(n + 1);
             let records: Vec<SeqNum> = (0..*count)
                 .map(|_| {
                     n += 1;
@@ -90,6 +93,7 @@ impl World {
                 parents: parents.iter().map(crate::ids::ShardId::new).collect(),
                 hash_range: HashRange::FULL,
                 ending_seq: closed.then(|| records.last().cloned().unwrap_or_else(|| seq(0))),
+                starting_seq: Some(starting),
             };
             map.insert(id.to_string(), ModelShard { info, records });
         }

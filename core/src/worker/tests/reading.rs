@@ -131,6 +131,62 @@ fn an_open_shard_whose_row_is_at_shard_end_stops_the_worker_as_a_recreated_strea
     }
 }
 
+/// Swarm seed 15419 of the final 20,000-seed sweep (parent-first): a
+/// stream recreated under its name and resharded the same way (the same
+/// two parents merged into the same child id) leaves no row the listing
+/// contradicts by shape. The old child's row, checkpointed, made the
+/// collector delete the old parents' rows and the worker read the new
+/// child before its new parents. A row checkpointed below its shard's
+/// StartingSequenceNumber cannot be of this shard: the worker stops as for
+/// any row of an earlier stream, and reads and deletes nothing.
+#[test]
+fn a_row_checkpointed_below_its_shards_first_sequence_number_stops_the_worker() {
+    let mut world = World::new(&[
+        ("p1", &[], 3, true),
+        ("p2", &[], 3, true),
+        ("c", &["p1", "p2"], 3, false),
+    ]);
+    // The earlier stream's rows: both parents ended, the child read.
+    for p in ["p1", "p2"] {
+        let mut ended = LeaseRow::new(sref(p), Vec::new(), 1_700_000_000_000);
+        ended.checkpoint = Some(Checkpoint::ShardEnd);
+        world.rows.insert(sref(p), ended);
+    }
+    let mut child = LeaseRow::new(
+        sref("c"),
+        vec![
+            crate::ids::ShardId::new("p1"),
+            crate::ids::ShardId::new("p2"),
+        ],
+        1_700_000_000_000,
+    );
+    // Below c's first sequence number (seq(7)): of another shard.
+    child.checkpoint = Some(Checkpoint::After(seq(2)));
+    world.rows.insert(sref("c"), child.clone());
+    let before = world.rows.clone();
+    let mut node = Node::new(polling_config("a"), &world);
+    run(&mut world, &mut [&mut node], Duration::from_secs(70));
+    let fatal: Vec<&String> = node
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fatal { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fatal.len(), 1, "{:?}", node.events);
+    assert!(
+        fatal[0].contains("recreated") && fatal[0].contains("below its first sequence number"),
+        "{}",
+        fatal[0]
+    );
+    assert!(node.batches.is_empty(), "{:?}", node.batches);
+    assert_eq!(world.rows.len(), before.len(), "no row deleted");
+    for (key, row) in &before {
+        assert_eq!(world.rows[key].checkpoint, row.checkpoint, "{key}");
+    }
+}
+
 /// A fleet down for longer than the retention period after a split: the
 /// parent's row has a checkpoint short of SHARD_END, but the parent is
 /// gone (ListShards no longer lists it; reading it answers

@@ -231,6 +231,7 @@ impl World {
         pr.state = ProcState::Running;
         pr.shutting_down = false;
         pr.started_at = self.now;
+        self.bounds.restarted(self.now, &name);
         self.trace
             .line(self.now, format_args!("{} start", Owner::new(&name, inc)));
         self.after_step(p)

@@ -247,6 +247,16 @@ impl Oracles {
         self.shards[shard].row_created_ms = None;
     }
 
+    /// A row without a checkpoint, created for a stream since deleted and
+    /// recreated under the same name, names `shard` (the new stream's
+    /// shard of the same id): nothing in it proves it older than the
+    /// stream, so it starts the shard as if created for it (LATEST: at its
+    /// `created_ms`, which a writer's clock ahead of ours puts after the
+    /// new stream's first records).
+    pub fn row_inherited(&mut self, shard: usize, created_ms: u64) {
+        self.anchored(shard, created_ms);
+    }
+
     fn anchored(&mut self, shard: usize, created_ms: u64) {
         if self.shards[shard].row_created_ms.is_some() {
             return;

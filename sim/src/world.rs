@@ -1682,6 +1682,17 @@ impl World {
         // on their own).
         let id = self.kinesis.streams[stream].clone();
         self.dynamo.deleted.retain(|shard| shard.stream != id);
+        // Rows with no checkpoint apply to the new shards of their ids.
+        let inherited: Vec<(usize, u64)> = self
+            .dynamo
+            .leases
+            .iter()
+            .filter(|(shard, row)| shard.stream == id && row.checkpoint.is_none())
+            .filter_map(|(shard, row)| Some((self.kinesis.index_of(shard)?, row.created_ms)))
+            .collect();
+        for (i, created_ms) in inherited {
+            self.oracles.row_inherited(i, created_ms);
+        }
         self.recreated.insert(stream);
         self.last_recreation = Some(self.now);
         // A fault until its quarantines end: joins meanwhile are not

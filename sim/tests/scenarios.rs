@@ -2,6 +2,7 @@
 //! also passes every oracle of `kinesin_sim::oracle` (a violation fails it).
 
 use anyhow::{bail, Result};
+use kinesin_sim::bounds::Cause;
 use kinesin_sim::scenario::{Faults, Op, Params, RunReport};
 use kinesin_sim::sched::{MS, SEC};
 use kinesin_sim::summary::KCL_RENEWALS_PER_SHARD_HOUR;
@@ -76,22 +77,30 @@ fn killed_worker_shards_resume_elsewhere_within_failover_bound() -> Result<()> {
     Ok(())
 }
 
-/// Core bug found by the sim (reported): a worker that restarts within F
-/// overwrites its heartbeat row (keyed by worker id) with its new
-/// incarnation; the fleet keeps treating the row as alive, so the previous
-/// incarnation's leases are only taken once the new incarnation itself sees
-/// them expire, F after it started: failover = restart delay + F (16 s for
-/// a 5 s restart) instead of at most F + 2 s.
+/// A worker that restarts within F overwrites its heartbeat row (keyed by
+/// worker id) with its new incarnation. The fleet must not keep the row
+/// alive for the previous incarnation (its leases were once taken only
+/// when the new incarnation itself saw them expire), nor count from the
+/// previous incarnation's last beat seen (it may be a live second process
+/// that renewed once more unseen: swarm seed 13847). The previous
+/// incarnation's leases are read elsewhere within F + 2 s of the restart
+/// (the `restart-same-id` bound, asserted by the simulator).
 #[test]
 fn restarted_worker_does_not_keep_previous_incarnation_leases_alive() -> Result<()> {
     let mut p = quiet("restart", 8, 4);
     p.script = vec![(60 * SEC, Op::Crash(3)), (65 * SEC, Op::Restart(3))];
     let r = ok(p)?;
-    let max = r.failovers.iter().max().copied().unwrap_or(0);
+    let restart: Vec<u64> = r
+        .failovers_other
+        .iter()
+        .filter(|(c, _)| *c == Cause::RestartSameId)
+        .map(|&(_, us)| us)
+        .collect();
+    let max = restart.iter().max().copied().unwrap_or(0);
     assert!(
-        !r.failovers.is_empty() && max <= F + 2 * SEC,
+        !restart.is_empty() && max <= 5 * SEC + F + 2 * SEC,
         "{:?}",
-        r.failovers
+        r.failovers_other
     );
     Ok(())
 }
@@ -683,11 +692,15 @@ fn seeds_the_20000_seed_sweep_failed_pass() -> Result<()> {
 /// stream was merged the same way as the old one, so no row contradicted
 /// the listing's shape; the old child's row, checkpointed, had the new
 /// parents' rows collected and the new child read first. A checkpoint
-/// below its shard's StartingSequenceNumber now proves an earlier stream).
+/// below its shard's StartingSequenceNumber now proves an earlier stream);
+/// 14987 (a sim defect: a row with no checkpoint, created just before the
+/// stream was recreated, applies to the new shard of its id, anchored at
+/// its `created_ms` from a clock 0.9 s ahead; the oracle did not anchor the
+/// new shard with it).
 #[test]
 fn seeds_with_a_recreated_stream_pass() -> Result<()> {
     for seed in [
-        78, 97, 131, 451, 522, 670, 1043, 1056, 1428, 1756, 3943, 15419,
+        78, 97, 131, 451, 522, 670, 1043, 1056, 1428, 1756, 3943, 14987, 15419,
     ] {
         let p = Params::swarm(seed);
         assert!(
@@ -984,5 +997,18 @@ fn a_lease_adopted_with_a_taker_pending_is_handed_off_at_once() -> Result<()> {
 #[test]
 fn orphans_left_for_a_restarted_incarnation_are_taken_within_the_failover_bound() -> Result<()> {
     ok(Params::swarm(10236)).map_err(|e| e.context("swarm seed 10236"))?;
+    Ok(())
+}
+
+/// Seed 13847 of the final 20,000-seed sweep (fencing-order): a second
+/// process started with w1's worker id just after w1 renewed its heartbeat
+/// (between two of w0's heartbeat reads), and w1 was cut from DynamoDB, so
+/// it never read the row that stops it. w0 counted w1's expiry from the
+/// last beat it had seen, not the unseen renewal, and took w1's shards
+/// 2 s before w1 fenced itself. A superseded incarnation now expires F
+/// after the first read that shows the later row.
+#[test]
+fn a_superseded_incarnation_expires_from_the_read_that_shows_its_successor() -> Result<()> {
+    ok(Params::swarm(13847)).map_err(|e| e.context("swarm seed 13847"))?;
     Ok(())
 }

@@ -448,10 +448,10 @@ impl LeaseManager {
         // process restarted, or a second process runs with the same id. The
         // earlier incarnation stops at its next heartbeat read or at its
         // next put (the table refuses it over the later row), and can no
-        // longer renew: it is expired F after its last beat seen (see the
-        // `(None, p)` case below). (A grace of two read intervals was not
-        // safe: an earlier process whose reads fail kept delivering past
-        // it; kinesin-sim seeds 5248, 7198.)
+        // longer renew: it is expired F after the first read that showed
+        // the later row (see the `(None, p)` case below). (A grace of two
+        // read intervals was not safe: an earlier process whose reads fail
+        // kept delivering past it; kinesin-sim seeds 5248, 7198.)
         if rows
             .iter()
             .any(|r| r.owner.worker == self.me.worker && r.owner.incarnation > self.me.incarnation)
@@ -469,12 +469,6 @@ impl LeaseManager {
             });
             self.tick(now);
         }
-        let replaced = |owner: &Owner| {
-            rows.iter()
-                .any(|r| r.owner.worker == owner.worker && r.owner.incarnation > owner.incarnation)
-        };
-        let reads_unbroken = judged_before
-            .is_some_and(|j| sent.saturating_duration_since(j) <= self.timing.heartbeat_read * 2);
         // Owners judged expired by this read and not by the previous one.
         let mut turned: Vec<Owner> = Vec::new();
         // Owners known already: update in place.
@@ -495,19 +489,17 @@ impl LeaseManager {
                 (None, p) if p.beat.is_none() => p.clone(),
                 (None, p) => Observed {
                     beat: None,
-                    // Superseded by a later incarnation while our reads
-                    // went on (the previous one succeeded within two read
-                    // intervals): from its last beat seen (it renews no
-                    // more: the table refuses its puts, and its next one
-                    // stops it). After a gap in our reads it may have
-                    // renewed unseen (kinesin-sim seed 1492), and a row
-                    // gone for another reason (deleted) counts from the
-                    // first read that misses it.
-                    since: if replaced(owner) && reads_unbroken {
-                        p.since
-                    } else {
-                        now
-                    },
+                    // Superseded by a later incarnation, or the row gone
+                    // (deleted): counts from the first read that misses
+                    // it. Not from its last beat seen: it may have renewed
+                    // once more unseen, between our previous read and the
+                    // later incarnation's first put, and so fences itself
+                    // only F - margin after that renewal (kinesin-sim seed
+                    // 13847: a live impostor's original, cut from
+                    // DynamoDB so it never read the row that stops it,
+                    // still read a shard taken from it 2 s before its
+                    // fence; seed 1492: the same after a gap in our reads).
+                    since: now,
                     dead: false,
                     streams: p.streams.clone(),
                 },

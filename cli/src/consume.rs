@@ -312,6 +312,15 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     // progress log task below).
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // --exit-when-idle counts from the first held shard (or first batch),
+    // not from launch: registering an EFO consumer and taking leases can
+    // take longer than a small idle value.
+    let mut wait = Wait {
+        idle,
+        last_record: None,
+        tick,
+        progress_on,
+    };
 
     let started = Instant::now();
     let mut delivered: u64 = 0;
@@ -338,10 +347,6 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         })
     });
     let mut shards_seen: HashMap<String, ()> = HashMap::new();
-    // --exit-when-idle counts from the first held shard (or first batch),
-    // not from launch: registering an EFO consumer and taking leases can
-    // take longer than a small idle value.
-    let mut last_record: Option<Instant> = None;
     let mut b64 = String::new();
     let mut unflushed: Vec<Batch> = Vec::new();
     let mut batches = consumer.batches();
@@ -349,34 +354,19 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
     let mut input: Vec<u8> = Vec::new();
     let outcome: Result<Stop> = if let Some(exec) = &exec {
         loop {
-            if last_record.is_none() && stats.leases_held() > 0 {
-                last_record = Some(Instant::now());
-            }
-            let idle_at = match (idle, last_record) {
-                (Some(d), Some(from)) => Some(from + d),
-                (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
-                (None, _) => None,
-            };
-            let next = tokio::select! {
-                b = batches.next() => b,
-                s = signals.recv() => break Ok(Stop::Signal(s)),
-                _ = sleep_until(idle_at) => {
-                    if last_record.is_some() {
-                        break Ok(Stop::Idle);
-                    }
-                    continue;
-                }
-                _ = tick.tick(), if progress_on => {
-                    progress.show(delivered, stats.leases_held());
-                    continue;
-                }
+            let next = match wait
+                .next(&mut batches, &mut signals, &mut progress, delivered, &stats)
+                .await
+            {
+                Next::Batch(b) => b,
+                Next::Stop(stop) => break Ok(stop),
             };
             let batch = match next {
                 None => break Err(anyhow::anyhow!("the consumer stopped unexpectedly")),
                 Some(Err(e)) => break Err(e.into()),
                 Some(Ok(batch)) => batch,
             };
-            last_record = Some(Instant::now());
+            wait.last_record = Some(Instant::now());
             let n = batch.records().len() as u64;
             let shard = batch.shard().shard.as_str().to_owned();
             let stream = names.display(batch.shard().stream.as_str()).to_owned();
@@ -452,28 +442,12 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         }
     } else {
         loop {
-            if last_record.is_none() && stats.leases_held() > 0 {
-                last_record = Some(Instant::now());
-            }
-            let idle_at = match (idle, last_record) {
-                (Some(d), Some(from)) => Some(from + d),
-                // Not reading yet: look again shortly.
-                (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
-                (None, _) => None,
-            };
-            let first = tokio::select! {
-                b = batches.next() => b,
-                s = signals.recv() => break Ok(Stop::Signal(s)),
-                _ = sleep_until(idle_at) => {
-                    if last_record.is_some() {
-                        break Ok(Stop::Idle);
-                    }
-                    continue;
-                }
-                _ = tick.tick(), if progress_on => {
-                    progress.show(delivered, stats.leases_held());
-                    continue;
-                }
+            let first = match wait
+                .next(&mut batches, &mut signals, &mut progress, delivered, &stats)
+                .await
+            {
+                Next::Batch(b) => b,
+                Next::Stop(stop) => break Ok(stop),
             };
             let mut next = first;
             let mut stop = None;
@@ -492,8 +466,8 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
                     Some(Ok(batch)) => batch,
                 };
                 let n = batch.records().len() as u64;
-                if n > 0 || last_record.is_none() {
-                    last_record = Some(Instant::now());
+                if n > 0 || wait.last_record.is_none() {
+                    wait.last_record = Some(Instant::now());
                 }
                 let take = match args.max_records {
                     Some(max) => n.min(max.saturating_sub(delivered)),
@@ -611,6 +585,58 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         stats.lease_writes()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the main loop waits on between batches: the next batch, a
+/// signal, `--exit-when-idle`, and (on a terminal) the progress line.
+struct Wait {
+    idle: Option<Duration>,
+    /// When the last batch came, or the first lease was held.
+    last_record: Option<Instant>,
+    tick: tokio::time::Interval,
+    progress_on: bool,
+}
+
+/// What [`Wait::next`] gives the loop.
+enum Next<T> {
+    /// The stream's next item (`None`: it ended).
+    Batch(Option<T>),
+    Stop(Stop),
+}
+
+impl Wait {
+    async fn next<S: futures_lite::Stream + Unpin>(
+        &mut self,
+        batches: &mut S,
+        signals: &mut crate::signals::Signals,
+        progress: &mut Progress,
+        delivered: u64,
+        stats: &crate::stats::Stats,
+    ) -> Next<S::Item> {
+        loop {
+            if self.last_record.is_none() && stats.leases_held() > 0 {
+                self.last_record = Some(Instant::now());
+            }
+            let idle_at = match (self.idle, self.last_record) {
+                (Some(d), Some(from)) => Some(from + d),
+                // Not reading yet: look again shortly.
+                (Some(_), None) => Some(Instant::now() + IDLE_START_CHECK),
+                (None, _) => None,
+            };
+            tokio::select! {
+                b = batches.next() => return Next::Batch(b),
+                s = signals.recv() => return Next::Stop(Stop::Signal(s)),
+                _ = sleep_until(idle_at) => {
+                    if self.last_record.is_some() {
+                        return Next::Stop(Stop::Idle);
+                    }
+                }
+                _ = self.tick.tick(), if self.progress_on => {
+                    progress.show(delivered, stats.leases_held());
+                }
+            }
+        }
+    }
 }
 
 fn stop_text(stop: &Stop) -> &'static str {

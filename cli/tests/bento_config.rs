@@ -7,17 +7,8 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-fn kinesin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kinesin"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kinesin")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{kinesin, stderr};
 
 fn shards_of(o: &Output) -> Vec<String> {
     String::from_utf8_lossy(&o.stdout)

@@ -4,20 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::process::{Command, Output};
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-fn kinesin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kinesin"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kinesin")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{b64_decode, emulator_env, kinesin, stderr};
 
 #[test]
 fn help_lists_the_subcommands() {
@@ -161,25 +152,6 @@ fn a_bad_config_names_the_field() {
         "{}",
         stderr(&o)
     );
-}
-
-fn emulator_env() {
-    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        if std::env::var_os(var).is_none() {
-            panic!(
-                "{var} is not set: this test needs the local emulators. Run \
-                 `scripts/emulators.sh start` and `eval \"$(scripts/emulators.sh env)\"`, then run \
-                 the tests again from that shell."
-            );
-        }
-    }
-}
-
-fn b64_decode(s: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .expect("data is base64")
 }
 
 #[test]

@@ -7,50 +7,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-fn kinesin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kinesin"))
-        .args(args)
-        .env("RUST_LOG", "warn,kinesin=info")
-        .output()
-        .expect("running kinesin")
-}
+mod common;
+use common::{b64_decode, emulator_env, stderr, unique};
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn emulator_env() {
-    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        assert!(
-            std::env::var_os(var).is_some(),
-            "{var} is not set: this test needs the local emulators. Run `scripts/emulators.sh \
-             start` and `eval \"$(scripts/emulators.sh env)\"`, then run the tests again from \
-             that shell."
-        );
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
+/// `kinesin` with its own logs at info (the tests read what it says about
+/// dead letters).
+fn kinesin(args: &[&str]) -> std::process::Output {
+    common::kinesin_logged(args, "warn,kinesin=info")
 }
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-fn b64_decode(s: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .expect("data is base64")
 }
 
 /// `kinesin produce`'s data of record `n`: `<run>-<n> ` padded to `size`.

@@ -11,46 +11,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
 
-fn kinesin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kinesin"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kinesin")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn emulator_env() {
-    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        assert!(
-            std::env::var_os(var).is_some(),
-            "{var} is not set: run `scripts/emulators.sh start` and \
-             `eval \"$(scripts/emulators.sh env)\"` first"
-        );
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+mod common;
+use common::{emulator_env, kinesin, stderr, stdout, unique};
 
 /// One consumed user record.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,31 +10,13 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn kinesin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kinesin"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kinesin")
-}
-
-fn emulator_env() -> String {
-    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        if std::env::var_os(var).is_none() {
-            panic!(
-                "{var} is not set: this test needs the local emulators. Run \
-                 `scripts/emulators.sh start` and `eval \"$(scripts/emulators.sh env)\"`, then run \
-                 the tests again from that shell."
-            );
-        }
-    }
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap()
-}
+mod common;
+use common::{emulator_env, kinesin};
 
 /// A TCP proxy to DynamoDB that can be cut: open connections are shut
 /// down and new ones refused.
@@ -194,7 +176,8 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn metrics_show_lag_per_held_shard_drop_handed_off_series_and_health_fails_without_the_table() {
-    let dynamo = emulator_env();
+    emulator_env();
+    let dynamo = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -6,32 +6,11 @@
 //! the leases it owns; the text view shows the same owners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn kinesin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kinesin"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kinesin")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn emulator_env() {
-    for var in ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        if std::env::var_os(var).is_none() {
-            panic!(
-                "{var} is not set: this test needs the local emulators. Run \
-                 `scripts/emulators.sh start` and `eval \"$(scripts/emulators.sh env)\"`, then run \
-                 the tests again from that shell."
-            );
-        }
-    }
-}
+mod common;
+use common::{emulator_env, kinesin, stderr};
 
 /// A `kinesin consume` worker, stopped with SIGTERM on drop.
 struct Worker(Child);

@@ -422,6 +422,18 @@ impl Bounds {
         }
     }
 
+    /// `owner` lost its lease on `shard`: that hold is over, and a later
+    /// one (the shard taken again, after a self-fence for instance) starts
+    /// its own clock, however briefly the shard was not held (a loss and a
+    /// take between two checks; swarm seed 10405: a worker self-fenced by
+    /// a DynamoDB fault took its shard back 0.35 s later and was held to
+    /// the clock of a silence 30 s before).
+    pub fn hold_ended(&mut self, owner: &Owner, shard: &ShardRef) {
+        let k = (owner.clone(), shard.clone());
+        self.watch.remove(&k);
+        self.recovering.remove(&k);
+    }
+
     /// `owner` made progress on `shard`.
     pub fn progress(&mut self, now: Micros, owner: &Owner, shard: &ShardRef) {
         let k = (owner.clone(), shard.clone());
@@ -648,6 +660,18 @@ mod tests {
         // Not due for a moment (unhealthy): the clock starts again.
         assert!(b.check_stalls(100 * SEC, []).is_ok());
         assert!(b.check_stalls(101 * SEC, [k]).is_ok());
+    }
+
+    #[test]
+    fn a_lease_lost_and_taken_back_between_two_checks_starts_a_new_stall_clock() {
+        let mut b = Bounds::default();
+        let k = (Owner::new("w0", 1), shard(0));
+        assert!(b.check_stalls(0, [k.clone()]).is_ok());
+        // Lost (self-fenced) and taken back before the next check.
+        b.hold_ended(&k.0, &k.1);
+        assert!(b.check_stalls(30 * SEC, [k.clone()]).is_ok());
+        assert!(b.check_stalls(30 * SEC + STALL_BOUND, [k.clone()]).is_ok());
+        assert!(b.check_stalls(30 * SEC + STALL_BOUND + 1, [k]).is_err());
     }
 
     #[test]

@@ -708,6 +708,7 @@ impl World {
                     format_args!("{owner} lost {shard} tok{} {reason:?}", token.0),
                 );
                 self.oracles.lost(&owner, &shard);
+                self.bounds.hold_ended(&owner, &shard);
                 *self.report.lost.entry(format!("{reason:?}")).or_default() += 1;
                 if reason == LostReason::SelfFenced {
                     let horizon = self.procs[p].worker.as_ref().map_or(0, |w| {

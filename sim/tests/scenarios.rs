@@ -1012,3 +1012,15 @@ fn a_superseded_incarnation_expires_from_the_read_that_shows_its_successor() -> 
     ok(Params::swarm(13847)).map_err(|e| e.context("swarm seed 13847"))?;
     Ok(())
 }
+
+/// Seed 10405 of the final 20,000-seed sweep (stall, a sim defect): a
+/// worker whose EFO subscription went silent resubscribed at the watchdog,
+/// then self-fenced (a one-way DynamoDB cut had kept its heartbeat from
+/// renewing) and took its shard back 0.35 s later, between two of the
+/// oracle's checks; the new hold was judged against the silence 30 s
+/// before. A lost lease ends its hold's stall clock.
+#[test]
+fn a_shard_taken_back_after_a_self_fence_is_judged_from_the_new_hold() -> Result<()> {
+    ok(Params::swarm(10405)).map_err(|e| e.context("swarm seed 10405"))?;
+    Ok(())
+}

@@ -11,6 +11,14 @@ use kinesin_sim::{replay_command, run};
 /// Failover time F (the default).
 const F: u64 = 10 * SEC;
 
+/// Every swarm seed of `seeds` passes; a failure names its seed.
+fn these_swarm_seeds_pass(seeds: &[u64]) -> Result<()> {
+    for &seed in seeds {
+        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
+    }
+    Ok(())
+}
+
 fn ok(p: Params) -> Result<RunReport> {
     let r = run(p);
     if let Some(v) = &r.violation {
@@ -219,10 +227,7 @@ fn resource_in_use_after_the_lease_was_lost_still_spaces_the_next_subscribe() ->
 /// 4, 129, 133, 539, 755, 1976: 12.0-12.8 s > F + 2 s).
 #[test]
 fn crashed_workers_leases_are_taken_within_failover_plus_two_seconds() -> Result<()> {
-    for seed in [4, 129, 133, 539, 755, 1976] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    these_swarm_seeds_pass(&[4, 129, 133, 539, 755, 1976])
 }
 
 /// Core bug found by the 20,000-seed sweep (swarm seed 7377,
@@ -583,10 +588,7 @@ fn a_poisoned_shard_does_not_hold_back_the_others_in_a_quiet_fleet() -> Result<(
 /// what balancing can hand out: rows not ended whose parents are ended.
 #[test]
 fn fair_share_counts_only_leases_whose_parents_have_ended() -> Result<()> {
-    for seed in [2649, 5917, 3326] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    these_swarm_seeds_pass(&[2649, 5917, 3326])
 }
 
 /// Core bug found once the world held lease writes up on the way
@@ -613,10 +615,7 @@ fn a_checkpoint_write_applied_late_never_moves_the_checkpoint_back() -> Result<(
 /// after its request was published in a heartbeat.
 #[test]
 fn an_owner_whose_reads_fail_stops_before_a_forced_take() -> Result<()> {
-    for seed in [167, 735, 1665] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    these_swarm_seeds_pass(&[167, 735, 1665])
 }
 
 /// Swarm seeds 80, 370, 1521 and 938 (a second live process started with
@@ -631,10 +630,7 @@ fn an_owner_whose_reads_fail_stops_before_a_forced_take() -> Result<()> {
 /// leases before that one fenced (seeds 5248, 7198: its reads failed).
 #[test]
 fn a_second_process_with_a_running_workers_id_stops_the_first_and_blocks_nothing() -> Result<()> {
-    for seed in [80, 370, 1521, 938, 2031, 3721, 5248, 7198, 18656] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    these_swarm_seeds_pass(&[80, 370, 1521, 938, 2031, 3721, 5248, 7198, 18656])
 }
 
 /// Oracle regression (20,000-seed sweep of 4a0226b, `balance`, all 21
@@ -649,13 +645,10 @@ fn a_second_process_with_a_running_workers_id_stops_the_first_and_blocks_nothing
 /// its own start (and by the join bound).
 #[test]
 fn a_worker_restarted_late_in_the_heal_is_judged_from_its_own_start() -> Result<()> {
-    for seed in [
+    these_swarm_seeds_pass(&[
         761, 3362, 3743, 4755, 5672, 6087, 6237, 6409, 6784, 7862, 9665, 10326, 10368, 10804,
         11350, 11818, 14012, 14030, 14093, 17305, 18574,
-    ] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    ])
 }
 
 /// Seeds the 20,000-seed swarm sweep failed, each fixed since: 5044, 7598
@@ -721,10 +714,7 @@ fn seeds_with_a_recreated_stream_pass() -> Result<()> {
 /// each got one small event per second and the backlog never drained.
 #[test]
 fn a_small_largest_recent_event_decays_so_busy_efo_shards_pull_together() -> Result<()> {
-    for seed in [7770, 19650] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    these_swarm_seeds_pass(&[7770, 19650])
 }
 
 /// Issue 12, "bytes held <= budget": a GetRecords answer is in memory as
@@ -982,10 +972,7 @@ fn a_recreated_stream_is_read_from_its_creation_and_inherits_no_old_row() -> Res
 /// adopted with a taker pending is handed off at once.
 #[test]
 fn a_lease_adopted_with_a_taker_pending_is_handed_off_at_once() -> Result<()> {
-    for seed in [11507, 12739] {
-        ok(Params::swarm(seed)).map_err(|e| e.context(format!("swarm seed {seed}")))?;
-    }
-    Ok(())
+    these_swarm_seeds_pass(&[11507, 12739])
 }
 
 /// Seed 10236 of the final 20,000-seed sweep (failover-bound, 12.07 s):
@@ -996,8 +983,7 @@ fn a_lease_adopted_with_a_taker_pending_is_handed_off_at_once() -> Result<()> {
 /// they wait F/20 and the table is read again the moment they turn stale.
 #[test]
 fn orphans_left_for_a_restarted_incarnation_are_taken_within_the_failover_bound() -> Result<()> {
-    ok(Params::swarm(10236)).map_err(|e| e.context("swarm seed 10236"))?;
-    Ok(())
+    these_swarm_seeds_pass(&[10236])
 }
 
 /// Seed 13847 of the final 20,000-seed sweep (fencing-order): a second
@@ -1009,8 +995,7 @@ fn orphans_left_for_a_restarted_incarnation_are_taken_within_the_failover_bound(
 /// after the first read that shows the later row.
 #[test]
 fn a_superseded_incarnation_expires_from_the_read_that_shows_its_successor() -> Result<()> {
-    ok(Params::swarm(13847)).map_err(|e| e.context("swarm seed 13847"))?;
-    Ok(())
+    these_swarm_seeds_pass(&[13847])
 }
 
 /// Seed 10405 of the final 20,000-seed sweep (stall, a sim defect): a
@@ -1021,6 +1006,5 @@ fn a_superseded_incarnation_expires_from_the_read_that_shows_its_successor() -> 
 /// before. A lost lease ends its hold's stall clock.
 #[test]
 fn a_shard_taken_back_after_a_self_fence_is_judged_from_the_new_hold() -> Result<()> {
-    ok(Params::swarm(10405)).map_err(|e| e.context("swarm seed 10405"))?;
-    Ok(())
+    these_swarm_seeds_pass(&[10405])
 }

@@ -86,6 +86,17 @@ fn child_not_read_before_parent_reaches_shard_end() {
         .contains(&Event::ShardEnded { shard: sref("p") }));
 }
 
+/// The messages of the node's `Event::Fatal`s, in order.
+fn fatal_messages(node: &Node) -> Vec<&String> {
+    node.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fatal { message } => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Issue 11 (found by the simulator, `a_recreated_stream_is_read_from_its_
 /// creation_and_inherits_no_old_row`): a stream deleted and recreated under
 /// the same name keeps its ARN, and its first shard is `shardId-...0` again.
@@ -112,14 +123,7 @@ fn an_open_shard_whose_row_is_at_shard_end_stops_the_worker_as_a_recreated_strea
         world.rows.insert(key.clone(), old.clone());
         let mut node = Node::new(polling_config("a"), &world);
         run(&mut world, &mut [&mut node], Duration::from_secs(70));
-        let fatal: Vec<&String> = node
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Fatal { message } => Some(message),
-                _ => None,
-            })
-            .collect();
+        let fatal = fatal_messages(&node);
         assert_eq!(fatal.len(), 1, "{key}: {:?}", node.events);
         assert!(
             fatal[0].contains("recreated") && fatal[0].contains(stream().as_str()),
@@ -166,14 +170,7 @@ fn a_row_checkpointed_below_its_shards_first_sequence_number_stops_the_worker() 
     let before = world.rows.clone();
     let mut node = Node::new(polling_config("a"), &world);
     run(&mut world, &mut [&mut node], Duration::from_secs(70));
-    let fatal: Vec<&String> = node
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fatal { message } => Some(message),
-            _ => None,
-        })
-        .collect();
+    let fatal = fatal_messages(&node);
     assert_eq!(fatal.len(), 1, "{:?}", node.events);
     assert!(
         fatal[0].contains("recreated") && fatal[0].contains("below its first sequence number"),

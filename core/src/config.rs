@@ -201,6 +201,15 @@ pub struct Config {
     /// Takes, creates and final writes are not held back (they change
     /// ownership); heartbeats are never counted.
     pub max_lease_writes_in_flight: usize,
+    /// At most this many Kinesis polling calls (GetShardIterator and
+    /// GetRecords) in flight; past it, calls wait in the order they were
+    /// made (a FIFO queue in the worker) and are sent as answers return.
+    /// Each call in flight holds a connection and, for GetRecords, an
+    /// answer being decoded: a cold start at 1,000 shards does not open
+    /// 1,000 connections at once (`scripts/bench.sh memory-cold`). A call
+    /// waiting keeps its pool reservation; the driver's call deadline
+    /// starts when it is sent. EFO subscriptions are not counted.
+    pub max_read_calls_in_flight: usize,
     /// Past this long with every call to a service refused with an error
     /// retrying cannot fix (credentials, access, KMS), the worker is
     /// [`crate::health::Health::Failing`] and says so with
@@ -246,6 +255,7 @@ impl Config {
             backpressure_timeout: Duration::from_secs(30),
             subscription_idle_timeout: Duration::from_secs(30),
             max_lease_writes_in_flight: 64,
+            max_read_calls_in_flight: 64,
             unhealthy_after: Duration::from_secs(60),
             pool_records: 50_000,
             pool_bytes: 64 * 1024 * 1024,
@@ -335,6 +345,12 @@ impl Config {
             return bad(
                 "max_lease_writes_in_flight",
                 "must be at least 1 (checkpoints would never be written)".into(),
+            );
+        }
+        if self.max_read_calls_in_flight == 0 {
+            return bad(
+                "max_read_calls_in_flight",
+                "must be at least 1 (no shard would ever be read)".into(),
             );
         }
         if self.pool_records == 0 {

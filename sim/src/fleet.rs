@@ -195,6 +195,7 @@ impl World {
         c.pool_records = self.p.pool_records;
         c.pool_bytes = self.p.pool_bytes;
         c.max_lease_writes_in_flight = self.p.max_lease_writes;
+        c.max_read_calls_in_flight = self.p.max_read_calls;
         if self.p.poison_every != 0 {
             c.redelivery = Redelivery {
                 backoff: Duration::from_millis(100),

@@ -300,6 +300,10 @@ pub struct Params {
     /// `Config::max_lease_writes_in_flight` (checkpoint writes wait past
     /// it; small in some swarm seeds so the limit binds at a few shards).
     pub max_lease_writes: usize,
+    /// `Config::max_read_calls_in_flight` (polling calls wait past it;
+    /// small in some swarm seeds so the limit binds at a few shards, hung
+    /// calls included).
+    pub max_read_calls: usize,
     /// Large records: 2 % of plain records carry up to 1 MiB (padding the
     /// simulated Kinesis counts without storing it), and a producer tick
     /// sometimes writes a burst of up to 10,000 records of up to 1 KiB to
@@ -380,6 +384,7 @@ impl Params {
             pool_records: 50_000,
             pool_bytes: 64 << 20,
             max_lease_writes: 64,
+            max_read_calls: 64,
             big_records: false,
             kpl_bombs: false,
             faults: Faults::none(),
@@ -487,6 +492,9 @@ impl Params {
         } else {
             rng.unit_f64() * 6.0
         };
+        // Drawn last, as above: the polling calls a worker has in flight
+        // (the limit binds at a few shards in a third of the seeds).
+        p.max_read_calls = [2, 4, 64][rng.below(3) as usize];
         p
     }
 

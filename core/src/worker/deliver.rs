@@ -287,7 +287,9 @@ impl Worker {
             );
             Self::mark_touched(&mut self.dirty, slot, st);
             Self::route_awaited(&mut self.reader_ops, &mut self.reader_subs, shard, awaited);
-            self.actions.push_back(action);
+            if self.read_calls.send(&mut self.actions, action) {
+                self.stats.read_calls_queued += 1;
+            }
             self.credit_cursor = Some(shard.clone());
             progress = true;
         }

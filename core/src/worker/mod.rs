@@ -75,6 +75,7 @@ use crate::sequence::{Checkpoint, StartPosition};
 use crate::timer::{Timer, TimerTable};
 
 mod batcher;
+mod calls;
 mod deliver;
 mod lifecycle;
 mod read;
@@ -115,6 +116,9 @@ pub struct WorkerStats {
     /// Reads whose answer brought more than the room reserved for them
     /// (admitted over the budget: the bytes were already in memory).
     pub reads_over_reservation: u64,
+    /// GetShardIterator and GetRecords calls that waited for a slot
+    /// (`Config::max_read_calls_in_flight` were in flight).
+    pub read_calls_queued: u64,
 }
 
 /// What the worker knows about one shard it reads (a getter's view).
@@ -167,6 +171,9 @@ pub struct Worker {
     /// after every action a reader emits): routes answers to their shard
     /// and frees the chunks of stale ones.
     reader_ops: BTreeMap<OpId, (ShardRef, Option<ChunkId>)>,
+    /// GetShardIterator and GetRecords out at the driver, at most
+    /// `max_read_calls_in_flight`, and those waiting for a slot (FIFO).
+    read_calls: calls::ReadCalls,
     reader_subs: BTreeMap<SubId, ShardRef>,
     /// Shards ListShards reported closed, with their EndingSequenceNumber.
     closed: BTreeMap<ShardRef, SeqNum>,
@@ -249,6 +256,7 @@ impl Worker {
         let mut timers = TimerTable::default();
         timers.set(Timer::Commit, now + config.commit_period);
         timers.set(Timer::ShardSync, now);
+        let read_calls = calls::ReadCalls::new(config.max_read_calls_in_flight);
         let mut worker = Worker {
             config,
             start: now,
@@ -265,6 +273,7 @@ impl Worker {
             list_ops: BTreeMap::new(),
             gone_checks: BTreeMap::new(),
             reader_ops: BTreeMap::new(),
+            read_calls,
             reader_subs: BTreeMap::new(),
             closed: BTreeMap::new(),
             ranges: BTreeMap::new(),
@@ -453,6 +462,17 @@ impl Worker {
                 self.pool_used()
             ));
         }
+        if self.read_calls.sent() > self.read_calls.limit()
+            || self.read_calls.sent() + self.read_calls.waiting() != self.reader_ops.len()
+        {
+            return Err(format!(
+                "{} read calls sent (limit {}) and {} waiting, {} reader ops awaited",
+                self.read_calls.sent(),
+                self.read_calls.limit(),
+                self.read_calls.waiting(),
+                self.reader_ops.len()
+            ));
+        }
         if self.shards.is_empty() && (self.pool.used_records() != 0 || self.pool.used_bytes() != 0)
         {
             return Err("pool not empty with no shard read".into());
@@ -502,6 +522,9 @@ impl Worker {
             }
             Input::Iterator { op, .. } | Input::Records { op, .. } => {
                 let routed = self.reader_ops.remove(op);
+                if routed.is_some() {
+                    self.read_calls.answered(&mut self.actions, *op);
+                }
                 let consumed = match &routed {
                     Some((shard, _)) => {
                         Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &input)

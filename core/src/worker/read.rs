@@ -61,9 +61,12 @@ impl Worker {
             Input::SubscriptionEvent { chunk, .. } => {
                 self.events.push_back(Event::ChunkDone { chunk: *chunk })
             }
-            Input::Records { op, .. } => {
-                if let Some((_, Some(chunk))) = self.reader_ops.remove(op) {
-                    self.events.push_back(Event::ChunkDone { chunk });
+            Input::Iterator { op, .. } | Input::Records { op, .. } => {
+                if let Some((_, chunk)) = self.reader_ops.remove(op) {
+                    self.read_calls.answered(&mut self.actions, *op);
+                    if let Some(chunk) = chunk {
+                        self.events.push_back(Event::ChunkDone { chunk });
+                    }
                 }
             }
             _ => {}
@@ -221,6 +224,10 @@ impl Worker {
             // The read in flight is abandoned: a late answer is freed at once.
             self.pool.release(permit);
         }
+        // Calls still waiting for a slot are never sent.
+        for op in self.read_calls.withdraw(shard) {
+            self.reader_ops.remove(&op);
+        }
         for q in st.queue.drain(..) {
             self.pool.release(q.permit);
             self.events.push_back(Event::ChunkDone { chunk: q.chunk });
@@ -300,7 +307,9 @@ impl Worker {
                         shard,
                         reader.awaits(),
                     );
-                    self.actions.push_back(action);
+                    if self.read_calls.send(&mut self.actions, action) {
+                        self.stats.read_calls_queued += 1;
+                    }
                 }
                 let Some(ev) = reader.poll_event() else {
                     break;

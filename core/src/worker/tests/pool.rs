@@ -1,5 +1,8 @@
 //! The pending pool: reading bounded by its budget, an oversized chunk
-//! admitted alone, reads in flight reserving room.
+//! admitted alone, reads in flight reserving room, polling calls in
+//! flight bounded.
+
+use std::collections::VecDeque;
 
 use super::*;
 
@@ -175,4 +178,67 @@ fn a_cold_start_with_a_sink_that_never_acks_reads_every_shard() {
         "{} shards never delivered: {unread:?}",
         unread.len()
     );
+}
+
+/// `scripts/bench.sh memory-cold`: a cold start at 1,000 shards sent 1,000
+/// GetShardIterators and then 1,000 GetRecords at once (1,000 keep-alive
+/// connections and as many answers decoding: 160-189 MiB against a bound
+/// of 128). Here the driver answers one polling call at a time, oldest
+/// first, 10 ms apart: never more than `max_read_calls_in_flight` are out,
+/// the calls past it wait their turn, and every shard is read to its end.
+#[test]
+fn a_cold_start_sends_at_most_the_read_call_limit_and_reads_every_shard() {
+    let shards: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+    let spec: Vec<(&str, &[&str], usize, bool)> = shards
+        .iter()
+        .map(|s| (s.as_str(), &[][..], 50, false))
+        .collect();
+    let mut world = World::new(&spec);
+    let mut c = polling_config("a");
+    c.max_read_calls_in_flight = 4;
+    let mut node = Node::new(c, &world);
+    let mut out: VecDeque<Action> = VecDeque::new();
+    let mut most_out = 0;
+    for _ in 0..6_000 {
+        // Everything but polling calls is answered at once.
+        loop {
+            let mut progress = false;
+            while let Some(a) = node.w.poll_action() {
+                progress = true;
+                match a {
+                    Action::GetShardIterator { .. } | Action::GetRecords { .. } => out.push_back(a),
+                    a => {
+                        if let Some(input) = world.answer(a) {
+                            node.w.handle_input(world.now, input);
+                        }
+                    }
+                }
+                node.w.check_invariants().unwrap();
+            }
+            while let Some(e) = node.w.poll_event() {
+                progress = true;
+                if let Event::Batch(b) = &e {
+                    node.batches.push(b.clone());
+                    node.w.ack(world.now, b.id).unwrap();
+                }
+                node.w.check_invariants().unwrap();
+            }
+            if !progress {
+                break;
+            }
+        }
+        most_out = most_out.max(out.len());
+        world.now += Duration::from_millis(10);
+        node.w.handle_timeout(world.now);
+        if let Some(a) = out.pop_front() {
+            if let Some(input) = world.answer(a) {
+                node.w.handle_input(world.now, input);
+            }
+        }
+    }
+    assert_eq!(most_out, 4, "polling calls out at the driver at once");
+    assert!(node.w.stats().read_calls_queued > 0, "calls waited");
+    for s in &shards {
+        assert_eq!(delivered_seqs(&node, s), world.shards[s].records, "{s}");
+    }
 }

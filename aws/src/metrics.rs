@@ -211,6 +211,7 @@ struct Counters {
     redeliveries: AtomicU64,
     leases_gained: AtomicU64,
     leases_lost: [AtomicU64; 5],
+    self_fences: AtomicU64,
     subscriptions: AtomicU64,
     calls: [AtomicU64; 11],
     errors: [[AtomicU64; 10]; 11],
@@ -324,8 +325,11 @@ impl Metrics {
         if let Some(m) = st.shards.remove(shard) {
             m.held.store(false, Ordering::Relaxed);
         }
-        if reason == LostReason::SelfFenced {
+        // One self-fence loses every lease at once: counted at its first
+        // loss (the flag is cleared only by the next lease gained).
+        if reason == LostReason::SelfFenced && !st.self_fenced {
             st.self_fenced = true;
+            self.counters.self_fences.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -619,7 +623,7 @@ impl Metrics {
                 );
             }
         }
-        let simple: [(&str, &str, &str, u64); 10] = [
+        let simple: [(&str, &str, &str, u64); 11] = [
             (
                 "kinesin_leases_held",
                 "gauge",
@@ -631,6 +635,12 @@ impl Metrics {
                 "counter",
                 "Leases gained.",
                 get(&c.leases_gained),
+            ),
+            (
+                "kinesin_self_fences_total",
+                "counter",
+                "Times this worker fenced itself (heartbeat not renewed within the failover time) and lost its leases.",
+                get(&c.self_fences),
             ),
             (
                 "kinesin_records_read_total",
@@ -710,7 +720,7 @@ impl Metrics {
             out,
             "kinesin_leases_lost_total",
             "counter",
-            "Leases lost or given up, by reason (self_fenced counts self-fences).",
+            "Leases lost or given up, by reason (self_fenced: leases lost to self-fences).",
         );
         for (i, r) in REASONS.iter().enumerate() {
             let _ = writeln!(
@@ -950,6 +960,28 @@ mod tests {
         assert!(matches!(m.health(), Health::Failing(w) if w.contains("fenced")));
         m.lease_gained(&shard(0), 2);
         assert_eq!(m.health(), Health::Ready);
+    }
+
+    #[test]
+    fn a_self_fence_is_counted_once_however_many_leases_it_loses() {
+        let m = Metrics::new(Duration::from_secs(10), (100, 1000));
+        assert!(text(&m).contains("kinesin_self_fences_total 0"));
+        m.lease_gained(&shard(0), 1);
+        m.lease_gained(&shard(1), 1);
+        m.lease_lost(&shard(0), LostReason::SelfFenced);
+        m.lease_lost(&shard(1), LostReason::SelfFenced);
+        let t = text(&m);
+        assert!(t.contains("kinesin_self_fences_total 1"), "{t}");
+        assert!(
+            t.contains("kinesin_leases_lost_total{reason=\"self_fenced\"} 2"),
+            "{t}"
+        );
+        // Other losses are no fence; a fence after a new gain is a second.
+        m.lease_gained(&shard(0), 2);
+        m.lease_lost(&shard(0), LostReason::Taken);
+        m.lease_gained(&shard(0), 3);
+        m.lease_lost(&shard(0), LostReason::SelfFenced);
+        assert!(text(&m).contains("kinesin_self_fences_total 2"));
     }
 
     #[test]

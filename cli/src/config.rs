@@ -1393,6 +1393,7 @@ mod tests {
                     "role" => s.session.credentials.role.clone().unwrap(),
                     "external_id" => s.session.credentials.role_external_id.clone().unwrap(),
                     "static_id" => s.session.credentials.static_keys.clone().unwrap().id,
+                    "from_ec2_role" => s.session.credentials.from_ec2_role.to_string(),
                     "auto_replay_nacks" => s.auto_replay_nacks.to_string(),
                     "checkpoint_limit" => s.checkpoint_limit.unwrap().to_string(),
                     "poll_period" => format!("{:?}", s.poll_period.unwrap()),

@@ -13,7 +13,8 @@
 //!   `SHARD_END`, `TRIM_HORIZON`, `LATEST`, `AT_TIMESTAMP`),
 //!   `checkpointSubSequenceNumber` (the KPL sub-record: records up to and
 //!   including it are done), `leaseOwner`, `leaseCounter` (bumped by every
-//!   renewal: a live lease is one whose counter moves), `parentShardIds`.
+//!   renewal: a live lease is one whose counter moves); `parentShardIds`
+//!   is not read: parents come from ListShards (below).
 //!
 //! Rules encoded: a Bento `SequenceNumber` s becomes `After(s)`; a KCL
 //! checkpoint (s, sub) becomes `Within(s, sub)` (sub-records 0..=sub done,

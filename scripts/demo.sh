@@ -13,7 +13,9 @@
 # 5. midway: splits a shard, produces more, then stops worker B with
 #    kill -9 (a crash: no final checkpoint, no lease released) and measures
 #    how long until worker A holds all of B's shards;
-# 6. ends with a summary: records produced / delivered / duplicated (by the
+# 6. prints `kinesin status` of the fleet (each shard's owner, checkpoint,
+#    parent/child state; the split parent ended, its children held);
+# 7. ends with a summary: records produced / delivered / duplicated (by the
 #    unique id in each record), shards per worker, failover time, lease-table
 #    (DynamoDB) writes.
 #
@@ -162,6 +164,12 @@ sleep 3 # a last look for stragglers (duplicates arrive before this)
 LEASES_AFTER=$($K leases --lease-table "$TABLE")
 say "lease table after the failover:"
 echo "$LEASES_AFTER" >&2
+
+# The operator's view of the same fleet (read-only; a failure here is
+# reported, not fatal: the demo's outcome is the summary below).
+say "kinesin status --lease-table $TABLE --stream $STREAM:"
+$K status --lease-table "$TABLE" --stream "$STREAM" --sample 0 >&2 ||
+  say "warning: kinesin status failed (exit $?)"
 
 say "stopping worker-a with SIGTERM (final checkpoints, leases released)"
 kill "$PID_PROGRESS" 2>/dev/null || true

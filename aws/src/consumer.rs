@@ -851,6 +851,49 @@ mod tests {
         }
     }
 
+    /// Built without the `dynamodb` feature (`cargo test -p kinesin-aws
+    /// --no-default-features`), `lease_table` is refused before any call,
+    /// naming the feature and the alternative.
+    #[cfg(not(feature = "dynamodb"))]
+    #[test]
+    fn lease_table_without_the_dynamodb_feature_is_refused_naming_the_feature() {
+        use std::time::Instant;
+        /// Never used: `build` refuses before it starts a runtime.
+        #[derive(Debug, Default)]
+        struct Unused;
+        impl Runtime for Unused {
+            fn spawn(&self, _: crate::runtime::Task) {
+                unreachable!("nothing is spawned")
+            }
+            fn new_timer(&self, _: Instant) -> std::pin::Pin<Box<dyn crate::runtime::AsyncTimer>> {
+                unreachable!("no timer is made")
+            }
+            fn now(&self) -> Instant {
+                unreachable!("no clock is read")
+            }
+        }
+        let sdk = SdkConfig::builder().build();
+        let built = futures_lite::future::block_on(
+            Consumer::<Unused>::builder()
+                .stream("s")
+                .lease_table("orders-leases")
+                .build(&sdk),
+        );
+        match built {
+            Err(Error::Config(e)) => {
+                assert_eq!(e.field, "dynamodb.table");
+                assert!(
+                    e.reason.contains("built without its `dynamodb` feature"),
+                    "{}",
+                    e.reason
+                );
+                assert!(e.reason.contains(".local_store(dir)"), "{}", e.reason);
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a consumer was built without a lease store"),
+        }
+    }
+
     #[test]
     fn a_burst_of_deliveries_is_handed_out_one_at_a_time_in_order_then_the_stream_ends() {
         let (tx, rx) = async_channel::unbounded();

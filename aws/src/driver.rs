@@ -1014,6 +1014,7 @@ impl<R: Runtime> Driver<R> {
                     return;
                 };
                 facade::counter("kinesin_dead_letters_total").increment(1);
+                self.metrics.dead_letter(self.options.drop_dead_letters);
                 if self.options.drop_dead_letters {
                     facade::counter("kinesin_dead_letters_dropped_total").increment(1);
                     warn!(
@@ -1105,7 +1106,12 @@ impl<R: Runtime> Driver<R> {
                 None => warn!("{message}"),
             },
             Event::Health(health) => {
-                let message = health.message(self.runtime.now());
+                let now = self.runtime.now();
+                // `/healthz` and `Metrics::health` fail with it (and not
+                // only the batch stream, which an application may stop
+                // reading at its first error).
+                self.metrics.core_health(&health, now);
+                let message = health.message(now);
                 if health == kinesin_core::health::Health::Healthy {
                     info!("{message}");
                 } else {
@@ -1521,6 +1527,105 @@ mod tests {
         // Records 2..3 were skipped by the core (already delivered).
         assert_eq!(seqs(&c.take(3..5).expect("after a skip")), ["4", "5"]);
         assert_eq!(seqs(&c.take(5..9).expect("cut at the end")), ["6"]);
+    }
+
+    /// A runtime that runs nothing: the tests below call the driver's
+    /// event handling directly.
+    #[derive(Debug)]
+    struct Idle;
+
+    #[derive(Debug)]
+    struct Never;
+
+    impl crate::runtime::AsyncTimer for Never {
+        fn reset(self: std::pin::Pin<&mut Self>, _: Instant) {}
+        fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    impl Runtime for Idle {
+        fn spawn(&self, _: crate::runtime::Task) {}
+        fn new_timer(&self, _: Instant) -> std::pin::Pin<Box<dyn crate::runtime::AsyncTimer>> {
+            Box::pin(Never)
+        }
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+    }
+
+    /// A driver (not running) with a local store in a fresh directory.
+    fn idle_driver(test: &str) -> (Driver<Idle>, DriverHandle, std::path::PathBuf) {
+        use kinesin_core::config::{Config, Retrieval};
+        use kinesin_core::ids::Owner;
+        let dir = std::env::temp_dir().join(format!(
+            "kinesin-driver-{test}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let store = crate::local::LocalLeaseStore::open(&dir).expect("local store");
+        let config = Config::new(
+            vec![StreamId::new("arn:aws:kinesis:us-east-1:1:stream/s")],
+            Owner::new("w", 1),
+            Retrieval::polling(),
+        );
+        let worker = Worker::new(config, Instant::now(), 0).expect("valid config");
+        let sdk = aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_types::region::Region::new("us-east-1"))
+            .build();
+        let kinesis = Kinesis::new(aws_sdk_kinesis::Client::from_conf(sdk));
+        let (driver, handle) = Driver::new(
+            Arc::new(Idle),
+            worker,
+            kinesis,
+            Arc::new(store),
+            DriverOptions::default(),
+        );
+        (driver, handle, dir)
+    }
+
+    #[test]
+    fn a_non_transient_failure_of_the_core_fails_health_until_it_is_healthy_again() {
+        use crate::metrics::Health;
+        use kinesin_core::health::{Health as Core, Service};
+        use kinesin_core::io::ErrorClass;
+        let (mut driver, handle, dir) = idle_driver("health");
+        let since = Instant::now() - Duration::from_secs(75);
+        driver.handle_event(Event::Health(Core::Failing {
+            service: Service::Kinesis,
+            class: ErrorClass::AccessDenied,
+            since,
+        }));
+        match handle.metrics().health() {
+            Health::Failing(why) => {
+                assert!(why.contains("Kinesis"), "{why}");
+                assert!(why.contains("AccessDenied"), "{why}");
+                assert!(why.contains("credentials"), "{why}");
+                assert!(why.contains("for 75 s"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut text = String::new();
+        handle.metrics().render(&mut text);
+        assert!(text.contains("\nkinesin_healthy 0\n"), "{text}");
+        // The batch stream hears it too.
+        driver.flush_outbox();
+        match handle.deliveries().try_recv() {
+            Ok(Deliveries::One(Err(DriverError::Unhealthy(m)))) => {
+                assert!(m.contains("Kinesis"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        driver.handle_event(Event::Health(Core::Healthy));
+        assert!(
+            !matches!(handle.metrics().health(), Health::Failing(_)),
+            "{:?}",
+            handle.metrics().health()
+        );
+        drop(driver);
+        drop(handle);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //!
 //! Health rule (for `/healthz`): failing with a reason when the worker got
 //! a fatal event (e.g. superseded by a later incarnation of its id), when
-//! no lease-table read has succeeded for longer than the failover time (the
+//! the core reports it failing non-transiently (every call to Kinesis or
+//! DynamoDB refused for `unhealthy_after`: credentials, access, KMS; until
+//! the core reports it healthy again), when no lease-table read has succeeded for longer than the failover time (the
 //! root cause named first), or when it fenced itself and holds no lease
 //! since; otherwise ready once
 //! a lease-table read succeeded (the core takes what it may right after a
@@ -209,6 +211,8 @@ struct Counters {
     bytes_delivered: AtomicU64,
     records_acked: AtomicU64,
     redeliveries: AtomicU64,
+    dead_letters: AtomicU64,
+    dead_letters_dropped: AtomicU64,
     leases_gained: AtomicU64,
     leases_lost: [AtomicU64; 5],
     self_fences: AtomicU64,
@@ -237,6 +241,9 @@ struct State {
     table_error: Option<ErrorClass>,
     /// The message of a fatal event.
     fatal: Option<String>,
+    /// The core's last health report when failing (its `since` moved to
+    /// this registry's clock).
+    failing: Option<kinesin_core::health::Health>,
     self_fenced: bool,
     /// Last successful heartbeat write.
     heartbeat_ok: Option<Instant>,
@@ -336,6 +343,53 @@ impl Metrics {
     /// A fatal event: the worker stops.
     pub fn fatal(&self, message: &str) {
         self.state().fatal = Some(message.to_owned());
+    }
+
+    /// The core's health changed ([`kinesin_core::io::Event::Health`]),
+    /// `now` read on the clock of the instants inside it (the driver's
+    /// runtime): while failing, [`Metrics::health`] is failing with its
+    /// message.
+    pub fn core_health(&self, health: &kinesin_core::health::Health, now: Instant) {
+        use kinesin_core::health::Health as Core;
+        let failing = match health {
+            Core::Healthy => None,
+            Core::Failing {
+                service,
+                class,
+                since,
+            } => {
+                // Rebased on this registry's clock (`Instant::now`), which
+                // may not be the runtime's.
+                let spell = now.saturating_duration_since(*since);
+                let here = Instant::now();
+                Some(Core::Failing {
+                    service: *service,
+                    class: *class,
+                    since: here.checked_sub(spell).unwrap_or(here),
+                })
+            }
+        };
+        self.state().failing = failing;
+    }
+
+    /// A batch nacked `max_deliveries` times became a dead letter:
+    /// `dropped` when it was dropped (`auto_replay_nacks(false)`) instead
+    /// of offered to the dead-letter handler.
+    pub fn dead_letter(&self, dropped: bool) {
+        self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+        if dropped {
+            self.counters
+                .dead_letters_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Dead letters so far: (all, of those dropped).
+    pub fn dead_letters(&self) -> (u64, u64) {
+        (
+            self.counters.dead_letters.load(Ordering::Relaxed),
+            self.counters.dead_letters_dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// The handle of a held shard.
@@ -532,6 +586,9 @@ impl Metrics {
         if let Some(m) = &st.fatal {
             return Health::Failing(format!("stopped: {m}"));
         }
+        if let Some(failing) = &st.failing {
+            return Health::Failing(failing.message(now));
+        }
         let since = st.table_ok.or(st.started).unwrap_or(now);
         let unreachable = now.saturating_duration_since(since);
         if unreachable > self.failover {
@@ -623,7 +680,7 @@ impl Metrics {
                 );
             }
         }
-        let simple: [(&str, &str, &str, u64); 11] = [
+        let simple: [(&str, &str, &str, u64); 13] = [
             (
                 "kinesin_leases_held",
                 "gauge",
@@ -671,6 +728,18 @@ impl Metrics {
                 "counter",
                 "Batches delivered again after a nack.",
                 get(&c.redeliveries),
+            ),
+            (
+                "kinesin_dead_letters_total",
+                "counter",
+                "Batches nacked max_deliveries times: offered to the dead-letter handler, or dropped.",
+                get(&c.dead_letters),
+            ),
+            (
+                "kinesin_dead_letters_dropped_total",
+                "counter",
+                "Dead letters dropped (auto_replay_nacks false): their records are not delivered again.",
+                get(&c.dead_letters_dropped),
             ),
             (
                 "kinesin_subscriptions_started_total",

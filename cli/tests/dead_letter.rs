@@ -284,3 +284,128 @@ fn a_dead_letter_goes_to_a_kinesis_stream_with_its_attempts() {
     let _ = std::fs::remove_dir_all(&store);
     let _ = std::fs::remove_dir_all(&dlq_store);
 }
+
+/// GET `path` on 127.0.0.1:`port`: (status code, body), or None if nothing
+/// answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// The value of the unlabelled sample `name` in a scrape.
+fn sample(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Bento's `auto_replay_nacks: false`: the batch its command fails on is
+/// dropped (never delivered again) and counted on `/metrics` (kinesin's own
+/// registry, the one the CLI serves), not only on the `metrics` facade.
+#[test]
+fn auto_replay_nacks_false_drops_the_failed_batch_and_counts_it_on_metrics() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    emulator_env();
+    let stream = unique("kt-drop");
+    let table = format!("{stream}-leases");
+    let run = produce(&stream, "1", "10");
+    let poison_id = format!("{run}-3");
+    let poison = b64(&payload(&run, 3, 64));
+    let out = temp("drop-out.jsonl");
+    let runs = temp("drop-runs.txt");
+    let config = temp("drop-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "streams: [ {stream} ]\ndynamodb:\n  table: {table}\n  create: true\nbatching:\n  \
+             count: 1\nauto_replay_nacks: false\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kinesin"))
+        .args([
+            "consume",
+            "--config",
+            config.to_str().unwrap(),
+            "--worker-id",
+            "drop-test",
+            "--exec",
+            &exec_line(&out, &runs, &poison),
+            "--metrics-addr",
+            &addr,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting kinesin consume");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let scraped = http_get(port, "/metrics").map(|(_, b)| b);
+        let done = scraped.as_deref().is_some_and(|b| {
+            sample(b, "kinesin_dead_letters_dropped_total").is_some_and(|n| n >= 1)
+                && ids_of(&read(&out)).len() >= 9
+        });
+        if done {
+            // Time for a wrong redelivery (or a second drop) to show.
+            std::thread::sleep(Duration::from_secs(2));
+            break http_get(port, "/metrics").expect("scrape").1;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "no dropped dead letter counted within 60 s; delivered {:?}; last scrape:\n{}",
+                ids_of(&read(&out)),
+                scraped.unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "kinesin consume: {status}");
+    assert_eq!(
+        sample(&body, "kinesin_dead_letters_dropped_total"),
+        Some(1),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "kinesin_dead_letters_total"),
+        Some(1),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "kinesin_redeliveries_total"),
+        Some(0),
+        "{body}"
+    );
+    let delivered: BTreeSet<String> = ids_of(&read(&out)).into_iter().map(|(id, _)| id).collect();
+    let want: BTreeSet<String> = (0..10)
+        .filter(|n| *n != 3)
+        .map(|n| format!("{run}-{n}"))
+        .collect();
+    assert_eq!(delivered, want, "every record but the dropped one");
+    // The poison was run once: dropped, not delivered again.
+    assert_eq!(read(&runs).lines().count(), 10, "one run per record");
+    assert!(!delivered.contains(&poison_id));
+    for p in [&out, &runs, &config] {
+        let _ = std::fs::remove_file(p);
+    }
+}

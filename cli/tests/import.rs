@@ -333,6 +333,106 @@ fn a_bento_checkpoint_table_is_imported_and_consume_resumes_right_after_each_che
     assert_eq!(by_shard(&got), truth, "in order per shard");
 }
 
+/// `consume` on the lease table until idle, with `extra` flags.
+fn consume_with(stream: &str, table: &str, extra: &[&str]) -> Vec<Rec> {
+    let mut args = vec![
+        "consume",
+        "--stream",
+        stream,
+        "--lease-table",
+        table,
+        "--exit-when-idle",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let o = kinesin(&args);
+    assert!(o.status.success(), "consume {extra:?}: {}", stderr(&o));
+    records(&stdout(&o))
+}
+
+/// `leases rewind --to TIMESTAMP`: `--dry-run` prints what it would do and
+/// writes nothing; then the rewind makes `consume --start latest` print
+/// exactly the records that arrived after the timestamp, none before.
+#[test]
+fn rewind_to_a_timestamp_resumes_at_it_and_its_dry_run_writes_nothing() {
+    emulator_env();
+    let stream = unique("kt-rewind-ts");
+    let table = format!("{stream}-leases");
+    let o = kinesin(&[
+        "produce", "--stream", &stream, "--create", "--shards", "2", "--count", "20", "--keys", "8",
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+    let before_t = consume_with(&stream, &table, &["--create-table", "--start", "oldest"]);
+    assert_eq!(before_t.len(), 20, "the first 20 records");
+
+    // The timestamp, well clear of both batches' arrival times.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = kinesin(&[
+        "produce", "--stream", &stream, "--count", "10", "--keys", "8",
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+    let mut after_t = consume_with(&stream, &table, &[]);
+    assert_eq!(after_t.len(), 10, "the 10 records after the timestamp");
+    after_t.sort();
+
+    let table_now = || {
+        let o = kinesin(&["leases", "--lease-table", &table]);
+        assert!(o.status.success(), "leases: {}", stderr(&o));
+        stdout(&o)
+    };
+    let rows = table_now();
+    let rewind = |extra: &[&str]| {
+        let mut args = vec![
+            "leases",
+            "rewind",
+            "--lease-table",
+            &table,
+            "--stream",
+            &stream,
+            "--to",
+            &t,
+        ];
+        args.extend_from_slice(extra);
+        let o = kinesin(&args);
+        assert!(o.status.success(), "rewind {extra:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+
+    // Dry run: one line per shard saying what it would do; nothing written.
+    let out = rewind(&["--dry-run"]);
+    assert_eq!(
+        out.matches("would rewind to").count(),
+        2,
+        "one line per shard: {out}"
+    );
+    assert!(out.contains("ms since the epoch"), "{out}");
+    assert!(!out.contains("rewound"), "{out}");
+    assert_eq!(table_now(), rows, "a dry run writes nothing");
+    assert!(
+        consume_with(&stream, &table, &["--start", "latest"]).is_empty(),
+        "after a dry run the checkpoints are where they were"
+    );
+
+    // The rewind: exactly the records after the timestamp, again.
+    let out = rewind(&[]);
+    assert_eq!(out.matches("rewound to").count(), 2, "{out}");
+    assert!(
+        out.contains("--start latest"),
+        "prints the consume flag: {out}"
+    );
+    assert_ne!(table_now(), rows, "the rows were replaced");
+    let mut again = consume_with(&stream, &table, &["--start", "latest"]);
+    again.sort();
+    assert_eq!(
+        again, after_t,
+        "rewound to the timestamp: the records after it, none before"
+    );
+}
+
 #[test]
 fn a_kcl_lease_table_is_imported_with_sub_sequences_and_live_leases_are_refused() {
     emulator_env();

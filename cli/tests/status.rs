@@ -3,7 +3,9 @@
 //! two `kinesin consume` workers share a lease table; `status --json` must
 //! show every shard of the stream with its owner (one of the two workers),
 //! its checkpoint and its lag, and every worker with its heartbeat age and
-//! the leases it owns; the text view shows the same owners.
+//! the leases it owns; the text view shows the same owners. Then a shard is
+//! split (as the demo does): the parent shows as ended (`SHARD_END`) with
+//! its children, and each child owned by a worker with a checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -211,5 +213,130 @@ fn status_json_shows_every_shards_owner_and_checkpoint_of_a_running_fleet() {
             .find(|l| l.contains(shard.as_str()))
             .unwrap_or_else(|| panic!("no line for {shard}:\n{text}"));
         assert!(workers.iter().any(|w| line.contains(w.as_str())), "{line}");
+    }
+
+    // Split a shard, as the demo does, and produce records on every child
+    // (64 keys: each child's half of the hash range gets some).
+    let parent = "shardId-000000000000";
+    let o = kinesin(&["admin", "split", "--stream", &stream, "--shard", parent]);
+    assert!(o.status.success(), "admin split: {}", stderr(&o));
+    let children: BTreeSet<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(children.len(), 2, "two children: {children:?}");
+    let o = kinesin(&[
+        "produce", "--stream", &stream, "--count", "90", "--keys", "64",
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+
+    // The parent is read to its end: its row is checkpointed SHARD_END,
+    // and it names its children. (Once every child has a checkpoint, a
+    // worker deletes that row, so it is watched for from the split on.)
+    let by_shard = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        v["streams"][0]["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["shard"].as_str().unwrap().to_owned(), s.clone()))
+            .collect()
+    };
+    let names = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (ended, text) = loop {
+        if let Some(v) = status_json(&table, &stream, &["--sample", "0", "--no-lag"]) {
+            let p = by_shard(&v).remove(parent);
+            if let Some(p) = p.filter(|p| p["checkpoint"] == "SHARD_END") {
+                // The text view of the same moment.
+                let o = kinesin(&[
+                    "status",
+                    "--lease-table",
+                    &table,
+                    "--stream",
+                    &stream,
+                    "--sample",
+                    "0",
+                    "--no-lag",
+                ]);
+                assert!(o.status.success(), "status: {}", stderr(&o));
+                break (p, String::from_utf8_lossy(&o.stdout).into_owned());
+            }
+            assert!(
+                by_shard(&v)
+                    .get(parent)
+                    .is_some_and(|p| p["has_lease"] == true),
+                "the parent's row went before it was seen ended: {v:#}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the parent never showed SHARD_END"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(ended["state"], "ended", "{ended}");
+    assert_eq!(ended["closed"], true, "{ended}");
+    assert_eq!(
+        names(&ended["children"]),
+        children,
+        "the parent names its children: {ended}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains(parent))
+        .unwrap_or_else(|| panic!("no line for {parent}:\n{text}"));
+    // Unless the row was collected between the two reads.
+    assert!(
+        (line.contains("SHARD_END") && line.contains("ended")) || line.contains("no lease"),
+        "{line}"
+    );
+
+    // Each child held by one of the two workers and checkpointed; the
+    // parent still ended, or its row collected (then `no lease`, closed,
+    // still naming its children).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        if let Some(v) = status_json(&table, &stream, &["--sample", "0", "--no-lag"]) {
+            let sh = shards(&v);
+            let children_held = children.iter().all(|c| {
+                sh.get(c).is_some_and(|(o, cp)| {
+                    o.as_ref().is_some_and(|o| workers.contains(o))
+                        && cp.as_ref().is_some_and(|cp| cp != "SHARD_END")
+                })
+            });
+            if sh.len() == 5 && children_held {
+                break v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the children were never held and checkpointed: {v:#}"
+            );
+        }
+        assert!(Instant::now() < deadline, "status kept failing");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let all = by_shard(&v);
+    let p = &all[parent];
+    assert_eq!(p["closed"], true, "{p}");
+    assert_eq!(names(&p["children"]), children, "{p}");
+    let state = p["state"].as_str().unwrap();
+    if p["has_lease"] == true {
+        assert_eq!(p["checkpoint"], "SHARD_END", "{p}");
+        assert_eq!(state, "ended", "{p}");
+    } else {
+        assert!(state.starts_with("no lease"), "{p}");
+    }
+    for c in &children {
+        let s = &all[c.as_str()];
+        assert_eq!(s["parents"], serde_json::json!([parent]), "{s}");
+        assert!(s["state"].as_str().unwrap().starts_with("held"), "{s}");
+        assert!(s["token"].as_u64().unwrap() >= 1, "{s}");
+        assert_eq!(s["in_stream"], true, "{s}");
     }
 }

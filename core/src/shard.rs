@@ -196,7 +196,13 @@ impl ReadSize {
         let (mut most_records, mut most_bytes) = (0u64, 0u64);
         let (mut records, mut bytes) = (0u64, 0u64);
         for (i, r) in data.records.iter().enumerate() {
-            if i > 0 && data.records[i - 1].ext.seq != r.ext.seq {
+            // A new Kinesis record starts after the last user record kept
+            // from the previous one (`last_sub`: every plain record, so the
+            // sequence numbers are compared only inside KPL aggregates).
+            if i > 0 && {
+                let prev = &data.records[i - 1];
+                prev.last_sub || prev.ext.seq != r.ext.seq
+            } {
                 (records, bytes) = (0, 0);
             }
             records += 1;
@@ -1008,7 +1014,10 @@ impl ShardReader {
     /// open subscription (an event only for its outstanding Pull), Iterator
     /// and Records of its operation in flight. Returns false for any other
     /// input (nothing changes; the worker frees a stale chunk).
-    pub(crate) fn handle_input(&mut self, now: Instant, input: &Input) -> bool {
+    /// A consumed input's chunk is taken out of it (`std::mem::take`) and
+    /// moved into the reader's [`ReaderEvent::Chunk`]; an input the reader
+    /// does not take is left as it was (the worker frees its chunk).
+    pub(crate) fn handle_input(&mut self, now: Instant, input: &mut Input) -> bool {
         if self.phase != Phase::Reading {
             return false;
         }
@@ -1025,7 +1034,7 @@ impl ShardReader {
                 },
             ) if s == sub && *pull == Some(*chunk) => {
                 let sub = *sub;
-                self.on_efo_event(now, sub, *chunk, data);
+                self.on_efo_event(now, sub, *chunk, std::mem::take(data));
                 true
             }
             (
@@ -1085,7 +1094,10 @@ impl ShardReader {
             ) if o == op => {
                 let (chunk, iterator) = (*chunk, iterator.clone());
                 match result {
-                    Ok((data, next)) => self.on_records(now, chunk, data, next.as_ref()),
+                    Ok((data, next)) => {
+                        let next = next.take();
+                        self.on_records(now, chunk, std::mem::take(data), next.as_ref())
+                    }
                     Err(ErrorClass::ExpiredIterator) => self.poll_need_iterator(now, now),
                     Err(class) => {
                         if let Some(retry) = self.retry_after(now, *class, false) {
@@ -1181,9 +1193,9 @@ impl ShardReader {
         self.set_wake(now, due, reason);
     }
 
-    fn on_efo_event(&mut self, now: Instant, sub: SubId, chunk: ChunkId, data: &Chunk) {
+    fn on_efo_event(&mut self, now: Instant, sub: SubId, chunk: ChunkId, data: Chunk) {
         self.backoff.reset();
-        self.size.observe(data);
+        self.size.observe(&data);
         self.idle_at = None;
         // The end only on evidence: a null continuation, ChildShards, or (a
         // closed shard, for services that send neither) an event that
@@ -1215,13 +1227,17 @@ impl ShardReader {
                 .as_ref()
                 .map(|c| Self::resume_after(&self.position, c)),
         });
-        self.events.push_back(ReaderEvent::Chunk {
-            chunk,
-            data: data.clone(),
-        });
+        let children = if end {
+            data.child_shards.clone()
+        } else {
+            Vec::new()
+        };
+        // Moved, not cloned: the worker's input gave its chunk up to the
+        // reader (`handle_input` takes it out of the input).
+        self.events.push_back(ReaderEvent::Chunk { chunk, data });
         if end {
             self.out.push_back(Action::Cancel { sub });
-            self.end(data.child_shards.clone());
+            self.end(children);
             return;
         }
         if let State::Efo {
@@ -1260,11 +1276,11 @@ impl ShardReader {
         &mut self,
         now: Instant,
         chunk: ChunkId,
-        data: &Chunk,
+        data: Chunk,
         next: Option<&ShardIterator>,
     ) {
         self.backoff.reset();
-        self.size.observe(data);
+        self.size.observe(&data);
         let after = data.records.last().map(|r| {
             if r.last_sub {
                 StartPosition::AfterSequence(r.ext.seq.clone())
@@ -1273,17 +1289,19 @@ impl ShardReader {
             }
         });
         self.awaiting = Some(Awaiting { chunk, next: after });
-        self.events.push_back(ReaderEvent::Chunk {
-            chunk,
-            data: data.clone(),
-        });
-        match next {
-            Some(iterator) if data.child_shards.is_empty() => {
-                let idle = data.records.is_empty() && data.millis_behind == 0;
+        let idle = data.records.is_empty() && data.millis_behind == 0;
+        let children = match next {
+            Some(_) if data.child_shards.is_empty() => None,
+            _ => Some(data.child_shards.clone()),
+        };
+        // Moved, not cloned (see `on_efo_event`).
+        self.events.push_back(ReaderEvent::Chunk { chunk, data });
+        match (next, children) {
+            (Some(iterator), None) => {
                 let due = self.next_get_due(now, idle);
                 self.poll_ready(now, iterator.clone(), due);
             }
-            _ => self.end(data.child_shards.clone()),
+            (_, children) => self.end(children.unwrap_or_default()),
         }
     }
 
@@ -1526,13 +1544,13 @@ mod tests {
         ) -> Vec<ReaderEvent> {
             assert!(self
                 .r
-                .handle_input(now, &Input::SubscriptionEvent { sub, chunk, data }));
+                .handle_input(now, &mut Input::SubscriptionEvent { sub, chunk, data }));
             self.events()
         }
         fn sub_error(&mut self, now: Instant, sub: SubId, class: ErrorClass) {
             assert!(self
                 .r
-                .handle_input(now, &Input::SubscriptionError { sub, class }));
+                .handle_input(now, &mut Input::SubscriptionError { sub, class }));
         }
         /// Polling: expect one GetShardIterator from `position` and answer it.
         fn iterator(&mut self, now: Instant, position: StartPosition, it: &str) {
@@ -1550,7 +1568,7 @@ mod tests {
                 }]
             );
             let result = Ok(ShardIterator(it.into()));
-            assert!(self.r.handle_input(now, &Input::Iterator { op, result }));
+            assert!(self.r.handle_input(now, &mut Input::Iterator { op, result }));
         }
         /// Polling: grant and return (op, chunk, action).
         fn get_records(&mut self, now: Instant, limit: u32) -> (OpId, ChunkId, Action) {
@@ -1568,7 +1586,7 @@ mod tests {
             next: Option<&str>,
         ) -> Vec<ReaderEvent> {
             let result = Ok((data, next.map(|n| ShardIterator(n.into()))));
-            assert!(self.r.handle_input(now, &Input::Records { op, result }));
+            assert!(self.r.handle_input(now, &mut Input::Records { op, result }));
             self.events()
         }
     }
@@ -1655,18 +1673,18 @@ mod tests {
         );
         let c2 = h.pull(t0 + secs(1), sub);
         let end = t0 + secs(300);
-        assert!(h.r.handle_input(end, &Input::SubscriptionEnded { sub }));
+        assert!(h.r.handle_input(end, &mut Input::SubscriptionEnded { sub }));
         assert!(!h.r.holds_credit());
         let sub2 = h.subscribed(end, StartPosition::AfterSequence(seq("25")));
         assert_ne!(sub, sub2);
         assert_eq!(h.r.subscribe_calls(), 2);
         // The old subscription's Pull is answered with nothing: not ours.
-        let stale = Input::SubscriptionEvent {
+        let mut stale = Input::SubscriptionEvent {
             sub,
             chunk: c2,
             data: Chunk::default(),
         };
-        assert!(!h.r.handle_input(end, &stale));
+        assert!(!h.r.handle_input(end, &mut stale));
     }
 
     #[test]
@@ -1714,7 +1732,7 @@ mod tests {
         assert!(!h.r.wants_credit(t0 + secs(1)), "a chunk awaits admission");
         assert!(h
             .r
-            .handle_input(t0 + secs(2), &Input::SubscriptionEnded { sub }));
+            .handle_input(t0 + secs(2), &mut Input::SubscriptionEnded { sub }));
         assert_eq!(h.actions(t0 + secs(3)), vec![]);
         assert_eq!(h.r.poll_timeout(), None);
         h.r.admitted(ChunkId::from_raw(999)); // not ours: ignored
@@ -1742,7 +1760,7 @@ mod tests {
         assert_eq!(h.r.state_name(), "failed");
         assert!(!h
             .r
-            .handle_input(t0 + secs(1), &Input::SubscriptionEnded { sub }));
+            .handle_input(t0 + secs(1), &mut Input::SubscriptionEnded { sub }));
         assert_eq!(h.r.stop(), None);
     }
 
@@ -1913,7 +1931,7 @@ mod tests {
         );
         assert_eq!(h.r.subscribe_calls(), 2);
         // The cancelled subscription's inputs are not ours.
-        assert!(!h.r.handle_input(later, &Input::SubscriptionEnded { sub }));
+        assert!(!h.r.handle_input(later, &mut Input::SubscriptionEnded { sub }));
         let ev = h.event(
             later + secs(1),
             sub2,
@@ -1964,7 +1982,7 @@ mod tests {
         assert_eq!(h.r.poll_timeout(), None);
         assert!(!h
             .r
-            .handle_input(t0 + secs(2), &Input::SubscriptionEnded { sub }));
+            .handle_input(t0 + secs(2), &mut Input::SubscriptionEnded { sub }));
         h.r.admitted(c);
         assert_eq!(h.r.stop(), None);
     }
@@ -2194,7 +2212,7 @@ mod tests {
             })
         );
         let result = Ok(ShardIterator("it".into()));
-        assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+        assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
         assert_eq!(h.r.awaits(), None, "holding an iterator");
         let (op, chunk, _) = h.get_records(t0, 10);
         assert_eq!(
@@ -2217,12 +2235,12 @@ mod tests {
         assert_eq!(h.r.stop(), Some(Action::Cancel { sub }));
         assert_eq!(h.r.stop(), None);
         assert!(!h.r.holds_credit());
-        let ev = Input::SubscriptionEvent {
+        let mut ev = Input::SubscriptionEvent {
             sub,
             chunk: c,
             data: chunk(vec![], Some("1")),
         };
-        assert!(!h.r.handle_input(t0, &ev));
+        assert!(!h.r.handle_input(t0, &mut ev));
         assert_eq!(h.events(), vec![]);
         assert_eq!(h.actions(t0 + secs(10)), vec![]);
         assert_eq!(h.r.poll_timeout(), None);
@@ -2237,19 +2255,19 @@ mod tests {
         let other = SubId::from_raw(999);
         let data = chunk(vec![], Some("1"));
         // No Pull outstanding: an event is unsolicited.
-        let unsolicited = Input::SubscriptionEvent {
+        let mut unsolicited = Input::SubscriptionEvent {
             sub,
             chunk: ChunkId::from_raw(5),
             data: data.clone(),
         };
-        assert!(!h.r.handle_input(t0, &unsolicited));
+        assert!(!h.r.handle_input(t0, &mut unsolicited));
         let c = h.pull(t0, sub);
-        let wrong_chunk = Input::SubscriptionEvent {
+        let mut wrong_chunk = Input::SubscriptionEvent {
             sub,
             chunk: ChunkId::from_raw(998),
             data: data.clone(),
         };
-        assert!(!h.r.handle_input(t0, &wrong_chunk));
+        assert!(!h.r.handle_input(t0, &mut wrong_chunk));
         let foreign = [
             Input::SubscriptionEvent {
                 sub: other,
@@ -2270,8 +2288,8 @@ mod tests {
                 result: Err(ErrorClass::Transient),
             },
         ];
-        for input in &foreign {
-            assert!(!h.r.handle_input(t0, input), "{input:?}");
+        for mut input in foreign {
+            assert!(!h.r.handle_input(t0, &mut input), "{input:?}");
         }
         assert_eq!(h.events(), vec![]);
         assert!(h.r.holds_credit());
@@ -2381,7 +2399,7 @@ mod tests {
         let later = t0 + secs(400);
         let (op, _, _) = h.get_records(later, 50);
         let result = Err(ErrorClass::ExpiredIterator);
-        assert!(h.r.handle_input(later, &Input::Records { op, result }));
+        assert!(h.r.handle_input(later, &mut Input::Records { op, result }));
         assert_eq!(h.events(), vec![]);
         h.iterator(later, StartPosition::AfterSequence(seq("11")), "it-3");
         let (_, _, a) = h.get_records(later + ms(200), 50);
@@ -2476,7 +2494,7 @@ mod tests {
                 matches!(a, Action::GetRecords { iterator: ShardIterator(ref i), .. } if i == "it-1")
             );
             let result = Err(ErrorClass::Throttled);
-            assert!(h.r.handle_input(now, &Input::Records { op, result }));
+            assert!(h.r.handle_input(now, &mut Input::Records { op, result }));
             let due = (now + *delay).max(now + ms(200));
             assert_eq!(h.r.poll_timeout(), Some((due, "get records")));
             assert!(!h.r.wants_credit(due - Duration::from_nanos(1)));
@@ -2494,7 +2512,7 @@ mod tests {
             panic!("{acts:?}");
         };
         let result = Err(ErrorClass::Transient);
-        assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+        assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
         let due = t0 + delays(1)[0];
         assert_eq!(h.r.poll_timeout(), Some((due, "get shard iterator")));
         assert_eq!(h.actions(due - ms(1)), vec![]);
@@ -2512,7 +2530,7 @@ mod tests {
                 panic!("{acts:?}");
             };
             let result = Err(ErrorClass::InvalidArgument);
-            assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+            assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
             let ev = h.events();
             if expect_fail {
                 assert_eq!(
@@ -2536,7 +2554,7 @@ mod tests {
         h.iterator(t0, StartPosition::TrimHorizon, "it-1");
         let (op, _, _) = h.get_records(t0, 50);
         let result = Err(ErrorClass::ResourceNotFound);
-        assert!(h.r.handle_input(t0, &Input::Records { op, result }));
+        assert!(h.r.handle_input(t0, &mut Input::Records { op, result }));
         assert_eq!(
             h.events(),
             vec![ReaderEvent::Failed {
@@ -2545,7 +2563,7 @@ mod tests {
         );
         let result = Ok((Chunk::default(), None));
         assert!(
-            !h.r.handle_input(t0, &Input::Records { op, result }),
+            !h.r.handle_input(t0, &mut Input::Records { op, result }),
             "after failure"
         );
     }
@@ -2561,7 +2579,7 @@ mod tests {
             chunk(vec![rec("1", 0, true)], None),
             Some(ShardIterator("x".into())),
         ));
-        assert!(!h.r.handle_input(t0, &Input::Records { op, result }));
+        assert!(!h.r.handle_input(t0, &mut Input::Records { op, result }));
         assert_eq!(h.events(), vec![]);
     }
 
@@ -2578,17 +2596,17 @@ mod tests {
         };
         let other = OpId::from_raw(op.raw() + 1000);
         let result = Ok(ShardIterator("stale".into()));
-        assert!(!h.r.handle_input(t0, &Input::Iterator { op: other, result }));
+        assert!(!h.r.handle_input(t0, &mut Input::Iterator { op: other, result }));
         assert_eq!(h.grant(t0, 50), None, "no iterator yet");
         let result = Ok(ShardIterator("it-1".into()));
-        assert!(h.r.handle_input(t0, &Input::Iterator { op: *op, result }));
+        assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
         let (op, _, _) = h.get_records(t0, 50);
         let other = OpId::from_raw(op.raw() + 1000);
         let result = Ok((
             chunk(vec![rec("1", 0, true)], None),
             Some(ShardIterator("x".into())),
         ));
-        assert!(!h.r.handle_input(t0, &Input::Records { op: other, result }));
+        assert!(!h.r.handle_input(t0, &mut Input::Records { op: other, result }));
         assert_eq!(h.events(), vec![]);
         let events = h.records(t0, op, chunk(vec![rec("1", 0, true)], None), Some("it-2"));
         assert!(!events.is_empty());

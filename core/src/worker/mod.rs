@@ -488,7 +488,7 @@ impl Worker {
     /// Feed an answer or a stream event. Inputs with ids the worker does not
     /// know (stale, duplicated) are ignored; their chunks are freed with
     /// [`Event::ChunkDone`].
-    pub fn handle_input(&mut self, now: Instant, input: Input) {
+    pub fn handle_input(&mut self, now: Instant, mut input: Input) {
         self.set_now(now);
         if self.done {
             self.free_stale_chunk(&input);
@@ -511,7 +511,7 @@ impl Worker {
             | Input::SubscriptionError { sub, .. } => {
                 let consumed = match self.reader_subs.get(sub) {
                     Some(shard) => {
-                        Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &input)
+                        Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &mut input)
                     }
                     None => false,
                 };
@@ -527,7 +527,7 @@ impl Worker {
                 }
                 let consumed = match &routed {
                     Some((shard, _)) => {
-                        Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &input)
+                        Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &mut input)
                     }
                     None => false,
                 };

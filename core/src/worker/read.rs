@@ -79,7 +79,7 @@ impl Worker {
         dirty: &mut Vec<StateSlot>,
         now: Instant,
         shard: &ShardRef,
-        input: &Input,
+        input: &mut Input,
     ) -> bool {
         let Some(slot) = shards.slot_of(shard) else {
             return false;

@@ -1568,7 +1568,9 @@ mod tests {
                 }]
             );
             let result = Ok(ShardIterator(it.into()));
-            assert!(self.r.handle_input(now, &mut Input::Iterator { op, result }));
+            assert!(self
+                .r
+                .handle_input(now, &mut Input::Iterator { op, result }));
         }
         /// Polling: grant and return (op, chunk, action).
         fn get_records(&mut self, now: Instant, limit: u32) -> (OpId, ChunkId, Action) {
@@ -1931,7 +1933,9 @@ mod tests {
         );
         assert_eq!(h.r.subscribe_calls(), 2);
         // The cancelled subscription's inputs are not ours.
-        assert!(!h.r.handle_input(later, &mut Input::SubscriptionEnded { sub }));
+        assert!(!h
+            .r
+            .handle_input(later, &mut Input::SubscriptionEnded { sub }));
         let ev = h.event(
             later + secs(1),
             sub2,
@@ -2212,7 +2216,9 @@ mod tests {
             })
         );
         let result = Ok(ShardIterator("it".into()));
-        assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
+        assert!(h
+            .r
+            .handle_input(t0, &mut Input::Iterator { op: *op, result }));
         assert_eq!(h.r.awaits(), None, "holding an iterator");
         let (op, chunk, _) = h.get_records(t0, 10);
         assert_eq!(
@@ -2512,7 +2518,9 @@ mod tests {
             panic!("{acts:?}");
         };
         let result = Err(ErrorClass::Transient);
-        assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
+        assert!(h
+            .r
+            .handle_input(t0, &mut Input::Iterator { op: *op, result }));
         let due = t0 + delays(1)[0];
         assert_eq!(h.r.poll_timeout(), Some((due, "get shard iterator")));
         assert_eq!(h.actions(due - ms(1)), vec![]);
@@ -2530,7 +2538,9 @@ mod tests {
                 panic!("{acts:?}");
             };
             let result = Err(ErrorClass::InvalidArgument);
-            assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
+            assert!(h
+                .r
+                .handle_input(t0, &mut Input::Iterator { op: *op, result }));
             let ev = h.events();
             if expect_fail {
                 assert_eq!(
@@ -2596,17 +2606,23 @@ mod tests {
         };
         let other = OpId::from_raw(op.raw() + 1000);
         let result = Ok(ShardIterator("stale".into()));
-        assert!(!h.r.handle_input(t0, &mut Input::Iterator { op: other, result }));
+        assert!(!h
+            .r
+            .handle_input(t0, &mut Input::Iterator { op: other, result }));
         assert_eq!(h.grant(t0, 50), None, "no iterator yet");
         let result = Ok(ShardIterator("it-1".into()));
-        assert!(h.r.handle_input(t0, &mut Input::Iterator { op: *op, result }));
+        assert!(h
+            .r
+            .handle_input(t0, &mut Input::Iterator { op: *op, result }));
         let (op, _, _) = h.get_records(t0, 50);
         let other = OpId::from_raw(op.raw() + 1000);
         let result = Ok((
             chunk(vec![rec("1", 0, true)], None),
             Some(ShardIterator("x".into())),
         ));
-        assert!(!h.r.handle_input(t0, &mut Input::Records { op: other, result }));
+        assert!(!h
+            .r
+            .handle_input(t0, &mut Input::Records { op: other, result }));
         assert_eq!(h.events(), vec![]);
         let events = h.records(t0, op, chunk(vec![rec("1", 0, true)], None), Some("it-2"));
         assert!(!events.is_empty());

@@ -421,7 +421,9 @@ pub fn expand(
             .and_then(|t| t.to_millis().ok())
             .and_then(|ms| u64::try_from(ms).ok())
             .unwrap_or(0);
-        let data = Bytes::from(r.data.into_inner());
+        // The SDK's blob is a `Bytes` already: taken as is (`into_inner`
+        // made a `Vec` of it, copying, and `Bytes::from` a second header).
+        let data = r.data.into_bytes();
         let pk = r.partition_key.unwrap_or_default();
         if !data.starts_with(&kpl::MAGIC) {
             // Not a KPL aggregate (what `kpl::expand` finds without the

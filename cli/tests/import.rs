@@ -171,17 +171,7 @@ fn n(v: u64) -> AttributeValue {
 
 /// Consume from the lease table until idle; the records printed.
 fn consume_rest(stream: &str, table: &str) -> Vec<Rec> {
-    let o = kinesin(&[
-        "consume",
-        "--stream",
-        stream,
-        "--lease-table",
-        table,
-        "--exit-when-idle",
-        "3",
-    ]);
-    assert!(o.status.success(), "consume: {}", stderr(&o));
-    records(&stdout(&o))
+    consume_with(stream, table, &[])
 }
 
 #[test]

@@ -857,24 +857,10 @@ mod tests {
     #[cfg(not(feature = "dynamodb"))]
     #[test]
     fn lease_table_without_the_dynamodb_feature_is_refused_naming_the_feature() {
-        use std::time::Instant;
-        /// Never used: `build` refuses before it starts a runtime.
-        #[derive(Debug, Default)]
-        struct Unused;
-        impl Runtime for Unused {
-            fn spawn(&self, _: crate::runtime::Task) {
-                unreachable!("nothing is spawned")
-            }
-            fn new_timer(&self, _: Instant) -> std::pin::Pin<Box<dyn crate::runtime::AsyncTimer>> {
-                unreachable!("no timer is made")
-            }
-            fn now(&self) -> Instant {
-                unreachable!("no clock is read")
-            }
-        }
+        // `build` refuses before it starts the runtime.
         let sdk = SdkConfig::builder().build();
         let built = futures_lite::future::block_on(
-            Consumer::<Unused>::builder()
+            Consumer::<crate::runtime::IdleRuntime>::builder()
                 .stream("s")
                 .lease_table("orders-leases")
                 .build(&sdk),

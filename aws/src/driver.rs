@@ -1529,33 +1529,14 @@ mod tests {
         assert_eq!(seqs(&c.take(5..9).expect("cut at the end")), ["6"]);
     }
 
-    /// A runtime that runs nothing: the tests below call the driver's
-    /// event handling directly.
-    #[derive(Debug)]
-    struct Idle;
-
-    #[derive(Debug)]
-    struct Never;
-
-    impl crate::runtime::AsyncTimer for Never {
-        fn reset(self: std::pin::Pin<&mut Self>, _: Instant) {}
-        fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<()> {
-            Poll::Pending
-        }
-    }
-
-    impl Runtime for Idle {
-        fn spawn(&self, _: crate::runtime::Task) {}
-        fn new_timer(&self, _: Instant) -> std::pin::Pin<Box<dyn crate::runtime::AsyncTimer>> {
-            Box::pin(Never)
-        }
-        fn now(&self) -> Instant {
-            Instant::now()
-        }
-    }
-
     /// A driver (not running) with a local store in a fresh directory.
-    fn idle_driver(test: &str) -> (Driver<Idle>, DriverHandle, std::path::PathBuf) {
+    fn idle_driver(
+        test: &str,
+    ) -> (
+        Driver<crate::runtime::IdleRuntime>,
+        DriverHandle,
+        std::path::PathBuf,
+    ) {
         use kinesin_core::config::{Config, Retrieval};
         use kinesin_core::ids::Owner;
         let dir = std::env::temp_dir().join(format!(
@@ -1576,7 +1557,7 @@ mod tests {
             .build();
         let kinesis = Kinesis::new(aws_sdk_kinesis::Client::from_conf(sdk));
         let (driver, handle) = Driver::new(
-            Arc::new(Idle),
+            Arc::new(crate::runtime::IdleRuntime),
             worker,
             kinesis,
             Arc::new(store),

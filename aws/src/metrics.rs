@@ -26,12 +26,12 @@
 //! a fatal event (e.g. superseded by a later incarnation of its id), when
 //! the core reports it failing non-transiently (every call to Kinesis or
 //! DynamoDB refused for `unhealthy_after`: credentials, access, KMS; until
-//! the core reports it healthy again), when no lease-table read has succeeded for longer than the failover time (the
-//! root cause named first), or when it fenced itself and holds no lease
-//! since; otherwise ready once
-//! a lease-table read succeeded (the core takes what it may right after a
-//! read, so from then on the worker holds leases or none was left for it);
-//! starting before its first lease-table read.
+//! the core reports it healthy again), when no lease-table read has
+//! succeeded for longer than the failover time (the root cause named
+//! first), or when it fenced itself and holds no lease since; otherwise
+//! ready once a lease-table read succeeded (the core takes what it may
+//! right after a read, so from then on the worker holds leases or none was
+//! left for it); starting before its first lease-table read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -70,3 +70,33 @@ pub async fn with_deadline<F: Future>(
     })
     .await
 }
+
+/// A runtime that runs nothing, for unit tests that drive the driver's
+/// event handling directly or never get as far as starting it: spawned
+/// tasks are dropped, timers never fire, the clock is `Instant::now`.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct IdleRuntime;
+
+#[cfg(test)]
+#[derive(Debug)]
+struct NeverTimer;
+
+#[cfg(test)]
+impl AsyncTimer for NeverTimer {
+    fn reset(self: Pin<&mut Self>, _: Instant) {}
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+impl Runtime for IdleRuntime {
+    fn spawn(&self, _: Task) {}
+    fn new_timer(&self, _: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(NeverTimer)
+    }
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}

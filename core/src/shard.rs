@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::Backoff;
 use crate::config::{Config, Retrieval};
 use crate::ids::{ChunkId, IdMint, OpId, ShardRef, SubId};
-use crate::io::{Action, ChildShard, Chunk, ErrorClass, Input, ShardIterator};
+use crate::io::{Action, ChildShard, Chunk, ErrorClass, Input, RecordMeta, ShardIterator};
 use crate::kpl::HashRange;
 use crate::rng::Rng;
 use crate::sequence::{SeqNum, StartPosition};
@@ -195,20 +195,19 @@ impl ReadSize {
         // are one record (its KPL sub-records) and come together.
         let (mut most_records, mut most_bytes) = (0u64, 0u64);
         let (mut records, mut bytes) = (0u64, 0u64);
-        for (i, r) in data.records.iter().enumerate() {
+        let mut prev: Option<&RecordMeta> = None;
+        for r in &data.records {
             // A new Kinesis record starts after the last user record kept
             // from the previous one (`last_sub`: every plain record, so the
             // sequence numbers are compared only inside KPL aggregates).
-            if i > 0 && {
-                let prev = &data.records[i - 1];
-                prev.last_sub || prev.ext.seq != r.ext.seq
-            } {
+            if prev.is_some_and(|p| p.last_sub || p.ext.seq != r.ext.seq) {
                 (records, bytes) = (0, 0);
             }
             records += 1;
             bytes += u64::from(r.bytes);
             most_records = most_records.max(records);
             most_bytes = most_bytes.max(bytes);
+            prev = Some(r);
         }
         if data.kinesis_records > 0 {
             self.records_per_record = fold(self.records_per_record, most_records, first);
@@ -1095,8 +1094,7 @@ impl ShardReader {
                 let (chunk, iterator) = (*chunk, iterator.clone());
                 match result {
                     Ok((data, next)) => {
-                        let next = next.take();
-                        self.on_records(now, chunk, std::mem::take(data), next.as_ref())
+                        self.on_records(now, chunk, std::mem::take(data), next.take())
                     }
                     Err(ErrorClass::ExpiredIterator) => self.poll_need_iterator(now, now),
                     Err(class) => {
@@ -1277,7 +1275,7 @@ impl ShardReader {
         now: Instant,
         chunk: ChunkId,
         data: Chunk,
-        next: Option<&ShardIterator>,
+        next: Option<ShardIterator>,
     ) {
         self.backoff.reset();
         self.size.observe(&data);
@@ -1290,18 +1288,20 @@ impl ShardReader {
         });
         self.awaiting = Some(Awaiting { chunk, next: after });
         let idle = data.records.is_empty() && data.millis_behind == 0;
-        let children = match next {
-            Some(_) if data.child_shards.is_empty() => None,
-            _ => Some(data.child_shards.clone()),
+        let end = next.is_none() || !data.child_shards.is_empty();
+        let children = if end {
+            data.child_shards.clone()
+        } else {
+            Vec::new()
         };
         // Moved, not cloned (see `on_efo_event`).
         self.events.push_back(ReaderEvent::Chunk { chunk, data });
-        match (next, children) {
-            (Some(iterator), None) => {
+        match next {
+            Some(iterator) if !end => {
                 let due = self.next_get_due(now, idle);
-                self.poll_ready(now, iterator.clone(), due);
+                self.poll_ready(now, iterator, due);
             }
-            (_, children) => self.end(children.unwrap_or_default()),
+            _ => self.end(children),
         }
     }
 

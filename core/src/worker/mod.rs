@@ -521,10 +521,7 @@ impl Worker {
                 }
             }
             Input::Iterator { op, .. } | Input::Records { op, .. } => {
-                let routed = self.reader_ops.remove(op);
-                if routed.is_some() {
-                    self.read_calls.answered(&mut self.actions, *op);
-                }
+                let routed = self.op_answered(*op);
                 let consumed = match &routed {
                     Some((shard, _)) => {
                         Self::route_input(&mut self.shards, &mut self.dirty, now, shard, &mut input)

@@ -62,15 +62,22 @@ impl Worker {
                 self.events.push_back(Event::ChunkDone { chunk: *chunk })
             }
             Input::Iterator { op, .. } | Input::Records { op, .. } => {
-                if let Some((_, chunk)) = self.reader_ops.remove(op) {
-                    self.read_calls.answered(&mut self.actions, *op);
-                    if let Some(chunk) = chunk {
-                        self.events.push_back(Event::ChunkDone { chunk });
-                    }
+                if let Some((_, Some(chunk))) = self.op_answered(*op) {
+                    self.events.push_back(Event::ChunkDone { chunk });
                 }
             }
             _ => {}
         }
+    }
+
+    /// The answer to reader op `op` arrived: its route is forgotten (and
+    /// returned) and its call's slot goes to the next waiting call.
+    pub(super) fn op_answered(&mut self, op: OpId) -> Option<(ShardRef, Option<ChunkId>)> {
+        let routed = self.reader_ops.remove(&op);
+        if routed.is_some() {
+            self.read_calls.answered(&mut self.actions, op);
+        }
+        routed
     }
 
     /// Route a reader input to its shard; touched when the reader took it.
